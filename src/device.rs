@@ -1,0 +1,143 @@
+//! Device and compute-dtype selection, with clear errors for what this build or machine
+//! cannot do.
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Error, Result};
+
+/// Where the model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceKind {
+    /// The CPU (always available).
+    #[default]
+    Cpu,
+    /// An NVIDIA GPU by ordinal (needs the `cuda` cargo feature).
+    Cuda(usize),
+    /// An Apple GPU by ordinal (needs the `metal` cargo feature).
+    Metal(usize),
+}
+
+/// Compute dtype of the weights and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ComputeDType {
+    /// 32-bit float: the exact reference path.
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl FromStr for DeviceKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let (name, ordinal) = match s.split_once(':') {
+            Some((n, o)) => (n, o.parse::<usize>().ok()),
+            None => (s, Some(0)),
+        };
+        match (name, ordinal) {
+            ("cpu", _) => Ok(Self::Cpu),
+            ("cuda", Some(o)) => Ok(Self::Cuda(o)),
+            ("metal", Some(o)) => Ok(Self::Metal(o)),
+            _ => Err(Error::InvalidParameter {
+                name: "device",
+                reason: format!("`{s}` is not one of cpu, cuda[:N], metal[:N]"),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cpu => write!(f, "cpu"),
+            Self::Cuda(o) => write!(f, "cuda:{o}"),
+            Self::Metal(o) => write!(f, "metal:{o}"),
+        }
+    }
+}
+
+impl FromStr for ComputeDType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            "bf16" => Ok(Self::Bf16),
+            _ => Err(Error::InvalidParameter {
+                name: "dtype",
+                reason: format!("`{s}` is not one of f32, f16, bf16"),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for ComputeDType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Bf16 => "bf16",
+        })
+    }
+}
+
+impl ComputeDType {
+    /// The candle dtype.
+    pub fn to_candle(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::F16 => DType::F16,
+            Self::Bf16 => DType::BF16,
+        }
+    }
+}
+
+impl DeviceKind {
+    /// Opens the device, or explains why this build cannot.
+    pub fn open(self) -> Result<Device> {
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Cuda(_) if !cfg!(feature = "cuda") => Err(Error::Unsupported(
+                "this build has no CUDA support: rebuild with `--features cuda`".into(),
+            )),
+            Self::Metal(_) if !cfg!(feature = "metal") => Err(Error::Unsupported(
+                "this build has no Metal support: rebuild with `--features metal`".into(),
+            )),
+            Self::Cuda(o) => Device::new_cuda(o).map_err(|e| Error::Unsupported(format!("cuda:{o}: {e}"))),
+            Self::Metal(o) => Device::new_metal(o).map_err(|e| Error::Unsupported(format!("metal:{o}: {e}"))),
+        }
+    }
+
+    /// The dtype used when the user asks for none: f32 on CPU (exact, and the only fast
+    /// CPU matmul in candle), the checkpoint's 16-bit dtype on a GPU.
+    pub fn default_dtype(self, stored: Option<DType>) -> ComputeDType {
+        match (self, stored) {
+            (Self::Cpu, _) | (_, Some(DType::F32)) => ComputeDType::F32,
+            (_, Some(DType::F16)) => ComputeDType::F16,
+            _ => ComputeDType::Bf16,
+        }
+    }
+}
+
+/// Checks that `device` can run the ops the model needs in `dtype` (a tiny matmul,
+/// softmax and RMSNorm), so an unsupported combination fails before loading weights.
+pub fn check_dtype(device: &Device, kind: DeviceKind, dtype: ComputeDType) -> Result<()> {
+    let probe = || -> candle_core::Result<()> {
+        let a = Tensor::ones((2, 4), dtype.to_candle(), device)?;
+        let w = Tensor::ones(4, dtype.to_candle(), device)?;
+        let s = a.matmul(&a.t()?)?;
+        candle_nn::ops::softmax_last_dim(&s)?;
+        candle_nn::ops::rms_norm(&a, &w, 1e-5)?;
+        Ok(())
+    };
+    probe().map_err(|e| {
+        Error::Unsupported(format!(
+            "--dtype {dtype} is not supported on {kind} by this build ({}); use --dtype f32",
+            e.to_string().lines().next().unwrap_or_default()
+        ))
+    })
+}

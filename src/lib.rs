@@ -1,0 +1,47 @@
+//! # llama32
+//!
+//! A Rust engine for Meta's Llama 3.2 (1B and 3B, Instruct and base) on
+//! [candle](https://github.com/huggingface/candle): load a Hugging Face checkpoint
+//! directory, prefill and decode with a KV cache, and stream text.
+//!
+//! ```no_run
+//! use std::ops::ControlFlow;
+//! use llama32::{Engine, GenerateRequest, LoadOptions, SamplingParams};
+//!
+//! # fn main() -> llama32::Result<()> {
+//! let engine = Engine::load("path/to/Llama-3.2-1B".as_ref(), &LoadOptions::default())?;
+//! let request = GenerateRequest {
+//!     max_tokens: 32,
+//!     sampling: SamplingParams::greedy(),
+//!     ..Default::default()
+//! };
+//! let out = engine.generate("Once upon a time", &request, |piece| {
+//!     print!("{piece}");
+//!     ControlFlow::Continue(())
+//! })?;
+//! eprintln!("\n{} tokens, {:.1} tok/s", out.completion_tokens, out.timings.decode_tokens_per_s);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The library reads no environment variables and prints nothing: configuration comes in
+//! as structs, text goes out through callbacks and return values.
+
+#![warn(missing_docs)]
+
+pub mod config;
+mod decode;
+pub mod device;
+pub mod engine;
+pub mod error;
+pub mod model;
+pub mod sampler;
+pub mod tokenizer;
+pub mod weights;
+
+pub use config::{GenerationConfig, LlamaConfig};
+pub use device::{ComputeDType, DeviceKind};
+pub use engine::{Engine, FinishReason, GenerateRequest, Generation, LoadOptions, Timings};
+pub use error::{Error, Result};
+pub use sampler::{Sampler, SamplingParams};
+pub use tokenizer::Tokenizer;

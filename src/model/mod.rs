@@ -1,0 +1,189 @@
+//! The Llama 3.2 transformer (HF `LlamaForCausalLM`), written for inference with a KV cache.
+//!
+//! The model only computes logits; it never samples.
+
+pub mod attention;
+pub mod kv_cache;
+pub mod linear;
+pub mod mlp;
+pub mod norm;
+pub mod rope;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::config::LlamaConfig;
+use crate::error::Result;
+use crate::weights::Weights;
+use attention::{Attention, Step};
+use kv_cache::KvCache;
+use linear::Linear;
+use mlp::Mlp;
+use norm::RmsNorm;
+use rope::Rope;
+
+/// Default number of prompt tokens run through the model in one forward pass.
+pub const DEFAULT_PREFILL_CHUNK: usize = 512;
+
+#[derive(Debug, Clone)]
+struct Layer {
+    input_norm: RmsNorm,
+    attn: Attention,
+    post_attn_norm: RmsNorm,
+    mlp: Mlp,
+}
+
+/// A loaded Llama model: weights on a device in one compute dtype.
+#[derive(Debug, Clone)]
+pub struct Llama {
+    config: LlamaConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: Rope,
+    dtype: DType,
+    device: Device,
+}
+
+/// The tensor names and shapes of a Llama checkpoint, declared before loading.
+pub fn expected_tensors(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let mut t = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, h])];
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        t.push((format!("{p}.input_layernorm.weight"), vec![h]));
+        t.push((format!("{p}.self_attn.q_proj.weight"), vec![cfg.q_dim(), h]));
+        t.push((format!("{p}.self_attn.k_proj.weight"), vec![cfg.kv_dim(), h]));
+        t.push((format!("{p}.self_attn.v_proj.weight"), vec![cfg.kv_dim(), h]));
+        t.push((format!("{p}.self_attn.o_proj.weight"), vec![h, cfg.q_dim()]));
+        t.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+        t.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
+        t.push((format!("{p}.mlp.up_proj.weight"), vec![i, h]));
+        t.push((format!("{p}.mlp.down_proj.weight"), vec![h, i]));
+    }
+    t.push(("model.norm.weight".to_string(), vec![h]));
+    if !cfg.tie_word_embeddings {
+        t.push(("lm_head.weight".to_string(), vec![cfg.vocab_size, h]));
+    }
+    t
+}
+
+impl Llama {
+    /// Loads every tensor of `cfg` from `weights`, converted to `dtype` on `device`.
+    /// All names and shapes are checked before any tensor is converted.
+    pub fn load(cfg: &LlamaConfig, weights: &Weights, dtype: DType, device: &Device) -> Result<Self> {
+        for (name, shape) in expected_tensors(cfg) {
+            weights.check(&name, &shape)?;
+        }
+        let get = |name: &str, shape: &[usize]| weights.get(name, shape, dtype, device);
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let linear = |name: &str, rows: usize, cols: usize| get(name, &[rows, cols]).map(Linear::new);
+        let norm = |name: &str| get(name, &[h]).map(|w| RmsNorm::new(w, cfg.rms_norm_eps));
+        let embed = get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            layers.push(Layer {
+                input_norm: norm(&format!("{p}.input_layernorm.weight"))?,
+                attn: Attention {
+                    q: linear(&format!("{p}.self_attn.q_proj.weight"), cfg.q_dim(), h)?,
+                    k: linear(&format!("{p}.self_attn.k_proj.weight"), cfg.kv_dim(), h)?,
+                    v: linear(&format!("{p}.self_attn.v_proj.weight"), cfg.kv_dim(), h)?,
+                    o: linear(&format!("{p}.self_attn.o_proj.weight"), h, cfg.q_dim())?,
+                    heads: cfg.num_attention_heads,
+                    kv_heads: cfg.num_key_value_heads,
+                    head_dim: cfg.head_dim,
+                },
+                post_attn_norm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
+                mlp: Mlp {
+                    gate: linear(&format!("{p}.mlp.gate_proj.weight"), i, h)?,
+                    up: linear(&format!("{p}.mlp.up_proj.weight"), i, h)?,
+                    down: linear(&format!("{p}.mlp.down_proj.weight"), h, i)?,
+                },
+            });
+        }
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear::new(embed.clone())
+        } else {
+            linear("lm_head.weight", cfg.vocab_size, h)?
+        };
+        Ok(Self {
+            config: cfg.clone(),
+            embed,
+            layers,
+            norm: norm("model.norm.weight")?,
+            lm_head,
+            rope: Rope::new(cfg),
+            dtype,
+            device: device.clone(),
+        })
+    }
+}
+
+impl Llama {
+    /// The model's configuration.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// The compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The device holding the weights.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// An empty KV cache for this model holding at most `max_len` positions.
+    pub fn new_cache(&self, max_len: usize) -> KvCache {
+        let c = &self.config;
+        KvCache::new(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, max_len, self.dtype, &self.device)
+    }
+
+    /// Runs `tokens` at positions `cache.len()..` in chunks of at most `chunk` tokens,
+    /// appending them to `cache`, and returns the f32 logits `[vocab]` of the last token.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, chunk: usize) -> Result<Tensor> {
+        cache.check_room(tokens.len())?;
+        let vocab = self.config.vocab_size;
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(crate::Error::InvalidParameter {
+                name: "prompt",
+                reason: format!("token id {bad} is outside the vocabulary of {vocab}"),
+            });
+        }
+        let mut last = None;
+        for piece in tokens.chunks(chunk.max(1)) {
+            last = Some(self.forward_chunk(piece, cache)?);
+        }
+        let hidden = last.ok_or_else(|| crate::Error::InvalidParameter {
+            name: "prompt",
+            reason: "at least one token is needed".into(),
+        })?;
+        let hidden = self.norm.forward(&hidden)?;
+        let logits = self.lm_head.forward(&hidden)?;
+        Ok(logits.squeeze(0)?.to_dtype(DType::F32)?)
+    }
+
+    /// One forward pass over `tokens`; returns the hidden state `[1, hidden]` of the last one.
+    fn forward_chunk(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let (n, past) = (tokens.len(), cache.len());
+        let ids = Tensor::new(tokens, &self.device)?;
+        let mut x = self.embed.index_select(&ids, 0)?;
+        let (cos, sin) = self.rope.tables(past, n, self.dtype, &self.device)?;
+        let mask = match n {
+            1 => None,
+            _ => Some(attention::causal_mask(n, past, self.dtype, &self.device)?),
+        };
+        let step = Step { cos: &cos, sin: &sin, mask: mask.as_ref() };
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = layer.attn.forward(&layer.input_norm.forward(&x)?, l, cache, &step)?;
+            x = (x + h)?;
+            let h = layer.mlp.forward(&layer.post_attn_norm.forward(&x)?)?;
+            x = (x + h)?;
+        }
+        cache.advance(n);
+        Ok(x.narrow(0, n - 1, 1)?)
+    }
+}

@@ -1,0 +1,109 @@
+//! Text <-> token ids: a wrapper over the `tokenizers` crate with typed errors, panic
+//! isolation, and an incremental decoder that only ever emits complete UTF-8 text.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// A loaded `tokenizer.json`.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+}
+
+/// Runs `f`, turning both its error and a panic inside the tokenizers crate into [`Error::Tokenizer`].
+fn guarded<T>(what: &str, f: impl FnOnce() -> tokenizers::Result<T>) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Error::Tokenizer(format!("{what}: {e}"))),
+        Err(_) => Err(Error::Tokenizer(format!("{what}: the tokenizer library panicked"))),
+    }
+}
+
+impl Tokenizer {
+    /// Loads a `tokenizer.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(Error::MissingFile { path: path.to_path_buf(), what: "tokenizer" });
+        }
+        let what = format!("{}", path.display());
+        let inner = guarded(&what, || tokenizers::Tokenizer::from_file(path))?;
+        Ok(Self { inner })
+    }
+
+    /// Encodes `text`; with `add_special_tokens` the tokenizer's post-processor adds BOS
+    /// exactly as HF's `tokenizer(text)` does. Special-token text in `text` (such as
+    /// `<|eot_id|>`) is recognised as the special token, as in HF.
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let enc = guarded("encode", || self.inner.encode(text, add_special_tokens))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Decodes ids to text, leaving out special tokens when `skip_special` is set.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        guarded("decode", || self.inner.decode(ids, skip_special))
+    }
+
+    /// The id of a token given by its text, e.g. `<|eot_id|>`.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Number of ids the tokenizer can produce, special tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// A fresh incremental decoder for generated tokens.
+    pub fn stream(&self, skip_special: bool) -> TextStream<'_> {
+        TextStream { tok: self, skip_special, ids: Vec::new(), prev: 0, cur: 0 }
+    }
+}
+
+/// Turns generated ids into text pieces as they arrive. A piece is only emitted once it is
+/// complete UTF-8 (a character split over several tokens is held back), and the pieces
+/// concatenate to exactly `decode(all ids)`.
+pub struct TextStream<'a> {
+    tok: &'a Tokenizer,
+    skip_special: bool,
+    ids: Vec<u32>,
+    /// Start of the window that is re-decoded on each step.
+    prev: usize,
+    /// End of the part of the window already emitted.
+    cur: usize,
+}
+
+impl TextStream<'_> {
+    /// Adds one id; returns the new text it completes (possibly empty).
+    pub fn push(&mut self, id: u32) -> Result<String> {
+        let before = self.tok.decode(&self.ids[self.prev..self.cur], self.skip_special)?;
+        self.ids.push(id);
+        let now = self.tok.decode(&self.ids[self.prev..], self.skip_special)?;
+        if now.ends_with(char::REPLACEMENT_CHARACTER) {
+            return Ok(String::new());
+        }
+        match now.strip_prefix(before.as_str()) {
+            Some(delta) => {
+                let delta = delta.to_string();
+                self.prev = self.cur;
+                self.cur = self.ids.len();
+                Ok(delta)
+            }
+            None => Ok(String::new()),
+        }
+    }
+
+    /// Text held back so far (an incomplete character at the end of the output).
+    pub fn finish(&mut self) -> Result<String> {
+        let before = self.tok.decode(&self.ids[self.prev..self.cur], self.skip_special)?;
+        let now = self.tok.decode(&self.ids[self.prev..], self.skip_special)?;
+        self.prev = self.ids.len();
+        self.cur = self.ids.len();
+        Ok(now.strip_prefix(before.as_str()).unwrap_or(&now).to_string())
+    }
+
+    /// All ids pushed so far.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+}

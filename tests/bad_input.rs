@@ -1,0 +1,183 @@
+//! Broken checkpoints and bad requests: each gives a clear error naming the file, field,
+//! tensor or limit, a non-zero exit code from the CLI, and never a panic.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+
+use candle_core::{Device, Tensor};
+use common::*;
+use llama32::{Engine, Error, LoadOptions};
+
+const SMALL: &str = "tied-bf16-llama3";
+
+fn load(dir: &Path) -> Error {
+    match Engine::load(dir, &LoadOptions::default()) {
+        Ok(_) => panic!("{} loaded", dir.display()),
+        Err(e) => e,
+    }
+}
+
+/// Runs `llama32 generate` on `dir`; returns (exit code, stderr).
+fn cli(dir: &Path, extra: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_llama32"))
+        .args(["generate", "--model"])
+        .arg(dir)
+        .args(["--prompt", "Hello there", "--max-tokens", "2", "--temperature", "0"])
+        .args(extra)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    (out.status.code().unwrap_or(-1), stderr)
+}
+
+fn assert_cli_fails(dir: &Path, needle: &str) {
+    let (code, stderr) = cli(dir, &[]);
+    assert_ne!(code, 0, "{stderr}");
+    assert!(stderr.contains(needle), "`{needle}` not in: {stderr}");
+}
+
+fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)) {
+    let path = dir.join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    edit(&mut tensors);
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+}
+
+fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(path, v.to_string()).unwrap();
+}
+
+#[test]
+fn missing_files_are_named() {
+    for (file, what) in [("config.json", "config.json"), ("tokenizer.json", "tokenizer.json"), ("model.safetensors", "model.safetensors")] {
+        let dir = copy_fixture(SMALL);
+        std::fs::remove_file(dir.path().join(file)).unwrap();
+        assert!(matches!(load(dir.path()), Error::MissingFile { .. }), "{file}");
+        assert_cli_fails(dir.path(), what);
+    }
+    assert_cli_fails(Path::new("/nonexistent/model"), "/nonexistent/model");
+}
+
+#[test]
+fn truncated_safetensors_is_refused() {
+    let dir = copy_fixture(SMALL);
+    let path = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 1000]).unwrap();
+    assert!(matches!(load(dir.path()), Error::Safetensors { .. }));
+    assert_cli_fails(dir.path(), "truncated");
+}
+
+#[test]
+fn corrupt_safetensors_headers_are_refused() {
+    let corruptions: [fn(&mut Vec<u8>); 3] = [
+        |b| b[8..24].copy_from_slice(b"garbage!garbage!"),
+        |b| b[..8].copy_from_slice(&u64::MAX.to_le_bytes()),
+        |b| b.truncate(5),
+    ];
+    for corrupt in corruptions {
+        let dir = copy_fixture(SMALL);
+        let path = dir.path().join("model.safetensors");
+        let mut bytes = std::fs::read(&path).unwrap();
+        corrupt(&mut bytes);
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(load(dir.path()), Error::Safetensors { .. }));
+        assert_cli_fails(dir.path(), "model.safetensors");
+    }
+}
+
+#[test]
+fn wrong_shape_or_missing_tensor_is_named() {
+    let dir = copy_fixture(SMALL);
+    let q = "model.layers.1.self_attn.q_proj.weight";
+    rewrite_weights(dir.path(), |t| {
+        t.insert(q.into(), Tensor::zeros((3, 32), candle_core::DType::BF16, &Device::Cpu).unwrap());
+    });
+    assert!(matches!(load(dir.path()), Error::BadTensor { ref name, .. } if name == q));
+    assert_cli_fails(dir.path(), q);
+
+    let dir = copy_fixture(SMALL);
+    rewrite_weights(dir.path(), |t| {
+        t.remove("model.norm.weight");
+    });
+    assert!(matches!(load(dir.path()), Error::MissingTensor { ref name, .. } if name == "model.norm.weight"));
+    assert_cli_fails(dir.path(), "model.norm.weight");
+
+    let dir = copy_fixture(SMALL);
+    rewrite_weights(dir.path(), |t| {
+        let w = t["model.norm.weight"].to_dtype(candle_core::DType::U8).unwrap();
+        t.insert("model.norm.weight".into(), w);
+    });
+    assert_cli_fails(dir.path(), "not supported");
+}
+
+#[test]
+fn untied_config_needs_lm_head() {
+    let dir = copy_fixture(SMALL);
+    edit_config(dir.path(), |c| c["tie_word_embeddings"] = false.into());
+    assert!(matches!(load(dir.path()), Error::MissingTensor { ref name, .. } if name == "lm_head.weight"));
+}
+
+#[test]
+fn bad_config_values_name_the_field() {
+    let cases: [(&str, serde_json::Value, &str); 4] = [
+        ("num_attention_heads", 0.into(), "num_attention_heads"),
+        ("num_key_value_heads", 3.into(), "num_key_value_heads"),
+        ("rope_scaling", serde_json::json!({"rope_type": "yarn", "factor": 4.0}), "rope_scaling.rope_type"),
+        ("rms_norm_eps", (-1.0).into(), "rms_norm_eps"),
+    ];
+    for (field, value, named) in cases {
+        let dir = copy_fixture(SMALL);
+        edit_config(dir.path(), |c| c[field] = value);
+        assert!(matches!(load(dir.path()), Error::InvalidConfig { field, .. } if field == named), "{named}");
+        assert_cli_fails(dir.path(), named);
+    }
+    let dir = copy_fixture(SMALL);
+    std::fs::write(dir.path().join("config.json"), "{ not json").unwrap();
+    assert!(matches!(load(dir.path()), Error::Json { .. }));
+    assert_cli_fails(dir.path(), "config.json");
+}
+
+#[test]
+fn shard_index_pointing_outside_the_directory_is_refused() {
+    let dir = copy_fixture("untied-f16-sharded");
+    let path = dir.path().join("model.safetensors.index.json");
+    let mut index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    index["weight_map"]["model.norm.weight"] = "../../etc/passwd".into();
+    std::fs::write(&path, index.to_string()).unwrap();
+    assert!(matches!(load(dir.path()), Error::ShardIndex { .. }));
+    assert_cli_fails(dir.path(), "../../etc/passwd");
+
+    index["weight_map"]["model.norm.weight"] = "/etc/passwd".into();
+    std::fs::write(&path, index.to_string()).unwrap();
+    assert!(matches!(load(dir.path()), Error::ShardIndex { .. }));
+}
+
+#[test]
+fn prompt_longer_than_the_context_window() {
+    let (code, stderr) = cli(&fixture(SMALL), &["--ctx-size", "2"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("context window is 2 tokens"), "{stderr}");
+}
+
+#[test]
+fn bad_parameters_exit_with_2() {
+    for (args, needle) in [
+        (&["--dtype", "f8"][..], "dtype"),
+        (&["--device", "tpu"][..], "device"),
+        (&["--temperature", "-1"][..], "temperature"),
+        (&["--max-tokens", "0"][..], "max-tokens"),
+        (&["--ctx-size", "0"][..], "ctx-size"),
+    ] {
+        let (code, stderr) = cli(&fixture(SMALL), args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}

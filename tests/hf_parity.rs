@@ -1,0 +1,58 @@
+//! Our f32 forward pass against HF transformers' `LlamaForCausalLM` on the fixture
+//! checkpoints: last-position logits to 1e-4 (relative to the largest |logit|) and
+//! identical greedy continuations.
+
+mod common;
+
+use std::ops::ControlFlow;
+
+use common::*;
+use llama32::{ComputeDType, Engine, FinishReason, GenerateRequest, LoadOptions, SamplingParams};
+
+fn load(name: &str) -> Engine {
+    let opts = LoadOptions { dtype: Some(ComputeDType::F32), ..Default::default() };
+    Engine::load(&fixture(name), &opts).unwrap()
+}
+
+#[test]
+fn logits_and_greedy_tokens_match_transformers() {
+    for name in FIXTURES {
+        let engine = load(name);
+        for case in expected(name).prompts {
+            let ids = engine.tokenize(&case.text).unwrap();
+            assert_eq!(ids, case.prompt_ids, "{name}/{}: prompt ids", case.name);
+
+            let mut cache = engine.model().new_cache(ids.len() + 1);
+            let logits: Vec<f32> = engine.model().forward(&ids, &mut cache, 512).unwrap().to_vec1().unwrap();
+            let diff = rel_max_diff(&logits, &expected_logits(name, &case.name));
+            println!("{name}/{}: {} prompt tokens, max |logit diff| / max |logit| = {diff:.2e}", case.name, ids.len());
+            assert!(diff < 1e-4, "{name}/{}: logits differ by {diff:e}", case.name);
+
+            let request = GenerateRequest {
+                max_tokens: case.greedy_ids.len(),
+                sampling: SamplingParams::greedy(),
+                ..Default::default()
+            };
+            let out = engine.generate(&case.text, &request, |_| ControlFlow::Continue(())).unwrap();
+            assert_eq!(out.token_ids, case.greedy_ids, "{name}/{}: greedy tokens", case.name);
+            assert_eq!(out.finish_reason, FinishReason::Length);
+            assert_eq!(out.prompt_tokens, case.prompt_ids.len());
+        }
+    }
+}
+
+#[test]
+fn streamed_pieces_concatenate_to_the_text() {
+    let engine = load("tied-f32-mha");
+    let case = &expected("tied-f32-mha").prompts[0];
+    let request = GenerateRequest { max_tokens: 24, sampling: SamplingParams::greedy(), ..Default::default() };
+    let mut streamed = String::new();
+    let out = engine
+        .generate(&case.text, &request, |p| {
+            streamed.push_str(p);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(streamed, out.text);
+    assert_eq!(out.text, engine.tokenizer().decode(&out.token_ids, true).unwrap());
+}
