@@ -88,9 +88,10 @@ struct RawConfig {
     vocab_size: Option<usize>,
     #[serde(default = "default_eps")]
     rms_norm_eps: f64,
-    #[serde(default = "default_theta")]
-    rope_theta: f64,
+    rope_theta: Option<f64>,
     rope_scaling: Option<serde_json::Value>,
+    /// transformers >= 5 writes `rope_theta` and the scaling into one `rope_parameters` object.
+    rope_parameters: Option<serde_json::Value>,
     #[serde(default = "default_max_pos")]
     max_position_embeddings: usize,
     #[serde(default)]
@@ -107,9 +108,6 @@ struct RawConfig {
 
 fn default_eps() -> f64 {
     1e-6
-}
-fn default_theta() -> f64 {
-    10000.0
 }
 fn default_max_pos() -> usize {
     2048
@@ -224,7 +222,8 @@ impl Validator<'_> {
         if !(raw.rms_norm_eps.is_finite() && raw.rms_norm_eps > 0.0) {
             return Err(self.err("rms_norm_eps", "must be a positive finite number"));
         }
-        if !(raw.rope_theta.is_finite() && raw.rope_theta > 0.0) {
+        let (rope_theta, rope_scaling) = self.rope(&raw)?;
+        if !(rope_theta.is_finite() && rope_theta > 0.0) {
             return Err(self.err("rope_theta", "must be a positive finite number"));
         }
         if let Some(act) = raw.hidden_act.as_deref().filter(|a| *a != "silu") {
@@ -249,13 +248,28 @@ impl Validator<'_> {
             head_dim,
             vocab_size,
             rms_norm_eps: raw.rms_norm_eps,
-            rope_theta: raw.rope_theta as f32,
-            rope_scaling: self.rope_scaling(raw.rope_scaling.as_ref())?,
+            rope_theta: rope_theta as f32,
+            rope_scaling,
             max_position_embeddings: raw.max_position_embeddings,
             tie_word_embeddings: raw.tie_word_embeddings,
             bos_token_id: raw.bos_token_id,
             eos_token_ids: raw.eos_token_ids,
         })
+    }
+
+    /// `rope_theta` and the scaling, from the classic fields or from `rope_parameters`.
+    fn rope(&self, raw: &RawConfig) -> Result<(f64, Option<Llama3RopeScaling>)> {
+        let params = raw.rope_parameters.as_ref().filter(|p| p.is_object());
+        let theta = raw
+            .rope_theta
+            .or_else(|| params.and_then(|p| p.get("rope_theta")).and_then(|t| t.as_f64()))
+            .unwrap_or(10000.0);
+        let scaling = match (&raw.rope_scaling, params) {
+            (Some(s), _) if !s.is_null() => self.rope_scaling(Some(s))?,
+            (_, Some(p)) => self.rope_scaling(Some(p))?,
+            _ => None,
+        };
+        Ok((theta, scaling))
     }
 
     fn rope_scaling(&self, v: Option<&serde_json::Value>) -> Result<Option<Llama3RopeScaling>> {
@@ -346,6 +360,20 @@ mod tests {
             "original_max_position_embeddings": 8192, "rope_type": "llama3"}}))
         .unwrap();
         assert_eq!(c.rope_scaling.unwrap().original_max_position_embeddings, 8192);
+    }
+
+    #[test]
+    fn reads_transformers_v5_rope_parameters() {
+        let c = parse(serde_json::json!({"rope_theta": null, "rope_parameters": {"rope_theta": 500000.0,
+            "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192}}))
+        .unwrap();
+        assert_eq!(c.rope_theta, 500000.0);
+        assert_eq!(c.rope_scaling.unwrap().factor, 32.0);
+        let plain = parse(serde_json::json!({"rope_theta": null,
+            "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"}}))
+        .unwrap();
+        assert_eq!((plain.rope_theta, plain.rope_scaling), (10000.0, None));
     }
 
     #[test]

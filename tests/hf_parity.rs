@@ -56,3 +56,19 @@ fn streamed_pieces_concatenate_to_the_text() {
     assert_eq!(streamed, out.text);
     assert_eq!(out.text, engine.tokenizer().decode(&out.token_ids, true).unwrap());
 }
+
+#[test]
+fn sixteen_bit_compute_stays_close_to_f32() {
+    let name = "tied-bf16-llama3";
+    let case = &expected(name).prompts[0];
+    let reference = expected_logits(name, &case.name);
+    for (dtype, tol) in [(ComputeDType::F16, 1e-2), (ComputeDType::Bf16, 5e-2)] {
+        let opts = LoadOptions { dtype: Some(dtype), ..Default::default() };
+        let engine = Engine::load(&fixture(name), &opts).unwrap();
+        let mut cache = engine.model().new_cache(64);
+        let logits: Vec<f32> = engine.model().forward(&case.prompt_ids, &mut cache, 512).unwrap().to_vec1().unwrap();
+        let diff = rel_max_diff(&logits, &reference);
+        println!("{name}/{dtype}: max |logit diff| / max |logit| = {diff:.2e}");
+        assert!(diff < tol, "{dtype}: {diff:e}");
+    }
+}
