@@ -12,7 +12,8 @@ use crate::config::{GenerationConfig, LlamaConfig};
 use crate::device::{check_dtype, ComputeDType, DeviceKind};
 use crate::error::{Error, Result};
 use crate::model::{Llama, DEFAULT_PREFILL_CHUNK};
-use crate::sampler::{Sampler, SamplingParams};
+use crate::sampler::SamplingParams;
+use crate::session::Session;
 use crate::tokenizer::Tokenizer;
 use crate::weights::Weights;
 
@@ -44,7 +45,8 @@ pub struct GenerateRequest {
     pub max_tokens: usize,
     /// How to pick tokens.
     pub sampling: SamplingParams,
-    /// Context window in tokens (prompt + output); `None` uses the model's maximum.
+    /// Context window in tokens (prompt + output) of [`Engine::generate`]; `None` uses the
+    /// model's maximum. (A [`Session`] has its own, fixed at creation.)
     pub ctx_size: Option<usize>,
     /// Prompt tokens per forward pass during prefill.
     pub prefill_chunk: usize,
@@ -93,6 +95,8 @@ pub struct Generation {
     pub token_ids: Vec<u32>,
     /// Number of prompt tokens.
     pub prompt_tokens: usize,
+    /// How many of the prompt tokens were already in the session's KV cache (not prefilled).
+    pub cached_tokens: usize,
     /// Number of generated tokens (`token_ids.len()`).
     pub completion_tokens: usize,
     /// Why generation ended.
@@ -230,15 +234,6 @@ impl Engine {
         start: Instant,
         on_text: impl FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Generation> {
-        if request.max_tokens == 0 {
-            return Err(Error::InvalidParameter { name: "max-tokens", reason: "must be at least 1".into() });
-        }
-        let fallback_seed = rand::random::<u64>();
-        let sampler = Sampler::new(request.sampling.clone(), fallback_seed)?;
-        let ctx = self.context_window(request.ctx_size)?;
-        if prompt.len() > ctx {
-            return Err(Error::PromptTooLong { tokens: prompt.len(), limit: ctx });
-        }
-        crate::decode::run(self, prompt, request, ctx, sampler, start, on_text)
+        Session::new(self, request.ctx_size)?.generate(prompt, request, start, on_text)
     }
 }

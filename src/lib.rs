@@ -30,12 +30,13 @@
 #![warn(missing_docs)]
 
 pub mod config;
-mod decode;
 pub mod device;
 pub mod engine;
 pub mod error;
 pub mod model;
 pub mod sampler;
+pub mod session;
+pub mod synthetic;
 pub mod tokenizer;
 pub mod weights;
 
@@ -44,4 +45,5 @@ pub use device::{ComputeDType, DeviceKind};
 pub use engine::{Engine, FinishReason, GenerateRequest, Generation, LoadOptions, Timings};
 pub use error::{Error, Result};
 pub use sampler::{Sampler, SamplingParams};
+pub use session::Session;
 pub use tokenizer::Tokenizer;

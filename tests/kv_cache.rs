@@ -44,3 +44,30 @@ fn rolling_back_to_a_prefix_reuses_the_cache() {
     assert!(rel_max_diff(&reused, &fresh) < 1e-5);
     assert_eq!(cache.len(), 8);
 }
+
+#[test]
+fn a_session_prefills_only_what_is_new() {
+    use llama32::{GenerateRequest, SamplingParams, Session};
+    use std::ops::ControlFlow;
+    let opts = LoadOptions { dtype: Some(ComputeDType::F32), ..Default::default() };
+    let engine = Engine::load(&fixture("tied-f32-mha"), &opts).unwrap();
+    let request = GenerateRequest { max_tokens: 8, sampling: SamplingParams::greedy(), ..Default::default() };
+    let first_prompt = expected("tied-f32-mha").prompts[0].prompt_ids.clone();
+    let mut session = Session::new(&engine, Some(256)).unwrap();
+    let now = std::time::Instant::now();
+    let first = session.generate(&first_prompt, &request, now, |_| ControlFlow::Continue(())).unwrap();
+    assert_eq!(first.cached_tokens, 0);
+    // The next "turn": everything so far plus a few new tokens.
+    let second_prompt = [first_prompt.clone(), first.token_ids.clone(), vec![128009, 128006, 882]].concat();
+    let second = session.generate(&second_prompt, &request, now, |_| ControlFlow::Continue(())).unwrap();
+    assert_eq!(second.cached_tokens, first_prompt.len() + first.token_ids.len() - 1);
+    let fresh = Session::new(&engine, Some(256))
+        .unwrap()
+        .generate(&second_prompt, &request, now, |_| ControlFlow::Continue(()))
+        .unwrap();
+    assert_eq!(second.token_ids, fresh.token_ids);
+    // A prompt entirely in the cache still gets its last token's logits recomputed.
+    let third = session.generate(&second_prompt, &request, now, |_| ControlFlow::Continue(())).unwrap();
+    assert_eq!(third.cached_tokens, second_prompt.len() - 1);
+    assert_eq!(third.token_ids, fresh.token_ids);
+}
