@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 use serde::Serialize;
 
+use crate::chat::{ChatTemplate, Message, RenderOptions, Tool};
 use crate::config::{GenerationConfig, LlamaConfig};
 use crate::device::{check_dtype, ComputeDType, DeviceKind};
 use crate::error::{Error, Result};
@@ -31,6 +32,7 @@ pub struct Engine {
     dir: PathBuf,
     model: Llama,
     tokenizer: Tokenizer,
+    chat_template: Option<ChatTemplate>,
     generation_config: GenerationConfig,
     eos_ids: Vec<u32>,
     dtype: ComputeDType,
@@ -122,6 +124,11 @@ impl Engine {
         let config = LlamaConfig::from_file(&config_path)?;
         let generation_config = GenerationConfig::from_file_or_default(&dir.join("generation_config.json"))?;
         let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+        let tokenizer_config = dir.join("tokenizer_config.json");
+        let chat_template = match tokenizer_config.exists() {
+            true => ChatTemplate::from_tokenizer_config(&tokenizer_config)?,
+            false => None,
+        };
         let weights = Weights::open(dir)?;
         let device = options.device.open()?;
         let dtype = options.dtype.unwrap_or_else(|| options.device.default_dtype(weights.storage_dtype()));
@@ -135,6 +142,7 @@ impl Engine {
             dir: dir.to_path_buf(),
             model,
             tokenizer,
+            chat_template,
             generation_config,
             eos_ids,
             dtype,
@@ -161,6 +169,21 @@ impl Engine {
     /// The tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
+    }
+
+    /// The chat template from `tokenizer_config.json` (`None` for base models without one).
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat_template.as_ref()
+    }
+
+    /// Renders a conversation with the chat template and tokenizes it without adding a
+    /// second BOS (the template writes it).
+    pub fn encode_chat(&self, messages: &[Message], tools: Option<&[Tool]>, options: &RenderOptions) -> Result<Vec<u32>> {
+        let template = self.chat_template.as_ref().ok_or_else(|| {
+            Error::Template(format!("{} has no chat_template in tokenizer_config.json", self.dir.display()))
+        })?;
+        let text = template.render(messages, tools, options)?;
+        self.tokenizer.encode(&text, false)
     }
 
     /// The model (for callers that drive the KV cache themselves).

@@ -88,6 +88,10 @@ pub enum Error {
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 
+    /// The chat template is missing, or failed to render (e.g. it raised an exception).
+    #[error("chat template: {0}")]
+    Template(String),
+
     /// The prompt does not fit the context window.
     #[error("the prompt has {tokens} tokens but the context window is {limit} tokens")]
     PromptTooLong {
@@ -120,6 +124,10 @@ pub enum Error {
     /// An error from the tensor library.
     #[error("tensor backend: {0}")]
     Candle(#[from] candle_core::Error),
+
+    /// Resolving or downloading a model from the Hugging Face hub failed.
+    #[error(transparent)]
+    Hub(#[from] crate::hub::HubError),
 }
 
 /// `Result` with [`Error`].

@@ -29,10 +29,12 @@
 
 #![warn(missing_docs)]
 
+pub mod chat;
 pub mod config;
 pub mod device;
 pub mod engine;
 pub mod error;
+pub mod hub;
 pub mod model;
 pub mod sampler;
 pub mod session;
@@ -40,6 +42,7 @@ pub mod synthetic;
 pub mod tokenizer;
 pub mod weights;
 
+pub use chat::{ChatRequest, ChatTemplate, Conversation, Message, RenderOptions, Turn};
 pub use config::{GenerationConfig, LlamaConfig};
 pub use device::{ComputeDType, DeviceKind};
 pub use engine::{Engine, FinishReason, GenerateRequest, Generation, LoadOptions, Timings};

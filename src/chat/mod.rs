@@ -1,0 +1,227 @@
+//! Chat: OpenAI-shaped messages and tools, validated once at the boundary, rendered with
+//! the model's own Jinja chat template, and multi-turn conversations that reuse the KV cache.
+
+pub mod conversation;
+pub mod date;
+pub mod template;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+use crate::error::{Error, Result};
+
+pub use conversation::{Conversation, Turn};
+pub use template::{ChatTemplate, RenderOptions};
+
+/// The roles a Llama 3.x chat template understands.
+pub const ROLES: [&str; 5] = ["system", "user", "assistant", "tool", "ipython"];
+
+/// One message, in the shape the template sees (OpenAI's field names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// system, user, assistant, tool or ipython.
+    pub role: String,
+    /// Text for most roles; a tool result may be any JSON value.
+    #[serde(default)]
+    pub content: Json,
+    /// The assistant's tool calls (absent from the template's view when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// For tool results: the id of the call answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+/// A tool call made by the assistant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// Always "function".
+    #[serde(rename = "type", default = "function_kind")]
+    pub kind: String,
+    /// Which function, with which arguments.
+    pub function: FunctionCall,
+    /// The call's id, when the client gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+/// The function and arguments of a [`ToolCall`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionCall {
+    /// Function name.
+    pub name: String,
+    /// Arguments as a JSON object (a JSON string in requests is parsed at the boundary).
+    pub arguments: Json,
+}
+
+fn function_kind() -> String {
+    "function".into()
+}
+
+/// A tool offered to the model: an OpenAI tool schema, passed to the template as is.
+pub type Tool = Json;
+
+impl Message {
+    /// A plain text message.
+    pub fn text(role: &str, content: impl Into<String>) -> Self {
+        Self { role: role.into(), content: Json::String(content.into()), tool_calls: Vec::new(), tool_call_id: None }
+    }
+}
+
+/// A conversation as read from a `--messages` file or a request body.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChatRequest {
+    /// The messages, validated.
+    pub messages: Vec<Message>,
+    /// Tools offered, if any.
+    pub tools: Option<Vec<Tool>>,
+}
+
+fn invalid(name: &'static str, reason: String) -> Error {
+    Error::InvalidParameter { name, reason }
+}
+
+/// Parses a conversation: a JSON array of messages, or an object with `messages` and
+/// optional `tools` (OpenAI's request shape).
+pub fn parse_request(text: &str) -> Result<ChatRequest> {
+    let json: Json = serde_json::from_str(text).map_err(|e| invalid("messages", format!("not valid JSON: {e}")))?;
+    let (messages, tools) = match json {
+        Json::Array(list) => (list, None),
+        Json::Object(mut obj) => match obj.remove("messages") {
+            Some(Json::Array(list)) => (list, obj.remove("tools")),
+            _ => return Err(invalid("messages", "the object has no `messages` array".into())),
+        },
+        _ => return Err(invalid("messages", "expected an array of messages or an object with `messages`".into())),
+    };
+    let messages = messages.into_iter().enumerate().map(|(i, m)| parse_message(i, m)).collect::<Result<_>>()?;
+    let tools = match tools {
+        None | Some(Json::Null) => None,
+        Some(t) => Some(parse_tools(t)?),
+    };
+    Ok(ChatRequest { messages, tools })
+}
+
+/// Validates a list of OpenAI tool schemas (`{"type": "function", "function": {"name": ...}}`),
+/// given as an array or as an object with `tools`.
+pub fn parse_tools(json: Json) -> Result<Vec<Tool>> {
+    let list = match json {
+        Json::Array(list) => list,
+        Json::Object(mut o) if o.contains_key("tools") => return parse_tools(o.remove("tools").unwrap_or_default()),
+        _ => return Err(invalid("tools", "expected an array of tool schemas".into())),
+    };
+    for (i, tool) in list.iter().enumerate() {
+        let named = tool.get("function").and_then(|f| f.get("name")).is_some_and(|n| n.is_string());
+        if !named {
+            return Err(invalid("tools", format!("tools[{i}] has no function.name")));
+        }
+    }
+    Ok(list)
+}
+
+fn parse_message(i: usize, mut json: Json) -> Result<Message> {
+    // Like transformers, a key whose value is null counts as absent.
+    if let Json::Object(obj) = &mut json {
+        obj.retain(|_, v| !v.is_null());
+    }
+    let mut m: Message = serde_json::from_value(json).map_err(|e| invalid("messages", format!("messages[{i}]: {e}")))?;
+    if !ROLES.contains(&m.role.as_str()) {
+        let reason = format!("messages[{i}]: unknown role `{}` (expected one of {})", m.role, ROLES.join(", "));
+        return Err(invalid("messages", reason));
+    }
+    m.content = match std::mem::take(&mut m.content) {
+        // OpenAI content parts: keep the text parts.
+        Json::Array(parts) if m.role != "tool" && m.role != "ipython" => Json::String(text_parts(i, &parts)?),
+        other => other,
+    };
+    let empty = match &m.content {
+        Json::Null => true,
+        Json::String(s) => s.trim().is_empty(),
+        _ => false,
+    };
+    if empty && m.role == "assistant" && !m.tool_calls.is_empty() {
+        m.content = Json::String(String::new());
+    } else if empty && m.role != "system" && m.role != "assistant" {
+        return Err(invalid("messages", format!("messages[{i}] ({}): content is empty", m.role)));
+    } else if m.content.is_null() {
+        m.content = Json::String(String::new());
+    }
+    for (j, call) in m.tool_calls.iter_mut().enumerate() {
+        if let Json::String(s) = &call.function.arguments {
+            call.function.arguments = serde_json::from_str(s).map_err(|e| {
+                invalid("messages", format!("messages[{i}].tool_calls[{j}].function.arguments is not valid JSON: {e}"))
+            })?;
+        }
+    }
+    Ok(m)
+}
+
+fn text_parts(i: usize, parts: &[Json]) -> Result<String> {
+    let mut text = String::new();
+    for part in parts {
+        match (part.get("type").and_then(|t| t.as_str()), part.get("text").and_then(|t| t.as_str())) {
+            (Some("text"), Some(t)) => text.push_str(t),
+            _ => return Err(invalid("messages", format!("messages[{i}]: only text content parts are supported"))),
+        }
+    }
+    Ok(text)
+}
+
+/// A tool call the model wrote as its answer: `{"name": ..., "parameters": {...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ParsedToolCall {
+    /// Function name.
+    pub name: String,
+    /// Arguments object.
+    pub arguments: Json,
+}
+
+/// Recognises a Llama 3.x JSON tool call in an answer (optionally after `<|python_tag|>`).
+pub fn parse_tool_call(answer: &str) -> Option<ParsedToolCall> {
+    let text = answer.trim().trim_start_matches("<|python_tag|>").trim();
+    let json: Json = serde_json::from_str(text).ok()?;
+    let name = json.get("name")?.as_str()?.to_string();
+    let arguments = json.get("parameters").or_else(|| json.get("arguments"))?.clone();
+    arguments.is_object().then_some(ParsedToolCall { name, arguments })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_both_shapes_and_string_arguments() {
+        let r = parse_request(r#"[{"role": "user", "content": "hi"}]"#).unwrap();
+        assert_eq!(r.messages, vec![Message::text("user", "hi")]);
+        let r = parse_request(
+            r#"{"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+            {"role": "assistant", "content": null, "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{\"x\": 1}"}}]}],
+            "tools": [{"type": "function", "function": {"name": "f"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.messages[0].content, Json::String("ab".into()));
+        assert_eq!(r.messages[1].tool_calls[0].function.arguments, serde_json::json!({"x": 1}));
+        assert_eq!(r.tools.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn bad_conversations_are_clear_errors() {
+        for (text, needle) in [
+            ("{not json", "not valid JSON"),
+            (r#"[{"role": "wizard", "content": "x"}]"#, "unknown role `wizard`"),
+            (r#"[{"role": "user", "content": "  "}]"#, "messages[0] (user): content is empty"),
+            (r#"[{"role": "user"}]"#, "messages[0]"),
+            (r#"{"messages": 3}"#, "no `messages` array"),
+            (r#"{"messages": [], "tools": [{"type": "function"}]}"#, "tools[0]"),
+        ] {
+            let e = parse_request(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn recognises_tool_calls() {
+        let call = parse_tool_call(r#" {"name": "get_weather", "parameters": {"city": "Paris"}} "#).unwrap();
+        assert_eq!(call.name, "get_weather");
+        assert!(parse_tool_call("The weather is nice.").is_none());
+    }
+}
