@@ -94,25 +94,22 @@ impl<'e> Session<'e> {
         let prefill_start = Instant::now();
         let logits = self.feed(&prompt[cached..], request.prefill_chunk)?;
         let prefill_secs = prefill_start.elapsed().as_secs_f64();
-        let mut out = self.decode(logits, request, sampler, on_text)?;
+        let mut out = self.decode(logits, request, sampler, start, on_text)?;
         out.prompt_tokens = prompt.len();
         out.cached_tokens = cached;
-        let first = out.timings.ttft_ms;
-        out.timings.ttft_ms = (prefill_start - start).as_secs_f64() * 1e3 + first;
         out.timings.prefill_tokens_per_s = per_second(prompt.len() - cached, prefill_secs);
         Ok(out)
     }
 
-    /// The decode loop from the prompt's logits. `timings.ttft_ms` is relative to the
-    /// start of prefill here; [`Session::generate`] makes it absolute.
+    /// The decode loop from the prompt's logits; `start` is when the request began.
     fn decode(
         &mut self,
         mut logits: Tensor,
         request: &GenerateRequest,
         mut sampler: Sampler,
+        start: Instant,
         mut on_text: impl FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Generation> {
-        let began = Instant::now();
         let engine = self.engine;
         let mut stream = engine.tokenizer().stream(true);
         let (mut generated, mut text) = (Vec::new(), String::new());
@@ -149,7 +146,7 @@ impl<'e> Session<'e> {
             finish_reason,
             seed: sampler.seed(),
             timings: Timings {
-                ttft_ms: (first - began).as_secs_f64() * 1e3,
+                ttft_ms: (first - start).as_secs_f64() * 1e3,
                 prefill_tokens_per_s: 0.0,
                 decode_tokens_per_s: per_second(generated.len().saturating_sub(1), first.elapsed().as_secs_f64()),
             },

@@ -18,14 +18,20 @@ pub struct Cli {
 pub enum Command {
     /// Continue a raw prompt, streaming the text to stdout (stats go to stderr).
     Generate(GenerateArgs),
-    /// Print the token ids of a prompt.
+    /// Chat with an Instruct model: one answer with -p, else an interactive session.
+    Chat(ChatArgs),
+    /// Print the token ids of a prompt or of a rendered conversation.
     Tokenize(TokenizeArgs),
+    /// Download a model into the Hugging Face cache (or update it) and print its directory.
+    Download(crate::hub_cmd::DownloadArgs),
+    /// List the models known by name, whether each is cached, and its size on disk.
+    List(crate::hub_cmd::ListArgs),
 }
 
 /// Where the model is and how to run it.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
-    /// Checkpoint directory (config.json, tokenizer.json, *.safetensors).
+    /// Checkpoint directory, model name from `llama32 list`, or hub repo id owner/name[@revision].
     #[arg(long, short = 'm')]
     pub model: PathBuf,
     /// cpu, cuda[:N] or metal[:N] (GPUs need the `cuda` / `metal` cargo feature).
@@ -34,6 +40,26 @@ pub struct ModelArgs {
     /// Compute dtype: f32, f16 or bf16 (default: f32 on CPU, the checkpoint's on GPU).
     #[arg(long)]
     pub dtype: Option<String>,
+    /// Context window in tokens (default: the model's max_position_embeddings).
+    #[arg(long)]
+    pub ctx_size: Option<usize>,
+}
+
+/// Sampling and stopping, with the OpenAI API's parameter names.
+#[derive(Debug, Args, Clone)]
+pub struct SamplingArgs {
+    /// Most tokens to generate.
+    #[arg(long, short = 'n', default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 is greedy (default: generation_config.json's, else 1).
+    #[arg(long, allow_negative_numbers = true)]
+    pub temperature: Option<f32>,
+    /// RNG seed, for reproducible sampling.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Prompt tokens per prefill forward pass.
+    #[arg(long, default_value_t = llama32::model::DEFAULT_PREFILL_CHUNK, hide = true)]
+    pub prefill_chunk: usize,
 }
 
 /// `llama32 generate`.
@@ -44,22 +70,43 @@ pub struct GenerateArgs {
     /// The raw prompt (tokenized with one BOS, no chat template).
     #[arg(long, short = 'p')]
     pub prompt: String,
-    /// Most tokens to generate.
-    #[arg(long, short = 'n', default_value_t = 256)]
-    pub max_tokens: usize,
-    /// Sampling temperature; 0 is greedy (default: generation_config.json's, else 1).
-    #[arg(long, allow_negative_numbers = true)]
-    pub temperature: Option<f32>,
-    /// RNG seed, for reproducible sampling.
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// Context window in tokens (default: the model's max_position_embeddings).
-    #[arg(long)]
-    pub ctx_size: Option<usize>,
-    /// Prompt tokens per prefill forward pass.
-    #[arg(long, default_value_t = llama32::model::DEFAULT_PREFILL_CHUNK, hide = true)]
-    pub prefill_chunk: usize,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The conversation-shaping options shared by `chat` and `tokenize`.
+#[derive(Debug, Args, Clone)]
+pub struct ConversationArgs {
+    /// System message.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// The date the template prints as "Today Date" (default: today, e.g. "26 Jul 2024").
+    #[arg(long)]
+    pub date: Option<String>,
+    /// Tools offered to the model: a JSON file with an array of OpenAI tool schemas.
+    #[arg(long)]
+    pub tools: Option<PathBuf>,
+    /// A conversation in OpenAI's request shape (array of messages, or {messages, tools}).
+    #[arg(long)]
+    pub messages: Option<PathBuf>,
+}
+
+/// `llama32 chat`.
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Ask one question, print the answer and exit (default: interactive session).
+    #[arg(long, short = 'p')]
+    pub prompt: Option<String>,
+    #[command(flatten)]
+    pub conversation: ConversationArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Print one JSON object per answer instead of streaming text.
     #[arg(long)]
     pub json: bool,
 }
@@ -67,12 +114,14 @@ pub struct GenerateArgs {
 /// `llama32 tokenize`.
 #[derive(Debug, Args)]
 pub struct TokenizeArgs {
-    /// Checkpoint directory (only tokenizer.json is read).
+    /// Checkpoint directory, model name or hub repo id (only the tokenizer files are read).
     #[arg(long, short = 'm')]
     pub model: PathBuf,
-    /// The text to tokenize.
-    #[arg(long, short = 'p')]
-    pub prompt: String,
+    /// The raw text to tokenize (one BOS is added).
+    #[arg(long, short = 'p', required_unless_present = "messages", conflicts_with = "messages")]
+    pub prompt: Option<String>,
+    #[command(flatten)]
+    pub conversation: ConversationArgs,
     /// Print a JSON object `{"ids": [...], "count": N}`.
     #[arg(long)]
     pub json: bool,

@@ -1,0 +1,172 @@
+//! `llama32 chat`: one answer with `-p`, else an interactive multi-turn session on stdin.
+
+use std::io::{self, BufRead, IsTerminal, Write};
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use llama32::chat::{parse_request, parse_tools, ChatTemplate, Message, RenderOptions, Tool};
+use llama32::{Conversation, Engine, FinishReason, GenerateRequest, Tokenizer, Turn};
+
+use crate::args::{ChatArgs, ConversationArgs};
+use crate::common::{generation_json, load_engine, request, stats_line, Interrupt, Streamer};
+use crate::EXIT_INTERRUPTED;
+
+/// The history and tools given by `--messages`, `--tools` and `--system`.
+fn read_conversation(a: &ConversationArgs) -> anyhow::Result<(Vec<Message>, Option<Vec<Tool>>)> {
+    let (mut messages, mut tools) = match &a.messages {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let request = parse_request(&text).with_context(|| format!("{}", path.display()))?;
+            (request.messages, request.tools)
+        }
+        None => (Vec::new(), None),
+    };
+    if let Some(path) = &a.tools {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let json = serde_json::from_str(&text)
+            .map_err(|e| llama32::Error::InvalidParameter { name: "tools", reason: format!("{}: not valid JSON: {e}", path.display()) })?;
+        tools = Some(parse_tools(json).with_context(|| format!("{}", path.display()))?);
+    }
+    if let Some(system) = &a.system {
+        messages.retain(|m| m.role != "system");
+        messages.insert(0, Message::text("system", system.clone()));
+    }
+    Ok((messages, tools))
+}
+
+/// Prompt ids of a conversation (for `tokenize --messages`): rendered with the
+/// assistant header, tokenized without a second BOS.
+pub fn conversation_ids(dir: &Path, tokenizer: &Tokenizer, a: &ConversationArgs) -> anyhow::Result<Vec<u32>> {
+    let config = dir.join("tokenizer_config.json");
+    let template = ChatTemplate::from_tokenizer_config(&config)?
+        .with_context(|| format!("{} has no chat_template", config.display()))?;
+    let (messages, tools) = read_conversation(a)?;
+    let options = RenderOptions { add_generation_prompt: true, date: a.date.clone() };
+    let text = template.render(&messages, tools.as_deref(), &options)?;
+    Ok(tokenizer.encode(&text, false)?)
+}
+
+struct Chat<'e> {
+    engine: &'e Engine,
+    conversation: Conversation<'e>,
+    request: GenerateRequest,
+    interrupt: Interrupt,
+    json: bool,
+    last: Option<Turn>,
+}
+
+impl Chat<'_> {
+    /// Answers the history; returns the turn's finish reason.
+    fn answer(&mut self, user: Option<&str>) -> anyhow::Result<FinishReason> {
+        self.interrupt.clear();
+        let mut stream = Streamer::new();
+        let (interrupt, json) = (self.interrupt.clone(), self.json);
+        let on_text = |piece: &str| {
+            if interrupt.is_set() || (!json && !stream.write(piece)) {
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        };
+        let turn = match user {
+            Some(text) => self.conversation.send(text, &self.request, on_text)?,
+            None => self.conversation.reply(&self.request, on_text)?,
+        };
+        stream.check().context("writing to stdout")?;
+        if turn.dropped_messages > 0 {
+            eprintln!("[context window full: dropped the {} oldest messages]", turn.dropped_messages);
+        }
+        let mut stdout = io::stdout().lock();
+        if self.json {
+            let mut v = generation_json(&turn.generation, self.engine.load_time().as_secs_f64() * 1e3);
+            v["dropped_messages"] = turn.dropped_messages.into();
+            if let Some(call) = &turn.tool_call {
+                v["tool_calls"] = serde_json::json!([{"type": "function", "function": call}]);
+            }
+            writeln!(stdout, "{v}")?;
+        } else {
+            writeln!(stdout)?;
+        }
+        let reason = turn.generation.finish_reason;
+        self.last = Some(turn);
+        Ok(reason)
+    }
+
+    fn print_stats(&self) {
+        let tokens = self.conversation.prompt_ids().map_or(0, |ids| ids.len());
+        eprintln!(
+            "[{} messages, {tokens} of {} context tokens]",
+            self.conversation.messages().len(),
+            self.conversation.context_window()
+        );
+        if let Some(turn) = &self.last {
+            eprintln!("{}", stats_line(self.engine, &turn.generation));
+        }
+    }
+}
+
+/// Runs `llama32 chat`.
+pub fn run(a: ChatArgs) -> anyhow::Result<ExitCode> {
+    let (messages, tools) = read_conversation(&a.conversation)?;
+    let engine = load_engine(&a.model)?;
+    let mut conversation = Conversation::new(&engine, a.model.ctx_size, tools, a.conversation.date.clone())?;
+    for m in messages {
+        conversation.push(m);
+    }
+    let request = request(&engine, &a.sampling, a.model.ctx_size);
+    let mut chat = Chat { engine: &engine, conversation, request, interrupt: Interrupt::install(), json: a.json, last: None };
+    if let Some(prompt) = &a.prompt {
+        let reason = chat.answer(Some(prompt))?;
+        if let (false, Some(turn)) = (a.json, &chat.last) {
+            eprintln!("{}", stats_line(&engine, &turn.generation));
+        }
+        return Ok(if reason == FinishReason::Cancelled { ExitCode::from(EXIT_INTERRUPTED) } else { ExitCode::SUCCESS });
+    }
+    if chat.conversation.messages().last().is_some_and(|m| m.role == "user") {
+        chat.answer(None)?;
+    }
+    interactive(&mut chat)
+}
+
+const HELP: &str = "commands: /reset (forget the conversation), /system TEXT (set the system message), \
+/stats (sizes and speed), /exit; Ctrl-C stops an answer, Ctrl-D exits";
+
+fn interactive(chat: &mut Chat) -> anyhow::Result<ExitCode> {
+    let terminal = io::stdin().is_terminal();
+    if terminal {
+        eprintln!("{HELP}");
+    }
+    let mut lines = io::stdin().lock().lines();
+    loop {
+        if terminal {
+            print!(">>> ");
+            io::stdout().flush()?;
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line.context("reading stdin")?;
+        let line = line.trim();
+        match line.split_once(' ').map_or((line, ""), |(c, rest)| (c, rest.trim())) {
+            ("", _) => continue,
+            ("/exit" | "/bye" | "/quit", _) => break,
+            ("/reset", _) => {
+                chat.conversation.reset();
+                eprintln!("[conversation reset]");
+            }
+            ("/system", text) => {
+                chat.conversation.set_system((!text.is_empty()).then(|| text.to_string()));
+                eprintln!("[system message {}]", if text.is_empty() { "removed" } else { "set" });
+            }
+            ("/stats", _) => chat.print_stats(),
+            ("/help" | "/?", _) => eprintln!("{HELP}"),
+            (cmd, _) if cmd.starts_with('/') => eprintln!("unknown command {cmd}; {HELP}"),
+            _ => match chat.answer(Some(line)) {
+                Ok(FinishReason::Cancelled) => eprintln!("[interrupted]"),
+                Ok(_) => {}
+                Err(e) if e.downcast_ref::<io::Error>().is_some() => return Err(e),
+                Err(e) => eprintln!("error: {e:#}"),
+            },
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,124 @@
+//! Pieces shared by the subcommands: loading, requests, Ctrl-C, output.
+
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use llama32::{Engine, GenerateRequest, Generation, LoadOptions, SamplingParams};
+use serde_json::json;
+
+use crate::args::{ModelArgs, SamplingArgs};
+
+/// Loads the model named by the model arguments.
+pub fn load_engine(a: &ModelArgs) -> anyhow::Result<Engine> {
+    let options = LoadOptions {
+        device: a.device.parse()?,
+        dtype: a.dtype.as_deref().map(str::parse).transpose()?,
+    };
+    Ok(Engine::load(&a.model, &options)?)
+}
+
+/// Builds a request from the flags; unset flags take the model's generation_config.json defaults.
+pub fn request(engine: &Engine, a: &SamplingArgs, ctx_size: Option<usize>) -> GenerateRequest {
+    let gen_cfg = engine.generation_config();
+    let default_temperature = match gen_cfg.do_sample {
+        Some(false) => 0.0,
+        _ => gen_cfg.temperature.unwrap_or(1.0),
+    };
+    GenerateRequest {
+        max_tokens: a.max_tokens,
+        sampling: SamplingParams { temperature: a.temperature.unwrap_or(default_temperature), seed: a.seed },
+        ctx_size,
+        prefill_chunk: a.prefill_chunk,
+    }
+}
+
+/// A Ctrl-C flag: the first Ctrl-C stops the current generation instead of the process.
+#[derive(Clone)]
+pub struct Interrupt(Arc<AtomicBool>);
+
+impl Interrupt {
+    /// Installs the handler (failing to install it is not fatal: Ctrl-C then just exits).
+    pub fn install() -> Self {
+        let flag = Arc::new(AtomicBool::new(false));
+        let handler_flag = flag.clone();
+        let _ = ctrlc::set_handler(move || handler_flag.store(true, Ordering::SeqCst));
+        Self(flag)
+    }
+
+    /// True once Ctrl-C was pressed since the last [`Interrupt::clear`].
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// Forgets an earlier Ctrl-C.
+    pub fn clear(&self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Streams text to stdout, remembering the first write error (a closed pipe stops generation).
+pub struct Streamer {
+    out: io::Stdout,
+    /// The first error writing to stdout.
+    pub error: Option<io::Error>,
+}
+
+impl Streamer {
+    /// A streamer on stdout.
+    pub fn new() -> Self {
+        Self { out: io::stdout(), error: None }
+    }
+
+    /// Writes and flushes `piece`; false once writing failed.
+    pub fn write(&mut self, piece: &str) -> bool {
+        let mut out = self.out.lock();
+        if let Err(e) = out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
+            self.error.get_or_insert(e);
+        }
+        self.error.is_none()
+    }
+
+    /// Fails with the first write error, if any.
+    pub fn check(&mut self) -> io::Result<()> {
+        self.error.take().map_or(Ok(()), Err)
+    }
+}
+
+/// The `--json` object of one generation.
+pub fn generation_json(out: &Generation, load_ms: f64) -> serde_json::Value {
+    json!({
+        "text": out.text,
+        "token_ids": out.token_ids,
+        "prompt_tokens": out.prompt_tokens,
+        "cached_tokens": out.cached_tokens,
+        "completion_tokens": out.completion_tokens,
+        "finish_reason": out.finish_reason,
+        "seed": out.seed,
+        "timings": {
+            "load_ms": load_ms,
+            "ttft_ms": out.timings.ttft_ms,
+            "prefill_tokens_per_s": out.timings.prefill_tokens_per_s,
+            "decode_tokens_per_s": out.timings.decode_tokens_per_s,
+        },
+    })
+}
+
+/// The human stats line (stderr).
+pub fn stats_line(engine: &Engine, out: &Generation) -> String {
+    let t = &out.timings;
+    format!(
+        "[{} {} | prompt tokens: {} ({} cached) | generated: {} ({:?}) | load: {:.0} ms | ttft: {:.0} ms | prefill: {:.1} tok/s | decode: {:.1} tok/s | seed: {}]",
+        engine.device(),
+        engine.dtype(),
+        out.prompt_tokens,
+        out.cached_tokens,
+        out.completion_tokens,
+        out.finish_reason,
+        engine.load_time().as_secs_f64() * 1e3,
+        t.ttft_ms,
+        t.prefill_tokens_per_s,
+        t.decode_tokens_per_s,
+        out.seed,
+    )
+}
