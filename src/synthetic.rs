@@ -43,7 +43,8 @@ impl SyntheticShape {
 }
 
 /// Writes a bf16 checkpoint of `shape` with random weights into `dir`, with the given
-/// `tokenizer.json`. Weights are small uniform noise (norms are 1), so activations stay finite.
+/// `tokenizer.json` (and the `tokenizer_config.json` beside it, for the chat template, when
+/// there is one). Weights are small uniform noise (norms are 1), so activations stay finite.
 pub fn write_checkpoint(dir: &Path, shape: SyntheticShape, tokenizer_json: &Path, seed: u64) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let config = shape.config_json();
@@ -53,6 +54,10 @@ pub fn write_checkpoint(dir: &Path, shape: SyntheticShape, tokenizer_json: &Path
     let cfg = LlamaConfig::from_file(&config_path)?;
     let dst = dir.join("tokenizer.json");
     std::fs::copy(tokenizer_json, &dst).map_err(io_err(&dst))?;
+    if let Some(config) = tokenizer_json.parent().map(|d| d.join("tokenizer_config.json")).filter(|p| p.exists()) {
+        let dst = dir.join("tokenizer_config.json");
+        std::fs::copy(&config, &dst).map_err(io_err(&dst))?;
+    }
     write_safetensors(&dir.join("model.safetensors"), &expected_tensors(&cfg), seed)
 }
 

@@ -39,7 +39,11 @@ fn small_files() -> Vec<FakeFile> {
 
 fn tiny() -> FakeRepo {
     let mut files = small_files();
-    files.push(FakeFile::new("generation_config.json", r#"{"temperature": 0.6}"#, false));
+    files.push(FakeFile::new(
+        "generation_config.json",
+        r#"{"temperature": 0.6}"#,
+        false,
+    ));
     files.push(FakeFile::new(MODEL, bytes(LFS_SIZE, 1), true));
     let mut repo = FakeRepo::new("test/tiny", 0xc0, files);
     repo.refs.push(("v1".into(), repo.commit.clone()));
@@ -47,9 +51,17 @@ fn tiny() -> FakeRepo {
 }
 
 fn with_index(id: &str, seed: u8, shards: &[&str]) -> FakeRepo {
-    let map: Vec<String> = shards.iter().enumerate().map(|(i, s)| format!("\"t{i}\": \"{s}\"")).collect();
+    let map: Vec<String> = shards
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("\"t{i}\": \"{s}\""))
+        .collect();
     let mut files = small_files();
-    files.push(FakeFile::new(INDEX, format!("{{\"weight_map\": {{{}}}}}", map.join(", ")), false));
+    files.push(FakeFile::new(
+        INDEX,
+        format!("{{\"weight_map\": {{{}}}}}", map.join(", ")),
+        false,
+    ));
     for (i, s) in shards.iter().enumerate() {
         files.push(FakeFile::new(s, bytes(50_000, 10 + i as u64), true));
     }
@@ -57,7 +69,14 @@ fn with_index(id: &str, seed: u8, shards: &[&str]) -> FakeRepo {
 }
 
 fn sharded() -> FakeRepo {
-    with_index("test/sharded", 0x5a, &["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"])
+    with_index(
+        "test/sharded",
+        0x5a,
+        &[
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+        ],
+    )
 }
 
 struct Env {
@@ -70,16 +89,28 @@ struct Env {
 impl Env {
     fn new(repos: Vec<FakeRepo>) -> Self {
         let mut registry = Registry::builtin().unwrap();
-        registry.extend_from_toml(MODELS, "test models.toml").unwrap();
-        Self { hub: FakeHub::start(repos), cache: tempfile::tempdir().unwrap(), registry, progress: Default::default() }
+        registry
+            .extend_from_toml(MODELS, "test models.toml")
+            .unwrap();
+        Self {
+            hub: FakeHub::start(repos),
+            cache: tempfile::tempdir().unwrap(),
+            registry,
+            progress: Default::default(),
+        }
     }
 
     fn config(&self) -> HubConfig {
         let mut c = HubConfig::new(self.cache.path().join("hub"));
         c.endpoint = self.hub.url();
         c.connect_timeout = Duration::from_secs(2);
-        c.read_timeout = Duration::from_millis(400);
-        c.retry = RetryPolicy { max_attempts: 3, initial_backoff: Duration::from_millis(10), max_backoff: Duration::from_secs(2) };
+        // Generous: tests share 2 cores with builds; the stall tests shorten it.
+        c.read_timeout = Duration::from_secs(5);
+        c.retry = RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_secs(2),
+        };
         c.progress = self.progress.clone();
         c
     }
@@ -89,13 +120,20 @@ impl Env {
     }
 
     fn repo_dir(&self, id: &str) -> PathBuf {
-        self.cache.path().join("hub").join(format!("models--{}", id.replace('/', "--")))
+        self.cache
+            .path()
+            .join("hub")
+            .join(format!("models--{}", id.replace('/', "--")))
     }
 
     /// Every file under `snapshots/` of `id`, with `name` in it, must be a verified blob.
     fn snapshot_names(&self, id: &str) -> Vec<String> {
         let snaps = self.repo_dir(id).join("snapshots");
-        tree(&snaps).iter().filter(|p| p.components().count() > 1).map(|p| p.to_string_lossy().into_owned()).collect()
+        tree(&snaps)
+            .iter()
+            .filter(|p| p.components().count() > 1)
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect()
     }
 }
 
@@ -108,7 +146,10 @@ struct Recorder {
 
 impl Progress for Recorder {
     fn update(&self, file: &str, done: u64, total: u64) {
-        self.updates.lock().unwrap().push((file.into(), done, total));
+        self.updates
+            .lock()
+            .unwrap()
+            .push((file.into(), done, total));
     }
     fn finish(&self, file: &str, ok: bool) {
         self.finished.lock().unwrap().push((file.into(), ok));
@@ -120,7 +161,12 @@ impl Progress for Recorder {
 
 impl Recorder {
     fn count(&self, pred: impl Fn(&Notice) -> bool) -> usize {
-        self.notices.lock().unwrap().iter().filter(|n| pred(n)).count()
+        self.notices
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|n| pred(n))
+            .count()
     }
 }
 
@@ -131,10 +177,17 @@ fn assert_snapshot(env: &Env, repo: &FakeRepo, dir: &Path, names: &[&str]) {
     for name in names {
         let f = repo.file(name);
         let link = dir.join(name);
-        assert_eq!(fs::read_link(&link).unwrap(), Path::new("../../blobs").join(f.etag()), "{name}");
+        assert_eq!(
+            fs::read_link(&link).unwrap(),
+            Path::new("../../blobs").join(f.etag()),
+            "{name}"
+        );
         assert_eq!(fs::read(&link).unwrap(), f.data, "{name}");
     }
-    let leftovers: Vec<_> = tree(&root).into_iter().filter(|p| p.to_string_lossy().ends_with(".incomplete")).collect();
+    let leftovers: Vec<_> = tree(&root)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".incomplete"))
+        .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
@@ -144,7 +197,12 @@ fn lfs_part(env: &Env, repo: &FakeRepo) -> PathBuf {
     blobs.join(format!("{}.incomplete", repo.file(MODEL).sha256()))
 }
 
-const ALL: [&str; 4] = ["config.json", "tokenizer.json", "generation_config.json", MODEL];
+const ALL: [&str; 4] = [
+    "config.json",
+    "tokenizer.json",
+    "generation_config.json",
+    MODEL,
+];
 
 #[test]
 fn downloads_into_the_hugging_face_cache_layout() {
@@ -153,32 +211,63 @@ fn downloads_into_the_hugging_face_cache_layout() {
     let dir = env.resolve("tiny").unwrap();
     assert_snapshot(&env, &repo, &dir, &ALL);
     let root = env.repo_dir("test/tiny");
-    assert_eq!(fs::read_to_string(root.join("refs/main")).unwrap(), repo.commit);
-    let mut blobs: Vec<String> = fs::read_dir(root.join("blobs")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(
+        fs::read_to_string(root.join("refs/main")).unwrap(),
+        repo.commit
+    );
+    let mut blobs: Vec<String> = fs::read_dir(root.join("blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     blobs.sort();
     let mut etags: Vec<String> = repo.files.iter().map(|f| f.etag()).collect();
     etags.sort();
-    assert_eq!(blobs, etags, "blobs are named by etag (sha256 for the LFS file)");
-    let lock = env.cache.path().join("hub/.locks/models--test--tiny").join(format!("{}.lock", repo.file(MODEL).sha256()));
+    assert_eq!(
+        blobs, etags,
+        "blobs are named by etag (sha256 for the LFS file)"
+    );
+    let lock = env
+        .cache
+        .path()
+        .join("hub/.locks/models--test--tiny")
+        .join(format!("{}.lock", repo.file(MODEL).sha256()));
     assert!(lock.is_file());
     // HEAD stops at the LFS redirect (X-Linked-* headers), GET follows it to the CDN.
-    assert_eq!((env.hub.count("HEAD", "/cdn/"), env.hub.count("GET", "/cdn/")), (0, 1));
+    assert_eq!(
+        (
+            env.hub.count("HEAD", "/cdn/"),
+            env.hub.count("GET", "/cdn/")
+        ),
+        (0, 1)
+    );
     let updates = env.progress.updates.lock().unwrap();
     assert!(updates.contains(&(MODEL.into(), LFS_SIZE as u64, LFS_SIZE as u64)));
-    assert!(env.progress.finished.lock().unwrap().contains(&(MODEL.into(), true)));
+    assert!(env
+        .progress
+        .finished
+        .lock()
+        .unwrap()
+        .contains(&(MODEL.into(), true)));
 }
 
 #[test]
 fn a_complete_cache_starts_without_any_request_and_download_refreshes() {
     let env = Env::new(vec![tiny()]);
     let dir = env.resolve("tiny").unwrap();
-    let requests = env.hub.log().len();
+    let (requests, gets) = (env.hub.log().len(), env.hub.count("GET", ""));
     assert_eq!(env.resolve("tiny").unwrap(), dir);
-    assert_eq!(env.hub.log().len(), requests, "a cached model needs no request");
+    assert_eq!(
+        env.hub.log().len(),
+        requests,
+        "a cached model needs no request"
+    );
     // `download` asks the hub again (HEADs) but fetches no blob it already has.
-    assert_eq!(hub::download("tiny", &env.registry, &env.config()).unwrap(), dir);
+    assert_eq!(
+        hub::download("tiny", &env.registry, &env.config()).unwrap(),
+        dir
+    );
     assert_eq!(env.hub.count("HEAD", "/resolve/"), 8);
-    assert_eq!(env.hub.count("GET", ""), 4);
+    assert_eq!(env.hub.count("GET", ""), gets);
 }
 
 #[test]
@@ -186,15 +275,38 @@ fn a_repo_id_fetches_the_shards_named_by_its_index_and_records_absent_files() {
     let env = Env::new(vec![sharded()]);
     let repo = sharded();
     let dir = env.resolve("test/sharded").unwrap();
-    let names = ["config.json", "tokenizer.json", INDEX, "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"];
+    let names = [
+        "config.json",
+        "tokenizer.json",
+        INDEX,
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ];
     assert_snapshot(&env, &repo, &dir, &names);
     assert!(!dir.join("generation_config.json").exists());
-    let no_exist = env.repo_dir("test/sharded").join(".no_exist").join(&repo.commit);
-    assert!(no_exist.join("generation_config.json").is_file() && no_exist.join("tokenizer_config.json").is_file());
-    assert_eq!(env.hub.log().iter().filter(|l| l.path.ends_with("/model.safetensors")).count(), 0);
+    let no_exist = env
+        .repo_dir("test/sharded")
+        .join(".no_exist")
+        .join(&repo.commit);
+    assert!(
+        no_exist.join("generation_config.json").is_file()
+            && no_exist.join("tokenizer_config.json").is_file()
+    );
+    assert_eq!(
+        env.hub
+            .log()
+            .iter()
+            .filter(|l| l.path.ends_with("/model.safetensors"))
+            .count(),
+        0
+    );
     let requests = env.hub.log().len();
     assert_eq!(env.resolve("test/sharded").unwrap(), dir);
-    assert_eq!(env.hub.log().len(), requests, "absent optional files are known, no request needed");
+    assert_eq!(
+        env.hub.log().len(),
+        requests,
+        "absent optional files are known, no request needed"
+    );
 }
 
 #[test]
@@ -204,11 +316,33 @@ fn a_revision_is_resolved_to_a_commit_and_recorded_in_refs() {
     let dir = env.resolve("test/tiny@v1").unwrap();
     assert_snapshot(&env, &repo, &dir, &["config.json", "tokenizer.json", MODEL]);
     let root = env.repo_dir("test/tiny");
-    assert_eq!(fs::read_to_string(root.join("refs/v1")).unwrap(), repo.commit);
+    assert_eq!(
+        fs::read_to_string(root.join("refs/v1")).unwrap(),
+        repo.commit
+    );
     // Every file after the first is asked for at the commit, not at the moving branch.
-    assert!(env.hub.log().iter().skip(1).all(|l| !l.path.contains("/resolve/v1/")));
-    assert_eq!(env.resolve(&format!("test/tiny@{}", repo.commit)).unwrap(), dir);
+    assert!(env
+        .hub
+        .log()
+        .iter()
+        .skip(1)
+        .all(|l| !l.path.contains("/resolve/v1/")));
+    assert_eq!(
+        env.resolve(&format!("test/tiny@{}", repo.commit)).unwrap(),
+        dir
+    );
     assert!(!root.join("refs").join(&repo.commit).exists());
+}
+
+#[test]
+fn a_renamed_repo_is_followed_through_its_relative_redirect() {
+    let env = Env::new(vec![tiny()]);
+    env.hub
+        .faults(|f| f.renamed.push(("test/old-name".into(), "test/tiny".into())));
+    let dir = env.resolve("test/old-name").unwrap();
+    let mut repo = tiny();
+    repo.id = "test/old-name".into();
+    assert_snapshot(&env, &repo, &dir, &["config.json", "tokenizer.json", MODEL]);
 }
 
 #[test]
@@ -222,7 +356,8 @@ fn a_cache_laid_out_by_python_is_used_offline_without_a_socket() {
     fs::create_dir_all(&snap).unwrap();
     for f in &repo.files {
         fs::write(root.join("blobs").join(f.etag()), &f.data).unwrap();
-        std::os::unix::fs::symlink(format!("../../blobs/{}", f.etag()), snap.join(&f.name)).unwrap();
+        std::os::unix::fs::symlink(format!("../../blobs/{}", f.etag()), snap.join(&f.name))
+            .unwrap();
     }
     fs::write(root.join("refs/main"), &repo.commit).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -231,7 +366,10 @@ fn a_cache_laid_out_by_python_is_used_offline_without_a_socket() {
     config.endpoint = format!("http://{}", listener.local_addr().unwrap());
     config.offline = true;
     assert_eq!(hub::resolve("tiny", &env.registry, &config).unwrap(), snap);
-    assert_eq!(hub::resolve("test/tiny", &env.registry, &config).unwrap(), snap);
+    assert_eq!(
+        hub::resolve("test/tiny", &env.registry, &config).unwrap(),
+        snap
+    );
     assert_eq!(listener.accept().unwrap_err().kind(), ErrorKind::WouldBlock);
 }
 
@@ -246,7 +384,10 @@ fn offline_and_not_cached_says_what_is_missing_and_opens_no_socket() {
     match hub::resolve("tiny", &env.registry, &offline) {
         Err(e @ HubError::Offline { .. }) => {
             let msg = e.to_string();
-            assert!(msg.contains("revision `main`") && msg.contains("llama32 download tiny"), "{msg}");
+            assert!(
+                msg.contains("revision `main`") && msg.contains("llama32 download tiny"),
+                "{msg}"
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -273,7 +414,12 @@ fn a_gated_repo_names_the_licence_page_and_hf_token() {
             Err(e @ HubError::AuthRequired { .. }) => {
                 let msg = e.to_string();
                 let page = format!("{}/meta-llama/Gated", env.hub.url());
-                assert!(msg.contains(&page) && msg.contains("HF_TOKEN") && msg.contains(&format!("HTTP {status}")), "{msg}");
+                assert!(
+                    msg.contains(&page)
+                        && msg.contains("HF_TOKEN")
+                        && msg.contains(&format!("HTTP {status}")),
+                    "{msg}"
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -281,21 +427,40 @@ fn a_gated_repo_names_the_licence_page_and_hf_token() {
     assert!(env.snapshot_names("meta-llama/Gated").is_empty());
     let mut config = env.config();
     config.token = Some(GOOD_TOKEN.into());
+    // The LFS redirect goes to another origin: the token must not follow it there.
+    env.hub.faults(|f| f.cdn_host = Some("localhost".into()));
     let dir = hub::resolve("meta-llama/Gated", &env.registry, &config).unwrap();
+    let cdn: Vec<_> = env
+        .hub
+        .log()
+        .into_iter()
+        .filter(|l| l.path.starts_with("/cdn/"))
+        .collect();
+    assert!(cdn.len() == 1 && cdn[0].auth.is_none(), "{cdn:?}");
     assert_snapshot(&env, &gated, &dir, &["config.json", MODEL]);
     let bearer = format!("Bearer {GOOD_TOKEN}");
-    assert!(env.hub.log().iter().filter(|l| l.path.contains("/resolve/")).last().unwrap().auth.as_deref() == Some(bearer.as_str()));
+    let last = env
+        .hub
+        .log()
+        .into_iter()
+        .rfind(|l| l.path.contains("/resolve/"))
+        .unwrap();
+    assert_eq!(last.auth.as_deref(), Some(bearer.as_str()));
 }
 
 #[test]
 fn unknown_repo_revision_and_file_are_reported_as_such() {
     let env = Env::new(vec![tiny()]);
     match env.resolve("test/nope") {
-        Err(e @ HubError::RepoNotFound { .. }) => assert!(e.to_string().contains("HF_TOKEN"), "{e}"),
+        Err(e @ HubError::RepoNotFound { .. }) => {
+            assert!(e.to_string().contains("HF_TOKEN"), "{e}")
+        }
         other => panic!("{other:?}"),
     }
     match env.resolve("test/tiny@nope") {
-        Err(HubError::RevisionNotFound { repo, revision }) => assert_eq!((repo.as_str(), revision.as_str()), ("test/tiny", "nope")),
+        Err(HubError::RevisionNotFound { repo, revision }) => {
+            assert_eq!((repo.as_str(), revision.as_str()), ("test/tiny", "nope"))
+        }
         other => panic!("{other:?}"),
     }
     match env.resolve("tiny-missing-file") {
@@ -303,23 +468,45 @@ fn unknown_repo_revision_and_file_are_reported_as_such() {
         other => panic!("{other:?}"),
     }
     assert!(env.snapshot_names("test/nope").is_empty());
-    assert!(!env.snapshot_names("test/tiny").iter().any(|n| n.contains("missing.json")));
+    assert!(!env
+        .snapshot_names("test/tiny")
+        .iter()
+        .any(|n| n.contains("missing.json")));
 }
 
 #[test]
 fn malformed_names_and_a_broken_models_toml_are_clear_errors() {
     let env = Env::new(vec![]);
-    for bad in ["owner/", "a/b/c", "owner/na me", "test/tiny@", "test/tiny@../../x", "./no/such/dir"] {
-        assert!(matches!(env.resolve(bad), Err(HubError::InvalidSpec { .. })), "{bad}");
+    for bad in [
+        "owner/",
+        "a/b/c",
+        "owner/na me",
+        "test/tiny@",
+        "test/tiny@../../x",
+        "./no/such/dir",
+    ] {
+        assert!(
+            matches!(env.resolve(bad), Err(HubError::InvalidSpec { .. })),
+            "{bad}"
+        );
     }
     match env.resolve("llama-9b") {
-        Err(e @ HubError::UnknownModel { .. }) => assert!(e.to_string().contains("llama-3.2-1b-instruct"), "{e}"),
+        Err(e @ HubError::UnknownModel { .. }) => {
+            assert!(e.to_string().contains("llama-3.2-1b-instruct"), "{e}")
+        }
         other => panic!("{other:?}"),
     }
     let user = env.cache.path().join("models.toml");
-    fs::write(&user, "[[model]]\nname = \"x\"\nrepo = \"a/b\"\nfiles = [\"ok\", 3]\n").unwrap();
+    fs::write(
+        &user,
+        "[[model]]\nname = \"x\"\nrepo = \"a/b\"\nfiles = [\"ok\", 3]\n",
+    )
+    .unwrap();
     match Registry::load(Some(&user)) {
-        Err(e @ HubError::Registry { line: 4, .. }) => assert!(e.to_string().starts_with(&format!("{}:4:", user.display())), "{e}"),
+        Err(e @ HubError::Registry { line: 4, .. }) => assert!(
+            e.to_string().starts_with(&format!("{}:4:", user.display())),
+            "{e}"
+        ),
         other => panic!("{other:?}"),
     }
     assert!(env.hub.log().is_empty());
@@ -328,10 +515,14 @@ fn malformed_names_and_a_broken_models_toml_are_clear_errors() {
 #[test]
 fn server_errors_are_retried_with_backoff() {
     let env = Env::new(vec![tiny()]);
-    env.hub.faults(|f| f.statuses.extend([(500, None), (503, None)]));
+    env.hub
+        .faults(|f| f.statuses.extend([(500, None), (503, None)]));
     let dir = env.resolve("tiny").unwrap();
     assert_snapshot(&env, &tiny(), &dir, &ALL);
-    assert_eq!(env.progress.count(|n| matches!(n, Notice::Retrying { .. })), 2);
+    assert_eq!(
+        env.progress.count(|n| matches!(n, Notice::Retrying { .. })),
+        2
+    );
     // A server that keeps failing: the error after max_attempts tries carries the status.
     let env = Env::new(vec![tiny()]);
     env.hub.faults(|f| f.statuses.extend([(502, None); 5]));
@@ -349,11 +540,22 @@ fn status_429_honours_retry_after() {
     env.hub.faults(|f| f.statuses.push_back((429, Some(1))));
     let start = Instant::now();
     env.resolve("tiny").unwrap();
-    assert!(start.elapsed() >= Duration::from_secs(1), "{:?}", start.elapsed());
-    let waits: Vec<Duration> = env.progress.notices.lock().unwrap().iter().filter_map(|n| match n {
-        Notice::Retrying { wait, .. } => Some(*wait),
-        _ => None,
-    }).collect();
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    let waits: Vec<Duration> = env
+        .progress
+        .notices
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|n| match n {
+            Notice::Retrying { wait, .. } => Some(*wait),
+            _ => None,
+        })
+        .collect();
     assert_eq!(waits, [Duration::from_secs(1)]);
 }
 
@@ -361,12 +563,20 @@ fn status_429_honours_retry_after() {
 fn a_stalled_connection_times_out() {
     let env = Env::new(vec![tiny()]);
     env.hub.faults(|f| f.stall = true);
+    let mut config = env.config();
+    config.read_timeout = Duration::from_millis(300);
     let start = Instant::now();
-    match env.resolve("tiny") {
-        Err(e @ HubError::Timeout { .. }) => assert!(e.to_string().contains("no data for 0.4 s"), "{e}"),
+    match hub::resolve("tiny", &env.registry, &config) {
+        Err(e @ HubError::Timeout { .. }) => {
+            assert!(e.to_string().contains("no data for 0.3 s"), "{e}")
+        }
         other => panic!("{other:?}"),
     }
-    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
     assert_eq!(env.hub.log().len(), 3, "tried max_attempts times");
     assert!(env.snapshot_names("test/tiny").is_empty());
 }
@@ -374,20 +584,36 @@ fn a_stalled_connection_times_out() {
 #[test]
 fn a_transfer_that_stalls_midway_resumes_with_a_range_request() {
     let env = Env::new(vec![tiny()]);
-    env.hub.faults(|f| f.stall_body_once = Some((MODEL.into(), 100_000)));
-    let dir = env.resolve("tiny").unwrap();
+    env.hub
+        .faults(|f| f.stall_body_once = Some((MODEL.into(), 100_000)));
+    let mut config = env.config();
+    config.read_timeout = Duration::from_secs(1);
+    let dir = hub::resolve("tiny", &env.registry, &config).unwrap();
     assert_snapshot(&env, &tiny(), &dir, &ALL);
-    let ranges: Vec<_> = env.hub.log().into_iter().filter(|l| l.path.starts_with("/cdn/")).map(|l| l.range).collect();
+    let ranges: Vec<_> = env
+        .hub
+        .log()
+        .into_iter()
+        .filter(|l| l.path.starts_with("/cdn/"))
+        .map(|l| l.range)
+        .collect();
     assert_eq!(ranges, [None, Some("bytes=100000-".to_string())]);
 }
 
 #[test]
 fn a_truncated_body_is_resumed_and_verified() {
     let env = Env::new(vec![tiny()]);
-    env.hub.faults(|f| f.truncate_once = Some((MODEL.into(), 123_456)));
+    env.hub
+        .faults(|f| f.truncate_once = Some((MODEL.into(), 123_456)));
     let dir = env.resolve("tiny").unwrap();
     assert_snapshot(&env, &tiny(), &dir, &ALL);
-    let ranges: Vec<_> = env.hub.log().into_iter().filter(|l| l.path.starts_with("/cdn/")).map(|l| l.range).collect();
+    let ranges: Vec<_> = env
+        .hub
+        .log()
+        .into_iter()
+        .filter(|l| l.path.starts_with("/cdn/"))
+        .map(|l| l.range)
+        .collect();
     assert_eq!(ranges, [None, Some("bytes=123456-".to_string())]);
 }
 
@@ -398,9 +624,24 @@ fn an_interrupted_download_resumes_from_the_incomplete_file() {
     fs::write(lfs_part(&env, &repo), &repo.file(MODEL).data[..200_000]).unwrap();
     let dir = env.resolve("tiny").unwrap();
     assert_snapshot(&env, &repo, &dir, &ALL);
-    let ranges: Vec<_> = env.hub.log().into_iter().filter(|l| l.path.starts_with("/cdn/")).map(|l| l.range).collect();
+    let ranges: Vec<_> = env
+        .hub
+        .log()
+        .into_iter()
+        .filter(|l| l.path.starts_with("/cdn/"))
+        .map(|l| l.range)
+        .collect();
     assert_eq!(ranges, [Some("bytes=200000-".to_string())]);
-    assert_eq!(env.progress.count(|n| matches!(n, Notice::Resuming { offset: 200_000, .. })), 1);
+    assert_eq!(
+        env.progress.count(|n| matches!(
+            n,
+            Notice::Resuming {
+                offset: 200_000,
+                ..
+            }
+        )),
+        1
+    );
 }
 
 #[test]
@@ -410,7 +651,11 @@ fn a_bad_partial_file_is_discarded_and_downloaded_again() {
     fs::write(lfs_part(&env, &repo), bytes(100_000, 99)).unwrap();
     let dir = env.resolve("tiny").unwrap();
     assert_snapshot(&env, &repo, &dir, &ALL);
-    assert_eq!(env.progress.count(|n| matches!(n, Notice::Restarting { .. })), 1);
+    assert_eq!(
+        env.progress
+            .count(|n| matches!(n, Notice::Restarting { .. })),
+        1
+    );
     assert_eq!(env.hub.count("GET", "/cdn/"), 2);
 }
 
@@ -422,14 +667,22 @@ fn a_corrupted_byte_is_detected_and_the_file_deleted() {
     match env.resolve("tiny") {
         Err(e @ HubError::Integrity { .. }) => {
             let msg = e.to_string();
-            assert!(msg.contains(MODEL) && msg.contains(&repo.file(MODEL).sha256()) && msg.contains("deleted"), "{msg}");
+            assert!(
+                msg.contains(MODEL)
+                    && msg.contains(&repo.file(MODEL).sha256())
+                    && msg.contains("deleted"),
+                "{msg}"
+            );
         }
         other => panic!("{other:?}"),
     }
     let sha = repo.file(MODEL).sha256();
     let blobs = env.repo_dir("test/tiny").join("blobs");
     assert!(!blobs.join(&sha).exists() && !lfs_part(&env, &repo).exists());
-    assert!(!env.snapshot_names("test/tiny").iter().any(|n| n.ends_with(MODEL)));
+    assert!(!env
+        .snapshot_names("test/tiny")
+        .iter()
+        .any(|n| n.ends_with(MODEL)));
     // Once the server is fixed the download succeeds.
     env.hub.faults(|f| f.corrupt = None);
     assert_snapshot(&env, &repo, &env.resolve("tiny").unwrap(), &ALL);
@@ -437,8 +690,16 @@ fn a_corrupted_byte_is_detected_and_the_file_deleted() {
 
 #[test]
 fn hostile_names_from_the_server_or_an_index_are_refused() {
-    let evil = ["../../evil.safetensors", "/tmp/llama32-evil.safetensors", "a/../../../evil.safetensors"];
-    let repos: Vec<FakeRepo> = evil.iter().enumerate().map(|(i, e)| with_index(&format!("test/hostile{i}"), 0x10 + i as u8, &[e])).collect();
+    let evil = [
+        "../../evil.safetensors",
+        "/tmp/llama32-evil.safetensors",
+        "a/../../../evil.safetensors",
+    ];
+    let repos: Vec<FakeRepo> = evil
+        .iter()
+        .enumerate()
+        .map(|(i, e)| with_index(&format!("test/hostile{i}"), 0x10 + i as u8, &[e]))
+        .collect();
     let env = Env::new(repos);
     for (i, e) in evil.iter().enumerate() {
         match env.resolve(&format!("test/hostile{i}")) {
@@ -446,12 +707,18 @@ fn hostile_names_from_the_server_or_an_index_are_refused() {
             other => panic!("{other:?}"),
         }
     }
-    assert!(!tree(env.cache.path()).iter().any(|p| p.to_string_lossy().contains("evil")));
+    assert!(!tree(env.cache.path())
+        .iter()
+        .any(|p| p.to_string_lossy().contains("evil")));
     assert!(!Path::new("/tmp/llama32-evil.safetensors").exists());
     // An etag that would escape blobs/.
     let env = Env::new(vec![tiny()]);
-    env.hub.faults(|f| f.etag_override = Some("../../../x".into()));
-    assert!(matches!(env.resolve("tiny"), Err(HubError::HostileName { .. })));
+    env.hub
+        .faults(|f| f.etag_override = Some("../../../x".into()));
+    assert!(matches!(
+        env.resolve("tiny"),
+        Err(HubError::HostileName { .. })
+    ));
     assert!(env.snapshot_names("test/tiny").is_empty());
 }
 
@@ -470,9 +737,20 @@ fn a_write_error_mid_download_leaves_nothing_in_snapshots() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(!env.snapshot_names("test/tiny").iter().any(|n| n.ends_with(MODEL)));
-    assert!(!env.repo_dir("test/tiny").join("blobs").join(repo.file(MODEL).sha256()).exists());
-    assert_eq!(env.hub.count("GET", "/cdn/"), 1, "a write error is not retried");
+    assert!(!env
+        .snapshot_names("test/tiny")
+        .iter()
+        .any(|n| n.ends_with(MODEL)));
+    assert!(!env
+        .repo_dir("test/tiny")
+        .join("blobs")
+        .join(repo.file(MODEL).sha256())
+        .exists());
+    assert_eq!(
+        env.hub.count("GET", "/cdn/"),
+        1,
+        "a write error is not retried"
+    );
 }
 
 #[test]
@@ -482,7 +760,8 @@ fn concurrent_downloads_of_the_same_repo_agree() {
     let dirs: Vec<PathBuf> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..4)
             .map(|_| {
-                let (config, registry, barrier) = (env.config(), env.registry.clone(), barrier.clone());
+                let (config, registry, barrier) =
+                    (env.config(), env.registry.clone(), barrier.clone());
                 s.spawn(move || {
                     barrier.wait();
                     hub::resolve("tiny", &registry, &config).unwrap()
@@ -493,7 +772,11 @@ fn concurrent_downloads_of_the_same_repo_agree() {
     });
     assert!(dirs.windows(2).all(|w| w[0] == w[1]));
     assert_snapshot(&env, &tiny(), &dirs[0], &ALL);
-    assert_eq!(env.hub.count("GET", "/cdn/"), 1, "the blob lock lets one thread download, the others reuse");
+    assert_eq!(
+        env.hub.count("GET", "/cdn/"),
+        1,
+        "the blob lock lets one thread download, the others reuse"
+    );
 }
 
 #[test]
@@ -504,11 +787,18 @@ fn a_local_directory_passes_through_and_an_unreachable_hub_falls_back_to_a_compl
     assert_eq!(env.resolve(local.to_str().unwrap()).unwrap(), local);
     assert!(env.hub.log().is_empty());
     let dir = env.resolve("tiny").unwrap();
-    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let mut config = env.config();
     config.endpoint = format!("http://{closed}");
     assert_eq!(hub::download("tiny", &env.registry, &config).unwrap(), dir);
-    assert_eq!(env.progress.count(|n| matches!(n, Notice::UsingCache { .. })), 1);
+    assert_eq!(
+        env.progress
+            .count(|n| matches!(n, Notice::UsingCache { .. })),
+        1
+    );
 }
 
 #[test]
@@ -520,5 +810,12 @@ fn cache_status_reports_completeness_and_size() {
     let dir = env.resolve("tiny").unwrap();
     let after = hub::cache_status(&entry, &env.config()).unwrap();
     assert_eq!(after.snapshot, Some(dir));
-    assert_eq!(after.disk_usage, tiny().files.iter().map(|f| f.data.len() as u64).sum::<u64>());
+    assert_eq!(
+        after.disk_usage,
+        tiny()
+            .files
+            .iter()
+            .map(|f| f.data.len() as u64)
+            .sum::<u64>()
+    );
 }

@@ -96,7 +96,9 @@ impl RetryPolicy {
     /// The wait before try number `attempt + 1` (`attempt` >= 1 tries made so far),
     /// honouring the server's `Retry-After` when it sent one; capped at `max_backoff`.
     pub fn backoff(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        let exp = self.initial_backoff.saturating_mul(1 << attempt.saturating_sub(1).min(16));
+        let exp = self
+            .initial_backoff
+            .saturating_mul(1 << attempt.saturating_sub(1).min(16));
         retry_after.unwrap_or(exp).min(self.max_backoff)
     }
 }
@@ -145,14 +147,22 @@ pub enum Notice {
 impl fmt::Display for Notice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Notice::Retrying { reason, attempt, max_attempts, wait } => write!(
+            Notice::Retrying {
+                reason,
+                attempt,
+                max_attempts,
+                wait,
+            } => write!(
                 f,
                 "{reason}; retrying in {:.1} s (try {} of {max_attempts})",
                 wait.as_secs_f64(),
                 attempt + 1
             ),
             Notice::WaitingForLock { file } => {
-                write!(f, "{file}: another download of this file is running, waiting for it")
+                write!(
+                    f,
+                    "{file}: another download of this file is running, waiting for it"
+                )
             }
             Notice::Resuming { file, offset } => write!(f, "{file}: resuming at byte {offset}"),
             Notice::Restarting { file, reason } => write!(f, "{file}: {reason}; downloading again"),
@@ -198,8 +208,14 @@ mod tests {
         assert_eq!(p.backoff(1, None), Duration::from_millis(100));
         assert_eq!(p.backoff(2, None), Duration::from_millis(200));
         assert_eq!(p.backoff(3, None), Duration::from_millis(350));
-        assert_eq!(p.backoff(1, Some(Duration::from_millis(300))), Duration::from_millis(300));
-        assert_eq!(p.backoff(1, Some(Duration::from_secs(100))), Duration::from_millis(350));
+        assert_eq!(
+            p.backoff(1, Some(Duration::from_millis(300))),
+            Duration::from_millis(300)
+        );
+        assert_eq!(
+            p.backoff(1, Some(Duration::from_secs(100))),
+            Duration::from_millis(350)
+        );
         assert_eq!(p.backoff(u32::MAX, None), Duration::from_millis(350));
     }
 

@@ -40,13 +40,29 @@ pub(crate) fn metadata(http: &Http<'_>, t: &Target<'_>) -> Result<FileMeta> {
 
 fn parse_meta(r: &ureq::Response, url: &str) -> Result<FileMeta> {
     let missing = |name: &str| protocol(url, format!("no `{name}` header"));
-    let commit = r.header("X-Repo-Commit").ok_or_else(|| missing("X-Repo-Commit"))?.trim().to_string();
-    check_hash(&commit, "commit hash sent by the server is not a plain hash")?;
-    let etag = r.header("X-Linked-Etag").or_else(|| r.header("ETag")).ok_or_else(|| missing("ETag"))?;
+    let commit = r
+        .header("X-Repo-Commit")
+        .ok_or_else(|| missing("X-Repo-Commit"))?
+        .trim()
+        .to_string();
+    check_hash(
+        &commit,
+        "commit hash sent by the server is not a plain hash",
+    )?;
+    let etag = r
+        .header("X-Linked-Etag")
+        .or_else(|| r.header("ETag"))
+        .ok_or_else(|| missing("ETag"))?;
     let etag = normalize_etag(etag);
     check_hash(&etag, "etag sent by the server is not a plain hash")?;
-    let size = r.header("X-Linked-Size").or_else(|| r.header("Content-Length")).ok_or_else(|| missing("Content-Length"))?;
-    let size = size.trim().parse().map_err(|_| protocol(url, format!("bad size `{size}`")))?;
+    let size = r
+        .header("X-Linked-Size")
+        .or_else(|| r.header("Content-Length"))
+        .ok_or_else(|| missing("Content-Length"))?;
+    let size = size
+        .trim()
+        .parse()
+        .map_err(|_| protocol(url, format!("bad size `{size}`")))?;
     Ok(FileMeta { commit, etag, size })
 }
 
@@ -59,12 +75,22 @@ fn normalize_etag(etag: &str) -> String {
 
 /// Makes sure `blobs/<etag>` holds the verified file, downloading it if needed. Safe
 /// against other threads and processes (and `huggingface_hub`) doing the same.
-pub(crate) fn fetch_blob(http: &Http<'_>, config: &HubConfig, cache: &RepoCache, meta: &FileMeta, t: &Target<'_>) -> Result<()> {
+pub(crate) fn fetch_blob(
+    http: &Http<'_>,
+    config: &HubConfig,
+    cache: &RepoCache,
+    meta: &FileMeta,
+    t: &Target<'_>,
+) -> Result<()> {
     let blob = cache.blob(&meta.etag)?;
     if blob_complete(&blob, meta.size) {
         return Ok(());
     }
-    let _lock = cache.lock_blob(&meta.etag, || config.progress.notice(&Notice::WaitingForLock { file: t.file.to_string() }))?;
+    let _lock = cache.lock_blob(&meta.etag, || {
+        config.progress.notice(&Notice::WaitingForLock {
+            file: t.file.to_string(),
+        })
+    })?;
     if blob_complete(&blob, meta.size) {
         return Ok(());
     }
@@ -72,7 +98,10 @@ pub(crate) fn fetch_blob(http: &Http<'_>, config: &HubConfig, cache: &RepoCache,
     if let Some(dir) = part.parent() {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
-    let url = http.resolve_url(&Target { revision: &meta.commit, ..*t });
+    let url = http.resolve_url(&Target {
+        revision: &meta.commit,
+        ..*t
+    });
     let result = download_verified(http, config, &part, meta, &url, t);
     config.progress.finish(t.file, result.is_ok());
     if let Err(e) = result {
@@ -90,17 +119,30 @@ fn blob_complete(blob: &Path, size: u64) -> bool {
 
 /// Downloads into `part` (resuming what is there) and verifies it. Resumed data that fails
 /// verification is thrown away and the file downloaded once more from the start.
-fn download_verified(http: &Http<'_>, config: &HubConfig, part: &Path, meta: &FileMeta, url: &str, t: &Target<'_>) -> Result<()> {
+fn download_verified(
+    http: &Http<'_>,
+    config: &HubConfig,
+    part: &Path,
+    meta: &FileMeta,
+    url: &str,
+    t: &Target<'_>,
+) -> Result<()> {
     let mut p = Partial::open(part, is_sha256(&meta.etag))?;
     let resumed = p.written > 0;
     if resumed {
-        config.progress.notice(&Notice::Resuming { file: t.file.to_string(), offset: p.written });
+        config.progress.notice(&Notice::Resuming {
+            file: t.file.to_string(),
+            offset: p.written,
+        });
     }
     let result = transfer(http, config, &mut p, meta, url, t).and_then(|()| p.verify(meta, t.file));
     match result {
         Err(HubError::Integrity { .. }) if resumed => {
             let reason = "the resumed partial download does not verify".to_string();
-            config.progress.notice(&Notice::Restarting { file: t.file.to_string(), reason });
+            config.progress.notice(&Notice::Restarting {
+                file: t.file.to_string(),
+                reason,
+            });
             p.reset()?;
             transfer(http, config, &mut p, meta, url, t)?;
             p.verify(meta, t.file)
@@ -111,7 +153,14 @@ fn download_verified(http: &Http<'_>, config: &HubConfig, part: &Path, meta: &Fi
 
 /// GETs the rest of the file into `p`, with retries; each retry resumes where the last
 /// one stopped.
-fn transfer(http: &Http<'_>, config: &HubConfig, p: &mut Partial, meta: &FileMeta, url: &str, t: &Target<'_>) -> Result<()> {
+fn transfer(
+    http: &Http<'_>,
+    config: &HubConfig,
+    p: &mut Partial,
+    meta: &FileMeta,
+    url: &str,
+    t: &Target<'_>,
+) -> Result<()> {
     http.with_retries(|| {
         if p.written > meta.size {
             p.reset()?;
@@ -120,33 +169,71 @@ fn transfer(http: &Http<'_>, config: &HubConfig, p: &mut Partial, meta: &FileMet
             return Ok(());
         }
         let response = http.send("GET", url, Some(p.written), t)?;
-        match response.status() {
-            206 if content_range_start(&response) == Some(p.written) => {}
-            206 => return Err(Failure::Fatal(protocol(url, "Content-Range does not match the requested range".into()))),
-            200 if p.written > 0 => p.reset()?,
-            200 => {}
-            s => return Err(Failure::Fatal(protocol(url, format!("unexpected HTTP status {s} for a download")))),
-        }
+        accept_range(&response, p, url)?;
         config.progress.update(t.file, p.written, meta.size);
-        let mut body = response.into_reader();
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let n = match body.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(body_failure(&e, url, config.read_timeout)),
-            };
-            p.write(&buf[..n])?;
-            config.progress.update(t.file, p.written, meta.size);
-        }
-        if p.written < meta.size {
-            let message = format!("connection closed after {} of {} bytes", p.written, meta.size);
-            let error = HubError::Network { url: url.to_string(), message };
-            return Err(Failure::Retry { error, after: None });
-        }
-        Ok(())
+        receive(response.into_reader(), p, config, meta, url, t.file)
     })
+}
+
+/// Checks that the answer continues at `p.written` (206), or restarts `p` when the server
+/// sends the whole file (200).
+fn accept_range(
+    response: &ureq::Response,
+    p: &mut Partial,
+    url: &str,
+) -> std::result::Result<(), Failure> {
+    match response.status() {
+        206 if content_range_start(response) == Some(p.written) => Ok(()),
+        206 => {
+            p.reset()?;
+            let error = protocol(
+                url,
+                "Content-Range does not match the requested range".into(),
+            );
+            Err(Failure::Retry { error, after: None })
+        }
+        200 if p.written > 0 => Ok(p.reset()?),
+        200 => Ok(()),
+        s => Err(Failure::Fatal(protocol(
+            url,
+            format!("unexpected HTTP status {s} for a download"),
+        ))),
+    }
+}
+
+/// Copies the body into `p`. A read error or a short body is retryable (the data so far
+/// is kept); a write error (disk full...) is not.
+fn receive(
+    mut body: impl Read,
+    p: &mut Partial,
+    config: &HubConfig,
+    meta: &FileMeta,
+    url: &str,
+    file: &str,
+) -> std::result::Result<(), Failure> {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = match body.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(body_failure(&e, url, config.read_timeout)),
+        };
+        p.write(&buf[..n])?;
+        config.progress.update(file, p.written, meta.size);
+    }
+    if p.written < meta.size {
+        let message = format!(
+            "connection closed after {} of {} bytes",
+            p.written, meta.size
+        );
+        let error = HubError::Network {
+            url: url.to_string(),
+            message,
+        };
+        return Err(Failure::Retry { error, after: None });
+    }
+    Ok(())
 }
 
 /// `Content-Range: bytes START-END/TOTAL` -> START.
@@ -167,14 +254,28 @@ struct Partial {
 impl Partial {
     /// Opens (or creates) `path`; when hashing, hashes what an earlier run left there.
     fn open(path: &Path, hash: bool) -> Result<Self> {
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io_err(path))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io_err(path))?;
         let len = file.metadata().map_err(io_err(path))?.len();
-        let mut p = Self { file, path: path.to_path_buf(), written: 0, hasher: hash.then(Sha256::new) };
+        let mut p = Self {
+            file,
+            path: path.to_path_buf(),
+            written: 0,
+            hasher: hash.then(Sha256::new),
+        };
         if let Some(hasher) = &mut p.hasher {
             let mut reader = (&p.file).take(len);
             let copied = io::copy(&mut reader, &mut HashWriter(hasher)).map_err(io_err(path))?;
             if copied != len {
-                return Err(HubError::Io { path: path.to_path_buf(), source: io::ErrorKind::UnexpectedEof.into() });
+                return Err(HubError::Io {
+                    path: path.to_path_buf(),
+                    source: io::ErrorKind::UnexpectedEof.into(),
+                });
             }
         }
         p.written = len;
@@ -185,7 +286,9 @@ impl Partial {
     /// Empties the file (the server sent the whole file, or resumed data was bad).
     fn reset(&mut self) -> Result<()> {
         self.file.set_len(0).map_err(io_err(&self.path))?;
-        self.file.seek(SeekFrom::Start(0)).map_err(io_err(&self.path))?;
+        self.file
+            .seek(SeekFrom::Start(0))
+            .map_err(io_err(&self.path))?;
         self.written = 0;
         if self.hasher.is_some() {
             self.hasher = Some(Sha256::new());
@@ -205,15 +308,25 @@ impl Partial {
 
     /// Checks size and sha256 against `meta` and flushes the file to disk.
     fn verify(&mut self, meta: &FileMeta, file: &str) -> Result<()> {
-        let integrity = |expected: String, got: String| HubError::Integrity { file: file.to_string(), expected, got };
+        let integrity = |expected: String, got: String| HubError::Integrity {
+            file: file.to_string(),
+            expected,
+            got,
+        };
         if self.written != meta.size {
-            return Err(integrity(format!("{} bytes", meta.size), format!("{} bytes", self.written)));
+            return Err(integrity(
+                format!("{} bytes", meta.size),
+                format!("{} bytes", self.written),
+            ));
         }
         if let Some(h) = self.hasher.take() {
             let got = format!("{:x}", h.finalize());
             self.hasher = Some(Sha256::new());
             if !got.eq_ignore_ascii_case(&meta.etag) {
-                return Err(integrity(format!("sha256 {}", meta.etag), format!("sha256 {got}")));
+                return Err(integrity(
+                    format!("sha256 {}", meta.etag),
+                    format!("sha256 {got}"),
+                ));
             }
         }
         self.file.sync_all().map_err(io_err(&self.path))
@@ -253,7 +366,11 @@ mod tests {
         let mut p = Partial::open(&path, true).unwrap();
         assert_eq!(p.written, 5);
         p.write(&data[5..]).unwrap();
-        let meta = FileMeta { commit: "c".into(), etag, size: data.len() as u64 };
+        let meta = FileMeta {
+            commit: "c".into(),
+            etag,
+            size: data.len() as u64,
+        };
         p.verify(&meta, "x").unwrap();
         assert_eq!(fs::read(&path).unwrap(), data);
     }
@@ -264,10 +381,20 @@ mod tests {
         let path = dir.path().join("y.incomplete");
         let mut p = Partial::open(&path, true).unwrap();
         p.write(b"abc").unwrap();
-        let meta = FileMeta { commit: "c".into(), etag: "0".repeat(64), size: 3 };
-        assert!(matches!(p.verify(&meta, "y"), Err(HubError::Integrity { .. })));
+        let meta = FileMeta {
+            commit: "c".into(),
+            etag: "0".repeat(64),
+            size: 3,
+        };
+        assert!(matches!(
+            p.verify(&meta, "y"),
+            Err(HubError::Integrity { .. })
+        ));
         let meta = FileMeta { size: 4, ..meta };
-        assert!(matches!(p.verify(&meta, "y"), Err(HubError::Integrity { .. })));
+        assert!(matches!(
+            p.verify(&meta, "y"),
+            Err(HubError::Integrity { .. })
+        ));
     }
 
     #[cfg(target_os = "linux")]

@@ -79,12 +79,24 @@ impl<'a> Http<'a> {
     /// host changes); HEAD follows only relative ones, like `huggingface_hub`, so that the
     /// hub's `X-Linked-*` headers of an LFS redirect are seen. `range_from` asks for the
     /// bytes from that offset on.
-    pub(crate) fn send(&self, method: &str, url: &str, range_from: Option<u64>, t: &Target<'_>) -> std::result::Result<ureq::Response, Failure> {
-        let origin = Url::parse(url).map_err(|e| protocol(url, format!("bad URL: {e}")))?.origin();
+    pub(crate) fn send(
+        &self,
+        method: &str,
+        url: &str,
+        range_from: Option<u64>,
+        t: &Target<'_>,
+    ) -> std::result::Result<ureq::Response, Failure> {
+        let origin = Url::parse(url)
+            .map_err(|e| protocol(url, format!("bad URL: {e}")))?
+            .origin();
         let mut current = url.to_string();
         for _ in 0..MAX_REDIRECTS {
-            let parsed = Url::parse(&current).map_err(|e| protocol(&current, format!("bad URL: {e}")))?;
-            let mut request = self.agent.request(method, &current).set("Accept-Encoding", "identity");
+            let parsed =
+                Url::parse(&current).map_err(|e| protocol(&current, format!("bad URL: {e}")))?;
+            let mut request = self
+                .agent
+                .request(method, &current)
+                .set("Accept-Encoding", "identity");
             if let (Some(token), true) = (&self.config.token, parsed.origin() == origin) {
                 request = request.set("Authorization", &format!("Bearer {token}"));
             }
@@ -93,24 +105,33 @@ impl<'a> Http<'a> {
             }
             let response = match request.call() {
                 Ok(r) => r,
-                Err(ureq::Error::Status(status, r)) => return Err(self.status_failure(status, r, &current, t)),
+                Err(ureq::Error::Status(status, r)) => {
+                    return Err(self.status_failure(status, r, &current, t))
+                }
                 Err(ureq::Error::Transport(e)) => return Err(self.transport_failure(&e, &current)),
             };
             let location = response.header("Location").map(str::to_string);
-            let Some(location) = location.filter(|_| (300..400).contains(&response.status())) else {
+            let Some(location) = location.filter(|_| (300..400).contains(&response.status()))
+            else {
                 return Ok(response);
             };
             let relative = !location.contains("://") && !location.starts_with("//");
             if method == "HEAD" && !relative {
                 return Ok(response);
             }
-            current = parsed.join(&location).map_err(|e| protocol(&current, format!("bad redirect `{location}`: {e}")))?.into();
+            current = parsed
+                .join(&location)
+                .map_err(|e| protocol(&current, format!("bad redirect `{location}`: {e}")))?
+                .into();
         }
         Err(protocol(url, "too many redirects".into()).into())
     }
 
     /// Runs `op` until it succeeds, fails permanently, or the retry policy is spent.
-    pub(crate) fn with_retries<T>(&self, mut op: impl FnMut() -> std::result::Result<T, Failure>) -> Result<T> {
+    pub(crate) fn with_retries<T>(
+        &self,
+        mut op: impl FnMut() -> std::result::Result<T, Failure>,
+    ) -> Result<T> {
         let policy = &self.config.retry;
         let mut attempt = 1;
         loop {
@@ -135,13 +156,28 @@ impl<'a> Http<'a> {
         }
     }
 
-    fn status_failure(&self, status: u16, response: ureq::Response, url: &str, t: &Target<'_>) -> Failure {
+    fn status_failure(
+        &self,
+        status: u16,
+        response: ureq::Response,
+        url: &str,
+        t: &Target<'_>,
+    ) -> Failure {
         let header = |name: &str| response.header(name).map(str::to_string);
         let code = header("X-Error-Code");
-        let retry_after = header("Retry-After").and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_secs);
+        let retry_after = header("Retry-After")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         let message = header("X-Error-Message").or_else(|| body_message(response));
-        let (repo, revision, file) = (t.repo.to_string(), t.revision.to_string(), t.file.to_string());
-        let not_found_code = matches!(code.as_deref(), Some("RepoNotFound" | "RevisionNotFound" | "EntryNotFound"));
+        let (repo, revision, file) = (
+            t.repo.to_string(),
+            t.revision.to_string(),
+            t.file.to_string(),
+        );
+        let not_found_code = matches!(
+            code.as_deref(),
+            Some("RepoNotFound" | "RevisionNotFound" | "EntryNotFound")
+        );
         let error = match (status, code.as_deref()) {
             (_, Some("GatedRepo")) | (401 | 403, _) if !not_found_code => HubError::AuthRequired {
                 licence_url: format!("{}/{}", self.config.base_url(), t.repo),
@@ -151,24 +187,48 @@ impl<'a> Http<'a> {
             },
             (_, Some("RepoNotFound")) => HubError::RepoNotFound { repo },
             (_, Some("RevisionNotFound")) => HubError::RevisionNotFound { repo, revision },
-            (_, Some("EntryNotFound")) | (404, _) => HubError::EntryNotFound { repo, revision, file },
-            (429 | 500..=599, _) => {
-                let error = HubError::Http { status, url: url.to_string(), message };
-                return Failure::Retry { error, after: retry_after };
-            }
-            _ => HubError::Http { status, url: url.to_string(), message },
+            (_, Some("EntryNotFound")) | (404, _) => HubError::EntryNotFound {
+                repo,
+                revision,
+                file,
+            },
+            _ => HubError::Http {
+                status,
+                url: url.to_string(),
+                message,
+            },
         };
-        Failure::Fatal(error)
+        match (status, &error) {
+            (429 | 500..=599, HubError::Http { .. }) => Failure::Retry {
+                error,
+                after: retry_after,
+            },
+            _ => Failure::Fatal(error),
+        }
     }
 
     fn transport_failure(&self, e: &ureq::Transport, url: &str) -> Failure {
         if is_timeout(e) {
-            let error = HubError::Timeout { url: url.to_string(), after: self.config.read_timeout };
+            let error = HubError::Timeout {
+                url: url.to_string(),
+                after: self.config.read_timeout,
+            };
             return Failure::Retry { error, after: None };
         }
-        let error = HubError::Network { url: url.to_string(), message: e.to_string() };
+        let text = e.to_string();
+        let message = text
+            .strip_prefix(&format!("{url}: "))
+            .unwrap_or(&text)
+            .to_string();
+        let error = HubError::Network {
+            url: url.to_string(),
+            message,
+        };
         match e.kind() {
-            ureq::ErrorKind::InvalidUrl | ureq::ErrorKind::UnknownScheme => Failure::Fatal(error),
+            // No name resolution usually means no network: retrying only delays the error.
+            ureq::ErrorKind::InvalidUrl | ureq::ErrorKind::UnknownScheme | ureq::ErrorKind::Dns => {
+                Failure::Fatal(error)
+            }
             _ => Failure::Retry { error, after: None },
         }
     }
@@ -177,15 +237,24 @@ impl<'a> Http<'a> {
 /// Maps an error while reading a response body to a retryable failure.
 pub(crate) fn body_failure(e: &io::Error, url: &str, read_timeout: Duration) -> Failure {
     let error = if is_timeout_io(e) {
-        HubError::Timeout { url: url.to_string(), after: read_timeout }
+        HubError::Timeout {
+            url: url.to_string(),
+            after: read_timeout,
+        }
     } else {
-        HubError::Network { url: url.to_string(), message: format!("transfer interrupted: {e}") }
+        HubError::Network {
+            url: url.to_string(),
+            message: format!("transfer interrupted: {e}"),
+        }
     };
     Failure::Retry { error, after: None }
 }
 
 pub(crate) fn protocol(url: &str, message: String) -> HubError {
-    HubError::Protocol { url: url.to_string(), message }
+    HubError::Protocol {
+        url: url.to_string(),
+        message,
+    }
 }
 
 fn is_timeout(e: &ureq::Transport) -> bool {
@@ -200,17 +269,35 @@ fn is_timeout(e: &ureq::Transport) -> bool {
 }
 
 fn is_timeout_io(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock)
+    matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    )
 }
 
 /// The `error` field of a JSON error body, or its first line of text (at most 4 KiB read).
 fn body_message(response: ureq::Response) -> Option<String> {
     let mut body = String::new();
-    response.into_reader().take(4096).read_to_string(&mut body).ok()?;
+    response
+        .into_reader()
+        .take(4096)
+        .read_to_string(&mut body)
+        .ok()?;
     let json = serde_json::from_str::<serde_json::Value>(&body).ok();
-    let text = match json.as_ref().and_then(|v| v.get("error")).and_then(|v| v.as_str()) {
+    let text = match json
+        .as_ref()
+        .and_then(|v| v.get("error"))
+        .and_then(|v| v.as_str())
+    {
         Some(e) => e.to_string(),
-        None => body.lines().next().unwrap_or("").trim().chars().take(200).collect(),
+        None => body
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .chars()
+            .take(200)
+            .collect(),
     };
     (!text.is_empty()).then_some(text)
 }

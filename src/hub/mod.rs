@@ -59,7 +59,12 @@ pub fn download(spec: &str, registry: &Registry, config: &HubConfig) -> Result<P
 }
 
 /// [`resolve`] or [`download`], as `freshness` says.
-pub fn resolve_with(spec: &str, registry: &Registry, config: &HubConfig, freshness: Freshness) -> Result<PathBuf> {
+pub fn resolve_with(
+    spec: &str,
+    registry: &Registry,
+    config: &HubConfig,
+    freshness: Freshness,
+) -> Result<PathBuf> {
     match registry.interpret(spec)? {
         ModelSpec::Local(dir) => Ok(dir),
         ModelSpec::Registered(e) => fetch(&e.repo, e.files.as_deref(), config, freshness, spec),
@@ -69,11 +74,22 @@ pub fn resolve_with(spec: &str, registry: &Registry, config: &HubConfig, freshne
 
 /// Gets `files` of `repo` (the standard checkpoint files when `None`, plus the shards of a
 /// `model.safetensors.index.json`) into the cache and returns the snapshot directory.
-pub fn fetch_repo(repo: &RepoRef, files: Option<&[String]>, config: &HubConfig, freshness: Freshness) -> Result<PathBuf> {
+pub fn fetch_repo(
+    repo: &RepoRef,
+    files: Option<&[String]>,
+    config: &HubConfig,
+    freshness: Freshness,
+) -> Result<PathBuf> {
     fetch(repo, files, config, freshness, &repo.to_string())
 }
 
-fn fetch(repo: &RepoRef, files: Option<&[String]>, config: &HubConfig, freshness: Freshness, label: &str) -> Result<PathBuf> {
+fn fetch(
+    repo: &RepoRef,
+    files: Option<&[String]>,
+    config: &HubConfig,
+    freshness: Freshness,
+    label: &str,
+) -> Result<PathBuf> {
     let repo = &RepoRef::parse(&repo.to_string())?;
     if let Some(files) = files {
         files.iter().try_for_each(|f| names::check_filename(f))?;
@@ -84,7 +100,9 @@ fn fetch(repo: &RepoRef, files: Option<&[String]>, config: &HubConfig, freshness
         return cached(&cache, wanted, Optional::Lenient)?.map_err(|missing| HubError::Offline {
             repo: repo.to_string(),
             missing,
-            hint: format!("fetch it while online first (`llama32 download {label}`), or unset HF_HUB_OFFLINE"),
+            hint: format!(
+                "fetch it while online first (`llama32 download {label}`), or unset HF_HUB_OFFLINE"
+            ),
         });
     }
     if freshness == Freshness::CacheFirst {
@@ -93,13 +111,17 @@ fn fetch(repo: &RepoRef, files: Option<&[String]>, config: &HubConfig, freshness
         }
     }
     match snapshot::fetch(config, &cache, wanted) {
-        Err(e @ (HubError::Network { .. } | HubError::Timeout { .. })) => match cached(&cache, wanted, Optional::Lenient)? {
-            Ok(dir) => {
-                config.progress.notice(&Notice::UsingCache { reason: e.to_string() });
-                Ok(dir)
+        Err(e @ (HubError::Network { .. } | HubError::Timeout { .. })) => {
+            match cached(&cache, wanted, Optional::Lenient)? {
+                Ok(dir) => {
+                    config.progress.notice(&Notice::UsingCache {
+                        reason: e.to_string(),
+                    });
+                    Ok(dir)
+                }
+                Err(_) => Err(e),
             }
-            Err(_) => Err(e),
-        },
+        }
         other => other,
     }
 }
@@ -126,10 +148,17 @@ impl CacheStatus {
 pub fn cache_status(entry: &ModelEntry, config: &HubConfig) -> Result<CacheStatus> {
     let repo = &RepoRef::parse(&entry.repo.to_string())?;
     let cache = RepoCache::new(&config.cache_dir, &repo.repo);
-    let wanted = Wanted { repo, files: entry.files.as_deref() };
+    let wanted = Wanted {
+        repo,
+        files: entry.files.as_deref(),
+    };
     let (snapshot, missing) = match cached(&cache, wanted, Optional::Lenient)? {
         Ok(dir) => (Some(dir), Vec::new()),
         Err(missing) => (None, missing),
     };
-    Ok(CacheStatus { snapshot, missing, disk_usage: cache.disk_usage() })
+    Ok(CacheStatus {
+        snapshot,
+        missing,
+        disk_usage: cache.disk_usage(),
+    })
 }

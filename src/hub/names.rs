@@ -10,17 +10,27 @@ const MAX_REPO_PART: usize = 96;
 const MAX_NAME: usize = 1024;
 
 fn hostile(name: &str, reason: &'static str) -> HubError {
-    HubError::HostileName { name: name.to_string(), reason }
+    HubError::HostileName {
+        name: name.to_string(),
+        reason,
+    }
 }
 
 /// Checks one half of `owner/name`: ASCII letters, digits, `-`, `_`, `.`; no `--` or `..`
 /// (they would make cache folder names ambiguous); not starting or ending with `-` or `.`.
 pub(crate) fn check_repo_part(part: &str) -> std::result::Result<(), String> {
     if part.is_empty() || part.len() > MAX_REPO_PART {
-        return Err(format!("`{part}` must have 1 to {MAX_REPO_PART} characters"));
+        return Err(format!(
+            "`{part}` must have 1 to {MAX_REPO_PART} characters"
+        ));
     }
-    if !part.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
-        return Err(format!("`{part}` may only hold ASCII letters, digits, `-`, `_` and `.`"));
+    if !part
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!(
+            "`{part}` may only hold ASCII letters, digits, `-`, `_` and `.`"
+        ));
     }
     if part.contains("--") || part.contains("..") {
         return Err(format!("`{part}` must not contain `--` or `..`"));
@@ -69,7 +79,9 @@ fn check_relative_path(name: &str) -> Result<()> {
 pub(crate) fn check_hash(value: &str, what: &'static str) -> Result<()> {
     let ok = !value.is_empty()
         && value.len() <= 128
-        && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if ok {
         Ok(())
     } else {
@@ -107,10 +119,25 @@ mod tests {
 
     #[test]
     fn hostile_file_names_are_refused() {
-        for bad in ["../x", "a/../../x", "/etc/passwd", "a//b", "./a", "a\\b", "C:x", "", "a\0b", "a/"] {
+        for bad in [
+            "../x",
+            "a/../../x",
+            "/etc/passwd",
+            "a//b",
+            "./a",
+            "a\\b",
+            "C:x",
+            "",
+            "a\0b",
+            "a/",
+        ] {
             assert!(check_filename(bad).is_err(), "{bad:?} accepted");
         }
-        for good in ["model.safetensors", "original/params.json", "model-00001-of-00002.safetensors"] {
+        for good in [
+            "model.safetensors",
+            "original/params.json",
+            "model-00001-of-00002.safetensors",
+        ] {
             check_filename(good).unwrap();
         }
     }

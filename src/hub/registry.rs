@@ -30,16 +30,23 @@ pub struct RepoRef {
 impl RepoRef {
     /// Parses `owner/name` or `owner/name@revision`, checking both parts.
     pub fn parse(spec: &str) -> Result<Self> {
-        let invalid = |reason: String| HubError::InvalidSpec { spec: spec.to_string(), reason };
+        let invalid = |reason: String| HubError::InvalidSpec {
+            spec: spec.to_string(),
+            reason,
+        };
         let (id, revision) = match spec.split_once('@') {
             Some((id, rev)) => (id, Some(rev)),
             None => (spec, None),
         };
         let Some((owner, name)) = id.split_once('/') else {
-            return Err(invalid("a repo id is `owner/name` (optionally `@revision`)".into()));
+            return Err(invalid(
+                "a repo id is `owner/name` (optionally `@revision`)".into(),
+            ));
         };
         if name.contains('/') {
-            return Err(invalid("a repo id has exactly one `/` (`owner/name`)".into()));
+            return Err(invalid(
+                "a repo id has exactly one `/` (`owner/name`)".into(),
+            ));
         }
         check_repo_part(owner).map_err(|r| invalid(format!("owner {r}")))?;
         check_repo_part(name).map_err(|r| invalid(format!("repo name {r}")))?;
@@ -49,7 +56,10 @@ impl RepoRef {
             }
             check_revision(rev).map_err(|e| invalid(format!("revision: {e}")))?;
         }
-        Ok(Self { repo: id.to_string(), revision: revision.map(str::to_string) })
+        Ok(Self {
+            repo: id.to_string(),
+            revision: revision.map(str::to_string),
+        })
     }
 
     /// The revision to ask for: the given one, else `main`.
@@ -156,9 +166,12 @@ impl Registry {
             if !seen.insert(alias.to_ascii_lowercase()) {
                 return Err(err(name_line, format!("model `{alias}` is defined twice")));
             }
-            let index = merged.iter().position(|e| e.alias.eq_ignore_ascii_case(&alias));
+            let index = merged
+                .iter()
+                .position(|e| e.alias.eq_ignore_ascii_case(&alias));
             let base = index.map(|i| merged[i].clone());
-            let updated = apply(base, &alias, entry.into_inner(), &at).map_err(|(l, m)| err(l.unwrap_or(line), m))?;
+            let updated = apply(base, &alias, entry.into_inner(), &at)
+                .map_err(|(l, m)| err(l.unwrap_or(line), m))?;
             match index {
                 Some(i) => merged[i] = updated,
                 None => merged.push(updated),
@@ -170,7 +183,9 @@ impl Registry {
 
     /// The entry named `alias` (ASCII case-insensitive).
     pub fn get(&self, alias: &str) -> Option<&ModelEntry> {
-        self.entries.iter().find(|e| e.alias.eq_ignore_ascii_case(alias))
+        self.entries
+            .iter()
+            .find(|e| e.alias.eq_ignore_ascii_case(alias))
     }
 
     /// All entries, in file order (built-in first).
@@ -181,7 +196,10 @@ impl Registry {
     /// Interprets a `--model` value: an existing directory, else an alias (optionally
     /// `alias@revision`), else a hub repo id `owner/name[@revision]`.
     pub fn interpret(&self, spec: &str) -> Result<ModelSpec> {
-        let invalid = |reason: &str| HubError::InvalidSpec { spec: spec.to_string(), reason: reason.to_string() };
+        let invalid = |reason: &str| HubError::InvalidSpec {
+            spec: spec.to_string(),
+            reason: reason.to_string(),
+        };
         if spec.trim().is_empty() {
             return Err(invalid("empty model name"));
         }
@@ -193,7 +211,9 @@ impl Registry {
             None => (spec, None),
         };
         if looks_like_path(name) {
-            return Err(invalid("no such directory (a repo id is `owner/name[@revision]`)"));
+            return Err(invalid(
+                "no such directory (a repo id is `owner/name[@revision]`)",
+            ));
         }
         if let Some(entry) = self.get(name) {
             let mut entry = entry.clone();
@@ -208,7 +228,9 @@ impl Registry {
             return RepoRef::parse(spec).map(ModelSpec::Repo);
         }
         if check_alias(name).is_err() {
-            return Err(invalid("not a directory, an alias from models.toml, or a repo id `owner/name`"));
+            return Err(invalid(
+                "not a directory, an alias from models.toml, or a repo id `owner/name`",
+            ));
         }
         Err(HubError::UnknownModel {
             alias: name.to_string(),
@@ -226,42 +248,42 @@ fn apply(
     raw: RawEntry,
     at: &dyn Fn(Range<usize>) -> usize,
 ) -> std::result::Result<ModelEntry, FieldError> {
-    let mut entry = match (base, &raw.repo) {
-        (Some(base), _) => base,
-        (None, Some(_)) => ModelEntry {
+    let mut entry = match base {
+        Some(base) => base,
+        None if raw.repo.is_some() => ModelEntry {
             alias: alias.to_string(),
-            repo: RepoRef { repo: String::new(), revision: None },
+            repo: RepoRef {
+                repo: String::new(),
+                revision: None,
+            },
             files: None,
             context_length: None,
             description: String::new(),
         },
-        (None, None) => return Err((None, format!("model `{alias}` needs a `repo = \"owner/name\"`"))),
+        None => {
+            return Err((
+                None,
+                format!("model `{alias}` needs a `repo = \"owner/name\"`"),
+            ))
+        }
     };
     if let Some(repo) = raw.repo {
-        let parsed = RepoRef::parse(repo.get_ref()).map_err(|e| (Some(at(repo.span())), e.to_string()))?;
-        if parsed.revision.is_some() {
-            return Err((Some(at(repo.span())), "put the revision in `revision = \"...\"`, not in `repo`".into()));
-        }
-        entry.repo.repo = parsed.repo;
+        entry.repo.repo = repo_field(&repo).map_err(|m| (Some(at(repo.span())), m))?;
     }
     if let Some(rev) = raw.revision {
-        check_revision(rev.get_ref()).map_err(|e| (Some(at(rev.span())), format!("revision: {e}")))?;
+        check_revision(rev.get_ref())
+            .map_err(|e| (Some(at(rev.span())), format!("revision: {e}")))?;
         entry.repo.revision = Some(rev.into_inner());
     }
     if let Some(files) = raw.files {
-        if files.get_ref().is_empty() {
-            return Err((Some(at(files.span())), "`files` is empty".into()));
-        }
-        let mut names = Vec::new();
-        for f in files.into_inner() {
-            check_filename(f.get_ref()).map_err(|e| (Some(at(f.span())), format!("files: {e}")))?;
-            names.push(f.into_inner());
-        }
-        entry.files = Some(names);
+        entry.files = Some(files_field(files, at)?);
     }
     if let Some(n) = raw.context_length {
         if *n.get_ref() == 0 {
-            return Err((Some(at(n.span())), "`context_length` must be positive".into()));
+            return Err((
+                Some(at(n.span())),
+                "`context_length` must be positive".into(),
+            ));
         }
         entry.context_length = Some(n.into_inner());
     }
@@ -271,15 +293,42 @@ fn apply(
     Ok(entry)
 }
 
+fn repo_field(repo: &Spanned<String>) -> std::result::Result<String, String> {
+    let parsed = RepoRef::parse(repo.get_ref()).map_err(|e| e.to_string())?;
+    match parsed.revision {
+        Some(_) => Err("put the revision in `revision = \"...\"`, not in `repo`".into()),
+        None => Ok(parsed.repo),
+    }
+}
+
+fn files_field(
+    files: Spanned<Vec<Spanned<String>>>,
+    at: &dyn Fn(Range<usize>) -> usize,
+) -> std::result::Result<Vec<String>, FieldError> {
+    if files.get_ref().is_empty() {
+        return Err((Some(at(files.span())), "`files` is empty".into()));
+    }
+    let mut names = Vec::new();
+    for f in files.into_inner() {
+        check_filename(f.get_ref()).map_err(|e| (Some(at(f.span())), format!("files: {e}")))?;
+        names.push(f.into_inner());
+    }
+    Ok(names)
+}
+
 fn check_alias(alias: &str) -> std::result::Result<(), String> {
     let ok = !alias.is_empty()
         && alias.len() <= 64
         && alias.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && alias.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && alias
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {
-        Err(format!("alias `{alias}` must be 1-64 ASCII letters, digits, `-`, `_` or `.`"))
+        Err(format!(
+            "alias `{alias}` must be 1-64 ASCII letters, digits, `-`, `_` or `.`"
+        ))
     }
 }
 
@@ -289,11 +338,19 @@ fn looks_like_path(s: &str) -> bool {
 
 fn line_of(text: &str, span: Range<usize>) -> usize {
     let end = span.start.min(text.len());
-    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 fn registry_err(origin: &str, line: usize, message: String) -> HubError {
-    HubError::Registry { origin: origin.to_string(), line, message }
+    HubError::Registry {
+        origin: origin.to_string(),
+        line,
+        message,
+    }
 }
 
 #[cfg(test)]
@@ -301,7 +358,10 @@ mod tests {
     use super::*;
 
     fn line_and_message(text: &str) -> (usize, String) {
-        match Registry::builtin().unwrap().extend_from_toml(text, "user.toml") {
+        match Registry::builtin()
+            .unwrap()
+            .extend_from_toml(text, "user.toml")
+        {
             Err(HubError::Registry { line, message, .. }) => (line, message),
             other => panic!("expected a registry error, got {other:?}"),
         }
@@ -311,11 +371,23 @@ mod tests {
     fn builtin_has_the_four_llama_models() {
         let r = Registry::builtin().unwrap();
         let aliases: Vec<_> = r.entries().iter().map(|e| e.alias.as_str()).collect();
-        assert_eq!(aliases, ["llama-3.2-1b-instruct", "llama-3.2-1b", "llama-3.2-3b-instruct", "llama-3.2-3b"]);
+        assert_eq!(
+            aliases,
+            [
+                "llama-3.2-1b-instruct",
+                "llama-3.2-1b",
+                "llama-3.2-3b-instruct",
+                "llama-3.2-3b"
+            ]
+        );
         let e = r.get("llama-3.2-1b-instruct").unwrap();
         assert_eq!(e.repo.repo, "meta-llama/Llama-3.2-1B-Instruct");
         assert_eq!(e.context_length, Some(131072));
-        assert!(e.files.as_ref().unwrap().contains(&"model.safetensors".to_string()));
+        assert!(e
+            .files
+            .as_ref()
+            .unwrap()
+            .contains(&"model.safetensors".to_string()));
     }
 
     #[test]
@@ -327,55 +399,110 @@ mod tests {
         assert_eq!(e.repo.to_string(), "meta-llama/Llama-3.2-1B@abc");
         assert_eq!(e.description, "Llama 3.2 1B base model (bf16, 2.5 GB)");
         let mine = r.get("mine").unwrap();
-        assert_eq!((mine.repo.repo.as_str(), mine.files.clone()), ("me/my-llama", None));
+        assert_eq!(
+            (mine.repo.repo.as_str(), mine.files.clone()),
+            ("me/my-llama", None)
+        );
         assert_eq!(r.entries().last().unwrap().alias, "mine");
     }
 
     #[test]
     fn broken_models_toml_errors_name_the_line() {
         const A: &str = "[[model]]\nname = \"a\"\n";
-        assert_eq!(line_and_message(&format!("{A}repo = \"x/y\"\nfiles = [\"a\",\n")).0, 4);
-        assert_eq!(line_and_message(&format!("\n{A}repo = \"x/y\"\ncolour = 1\n")).0, 5);
-        assert_eq!(line_and_message(&format!("\n\n{A}repo = \"not a repo\"\n")).0, 5);
-        assert_eq!(line_and_message(&format!("{A}repo = \"x/y\"\nfiles = [\n \"ok\",\n \"../evil\"]\n")).0, 6);
-        let (line, message) = line_and_message(&format!("{A}repo = \"x/y\"\n\n[[model]]\nname = \"b\"\ndescription = \"no repo\"\n"));
+        assert_eq!(
+            line_and_message(&format!("{A}repo = \"x/y\"\nfiles = [\"a\",\n")).0,
+            4
+        );
+        assert_eq!(
+            line_and_message(&format!("\n{A}repo = \"x/y\"\ncolour = 1\n")).0,
+            5
+        );
+        assert_eq!(
+            line_and_message(&format!("\n\n{A}repo = \"not a repo\"\n")).0,
+            5
+        );
+        assert_eq!(
+            line_and_message(&format!(
+                "{A}repo = \"x/y\"\nfiles = [\n \"ok\",\n \"../evil\"]\n"
+            ))
+            .0,
+            6
+        );
+        let (line, message) = line_and_message(&format!(
+            "{A}repo = \"x/y\"\n\n[[model]]\nname = \"b\"\ndescription = \"no repo\"\n"
+        ));
         assert_eq!(line, 5, "{message}");
         assert!(message.contains("needs a `repo"), "{message}");
-        assert_eq!(line_and_message(&format!("{A}repo = \"x/y\"\ncontext_length = \"long\"\n")).0, 4);
-        assert_eq!(line_and_message("[[model]]\nrepo = \"x/y\"\nname = \"bad alias\"\n").0, 3);
-        assert_eq!(line_and_message(&format!("{A}repo = \"x/y\"\n{A}repo = \"x/z\"\n")).0, 5);
+        assert_eq!(
+            line_and_message(&format!("{A}repo = \"x/y\"\ncontext_length = \"long\"\n")).0,
+            4
+        );
+        assert_eq!(
+            line_and_message("[[model]]\nrepo = \"x/y\"\nname = \"bad alias\"\n").0,
+            3
+        );
+        assert_eq!(
+            line_and_message(&format!("{A}repo = \"x/y\"\n{A}repo = \"x/z\"\n")).0,
+            5
+        );
         assert_eq!(line_and_message("[[model]]\nrepo = \"x/y\"\n").0, 1);
         let (line, message) = line_and_message("# comment\n[models.a]\nrepo = \"x/y\"\n");
-        assert!(line == 2 && message.contains("unknown field `models`"), "{line}: {message}");
+        assert!(
+            line == 2 && message.contains("unknown field `models`"),
+            "{line}: {message}"
+        );
     }
 
     #[test]
     fn interpret_tells_aliases_repos_and_directories_apart() {
         let r = Registry::builtin().unwrap();
         let dir = std::env::temp_dir();
-        assert_eq!(r.interpret(dir.to_str().unwrap()).unwrap(), ModelSpec::Local(dir.clone()));
-        assert!(matches!(r.interpret("llama-3.2-3b").unwrap(), ModelSpec::Registered(e) if e.alias == "llama-3.2-3b"));
+        assert_eq!(
+            r.interpret(dir.to_str().unwrap()).unwrap(),
+            ModelSpec::Local(dir.clone())
+        );
+        assert!(
+            matches!(r.interpret("llama-3.2-3b").unwrap(), ModelSpec::Registered(e) if e.alias == "llama-3.2-3b")
+        );
         match r.interpret("LLAMA-3.2-1B@deadbeef").unwrap() {
-            ModelSpec::Registered(e) => assert_eq!(e.repo.to_string(), "meta-llama/Llama-3.2-1B@deadbeef"),
+            ModelSpec::Registered(e) => {
+                assert_eq!(e.repo.to_string(), "meta-llama/Llama-3.2-1B@deadbeef")
+            }
             other => panic!("{other:?}"),
         }
         assert_eq!(
             r.interpret("owner/name@refs/pr/1").unwrap(),
-            ModelSpec::Repo(RepoRef { repo: "owner/name".into(), revision: Some("refs/pr/1".into()) })
+            ModelSpec::Repo(RepoRef {
+                repo: "owner/name".into(),
+                revision: Some("refs/pr/1".into())
+            })
         );
     }
 
     #[test]
     fn malformed_specs_are_refused_with_a_reason() {
         let r = Registry::builtin().unwrap();
-        for bad in ["owner/", "/name", "a/b/c", "owner/na me", "owner/name@", "owner/name@../x", "a--b/c", "./nope", "", "x y"] {
+        for bad in [
+            "owner/",
+            "/name",
+            "a/b/c",
+            "owner/na me",
+            "owner/name@",
+            "owner/name@../x",
+            "a--b/c",
+            "./nope",
+            "",
+            "x y",
+        ] {
             match r.interpret(bad) {
                 Err(e @ HubError::InvalidSpec { .. }) => assert!(e.is_usage()),
                 other => panic!("{bad:?}: {other:?}"),
             }
         }
         match r.interpret("llama-9b") {
-            Err(HubError::UnknownModel { known, .. }) => assert!(known.contains(&"llama-3.2-1b".to_string())),
+            Err(HubError::UnknownModel { known, .. }) => {
+                assert!(known.contains(&"llama-3.2-1b".to_string()))
+            }
             other => panic!("{other:?}"),
         }
     }

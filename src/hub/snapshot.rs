@@ -41,10 +41,16 @@ pub(crate) enum Optional {
 }
 
 /// What the cache holds for `w`: the snapshot directory when complete, else what is missing.
-pub(crate) fn cached(cache: &RepoCache, w: Wanted<'_>, optional: Optional) -> Result<std::result::Result<PathBuf, Vec<String>>> {
+pub(crate) fn cached(
+    cache: &RepoCache,
+    w: Wanted<'_>,
+    optional: Optional,
+) -> Result<std::result::Result<PathBuf, Vec<String>>> {
     let revision = w.repo.revision_or_main();
     let Some(commit) = cache.known_commit(revision)? else {
-        return Ok(Err(vec![format!("revision `{revision}` (nothing of it is cached)")]));
+        return Ok(Err(vec![format!(
+            "revision `{revision}` (nothing of it is cached)"
+        )]));
     };
     let has = |f: &str| -> Result<bool> { Ok(cache.snapshot_file(&commit, f)?.is_file()) };
     let mut missing = Vec::new();
@@ -66,7 +72,8 @@ pub(crate) fn cached(cache: &RepoCache, w: Wanted<'_>, optional: Optional) -> Re
                 need(f, &mut missing)?;
             }
             for f in STANDARD_OPTIONAL {
-                if optional == Optional::Strict && !has(f)? && !cache.is_marked_missing(&commit, f) {
+                if optional == Optional::Strict && !has(f)? && !cache.is_marked_missing(&commit, f)
+                {
                     missing.push(f.to_string());
                 }
             }
@@ -81,7 +88,11 @@ pub(crate) fn cached(cache: &RepoCache, w: Wanted<'_>, optional: Optional) -> Re
             need(&shard, &mut missing)?;
         }
     }
-    Ok(if missing.is_empty() { Ok(cache.snapshot_dir(&commit)?) } else { Err(missing) })
+    Ok(if missing.is_empty() {
+        Ok(cache.snapshot_dir(&commit)?)
+    } else {
+        Err(missing)
+    })
 }
 
 /// Downloads what `w` needs from the hub into the cache and returns the snapshot directory.
@@ -89,7 +100,14 @@ pub(crate) fn cached(cache: &RepoCache, w: Wanted<'_>, optional: Optional) -> Re
 /// for at that commit, so the snapshot is consistent even if the branch moves meanwhile.
 pub(crate) fn fetch(config: &HubConfig, cache: &RepoCache, w: Wanted<'_>) -> Result<PathBuf> {
     let http = Http::new(config);
-    let mut f = Fetcher { http: &http, config, cache, repo: &w.repo.repo, revision: w.repo.revision_or_main(), commit: None };
+    let mut f = Fetcher {
+        http: &http,
+        config,
+        cache,
+        repo: &w.repo.repo,
+        revision: w.repo.revision_or_main(),
+        commit: None,
+    };
     let mut done = BTreeSet::new();
     let index_fetched = match w.files {
         Some(list) => {
@@ -141,12 +159,25 @@ impl Fetcher<'_> {
     /// Fetches `file` into the snapshot (a HEAD, then a GET unless the blob is cached).
     fn get(&mut self, file: &str) -> Result<()> {
         check_filename(file)?;
-        let revision = self.commit.clone().unwrap_or_else(|| self.revision.to_string());
-        let t = Target { repo: self.repo, revision: &revision, file };
+        let revision = self
+            .commit
+            .clone()
+            .unwrap_or_else(|| self.revision.to_string());
+        let t = Target {
+            repo: self.repo,
+            revision: &revision,
+            file,
+        };
         let meta = metadata(self.http, &t)?;
         if self.commit.as_ref().is_some_and(|c| c != &meta.commit) {
             let url = self.http.resolve_url(&t);
-            return Err(super::http::protocol(&url, format!("the hub answered for commit {} instead of {revision}", meta.commit)));
+            return Err(super::http::protocol(
+                &url,
+                format!(
+                    "the hub answered for commit {} instead of {revision}",
+                    meta.commit
+                ),
+            ));
         }
         fetch_blob(self.http, self.config, self.cache, &meta, &t)?;
         self.cache.link(&meta.commit, file, &meta.etag)?;
@@ -172,13 +203,21 @@ impl Fetcher<'_> {
 
 /// The shard files named by a `model.safetensors.index.json`, checked to be safe names.
 pub(crate) fn shards(index: &Path) -> Result<Vec<String>> {
-    let bad = |message: String| HubError::BadIndex { path: index.to_path_buf(), message };
+    let bad = |message: String| HubError::BadIndex {
+        path: index.to_path_buf(),
+        message,
+    };
     let text = fs::read_to_string(index).map_err(io_err(index))?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad("no `weight_map` object".into()))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| bad("no `weight_map` object".into()))?;
     let mut names = BTreeSet::new();
     for (tensor, file) in map {
-        let file = file.as_str().ok_or_else(|| bad(format!("weight_map[{tensor:?}] is not a string")))?;
+        let file = file
+            .as_str()
+            .ok_or_else(|| bad(format!("weight_map[{tensor:?}] is not a string")))?;
         check_filename(file)?;
         names.insert(file.to_string());
     }
@@ -194,10 +233,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let index = dir.path().join(INDEX);
         fs::write(&index, r#"{"weight_map": {"a": "m-2.safetensors", "b": "m-1.safetensors", "c": "m-1.safetensors"}}"#).unwrap();
-        assert_eq!(shards(&index).unwrap(), ["m-1.safetensors", "m-2.safetensors"]);
+        assert_eq!(
+            shards(&index).unwrap(),
+            ["m-1.safetensors", "m-2.safetensors"]
+        );
         for hostile in ["../../evil", "/etc/passwd"] {
             fs::write(&index, format!(r#"{{"weight_map": {{"a": "{hostile}"}}}}"#)).unwrap();
-            assert!(matches!(shards(&index), Err(HubError::HostileName { .. })), "{hostile}");
+            assert!(
+                matches!(shards(&index), Err(HubError::HostileName { .. })),
+                "{hostile}"
+            );
         }
         fs::write(&index, "{}").unwrap();
         assert!(matches!(shards(&index), Err(HubError::BadIndex { .. })));

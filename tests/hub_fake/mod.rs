@@ -29,7 +29,11 @@ pub struct FakeFile {
 
 impl FakeFile {
     pub fn new(name: &str, data: impl Into<Vec<u8>>, lfs: bool) -> Self {
-        Self { name: name.to_string(), data: data.into(), lfs }
+        Self {
+            name: name.to_string(),
+            data: data.into(),
+            lfs,
+        }
     }
 
     pub fn sha256(&self) -> String {
@@ -63,7 +67,13 @@ pub struct FakeRepo {
 impl FakeRepo {
     pub fn new(id: &str, commit_seed: u8, files: Vec<FakeFile>) -> Self {
         let commit = format!("{:02x}", commit_seed).repeat(20);
-        Self { id: id.to_string(), refs: vec![("main".into(), commit.clone())], commit, files, gated: false }
+        Self {
+            id: id.to_string(),
+            refs: vec![("main".into(), commit.clone())],
+            commit,
+            files,
+            gated: false,
+        }
     }
 
     pub fn file(&self, name: &str) -> &FakeFile {
@@ -74,7 +84,10 @@ impl FakeRepo {
         if revision == self.commit {
             return Some(&self.commit);
         }
-        self.refs.iter().find(|(r, _)| r == revision).map(|(_, c)| c.as_str())
+        self.refs
+            .iter()
+            .find(|(r, _)| r == revision)
+            .map(|(_, c)| c.as_str())
     }
 }
 
@@ -93,6 +106,10 @@ pub struct Faults {
     pub corrupt: Option<String>,
     /// HEAD answers carry this etag instead of the real one.
     pub etag_override: Option<String>,
+    /// LFS redirects point at this host (e.g. `localhost`: another origin, same server).
+    pub cdn_host: Option<String>,
+    /// Renamed repos: requests for the old id get a relative 307 to the new one.
+    pub renamed: Vec<(String, String)>,
 }
 
 /// One logged request.
@@ -123,7 +140,10 @@ impl FakeHub {
     pub fn start(repos: Vec<FakeRepo>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(Mutex::new(State { repos, ..Default::default() }));
+        let state = Arc::new(Mutex::new(State {
+            repos,
+            ..Default::default()
+        }));
         let stop = Arc::new(AtomicBool::new(false));
         let (s, st) = (state.clone(), stop.clone());
         let accept = thread::spawn(move || {
@@ -136,7 +156,12 @@ impl FakeHub {
                 thread::spawn(move || handle(stream, &s, &st, addr));
             }
         });
-        Self { addr, state, stop, accept: Some(accept) }
+        Self {
+            addr,
+            state,
+            stop,
+            accept: Some(accept),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -157,7 +182,10 @@ impl FakeHub {
 
     /// Requests with this method whose path contains `needle`.
     pub fn count(&self, method: &str, needle: &str) -> usize {
-        self.log().iter().filter(|l| l.method == method && l.path.contains(needle)).count()
+        self.log()
+            .iter()
+            .filter(|l| l.method == method && l.path.contains(needle))
+            .count()
     }
 }
 
@@ -179,7 +207,10 @@ struct Request {
 
 impl Request {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -201,7 +232,11 @@ fn read_request(stream: &mut TcpStream) -> Option<Request> {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
-    Some(Request { method, path, headers })
+    Some(Request {
+        method,
+        path,
+        headers,
+    })
 }
 
 fn percent_decode(s: &str) -> String {
@@ -234,7 +269,13 @@ struct Reply {
 
 impl Reply {
     fn new(status: u16) -> Self {
-        Self { status, headers: Vec::new(), body: Vec::new(), length: None, cut: None }
+        Self {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+            length: None,
+            cut: None,
+        }
     }
     fn header(mut self, k: &str, v: impl ToString) -> Self {
         self.headers.push((k.to_string(), v.to_string()));
@@ -251,7 +292,9 @@ impl Reply {
 }
 
 fn handle(mut stream: TcpStream, state: &Mutex<State>, stop: &AtomicBool, addr: SocketAddr) {
-    let Some(req) = read_request(&mut stream) else { return };
+    let Some(req) = read_request(&mut stream) else {
+        return;
+    };
     let reply = {
         let mut st = state.lock().unwrap();
         st.log.push(Logged {
@@ -286,7 +329,10 @@ fn wait_for_stop(stop: &AtomicBool) {
 
 fn send(stream: &mut TcpStream, req: &Request, reply: Reply, stop: &AtomicBool) {
     let length = reply.length.unwrap_or(reply.body.len());
-    let mut head = format!("HTTP/1.1 {} X\r\nContent-Length: {length}\r\nConnection: close\r\n", reply.status);
+    let mut head = format!(
+        "HTTP/1.1 {} X\r\nContent-Length: {length}\r\nConnection: close\r\n",
+        reply.status
+    );
     for (k, v) in &reply.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -313,7 +359,12 @@ fn send(stream: &mut TcpStream, req: &Request, reply: Reply, stop: &AtomicBool) 
 
 fn route(req: &Request, st: &mut State, addr: SocketAddr) -> Reply {
     if let Some(sha) = req.path.strip_prefix("/cdn/") {
-        let file = st.repos.iter().flat_map(|r| &r.files).find(|f| f.lfs && f.sha256() == sha).cloned();
+        let file = st
+            .repos
+            .iter()
+            .flat_map(|r| &r.files)
+            .find(|f| f.lfs && f.sha256() == sha)
+            .cloned();
         return match file {
             Some(f) => body(req, &f, &mut st.faults),
             None => Reply::error(404, None, "no such blob"),
@@ -323,7 +374,20 @@ fn route(req: &Request, st: &mut State, addr: SocketAddr) -> Reply {
     if parts.len() != 5 || parts[2] != "resolve" {
         return Reply::error(404, None, "not found");
     }
-    let (id, revision, name) = (format!("{}/{}", parts[0], parts[1]), percent_decode(parts[3]), percent_decode(parts[4]));
+    let (id, revision, name) = (
+        format!("{}/{}", parts[0], parts[1]),
+        percent_decode(parts[3]),
+        percent_decode(parts[4]),
+    );
+    if let Some((_, new)) = st.faults.renamed.iter().find(|(old, _)| *old == id) {
+        let rest = req
+            .path
+            .trim_start_matches('/')
+            .splitn(3, '/')
+            .nth(2)
+            .unwrap_or("");
+        return Reply::new(307).header("Location", format!("/{new}/{rest}"));
+    }
     let auth = req.header("Authorization");
     let Some(repo) = st.repos.iter().find(|r| r.id == id).cloned() else {
         let status = if auth.is_some() { 404 } else { 401 };
@@ -338,12 +402,21 @@ fn route(req: &Request, st: &mut State, addr: SocketAddr) -> Reply {
         return Reply::error(404, Some("RevisionNotFound"), "Invalid rev id");
     };
     let Some(file) = repo.files.iter().find(|f| f.name == name).cloned() else {
-        return Reply::error(404, Some("EntryNotFound"), "Entry not found").header("X-Repo-Commit", &commit);
+        return Reply::error(404, Some("EntryNotFound"), "Entry not found")
+            .header("X-Repo-Commit", &commit);
     };
-    let etag = st.faults.etag_override.clone().unwrap_or_else(|| file.etag());
+    let etag = st
+        .faults
+        .etag_override
+        .clone()
+        .unwrap_or_else(|| file.etag());
     if file.lfs {
+        let cdn = match &st.faults.cdn_host {
+            Some(host) => format!("{host}:{}", addr.port()),
+            None => addr.to_string(),
+        };
         let mut r = Reply::new(302)
-            .header("Location", format!("http://{addr}/cdn/{}", file.sha256()))
+            .header("Location", format!("http://{cdn}/cdn/{}", file.sha256()))
             .header("X-Repo-Commit", &commit)
             .header("X-Linked-Etag", format!("\"{etag}\""))
             .header("X-Linked-Size", file.data.len())
@@ -354,7 +427,9 @@ fn route(req: &Request, st: &mut State, addr: SocketAddr) -> Reply {
     let mut r = body(req, &file, &mut st.faults);
     if r.status < 300 {
         r.headers.retain(|(k, _)| k != "ETag");
-        r = r.header("ETag", format!("\"{etag}\"")).header("X-Repo-Commit", &commit);
+        r = r
+            .header("ETag", format!("\"{etag}\""))
+            .header("X-Repo-Commit", &commit);
     }
     r
 }
@@ -390,10 +465,14 @@ fn body(req: &Request, file: &FakeFile, faults: &mut Faults) -> Reply {
 
 /// Deterministic pseudo-random bytes.
 pub fn bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (x >> 33) as u8
         })
         .collect()
@@ -404,7 +483,9 @@ pub fn tree(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             out.push(p.strip_prefix(dir).unwrap().to_path_buf());

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{anyhow, Context};
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use llama32::hub::{self, HubConfig, Notice, Progress, Registry};
+use llama32::hub::{self, CacheStatus, HubConfig, ModelEntry, Notice, Progress, Registry};
 use serde_json::json;
 
 /// `llama32 download`.
@@ -54,33 +54,54 @@ pub fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
     }
     let mut out = io::stdout().lock();
     if a.json {
-        let items: Vec<_> = rows
-            .iter()
-            .map(|(e, s)| {
-                json!({
-                    "name": e.alias, "repo": e.repo.repo, "revision": e.repo.revision,
-                    "cached": s.is_complete(), "size_bytes": s.disk_usage, "path": s.snapshot,
-                    "context_length": e.context_length, "description": e.description,
-                })
-            })
-            .collect();
-        writeln!(out, "{}", serde_json::Value::Array(items))?;
-        return Ok(ExitCode::SUCCESS);
+        writeln!(out, "{}", list_json(&rows))?;
+    } else {
+        write_table(&mut out, &rows)?;
+        writeln!(out, "\ncache: {}", config.cache_dir.display())?;
     }
-    let name_w = rows.iter().map(|(e, _)| e.alias.len()).max().unwrap_or(4).max(4);
-    let repo_w = rows.iter().map(|(e, _)| e.repo.to_string().len()).max().unwrap_or(4).max(4);
-    writeln!(out, "{:name_w$}  {:repo_w$}  {:7}  {:>9}  DESCRIPTION", "NAME", "REPO", "CACHED", "SIZE")?;
-    for (e, s) in &rows {
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list_json(rows: &[(&ModelEntry, CacheStatus)]) -> serde_json::Value {
+    let items = rows.iter().map(|(e, s)| {
+        json!({
+            "name": e.alias, "repo": e.repo.repo, "revision": e.repo.revision,
+            "cached": s.is_complete(), "size_bytes": s.disk_usage, "path": s.snapshot,
+            "context_length": e.context_length, "description": e.description,
+        })
+    });
+    serde_json::Value::Array(items.collect())
+}
+
+fn write_table(out: &mut impl Write, rows: &[(&ModelEntry, CacheStatus)]) -> io::Result<()> {
+    let width =
+        |f: &dyn Fn(&ModelEntry) -> usize| rows.iter().map(|(e, _)| f(e)).max().unwrap_or(0).max(4);
+    let name_w = width(&|e| e.alias.len());
+    let repo_w = width(&|e| e.repo.to_string().len());
+    writeln!(
+        out,
+        "{:name_w$}  {:repo_w$}  {:7}  {:>9}  DESCRIPTION",
+        "NAME", "REPO", "CACHED", "SIZE"
+    )?;
+    for (e, s) in rows {
         let cached = match (s.is_complete(), s.disk_usage) {
             (true, _) => "yes",
             (false, 0) => "no",
             (false, _) => "partial",
         };
-        let size = if s.disk_usage == 0 { "-".to_string() } else { human_size(s.disk_usage) };
-        writeln!(out, "{:name_w$}  {:repo_w$}  {cached:7}  {size:>9}  {}", e.alias, e.repo.to_string(), e.description)?;
+        let size = if s.disk_usage == 0 {
+            "-".to_string()
+        } else {
+            human_size(s.disk_usage)
+        };
+        let repo = e.repo.to_string();
+        writeln!(
+            out,
+            "{:name_w$}  {repo:repo_w$}  {cached:7}  {size:>9}  {}",
+            e.alias, e.description
+        )?;
     }
-    writeln!(out, "\ncache: {}", config.cache_dir.display())?;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Turns a `--model` value into a checkpoint directory: a directory as is, else an alias
@@ -94,12 +115,20 @@ pub fn resolve_model_arg(spec: &str) -> anyhow::Result<PathBuf> {
     Ok(hub::resolve(spec, &registry, &config).map_err(llama32::Error::from)?)
 }
 
+/// Replaces a `--model` value by the checkpoint directory it designates.
+pub fn resolve_in_place(model: &mut PathBuf) -> anyhow::Result<()> {
+    *model = resolve_model_path(model)?;
+    Ok(())
+}
+
 /// [`resolve_model_arg`] for a `--model` parsed as a path (non-UTF-8 paths must be directories).
 pub fn resolve_model_path(path: &Path) -> anyhow::Result<PathBuf> {
     if path.is_dir() {
         return Ok(path.to_path_buf());
     }
-    let spec = path.to_str().ok_or_else(|| anyhow!("{}: no such directory", path.display()))?;
+    let spec = path
+        .to_str()
+        .ok_or_else(|| anyhow!("{}: no such directory", path.display()))?;
     resolve_model_arg(spec)
 }
 
@@ -108,7 +137,9 @@ pub fn resolve_model_path(path: &Path) -> anyhow::Result<PathBuf> {
 fn load_registry() -> anyhow::Result<Registry> {
     let user = match env::var_os("LLAMA32_MODELS").filter(|v| !v.is_empty()) {
         Some(path) => Some(PathBuf::from(path)),
-        None => config_home().map(|d| d.join("llama32/models.toml")).filter(|p| p.is_file()),
+        None => config_home()
+            .map(|d| d.join("llama32/models.toml"))
+            .filter(|p| p.is_file()),
     };
     Registry::load(user.as_deref()).map_err(|e| llama32::Error::from(e).into())
 }
@@ -117,9 +148,13 @@ fn load_registry() -> anyhow::Result<Registry> {
 pub fn hub_config_from_env() -> anyhow::Result<HubConfig> {
     let hf_home = match var("HF_HOME") {
         Some(h) => PathBuf::from(h),
-        None => cache_home().context("cannot locate the Hugging Face cache: set HF_HUB_CACHE or HF_HOME")?.join("huggingface"),
+        None => cache_home()
+            .context("cannot locate the Hugging Face cache: set HF_HUB_CACHE or HF_HOME")?
+            .join("huggingface"),
     };
-    let cache_dir = var("HF_HUB_CACHE").map(PathBuf::from).unwrap_or_else(|| hf_home.join("hub"));
+    let cache_dir = var("HF_HUB_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| hf_home.join("hub"));
     let mut config = HubConfig::new(cache_dir);
     if let Some(endpoint) = var("HF_ENDPOINT") {
         config.endpoint = endpoint.to_string_lossy().trim_end_matches('/').to_string();
@@ -136,16 +171,22 @@ fn token(hf_home: &Path) -> anyhow::Result<Option<String>> {
         let t = t.to_string_lossy().trim().to_string();
         return Ok((!t.is_empty()).then_some(t));
     }
-    let path = var("HF_TOKEN_PATH").map(PathBuf::from).unwrap_or_else(|| hf_home.join("token"));
+    let path = var("HF_TOKEN_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| hf_home.join("token"));
     match std::fs::read_to_string(&path) {
         Ok(t) => Ok(Some(t.trim().to_string()).filter(|t| !t.is_empty())),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading the Hugging Face token file {}", path.display())),
+        Err(e) => Err(e)
+            .with_context(|| format!("reading the Hugging Face token file {}", path.display())),
     }
 }
 
 fn truthy(v: &str) -> bool {
-    matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "on" | "yes" | "true")
+    matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "1" | "on" | "yes" | "true"
+    )
 }
 
 fn var(name: &str) -> Option<OsString> {
@@ -153,15 +194,21 @@ fn var(name: &str) -> Option<OsString> {
 }
 
 fn home() -> Option<PathBuf> {
-    var("HOME").or_else(|| var("USERPROFILE")).map(PathBuf::from)
+    var("HOME")
+        .or_else(|| var("USERPROFILE"))
+        .map(PathBuf::from)
 }
 
 fn cache_home() -> Option<PathBuf> {
-    var("XDG_CACHE_HOME").map(PathBuf::from).or_else(|| home().map(|h| h.join(".cache")))
+    var("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| home().map(|h| h.join(".cache")))
 }
 
 fn config_home() -> Option<PathBuf> {
-    var("XDG_CONFIG_HOME").map(PathBuf::from).or_else(|| home().map(|h| h.join(".config")))
+    var("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| home().map(|h| h.join(".config")))
 }
 
 fn human_size(bytes: u64) -> String {
@@ -179,6 +226,10 @@ fn human_size(bytes: u64) -> String {
     }
 }
 
+/// File name, bar, bytes done / total, rate, time left.
+const BAR_TEMPLATE: &str =
+    "{msg:32!} [{bar:30}] {bytes:>10}/{total_bytes:10} {binary_bytes_per_sec:>12} ETA {eta}";
+
 /// One progress bar per file on a terminal (bytes, rate, ETA); nothing otherwise.
 /// Notices (retries, waits, resumes) go to stderr either way.
 struct Bars {
@@ -188,11 +239,14 @@ struct Bars {
 
 impl Bars {
     fn new(terminal: bool) -> Self {
-        Self { multi: terminal.then(MultiProgress::new), bars: Mutex::new(HashMap::new()) }
+        Self {
+            multi: terminal.then(MultiProgress::new),
+            bars: Mutex::new(HashMap::new()),
+        }
     }
 
     fn style() -> ProgressStyle {
-        ProgressStyle::with_template("{msg:32!} [{bar:30}] {bytes:>10}/{total_bytes:10} {binary_bytes_per_sec:>12} ETA {eta}")
+        ProgressStyle::with_template(BAR_TEMPLATE)
             .map(|s| s.progress_chars("=> "))
             .unwrap_or_else(|_| ProgressStyle::default_bar())
     }
@@ -200,7 +254,9 @@ impl Bars {
 
 impl Progress for Bars {
     fn update(&self, file: &str, done: u64, total: u64) {
-        let (Some(multi), Ok(mut bars)) = (&self.multi, self.bars.lock()) else { return };
+        let (Some(multi), Ok(mut bars)) = (&self.multi, self.bars.lock()) else {
+            return;
+        };
         let bar = bars.entry(file.to_string()).or_insert_with(|| {
             let bar = multi.add(ProgressBar::new(total));
             bar.set_style(Self::style());
@@ -212,7 +268,9 @@ impl Progress for Bars {
     }
 
     fn finish(&self, file: &str, ok: bool) {
-        let Ok(mut bars) = self.bars.lock() else { return };
+        let Ok(mut bars) = self.bars.lock() else {
+            return;
+        };
         if let Some(bar) = bars.remove(file) {
             if ok {
                 bar.finish();
@@ -241,6 +299,19 @@ mod tests {
         assert_eq!(human_size(999), "999 B");
         assert_eq!(human_size(2_471_000_000), "2.5 GB");
         assert_eq!(human_size(300_000), "300.0 kB");
+    }
+
+    #[test]
+    fn progress_bars_take_updates_for_several_files() {
+        assert!(ProgressStyle::with_template(BAR_TEMPLATE).is_ok());
+        let bars = Bars::new(true);
+        bars.update("a", 0, 10);
+        bars.update("b", 5, 10);
+        bars.update("a", 10, 10);
+        bars.finish("a", true);
+        bars.finish("b", false);
+        bars.notice(&Notice::WaitingForLock { file: "a".into() });
+        assert!(bars.bars.lock().unwrap().is_empty());
     }
 
     #[test]
