@@ -14,7 +14,10 @@ use llama32::synthetic::{write_checkpoint, SyntheticShape};
 use llama32::{ComputeDType, Engine, LoadOptions};
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn model_dir(root: &Path) -> anyhow::Result<PathBuf> {
@@ -28,7 +31,8 @@ fn model_dir(root: &Path) -> anyhow::Result<PathBuf> {
     let dir = root.join(name);
     if !dir.join("model.safetensors").exists() {
         eprintln!("writing synthetic checkpoint {} ...", dir.display());
-        let tokenizer = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tied-f32-mha/tokenizer.json");
+        let tokenizer = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tied-f32-mha/tokenizer.json");
         write_checkpoint(&dir, shape, &tokenizer, 0x5eed)?;
     }
     Ok(dir)
@@ -42,7 +46,9 @@ fn stats(mut xs: Vec<f64>) -> (f64, f64, f64) {
 
 fn prompt(n: usize, salt: u32) -> Vec<u32> {
     let mut ids = vec![128000];
-    ids.extend((1..n as u32).map(|i| (i.wrapping_mul(2654435761).wrapping_add(salt) >> 8) % 120000));
+    ids.extend(
+        (1..n as u32).map(|i| (i.wrapping_mul(2654435761).wrapping_add(salt) >> 8) % 120000),
+    );
     ids
 }
 
@@ -53,9 +59,23 @@ struct Figures {
     ttft_ms: Vec<f64>,
 }
 
-fn measure(dir: &Path, dtype: ComputeDType, reps: usize, pp: usize, tg: usize) -> anyhow::Result<Figures> {
-    let mut f = Figures { load_ms: vec![], pp: vec![], tg: vec![], ttft_ms: vec![] };
-    let opts = LoadOptions { dtype: Some(dtype), ..Default::default() };
+fn measure(
+    dir: &Path,
+    dtype: ComputeDType,
+    reps: usize,
+    pp: usize,
+    tg: usize,
+) -> anyhow::Result<Figures> {
+    let mut f = Figures {
+        load_ms: vec![],
+        pp: vec![],
+        tg: vec![],
+        ttft_ms: vec![],
+    };
+    let opts = LoadOptions {
+        dtype: Some(dtype),
+        ..Default::default()
+    };
     let mut engine = None;
     for _ in 0..reps {
         let e = Engine::load(dir, &opts)?;
@@ -92,8 +112,15 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&root)?;
     let dir = model_dir(&root)?;
     let reps = env_usize("LLAMA32_BENCH_REPS", 3).max(1);
-    let (pp, tg) = (env_usize("LLAMA32_BENCH_PP", 512), env_usize("LLAMA32_BENCH_TG", 128));
-    println!("model: {}  threads: {}  reps: {reps}", dir.display(), std::thread::available_parallelism()?);
+    let (pp, tg) = (
+        env_usize("LLAMA32_BENCH_PP", 512),
+        env_usize("LLAMA32_BENCH_TG", 128),
+    );
+    println!(
+        "model: {}  threads: {}  reps: {reps}",
+        dir.display(),
+        std::thread::available_parallelism()?
+    );
     println!("| dtype | load ms | pp{pp} tok/s | tg{tg} tok/s | ttft64 ms |");
     println!("|---|---|---|---|---|");
     let mut results = Vec::new();
@@ -103,7 +130,13 @@ fn main() -> anyhow::Result<()> {
             let (m, lo, hi) = stats(xs.clone());
             format!("{m:.1} ({lo:.1}-{hi:.1})")
         };
-        println!("| {dtype} | {} | {} | {} | {} |", cell(&f.load_ms), cell(&f.pp), cell(&f.tg), cell(&f.ttft_ms));
+        println!(
+            "| {dtype} | {} | {} | {} | {} |",
+            cell(&f.load_ms),
+            cell(&f.pp),
+            cell(&f.tg),
+            cell(&f.ttft_ms)
+        );
         results.push(serde_json::json!({
             "dtype": dtype.to_string(), "model": dir.display().to_string(), "reps": reps,
             "load_ms": f.load_ms, "pp": pp, "pp_tokens_per_s": f.pp, "tg": tg, "tg_tokens_per_s": f.tg,

@@ -12,15 +12,23 @@ use llama32::{Engine, GenerateRequest, LoadOptions, SamplingParams};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let dir = args.next().ok_or_else(|| anyhow::anyhow!("usage: embed CHECKPOINT_DIR [PROMPT]"))?;
-    let prompt = args.next().unwrap_or_else(|| "Once upon a time".to_string());
+    let dir = args
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("usage: embed CHECKPOINT_DIR [PROMPT]"))?;
+    let prompt = args
+        .next()
+        .unwrap_or_else(|| "Once upon a time".to_string());
 
     // 1. Load: config.json, tokenizer.json and the safetensors weights, on the CPU in f32.
     let engine = Engine::load(dir.as_ref(), &LoadOptions::default())?;
 
     // 2. Generate: the callback sees each piece of text as soon as it is complete UTF-8;
     //    return ControlFlow::Break(()) from it to stop early.
-    let request = GenerateRequest { max_tokens: 48, sampling: SamplingParams::greedy(), ..Default::default() };
+    let request = GenerateRequest {
+        max_tokens: 48,
+        sampling: SamplingParams::greedy(),
+        ..Default::default()
+    };
     let mut stdout = std::io::stdout();
     let out = engine.generate(&prompt, &request, |piece| {
         print!("{piece}");

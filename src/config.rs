@@ -208,12 +208,12 @@ impl Validator<'_> {
         }
         let head_dim = match raw.head_dim {
             Some(d) => self.positive("head_dim", Some(d))?,
-            None if hidden_size % heads != 0 => {
-                return Err(self.err(
-                    "num_attention_heads",
-                    format!("{heads} does not divide hidden_size = {hidden_size} and no head_dim is given"),
-                ))
-            }
+            None if hidden_size % heads != 0 => return Err(self.err(
+                "num_attention_heads",
+                format!(
+                    "{heads} does not divide hidden_size = {hidden_size} and no head_dim is given"
+                ),
+            )),
             None => hidden_size / heads,
         };
         if head_dim % 2 != 0 {
@@ -227,7 +227,10 @@ impl Validator<'_> {
             return Err(self.err("rope_theta", "must be a positive finite number"));
         }
         if let Some(act) = raw.hidden_act.as_deref().filter(|a| *a != "silu") {
-            return Err(self.err("hidden_act", format!("`{act}` is not supported (only silu)")));
+            return Err(self.err(
+                "hidden_act",
+                format!("`{act}` is not supported (only silu)"),
+            ));
         }
         if raw.attention_bias || raw.mlp_bias {
             return Err(self.err("attention_bias", "biases are not supported by Llama 3.2"));
@@ -237,7 +240,10 @@ impl Validator<'_> {
         }
         let vocab_size = self.positive("vocab_size", raw.vocab_size)?;
         if let Some(id) = raw.bos_token_id.filter(|&id| id as usize >= vocab_size) {
-            return Err(self.err("bos_token_id", format!("{id} is outside the vocabulary ({vocab_size})")));
+            return Err(self.err(
+                "bos_token_id",
+                format!("{id} is outside the vocabulary ({vocab_size})"),
+            ));
         }
         Ok(LlamaConfig {
             hidden_size,
@@ -262,7 +268,11 @@ impl Validator<'_> {
         let params = raw.rope_parameters.as_ref().filter(|p| p.is_object());
         let theta = raw
             .rope_theta
-            .or_else(|| params.and_then(|p| p.get("rope_theta")).and_then(|t| t.as_f64()))
+            .or_else(|| {
+                params
+                    .and_then(|p| p.get("rope_theta"))
+                    .and_then(|t| t.as_f64())
+            })
             .unwrap_or(10000.0);
         let scaling = match (&raw.rope_scaling, params) {
             (Some(s), _) if !s.is_null() => self.rope_scaling(Some(s))?,
@@ -277,7 +287,9 @@ impl Validator<'_> {
             return Ok(None);
         };
         let field = "rope_scaling";
-        let obj = obj.as_object().ok_or_else(|| self.err(field, "must be an object or null"))?;
+        let obj = obj
+            .as_object()
+            .ok_or_else(|| self.err(field, "must be an object or null"))?;
         let kind = obj
             .get("rope_type")
             .or_else(|| obj.get("type"))
@@ -295,7 +307,10 @@ impl Validator<'_> {
         }
         let num = |name: &str| -> Result<f64> {
             let full = format!("rope_scaling.{name}");
-            let v = obj.get(name).and_then(|v| v.as_f64()).ok_or_else(|| self.err(&full, "is required"))?;
+            let v = obj
+                .get(name)
+                .and_then(|v| v.as_f64())
+                .ok_or_else(|| self.err(&full, "is required"))?;
             if v.is_finite() && v > 0.0 {
                 Ok(v)
             } else {
@@ -350,7 +365,10 @@ mod tests {
 
     #[test]
     fn explicit_head_dim_wins() {
-        assert_eq!(parse(serde_json::json!({"head_dim": 16})).unwrap().head_dim, 16);
+        assert_eq!(
+            parse(serde_json::json!({"head_dim": 16})).unwrap().head_dim,
+            16
+        );
     }
 
     #[test]
@@ -359,14 +377,19 @@ mod tests {
             "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 8192, "rope_type": "llama3"}}))
         .unwrap();
-        assert_eq!(c.rope_scaling.unwrap().original_max_position_embeddings, 8192);
+        assert_eq!(
+            c.rope_scaling.unwrap().original_max_position_embeddings,
+            8192
+        );
     }
 
     #[test]
     fn reads_transformers_v5_rope_parameters() {
-        let c = parse(serde_json::json!({"rope_theta": null, "rope_parameters": {"rope_theta": 500000.0,
+        let c = parse(
+            serde_json::json!({"rope_theta": null, "rope_parameters": {"rope_theta": 500000.0,
             "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 8192}}))
+            "original_max_position_embeddings": 8192}}),
+        )
         .unwrap();
         assert_eq!(c.rope_theta, 500000.0);
         assert_eq!(c.rope_scaling.unwrap().factor, 32.0);
@@ -385,8 +408,14 @@ mod tests {
             (json!({"head_dim": 7}), "head_dim"),
             (json!({"rms_norm_eps": -1.0}), "rms_norm_eps"),
             (json!({"vocab_size": 0}), "vocab_size"),
-            (json!({"rope_scaling": {"rope_type": "yarn", "factor": 2.0}}), "rope_scaling.rope_type"),
-            (json!({"rope_scaling": {"rope_type": "llama3"}}), "rope_scaling.factor"),
+            (
+                json!({"rope_scaling": {"rope_type": "yarn", "factor": 2.0}}),
+                "rope_scaling.rope_type",
+            ),
+            (
+                json!({"rope_scaling": {"rope_type": "llama3"}}),
+                "rope_scaling.factor",
+            ),
         ];
         for (extra, field) in cases {
             let msg = format!("{extra}");

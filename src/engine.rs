@@ -115,14 +115,21 @@ impl Engine {
     pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self> {
         let start = Instant::now();
         if !dir.is_dir() {
-            return Err(Error::MissingFile { path: dir.to_path_buf(), what: "model directory" });
+            return Err(Error::MissingFile {
+                path: dir.to_path_buf(),
+                what: "model directory",
+            });
         }
         let config_path = dir.join("config.json");
         if !config_path.exists() {
-            return Err(Error::MissingFile { path: config_path, what: "model configuration" });
+            return Err(Error::MissingFile {
+                path: config_path,
+                what: "model configuration",
+            });
         }
         let config = LlamaConfig::from_file(&config_path)?;
-        let generation_config = GenerationConfig::from_file_or_default(&dir.join("generation_config.json"))?;
+        let generation_config =
+            GenerationConfig::from_file_or_default(&dir.join("generation_config.json"))?;
         let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
         let tokenizer_config = dir.join("tokenizer_config.json");
         let chat_template = match tokenizer_config.exists() {
@@ -131,7 +138,9 @@ impl Engine {
         };
         let weights = Weights::open(dir)?;
         let device = options.device.open()?;
-        let dtype = options.dtype.unwrap_or_else(|| options.device.default_dtype(weights.storage_dtype()));
+        let dtype = options
+            .dtype
+            .unwrap_or_else(|| options.device.default_dtype(weights.storage_dtype()));
         check_dtype(&device, options.device, dtype)?;
         let model = Llama::load(&config, &weights, dtype.to_candle(), &device)?;
         let mut eos_ids = config.eos_token_ids.clone();
@@ -178,9 +187,17 @@ impl Engine {
 
     /// Renders a conversation with the chat template and tokenizes it without adding a
     /// second BOS (the template writes it).
-    pub fn encode_chat(&self, messages: &[Message], tools: Option<&[Tool]>, options: &RenderOptions) -> Result<Vec<u32>> {
+    pub fn encode_chat(
+        &self,
+        messages: &[Message],
+        tools: Option<&[Tool]>,
+        options: &RenderOptions,
+    ) -> Result<Vec<u32>> {
         let template = self.chat_template.as_ref().ok_or_else(|| {
-            Error::Template(format!("{} has no chat_template in tokenizer_config.json", self.dir.display()))
+            Error::Template(format!(
+                "{} has no chat_template in tokenizer_config.json",
+                self.dir.display()
+            ))
         })?;
         let text = template.render(messages, tools, options)?;
         self.tokenizer.encode(&text, false)

@@ -33,7 +33,11 @@ impl<'e> Session<'e> {
     /// when `None`). Cache memory is allocated as it is used.
     pub fn new(engine: &'e Engine, ctx_size: Option<usize>) -> Result<Self> {
         let ctx = engine.context_window(ctx_size)?;
-        Ok(Self { engine, cache: engine.model().new_cache(ctx), tokens: Vec::new() })
+        Ok(Self {
+            engine,
+            cache: engine.model().new_cache(ctx),
+            tokens: Vec::new(),
+        })
     }
 
     /// The tokens whose keys and values are cached.
@@ -62,7 +66,12 @@ impl<'e> Session<'e> {
     /// Keeps the longest cached prefix of `prompt` (at most all but its last token, whose
     /// logits are needed) and returns its length.
     fn reuse_prefix(&mut self, prompt: &[u32]) -> usize {
-        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let common = self
+            .tokens
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
         let keep = common.min(prompt.len().saturating_sub(1));
         self.cache.truncate(keep);
         self.tokens.truncate(keep);
@@ -80,14 +89,23 @@ impl<'e> Session<'e> {
         on_text: impl FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Generation> {
         if request.max_tokens == 0 {
-            return Err(Error::InvalidParameter { name: "max-tokens", reason: "must be at least 1".into() });
+            return Err(Error::InvalidParameter {
+                name: "max-tokens",
+                reason: "must be at least 1".into(),
+            });
         }
         if prompt.is_empty() {
-            return Err(Error::InvalidParameter { name: "prompt", reason: "is empty".into() });
+            return Err(Error::InvalidParameter {
+                name: "prompt",
+                reason: "is empty".into(),
+            });
         }
         let ctx = self.context_window();
         if prompt.len() > ctx {
-            return Err(Error::PromptTooLong { tokens: prompt.len(), limit: ctx });
+            return Err(Error::PromptTooLong {
+                tokens: prompt.len(),
+                limit: ctx,
+            });
         }
         let sampler = Sampler::new(request.sampling.clone(), rand::random::<u64>())?;
         let cached = self.reuse_prefix(prompt);
@@ -148,7 +166,10 @@ impl<'e> Session<'e> {
             timings: Timings {
                 ttft_ms: (first - start).as_secs_f64() * 1e3,
                 prefill_tokens_per_s: 0.0,
-                decode_tokens_per_s: per_second(generated.len().saturating_sub(1), first.elapsed().as_secs_f64()),
+                decode_tokens_per_s: per_second(
+                    generated.len().saturating_sub(1),
+                    first.elapsed().as_secs_f64(),
+                ),
             },
             token_ids: generated,
         })

@@ -45,7 +45,12 @@ impl SyntheticShape {
 /// Writes a bf16 checkpoint of `shape` with random weights into `dir`, with the given
 /// `tokenizer.json` (and the `tokenizer_config.json` beside it, for the chat template, when
 /// there is one). Weights are small uniform noise (norms are 1), so activations stay finite.
-pub fn write_checkpoint(dir: &Path, shape: SyntheticShape, tokenizer_json: &Path, seed: u64) -> Result<()> {
+pub fn write_checkpoint(
+    dir: &Path,
+    shape: SyntheticShape,
+    tokenizer_json: &Path,
+    seed: u64,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let config = shape.config_json();
     let config_path = dir.join("config.json");
@@ -54,11 +59,19 @@ pub fn write_checkpoint(dir: &Path, shape: SyntheticShape, tokenizer_json: &Path
     let cfg = LlamaConfig::from_file(&config_path)?;
     let dst = dir.join("tokenizer.json");
     std::fs::copy(tokenizer_json, &dst).map_err(io_err(&dst))?;
-    if let Some(config) = tokenizer_json.parent().map(|d| d.join("tokenizer_config.json")).filter(|p| p.exists()) {
+    if let Some(config) = tokenizer_json
+        .parent()
+        .map(|d| d.join("tokenizer_config.json"))
+        .filter(|p| p.exists())
+    {
         let dst = dir.join("tokenizer_config.json");
         std::fs::copy(&config, &dst).map_err(io_err(&dst))?;
     }
-    write_safetensors(&dir.join("model.safetensors"), &expected_tensors(&cfg), seed)
+    write_safetensors(
+        &dir.join("model.safetensors"),
+        &expected_tensors(&cfg),
+        seed,
+    )
 }
 
 fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>)], seed: u64) -> Result<()> {
@@ -66,7 +79,10 @@ fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>)], seed: u64) -
     let mut offset = 0usize;
     for (name, shape) in tensors {
         let bytes = shape.iter().product::<usize>() * 2;
-        header.insert(name.clone(), json!({"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + bytes]}));
+        header.insert(
+            name.clone(),
+            json!({"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
         offset += bytes;
     }
     let mut header = serde_json::Value::Object(header).to_string().into_bytes();
@@ -74,16 +90,26 @@ fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>)], seed: u64) -
     let file = std::fs::File::create(path).map_err(io_err(path))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let mut rng = seed | 1;
-    let write = |out: &mut BufWriter<std::fs::File>, bytes: &[u8]| out.write_all(bytes).map_err(io_err(path));
+    let write = |out: &mut BufWriter<std::fs::File>, bytes: &[u8]| {
+        out.write_all(bytes).map_err(io_err(path))
+    };
     write(&mut out, &(header.len() as u64).to_le_bytes())?;
     write(&mut out, &header)?;
     let mut buf = Vec::with_capacity(1 << 20);
     for (name, shape) in tensors {
         let n: usize = shape.iter().product();
         let is_norm = name.ends_with("norm.weight");
-        let scale = if is_norm { 0.0 } else { 1.0 / (shape[shape.len() - 1] as f32).sqrt() };
+        let scale = if is_norm {
+            0.0
+        } else {
+            1.0 / (shape[shape.len() - 1] as f32).sqrt()
+        };
         for i in 0..n {
-            let v = if is_norm { 1.0 } else { scale * uniform(&mut rng) };
+            let v = if is_norm {
+                1.0
+            } else {
+                scale * uniform(&mut rng)
+            };
             buf.extend_from_slice(&half::bf16::from_f32(v).to_le_bytes());
             if buf.len() >= 1 << 20 || i + 1 == n {
                 write(&mut out, &buf)?;

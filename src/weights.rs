@@ -49,8 +49,17 @@ impl Weights {
             Self::open_sharded(dir, &index_path)
         } else if single.exists() {
             let file = WeightFile::open(single)?;
-            let location = file.metadata.tensors().keys().map(|k| (k.clone(), 0)).collect();
-            Ok(Self { dir: dir.to_path_buf(), files: vec![file], location })
+            let location = file
+                .metadata
+                .tensors()
+                .keys()
+                .map(|k| (k.clone(), 0))
+                .collect();
+            Ok(Self {
+                dir: dir.to_path_buf(),
+                files: vec![file],
+                location,
+            })
         } else {
             Err(Error::MissingFile {
                 path: single,
@@ -82,7 +91,11 @@ impl Weights {
             }
             location.insert(tensor.clone(), slot);
         }
-        Ok(Self { dir: dir.to_path_buf(), files, location })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            files,
+            location,
+        })
     }
 
     /// True when the checkpoint holds a tensor of this name.
@@ -104,26 +117,41 @@ impl Weights {
     }
 
     fn locate(&self, name: &str, shape: &[usize]) -> Result<(&WeightFile, &TensorInfo, DType)> {
-        let slot = *self.location.get(name).ok_or_else(|| Error::MissingTensor {
-            name: name.to_string(),
-            dir: self.dir.clone(),
-        })?;
+        let slot = *self
+            .location
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor {
+                name: name.to_string(),
+                dir: self.dir.clone(),
+            })?;
         let file = &self.files[slot];
         let bad = |reason: String| Error::BadTensor {
             path: file.path.clone(),
             name: name.to_string(),
             reason,
         };
-        let info = file.metadata.info(name).ok_or_else(|| bad("not in file".into()))?;
+        let info = file
+            .metadata
+            .info(name)
+            .ok_or_else(|| bad("not in file".into()))?;
         if info.shape != shape {
-            return Err(bad(format!("expected shape {shape:?}, found {:?}", info.shape)));
+            return Err(bad(format!(
+                "expected shape {shape:?}, found {:?}",
+                info.shape
+            )));
         }
         let dtype = candle_dtype(info.dtype).map_err(bad)?;
         Ok((file, info, dtype))
     }
 
     /// Loads tensor `name`, checks its shape, converts it to `dtype` on `device`.
-    pub fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+    pub fn get(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
         let (file, info, src_dtype) = self.locate(name, shape)?;
         let bad = |reason: String| Error::BadTensor {
             path: file.path.clone(),
@@ -157,7 +185,12 @@ impl WeightFile {
                 path: path.clone(),
                 reason: describe(&e),
             })?;
-        Ok(Self { path, mmap, header_len, metadata })
+        Ok(Self {
+            path,
+            mmap,
+            header_len,
+            metadata,
+        })
     }
 }
 
@@ -166,7 +199,9 @@ impl WeightFile {
 fn widen_to_f32(bytes: &[u8], src: DType) -> Vec<f32> {
     let n = bytes.len() / 2;
     let mut out = vec![0f32; n];
-    let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(8);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |t| t.get())
+        .min(8);
     let per = n.div_ceil(threads).max(1 << 16);
     std::thread::scope(|scope| {
         for (dst, src_bytes) in out.chunks_mut(per).zip(bytes.chunks(per * 2)) {
@@ -177,7 +212,9 @@ fn widen_to_f32(bytes: &[u8], src: DType) -> Vec<f32> {
 }
 
 fn widen_chunk(dst: &mut [f32], bytes: &[u8], src: DType) {
-    let halves = bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let halves = bytes
+        .chunks_exact(2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]));
     if src == DType::BF16 {
         for (d, h) in dst.iter_mut().zip(halves) {
             *d = f32::from_bits((h as u32) << 16);
@@ -206,7 +243,9 @@ fn candle_dtype(d: Dtype) -> std::result::Result<DType, String> {
         Dtype::BF16 => Ok(DType::BF16),
         Dtype::F16 => Ok(DType::F16),
         Dtype::F32 => Ok(DType::F32),
-        other => Err(format!("on-disk dtype {other:?} is not supported (bf16, f16 or f32)")),
+        other => Err(format!(
+            "on-disk dtype {other:?} is not supported (bf16, f16 or f32)"
+        )),
     }
 }
 
@@ -217,7 +256,9 @@ fn shard_path(dir: &Path, index_path: &Path, name: &str) -> Result<PathBuf> {
     if name.is_empty() || !plain {
         return Err(Error::ShardIndex {
             path: index_path.to_path_buf(),
-            reason: format!("shard file name `{name}` is not a plain file name inside the checkpoint directory"),
+            reason: format!(
+                "shard file name `{name}` is not a plain file name inside the checkpoint directory"
+            ),
         });
     }
     Ok(dir.join(rel))
@@ -231,10 +272,23 @@ mod tests {
     fn widening_matches_candle_casts() {
         let vals: Vec<f32> = (0..70_000).map(|i| (i as f32 - 35_000.0) * 0.37).collect();
         for dtype in [DType::BF16, DType::F16] {
-            let t = Tensor::new(vals.as_slice(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+            let t = Tensor::new(vals.as_slice(), &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
             let bytes: Vec<u8> = match dtype {
-                DType::BF16 => t.to_vec1::<half::bf16>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect(),
-                _ => t.to_vec1::<half::f16>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect(),
+                DType::BF16 => t
+                    .to_vec1::<half::bf16>()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+                _ => t
+                    .to_vec1::<half::f16>()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
             };
             let reference: Vec<f32> = t.to_dtype(DType::F32).unwrap().to_vec1().unwrap();
             assert_eq!(widen_to_f32(&bytes, dtype), reference, "{dtype:?}");

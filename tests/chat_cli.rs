@@ -7,7 +7,9 @@ use std::ops::ControlFlow;
 use std::process::{Command, Output, Stdio};
 
 use common::*;
-use llama32::{ComputeDType, Conversation, Engine, GenerateRequest, LoadOptions, Message, SamplingParams};
+use llama32::{
+    ComputeDType, Conversation, Engine, GenerateRequest, LoadOptions, Message, SamplingParams,
+};
 use serde_json::Value;
 
 const MODEL: &str = "tied-bf16-llama3";
@@ -16,14 +18,27 @@ const DATE: &str = "26 Jul 2024";
 fn chat(args: &[&str], stdin: &str) -> Output {
     let dir = fixture(MODEL);
     let mut child = Command::new(env!("CARGO_BIN_EXE_llama32"))
-        .args(["chat", "--model", dir.to_str().unwrap(), "--date", DATE, "--temperature", "0"])
+        .args([
+            "chat",
+            "--model",
+            dir.to_str().unwrap(),
+            "--date",
+            DATE,
+            "--temperature",
+            "0",
+        ])
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -31,7 +46,10 @@ fn chat(args: &[&str], stdin: &str) -> Output {
 }
 
 fn json_lines(out: &Output) -> Vec<Value> {
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[test]
@@ -41,7 +59,10 @@ fn one_shot_answers_and_exits() {
     let v = &json_lines(&out)[0];
     assert_eq!(v["completion_tokens"], 6);
     // The rendered prompt: the golden single_user conversation is 37 tokens (incl. the header).
-    assert_eq!(v["prompt_tokens"], tokenize_messages(r#"[{"role": "user", "content": "Hello!"}]"#).len());
+    assert_eq!(
+        v["prompt_tokens"],
+        tokenize_messages(r#"[{"role": "user", "content": "Hello!"}]"#).len()
+    );
 }
 
 fn tokenize_messages(json: &str) -> Vec<u32> {
@@ -49,19 +70,39 @@ fn tokenize_messages(json: &str) -> Vec<u32> {
     std::fs::write(file.path(), json).unwrap();
     let dir = fixture(MODEL);
     let out = Command::new(env!("CARGO_BIN_EXE_llama32"))
-        .args(["tokenize", "--model", dir.to_str().unwrap(), "--date", DATE, "--json", "--messages"])
+        .args([
+            "tokenize",
+            "--model",
+            dir.to_str().unwrap(),
+            "--date",
+            DATE,
+            "--json",
+            "--messages",
+        ])
         .arg(file.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     serde_json::from_value(v["ids"].clone()).unwrap()
 }
 
 #[test]
 fn tokenize_messages_matches_hf_apply_chat_template() {
-    let cases: Value = serde_json::from_str(&std::fs::read_to_string(fixtures_dir().join("chat_cases.json")).unwrap()).unwrap();
-    let case = cases["cases"].as_array().unwrap().iter().find(|c| c["name"] == "multi_turn_with_system").unwrap();
+    let cases: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures_dir().join("chat_cases.json")).unwrap(),
+    )
+    .unwrap();
+    let case = cases["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "multi_turn_with_system")
+        .unwrap();
     let ids = tokenize_messages(&serde_json::json!({"messages": case["messages"]}).to_string());
     let expected: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
     assert_eq!(ids, expected);
@@ -69,8 +110,15 @@ fn tokenize_messages_matches_hf_apply_chat_template() {
 
 #[test]
 fn interactive_session_reuses_the_cache_and_handles_commands() {
-    let out = chat(&["--max-tokens", "5", "--json"], "First question\n\n/stats\nSecond question\n/reset\nThird\n/system Be brief.\nFourth\n");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = chat(
+        &["--max-tokens", "5", "--json"],
+        "First question\n\n/stats\nSecond question\n/reset\nThird\n/system Be brief.\nFourth\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let answers = json_lines(&out);
     assert_eq!(answers.len(), 4);
     assert_eq!(answers[0]["cached_tokens"], 0);
@@ -79,25 +127,48 @@ fn interactive_session_reuses_the_cache_and_handles_commands() {
     // output need not round-trip).
     let first_prompt = answers[0]["prompt_tokens"].as_u64().unwrap();
     let cached = answers[1]["cached_tokens"].as_u64().unwrap();
-    assert!((first_prompt..=first_prompt + 4).contains(&cached), "{cached} vs {first_prompt}");
+    assert!(
+        (first_prompt..=first_prompt + 4).contains(&cached),
+        "{cached} vs {first_prompt}"
+    );
     // After /reset the conversation starts over (the cached system header is still reused).
     let third = tokenize_messages(r#"[{"role": "user", "content": "Third"}]"#);
     assert_eq!(answers[2]["prompt_tokens"], third.len());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("[conversation reset]") && stderr.contains("[system message set]"), "{stderr}");
+    assert!(
+        stderr.contains("[conversation reset]") && stderr.contains("[system message set]"),
+        "{stderr}"
+    );
     assert!(stderr.contains("2 messages"), "/stats: {stderr}");
 }
 
 #[test]
 fn a_full_context_window_drops_the_oldest_turns_but_keeps_the_system_message() {
     let input = "one two three four five\nsix seven eight nine ten\neleven twelve\nthirteen\n";
-    let out = chat(&["--max-tokens", "8", "--ctx-size", "110", "--system", "Sys", "--json"], input);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = chat(
+        &[
+            "--max-tokens",
+            "8",
+            "--ctx-size",
+            "110",
+            "--system",
+            "Sys",
+            "--json",
+        ],
+        input,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("dropped the"), "{stderr}");
     let answers = json_lines(&out);
     assert_eq!(answers.len(), 4);
-    assert!(answers.iter().any(|a| a["dropped_messages"].as_u64().unwrap() > 0));
+    assert!(answers
+        .iter()
+        .any(|a| a["dropped_messages"].as_u64().unwrap() > 0));
     for a in &answers {
         assert!(a["prompt_tokens"].as_u64().unwrap() + 8 <= 110 + 8);
     }
@@ -111,11 +182,29 @@ fn bad_conversations_fail_cleanly() {
         std::fs::write(&p, text).unwrap();
         p.to_str().unwrap().to_string()
     };
-    let tools_ok = write("tools.json", r#"[{"type": "function", "function": {"name": "f", "parameters": {}}}]"#);
+    let tools_ok = write(
+        "tools.json",
+        r#"[{"type": "function", "function": {"name": "f", "parameters": {}}}]"#,
+    );
     let cases = [
-        (vec!["--messages".to_string(), write("role.json", r#"[{"role": "wizard", "content": "hi"}]"#)], "unknown role"),
-        (vec!["--messages".to_string(), write("empty.json", r#"[{"role": "user", "content": ""}]"#)], "content is empty"),
-        (vec!["--tools".to_string(), write("bad.json", "{ nope")], "not valid JSON"),
+        (
+            vec![
+                "--messages".to_string(),
+                write("role.json", r#"[{"role": "wizard", "content": "hi"}]"#),
+            ],
+            "unknown role",
+        ),
+        (
+            vec![
+                "--messages".to_string(),
+                write("empty.json", r#"[{"role": "user", "content": ""}]"#),
+            ],
+            "content is empty",
+        ),
+        (
+            vec!["--tools".to_string(), write("bad.json", "{ nope")],
+            "not valid JSON",
+        ),
     ];
     for (args, needle) in cases {
         let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -128,30 +217,52 @@ fn bad_conversations_fail_cleanly() {
     // A template that raises (tools need a first user message) is an error, not a panic.
     let model = fixture(MODEL);
     let out = Command::new(env!("CARGO_BIN_EXE_llama32"))
-        .args(["tokenize", "--model", model.to_str().unwrap(), "--tools", &tools_ok, "--messages"])
+        .args([
+            "tokenize",
+            "--model",
+            model.to_str().unwrap(),
+            "--tools",
+            &tools_ok,
+            "--messages",
+        ])
         .arg(write("sys.json", r#"[{"role": "system", "content": "x"}]"#))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("Cannot put tools in the first user message"), "{stderr}");
+    assert!(
+        stderr.contains("Cannot put tools in the first user message"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn a_second_turn_equals_prefilling_the_whole_history() {
-    let opts = LoadOptions { dtype: Some(ComputeDType::F32), ..Default::default() };
+    let opts = LoadOptions {
+        dtype: Some(ComputeDType::F32),
+        ..Default::default()
+    };
     let engine = Engine::load(&fixture(MODEL), &opts).unwrap();
-    let request = GenerateRequest { max_tokens: 10, sampling: SamplingParams::greedy(), ..Default::default() };
+    let request = GenerateRequest {
+        max_tokens: 10,
+        sampling: SamplingParams::greedy(),
+        ..Default::default()
+    };
     let mut chat = Conversation::new(&engine, Some(512), None, Some(DATE.into())).unwrap();
-    chat.send("Hi", &request, |_| ControlFlow::Continue(())).unwrap();
-    let second = chat.send("And then?", &request, |_| ControlFlow::Continue(())).unwrap();
+    chat.send("Hi", &request, |_| ControlFlow::Continue(()))
+        .unwrap();
+    let second = chat
+        .send("And then?", &request, |_| ControlFlow::Continue(()))
+        .unwrap();
     assert!(second.generation.cached_tokens > 30);
     let mut fresh = Conversation::new(&engine, Some(512), None, Some(DATE.into())).unwrap();
     for m in &chat.messages()[..3] {
         fresh.push(m.clone());
     }
     assert_eq!(fresh.messages()[2], Message::text("user", "And then?"));
-    let again = fresh.reply(&request, |_| ControlFlow::Continue(())).unwrap();
+    let again = fresh
+        .reply(&request, |_| ControlFlow::Continue(()))
+        .unwrap();
     assert_eq!(again.generation.cached_tokens, 0);
     assert_eq!(again.generation.token_ids, second.generation.token_ids);
 }

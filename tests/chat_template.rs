@@ -10,14 +10,17 @@ use serde_json::{json, Value};
 
 fn load() -> (ChatTemplate, Tokenizer, Value) {
     let dir = fixture("tied-bf16-llama3");
-    let template = ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json")).unwrap().unwrap();
+    let template = ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json"))
+        .unwrap()
+        .unwrap();
     let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
     let cases = std::fs::read_to_string(fixtures_dir().join("chat_cases.json")).unwrap();
     (template, tokenizer, serde_json::from_str(&cases).unwrap())
 }
 
 fn render(template: &ChatTemplate, case: &Value) -> llama32::Result<String> {
-    let request = parse_request(&json!({"messages": case["messages"], "tools": case["tools"]}).to_string())?;
+    let request =
+        parse_request(&json!({"messages": case["messages"], "tools": case["tools"]}).to_string())?;
     let options = RenderOptions {
         add_generation_prompt: case["add_generation_prompt"].as_bool().unwrap(),
         date: case["date_string"].as_str().map(str::to_string),
@@ -37,7 +40,9 @@ fn renders_and_tokenizes_exactly_like_transformers() {
             // OpenAI clients send tool-call arguments as a JSON string; we parse it into an
             // object at the boundary so it renders as an object, where HF prints the string
             // itself (double-encoded). Everything else is identical.
-            let args = case["messages"][1]["tool_calls"][0]["function"]["arguments"].as_str().unwrap();
+            let args = case["messages"][1]["tool_calls"][0]["function"]["arguments"]
+                .as_str()
+                .unwrap();
             let hf_form = serde_json::to_string(args).unwrap();
             let golden = case["text"].as_str().unwrap().replace(&hf_form, args);
             assert_eq!(text, golden, "{name}: text");
@@ -47,7 +52,11 @@ fn renders_and_tokenizes_exactly_like_transformers() {
         let ids = tokenizer.encode(&text, false).unwrap();
         let expected: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
         assert_eq!(ids, expected, "{name}: ids");
-        assert_eq!(ids.iter().filter(|&&i| i == 128000).count(), 1, "{name}: one BOS");
+        assert_eq!(
+            ids.iter().filter(|&&i| i == 128000).count(),
+            1,
+            "{name}: one BOS"
+        );
     }
 }
 
@@ -59,8 +68,14 @@ fn template_exceptions_become_errors_with_their_message() {
             // Deliberate difference: HF raises on `"tool_calls": []` (the key is present);
             // we read an empty list as "no tool calls", which is what OpenAI clients mean.
             let mut plain = case.clone();
-            plain["messages"][1].as_object_mut().unwrap().remove("tool_calls");
-            assert_eq!(render(&template, case).unwrap(), render(&template, &plain).unwrap());
+            plain["messages"][1]
+                .as_object_mut()
+                .unwrap()
+                .remove("tool_calls");
+            assert_eq!(
+                render(&template, case).unwrap(),
+                render(&template, &plain).unwrap()
+            );
             continue;
         }
         let err = match render(&template, case) {
@@ -76,8 +91,20 @@ fn template_exceptions_become_errors_with_their_message() {
 fn without_a_date_the_template_uses_today() {
     let (template, _, _) = load();
     let request = parse_request(r#"[{"role": "user", "content": "hi"}]"#).unwrap();
-    let text = template.render(&request.messages, None, &RenderOptions { add_generation_prompt: true, date: None }).unwrap();
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let text = template
+        .render(
+            &request.messages,
+            None,
+            &RenderOptions {
+                add_generation_prompt: true,
+                date: None,
+            },
+        )
+        .unwrap();
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let today = llama32::chat::date::format_utc(secs, "%d %b %Y");
     assert!(text.contains(&format!("Today Date: {today}\n")), "{text}");
 }

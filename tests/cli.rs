@@ -8,7 +8,10 @@ use common::*;
 use serde_json::Value;
 
 fn run(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_llama32")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_llama32"))
+        .args(args)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{args:?} failed: {}",
@@ -28,14 +31,23 @@ fn generate_json_has_the_documented_fields_and_greedy_tokens() {
     let name = "untied-f16-sharded";
     let case = &expected(name).prompts[0];
     let dir = fixture(name);
-    let v = generate_json(dir.to_str().unwrap(), &case.text, &["--max-tokens", "24", "--temperature", "0"]);
+    let v = generate_json(
+        dir.to_str().unwrap(),
+        &case.text,
+        &["--max-tokens", "24", "--temperature", "0"],
+    );
     let ids: Vec<u32> = serde_json::from_value(v["token_ids"].clone()).unwrap();
     assert_eq!(ids, case.greedy_ids);
     assert_eq!(v["prompt_tokens"], case.prompt_ids.len());
     assert_eq!(v["completion_tokens"], 24);
     assert_eq!(v["finish_reason"], "length");
     assert!(v["text"].is_string());
-    for key in ["load_ms", "ttft_ms", "prefill_tokens_per_s", "decode_tokens_per_s"] {
+    for key in [
+        "load_ms",
+        "ttft_ms",
+        "prefill_tokens_per_s",
+        "decode_tokens_per_s",
+    ] {
         assert!(v["timings"][key].as_f64().unwrap() >= 0.0, "{key}");
     }
 }
@@ -50,9 +62,18 @@ fn streamed_text_matches_json_text_and_stats_go_to_stderr() {
     plain.extend(args);
     let out = run(&plain);
     let stdout = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(stdout.strip_suffix('\n').unwrap(), json["text"].as_str().unwrap());
+    assert_eq!(
+        stdout.strip_suffix('\n').unwrap(),
+        json["text"].as_str().unwrap()
+    );
     let stderr = String::from_utf8(out.stderr).unwrap();
-    for needle in ["prompt tokens: ", "load: ", "ttft: ", "prefill: ", "decode: "] {
+    for needle in [
+        "prompt tokens: ",
+        "load: ",
+        "ttft: ",
+        "prefill: ",
+        "decode: ",
+    ] {
         assert!(stderr.contains(needle), "{needle} missing from {stderr}");
     }
 }
@@ -76,15 +97,27 @@ struct TokenCase {
 
 #[test]
 fn tokenize_matches_hf_tokenizer() {
-    let cases: Vec<TokenCase> =
-        serde_json::from_str(&std::fs::read_to_string(fixtures_dir().join("tokenizer_cases.json")).unwrap()).unwrap();
+    let cases: Vec<TokenCase> = serde_json::from_str(
+        &std::fs::read_to_string(fixtures_dir().join("tokenizer_cases.json")).unwrap(),
+    )
+    .unwrap();
     let dir = fixture("tied-f32-mha");
     for case in cases {
-        let out = run(&["tokenize", "--model", dir.to_str().unwrap(), "--prompt", &case.text, "--json"]);
+        let out = run(&[
+            "tokenize",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt",
+            &case.text,
+            "--json",
+        ]);
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         let ids: Vec<u32> = serde_json::from_value(v["ids"].clone()).unwrap();
         assert_eq!(ids, case.ids, "{:?}", case.text);
-        assert_eq!(ids.iter().filter(|&&i| i == 128000).count(), 1 + case.text.matches("<|begin_of_text|>").count());
+        assert_eq!(
+            ids.iter().filter(|&&i| i == 128000).count(),
+            1 + case.text.matches("<|begin_of_text|>").count()
+        );
     }
 }
 
@@ -93,7 +126,17 @@ fn closed_stdout_is_not_an_error() {
     use std::process::Stdio;
     let dir = fixture("tied-f32-mha");
     let mut child = Command::new(env!("CARGO_BIN_EXE_llama32"))
-        .args(["generate", "--model", dir.to_str().unwrap(), "--prompt", "Hi", "--max-tokens", "64", "--temperature", "0"])
+        .args([
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt",
+            "Hi",
+            "--max-tokens",
+            "64",
+            "--temperature",
+            "0",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -10,7 +10,10 @@ use common::*;
 use llama32::{ComputeDType, Engine, FinishReason, GenerateRequest, LoadOptions, SamplingParams};
 
 fn load(name: &str) -> Engine {
-    let opts = LoadOptions { dtype: Some(ComputeDType::F32), ..Default::default() };
+    let opts = LoadOptions {
+        dtype: Some(ComputeDType::F32),
+        ..Default::default()
+    };
     Engine::load(&fixture(name), &opts).unwrap()
 }
 
@@ -23,18 +26,37 @@ fn logits_and_greedy_tokens_match_transformers() {
             assert_eq!(ids, case.prompt_ids, "{name}/{}: prompt ids", case.name);
 
             let mut cache = engine.model().new_cache(ids.len() + 1);
-            let logits: Vec<f32> = engine.model().forward(&ids, &mut cache, 512).unwrap().to_vec1().unwrap();
+            let logits: Vec<f32> = engine
+                .model()
+                .forward(&ids, &mut cache, 512)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             let diff = rel_max_diff(&logits, &expected_logits(name, &case.name));
-            println!("{name}/{}: {} prompt tokens, max |logit diff| / max |logit| = {diff:.2e}", case.name, ids.len());
-            assert!(diff < 1e-4, "{name}/{}: logits differ by {diff:e}", case.name);
+            println!(
+                "{name}/{}: {} prompt tokens, max |logit diff| / max |logit| = {diff:.2e}",
+                case.name,
+                ids.len()
+            );
+            assert!(
+                diff < 1e-4,
+                "{name}/{}: logits differ by {diff:e}",
+                case.name
+            );
 
             let request = GenerateRequest {
                 max_tokens: case.greedy_ids.len(),
                 sampling: SamplingParams::greedy(),
                 ..Default::default()
             };
-            let out = engine.generate(&case.text, &request, |_| ControlFlow::Continue(())).unwrap();
-            assert_eq!(out.token_ids, case.greedy_ids, "{name}/{}: greedy tokens", case.name);
+            let out = engine
+                .generate(&case.text, &request, |_| ControlFlow::Continue(()))
+                .unwrap();
+            assert_eq!(
+                out.token_ids, case.greedy_ids,
+                "{name}/{}: greedy tokens",
+                case.name
+            );
             assert_eq!(out.finish_reason, FinishReason::Length);
             assert_eq!(out.prompt_tokens, case.prompt_ids.len());
         }
@@ -45,7 +67,11 @@ fn logits_and_greedy_tokens_match_transformers() {
 fn streamed_pieces_concatenate_to_the_text() {
     let engine = load("tied-f32-mha");
     let case = &expected("tied-f32-mha").prompts[0];
-    let request = GenerateRequest { max_tokens: 24, sampling: SamplingParams::greedy(), ..Default::default() };
+    let request = GenerateRequest {
+        max_tokens: 24,
+        sampling: SamplingParams::greedy(),
+        ..Default::default()
+    };
     let mut streamed = String::new();
     let out = engine
         .generate(&case.text, &request, |p| {
@@ -54,7 +80,10 @@ fn streamed_pieces_concatenate_to_the_text() {
         })
         .unwrap();
     assert_eq!(streamed, out.text);
-    assert_eq!(out.text, engine.tokenizer().decode(&out.token_ids, true).unwrap());
+    assert_eq!(
+        out.text,
+        engine.tokenizer().decode(&out.token_ids, true).unwrap()
+    );
 }
 
 #[test]
@@ -63,10 +92,18 @@ fn sixteen_bit_compute_stays_close_to_f32() {
     let case = &expected(name).prompts[0];
     let reference = expected_logits(name, &case.name);
     for (dtype, tol) in [(ComputeDType::F16, 1e-2), (ComputeDType::Bf16, 5e-2)] {
-        let opts = LoadOptions { dtype: Some(dtype), ..Default::default() };
+        let opts = LoadOptions {
+            dtype: Some(dtype),
+            ..Default::default()
+        };
         let engine = Engine::load(&fixture(name), &opts).unwrap();
         let mut cache = engine.model().new_cache(64);
-        let logits: Vec<f32> = engine.model().forward(&case.prompt_ids, &mut cache, 512).unwrap().to_vec1().unwrap();
+        let logits: Vec<f32> = engine
+            .model()
+            .forward(&case.prompt_ids, &mut cache, 512)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let diff = rel_max_diff(&logits, &reference);
         println!("{name}/{dtype}: max |logit diff| / max |logit| = {diff:.2e}");
         assert!(diff < tol, "{dtype}: {diff:e}");

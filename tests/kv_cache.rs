@@ -8,29 +8,48 @@ use llama32::{ComputeDType, Engine, LoadOptions};
 
 fn logits(engine: &Engine, ids: &[u32], chunk: usize) -> Vec<f32> {
     let mut cache = engine.model().new_cache(4096);
-    engine.model().forward(ids, &mut cache, chunk).unwrap().to_vec1().unwrap()
+    engine
+        .model()
+        .forward(ids, &mut cache, chunk)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 #[test]
 fn decoding_one_token_at_a_time_equals_one_prefill() {
     for name in FIXTURES {
-        let opts = LoadOptions { dtype: Some(ComputeDType::F32), ..Default::default() };
+        let opts = LoadOptions {
+            dtype: Some(ComputeDType::F32),
+            ..Default::default()
+        };
         let engine = Engine::load(&fixture(name), &opts).unwrap();
         let case = &expected(name).prompts[0];
-        let ids: Vec<u32> = case.prompt_ids.iter().chain(&case.greedy_ids).copied().collect();
+        let ids: Vec<u32> = case
+            .prompt_ids
+            .iter()
+            .chain(&case.greedy_ids)
+            .copied()
+            .collect();
         let full = logits(&engine, &ids, 4096);
         let one_by_one = logits(&engine, &ids, 1);
         let chunked = logits(&engine, &ids, 7);
         let d1 = rel_max_diff(&one_by_one, &full);
         let d2 = rel_max_diff(&chunked, &full);
-        println!("{name}: {} tokens, one-by-one {d1:.2e}, chunks of 7 {d2:.2e}", ids.len());
+        println!(
+            "{name}: {} tokens, one-by-one {d1:.2e}, chunks of 7 {d2:.2e}",
+            ids.len()
+        );
         assert!(d1 < 1e-5 && d2 < 1e-5, "{name}: {d1:e} {d2:e}");
     }
 }
 
 #[test]
 fn rolling_back_to_a_prefix_reuses_the_cache() {
-    let opts = LoadOptions { dtype: Some(ComputeDType::F32), ..Default::default() };
+    let opts = LoadOptions {
+        dtype: Some(ComputeDType::F32),
+        ..Default::default()
+    };
     let engine = Engine::load(&fixture("tied-bf16-llama3"), &opts).unwrap();
     let ids = expected("tied-bf16-llama3").prompts[0].prompt_ids.clone();
     let model = engine.model();
@@ -39,7 +58,11 @@ fn rolling_back_to_a_prefix_reuses_the_cache() {
     // Go back to 5 tokens, then continue with a different suffix.
     cache.truncate(5);
     let other = [ids[..5].to_vec(), vec![1000, 2000, 3000]].concat();
-    let reused: Vec<f32> = model.forward(&other[5..], &mut cache, 512).unwrap().to_vec1().unwrap();
+    let reused: Vec<f32> = model
+        .forward(&other[5..], &mut cache, 512)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let fresh = logits(&engine, &other, 512);
     assert!(rel_max_diff(&reused, &fresh) < 1e-5);
     assert_eq!(cache.len(), 8);
@@ -49,25 +72,46 @@ fn rolling_back_to_a_prefix_reuses_the_cache() {
 fn a_session_prefills_only_what_is_new() {
     use llama32::{GenerateRequest, SamplingParams, Session};
     use std::ops::ControlFlow;
-    let opts = LoadOptions { dtype: Some(ComputeDType::F32), ..Default::default() };
+    let opts = LoadOptions {
+        dtype: Some(ComputeDType::F32),
+        ..Default::default()
+    };
     let engine = Engine::load(&fixture("tied-f32-mha"), &opts).unwrap();
-    let request = GenerateRequest { max_tokens: 8, sampling: SamplingParams::greedy(), ..Default::default() };
+    let request = GenerateRequest {
+        max_tokens: 8,
+        sampling: SamplingParams::greedy(),
+        ..Default::default()
+    };
     let first_prompt = expected("tied-f32-mha").prompts[0].prompt_ids.clone();
     let mut session = Session::new(&engine, Some(256)).unwrap();
     let now = std::time::Instant::now();
-    let first = session.generate(&first_prompt, &request, now, |_| ControlFlow::Continue(())).unwrap();
+    let first = session
+        .generate(&first_prompt, &request, now, |_| ControlFlow::Continue(()))
+        .unwrap();
     assert_eq!(first.cached_tokens, 0);
     // The next "turn": everything so far plus a few new tokens.
-    let second_prompt = [first_prompt.clone(), first.token_ids.clone(), vec![128009, 128006, 882]].concat();
-    let second = session.generate(&second_prompt, &request, now, |_| ControlFlow::Continue(())).unwrap();
-    assert_eq!(second.cached_tokens, first_prompt.len() + first.token_ids.len() - 1);
+    let second_prompt = [
+        first_prompt.clone(),
+        first.token_ids.clone(),
+        vec![128009, 128006, 882],
+    ]
+    .concat();
+    let second = session
+        .generate(&second_prompt, &request, now, |_| ControlFlow::Continue(()))
+        .unwrap();
+    assert_eq!(
+        second.cached_tokens,
+        first_prompt.len() + first.token_ids.len() - 1
+    );
     let fresh = Session::new(&engine, Some(256))
         .unwrap()
         .generate(&second_prompt, &request, now, |_| ControlFlow::Continue(()))
         .unwrap();
     assert_eq!(second.token_ids, fresh.token_ids);
     // A prompt entirely in the cache still gets its last token's logits recomputed.
-    let third = session.generate(&second_prompt, &request, now, |_| ControlFlow::Continue(())).unwrap();
+    let third = session
+        .generate(&second_prompt, &request, now, |_| ControlFlow::Continue(()))
+        .unwrap();
     assert_eq!(third.cached_tokens, second_prompt.len() - 1);
     assert_eq!(third.token_ids, fresh.token_ids);
 }

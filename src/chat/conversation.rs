@@ -31,14 +31,25 @@ pub struct Turn {
 
 impl<'e> Conversation<'e> {
     /// An empty conversation. `date` overrides the template's "Today Date" (e.g. "26 Jul 2024").
-    pub fn new(engine: &'e Engine, ctx_size: Option<usize>, tools: Option<Vec<Tool>>, date: Option<String>) -> Result<Self> {
+    pub fn new(
+        engine: &'e Engine,
+        ctx_size: Option<usize>,
+        tools: Option<Vec<Tool>>,
+        date: Option<String>,
+    ) -> Result<Self> {
         if engine.chat_template().is_none() {
             return Err(Error::Template(format!(
                 "{} has no chat_template in tokenizer_config.json (a base model?): use `generate`",
                 engine.dir().display()
             )));
         }
-        Ok(Self { engine, session: Session::new(engine, ctx_size)?, messages: Vec::new(), tools, date })
+        Ok(Self {
+            engine,
+            session: Session::new(engine, ctx_size)?,
+            messages: Vec::new(),
+            tools,
+            date,
+        })
     }
 
     /// The history so far.
@@ -74,13 +85,22 @@ impl<'e> Conversation<'e> {
 
     /// The prompt ids of the history plus the assistant header.
     pub fn prompt_ids(&self) -> Result<Vec<u32>> {
-        let options = RenderOptions { add_generation_prompt: true, date: self.date.clone() };
-        self.engine.encode_chat(&self.messages, self.tools.as_deref(), &options)
+        let options = RenderOptions {
+            add_generation_prompt: true,
+            date: self.date.clone(),
+        };
+        self.engine
+            .encode_chat(&self.messages, self.tools.as_deref(), &options)
     }
 
     /// Adds a user message and generates the answer (see [`Conversation::reply`]). On
     /// error the user message is taken back.
-    pub fn send(&mut self, text: &str, request: &GenerateRequest, on_text: impl FnMut(&str) -> ControlFlow<()>) -> Result<Turn> {
+    pub fn send(
+        &mut self,
+        text: &str,
+        request: &GenerateRequest,
+        on_text: impl FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Turn> {
         self.messages.push(Message::text("user", text));
         let turn = self.reply(request, on_text);
         if turn.is_err() {
@@ -93,7 +113,11 @@ impl<'e> Conversation<'e> {
     /// already in the KV cache are prefilled. When the prompt would leave less than
     /// `min(max_tokens, window / 4)` tokens to answer, the oldest turns (never the system
     /// message) are dropped first.
-    pub fn reply(&mut self, request: &GenerateRequest, on_text: impl FnMut(&str) -> ControlFlow<()>) -> Result<Turn> {
+    pub fn reply(
+        &mut self,
+        request: &GenerateRequest,
+        on_text: impl FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Turn> {
         let start = Instant::now();
         let window = self.context_window();
         let reserve = request.max_tokens.min(window / 4).max(1);
@@ -105,17 +129,32 @@ impl<'e> Conversation<'e> {
             }
         };
         let generation = self.session.generate(&ids, request, start, on_text)?;
-        let tool_call = self.tools.as_ref().and_then(|_| parse_tool_call(&generation.text));
-        self.messages.push(self.answer_message(&generation, tool_call.as_ref()));
-        Ok(Turn { generation, dropped_messages: dropped, tool_call })
+        let tool_call = self
+            .tools
+            .as_ref()
+            .and_then(|_| parse_tool_call(&generation.text));
+        self.messages
+            .push(self.answer_message(&generation, tool_call.as_ref()));
+        Ok(Turn {
+            generation,
+            dropped_messages: dropped,
+            tool_call,
+        })
     }
 
-    fn answer_message(&self, generation: &Generation, tool_call: Option<&ParsedToolCall>) -> Message {
+    fn answer_message(
+        &self,
+        generation: &Generation,
+        tool_call: Option<&ParsedToolCall>,
+    ) -> Message {
         match tool_call {
             Some(call) if generation.finish_reason != FinishReason::Cancelled => Message {
                 tool_calls: vec![crate::chat::ToolCall {
                     kind: "function".into(),
-                    function: crate::chat::FunctionCall { name: call.name.clone(), arguments: call.arguments.clone() },
+                    function: crate::chat::FunctionCall {
+                        name: call.name.clone(),
+                        arguments: call.arguments.clone(),
+                    },
                     id: None,
                 }],
                 ..Message::text("assistant", "")

@@ -1,10 +1,28 @@
 //! A small `strftime` for the chat template's `strftime_now` (UTC, C locale).
 
 const MONTHS: [&str; 12] = [
-    "January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November",
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
     "December",
 ];
-const DAYS: [&str; 7] = ["Thursday", "Friday", "Saturday", "Sunday", "Monday", "Tuesday", "Wednesday"];
+const DAYS: [&str; 7] = [
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+];
 
 /// (year, month 1-12, day 1-31) of a count of days since 1970-01-01.
 fn civil_from_days(days: i64) -> (i64, usize, u32) {
@@ -68,8 +86,14 @@ mod tests {
     fn known_dates() {
         assert_eq!(format_utc(0, "%d %b %Y %A"), "01 Jan 1970 Thursday");
         // 2024-07-26 12:34:56 UTC
-        assert_eq!(format_utc(1_721_997_296, "%d %b %Y %H:%M:%S %a"), "26 Jul 2024 12:34:56 Fri");
+        assert_eq!(
+            format_utc(1_721_997_296, "%d %b %Y %H:%M:%S %a"),
+            "26 Jul 2024 12:34:56 Fri"
+        );
         // 2000-02-29
-        assert_eq!(format_utc(951_782_400, "%Y-%m-%d %B %%"), "2000-02-29 February %");
+        assert_eq!(
+            format_utc(951_782_400, "%Y-%m-%d %B %%"),
+            "2000-02-29 February %"
+        );
     }
 }

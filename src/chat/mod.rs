@@ -64,7 +64,12 @@ pub type Tool = Json;
 impl Message {
     /// A plain text message.
     pub fn text(role: &str, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: Json::String(content.into()), tool_calls: Vec::new(), tool_call_id: None }
+        Self {
+            role: role.into(),
+            content: Json::String(content.into()),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
     }
 }
 
@@ -84,16 +89,31 @@ fn invalid(name: &'static str, reason: String) -> Error {
 /// Parses a conversation: a JSON array of messages, or an object with `messages` and
 /// optional `tools` (OpenAI's request shape).
 pub fn parse_request(text: &str) -> Result<ChatRequest> {
-    let json: Json = serde_json::from_str(text).map_err(|e| invalid("messages", format!("not valid JSON: {e}")))?;
+    let json: Json = serde_json::from_str(text)
+        .map_err(|e| invalid("messages", format!("not valid JSON: {e}")))?;
     let (messages, tools) = match json {
         Json::Array(list) => (list, None),
         Json::Object(mut obj) => match obj.remove("messages") {
             Some(Json::Array(list)) => (list, obj.remove("tools")),
-            _ => return Err(invalid("messages", "the object has no `messages` array".into())),
+            _ => {
+                return Err(invalid(
+                    "messages",
+                    "the object has no `messages` array".into(),
+                ))
+            }
         },
-        _ => return Err(invalid("messages", "expected an array of messages or an object with `messages`".into())),
+        _ => {
+            return Err(invalid(
+                "messages",
+                "expected an array of messages or an object with `messages`".into(),
+            ))
+        }
     };
-    let messages = messages.into_iter().enumerate().map(|(i, m)| parse_message(i, m)).collect::<Result<_>>()?;
+    let messages = messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| parse_message(i, m))
+        .collect::<Result<_>>()?;
     let tools = match tools {
         None | Some(Json::Null) => None,
         Some(t) => Some(parse_tools(t)?),
@@ -106,11 +126,16 @@ pub fn parse_request(text: &str) -> Result<ChatRequest> {
 pub fn parse_tools(json: Json) -> Result<Vec<Tool>> {
     let list = match json {
         Json::Array(list) => list,
-        Json::Object(mut o) if o.contains_key("tools") => return parse_tools(o.remove("tools").unwrap_or_default()),
+        Json::Object(mut o) if o.contains_key("tools") => {
+            return parse_tools(o.remove("tools").unwrap_or_default())
+        }
         _ => return Err(invalid("tools", "expected an array of tool schemas".into())),
     };
     for (i, tool) in list.iter().enumerate() {
-        let named = tool.get("function").and_then(|f| f.get("name")).is_some_and(|n| n.is_string());
+        let named = tool
+            .get("function")
+            .and_then(|f| f.get("name"))
+            .is_some_and(|n| n.is_string());
         if !named {
             return Err(invalid("tools", format!("tools[{i}] has no function.name")));
         }
@@ -123,14 +148,21 @@ fn parse_message(i: usize, mut json: Json) -> Result<Message> {
     if let Json::Object(obj) = &mut json {
         obj.retain(|_, v| !v.is_null());
     }
-    let mut m: Message = serde_json::from_value(json).map_err(|e| invalid("messages", format!("messages[{i}]: {e}")))?;
+    let mut m: Message = serde_json::from_value(json)
+        .map_err(|e| invalid("messages", format!("messages[{i}]: {e}")))?;
     if !ROLES.contains(&m.role.as_str()) {
-        let reason = format!("messages[{i}]: unknown role `{}` (expected one of {})", m.role, ROLES.join(", "));
+        let reason = format!(
+            "messages[{i}]: unknown role `{}` (expected one of {})",
+            m.role,
+            ROLES.join(", ")
+        );
         return Err(invalid("messages", reason));
     }
     m.content = match std::mem::take(&mut m.content) {
         // OpenAI content parts: keep the text parts.
-        Json::Array(parts) if m.role != "tool" && m.role != "ipython" => Json::String(text_parts(i, &parts)?),
+        Json::Array(parts) if m.role != "tool" && m.role != "ipython" => {
+            Json::String(text_parts(i, &parts)?)
+        }
         other => other,
     };
     let empty = match &m.content {
@@ -141,14 +173,22 @@ fn parse_message(i: usize, mut json: Json) -> Result<Message> {
     if empty && m.role == "assistant" && !m.tool_calls.is_empty() {
         m.content = Json::String(String::new());
     } else if empty && m.role != "system" && m.role != "assistant" {
-        return Err(invalid("messages", format!("messages[{i}] ({}): content is empty", m.role)));
+        return Err(invalid(
+            "messages",
+            format!("messages[{i}] ({}): content is empty", m.role),
+        ));
     } else if m.content.is_null() {
         m.content = Json::String(String::new());
     }
     for (j, call) in m.tool_calls.iter_mut().enumerate() {
         if let Json::String(s) = &call.function.arguments {
             call.function.arguments = serde_json::from_str(s).map_err(|e| {
-                invalid("messages", format!("messages[{i}].tool_calls[{j}].function.arguments is not valid JSON: {e}"))
+                invalid(
+                    "messages",
+                    format!(
+                        "messages[{i}].tool_calls[{j}].function.arguments is not valid JSON: {e}"
+                    ),
+                )
             })?;
         }
     }
@@ -158,9 +198,17 @@ fn parse_message(i: usize, mut json: Json) -> Result<Message> {
 fn text_parts(i: usize, parts: &[Json]) -> Result<String> {
     let mut text = String::new();
     for part in parts {
-        match (part.get("type").and_then(|t| t.as_str()), part.get("text").and_then(|t| t.as_str())) {
+        match (
+            part.get("type").and_then(|t| t.as_str()),
+            part.get("text").and_then(|t| t.as_str()),
+        ) {
             (Some("text"), Some(t)) => text.push_str(t),
-            _ => return Err(invalid("messages", format!("messages[{i}]: only text content parts are supported"))),
+            _ => {
+                return Err(invalid(
+                    "messages",
+                    format!("messages[{i}]: only text content parts are supported"),
+                ))
+            }
         }
     }
     Ok(text)
@@ -180,8 +228,13 @@ pub fn parse_tool_call(answer: &str) -> Option<ParsedToolCall> {
     let text = answer.trim().trim_start_matches("<|python_tag|>").trim();
     let json: Json = serde_json::from_str(text).ok()?;
     let name = json.get("name")?.as_str()?.to_string();
-    let arguments = json.get("parameters").or_else(|| json.get("arguments"))?.clone();
-    arguments.is_object().then_some(ParsedToolCall { name, arguments })
+    let arguments = json
+        .get("parameters")
+        .or_else(|| json.get("arguments"))?
+        .clone();
+    arguments
+        .is_object()
+        .then_some(ParsedToolCall { name, arguments })
 }
 
 #[cfg(test)]
@@ -199,7 +252,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.messages[0].content, Json::String("ab".into()));
-        assert_eq!(r.messages[1].tool_calls[0].function.arguments, serde_json::json!({"x": 1}));
+        assert_eq!(
+            r.messages[1].tool_calls[0].function.arguments,
+            serde_json::json!({"x": 1})
+        );
         assert_eq!(r.tools.unwrap().len(), 1);
     }
 
@@ -207,11 +263,20 @@ mod tests {
     fn bad_conversations_are_clear_errors() {
         for (text, needle) in [
             ("{not json", "not valid JSON"),
-            (r#"[{"role": "wizard", "content": "x"}]"#, "unknown role `wizard`"),
-            (r#"[{"role": "user", "content": "  "}]"#, "messages[0] (user): content is empty"),
+            (
+                r#"[{"role": "wizard", "content": "x"}]"#,
+                "unknown role `wizard`",
+            ),
+            (
+                r#"[{"role": "user", "content": "  "}]"#,
+                "messages[0] (user): content is empty",
+            ),
             (r#"[{"role": "user"}]"#, "messages[0]"),
             (r#"{"messages": 3}"#, "no `messages` array"),
-            (r#"{"messages": [], "tools": [{"type": "function"}]}"#, "tools[0]"),
+            (
+                r#"{"messages": [], "tools": [{"type": "function"}]}"#,
+                "tools[0]",
+            ),
         ] {
             let e = parse_request(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text}: {e}");
@@ -220,7 +285,8 @@ mod tests {
 
     #[test]
     fn recognises_tool_calls() {
-        let call = parse_tool_call(r#" {"name": "get_weather", "parameters": {"city": "Paris"}} "#).unwrap();
+        let call = parse_tool_call(r#" {"name": "get_weather", "parameters": {"city": "Paris"}} "#)
+            .unwrap();
         assert_eq!(call.name, "get_weather");
         assert!(parse_tool_call("The weather is nice.").is_none());
     }

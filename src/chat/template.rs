@@ -46,7 +46,11 @@ struct Context<'a> {
 fn token_text(v: Option<&serde_json::Value>) -> String {
     match v {
         Some(serde_json::Value::String(s)) => s.clone(),
-        Some(serde_json::Value::Object(o)) => o.get("content").and_then(|c| c.as_str()).unwrap_or_default().to_string(),
+        Some(serde_json::Value::Object(o)) => o
+            .get("content")
+            .and_then(|c| c.as_str())
+            .unwrap_or_default()
+            .to_string(),
         _ => String::new(),
     }
 }
@@ -64,28 +68,49 @@ impl ChatTemplate {
                 .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
                 .and_then(|t| t.get("template")?.as_str())
                 .map(str::to_string)
-                .ok_or_else(|| Error::Template(format!("{}: no template named `default`", path.display())))?,
+                .ok_or_else(|| {
+                    Error::Template(format!("{}: no template named `default`", path.display()))
+                })?,
             _ => return Ok(None),
         };
-        Ok(Some(Self::new(source, token_text(cfg.get("bos_token")), token_text(cfg.get("eos_token")))))
+        Ok(Some(Self::new(
+            source,
+            token_text(cfg.get("bos_token")),
+            token_text(cfg.get("eos_token")),
+        )))
     }
 
     /// A template from its Jinja source.
     pub fn new(source: String, bos_token: String, eos_token: String) -> Self {
-        Self { source, bos_token, eos_token }
+        Self {
+            source,
+            bos_token,
+            eos_token,
+        }
     }
 
     /// Renders a conversation to prompt text (special tokens as text, BOS included when
     /// the template writes it).
-    pub fn render(&self, messages: &[Message], tools: Option<&[Tool]>, options: &RenderOptions) -> Result<String> {
+    pub fn render(
+        &self,
+        messages: &[Message],
+        tools: Option<&[Tool]>,
+        options: &RenderOptions,
+    ) -> Result<String> {
         let mut env = Environment::new();
-        let syntax = SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build().map_err(template_error)?;
+        let syntax = SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .map_err(template_error)?;
         env.set_syntax(syntax);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_filter("tojson", tojson);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
-        let template = env.template_from_str(&self.source).map_err(template_error)?;
+        let template = env
+            .template_from_str(&self.source)
+            .map_err(template_error)?;
         let ctx = Context {
             messages,
             tools,
@@ -94,7 +119,9 @@ impl ChatTemplate {
             eos_token: &self.eos_token,
             date_string: options.date.as_deref(),
         };
-        template.render(Value::from(Serde(&ctx))).map_err(template_error)
+        template
+            .render(Value::from(Serde(&ctx)))
+            .map_err(template_error)
     }
 }
 
@@ -133,7 +160,12 @@ fn tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja
 
 /// Python `json.dumps` layout: `", "` / `": "` separators without indent; newline +
 /// indent, `","` and `": "` with it; non-ASCII kept as is.
-pub(crate) fn python_json(v: &serde_json::Value, indent: Option<usize>, level: usize, out: &mut String) {
+pub(crate) fn python_json(
+    v: &serde_json::Value,
+    indent: Option<usize>,
+    level: usize,
+    out: &mut String,
+) {
     use serde_json::Value as J;
     let items: Vec<(Option<&String>, &J)> = match v {
         J::Array(a) if !a.is_empty() => a.iter().map(|x| (None, x)).collect(),
@@ -176,15 +208,27 @@ mod tests {
         let v = serde_json::json!({"b": [1, 2.5, "é\n"], "a": {}, "c": [], "d": null, "e": {"x": true}});
         let mut flat = String::new();
         python_json(&v, None, 0, &mut flat);
-        assert_eq!(flat, r#"{"b": [1, 2.5, "é\n"], "a": {}, "c": [], "d": null, "e": {"x": true}}"#);
+        assert_eq!(
+            flat,
+            r#"{"b": [1, 2.5, "é\n"], "a": {}, "c": [], "d": null, "e": {"x": true}}"#
+        );
         let mut pretty = String::new();
-        python_json(&serde_json::json!({"a": [1, {"b": 2}], "c": {}}), Some(4), 0, &mut pretty);
+        python_json(
+            &serde_json::json!({"a": [1, {"b": 2}], "c": {}}),
+            Some(4),
+            0,
+            &mut pretty,
+        );
         assert_eq!(pretty, "{\n    \"a\": [\n        1,\n        {\n            \"b\": 2\n        }\n    ],\n    \"c\": {}\n}");
     }
 
     #[test]
     fn raise_exception_becomes_an_error_with_its_message() {
-        let t = ChatTemplate::new("{{ raise_exception('no way') }}".into(), String::new(), String::new());
+        let t = ChatTemplate::new(
+            "{{ raise_exception('no way') }}".into(),
+            String::new(),
+            String::new(),
+        );
         let e = t.render(&[], None, &RenderOptions::default()).unwrap_err();
         assert!(e.to_string().contains("no way"), "{e}");
     }

@@ -33,7 +33,14 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for `num_layers` layers that may hold up to `max_len` positions.
     /// Nothing is allocated until the first token arrives.
-    pub fn new(num_layers: usize, kv_heads: usize, head_dim: usize, max_len: usize, dtype: DType, device: &Device) -> Self {
+    pub fn new(
+        num_layers: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        max_len: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Self {
         Self {
             layers: vec![None; num_layers],
             len: 0,
@@ -62,7 +69,12 @@ impl KvCache {
 
     /// Positions currently allocated per layer.
     pub fn capacity(&self) -> usize {
-        self.layers.iter().flatten().map(|l| l.k.dim(1).unwrap_or(0)).next().unwrap_or(0)
+        self.layers
+            .iter()
+            .flatten()
+            .map(|l| l.k.dim(1).unwrap_or(0))
+            .next()
+            .unwrap_or(0)
     }
 
     /// Forgets every position from `len` on, keeping the prefix (and the allocation).
@@ -78,7 +90,10 @@ impl KvCache {
     /// Checks that `n` more positions fit.
     pub fn check_room(&self, n: usize) -> Result<()> {
         if self.len + n > self.max_len {
-            return Err(Error::PromptTooLong { tokens: self.len + n, limit: self.max_len });
+            return Err(Error::PromptTooLong {
+                tokens: self.len + n,
+                limit: self.max_len,
+            });
         }
         Ok(())
     }
@@ -107,7 +122,11 @@ impl KvCache {
         let have = match self.layers.get(layer) {
             Some(Some(l)) => l.k.dim(1)?,
             Some(None) => 0,
-            None => return Err(candle_core::Error::Msg(format!("kv cache has no layer {layer}")).into()),
+            None => {
+                return Err(
+                    candle_core::Error::Msg(format!("kv cache has no layer {layer}")).into(),
+                )
+            }
         };
         if needed <= have {
             return Ok(());
@@ -144,10 +163,18 @@ mod tests {
         c.advance(3);
         assert_eq!(k.dims(), &[2, 3, 4]);
         assert_eq!(c.capacity(), GROW_CHUNK);
-        let (k, v) = c.append(0, &tok(2.0, GROW_CHUNK), &tok(3.0, GROW_CHUNK)).unwrap();
+        let (k, v) = c
+            .append(0, &tok(2.0, GROW_CHUNK), &tok(3.0, GROW_CHUNK))
+            .unwrap();
         c.advance(GROW_CHUNK);
         assert_eq!(c.capacity(), 2 * GROW_CHUNK);
-        let k0: Vec<f32> = k.narrow(1, 2, 2).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let k0: Vec<f32> = k
+            .narrow(1, 2, 2)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert_eq!(&k0[..4], &[1.0; 4]);
         assert_eq!(&k0[4..8], &[2.0; 4]);
         assert_eq!(v.dim(1).unwrap(), 3 + GROW_CHUNK);
@@ -155,14 +182,26 @@ mod tests {
         let (k, _) = c.append(0, &tok(5.0, 1), &tok(5.0, 1)).unwrap();
         c.advance(1);
         assert_eq!(c.len(), 3);
-        let last: Vec<f32> = k.narrow(1, 2, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let last: Vec<f32> = k
+            .narrow(1, 2, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert_eq!(last, vec![5.0; 8]);
     }
 
     #[test]
     fn refuses_more_than_max_len() {
         let c = KvCache::new(1, 2, 4, 8, DType::F32, &Device::Cpu);
-        assert!(matches!(c.check_room(9), Err(Error::PromptTooLong { tokens: 9, limit: 8 })));
+        assert!(matches!(
+            c.check_room(9),
+            Err(Error::PromptTooLong {
+                tokens: 9,
+                limit: 8
+            })
+        ));
         assert!(c.check_room(8).is_ok());
     }
 }

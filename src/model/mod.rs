@@ -48,13 +48,22 @@ pub struct Llama {
 /// The tensor names and shapes of a Llama checkpoint, declared before loading.
 pub fn expected_tensors(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
     let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-    let mut t = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, h])];
+    let mut t = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![cfg.vocab_size, h],
+    )];
     for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}");
         t.push((format!("{p}.input_layernorm.weight"), vec![h]));
         t.push((format!("{p}.self_attn.q_proj.weight"), vec![cfg.q_dim(), h]));
-        t.push((format!("{p}.self_attn.k_proj.weight"), vec![cfg.kv_dim(), h]));
-        t.push((format!("{p}.self_attn.v_proj.weight"), vec![cfg.kv_dim(), h]));
+        t.push((
+            format!("{p}.self_attn.k_proj.weight"),
+            vec![cfg.kv_dim(), h],
+        ));
+        t.push((
+            format!("{p}.self_attn.v_proj.weight"),
+            vec![cfg.kv_dim(), h],
+        ));
         t.push((format!("{p}.self_attn.o_proj.weight"), vec![h, cfg.q_dim()]));
         t.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
         t.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
@@ -71,13 +80,19 @@ pub fn expected_tensors(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
 impl Llama {
     /// Loads every tensor of `cfg` from `weights`, converted to `dtype` on `device`.
     /// All names and shapes are checked before any tensor is converted.
-    pub fn load(cfg: &LlamaConfig, weights: &Weights, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn load(
+        cfg: &LlamaConfig,
+        weights: &Weights,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         for (name, shape) in expected_tensors(cfg) {
             weights.check(&name, &shape)?;
         }
         let get = |name: &str, shape: &[usize]| weights.get(name, shape, dtype, device);
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-        let linear = |name: &str, rows: usize, cols: usize| get(name, &[rows, cols]).map(Linear::new);
+        let linear =
+            |name: &str, rows: usize, cols: usize| get(name, &[rows, cols]).map(Linear::new);
         let norm = |name: &str| get(name, &[h]).map(|w| RmsNorm::new(w, cfg.rms_norm_eps));
         let embed = get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
@@ -139,7 +154,14 @@ impl Llama {
     /// An empty KV cache for this model holding at most `max_len` positions.
     pub fn new_cache(&self, max_len: usize) -> KvCache {
         let c = &self.config;
-        KvCache::new(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, max_len, self.dtype, &self.device)
+        KvCache::new(
+            c.num_hidden_layers,
+            c.num_key_value_heads,
+            c.head_dim,
+            max_len,
+            self.dtype,
+            &self.device,
+        )
     }
 
     /// Runs `tokens` at positions `cache.len()..` in chunks of at most `chunk` tokens,
@@ -176,9 +198,15 @@ impl Llama {
             1 => None,
             _ => Some(attention::causal_mask(n, past, self.dtype, &self.device)?),
         };
-        let step = Step { cos: &cos, sin: &sin, mask: mask.as_ref() };
+        let step = Step {
+            cos: &cos,
+            sin: &sin,
+            mask: mask.as_ref(),
+        };
         for (l, layer) in self.layers.iter().enumerate() {
-            let h = layer.attn.forward(&layer.input_norm.forward(&x)?, l, cache, &step)?;
+            let h = layer
+                .attn
+                .forward(&layer.input_norm.forward(&x)?, l, cache, &step)?;
             x = (x + h)?;
             let h = layer.mlp.forward(&layer.post_attn_norm.forward(&x)?)?;
             x = (x + h)?;

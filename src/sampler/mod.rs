@@ -19,14 +19,20 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 1.0, seed: None }
+        Self {
+            temperature: 1.0,
+            seed: None,
+        }
     }
 }
 
 impl SamplingParams {
     /// Greedy decoding.
     pub fn greedy() -> Self {
-        Self { temperature: 0.0, ..Self::default() }
+        Self {
+            temperature: 0.0,
+            ..Self::default()
+        }
     }
 
     /// Checks every parameter's range, naming the first one out of range.
@@ -53,7 +59,11 @@ impl Sampler {
     pub fn new(params: SamplingParams, fallback_seed: u64) -> Result<Self> {
         params.validate()?;
         let seed = params.seed.unwrap_or(fallback_seed);
-        Ok(Self { params, rng: StdRng::seed_from_u64(seed), seed })
+        Ok(Self {
+            params,
+            rng: StdRng::seed_from_u64(seed),
+            seed,
+        })
     }
 
     /// The seed in use (report it so a run can be replayed).
@@ -71,7 +81,10 @@ impl Sampler {
         }
         let t = self.params.temperature;
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let weights: Vec<f64> = logits.iter().map(|&l| (((l - max) / t) as f64).exp()).collect();
+        let weights: Vec<f64> = logits
+            .iter()
+            .map(|&l| (((l - max) / t) as f64).exp())
+            .collect();
         let total: f64 = weights.iter().sum();
         let mut r = self.rng.random::<f64>() * total;
         for (i, w) in weights.iter().enumerate() {
@@ -108,14 +121,26 @@ mod tests {
     #[test]
     fn nan_logits_are_an_error_not_token_zero() {
         let mut s = Sampler::new(SamplingParams::greedy(), 0).unwrap();
-        assert!(matches!(s.sample(&[f32::NAN, 1.0], 3), Err(Error::NonFiniteLogits { step: 3 })));
+        assert!(matches!(
+            s.sample(&[f32::NAN, 1.0], 3),
+            Err(Error::NonFiniteLogits { step: 3 })
+        ));
     }
 
     #[test]
     fn rejects_bad_temperature() {
         for t in [f32::NAN, -0.5, f32::INFINITY] {
-            let p = SamplingParams { temperature: t, ..Default::default() };
-            assert!(matches!(Sampler::new(p, 0), Err(Error::InvalidParameter { name: "temperature", .. })));
+            let p = SamplingParams {
+                temperature: t,
+                ..Default::default()
+            };
+            assert!(matches!(
+                Sampler::new(p, 0),
+                Err(Error::InvalidParameter {
+                    name: "temperature",
+                    ..
+                })
+            ));
         }
     }
 }

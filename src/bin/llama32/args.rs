@@ -118,7 +118,12 @@ pub struct TokenizeArgs {
     #[arg(long, short = 'm')]
     pub model: PathBuf,
     /// The raw text to tokenize (one BOS is added).
-    #[arg(long, short = 'p', required_unless_present = "messages", conflicts_with = "messages")]
+    #[arg(
+        long,
+        short = 'p',
+        required_unless_present = "messages",
+        conflicts_with = "messages"
+    )]
     pub prompt: Option<String>,
     #[command(flatten)]
     pub conversation: ConversationArgs,

@@ -27,7 +27,10 @@ pub fn request(engine: &Engine, a: &SamplingArgs, ctx_size: Option<usize>) -> Ge
     };
     GenerateRequest {
         max_tokens: a.max_tokens,
-        sampling: SamplingParams { temperature: a.temperature.unwrap_or(default_temperature), seed: a.seed },
+        sampling: SamplingParams {
+            temperature: a.temperature.unwrap_or(default_temperature),
+            seed: a.seed,
+        },
         ctx_size,
         prefill_chunk: a.prefill_chunk,
     }
@@ -67,7 +70,10 @@ pub struct Streamer {
 impl Streamer {
     /// A streamer on stdout.
     pub fn new() -> Self {
-        Self { out: io::stdout(), error: None }
+        Self {
+            out: io::stdout(),
+            error: None,
+        }
     }
 
     /// Writes and flushes `piece`; false once writing failed.

@@ -43,7 +43,9 @@ fn main() -> ExitCode {
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            let usage = e.downcast_ref::<llama32::Error>().is_some_and(|e| e.is_usage());
+            let usage = e
+                .downcast_ref::<llama32::Error>()
+                .is_some_and(|e| e.is_usage());
             ExitCode::from(if usage { EXIT_USAGE } else { 1 })
         }
     }
@@ -69,7 +71,11 @@ fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     stream.check().context("writing to stdout")?;
     let mut stdout = io::stdout().lock();
     if a.json {
-        writeln!(stdout, "{}", generation_json(&out, engine.load_time().as_secs_f64() * 1e3))?;
+        writeln!(
+            stdout,
+            "{}",
+            generation_json(&out, engine.load_time().as_secs_f64() * 1e3)
+        )?;
     } else {
         writeln!(stdout)?;
         eprintln!("{}", stats_line(&engine, &out));
