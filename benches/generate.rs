@@ -1,23 +1,21 @@
-//! `cargo bench --bench generate`: llama-bench-style speed figures.
+//! `cargo bench --bench generate`: llama-bench-style speed figures (see `llama32::bench`).
 //!
 //! Model: `LLAMA32_BENCH_MODEL` (a checkpoint directory) or, by default, a synthetic
 //! checkpoint with the exact Llama-3.2-1B shape (`LLAMA32_BENCH_3B=1` for 3B) written once
-//! under `target/llama32-bench/`. Measures load time, prefill of 512 tokens (pp512),
-//! decode of 128 tokens (tg128) and time to first token of a 64-token prompt, as the
-//! median and range over `LLAMA32_BENCH_REPS` (default 3) repetitions. Prints a table and
-//! writes `target/llama32-bench/results.json`.
+//! under `target/llama32-bench/`. For each dtype (`LLAMA32_BENCH_DTYPES`, default
+//! `q8_0,q4k,f32`): load time, prefill of 512 tokens (pp512), decode of 128 tokens (tg128),
+//! time to first token of a 64-token chat prompt and peak memory, as medians ± half-range
+//! over `LLAMA32_BENCH_REPS` (default 3). Prints a table and writes
+//! `target/llama32-bench/results.json`.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
+use llama32::bench::{peak_rss_mib, reset_peak_rss, table_header, BenchConfig};
 use llama32::synthetic::{write_checkpoint, SyntheticShape};
-use llama32::{ComputeDType, Engine, LoadOptions};
+use llama32::{ComputeDType, DeviceKind};
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn model_dir(root: &Path) -> anyhow::Result<PathBuf> {
@@ -29,122 +27,39 @@ fn model_dir(root: &Path) -> anyhow::Result<PathBuf> {
         _ => (SyntheticShape::Llama32_1B, "llama-3.2-1b-synthetic"),
     };
     let dir = root.join(name);
-    if !dir.join("model.safetensors").exists() {
+    if !dir.join("model.safetensors").exists() || !dir.join("tokenizer_config.json").exists() {
         eprintln!("writing synthetic checkpoint {} ...", dir.display());
-        let tokenizer = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/tied-f32-mha/tokenizer.json");
+        let tokenizer = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tied-f32-mha/tokenizer.json");
         write_checkpoint(&dir, shape, &tokenizer, 0x5eed)?;
     }
     Ok(dir)
-}
-
-/// (median, min, max)
-fn stats(mut xs: Vec<f64>) -> (f64, f64, f64) {
-    xs.sort_by(|a, b| a.total_cmp(b));
-    (xs[xs.len() / 2], xs[0], xs[xs.len() - 1])
-}
-
-fn prompt(n: usize, salt: u32) -> Vec<u32> {
-    let mut ids = vec![128000];
-    ids.extend(
-        (1..n as u32).map(|i| (i.wrapping_mul(2654435761).wrapping_add(salt) >> 8) % 120000),
-    );
-    ids
-}
-
-struct Figures {
-    load_ms: Vec<f64>,
-    pp: Vec<f64>,
-    tg: Vec<f64>,
-    ttft_ms: Vec<f64>,
-}
-
-fn measure(
-    dir: &Path,
-    dtype: ComputeDType,
-    reps: usize,
-    pp: usize,
-    tg: usize,
-) -> anyhow::Result<Figures> {
-    let mut f = Figures {
-        load_ms: vec![],
-        pp: vec![],
-        tg: vec![],
-        ttft_ms: vec![],
-    };
-    let opts = LoadOptions {
-        dtype: Some(dtype),
-        ..Default::default()
-    };
-    let mut engine = None;
-    for _ in 0..reps {
-        let e = Engine::load(dir, &opts)?;
-        f.load_ms.push(e.load_time().as_secs_f64() * 1e3);
-        engine = Some(e);
-    }
-    let engine = engine.ok_or_else(|| anyhow::anyhow!("no repetitions"))?;
-    let model = engine.model();
-    for rep in 0..reps {
-        let ids = prompt(pp, rep as u32);
-        let mut cache = model.new_cache(pp + tg + 1);
-        let t = Instant::now();
-        let logits = model.forward(&ids, &mut cache, 512)?;
-        f.pp.push(pp as f64 / t.elapsed().as_secs_f64());
-        let mut next = llama32::sampler::argmax(&logits.to_vec1::<f32>()?);
-        let t = Instant::now();
-        for _ in 0..tg {
-            let logits = model.forward(&[next], &mut cache, 1)?;
-            next = llama32::sampler::argmax(&logits.to_vec1::<f32>()?);
-        }
-        f.tg.push(tg as f64 / t.elapsed().as_secs_f64());
-        let ids = prompt(64, 1000 + rep as u32);
-        let mut cache = model.new_cache(65);
-        let t = Instant::now();
-        let logits = model.forward(&ids, &mut cache, 512)?;
-        llama32::sampler::argmax(&logits.to_vec1::<f32>()?);
-        f.ttft_ms.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    Ok(f)
 }
 
 fn main() -> anyhow::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/llama32-bench");
     std::fs::create_dir_all(&root)?;
     let dir = model_dir(&root)?;
-    let reps = env_usize("LLAMA32_BENCH_REPS", 3).max(1);
-    let (pp, tg) = (
-        env_usize("LLAMA32_BENCH_PP", 512),
-        env_usize("LLAMA32_BENCH_TG", 128),
-    );
-    println!(
-        "model: {}  threads: {}  reps: {reps}",
-        dir.display(),
-        std::thread::available_parallelism()?
-    );
-    println!("| dtype | load ms | pp{pp} tok/s | tg{tg} tok/s | ttft64 ms |");
-    println!("|---|---|---|---|---|");
+    let config = BenchConfig {
+        pp: env_usize("LLAMA32_BENCH_PP", 512),
+        tg: env_usize("LLAMA32_BENCH_TG", 128),
+        chat_tokens: 64,
+        reps: env_usize("LLAMA32_BENCH_REPS", 3),
+    };
+    let dtypes = std::env::var("LLAMA32_BENCH_DTYPES").unwrap_or_else(|_| "q8_0,q4k,f32".into());
+    println!("model: {}  threads: {}  reps: {}", dir.display(), std::thread::available_parallelism()?, config.reps);
+    println!("{}", table_header(&config));
     let mut results = Vec::new();
-    for dtype in [ComputeDType::F32] {
-        let f = measure(&dir, dtype, reps, pp, tg)?;
-        let cell = |xs: &Vec<f64>| {
-            let (m, lo, hi) = stats(xs.clone());
-            format!("{m:.1} ({lo:.1}-{hi:.1})")
-        };
-        println!(
-            "| {dtype} | {} | {} | {} | {} |",
-            cell(&f.load_ms),
-            cell(&f.pp),
-            cell(&f.tg),
-            cell(&f.ttft_ms)
-        );
-        results.push(serde_json::json!({
-            "dtype": dtype.to_string(), "model": dir.display().to_string(), "reps": reps,
-            "load_ms": f.load_ms, "pp": pp, "pp_tokens_per_s": f.pp, "tg": tg, "tg_tokens_per_s": f.tg,
-            "ttft64_ms": f.ttft_ms,
-        }));
+    for dtype in dtypes.split(',') {
+        let dtype: ComputeDType = dtype.trim().parse()?;
+        reset_peak_rss();
+        let r = llama32::bench::run(&dir, DeviceKind::Cpu, dtype, &config)?;
+        let peak = peak_rss_mib();
+        println!("{}", r.table_row(peak));
+        results.push(serde_json::json!({"result": r, "peak_rss_mib": peak}));
     }
     let out = root.join("results.json");
-    std::fs::write(&out, serde_json::to_string_pretty(&results)?)?;
+    let json = serde_json::json!({"model": dir, "config": config, "results": results});
+    std::fs::write(&out, serde_json::to_string_pretty(&json)?)?;
     println!("wrote {}", out.display());
     Ok(())
 }

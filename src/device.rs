@@ -4,6 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
@@ -29,6 +30,10 @@ pub enum ComputeDType {
     F16,
     /// bfloat16.
     Bf16,
+    /// Linear layers quantized in place to Q8_0 (8-bit blocks of 32), f32 activations.
+    Q8_0,
+    /// Linear layers quantized in place to Q4_K (4-bit super-blocks of 256), f32 activations.
+    Q4K,
 }
 
 impl FromStr for DeviceKind {
@@ -67,9 +72,11 @@ impl FromStr for ComputeDType {
             "f32" => Ok(Self::F32),
             "f16" => Ok(Self::F16),
             "bf16" => Ok(Self::Bf16),
+            "q8_0" | "q8" => Ok(Self::Q8_0),
+            "q4k" | "q4_k" => Ok(Self::Q4K),
             _ => Err(Error::InvalidParameter {
                 name: "dtype",
-                reason: format!("`{s}` is not one of f32, f16, bf16"),
+                reason: format!("`{s}` is not one of f32, f16, bf16, q8_0, q4k"),
             }),
         }
     }
@@ -81,17 +88,28 @@ impl fmt::Display for ComputeDType {
             Self::F32 => "f32",
             Self::F16 => "f16",
             Self::Bf16 => "bf16",
+            Self::Q8_0 => "q8_0",
+            Self::Q4K => "q4k",
         })
     }
 }
 
 impl ComputeDType {
-    /// The candle dtype.
+    /// The candle dtype of activations (and of the weights unless quantized).
     pub fn to_candle(self) -> DType {
         match self {
-            Self::F32 => DType::F32,
+            Self::F32 | Self::Q8_0 | Self::Q4K => DType::F32,
             Self::F16 => DType::F16,
             Self::Bf16 => DType::BF16,
+        }
+    }
+
+    /// The block format of quantized linear layers, `None` for dense ones.
+    pub fn quant(self) -> Option<GgmlDType> {
+        match self {
+            Self::Q8_0 => Some(GgmlDType::Q8_0),
+            Self::Q4K => Some(GgmlDType::Q4K),
+            _ => None,
         }
     }
 }

@@ -142,7 +142,7 @@ impl Engine {
             .dtype
             .unwrap_or_else(|| options.device.default_dtype(weights.storage_dtype()));
         check_dtype(&device, options.device, dtype)?;
-        let model = Llama::load(&config, &weights, dtype.to_candle(), &device)?;
+        let model = Llama::load(&config, &weights, dtype, &device)?;
         let mut eos_ids = config.eos_token_ids.clone();
         eos_ids.extend(&generation_config.eos_token_ids);
         eos_ids.sort_unstable();

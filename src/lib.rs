@@ -29,6 +29,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod chat;
 pub mod config;
 pub mod device;

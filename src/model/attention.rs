@@ -55,9 +55,12 @@ impl Attention {
                 .transpose(0, 1)?
                 .contiguous()?)
         };
-        let q = heads_first(self.q.forward(x)?, self.heads)?;
-        let k = heads_first(self.k.forward(x)?, self.kv_heads)?;
-        let v = heads_first(self.v.forward(x)?, self.kv_heads)?;
+        let [q, k, v]: [Tensor; 3] = Linear::forward_shared(&[&self.q, &self.k, &self.v], x)?
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("q/k/v projection count".into()))?;
+        let q = heads_first(q, self.heads)?;
+        let k = heads_first(k, self.kv_heads)?;
+        let v = heads_first(v, self.kv_heads)?;
         let q = rope::apply(&q, step.cos, step.sin)?;
         let k = rope::apply(&k, step.cos, step.sin)?;
         let (k_all, v_all) = cache.append(layer, &k, &v)?;

@@ -1,28 +1,99 @@
-//! A bias-free linear layer over `[tokens, in]` activations.
+//! A bias-free linear layer over `[tokens, in]` activations: dense, or with weights
+//! quantized in place (Q8_0 / Q4_K blocks, candle's quantized matmul kernels).
 
-use candle_core::Tensor;
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Module, Tensor};
 
 use crate::error::Result;
 
 /// `y = x W^T` with `W: [out, in]` as stored in HF checkpoints.
 #[derive(Debug, Clone)]
-pub struct Linear {
-    weight: Tensor,
+pub enum Linear {
+    /// Weights in the compute dtype.
+    Dense(Tensor),
+    /// Weights quantized in blocks; activations stay f32.
+    Quantized(Arc<QTensor>),
 }
 
 impl Linear {
     /// Wraps a `[out, in]` weight.
     pub fn new(weight: Tensor) -> Self {
-        Self { weight }
+        Self::Dense(weight)
     }
 
-    /// The `[out, in]` weight.
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+    /// Quantizes a `[out, in]` f32 weight to `dtype`. A row length that is not a whole
+    /// number of `dtype` blocks falls back to Q8_0 (blocks of 32), then to dense f32.
+    pub fn quantize(weight: Tensor, dtype: GgmlDType) -> Result<Self> {
+        let cols = weight.dim(1)?;
+        let dtype = [dtype, GgmlDType::Q8_0].into_iter().find(|d| cols % d.block_size() == 0);
+        Ok(match dtype {
+            Some(d) => Self::Quantized(Arc::new(QTensor::quantize(&weight, d)?)),
+            None => Self::Dense(weight),
+        })
     }
 
     /// `x: [tokens, in] -> [tokens, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.matmul(&self.weight.t()?)?)
+        Ok(match self {
+            Self::Dense(w) => x.matmul(&w.t()?)?,
+            Self::Quantized(q) => QMatMul::from_arc(q.clone())?.forward(x)?,
+        })
+    }
+
+    /// Applies several layers to the same input; when all are quantized with the same
+    /// format, one fused kernel quantizes `x` once and runs them in one parallel region.
+    pub fn forward_shared(layers: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
+        let quantized: Option<Vec<&QTensor>> = layers
+            .iter()
+            .map(|l| match l {
+                Self::Quantized(q) => Some(q.as_ref()),
+                Self::Dense(_) => None,
+            })
+            .collect();
+        if let Some(qs) = quantized {
+            if let Some(outs) = QTensor::gemv_fused_shared_lhs(&qs, &x.contiguous()?)? {
+                return Ok(outs);
+            }
+        }
+        layers.iter().map(|l| l.forward(x)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        d / b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn quantized_layers_track_the_dense_layer() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.05, (64, 512), &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (3, 512), &dev).unwrap();
+        let dense = Linear::new(w.clone()).forward(&x).unwrap();
+        for (dtype, tol) in [(GgmlDType::Q8_0, 0.02), (GgmlDType::Q4K, 0.15)] {
+            let q = Linear::quantize(w.clone(), dtype).unwrap();
+            assert!(matches!(q, Linear::Quantized(_)));
+            let err = rel_err(&q.forward(&x).unwrap(), &dense);
+            assert!(err < tol, "{dtype:?}: {err}");
+            let shared = Linear::forward_shared(&[&q, &q], &x.narrow(0, 0, 1).unwrap()).unwrap();
+            let single = q.forward(&x.narrow(0, 0, 1).unwrap()).unwrap();
+            assert!(rel_err(&shared[1], &single) < 1e-5);
+        }
+    }
+
+    #[test]
+    fn rows_that_are_not_whole_blocks_fall_back() {
+        let w = Tensor::randn(0f32, 1.0, (4, 64), &Device::Cpu).unwrap();
+        let Linear::Quantized(q) = Linear::quantize(w.clone(), GgmlDType::Q4K).unwrap() else { panic!() };
+        assert_eq!(q.dtype(), GgmlDType::Q8_0);
+        let w = Tensor::randn(0f32, 1.0, (4, 40), &Device::Cpu).unwrap();
+        assert!(matches!(Linear::quantize(w, GgmlDType::Q8_0).unwrap(), Linear::Dense(_)));
     }
 }

@@ -19,8 +19,10 @@ pub struct Mlp {
 impl Mlp {
     /// `x: [tokens, hidden] -> [tokens, hidden]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate.forward(x)?)?;
-        let up = self.up.forward(x)?;
-        self.down.forward(&(gate * up)?)
+        let mut gate_up = Linear::forward_shared(&[&self.gate, &self.up], x)?.into_iter();
+        let (Some(gate), Some(up)) = (gate_up.next(), gate_up.next()) else {
+            return Err(candle_core::Error::Msg("gate/up projection count".into()).into());
+        };
+        self.down.forward(&(candle_nn::ops::silu(&gate)? * up)?)
     }
 }

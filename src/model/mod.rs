@@ -12,6 +12,7 @@ pub mod rope;
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::LlamaConfig;
+use crate::device::ComputeDType;
 use crate::error::Result;
 use crate::weights::Weights;
 use attention::{Attention, Step};
@@ -78,23 +79,30 @@ pub fn expected_tensors(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
 }
 
 impl Llama {
-    /// Loads every tensor of `cfg` from `weights`, converted to `dtype` on `device`.
-    /// All names and shapes are checked before any tensor is converted.
-    pub fn load(
-        cfg: &LlamaConfig,
-        weights: &Weights,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
+    /// Loads every tensor of `cfg` from `weights` in `format` on `device`: converted to the
+    /// compute dtype, or for Q8_0 / Q4_K with every linear layer (the output projection
+    /// included) quantized in place and f32 activations. All names and shapes are checked
+    /// before any tensor is converted.
+    pub fn load(cfg: &LlamaConfig, weights: &Weights, format: ComputeDType, device: &Device) -> Result<Self> {
         for (name, shape) in expected_tensors(cfg) {
             weights.check(&name, &shape)?;
         }
+        let dtype = format.to_candle();
         let get = |name: &str, shape: &[usize]| weights.get(name, shape, dtype, device);
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-        let linear =
-            |name: &str, rows: usize, cols: usize| get(name, &[rows, cols]).map(Linear::new);
+        let linear = |name: &str, rows: usize, cols: usize| match format.quant() {
+            Some(q) => Linear::quantize(get(name, &[rows, cols])?, q),
+            None => get(name, &[rows, cols]).map(Linear::new),
+        };
         let norm = |name: &str| get(name, &[h]).map(|w| RmsNorm::new(w, cfg.rms_norm_eps));
-        let embed = get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let embed_name = "model.embed_tokens.weight";
+        // With quantized layers the embedding table is only read row by row: keep it in
+        // its 16-bit storage dtype (half the memory of f32, rows are exact).
+        let embed_dtype = match (format.quant(), weights.storage_dtype()) {
+            (Some(_), Some(d @ (DType::BF16 | DType::F16))) => d,
+            _ => dtype,
+        };
+        let embed = weights.get(embed_name, &[cfg.vocab_size, h], embed_dtype, device)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
@@ -117,10 +125,12 @@ impl Llama {
                 },
             });
         }
-        let lm_head = if cfg.tie_word_embeddings {
-            Linear::new(embed.clone())
-        } else {
+        let lm_head = if !cfg.tie_word_embeddings {
             linear("lm_head.weight", cfg.vocab_size, h)?
+        } else if format.quant().is_some() {
+            linear(embed_name, cfg.vocab_size, h)?
+        } else {
+            Linear::new(embed.clone())
         };
         Ok(Self {
             config: cfg.clone(),
@@ -192,7 +202,7 @@ impl Llama {
     fn forward_chunk(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
         let (n, past) = (tokens.len(), cache.len());
         let ids = Tensor::new(tokens, &self.device)?;
-        let mut x = self.embed.index_select(&ids, 0)?;
+        let mut x = self.embed.index_select(&ids, 0)?.to_dtype(self.dtype)?;
         let (cos, sin) = self.rope.tables(past, n, self.dtype, &self.device)?;
         let mask = match n {
             1 => None,

@@ -22,6 +22,8 @@ pub enum Command {
     Chat(ChatArgs),
     /// Print the token ids of a prompt or of a rendered conversation.
     Tokenize(TokenizeArgs),
+    /// Measure load time, prefill (pp) and decode (tg) speed and chat TTFT, llama-bench style.
+    Bench(BenchArgs),
     /// Download a model into the Hugging Face cache (or update it) and print its directory.
     Download(crate::hub_cmd::DownloadArgs),
     /// List the models known by name, whether each is cached, and its size on disk.
@@ -128,6 +130,32 @@ pub struct TokenizeArgs {
     #[command(flatten)]
     pub conversation: ConversationArgs,
     /// Print a JSON object `{"ids": [...], "count": N}`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `llama32 bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Model: alias, hub repo id or directory.
+    #[arg(long, short = 'm')]
+    pub model: PathBuf,
+    /// cpu, cuda[:N] or metal[:N].
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Weight formats to measure, comma-separated (f32, f16, bf16, q8_0, q4k).
+    #[arg(long, default_value = "q8_0,q4k,f32")]
+    pub dtypes: String,
+    /// Prompt tokens for the prefill figure.
+    #[arg(long, short = 'p', default_value_t = 512)]
+    pub pp: usize,
+    /// Generated tokens for the decode figure.
+    #[arg(long, short = 'n', default_value_t = 128)]
+    pub tg: usize,
+    /// Repetitions.
+    #[arg(long, short = 'r', default_value_t = 3)]
+    pub reps: usize,
+    /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
 }

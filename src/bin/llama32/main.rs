@@ -2,6 +2,7 @@
 //! arguments, Ctrl-C, output and exit codes.
 
 mod args;
+mod bench_cmd;
 mod chat_cmd;
 mod common;
 mod hub_cmd;
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
         Command::Tokenize(mut a) => {
             hub_cmd::resolve_in_place(&mut a.model).and_then(|()| tokenize(a))
         }
+        Command::Bench(mut a) => hub_cmd::resolve_in_place(&mut a.model).and_then(|()| bench_cmd::run(a)),
         Command::Download(a) => hub_cmd::download(a),
         Command::List(a) => hub_cmd::list(a),
     };

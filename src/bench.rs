@@ -1,0 +1,182 @@
+//! llama-bench-style measurements: load time, prompt processing (pp), token generation
+//! (tg) and the time to first token of a short chat prompt, repeated, as medians and ranges.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::chat::Message;
+use crate::device::{ComputeDType, DeviceKind};
+use crate::engine::{Engine, GenerateRequest, LoadOptions};
+use crate::error::Result;
+use crate::sampler::{argmax, SamplingParams};
+use crate::Conversation;
+
+/// What to measure.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchConfig {
+    /// Prompt tokens for the prefill figure (llama-bench's `-p`, 512).
+    pub pp: usize,
+    /// Generated tokens for the decode figure (llama-bench's `-n`, 128).
+    pub tg: usize,
+    /// Approximate prompt tokens of the chat used for time to first token (64).
+    pub chat_tokens: usize,
+    /// Repetitions of every measurement (at least 1).
+    pub reps: usize,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        Self { pp: 512, tg: 128, chat_tokens: 64, reps: 3 }
+    }
+}
+
+/// Median and range of one figure.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Stat {
+    /// Median over the repetitions.
+    pub median: f64,
+    /// Smallest value.
+    pub min: f64,
+    /// Largest value.
+    pub max: f64,
+}
+
+impl Stat {
+    /// Summarises samples (empty gives zeros).
+    pub fn of(mut xs: Vec<f64>) -> Self {
+        xs.sort_by(f64::total_cmp);
+        match (xs.first(), xs.last()) {
+            (Some(&min), Some(&max)) => Self { median: xs[xs.len() / 2], min, max },
+            _ => Self { median: 0.0, min: 0.0, max: 0.0 },
+        }
+    }
+}
+
+/// The figures for one dtype.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    /// Weight format.
+    pub dtype: String,
+    /// Milliseconds to load and convert the checkpoint.
+    pub load_ms: Stat,
+    /// Prefill tokens per second over `pp` tokens.
+    pub pp_tokens_per_s: Stat,
+    /// Decode tokens per second over `tg` tokens.
+    pub tg_tokens_per_s: Stat,
+    /// Time to first token of a chat prompt of about `chat_tokens` tokens, in ms.
+    pub ttft_ms: Stat,
+    /// Exact chat prompt length used for `ttft_ms`.
+    pub chat_prompt_tokens: usize,
+}
+
+/// Deterministic pseudo-random prompt ids (BOS first), away from special tokens.
+fn prompt(n: usize, salt: u32) -> Vec<u32> {
+    let mut ids = vec![128000];
+    ids.extend((1..n as u32).map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(salt) >> 8) % 120_000));
+    ids
+}
+
+/// Loads `dir` in `dtype` `config.reps` times, then measures pp, tg and chat TTFT.
+pub fn run(dir: &Path, device: DeviceKind, dtype: ComputeDType, config: &BenchConfig) -> Result<BenchResult> {
+    let reps = config.reps.max(1);
+    let opts = LoadOptions { device, dtype: Some(dtype) };
+    let mut load_ms = Vec::new();
+    let mut engine = Engine::load(dir, &opts)?;
+    load_ms.push(engine.load_time().as_secs_f64() * 1e3);
+    for _ in 1..reps {
+        drop(engine);
+        engine = Engine::load(dir, &opts)?;
+        load_ms.push(engine.load_time().as_secs_f64() * 1e3);
+    }
+    let (mut pp, mut tg, mut ttft) = (Vec::new(), Vec::new(), Vec::new());
+    let mut chat_prompt_tokens = 0;
+    for rep in 0..reps {
+        let (p, t) = pp_tg(&engine, config, rep as u32)?;
+        pp.push(p);
+        tg.push(t);
+        let (ms, n) = chat_ttft(&engine, config.chat_tokens)?;
+        ttft.push(ms);
+        chat_prompt_tokens = n;
+    }
+    Ok(BenchResult {
+        dtype: dtype.to_string(),
+        load_ms: Stat::of(load_ms),
+        pp_tokens_per_s: Stat::of(pp),
+        tg_tokens_per_s: Stat::of(tg),
+        ttft_ms: Stat::of(ttft),
+        chat_prompt_tokens,
+    })
+}
+
+fn pp_tg(engine: &Engine, config: &BenchConfig, salt: u32) -> Result<(f64, f64)> {
+    let model = engine.model();
+    let ids = prompt(config.pp, salt);
+    let mut cache = model.new_cache(config.pp + config.tg + 1);
+    let t = Instant::now();
+    let logits = model.forward(&ids, &mut cache, 512)?;
+    let pp = config.pp as f64 / t.elapsed().as_secs_f64();
+    let mut next = argmax(&logits.to_vec1::<f32>()?);
+    let t = Instant::now();
+    for _ in 0..config.tg {
+        let logits = model.forward(&[next], &mut cache, 1)?;
+        next = argmax(&logits.to_vec1::<f32>()?);
+    }
+    Ok((pp, config.tg as f64 / t.elapsed().as_secs_f64()))
+}
+
+/// Time to the first token of a one-question chat whose prompt is about `tokens` long.
+fn chat_ttft(engine: &Engine, tokens: usize) -> Result<(f64, usize)> {
+    let request = GenerateRequest { max_tokens: 1, sampling: SamplingParams::greedy(), ..Default::default() };
+    let mut words = String::from("Explain briefly");
+    let mut chat = Conversation::new(engine, Some(tokens * 2 + 64), None, Some("26 Jul 2024".into()))?;
+    chat.push(Message::text("user", words.clone()));
+    while chat.prompt_ids()?.len() < tokens {
+        words.push_str(" why the sky is blue");
+        chat.reset();
+        chat.push(Message::text("user", words.clone()));
+    }
+    let turn = chat.reply(&request, |_| ControlFlow::Continue(()))?;
+    Ok((turn.generation.timings.ttft_ms, turn.generation.prompt_tokens))
+}
+
+/// Peak resident memory of this process in MiB since the last [`reset_peak_rss`]
+/// (Linux `VmHWM`; `None` elsewhere).
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Resets the peak-memory counter (Linux); does nothing elsewhere.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The markdown header of the results table.
+pub fn table_header(config: &BenchConfig) -> String {
+    format!(
+        "| dtype | load ms | pp{} tok/s | tg{} tok/s | chat TTFT ms | peak MiB |\n|---|---|---|---|---|---|",
+        config.pp, config.tg
+    )
+}
+
+impl BenchResult {
+    /// One markdown table row: medians ± half the range.
+    pub fn table_row(&self, peak_mib: Option<f64>) -> String {
+        let cell = |s: &Stat| format!("{:.1} ± {:.1}", s.median, (s.max - s.min) / 2.0);
+        format!(
+            "| {} | {} | {} | {} | {} ({} tok) | {} |",
+            self.dtype,
+            cell(&self.load_ms),
+            cell(&self.pp_tokens_per_s),
+            cell(&self.tg_tokens_per_s),
+            cell(&self.ttft_ms),
+            self.chat_prompt_tokens,
+            peak_mib.map_or("-".into(), |p| format!("{p:.0}")),
+        )
+    }
+}
