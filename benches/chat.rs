@@ -13,10 +13,7 @@ use llama32::{ComputeDType, Conversation, Engine, GenerateRequest, LoadOptions, 
 fn main() -> anyhow::Result<()> {
     let dir = std::env::var("LLAMA32_BENCH_MODEL")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("target/llama32-bench/llama-3.2-1b-synthetic")
-        });
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/llama32-bench/llama-3.2-1b-synthetic"));
     let answer = std::env::var("LLAMA32_BENCH_ANSWER")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -33,16 +30,12 @@ fn main() -> anyhow::Result<()> {
     };
     let date = Some("26 Jul 2024".to_string());
     let mut chat = Conversation::new(&engine, Some(8192), None, date.clone())?;
-    chat.set_system(Some(
-        "You are a helpful assistant who answers briefly.".into(),
-    ));
+    chat.set_system(Some("You are a helpful assistant who answers briefly.".into()));
     println!("model: {}  answer cap: {answer} tokens", dir.display());
     println!("| turn | prompt tokens | cached | ttft reused ms | ttft from scratch ms |");
     println!("|---|---|---|---|---|");
     for turn in 1..=10 {
-        let question = format!(
-            "Question number {turn}: tell me one more fact about the history of computing."
-        );
+        let question = format!("Question number {turn}: tell me one more fact about the history of computing.");
         let t = chat.send(&question, &request, |_| ControlFlow::Continue(()))?;
         // The same prompt with an empty cache.
         let mut fresh = Conversation::new(&engine, Some(8192), None, date.clone())?;

@@ -46,7 +46,12 @@ fn main() -> anyhow::Result<()> {
         reps: env_usize("LLAMA32_BENCH_REPS", 3),
     };
     let dtypes = std::env::var("LLAMA32_BENCH_DTYPES").unwrap_or_else(|_| "q8_0,q4k,f32".into());
-    println!("model: {}  threads: {}  reps: {}", dir.display(), std::thread::available_parallelism()?, config.reps);
+    println!(
+        "model: {}  threads: {}  reps: {}",
+        dir.display(),
+        std::thread::available_parallelism()?,
+        config.reps
+    );
     println!("{}", table_header(&config));
     let mut results = Vec::new();
     for dtype in dtypes.split(',') {

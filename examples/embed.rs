@@ -15,9 +15,7 @@ fn main() -> anyhow::Result<()> {
     let dir = args
         .next()
         .ok_or_else(|| anyhow::anyhow!("usage: embed CHECKPOINT_DIR [PROMPT]"))?;
-    let prompt = args
-        .next()
-        .unwrap_or_else(|| "Once upon a time".to_string());
+    let prompt = args.next().unwrap_or_else(|| "Once upon a time".to_string());
 
     // 1. Load: config.json, tokenizer.json and the safetensors weights, on the CPU in f32.
     let engine = Engine::load(dir.as_ref(), &LoadOptions::default())?;

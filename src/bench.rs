@@ -29,7 +29,12 @@ pub struct BenchConfig {
 
 impl Default for BenchConfig {
     fn default() -> Self {
-        Self { pp: 512, tg: 128, chat_tokens: 64, reps: 3 }
+        Self {
+            pp: 512,
+            tg: 128,
+            chat_tokens: 64,
+            reps: 3,
+        }
     }
 }
 
@@ -49,8 +54,16 @@ impl Stat {
     pub fn of(mut xs: Vec<f64>) -> Self {
         xs.sort_by(f64::total_cmp);
         match (xs.first(), xs.last()) {
-            (Some(&min), Some(&max)) => Self { median: xs[xs.len() / 2], min, max },
-            _ => Self { median: 0.0, min: 0.0, max: 0.0 },
+            (Some(&min), Some(&max)) => Self {
+                median: xs[xs.len() / 2],
+                min,
+                max,
+            },
+            _ => Self {
+                median: 0.0,
+                min: 0.0,
+                max: 0.0,
+            },
         }
     }
 }
@@ -82,7 +95,10 @@ fn prompt(n: usize, salt: u32) -> Vec<u32> {
 /// Loads `dir` in `dtype` `config.reps` times, then measures pp, tg and chat TTFT.
 pub fn run(dir: &Path, device: DeviceKind, dtype: ComputeDType, config: &BenchConfig) -> Result<BenchResult> {
     let reps = config.reps.max(1);
-    let opts = LoadOptions { device, dtype: Some(dtype) };
+    let opts = LoadOptions {
+        device,
+        dtype: Some(dtype),
+    };
     let mut load_ms = Vec::new();
     let mut engine = Engine::load(dir, &opts)?;
     load_ms.push(engine.load_time().as_secs_f64() * 1e3);
@@ -129,7 +145,11 @@ fn pp_tg(engine: &Engine, config: &BenchConfig, salt: u32) -> Result<(f64, f64)>
 
 /// Time to the first token of a one-question chat whose prompt is about `tokens` long.
 fn chat_ttft(engine: &Engine, tokens: usize) -> Result<(f64, usize)> {
-    let request = GenerateRequest { max_tokens: 1, sampling: SamplingParams::greedy(), ..Default::default() };
+    let request = GenerateRequest {
+        max_tokens: 1,
+        sampling: SamplingParams::greedy(),
+        ..Default::default()
+    };
     let mut words = String::from("Explain briefly");
     let mut chat = Conversation::new(engine, Some(tokens * 2 + 64), None, Some("26 Jul 2024".into()))?;
     chat.push(Message::text("user", words.clone()));

@@ -196,10 +196,7 @@ impl Validator<'_> {
     fn validate(&self, raw: RawConfig) -> Result<LlamaConfig> {
         let hidden_size = self.positive("hidden_size", raw.hidden_size)?;
         let heads = self.positive("num_attention_heads", raw.num_attention_heads)?;
-        let kv_heads = self.positive(
-            "num_key_value_heads",
-            Some(raw.num_key_value_heads.unwrap_or(heads)),
-        )?;
+        let kv_heads = self.positive("num_key_value_heads", Some(raw.num_key_value_heads.unwrap_or(heads)))?;
         if heads % kv_heads != 0 {
             return Err(self.err(
                 "num_key_value_heads",
@@ -208,12 +205,12 @@ impl Validator<'_> {
         }
         let head_dim = match raw.head_dim {
             Some(d) => self.positive("head_dim", Some(d))?,
-            None if hidden_size % heads != 0 => return Err(self.err(
-                "num_attention_heads",
-                format!(
-                    "{heads} does not divide hidden_size = {hidden_size} and no head_dim is given"
-                ),
-            )),
+            None if hidden_size % heads != 0 => {
+                return Err(self.err(
+                    "num_attention_heads",
+                    format!("{heads} does not divide hidden_size = {hidden_size} and no head_dim is given"),
+                ))
+            }
             None => hidden_size / heads,
         };
         if head_dim % 2 != 0 {
@@ -227,10 +224,7 @@ impl Validator<'_> {
             return Err(self.err("rope_theta", "must be a positive finite number"));
         }
         if let Some(act) = raw.hidden_act.as_deref().filter(|a| *a != "silu") {
-            return Err(self.err(
-                "hidden_act",
-                format!("`{act}` is not supported (only silu)"),
-            ));
+            return Err(self.err("hidden_act", format!("`{act}` is not supported (only silu)")));
         }
         if raw.attention_bias || raw.mlp_bias {
             return Err(self.err("attention_bias", "biases are not supported by Llama 3.2"));
@@ -240,10 +234,7 @@ impl Validator<'_> {
         }
         let vocab_size = self.positive("vocab_size", raw.vocab_size)?;
         if let Some(id) = raw.bos_token_id.filter(|&id| id as usize >= vocab_size) {
-            return Err(self.err(
-                "bos_token_id",
-                format!("{id} is outside the vocabulary ({vocab_size})"),
-            ));
+            return Err(self.err("bos_token_id", format!("{id} is outside the vocabulary ({vocab_size})")));
         }
         Ok(LlamaConfig {
             hidden_size,
@@ -268,11 +259,7 @@ impl Validator<'_> {
         let params = raw.rope_parameters.as_ref().filter(|p| p.is_object());
         let theta = raw
             .rope_theta
-            .or_else(|| {
-                params
-                    .and_then(|p| p.get("rope_theta"))
-                    .and_then(|t| t.as_f64())
-            })
+            .or_else(|| params.and_then(|p| p.get("rope_theta")).and_then(|t| t.as_f64()))
             .unwrap_or(10000.0);
         let scaling = match (&raw.rope_scaling, params) {
             (Some(s), _) if !s.is_null() => self.rope_scaling(Some(s))?,
@@ -324,10 +311,7 @@ impl Validator<'_> {
             original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
         };
         if scaling.high_freq_factor <= scaling.low_freq_factor {
-            return Err(self.err(
-                "rope_scaling.high_freq_factor",
-                "must be greater than low_freq_factor",
-            ));
+            return Err(self.err("rope_scaling.high_freq_factor", "must be greater than low_freq_factor"));
         }
         Ok(Some(scaling))
     }
@@ -365,10 +349,7 @@ mod tests {
 
     #[test]
     fn explicit_head_dim_wins() {
-        assert_eq!(
-            parse(serde_json::json!({"head_dim": 16})).unwrap().head_dim,
-            16
-        );
+        assert_eq!(parse(serde_json::json!({"head_dim": 16})).unwrap().head_dim, 16);
     }
 
     #[test]
@@ -377,10 +358,7 @@ mod tests {
             "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 8192, "rope_type": "llama3"}}))
         .unwrap();
-        assert_eq!(
-            c.rope_scaling.unwrap().original_max_position_embeddings,
-            8192
-        );
+        assert_eq!(c.rope_scaling.unwrap().original_max_position_embeddings, 8192);
     }
 
     #[test]
@@ -412,10 +390,7 @@ mod tests {
                 json!({"rope_scaling": {"rope_type": "yarn", "factor": 2.0}}),
                 "rope_scaling.rope_type",
             ),
-            (
-                json!({"rope_scaling": {"rope_type": "llama3"}}),
-                "rope_scaling.factor",
-            ),
+            (json!({"rope_scaling": {"rope_type": "llama3"}}), "rope_scaling.factor"),
         ];
         for (extra, field) in cases {
             let msg = format!("{extra}");

@@ -125,12 +125,8 @@ impl DeviceKind {
             Self::Metal(_) if !cfg!(feature = "metal") => Err(Error::Unsupported(
                 "this build has no Metal support: rebuild with `--features metal`".into(),
             )),
-            Self::Cuda(o) => {
-                Device::new_cuda(o).map_err(|e| Error::Unsupported(format!("cuda:{o}: {e}")))
-            }
-            Self::Metal(o) => {
-                Device::new_metal(o).map_err(|e| Error::Unsupported(format!("metal:{o}: {e}")))
-            }
+            Self::Cuda(o) => Device::new_cuda(o).map_err(|e| Error::Unsupported(format!("cuda:{o}: {e}"))),
+            Self::Metal(o) => Device::new_metal(o).map_err(|e| Error::Unsupported(format!("metal:{o}: {e}"))),
         }
     }
 

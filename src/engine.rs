@@ -45,8 +45,10 @@ pub struct Engine {
 pub struct GenerateRequest {
     /// Most tokens to generate (>= 1).
     pub max_tokens: usize,
-    /// How to pick tokens.
+    /// How to pick tokens (unset fields take the model's generation_config.json defaults).
     pub sampling: SamplingParams,
+    /// Stop strings: generation ends when the text contains one, which is left out of it.
+    pub stop: Vec<String>,
     /// Context window in tokens (prompt + output) of [`Engine::generate`]; `None` uses the
     /// model's maximum. (A [`Session`] has its own, fixed at creation.)
     pub ctx_size: Option<usize>,
@@ -59,6 +61,7 @@ impl Default for GenerateRequest {
         Self {
             max_tokens: 256,
             sampling: SamplingParams::default(),
+            stop: Vec::new(),
             ctx_size: None,
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
         }
@@ -69,7 +72,7 @@ impl Default for GenerateRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FinishReason {
-    /// An end-of-sequence token was produced.
+    /// An end-of-sequence token was produced, or a stop string.
     Stop,
     /// `max_tokens` or the context window was reached.
     Length,
@@ -128,8 +131,7 @@ impl Engine {
             });
         }
         let config = LlamaConfig::from_file(&config_path)?;
-        let generation_config =
-            GenerationConfig::from_file_or_default(&dir.join("generation_config.json"))?;
+        let generation_config = GenerationConfig::from_file_or_default(&dir.join("generation_config.json"))?;
         let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
         let tokenizer_config = dir.join("tokenizer_config.json");
         let chat_template = match tokenizer_config.exists() {

@@ -137,9 +137,7 @@ impl Error {
     /// True when the error is the caller's bad parameter (a CLI maps it to exit code 2).
     pub fn is_usage(&self) -> bool {
         match self {
-            Error::InvalidParameter { .. }
-            | Error::Unsupported(_)
-            | Error::PromptTooLong { .. } => true,
+            Error::InvalidParameter { .. } | Error::Unsupported(_) | Error::PromptTooLong { .. } => true,
             Error::Hub(e) => e.is_usage(),
             _ => false,
         }

@@ -48,6 +48,6 @@ pub use config::{GenerationConfig, LlamaConfig};
 pub use device::{ComputeDType, DeviceKind};
 pub use engine::{Engine, FinishReason, GenerateRequest, Generation, LoadOptions, Timings};
 pub use error::{Error, Result};
-pub use sampler::{Sampler, SamplingParams};
+pub use sampler::{ResolvedSampling, Sampler, SamplingParams, StopMatcher};
 pub use session::Session;
 pub use tokenizer::Tokenizer;

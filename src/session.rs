@@ -11,7 +11,7 @@ use candle_core::Tensor;
 use crate::engine::{Engine, FinishReason, GenerateRequest, Generation, Timings};
 use crate::error::{Error, Result};
 use crate::model::kv_cache::KvCache;
-use crate::sampler::Sampler;
+use crate::sampler::{Sampler, StopMatcher};
 
 /// One sequence's KV cache and the tokens it holds.
 pub struct Session<'e> {
@@ -66,12 +66,7 @@ impl<'e> Session<'e> {
     /// Keeps the longest cached prefix of `prompt` (at most all but its last token, whose
     /// logits are needed) and returns its length.
     fn reuse_prefix(&mut self, prompt: &[u32]) -> usize {
-        let common = self
-            .tokens
-            .iter()
-            .zip(prompt)
-            .take_while(|(a, b)| a == b)
-            .count();
+        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
         let keep = common.min(prompt.len().saturating_sub(1));
         self.cache.truncate(keep);
         self.tokens.truncate(keep);
@@ -107,12 +102,15 @@ impl<'e> Session<'e> {
                 limit: ctx,
             });
         }
-        let sampler = Sampler::new(request.sampling.clone(), rand::random::<u64>())?;
+        let vocab = self.engine.config().vocab_size;
+        let resolved = request.sampling.resolve(self.engine.generation_config(), vocab)?;
+        let sampler = Sampler::new(resolved, rand::random::<u64>());
+        let stop = StopMatcher::new(request.stop.clone())?;
         let cached = self.reuse_prefix(prompt);
         let prefill_start = Instant::now();
         let logits = self.feed(&prompt[cached..], request.prefill_chunk)?;
         let prefill_secs = prefill_start.elapsed().as_secs_f64();
-        let mut out = self.decode(logits, request, sampler, start, on_text)?;
+        let mut out = self.decode(logits, request, (sampler, stop), (prompt, start), on_text)?;
         out.prompt_tokens = prompt.len();
         out.cached_tokens = cached;
         out.timings.prefill_tokens_per_s = per_second(prompt.len() - cached, prefill_secs);
@@ -120,12 +118,14 @@ impl<'e> Session<'e> {
     }
 
     /// The decode loop from the prompt's logits; `start` is when the request began.
+    /// Text passes through the stop-string matcher before it reaches `on_text`, so no
+    /// streamed text is ever cut later.
     fn decode(
         &mut self,
         mut logits: Tensor,
         request: &GenerateRequest,
-        mut sampler: Sampler,
-        start: Instant,
+        (mut sampler, mut stop): (Sampler, StopMatcher),
+        (prompt, start): (&[u32], Instant),
         mut on_text: impl FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Generation> {
         let engine = self.engine;
@@ -134,26 +134,36 @@ impl<'e> Session<'e> {
         let mut first_token_at = None;
         let finish_reason = loop {
             let row: Vec<f32> = logits.to_vec1()?;
-            let token = sampler.sample(&row, generated.len())?;
+            let token = sampler.sample(&row, prompt, &generated)?;
             first_token_at.get_or_insert_with(Instant::now);
             if engine.eos_ids().contains(&token) {
                 break FinishReason::Stop;
             }
             generated.push(token);
-            let piece = stream.push(token)?;
-            text.push_str(&piece);
-            if on_text(&piece).is_break() {
+            let step = stop.push(&stream.push(token)?);
+            text.push_str(&step.text);
+            if on_text(&step.text).is_break() {
                 break FinishReason::Cancelled;
+            }
+            if step.stopped {
+                break FinishReason::Stop;
             }
             if generated.len() >= request.max_tokens || self.tokens.len() >= self.context_window() {
                 break FinishReason::Length;
             }
             logits = self.feed(&[token], 1)?;
         };
-        let rest = stream.finish()?;
-        if !rest.is_empty() {
-            text.push_str(&rest);
-            let _ = on_text(&rest);
+        if !stop.stopped() {
+            let step = stop.push(&stream.finish()?);
+            let rest = if step.stopped {
+                step.text
+            } else {
+                step.text + &stop.finish()
+            };
+            if !rest.is_empty() {
+                text.push_str(&rest);
+                let _ = on_text(&rest);
+            }
         }
         let first = first_token_at.unwrap_or_else(Instant::now);
         Ok(Generation {
@@ -166,10 +176,7 @@ impl<'e> Session<'e> {
             timings: Timings {
                 ttft_ms: (first - start).as_secs_f64() * 1e3,
                 prefill_tokens_per_s: 0.0,
-                decode_tokens_per_s: per_second(
-                    generated.len().saturating_sub(1),
-                    first.elapsed().as_secs_f64(),
-                ),
+                decode_tokens_per_s: per_second(generated.len().saturating_sub(1), first.elapsed().as_secs_f64()),
             },
             token_ids: generated,
         })

@@ -45,12 +45,7 @@ impl SyntheticShape {
 /// Writes a bf16 checkpoint of `shape` with random weights into `dir`, with the given
 /// `tokenizer.json` (and the `tokenizer_config.json` beside it, for the chat template, when
 /// there is one). Weights are small uniform noise (norms are 1), so activations stay finite.
-pub fn write_checkpoint(
-    dir: &Path,
-    shape: SyntheticShape,
-    tokenizer_json: &Path,
-    seed: u64,
-) -> Result<()> {
+pub fn write_checkpoint(dir: &Path, shape: SyntheticShape, tokenizer_json: &Path, seed: u64) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let config = shape.config_json();
     let config_path = dir.join("config.json");
@@ -67,11 +62,7 @@ pub fn write_checkpoint(
         let dst = dir.join("tokenizer_config.json");
         std::fs::copy(&config, &dst).map_err(io_err(&dst))?;
     }
-    write_safetensors(
-        &dir.join("model.safetensors"),
-        &expected_tensors(&cfg),
-        seed,
-    )
+    write_safetensors(&dir.join("model.safetensors"), &expected_tensors(&cfg), seed)
 }
 
 fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>)], seed: u64) -> Result<()> {
@@ -90,9 +81,7 @@ fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>)], seed: u64) -
     let file = std::fs::File::create(path).map_err(io_err(path))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let mut rng = seed | 1;
-    let write = |out: &mut BufWriter<std::fs::File>, bytes: &[u8]| {
-        out.write_all(bytes).map_err(io_err(path))
-    };
+    let write = |out: &mut BufWriter<std::fs::File>, bytes: &[u8]| out.write_all(bytes).map_err(io_err(path));
     write(&mut out, &(header.len() as u64).to_le_bytes())?;
     write(&mut out, &header)?;
     let mut buf = Vec::with_capacity(1 << 20);
@@ -105,11 +94,7 @@ fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>)], seed: u64) -
             1.0 / (shape[shape.len() - 1] as f32).sqrt()
         };
         for i in 0..n {
-            let v = if is_norm {
-                1.0
-            } else {
-                scale * uniform(&mut rng)
-            };
+            let v = if is_norm { 1.0 } else { scale * uniform(&mut rng) };
             buf.extend_from_slice(&half::bf16::from_f32(v).to_le_bytes());
             if buf.len() >= 1 << 20 || i + 1 == n {
                 write(&mut out, &buf)?;

@@ -16,9 +16,7 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> tokenizers::Result<T>) -> Result<T
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(Error::Tokenizer(format!("{what}: {e}"))),
-        Err(_) => Err(Error::Tokenizer(format!(
-            "{what}: the tokenizer library panicked"
-        ))),
+        Err(_) => Err(Error::Tokenizer(format!("{what}: the tokenizer library panicked"))),
     }
 }
 
@@ -87,9 +85,7 @@ pub struct TextStream<'a> {
 impl TextStream<'_> {
     /// Adds one id; returns the new text it completes (possibly empty).
     pub fn push(&mut self, id: u32) -> Result<String> {
-        let before = self
-            .tok
-            .decode(&self.ids[self.prev..self.cur], self.skip_special)?;
+        let before = self.tok.decode(&self.ids[self.prev..self.cur], self.skip_special)?;
         self.ids.push(id);
         let now = self.tok.decode(&self.ids[self.prev..], self.skip_special)?;
         if now.ends_with(char::REPLACEMENT_CHARACTER) {
@@ -108,16 +104,11 @@ impl TextStream<'_> {
 
     /// Text held back so far (an incomplete character at the end of the output).
     pub fn finish(&mut self) -> Result<String> {
-        let before = self
-            .tok
-            .decode(&self.ids[self.prev..self.cur], self.skip_special)?;
+        let before = self.tok.decode(&self.ids[self.prev..self.cur], self.skip_special)?;
         let now = self.tok.decode(&self.ids[self.prev..], self.skip_special)?;
         self.prev = self.ids.len();
         self.cur = self.ids.len();
-        Ok(now
-            .strip_prefix(before.as_str())
-            .unwrap_or(&now)
-            .to_string())
+        Ok(now.strip_prefix(before.as_str()).unwrap_or(&now).to_string())
     }
 
     /// All ids pushed so far.

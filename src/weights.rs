@@ -49,12 +49,7 @@ impl Weights {
             Self::open_sharded(dir, &index_path)
         } else if single.exists() {
             let file = WeightFile::open(single)?;
-            let location = file
-                .metadata
-                .tensors()
-                .keys()
-                .map(|k| (k.clone(), 0))
-                .collect();
+            let location = file.metadata.tensors().keys().map(|k| (k.clone(), 0)).collect();
             Ok(Self {
                 dir: dir.to_path_buf(),
                 files: vec![file],
@@ -117,41 +112,26 @@ impl Weights {
     }
 
     fn locate(&self, name: &str, shape: &[usize]) -> Result<(&WeightFile, &TensorInfo, DType)> {
-        let slot = *self
-            .location
-            .get(name)
-            .ok_or_else(|| Error::MissingTensor {
-                name: name.to_string(),
-                dir: self.dir.clone(),
-            })?;
+        let slot = *self.location.get(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+            dir: self.dir.clone(),
+        })?;
         let file = &self.files[slot];
         let bad = |reason: String| Error::BadTensor {
             path: file.path.clone(),
             name: name.to_string(),
             reason,
         };
-        let info = file
-            .metadata
-            .info(name)
-            .ok_or_else(|| bad("not in file".into()))?;
+        let info = file.metadata.info(name).ok_or_else(|| bad("not in file".into()))?;
         if info.shape != shape {
-            return Err(bad(format!(
-                "expected shape {shape:?}, found {:?}",
-                info.shape
-            )));
+            return Err(bad(format!("expected shape {shape:?}, found {:?}", info.shape)));
         }
         let dtype = candle_dtype(info.dtype).map_err(bad)?;
         Ok((file, info, dtype))
     }
 
     /// Loads tensor `name`, checks its shape, converts it to `dtype` on `device`.
-    pub fn get(
-        &self,
-        name: &str,
-        shape: &[usize],
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Tensor> {
+    pub fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
         let (file, info, src_dtype) = self.locate(name, shape)?;
         let bad = |reason: String| Error::BadTensor {
             path: file.path.clone(),
@@ -180,11 +160,10 @@ impl WeightFile {
         // SAFETY: the file is opened read-only; like every mmap-based loader we assume it is
         // not truncated by another process while mapped.
         let mmap = unsafe { Mmap::map(&file) }.map_err(io_err(&path))?;
-        let (header_len, metadata) =
-            SafeTensors::read_metadata(&mmap).map_err(|e| Error::Safetensors {
-                path: path.clone(),
-                reason: describe(&e),
-            })?;
+        let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| Error::Safetensors {
+            path: path.clone(),
+            reason: describe(&e),
+        })?;
         Ok(Self {
             path,
             mmap,
@@ -199,9 +178,7 @@ impl WeightFile {
 fn widen_to_f32(bytes: &[u8], src: DType) -> Vec<f32> {
     let n = bytes.len() / 2;
     let mut out = vec![0f32; n];
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |t| t.get())
-        .min(8);
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(8);
     let per = n.div_ceil(threads).max(1 << 16);
     std::thread::scope(|scope| {
         for (dst, src_bytes) in out.chunks_mut(per).zip(bytes.chunks(per * 2)) {
@@ -212,9 +189,7 @@ fn widen_to_f32(bytes: &[u8], src: DType) -> Vec<f32> {
 }
 
 fn widen_chunk(dst: &mut [f32], bytes: &[u8], src: DType) {
-    let halves = bytes
-        .chunks_exact(2)
-        .map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let halves = bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]));
     if src == DType::BF16 {
         for (d, h) in dst.iter_mut().zip(halves) {
             *d = f32::from_bits((h as u32) << 16);
@@ -229,9 +204,7 @@ fn widen_chunk(dst: &mut [f32], bytes: &[u8], src: DType) {
 fn describe(e: &safetensors::SafeTensorError) -> String {
     use safetensors::SafeTensorError as E;
     match e {
-        E::MetadataIncompleteBuffer => {
-            "the file size does not match its header (truncated or padded file)".into()
-        }
+        E::MetadataIncompleteBuffer => "the file size does not match its header (truncated or padded file)".into(),
         E::HeaderTooSmall => "the file is too small to hold a header".into(),
         E::InvalidHeaderLength => "the header length is larger than the file".into(),
         other => other.to_string(),
@@ -243,9 +216,7 @@ fn candle_dtype(d: Dtype) -> std::result::Result<DType, String> {
         Dtype::BF16 => Ok(DType::BF16),
         Dtype::F16 => Ok(DType::F16),
         Dtype::F32 => Ok(DType::F32),
-        other => Err(format!(
-            "on-disk dtype {other:?} is not supported (bf16, f16 or f32)"
-        )),
+        other => Err(format!("on-disk dtype {other:?} is not supported (bf16, f16 or f32)")),
     }
 }
 
@@ -256,9 +227,7 @@ fn shard_path(dir: &Path, index_path: &Path, name: &str) -> Result<PathBuf> {
     if name.is_empty() || !plain {
         return Err(Error::ShardIndex {
             path: index_path.to_path_buf(),
-            reason: format!(
-                "shard file name `{name}` is not a plain file name inside the checkpoint directory"
-            ),
+            reason: format!("shard file name `{name}` is not a plain file name inside the checkpoint directory"),
         });
     }
     Ok(dir.join(rel))

@@ -25,14 +25,7 @@ fn cli(dir: &Path, extra: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_llama32"))
         .args(["generate", "--model"])
         .arg(dir)
-        .args([
-            "--prompt",
-            "Hello there",
-            "--max-tokens",
-            "2",
-            "--temperature",
-            "0",
-        ])
+        .args(["--prompt", "Hello there", "--max-tokens", "2", "--temperature", "0"])
         .args(extra)
         .output()
         .unwrap();
@@ -56,8 +49,7 @@ fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)) 
 
 fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let path = dir.join("config.json");
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     edit(&mut v);
     std::fs::write(path, v.to_string()).unwrap();
 }
@@ -71,10 +63,7 @@ fn missing_files_are_named() {
     ] {
         let dir = copy_fixture(SMALL);
         std::fs::remove_file(dir.path().join(file)).unwrap();
-        assert!(
-            matches!(load(dir.path()), Error::MissingFile { .. }),
-            "{file}"
-        );
+        assert!(matches!(load(dir.path()), Error::MissingFile { .. }), "{file}");
         assert_cli_fails(dir.path(), what);
     }
     assert_cli_fails(Path::new("/nonexistent/model"), "/nonexistent/model");
@@ -125,16 +114,12 @@ fn wrong_shape_or_missing_tensor_is_named() {
     rewrite_weights(dir.path(), |t| {
         t.remove("model.norm.weight");
     });
-    assert!(
-        matches!(load(dir.path()), Error::MissingTensor { ref name, .. } if name == "model.norm.weight")
-    );
+    assert!(matches!(load(dir.path()), Error::MissingTensor { ref name, .. } if name == "model.norm.weight"));
     assert_cli_fails(dir.path(), "model.norm.weight");
 
     let dir = copy_fixture(SMALL);
     rewrite_weights(dir.path(), |t| {
-        let w = t["model.norm.weight"]
-            .to_dtype(candle_core::DType::U8)
-            .unwrap();
+        let w = t["model.norm.weight"].to_dtype(candle_core::DType::U8).unwrap();
         t.insert("model.norm.weight".into(), w);
     });
     assert_cli_fails(dir.path(), "not supported");
@@ -144,9 +129,7 @@ fn wrong_shape_or_missing_tensor_is_named() {
 fn untied_config_needs_lm_head() {
     let dir = copy_fixture(SMALL);
     edit_config(dir.path(), |c| c["tie_word_embeddings"] = false.into());
-    assert!(
-        matches!(load(dir.path()), Error::MissingTensor { ref name, .. } if name == "lm_head.weight")
-    );
+    assert!(matches!(load(dir.path()), Error::MissingTensor { ref name, .. } if name == "lm_head.weight"));
 }
 
 #[test]
@@ -180,8 +163,7 @@ fn bad_config_values_name_the_field() {
 fn shard_index_pointing_outside_the_directory_is_refused() {
     let dir = copy_fixture("untied-f16-sharded");
     let path = dir.path().join("model.safetensors.index.json");
-    let mut index: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     index["weight_map"]["model.norm.weight"] = "../../etc/passwd".into();
     std::fs::write(&path, index.to_string()).unwrap();
     assert!(matches!(load(dir.path()), Error::ShardIndex { .. }));

@@ -7,9 +7,7 @@ use std::ops::ControlFlow;
 use std::process::{Command, Output, Stdio};
 
 use common::*;
-use llama32::{
-    ComputeDType, Conversation, Engine, GenerateRequest, LoadOptions, Message, SamplingParams,
-};
+use llama32::{ComputeDType, Conversation, Engine, GenerateRequest, LoadOptions, Message, SamplingParams};
 use serde_json::Value;
 
 const MODEL: &str = "tied-bf16-llama3";
@@ -33,12 +31,7 @@ fn chat(args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -82,21 +75,15 @@ fn tokenize_messages(json: &str) -> Vec<u32> {
         .arg(file.path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     serde_json::from_value(v["ids"].clone()).unwrap()
 }
 
 #[test]
 fn tokenize_messages_matches_hf_apply_chat_template() {
-    let cases: Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures_dir().join("chat_cases.json")).unwrap(),
-    )
-    .unwrap();
+    let cases: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures_dir().join("chat_cases.json")).unwrap()).unwrap();
     let case = cases["cases"]
         .as_array()
         .unwrap()
@@ -114,11 +101,7 @@ fn interactive_session_reuses_the_cache_and_handles_commands() {
         &["--max-tokens", "5", "--json"],
         "First question\n\n/stats\nSecond question\n/reset\nThird\n/system Be brief.\nFourth\n",
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let answers = json_lines(&out);
     assert_eq!(answers.len(), 4);
     assert_eq!(answers[0]["cached_tokens"], 0);
@@ -146,29 +129,15 @@ fn interactive_session_reuses_the_cache_and_handles_commands() {
 fn a_full_context_window_drops_the_oldest_turns_but_keeps_the_system_message() {
     let input = "one two three four five\nsix seven eight nine ten\neleven twelve\nthirteen\n";
     let out = chat(
-        &[
-            "--max-tokens",
-            "8",
-            "--ctx-size",
-            "110",
-            "--system",
-            "Sys",
-            "--json",
-        ],
+        &["--max-tokens", "8", "--ctx-size", "110", "--system", "Sys", "--json"],
         input,
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("dropped the"), "{stderr}");
     let answers = json_lines(&out);
     assert_eq!(answers.len(), 4);
-    assert!(answers
-        .iter()
-        .any(|a| a["dropped_messages"].as_u64().unwrap() > 0));
+    assert!(answers.iter().any(|a| a["dropped_messages"].as_u64().unwrap() > 0));
     for a in &answers {
         assert!(a["prompt_tokens"].as_u64().unwrap() + 8 <= 110 + 8);
     }
@@ -249,20 +218,15 @@ fn a_second_turn_equals_prefilling_the_whole_history() {
         ..Default::default()
     };
     let mut chat = Conversation::new(&engine, Some(512), None, Some(DATE.into())).unwrap();
-    chat.send("Hi", &request, |_| ControlFlow::Continue(()))
-        .unwrap();
-    let second = chat
-        .send("And then?", &request, |_| ControlFlow::Continue(()))
-        .unwrap();
+    chat.send("Hi", &request, |_| ControlFlow::Continue(())).unwrap();
+    let second = chat.send("And then?", &request, |_| ControlFlow::Continue(())).unwrap();
     assert!(second.generation.cached_tokens > 30);
     let mut fresh = Conversation::new(&engine, Some(512), None, Some(DATE.into())).unwrap();
     for m in &chat.messages()[..3] {
         fresh.push(m.clone());
     }
     assert_eq!(fresh.messages()[2], Message::text("user", "And then?"));
-    let again = fresh
-        .reply(&request, |_| ControlFlow::Continue(()))
-        .unwrap();
+    let again = fresh.reply(&request, |_| ControlFlow::Continue(())).unwrap();
     assert_eq!(again.generation.cached_tokens, 0);
     assert_eq!(again.generation.token_ids, second.generation.token_ids);
 }

@@ -19,8 +19,7 @@ fn load() -> (ChatTemplate, Tokenizer, Value) {
 }
 
 fn render(template: &ChatTemplate, case: &Value) -> llama32::Result<String> {
-    let request =
-        parse_request(&json!({"messages": case["messages"], "tools": case["tools"]}).to_string())?;
+    let request = parse_request(&json!({"messages": case["messages"], "tools": case["tools"]}).to_string())?;
     let options = RenderOptions {
         add_generation_prompt: case["add_generation_prompt"].as_bool().unwrap(),
         date: case["date_string"].as_str().map(str::to_string),
@@ -52,11 +51,7 @@ fn renders_and_tokenizes_exactly_like_transformers() {
         let ids = tokenizer.encode(&text, false).unwrap();
         let expected: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
         assert_eq!(ids, expected, "{name}: ids");
-        assert_eq!(
-            ids.iter().filter(|&&i| i == 128000).count(),
-            1,
-            "{name}: one BOS"
-        );
+        assert_eq!(ids.iter().filter(|&&i| i == 128000).count(), 1, "{name}: one BOS");
     }
 }
 
@@ -68,14 +63,8 @@ fn template_exceptions_become_errors_with_their_message() {
             // Deliberate difference: HF raises on `"tool_calls": []` (the key is present);
             // we read an empty list as "no tool calls", which is what OpenAI clients mean.
             let mut plain = case.clone();
-            plain["messages"][1]
-                .as_object_mut()
-                .unwrap()
-                .remove("tool_calls");
-            assert_eq!(
-                render(&template, case).unwrap(),
-                render(&template, &plain).unwrap()
-            );
+            plain["messages"][1].as_object_mut().unwrap().remove("tool_calls");
+            assert_eq!(render(&template, case).unwrap(), render(&template, &plain).unwrap());
             continue;
         }
         let err = match render(&template, case) {

@@ -8,10 +8,7 @@ use common::*;
 use serde_json::Value;
 
 fn run(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_llama32"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_llama32")).args(args).output().unwrap();
     assert!(
         out.status.success(),
         "{args:?} failed: {}",
@@ -42,12 +39,7 @@ fn generate_json_has_the_documented_fields_and_greedy_tokens() {
     assert_eq!(v["completion_tokens"], 24);
     assert_eq!(v["finish_reason"], "length");
     assert!(v["text"].is_string());
-    for key in [
-        "load_ms",
-        "ttft_ms",
-        "prefill_tokens_per_s",
-        "decode_tokens_per_s",
-    ] {
+    for key in ["load_ms", "ttft_ms", "prefill_tokens_per_s", "decode_tokens_per_s"] {
         assert!(v["timings"][key].as_f64().unwrap() >= 0.0, "{key}");
     }
 }
@@ -62,18 +54,9 @@ fn streamed_text_matches_json_text_and_stats_go_to_stderr() {
     plain.extend(args);
     let out = run(&plain);
     let stdout = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(
-        stdout.strip_suffix('\n').unwrap(),
-        json["text"].as_str().unwrap()
-    );
+    assert_eq!(stdout.strip_suffix('\n').unwrap(), json["text"].as_str().unwrap());
     let stderr = String::from_utf8(out.stderr).unwrap();
-    for needle in [
-        "prompt tokens: ",
-        "load: ",
-        "ttft: ",
-        "prefill: ",
-        "decode: ",
-    ] {
+    for needle in ["prompt tokens: ", "load: ", "ttft: ", "prefill: ", "decode: "] {
         assert!(stderr.contains(needle), "{needle} missing from {stderr}");
     }
 }
@@ -97,10 +80,8 @@ struct TokenCase {
 
 #[test]
 fn tokenize_matches_hf_tokenizer() {
-    let cases: Vec<TokenCase> = serde_json::from_str(
-        &std::fs::read_to_string(fixtures_dir().join("tokenizer_cases.json")).unwrap(),
-    )
-    .unwrap();
+    let cases: Vec<TokenCase> =
+        serde_json::from_str(&std::fs::read_to_string(fixtures_dir().join("tokenizer_cases.json")).unwrap()).unwrap();
     let dir = fixture("tied-f32-mha");
     for case in cases {
         let out = run(&[
@@ -146,4 +127,84 @@ fn closed_stdout_is_not_an_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(out.status.success(), "{stderr}");
+}
+
+#[test]
+fn stop_strings_cut_the_text_also_when_streamed() {
+    let dir = fixture("tied-f32-mha");
+    let model = dir.to_str().unwrap();
+    let base = ["--max-tokens", "24", "--temperature", "0", "--dtype", "f32"];
+    let full = generate_json(model, "Once upon a time", &base);
+    let text = full["text"].as_str().unwrap().to_string();
+    // A stop string taken from the middle of the text, spanning several tokens.
+    let chars: Vec<char> = text.chars().collect();
+    let stop: String = chars[chars.len() / 3..chars.len() / 3 + 6].iter().collect();
+    let cut = &text[..text.find(&stop).unwrap()];
+    let mut args = base.to_vec();
+    args.extend(["--stop", &stop, "--stop", "never-appears-xyz"]);
+    let stopped = generate_json(model, "Once upon a time", &args);
+    assert_eq!(stopped["text"], cut);
+    assert_eq!(stopped["finish_reason"], "stop");
+    let mut plain = vec!["generate", "--model", model, "--prompt", "Once upon a time"];
+    plain.extend(&args);
+    let out = run(&plain);
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("{cut}\n"));
+}
+
+#[test]
+fn sampling_flags_are_validated_before_loading() {
+    for (args, name) in [
+        (&["--top-p", "0"][..], "top_p"),
+        (&["--top-p", "1.5"][..], "top_p"),
+        (&["--top-k", "-1"][..], "top_k"),
+        (&["--min-p", "2"][..], "min_p"),
+        (&["--repetition-penalty", "0"][..], "repetition_penalty"),
+        (&["--frequency-penalty", "3"][..], "frequency_penalty"),
+        (&["--presence-penalty", "-2.5"][..], "presence_penalty"),
+        (&["--temperature", "nan"][..], "temperature"),
+        (&["--logit-bias", "12=abc"][..], "logit_bias"),
+        (&["--logit-bias", "999999999=-100"][..], "logit_bias"),
+        (&["--stop", ""][..], "stop"),
+    ] {
+        let mut all = vec!["generate", "--model", "tests/fixtures/tied-f32-mha", "--prompt", "Hi"];
+        all.extend(args);
+        let out = Command::new(env!("CARGO_BIN_EXE_llama32"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(&all)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(name), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn banned_tokens_never_appear_and_seeds_differ() {
+    let dir = fixture("tied-bf16-llama3");
+    let model = dir.to_str().unwrap();
+    let greedy = generate_json(model, "Hello", &["--max-tokens", "8", "--temperature", "0"]);
+    let first = greedy["token_ids"][0].as_u64().unwrap().to_string();
+    let ban = format!("{first}=-100");
+    let banned = generate_json(
+        model,
+        "Hello",
+        &["--max-tokens", "8", "--temperature", "0", "--logit-bias", &ban],
+    );
+    assert_ne!(banned["token_ids"][0], greedy["token_ids"][0]);
+    let a = generate_json(
+        model,
+        "Hello",
+        &["--max-tokens", "16", "--temperature", "1.5", "--seed", "1"],
+    );
+    let b = generate_json(
+        model,
+        "Hello",
+        &["--max-tokens", "16", "--temperature", "1.5", "--seed", "2"],
+    );
+    assert_ne!(a["token_ids"], b["token_ids"]);
+    let unseeded = generate_json(model, "Hello", &["--max-tokens", "4"]);
+    let seed = unseeded["seed"].as_u64().unwrap().to_string();
+    let replay = generate_json(model, "Hello", &["--max-tokens", "4", "--seed", &seed]);
+    assert_eq!(replay["token_ids"], unseeded["token_ids"]);
 }

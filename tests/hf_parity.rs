@@ -38,11 +38,7 @@ fn logits_and_greedy_tokens_match_transformers() {
                 case.name,
                 ids.len()
             );
-            assert!(
-                diff < 1e-4,
-                "{name}/{}: logits differ by {diff:e}",
-                case.name
-            );
+            assert!(diff < 1e-4, "{name}/{}: logits differ by {diff:e}", case.name);
 
             let request = GenerateRequest {
                 max_tokens: case.greedy_ids.len(),
@@ -52,11 +48,7 @@ fn logits_and_greedy_tokens_match_transformers() {
             let out = engine
                 .generate(&case.text, &request, |_| ControlFlow::Continue(()))
                 .unwrap();
-            assert_eq!(
-                out.token_ids, case.greedy_ids,
-                "{name}/{}: greedy tokens",
-                case.name
-            );
+            assert_eq!(out.token_ids, case.greedy_ids, "{name}/{}: greedy tokens", case.name);
             assert_eq!(out.finish_reason, FinishReason::Length);
             assert_eq!(out.prompt_tokens, case.prompt_ids.len());
         }
@@ -80,10 +72,7 @@ fn streamed_pieces_concatenate_to_the_text() {
         })
         .unwrap();
     assert_eq!(streamed, out.text);
-    assert_eq!(
-        out.text,
-        engine.tokenizer().decode(&out.token_ids, true).unwrap()
-    );
+    assert_eq!(out.text, engine.tokenizer().decode(&out.token_ids, true).unwrap());
 }
 
 #[test]

@@ -72,10 +72,7 @@ fn sharded() -> FakeRepo {
     with_index(
         "test/sharded",
         0x5a,
-        &[
-            "model-00001-of-00002.safetensors",
-            "model-00002-of-00002.safetensors",
-        ],
+        &["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"],
     )
 }
 
@@ -89,9 +86,7 @@ struct Env {
 impl Env {
     fn new(repos: Vec<FakeRepo>) -> Self {
         let mut registry = Registry::builtin().unwrap();
-        registry
-            .extend_from_toml(MODELS, "test models.toml")
-            .unwrap();
+        registry.extend_from_toml(MODELS, "test models.toml").unwrap();
         Self {
             hub: FakeHub::start(repos),
             cache: tempfile::tempdir().unwrap(),
@@ -146,10 +141,7 @@ struct Recorder {
 
 impl Progress for Recorder {
     fn update(&self, file: &str, done: u64, total: u64) {
-        self.updates
-            .lock()
-            .unwrap()
-            .push((file.into(), done, total));
+        self.updates.lock().unwrap().push((file.into(), done, total));
     }
     fn finish(&self, file: &str, ok: bool) {
         self.finished.lock().unwrap().push((file.into(), ok));
@@ -161,12 +153,7 @@ impl Progress for Recorder {
 
 impl Recorder {
     fn count(&self, pred: impl Fn(&Notice) -> bool) -> usize {
-        self.notices
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|n| pred(n))
-            .count()
+        self.notices.lock().unwrap().iter().filter(|n| pred(n)).count()
     }
 }
 
@@ -197,12 +184,7 @@ fn lfs_part(env: &Env, repo: &FakeRepo) -> PathBuf {
     blobs.join(format!("{}.incomplete", repo.file(MODEL).sha256()))
 }
 
-const ALL: [&str; 4] = [
-    "config.json",
-    "tokenizer.json",
-    "generation_config.json",
-    MODEL,
-];
+const ALL: [&str; 4] = ["config.json", "tokenizer.json", "generation_config.json", MODEL];
 
 #[test]
 fn downloads_into_the_hugging_face_cache_layout() {
@@ -211,10 +193,7 @@ fn downloads_into_the_hugging_face_cache_layout() {
     let dir = env.resolve("tiny").unwrap();
     assert_snapshot(&env, &repo, &dir, &ALL);
     let root = env.repo_dir("test/tiny");
-    assert_eq!(
-        fs::read_to_string(root.join("refs/main")).unwrap(),
-        repo.commit
-    );
+    assert_eq!(fs::read_to_string(root.join("refs/main")).unwrap(), repo.commit);
     let mut blobs: Vec<String> = fs::read_dir(root.join("blobs"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -222,10 +201,7 @@ fn downloads_into_the_hugging_face_cache_layout() {
     blobs.sort();
     let mut etags: Vec<String> = repo.files.iter().map(|f| f.etag()).collect();
     etags.sort();
-    assert_eq!(
-        blobs, etags,
-        "blobs are named by etag (sha256 for the LFS file)"
-    );
+    assert_eq!(blobs, etags, "blobs are named by etag (sha256 for the LFS file)");
     let lock = env
         .cache
         .path()
@@ -233,21 +209,10 @@ fn downloads_into_the_hugging_face_cache_layout() {
         .join(format!("{}.lock", repo.file(MODEL).sha256()));
     assert!(lock.is_file());
     // HEAD stops at the LFS redirect (X-Linked-* headers), GET follows it to the CDN.
-    assert_eq!(
-        (
-            env.hub.count("HEAD", "/cdn/"),
-            env.hub.count("GET", "/cdn/")
-        ),
-        (0, 1)
-    );
+    assert_eq!((env.hub.count("HEAD", "/cdn/"), env.hub.count("GET", "/cdn/")), (0, 1));
     let updates = env.progress.updates.lock().unwrap();
     assert!(updates.contains(&(MODEL.into(), LFS_SIZE as u64, LFS_SIZE as u64)));
-    assert!(env
-        .progress
-        .finished
-        .lock()
-        .unwrap()
-        .contains(&(MODEL.into(), true)));
+    assert!(env.progress.finished.lock().unwrap().contains(&(MODEL.into(), true)));
 }
 
 #[test]
@@ -256,16 +221,9 @@ fn a_complete_cache_starts_without_any_request_and_download_refreshes() {
     let dir = env.resolve("tiny").unwrap();
     let (requests, gets) = (env.hub.log().len(), env.hub.count("GET", ""));
     assert_eq!(env.resolve("tiny").unwrap(), dir);
-    assert_eq!(
-        env.hub.log().len(),
-        requests,
-        "a cached model needs no request"
-    );
+    assert_eq!(env.hub.log().len(), requests, "a cached model needs no request");
     // `download` asks the hub again (HEADs) but fetches no blob it already has.
-    assert_eq!(
-        hub::download("tiny", &env.registry, &env.config()).unwrap(),
-        dir
-    );
+    assert_eq!(hub::download("tiny", &env.registry, &env.config()).unwrap(), dir);
     assert_eq!(env.hub.count("HEAD", "/resolve/"), 8);
     assert_eq!(env.hub.count("GET", ""), gets);
 }
@@ -284,14 +242,8 @@ fn a_repo_id_fetches_the_shards_named_by_its_index_and_records_absent_files() {
     ];
     assert_snapshot(&env, &repo, &dir, &names);
     assert!(!dir.join("generation_config.json").exists());
-    let no_exist = env
-        .repo_dir("test/sharded")
-        .join(".no_exist")
-        .join(&repo.commit);
-    assert!(
-        no_exist.join("generation_config.json").is_file()
-            && no_exist.join("tokenizer_config.json").is_file()
-    );
+    let no_exist = env.repo_dir("test/sharded").join(".no_exist").join(&repo.commit);
+    assert!(no_exist.join("generation_config.json").is_file() && no_exist.join("tokenizer_config.json").is_file());
     assert_eq!(
         env.hub
             .log()
@@ -316,21 +268,10 @@ fn a_revision_is_resolved_to_a_commit_and_recorded_in_refs() {
     let dir = env.resolve("test/tiny@v1").unwrap();
     assert_snapshot(&env, &repo, &dir, &["config.json", "tokenizer.json", MODEL]);
     let root = env.repo_dir("test/tiny");
-    assert_eq!(
-        fs::read_to_string(root.join("refs/v1")).unwrap(),
-        repo.commit
-    );
+    assert_eq!(fs::read_to_string(root.join("refs/v1")).unwrap(), repo.commit);
     // Every file after the first is asked for at the commit, not at the moving branch.
-    assert!(env
-        .hub
-        .log()
-        .iter()
-        .skip(1)
-        .all(|l| !l.path.contains("/resolve/v1/")));
-    assert_eq!(
-        env.resolve(&format!("test/tiny@{}", repo.commit)).unwrap(),
-        dir
-    );
+    assert!(env.hub.log().iter().skip(1).all(|l| !l.path.contains("/resolve/v1/")));
+    assert_eq!(env.resolve(&format!("test/tiny@{}", repo.commit)).unwrap(), dir);
     assert!(!root.join("refs").join(&repo.commit).exists());
 }
 
@@ -356,8 +297,7 @@ fn a_cache_laid_out_by_python_is_used_offline_without_a_socket() {
     fs::create_dir_all(&snap).unwrap();
     for f in &repo.files {
         fs::write(root.join("blobs").join(f.etag()), &f.data).unwrap();
-        std::os::unix::fs::symlink(format!("../../blobs/{}", f.etag()), snap.join(&f.name))
-            .unwrap();
+        std::os::unix::fs::symlink(format!("../../blobs/{}", f.etag()), snap.join(&f.name)).unwrap();
     }
     fs::write(root.join("refs/main"), &repo.commit).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -366,10 +306,7 @@ fn a_cache_laid_out_by_python_is_used_offline_without_a_socket() {
     config.endpoint = format!("http://{}", listener.local_addr().unwrap());
     config.offline = true;
     assert_eq!(hub::resolve("tiny", &env.registry, &config).unwrap(), snap);
-    assert_eq!(
-        hub::resolve("test/tiny", &env.registry, &config).unwrap(),
-        snap
-    );
+    assert_eq!(hub::resolve("test/tiny", &env.registry, &config).unwrap(), snap);
     assert_eq!(listener.accept().unwrap_err().kind(), ErrorKind::WouldBlock);
 }
 
@@ -415,9 +352,7 @@ fn a_gated_repo_names_the_licence_page_and_hf_token() {
                 let msg = e.to_string();
                 let page = format!("{}/meta-llama/Gated", env.hub.url());
                 assert!(
-                    msg.contains(&page)
-                        && msg.contains("HF_TOKEN")
-                        && msg.contains(&format!("HTTP {status}")),
+                    msg.contains(&page) && msg.contains("HF_TOKEN") && msg.contains(&format!("HTTP {status}")),
                     "{msg}"
                 );
             }
@@ -485,10 +420,7 @@ fn malformed_names_and_a_broken_models_toml_are_clear_errors() {
         "test/tiny@../../x",
         "./no/such/dir",
     ] {
-        assert!(
-            matches!(env.resolve(bad), Err(HubError::InvalidSpec { .. })),
-            "{bad}"
-        );
+        assert!(matches!(env.resolve(bad), Err(HubError::InvalidSpec { .. })), "{bad}");
     }
     match env.resolve("llama-9b") {
         Err(e @ HubError::UnknownModel { .. }) => {
@@ -497,16 +429,11 @@ fn malformed_names_and_a_broken_models_toml_are_clear_errors() {
         other => panic!("{other:?}"),
     }
     let user = env.cache.path().join("models.toml");
-    fs::write(
-        &user,
-        "[[model]]\nname = \"x\"\nrepo = \"a/b\"\nfiles = [\"ok\", 3]\n",
-    )
-    .unwrap();
+    fs::write(&user, "[[model]]\nname = \"x\"\nrepo = \"a/b\"\nfiles = [\"ok\", 3]\n").unwrap();
     match Registry::load(Some(&user)) {
-        Err(e @ HubError::Registry { line: 4, .. }) => assert!(
-            e.to_string().starts_with(&format!("{}:4:", user.display())),
-            "{e}"
-        ),
+        Err(e @ HubError::Registry { line: 4, .. }) => {
+            assert!(e.to_string().starts_with(&format!("{}:4:", user.display())), "{e}")
+        }
         other => panic!("{other:?}"),
     }
     assert!(env.hub.log().is_empty());
@@ -515,14 +442,10 @@ fn malformed_names_and_a_broken_models_toml_are_clear_errors() {
 #[test]
 fn server_errors_are_retried_with_backoff() {
     let env = Env::new(vec![tiny()]);
-    env.hub
-        .faults(|f| f.statuses.extend([(500, None), (503, None)]));
+    env.hub.faults(|f| f.statuses.extend([(500, None), (503, None)]));
     let dir = env.resolve("tiny").unwrap();
     assert_snapshot(&env, &tiny(), &dir, &ALL);
-    assert_eq!(
-        env.progress.count(|n| matches!(n, Notice::Retrying { .. })),
-        2
-    );
+    assert_eq!(env.progress.count(|n| matches!(n, Notice::Retrying { .. })), 2);
     // A server that keeps failing: the error after max_attempts tries carries the status.
     let env = Env::new(vec![tiny()]);
     env.hub.faults(|f| f.statuses.extend([(502, None); 5]));
@@ -540,11 +463,7 @@ fn status_429_honours_retry_after() {
     env.hub.faults(|f| f.statuses.push_back((429, Some(1))));
     let start = Instant::now();
     env.resolve("tiny").unwrap();
-    assert!(
-        start.elapsed() >= Duration::from_secs(1),
-        "{:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() >= Duration::from_secs(1), "{:?}", start.elapsed());
     let waits: Vec<Duration> = env
         .progress
         .notices
@@ -572,11 +491,7 @@ fn a_stalled_connection_times_out() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
     assert_eq!(env.hub.log().len(), 3, "tried max_attempts times");
     assert!(env.snapshot_names("test/tiny").is_empty());
 }
@@ -584,8 +499,7 @@ fn a_stalled_connection_times_out() {
 #[test]
 fn a_transfer_that_stalls_midway_resumes_with_a_range_request() {
     let env = Env::new(vec![tiny()]);
-    env.hub
-        .faults(|f| f.stall_body_once = Some((MODEL.into(), 100_000)));
+    env.hub.faults(|f| f.stall_body_once = Some((MODEL.into(), 100_000)));
     let mut config = env.config();
     config.read_timeout = Duration::from_secs(1);
     let dir = hub::resolve("tiny", &env.registry, &config).unwrap();
@@ -603,8 +517,7 @@ fn a_transfer_that_stalls_midway_resumes_with_a_range_request() {
 #[test]
 fn a_truncated_body_is_resumed_and_verified() {
     let env = Env::new(vec![tiny()]);
-    env.hub
-        .faults(|f| f.truncate_once = Some((MODEL.into(), 123_456)));
+    env.hub.faults(|f| f.truncate_once = Some((MODEL.into(), 123_456)));
     let dir = env.resolve("tiny").unwrap();
     assert_snapshot(&env, &tiny(), &dir, &ALL);
     let ranges: Vec<_> = env
@@ -633,13 +546,8 @@ fn an_interrupted_download_resumes_from_the_incomplete_file() {
         .collect();
     assert_eq!(ranges, [Some("bytes=200000-".to_string())]);
     assert_eq!(
-        env.progress.count(|n| matches!(
-            n,
-            Notice::Resuming {
-                offset: 200_000,
-                ..
-            }
-        )),
+        env.progress
+            .count(|n| matches!(n, Notice::Resuming { offset: 200_000, .. })),
         1
     );
 }
@@ -651,11 +559,7 @@ fn a_bad_partial_file_is_discarded_and_downloaded_again() {
     fs::write(lfs_part(&env, &repo), bytes(100_000, 99)).unwrap();
     let dir = env.resolve("tiny").unwrap();
     assert_snapshot(&env, &repo, &dir, &ALL);
-    assert_eq!(
-        env.progress
-            .count(|n| matches!(n, Notice::Restarting { .. })),
-        1
-    );
+    assert_eq!(env.progress.count(|n| matches!(n, Notice::Restarting { .. })), 1);
     assert_eq!(env.hub.count("GET", "/cdn/"), 2);
 }
 
@@ -668,9 +572,7 @@ fn a_corrupted_byte_is_detected_and_the_file_deleted() {
         Err(e @ HubError::Integrity { .. }) => {
             let msg = e.to_string();
             assert!(
-                msg.contains(MODEL)
-                    && msg.contains(&repo.file(MODEL).sha256())
-                    && msg.contains("deleted"),
+                msg.contains(MODEL) && msg.contains(&repo.file(MODEL).sha256()) && msg.contains("deleted"),
                 "{msg}"
             );
         }
@@ -679,10 +581,7 @@ fn a_corrupted_byte_is_detected_and_the_file_deleted() {
     let sha = repo.file(MODEL).sha256();
     let blobs = env.repo_dir("test/tiny").join("blobs");
     assert!(!blobs.join(&sha).exists() && !lfs_part(&env, &repo).exists());
-    assert!(!env
-        .snapshot_names("test/tiny")
-        .iter()
-        .any(|n| n.ends_with(MODEL)));
+    assert!(!env.snapshot_names("test/tiny").iter().any(|n| n.ends_with(MODEL)));
     // Once the server is fixed the download succeeds.
     env.hub.faults(|f| f.corrupt = None);
     assert_snapshot(&env, &repo, &env.resolve("tiny").unwrap(), &ALL);
@@ -713,12 +612,8 @@ fn hostile_names_from_the_server_or_an_index_are_refused() {
     assert!(!Path::new("/tmp/llama32-evil.safetensors").exists());
     // An etag that would escape blobs/.
     let env = Env::new(vec![tiny()]);
-    env.hub
-        .faults(|f| f.etag_override = Some("../../../x".into()));
-    assert!(matches!(
-        env.resolve("tiny"),
-        Err(HubError::HostileName { .. })
-    ));
+    env.hub.faults(|f| f.etag_override = Some("../../../x".into()));
+    assert!(matches!(env.resolve("tiny"), Err(HubError::HostileName { .. })));
     assert!(env.snapshot_names("test/tiny").is_empty());
 }
 
@@ -737,20 +632,13 @@ fn a_write_error_mid_download_leaves_nothing_in_snapshots() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(!env
-        .snapshot_names("test/tiny")
-        .iter()
-        .any(|n| n.ends_with(MODEL)));
+    assert!(!env.snapshot_names("test/tiny").iter().any(|n| n.ends_with(MODEL)));
     assert!(!env
         .repo_dir("test/tiny")
         .join("blobs")
         .join(repo.file(MODEL).sha256())
         .exists());
-    assert_eq!(
-        env.hub.count("GET", "/cdn/"),
-        1,
-        "a write error is not retried"
-    );
+    assert_eq!(env.hub.count("GET", "/cdn/"), 1, "a write error is not retried");
 }
 
 #[test]
@@ -760,8 +648,7 @@ fn concurrent_downloads_of_the_same_repo_agree() {
     let dirs: Vec<PathBuf> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..4)
             .map(|_| {
-                let (config, registry, barrier) =
-                    (env.config(), env.registry.clone(), barrier.clone());
+                let (config, registry, barrier) = (env.config(), env.registry.clone(), barrier.clone());
                 s.spawn(move || {
                     barrier.wait();
                     hub::resolve("tiny", &registry, &config).unwrap()
@@ -787,18 +674,11 @@ fn a_local_directory_passes_through_and_an_unreachable_hub_falls_back_to_a_compl
     assert_eq!(env.resolve(local.to_str().unwrap()).unwrap(), local);
     assert!(env.hub.log().is_empty());
     let dir = env.resolve("tiny").unwrap();
-    let closed = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let mut config = env.config();
     config.endpoint = format!("http://{closed}");
     assert_eq!(hub::download("tiny", &env.registry, &config).unwrap(), dir);
-    assert_eq!(
-        env.progress
-            .count(|n| matches!(n, Notice::UsingCache { .. })),
-        1
-    );
+    assert_eq!(env.progress.count(|n| matches!(n, Notice::UsingCache { .. })), 1);
 }
 
 #[test]
@@ -812,10 +692,6 @@ fn cache_status_reports_completeness_and_size() {
     assert_eq!(after.snapshot, Some(dir));
     assert_eq!(
         after.disk_usage,
-        tiny()
-            .files
-            .iter()
-            .map(|f| f.data.len() as u64)
-            .sum::<u64>()
+        tiny().files.iter().map(|f| f.data.len() as u64).sum::<u64>()
     );
 }

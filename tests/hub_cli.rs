@@ -54,13 +54,7 @@ impl Env {
             "model.safetensors",
         ]
         .iter()
-        .map(|f| {
-            FakeFile::new(
-                f,
-                fs::read(fixture_dir.join(f)).unwrap(),
-                f.ends_with(".safetensors"),
-            )
-        })
+        .map(|f| FakeFile::new(f, fs::read(fixture_dir.join(f)).unwrap(), f.ends_with(".safetensors")))
         .collect();
         let fixture = FakeRepo::new("test/fixture", 0x42, files);
         let mut gated = FakeRepo::new(
@@ -157,10 +151,7 @@ fn download_then_list_shows_the_model_cached() {
         "{}",
         dir.display()
     );
-    assert_eq!(
-        fs::read(dir.join("model.safetensors")).unwrap(),
-        bytes(200_000, 3)
-    );
+    assert_eq!(fs::read(dir.join("model.safetensors")).unwrap(), bytes(200_000, 3));
     let after = list_json(&env);
     assert_eq!(entry(&after, "tiny")["cached"], true);
     assert_eq!(entry(&after, "tiny")["size_bytes"], 200_002);
@@ -197,19 +188,14 @@ fn generate_by_alias_downloads_once_then_runs_offline() {
     let requests = env.hub.log().len();
     assert!(requests > 0);
     // Offline, the hub unreachable: the cache is enough and gives the same tokens.
-    let closed = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let mut offline = env.cmd(&args);
     offline
         .env("HF_HUB_OFFLINE", "1")
         .env("HF_ENDPOINT", format!("http://{closed}"));
     let second: Value = serde_json::from_str(&env.ok(&mut offline)).unwrap();
     assert_eq!(first["token_ids"], second["token_ids"]);
-    let tokens = env.ok(&mut env.cmd(&[
-        "tokenize", "--model", "fixture", "--prompt", "Hello", "--json",
-    ]));
+    let tokens = env.ok(&mut env.cmd(&["tokenize", "--model", "fixture", "--prompt", "Hello", "--json"]));
     assert!(tokens.contains("\"ids\""));
     assert_eq!(env.hub.log().len(), requests, "later runs need no request");
 }
@@ -232,12 +218,8 @@ fn a_gated_repo_fails_naming_hf_token_and_works_with_the_token_file() {
     c.env_remove("HF_HUB_CACHE").env("HF_HOME", &hf_home);
     let dir = env.ok(&mut c);
     assert!(
-        dir.trim().starts_with(
-            hf_home
-                .join("hub/models--meta-llama--Gated")
-                .to_str()
-                .unwrap()
-        ),
+        dir.trim()
+            .starts_with(hf_home.join("hub/models--meta-llama--Gated").to_str().unwrap()),
         "{dir}"
     );
     // HF_TOKEN wins over the file.
@@ -277,10 +259,7 @@ fn bad_model_names_and_a_broken_models_toml_are_reported() {
     )
     .unwrap();
     let msg = stderr(&env.fail(&mut env.cmd(&["list"])));
-    assert!(
-        msg.contains(&format!("{}:4:", env.models_toml().display())),
-        "{msg}"
-    );
+    assert!(msg.contains(&format!("{}:4:", env.models_toml().display())), "{msg}");
     assert!(env.hub.log().is_empty());
 }
 
@@ -288,24 +267,13 @@ fn bad_model_names_and_a_broken_models_toml_are_reported() {
 fn two_processes_downloading_at_once_agree() {
     let env = Env::new();
     let children: Vec<_> = (0..2)
-        .map(|_| {
-            env.cmd(&["download", "tiny"])
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
+        .map(|_| env.cmd(&["download", "tiny"]).stdout(Stdio::piped()).spawn().unwrap())
         .collect();
-    let outs: Vec<Output> = children
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap())
-        .collect();
+    let outs: Vec<Output> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
     assert!(outs.iter().all(|o| o.status.success()), "{outs:?}");
     assert_eq!(outs[0].stdout, outs[1].stdout);
     let dir = PathBuf::from(String::from_utf8_lossy(&outs[0].stdout).trim());
-    assert_eq!(
-        fs::read(dir.join("model.safetensors")).unwrap(),
-        bytes(200_000, 3)
-    );
+    assert_eq!(fs::read(dir.join("model.safetensors")).unwrap(), bytes(200_000, 3));
     assert_eq!(
         env.hub.count("GET", "/cdn/"),
         1,
@@ -343,10 +311,7 @@ fn a_killed_download_resumes_in_the_next_run() {
     child.kill().unwrap();
     child.wait().unwrap();
     let dir = PathBuf::from(env.ok(&mut env.cmd(&["download", "tiny"])).trim());
-    assert_eq!(
-        fs::read(dir.join("model.safetensors")).unwrap(),
-        bytes(200_000, 3)
-    );
+    assert_eq!(fs::read(dir.join("model.safetensors")).unwrap(), bytes(200_000, 3));
     let ranges: Vec<_> = env
         .hub
         .log()

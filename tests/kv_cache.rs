@@ -25,12 +25,7 @@ fn decoding_one_token_at_a_time_equals_one_prefill() {
         };
         let engine = Engine::load(&fixture(name), &opts).unwrap();
         let case = &expected(name).prompts[0];
-        let ids: Vec<u32> = case
-            .prompt_ids
-            .iter()
-            .chain(&case.greedy_ids)
-            .copied()
-            .collect();
+        let ids: Vec<u32> = case.prompt_ids.iter().chain(&case.greedy_ids).copied().collect();
         let full = logits(&engine, &ids, 4096);
         let one_by_one = logits(&engine, &ids, 1);
         let chunked = logits(&engine, &ids, 7);
@@ -58,11 +53,7 @@ fn rolling_back_to_a_prefix_reuses_the_cache() {
     // Go back to 5 tokens, then continue with a different suffix.
     cache.truncate(5);
     let other = [ids[..5].to_vec(), vec![1000, 2000, 3000]].concat();
-    let reused: Vec<f32> = model
-        .forward(&other[5..], &mut cache, 512)
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let reused: Vec<f32> = model.forward(&other[5..], &mut cache, 512).unwrap().to_vec1().unwrap();
     let fresh = logits(&engine, &other, 512);
     assert!(rel_max_diff(&reused, &fresh) < 1e-5);
     assert_eq!(cache.len(), 8);
@@ -90,19 +81,11 @@ fn a_session_prefills_only_what_is_new() {
         .unwrap();
     assert_eq!(first.cached_tokens, 0);
     // The next "turn": everything so far plus a few new tokens.
-    let second_prompt = [
-        first_prompt.clone(),
-        first.token_ids.clone(),
-        vec![128009, 128006, 882],
-    ]
-    .concat();
+    let second_prompt = [first_prompt.clone(), first.token_ids.clone(), vec![128009, 128006, 882]].concat();
     let second = session
         .generate(&second_prompt, &request, now, |_| ControlFlow::Continue(()))
         .unwrap();
-    assert_eq!(
-        second.cached_tokens,
-        first_prompt.len() + first.token_ids.len() - 1
-    );
+    assert_eq!(second.cached_tokens, first_prompt.len() + first.token_ids.len() - 1);
     let fresh = Session::new(&engine, Some(256))
         .unwrap()
         .generate(&second_prompt, &request, now, |_| ControlFlow::Continue(()))

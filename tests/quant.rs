@@ -29,7 +29,16 @@ fn quantized_models_agree_with_f32() {
     for quant in [ComputeDType::Q8_0, ComputeDType::Q4K] {
         let (mut agree, mut total, mut kl_sum) = (0, 0, 0.0);
         for name in FIXTURES {
-            let load = |dtype| Engine::load(&fixture(name), &LoadOptions { dtype: Some(dtype), ..Default::default() }).unwrap();
+            let load = |dtype| {
+                Engine::load(
+                    &fixture(name),
+                    &LoadOptions {
+                        dtype: Some(dtype),
+                        ..Default::default()
+                    },
+                )
+                .unwrap()
+            };
             let (exact, quantized) = (load(ComputeDType::F32), load(quant));
             for case in expected(name).prompts {
                 let a = logits_along(&exact, &case.prompt_ids, &case.greedy_ids);
@@ -43,7 +52,10 @@ fn quantized_models_agree_with_f32() {
             }
         }
         let (rate, kl) = (agree as f64 / total as f64, kl_sum / total as f64);
-        println!("{quant}: top-1 agreement {agree}/{total} = {:.1}%, mean KL {kl:.5} nats", rate * 100.0);
+        println!(
+            "{quant}: top-1 agreement {agree}/{total} = {:.1}%, mean KL {kl:.5} nats",
+            rate * 100.0
+        );
         // The fixtures are random models with very sharp logits (max |logit| ~ 25), where a
         // small perturbation moves probability mass far more than in a trained model; these
         // bounds guard against regressions (measured: 84% / 0.096 for q8_0). Their widths

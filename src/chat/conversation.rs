@@ -89,8 +89,7 @@ impl<'e> Conversation<'e> {
             add_generation_prompt: true,
             date: self.date.clone(),
         };
-        self.engine
-            .encode_chat(&self.messages, self.tools.as_deref(), &options)
+        self.engine.encode_chat(&self.messages, self.tools.as_deref(), &options)
     }
 
     /// Adds a user message and generates the answer (see [`Conversation::reply`]). On
@@ -113,11 +112,7 @@ impl<'e> Conversation<'e> {
     /// already in the KV cache are prefilled. When the prompt would leave less than
     /// `min(max_tokens, window / 4)` tokens to answer, the oldest turns (never the system
     /// message) are dropped first.
-    pub fn reply(
-        &mut self,
-        request: &GenerateRequest,
-        on_text: impl FnMut(&str) -> ControlFlow<()>,
-    ) -> Result<Turn> {
+    pub fn reply(&mut self, request: &GenerateRequest, on_text: impl FnMut(&str) -> ControlFlow<()>) -> Result<Turn> {
         let start = Instant::now();
         let window = self.context_window();
         let reserve = request.max_tokens.min(window / 4).max(1);
@@ -129,12 +124,8 @@ impl<'e> Conversation<'e> {
             }
         };
         let generation = self.session.generate(&ids, request, start, on_text)?;
-        let tool_call = self
-            .tools
-            .as_ref()
-            .and_then(|_| parse_tool_call(&generation.text));
-        self.messages
-            .push(self.answer_message(&generation, tool_call.as_ref()));
+        let tool_call = self.tools.as_ref().and_then(|_| parse_tool_call(&generation.text));
+        self.messages.push(self.answer_message(&generation, tool_call.as_ref()));
         Ok(Turn {
             generation,
             dropped_messages: dropped,
@@ -142,11 +133,7 @@ impl<'e> Conversation<'e> {
         })
     }
 
-    fn answer_message(
-        &self,
-        generation: &Generation,
-        tool_call: Option<&ParsedToolCall>,
-    ) -> Message {
+    fn answer_message(&self, generation: &Generation, tool_call: Option<&ParsedToolCall>) -> Message {
         match tool_call {
             Some(call) if generation.finish_reason != FinishReason::Cancelled => Message {
                 tool_calls: vec![crate::chat::ToolCall {

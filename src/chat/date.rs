@@ -91,9 +91,6 @@ mod tests {
             "26 Jul 2024 12:34:56 Fri"
         );
         // 2000-02-29
-        assert_eq!(
-            format_utc(951_782_400, "%Y-%m-%d %B %%"),
-            "2000-02-29 February %"
-        );
+        assert_eq!(format_utc(951_782_400, "%Y-%m-%d %B %%"), "2000-02-29 February %");
     }
 }

@@ -89,18 +89,12 @@ fn invalid(name: &'static str, reason: String) -> Error {
 /// Parses a conversation: a JSON array of messages, or an object with `messages` and
 /// optional `tools` (OpenAI's request shape).
 pub fn parse_request(text: &str) -> Result<ChatRequest> {
-    let json: Json = serde_json::from_str(text)
-        .map_err(|e| invalid("messages", format!("not valid JSON: {e}")))?;
+    let json: Json = serde_json::from_str(text).map_err(|e| invalid("messages", format!("not valid JSON: {e}")))?;
     let (messages, tools) = match json {
         Json::Array(list) => (list, None),
         Json::Object(mut obj) => match obj.remove("messages") {
             Some(Json::Array(list)) => (list, obj.remove("tools")),
-            _ => {
-                return Err(invalid(
-                    "messages",
-                    "the object has no `messages` array".into(),
-                ))
-            }
+            _ => return Err(invalid("messages", "the object has no `messages` array".into())),
         },
         _ => {
             return Err(invalid(
@@ -126,9 +120,7 @@ pub fn parse_request(text: &str) -> Result<ChatRequest> {
 pub fn parse_tools(json: Json) -> Result<Vec<Tool>> {
     let list = match json {
         Json::Array(list) => list,
-        Json::Object(mut o) if o.contains_key("tools") => {
-            return parse_tools(o.remove("tools").unwrap_or_default())
-        }
+        Json::Object(mut o) if o.contains_key("tools") => return parse_tools(o.remove("tools").unwrap_or_default()),
         _ => return Err(invalid("tools", "expected an array of tool schemas".into())),
     };
     for (i, tool) in list.iter().enumerate() {
@@ -148,8 +140,8 @@ fn parse_message(i: usize, mut json: Json) -> Result<Message> {
     if let Json::Object(obj) = &mut json {
         obj.retain(|_, v| !v.is_null());
     }
-    let mut m: Message = serde_json::from_value(json)
-        .map_err(|e| invalid("messages", format!("messages[{i}]: {e}")))?;
+    let mut m: Message =
+        serde_json::from_value(json).map_err(|e| invalid("messages", format!("messages[{i}]: {e}")))?;
     if !ROLES.contains(&m.role.as_str()) {
         let reason = format!(
             "messages[{i}]: unknown role `{}` (expected one of {})",
@@ -160,9 +152,7 @@ fn parse_message(i: usize, mut json: Json) -> Result<Message> {
     }
     m.content = match std::mem::take(&mut m.content) {
         // OpenAI content parts: keep the text parts.
-        Json::Array(parts) if m.role != "tool" && m.role != "ipython" => {
-            Json::String(text_parts(i, &parts)?)
-        }
+        Json::Array(parts) if m.role != "tool" && m.role != "ipython" => Json::String(text_parts(i, &parts)?),
         other => other,
     };
     let empty = match &m.content {
@@ -185,9 +175,7 @@ fn parse_message(i: usize, mut json: Json) -> Result<Message> {
             call.function.arguments = serde_json::from_str(s).map_err(|e| {
                 invalid(
                     "messages",
-                    format!(
-                        "messages[{i}].tool_calls[{j}].function.arguments is not valid JSON: {e}"
-                    ),
+                    format!("messages[{i}].tool_calls[{j}].function.arguments is not valid JSON: {e}"),
                 )
             })?;
         }
@@ -228,13 +216,8 @@ pub fn parse_tool_call(answer: &str) -> Option<ParsedToolCall> {
     let text = answer.trim().trim_start_matches("<|python_tag|>").trim();
     let json: Json = serde_json::from_str(text).ok()?;
     let name = json.get("name")?.as_str()?.to_string();
-    let arguments = json
-        .get("parameters")
-        .or_else(|| json.get("arguments"))?
-        .clone();
-    arguments
-        .is_object()
-        .then_some(ParsedToolCall { name, arguments })
+    let arguments = json.get("parameters").or_else(|| json.get("arguments"))?.clone();
+    arguments.is_object().then_some(ParsedToolCall { name, arguments })
 }
 
 #[cfg(test)]
@@ -263,20 +246,14 @@ mod tests {
     fn bad_conversations_are_clear_errors() {
         for (text, needle) in [
             ("{not json", "not valid JSON"),
-            (
-                r#"[{"role": "wizard", "content": "x"}]"#,
-                "unknown role `wizard`",
-            ),
+            (r#"[{"role": "wizard", "content": "x"}]"#, "unknown role `wizard`"),
             (
                 r#"[{"role": "user", "content": "  "}]"#,
                 "messages[0] (user): content is empty",
             ),
             (r#"[{"role": "user"}]"#, "messages[0]"),
             (r#"{"messages": 3}"#, "no `messages` array"),
-            (
-                r#"{"messages": [], "tools": [{"type": "function"}]}"#,
-                "tools[0]",
-            ),
+            (r#"{"messages": [], "tools": [{"type": "function"}]}"#, "tools[0]"),
         ] {
             let e = parse_request(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text}: {e}");
@@ -285,8 +262,7 @@ mod tests {
 
     #[test]
     fn recognises_tool_calls() {
-        let call = parse_tool_call(r#" {"name": "get_weather", "parameters": {"city": "Paris"}} "#)
-            .unwrap();
+        let call = parse_tool_call(r#" {"name": "get_weather", "parameters": {"city": "Paris"}} "#).unwrap();
         assert_eq!(call.name, "get_weather");
         assert!(parse_tool_call("The weather is nice.").is_none());
     }

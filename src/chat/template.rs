@@ -68,9 +68,7 @@ impl ChatTemplate {
                 .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
                 .and_then(|t| t.get("template")?.as_str())
                 .map(str::to_string)
-                .ok_or_else(|| {
-                    Error::Template(format!("{}: no template named `default`", path.display()))
-                })?,
+                .ok_or_else(|| Error::Template(format!("{}: no template named `default`", path.display())))?,
             _ => return Ok(None),
         };
         Ok(Some(Self::new(
@@ -91,12 +89,7 @@ impl ChatTemplate {
 
     /// Renders a conversation to prompt text (special tokens as text, BOS included when
     /// the template writes it).
-    pub fn render(
-        &self,
-        messages: &[Message],
-        tools: Option<&[Tool]>,
-        options: &RenderOptions,
-    ) -> Result<String> {
+    pub fn render(&self, messages: &[Message], tools: Option<&[Tool]>, options: &RenderOptions) -> Result<String> {
         let mut env = Environment::new();
         let syntax = SyntaxConfig::builder()
             .trim_blocks(true)
@@ -108,9 +101,7 @@ impl ChatTemplate {
         env.add_filter("tojson", tojson);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
-        let template = env
-            .template_from_str(&self.source)
-            .map_err(template_error)?;
+        let template = env.template_from_str(&self.source).map_err(template_error)?;
         let ctx = Context {
             messages,
             tools,
@@ -119,9 +110,7 @@ impl ChatTemplate {
             eos_token: &self.eos_token,
             date_string: options.date.as_deref(),
         };
-        template
-            .render(Value::from(Serde(&ctx)))
-            .map_err(template_error)
+        template.render(Value::from(Serde(&ctx))).map_err(template_error)
     }
 }
 
@@ -151,8 +140,8 @@ fn strftime_now(format: String) -> String {
 fn tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja::Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
     kwargs.assert_all_used()?;
-    let json = serde_json::to_value(value)
-        .map_err(|e| minijinja::Error::new(ErrorKind::BadSerialization, e.to_string()))?;
+    let json =
+        serde_json::to_value(value).map_err(|e| minijinja::Error::new(ErrorKind::BadSerialization, e.to_string()))?;
     let mut out = String::new();
     python_json(&json, indent, 0, &mut out);
     Ok(Value::from_safe_string(out))
@@ -160,12 +149,7 @@ fn tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja
 
 /// Python `json.dumps` layout: `", "` / `": "` separators without indent; newline +
 /// indent, `","` and `": "` with it; non-ASCII kept as is.
-pub(crate) fn python_json(
-    v: &serde_json::Value,
-    indent: Option<usize>,
-    level: usize,
-    out: &mut String,
-) {
+pub(crate) fn python_json(v: &serde_json::Value, indent: Option<usize>, level: usize, out: &mut String) {
     use serde_json::Value as J;
     let items: Vec<(Option<&String>, &J)> = match v {
         J::Array(a) if !a.is_empty() => a.iter().map(|x| (None, x)).collect(),
@@ -219,16 +203,15 @@ mod tests {
             0,
             &mut pretty,
         );
-        assert_eq!(pretty, "{\n    \"a\": [\n        1,\n        {\n            \"b\": 2\n        }\n    ],\n    \"c\": {}\n}");
+        assert_eq!(
+            pretty,
+            "{\n    \"a\": [\n        1,\n        {\n            \"b\": 2\n        }\n    ],\n    \"c\": {}\n}"
+        );
     }
 
     #[test]
     fn raise_exception_becomes_an_error_with_its_message() {
-        let t = ChatTemplate::new(
-            "{{ raise_exception('no way') }}".into(),
-            String::new(),
-            String::new(),
-        );
+        let t = ChatTemplate::new("{{ raise_exception('no way') }}".into(), String::new(), String::new());
         let e = t.render(&[], None, &RenderOptions::default()).unwrap_err();
         assert!(e.to_string().contains("no way"), "{e}");
     }

@@ -79,17 +79,9 @@ impl RepoCache {
         match fs::read_to_string(&path) {
             Ok(text) => {
                 let commit = text.trim();
-                Ok((!commit.is_empty() && check_hash(commit, "").is_ok())
-                    .then(|| commit.to_string()))
+                Ok((!commit.is_empty() && check_hash(commit, "").is_ok()).then(|| commit.to_string()))
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                ) =>
-            {
-                Ok(None)
-            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => Ok(None),
             Err(e) => Err(HubError::Io { path, source: e }),
         }
     }
@@ -111,9 +103,7 @@ impl RepoCache {
     /// The commit of `revision` known to the cache: the revision itself when it is a commit
     /// with a snapshot, else what `refs/` says.
     pub(crate) fn known_commit(&self, revision: &str) -> Result<Option<String>> {
-        if super::names::is_commit_hash(revision)
-            && self.root.join("snapshots").join(revision).is_dir()
-        {
+        if super::names::is_commit_hash(revision) && self.root.join("snapshots").join(revision).is_dir() {
             return Ok(Some(revision.to_string()));
         }
         self.read_ref(revision)
@@ -167,11 +157,7 @@ impl RepoCache {
 
     /// True when `file` is recorded as absent at `commit`.
     pub(crate) fn is_marked_missing(&self, commit: &str, file: &str) -> bool {
-        self.root
-            .join(".no_exist")
-            .join(commit)
-            .join(file)
-            .is_file()
+        self.root.join(".no_exist").join(commit).join(file).is_file()
     }
 
     /// Bytes used by this repo's blobs (partial downloads included).
@@ -210,10 +196,7 @@ fn create_parent(path: &Path) -> Result<()> {
 fn temp_name(path: &Path) -> PathBuf {
     let thread = format!("{:?}", std::thread::current().id());
     let thread: String = thread.chars().filter(char::is_ascii_digit).collect();
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(format!(".{}-{thread}.tmp", std::process::id()));
     path.with_file_name(name)
 }
@@ -226,25 +209,16 @@ mod tests {
     fn layout_matches_huggingface_hub() {
         let dir = tempfile::tempdir().unwrap();
         let cache = RepoCache::new(dir.path(), "meta-llama/Llama-3.2-1B");
-        assert_eq!(
-            cache.root(),
-            dir.path().join("models--meta-llama--Llama-3.2-1B")
-        );
+        assert_eq!(cache.root(), dir.path().join("models--meta-llama--Llama-3.2-1B"));
         let commit = "a".repeat(40);
         fs::create_dir_all(cache.root().join("blobs")).unwrap();
         fs::write(cache.blob("e1").unwrap(), "x").unwrap();
         let linked = cache.link(&commit, "sub/f.json", "e1").unwrap();
         assert_eq!(fs::read_to_string(&linked).unwrap(), "x");
         #[cfg(unix)]
-        assert_eq!(
-            fs::read_link(&linked).unwrap(),
-            Path::new("../../../blobs/e1")
-        );
+        assert_eq!(fs::read_link(&linked).unwrap(), Path::new("../../../blobs/e1"));
         cache.write_ref("main", &commit).unwrap();
-        assert_eq!(
-            fs::read_to_string(cache.root().join("refs/main")).unwrap(),
-            commit
-        );
+        assert_eq!(fs::read_to_string(cache.root().join("refs/main")).unwrap(), commit);
         assert_eq!(cache.known_commit("main").unwrap(), Some(commit.clone()));
         assert_eq!(cache.known_commit(&commit).unwrap(), Some(commit.clone()));
         assert_eq!(cache.known_commit("other").unwrap(), None);
@@ -260,9 +234,7 @@ mod tests {
     fn a_second_lock_on_the_same_blob_waits() {
         let dir = tempfile::tempdir().unwrap();
         let cache = RepoCache::new(dir.path(), "a/b");
-        let held = cache
-            .lock_blob("e1", || panic!("first lock must not wait"))
-            .unwrap();
+        let held = cache.lock_blob("e1", || panic!("first lock must not wait")).unwrap();
         let cache2 = cache.clone();
         let waited = std::thread::spawn(move || {
             let mut waited = false;

@@ -159,10 +159,7 @@ impl fmt::Display for Notice {
                 attempt + 1
             ),
             Notice::WaitingForLock { file } => {
-                write!(
-                    f,
-                    "{file}: another download of this file is running, waiting for it"
-                )
+                write!(f, "{file}: another download of this file is running, waiting for it")
             }
             Notice::Resuming { file, offset } => write!(f, "{file}: resuming at byte {offset}"),
             Notice::Restarting { file, reason } => write!(f, "{file}: {reason}; downloading again"),
@@ -212,10 +209,7 @@ mod tests {
             p.backoff(1, Some(Duration::from_millis(300))),
             Duration::from_millis(300)
         );
-        assert_eq!(
-            p.backoff(1, Some(Duration::from_secs(100))),
-            Duration::from_millis(350)
-        );
+        assert_eq!(p.backoff(1, Some(Duration::from_secs(100))), Duration::from_millis(350));
         assert_eq!(p.backoff(u32::MAX, None), Duration::from_millis(350));
     }
 

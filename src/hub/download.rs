@@ -45,10 +45,7 @@ fn parse_meta(r: &ureq::Response, url: &str) -> Result<FileMeta> {
         .ok_or_else(|| missing("X-Repo-Commit"))?
         .trim()
         .to_string();
-    check_hash(
-        &commit,
-        "commit hash sent by the server is not a plain hash",
-    )?;
+    check_hash(&commit, "commit hash sent by the server is not a plain hash")?;
     let etag = r
         .header("X-Linked-Etag")
         .or_else(|| r.header("ETag"))
@@ -177,19 +174,12 @@ fn transfer(
 
 /// Checks that the answer continues at `p.written` (206), or restarts `p` when the server
 /// sends the whole file (200).
-fn accept_range(
-    response: &ureq::Response,
-    p: &mut Partial,
-    url: &str,
-) -> std::result::Result<(), Failure> {
+fn accept_range(response: &ureq::Response, p: &mut Partial, url: &str) -> std::result::Result<(), Failure> {
     match response.status() {
         206 if content_range_start(response) == Some(p.written) => Ok(()),
         206 => {
             p.reset()?;
-            let error = protocol(
-                url,
-                "Content-Range does not match the requested range".into(),
-            );
+            let error = protocol(url, "Content-Range does not match the requested range".into());
             Err(Failure::Retry { error, after: None })
         }
         200 if p.written > 0 => Ok(p.reset()?),
@@ -223,10 +213,7 @@ fn receive(
         config.progress.update(file, p.written, meta.size);
     }
     if p.written < meta.size {
-        let message = format!(
-            "connection closed after {} of {} bytes",
-            p.written, meta.size
-        );
+        let message = format!("connection closed after {} of {} bytes", p.written, meta.size);
         let error = HubError::Network {
             url: url.to_string(),
             message,
@@ -286,9 +273,7 @@ impl Partial {
     /// Empties the file (the server sent the whole file, or resumed data was bad).
     fn reset(&mut self) -> Result<()> {
         self.file.set_len(0).map_err(io_err(&self.path))?;
-        self.file
-            .seek(SeekFrom::Start(0))
-            .map_err(io_err(&self.path))?;
+        self.file.seek(SeekFrom::Start(0)).map_err(io_err(&self.path))?;
         self.written = 0;
         if self.hasher.is_some() {
             self.hasher = Some(Sha256::new());
@@ -323,10 +308,7 @@ impl Partial {
             let got = format!("{:x}", h.finalize());
             self.hasher = Some(Sha256::new());
             if !got.eq_ignore_ascii_case(&meta.etag) {
-                return Err(integrity(
-                    format!("sha256 {}", meta.etag),
-                    format!("sha256 {got}"),
-                ));
+                return Err(integrity(format!("sha256 {}", meta.etag), format!("sha256 {got}")));
             }
         }
         self.file.sync_all().map_err(io_err(&self.path))
@@ -386,15 +368,9 @@ mod tests {
             etag: "0".repeat(64),
             size: 3,
         };
-        assert!(matches!(
-            p.verify(&meta, "y"),
-            Err(HubError::Integrity { .. })
-        ));
+        assert!(matches!(p.verify(&meta, "y"), Err(HubError::Integrity { .. })));
         let meta = FileMeta { size: 4, ..meta };
-        assert!(matches!(
-            p.verify(&meta, "y"),
-            Err(HubError::Integrity { .. })
-        ));
+        assert!(matches!(p.verify(&meta, "y"), Err(HubError::Integrity { .. })));
     }
 
     #[cfg(target_os = "linux")]

@@ -176,10 +176,7 @@ pub type Result<T> = std::result::Result<T, HubError>;
 impl HubError {
     /// True when the error is the caller's bad `--model` value (a CLI maps it to exit code 2).
     pub fn is_usage(&self) -> bool {
-        matches!(
-            self,
-            HubError::InvalidSpec { .. } | HubError::UnknownModel { .. }
-        )
+        matches!(self, HubError::InvalidSpec { .. } | HubError::UnknownModel { .. })
     }
 }
 

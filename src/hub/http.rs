@@ -91,12 +91,8 @@ impl<'a> Http<'a> {
             .origin();
         let mut current = url.to_string();
         for _ in 0..MAX_REDIRECTS {
-            let parsed =
-                Url::parse(&current).map_err(|e| protocol(&current, format!("bad URL: {e}")))?;
-            let mut request = self
-                .agent
-                .request(method, &current)
-                .set("Accept-Encoding", "identity");
+            let parsed = Url::parse(&current).map_err(|e| protocol(&current, format!("bad URL: {e}")))?;
+            let mut request = self.agent.request(method, &current).set("Accept-Encoding", "identity");
             if let (Some(token), true) = (&self.config.token, parsed.origin() == origin) {
                 request = request.set("Authorization", &format!("Bearer {token}"));
             }
@@ -105,14 +101,11 @@ impl<'a> Http<'a> {
             }
             let response = match request.call() {
                 Ok(r) => r,
-                Err(ureq::Error::Status(status, r)) => {
-                    return Err(self.status_failure(status, r, &current, t))
-                }
+                Err(ureq::Error::Status(status, r)) => return Err(self.status_failure(status, r, &current, t)),
                 Err(ureq::Error::Transport(e)) => return Err(self.transport_failure(&e, &current)),
             };
             let location = response.header("Location").map(str::to_string);
-            let Some(location) = location.filter(|_| (300..400).contains(&response.status()))
-            else {
+            let Some(location) = location.filter(|_| (300..400).contains(&response.status())) else {
                 return Ok(response);
             };
             let relative = !location.contains("://") && !location.starts_with("//");
@@ -128,10 +121,7 @@ impl<'a> Http<'a> {
     }
 
     /// Runs `op` until it succeeds, fails permanently, or the retry policy is spent.
-    pub(crate) fn with_retries<T>(
-        &self,
-        mut op: impl FnMut() -> std::result::Result<T, Failure>,
-    ) -> Result<T> {
+    pub(crate) fn with_retries<T>(&self, mut op: impl FnMut() -> std::result::Result<T, Failure>) -> Result<T> {
         let policy = &self.config.retry;
         let mut attempt = 1;
         loop {
@@ -156,24 +146,14 @@ impl<'a> Http<'a> {
         }
     }
 
-    fn status_failure(
-        &self,
-        status: u16,
-        response: ureq::Response,
-        url: &str,
-        t: &Target<'_>,
-    ) -> Failure {
+    fn status_failure(&self, status: u16, response: ureq::Response, url: &str, t: &Target<'_>) -> Failure {
         let header = |name: &str| response.header(name).map(str::to_string);
         let code = header("X-Error-Code");
         let retry_after = header("Retry-After")
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         let message = header("X-Error-Message").or_else(|| body_message(response));
-        let (repo, revision, file) = (
-            t.repo.to_string(),
-            t.revision.to_string(),
-            t.file.to_string(),
-        );
+        let (repo, revision, file) = (t.repo.to_string(), t.revision.to_string(), t.file.to_string());
         let not_found_code = matches!(
             code.as_deref(),
             Some("RepoNotFound" | "RevisionNotFound" | "EntryNotFound")
@@ -187,11 +167,7 @@ impl<'a> Http<'a> {
             },
             (_, Some("RepoNotFound")) => HubError::RepoNotFound { repo },
             (_, Some("RevisionNotFound")) => HubError::RevisionNotFound { repo, revision },
-            (_, Some("EntryNotFound")) | (404, _) => HubError::EntryNotFound {
-                repo,
-                revision,
-                file,
-            },
+            (_, Some("EntryNotFound")) | (404, _) => HubError::EntryNotFound { repo, revision, file },
             _ => HubError::Http {
                 status,
                 url: url.to_string(),
@@ -216,10 +192,7 @@ impl<'a> Http<'a> {
             return Failure::Retry { error, after: None };
         }
         let text = e.to_string();
-        let message = text
-            .strip_prefix(&format!("{url}: "))
-            .unwrap_or(&text)
-            .to_string();
+        let message = text.strip_prefix(&format!("{url}: ")).unwrap_or(&text).to_string();
         let error = HubError::Network {
             url: url.to_string(),
             message,
@@ -269,35 +242,17 @@ fn is_timeout(e: &ureq::Transport) -> bool {
 }
 
 fn is_timeout_io(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-    )
+    matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock)
 }
 
 /// The `error` field of a JSON error body, or its first line of text (at most 4 KiB read).
 fn body_message(response: ureq::Response) -> Option<String> {
     let mut body = String::new();
-    response
-        .into_reader()
-        .take(4096)
-        .read_to_string(&mut body)
-        .ok()?;
+    response.into_reader().take(4096).read_to_string(&mut body).ok()?;
     let json = serde_json::from_str::<serde_json::Value>(&body).ok();
-    let text = match json
-        .as_ref()
-        .and_then(|v| v.get("error"))
-        .and_then(|v| v.as_str())
-    {
+    let text = match json.as_ref().and_then(|v| v.get("error")).and_then(|v| v.as_str()) {
         Some(e) => e.to_string(),
-        None => body
-            .lines()
-            .next()
-            .unwrap_or("")
-            .trim()
-            .chars()
-            .take(200)
-            .collect(),
+        None => body.lines().next().unwrap_or("").trim().chars().take(200).collect(),
     };
     (!text.is_empty()).then_some(text)
 }

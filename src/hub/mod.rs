@@ -59,12 +59,7 @@ pub fn download(spec: &str, registry: &Registry, config: &HubConfig) -> Result<P
 }
 
 /// [`resolve`] or [`download`], as `freshness` says.
-pub fn resolve_with(
-    spec: &str,
-    registry: &Registry,
-    config: &HubConfig,
-    freshness: Freshness,
-) -> Result<PathBuf> {
+pub fn resolve_with(spec: &str, registry: &Registry, config: &HubConfig, freshness: Freshness) -> Result<PathBuf> {
     match registry.interpret(spec)? {
         ModelSpec::Local(dir) => Ok(dir),
         ModelSpec::Registered(e) => fetch(&e.repo, e.files.as_deref(), config, freshness, spec),
@@ -100,9 +95,7 @@ fn fetch(
         return cached(&cache, wanted, Optional::Lenient)?.map_err(|missing| HubError::Offline {
             repo: repo.to_string(),
             missing,
-            hint: format!(
-                "fetch it while online first (`llama32 download {label}`), or unset HF_HUB_OFFLINE"
-            ),
+            hint: format!("fetch it while online first (`llama32 download {label}`), or unset HF_HUB_OFFLINE"),
         });
     }
     if freshness == Freshness::CacheFirst {
@@ -114,9 +107,7 @@ fn fetch(
         Err(e @ (HubError::Network { .. } | HubError::Timeout { .. })) => {
             match cached(&cache, wanted, Optional::Lenient)? {
                 Ok(dir) => {
-                    config.progress.notice(&Notice::UsingCache {
-                        reason: e.to_string(),
-                    });
+                    config.progress.notice(&Notice::UsingCache { reason: e.to_string() });
                     Ok(dir)
                 }
                 Err(_) => Err(e),

@@ -20,9 +20,7 @@ fn hostile(name: &str, reason: &'static str) -> HubError {
 /// (they would make cache folder names ambiguous); not starting or ending with `-` or `.`.
 pub(crate) fn check_repo_part(part: &str) -> std::result::Result<(), String> {
     if part.is_empty() || part.len() > MAX_REPO_PART {
-        return Err(format!(
-            "`{part}` must have 1 to {MAX_REPO_PART} characters"
-        ));
+        return Err(format!("`{part}` must have 1 to {MAX_REPO_PART} characters"));
     }
     if !part
         .chars()
@@ -79,9 +77,7 @@ fn check_relative_path(name: &str) -> Result<()> {
 pub(crate) fn check_hash(value: &str, what: &'static str) -> Result<()> {
     let ok = !value.is_empty()
         && value.len() <= 128
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if ok {
         Ok(())
     } else {

@@ -39,14 +39,10 @@ impl RepoRef {
             None => (spec, None),
         };
         let Some((owner, name)) = id.split_once('/') else {
-            return Err(invalid(
-                "a repo id is `owner/name` (optionally `@revision`)".into(),
-            ));
+            return Err(invalid("a repo id is `owner/name` (optionally `@revision`)".into()));
         };
         if name.contains('/') {
-            return Err(invalid(
-                "a repo id has exactly one `/` (`owner/name`)".into(),
-            ));
+            return Err(invalid("a repo id has exactly one `/` (`owner/name`)".into()));
         }
         check_repo_part(owner).map_err(|r| invalid(format!("owner {r}")))?;
         check_repo_part(name).map_err(|r| invalid(format!("repo name {r}")))?;
@@ -166,12 +162,9 @@ impl Registry {
             if !seen.insert(alias.to_ascii_lowercase()) {
                 return Err(err(name_line, format!("model `{alias}` is defined twice")));
             }
-            let index = merged
-                .iter()
-                .position(|e| e.alias.eq_ignore_ascii_case(&alias));
+            let index = merged.iter().position(|e| e.alias.eq_ignore_ascii_case(&alias));
             let base = index.map(|i| merged[i].clone());
-            let updated = apply(base, &alias, entry.into_inner(), &at)
-                .map_err(|(l, m)| err(l.unwrap_or(line), m))?;
+            let updated = apply(base, &alias, entry.into_inner(), &at).map_err(|(l, m)| err(l.unwrap_or(line), m))?;
             match index {
                 Some(i) => merged[i] = updated,
                 None => merged.push(updated),
@@ -183,9 +176,7 @@ impl Registry {
 
     /// The entry named `alias` (ASCII case-insensitive).
     pub fn get(&self, alias: &str) -> Option<&ModelEntry> {
-        self.entries
-            .iter()
-            .find(|e| e.alias.eq_ignore_ascii_case(alias))
+        self.entries.iter().find(|e| e.alias.eq_ignore_ascii_case(alias))
     }
 
     /// All entries, in file order (built-in first).
@@ -211,9 +202,7 @@ impl Registry {
             None => (spec, None),
         };
         if looks_like_path(name) {
-            return Err(invalid(
-                "no such directory (a repo id is `owner/name[@revision]`)",
-            ));
+            return Err(invalid("no such directory (a repo id is `owner/name[@revision]`)"));
         }
         if let Some(entry) = self.get(name) {
             let mut entry = entry.clone();
@@ -260,19 +249,13 @@ fn apply(
             context_length: None,
             description: String::new(),
         },
-        None => {
-            return Err((
-                None,
-                format!("model `{alias}` needs a `repo = \"owner/name\"`"),
-            ))
-        }
+        None => return Err((None, format!("model `{alias}` needs a `repo = \"owner/name\"`"))),
     };
     if let Some(repo) = raw.repo {
         entry.repo.repo = repo_field(&repo).map_err(|m| (Some(at(repo.span())), m))?;
     }
     if let Some(rev) = raw.revision {
-        check_revision(rev.get_ref())
-            .map_err(|e| (Some(at(rev.span())), format!("revision: {e}")))?;
+        check_revision(rev.get_ref()).map_err(|e| (Some(at(rev.span())), format!("revision: {e}")))?;
         entry.repo.revision = Some(rev.into_inner());
     }
     if let Some(files) = raw.files {
@@ -280,10 +263,7 @@ fn apply(
     }
     if let Some(n) = raw.context_length {
         if *n.get_ref() == 0 {
-            return Err((
-                Some(at(n.span())),
-                "`context_length` must be positive".into(),
-            ));
+            return Err((Some(at(n.span())), "`context_length` must be positive".into()));
         }
         entry.context_length = Some(n.into_inner());
     }
@@ -338,11 +318,7 @@ fn looks_like_path(s: &str) -> bool {
 
 fn line_of(text: &str, span: Range<usize>) -> usize {
     let end = span.start.min(text.len());
-    text.as_bytes()[..end]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
+    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
 fn registry_err(origin: &str, line: usize, message: String) -> HubError {
@@ -358,10 +334,7 @@ mod tests {
     use super::*;
 
     fn line_and_message(text: &str) -> (usize, String) {
-        match Registry::builtin()
-            .unwrap()
-            .extend_from_toml(text, "user.toml")
-        {
+        match Registry::builtin().unwrap().extend_from_toml(text, "user.toml") {
             Err(HubError::Registry { line, message, .. }) => (line, message),
             other => panic!("expected a registry error, got {other:?}"),
         }
@@ -383,11 +356,7 @@ mod tests {
         let e = r.get("llama-3.2-1b-instruct").unwrap();
         assert_eq!(e.repo.repo, "meta-llama/Llama-3.2-1B-Instruct");
         assert_eq!(e.context_length, Some(131072));
-        assert!(e
-            .files
-            .as_ref()
-            .unwrap()
-            .contains(&"model.safetensors".to_string()));
+        assert!(e.files.as_ref().unwrap().contains(&"model.safetensors".to_string()));
     }
 
     #[test]
@@ -399,33 +368,18 @@ mod tests {
         assert_eq!(e.repo.to_string(), "meta-llama/Llama-3.2-1B@abc");
         assert_eq!(e.description, "Llama 3.2 1B base model (bf16, 2.5 GB)");
         let mine = r.get("mine").unwrap();
-        assert_eq!(
-            (mine.repo.repo.as_str(), mine.files.clone()),
-            ("me/my-llama", None)
-        );
+        assert_eq!((mine.repo.repo.as_str(), mine.files.clone()), ("me/my-llama", None));
         assert_eq!(r.entries().last().unwrap().alias, "mine");
     }
 
     #[test]
     fn broken_models_toml_errors_name_the_line() {
         const A: &str = "[[model]]\nname = \"a\"\n";
+        assert_eq!(line_and_message(&format!("{A}repo = \"x/y\"\nfiles = [\"a\",\n")).0, 4);
+        assert_eq!(line_and_message(&format!("\n{A}repo = \"x/y\"\ncolour = 1\n")).0, 5);
+        assert_eq!(line_and_message(&format!("\n\n{A}repo = \"not a repo\"\n")).0, 5);
         assert_eq!(
-            line_and_message(&format!("{A}repo = \"x/y\"\nfiles = [\"a\",\n")).0,
-            4
-        );
-        assert_eq!(
-            line_and_message(&format!("\n{A}repo = \"x/y\"\ncolour = 1\n")).0,
-            5
-        );
-        assert_eq!(
-            line_and_message(&format!("\n\n{A}repo = \"not a repo\"\n")).0,
-            5
-        );
-        assert_eq!(
-            line_and_message(&format!(
-                "{A}repo = \"x/y\"\nfiles = [\n \"ok\",\n \"../evil\"]\n"
-            ))
-            .0,
+            line_and_message(&format!("{A}repo = \"x/y\"\nfiles = [\n \"ok\",\n \"../evil\"]\n")).0,
             6
         );
         let (line, message) = line_and_message(&format!(
@@ -461,9 +415,7 @@ mod tests {
             r.interpret(dir.to_str().unwrap()).unwrap(),
             ModelSpec::Local(dir.clone())
         );
-        assert!(
-            matches!(r.interpret("llama-3.2-3b").unwrap(), ModelSpec::Registered(e) if e.alias == "llama-3.2-3b")
-        );
+        assert!(matches!(r.interpret("llama-3.2-3b").unwrap(), ModelSpec::Registered(e) if e.alias == "llama-3.2-3b"));
         match r.interpret("LLAMA-3.2-1B@deadbeef").unwrap() {
             ModelSpec::Registered(e) => {
                 assert_eq!(e.repo.to_string(), "meta-llama/Llama-3.2-1B@deadbeef")

@@ -48,9 +48,7 @@ pub(crate) fn cached(
 ) -> Result<std::result::Result<PathBuf, Vec<String>>> {
     let revision = w.repo.revision_or_main();
     let Some(commit) = cache.known_commit(revision)? else {
-        return Ok(Err(vec![format!(
-            "revision `{revision}` (nothing of it is cached)"
-        )]));
+        return Ok(Err(vec![format!("revision `{revision}` (nothing of it is cached)")]));
     };
     let has = |f: &str| -> Result<bool> { Ok(cache.snapshot_file(&commit, f)?.is_file()) };
     let mut missing = Vec::new();
@@ -72,8 +70,7 @@ pub(crate) fn cached(
                 need(f, &mut missing)?;
             }
             for f in STANDARD_OPTIONAL {
-                if optional == Optional::Strict && !has(f)? && !cache.is_marked_missing(&commit, f)
-                {
+                if optional == Optional::Strict && !has(f)? && !cache.is_marked_missing(&commit, f) {
                     missing.push(f.to_string());
                 }
             }
@@ -159,10 +156,7 @@ impl Fetcher<'_> {
     /// Fetches `file` into the snapshot (a HEAD, then a GET unless the blob is cached).
     fn get(&mut self, file: &str) -> Result<()> {
         check_filename(file)?;
-        let revision = self
-            .commit
-            .clone()
-            .unwrap_or_else(|| self.revision.to_string());
+        let revision = self.commit.clone().unwrap_or_else(|| self.revision.to_string());
         let t = Target {
             repo: self.repo,
             revision: &revision,
@@ -173,10 +167,7 @@ impl Fetcher<'_> {
             let url = self.http.resolve_url(&t);
             return Err(super::http::protocol(
                 &url,
-                format!(
-                    "the hub answered for commit {} instead of {revision}",
-                    meta.commit
-                ),
+                format!("the hub answered for commit {} instead of {revision}", meta.commit),
             ));
         }
         fetch_blob(self.http, self.config, self.cache, &meta, &t)?;
@@ -232,17 +223,15 @@ mod tests {
     fn shard_names_are_collected_and_hostile_ones_refused() {
         let dir = tempfile::tempdir().unwrap();
         let index = dir.path().join(INDEX);
-        fs::write(&index, r#"{"weight_map": {"a": "m-2.safetensors", "b": "m-1.safetensors", "c": "m-1.safetensors"}}"#).unwrap();
-        assert_eq!(
-            shards(&index).unwrap(),
-            ["m-1.safetensors", "m-2.safetensors"]
-        );
+        fs::write(
+            &index,
+            r#"{"weight_map": {"a": "m-2.safetensors", "b": "m-1.safetensors", "c": "m-1.safetensors"}}"#,
+        )
+        .unwrap();
+        assert_eq!(shards(&index).unwrap(), ["m-1.safetensors", "m-2.safetensors"]);
         for hostile in ["../../evil", "/etc/passwd"] {
             fs::write(&index, format!(r#"{{"weight_map": {{"a": "{hostile}"}}}}"#)).unwrap();
-            assert!(
-                matches!(shards(&index), Err(HubError::HostileName { .. })),
-                "{hostile}"
-            );
+            assert!(matches!(shards(&index), Err(HubError::HostileName { .. })), "{hostile}");
         }
         fs::write(&index, "{}").unwrap();
         assert!(matches!(shards(&index), Err(HubError::BadIndex { .. })));

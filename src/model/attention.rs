@@ -42,18 +42,10 @@ pub struct Step<'a> {
 impl Attention {
     /// `x: [n, hidden]` at positions `cache.len()..+n` -> `[n, hidden]`; writes K/V of
     /// layer `layer` into `cache`.
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        layer: usize,
-        cache: &mut KvCache,
-        step: &Step,
-    ) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, layer: usize, cache: &mut KvCache, step: &Step) -> Result<Tensor> {
         let n = x.dim(0)?;
         let heads_first = |t: Tensor, h: usize| -> Result<Tensor> {
-            Ok(t.reshape((n, h, self.head_dim))?
-                .transpose(0, 1)?
-                .contiguous()?)
+            Ok(t.reshape((n, h, self.head_dim))?.transpose(0, 1)?.contiguous()?)
         };
         let [q, k, v]: [Tensor; 3] = Linear::forward_shared(&[&self.q, &self.k, &self.v], x)?
             .try_into()
@@ -65,21 +57,14 @@ impl Attention {
         let k = rope::apply(&k, step.cos, step.sin)?;
         let (k_all, v_all) = cache.append(layer, &k, &v)?;
         let out = grouped_attention(&q, &k_all, &v_all, step.mask)?;
-        let out = out
-            .transpose(0, 1)?
-            .reshape((n, self.heads * self.head_dim))?;
+        let out = out.transpose(0, 1)?.reshape((n, self.heads * self.head_dim))?;
         self.o.forward(&out)
     }
 }
 
 /// Scaled dot-product attention of `q: [heads, n, d]` against `k, v: [kv_heads, t, d]`,
 /// query head `h` using KV head `h / (heads / kv_heads)` like HF's `repeat_kv`.
-pub fn grouped_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: Option<&Tensor>,
-) -> Result<Tensor> {
+pub fn grouped_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     let (heads, n, d) = q.dims3()?;
     let (kv_heads, t, _) = k.dims3()?;
     let group = heads / kv_heads;
@@ -87,10 +72,12 @@ pub fn grouped_attention(
     let q = q.reshape((kv_heads, group * n, d))?;
     let scores = (q.matmul(&k.t()?)? * scale)?;
     let scores = match mask {
-        Some(mask) => scores
-            .reshape((kv_heads, group, n, t))?
-            .broadcast_add(mask)?
-            .reshape((kv_heads, group * n, t))?,
+        Some(mask) => {
+            scores
+                .reshape((kv_heads, group, n, t))?
+                .broadcast_add(mask)?
+                .reshape((kv_heads, group * n, t))?
+        }
         None => scores,
     };
     let probs = candle_nn::ops::softmax_last_dim(&scores)?;
@@ -98,12 +85,7 @@ pub fn grouped_attention(
 }
 
 /// Slow twin of [`grouped_attention`]: repeats KV heads explicitly and uses a plain softmax.
-pub fn grouped_attention_slow(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: Option<&Tensor>,
-) -> Result<Tensor> {
+pub fn grouped_attention_slow(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     let (heads, _, d) = q.dims3()?;
     let group = heads / k.dim(0)?;
     let mut outs = Vec::with_capacity(heads);
@@ -124,15 +106,7 @@ pub fn grouped_attention_slow(
 pub fn causal_mask(n: usize, past: usize, dtype: DType, device: &Device) -> Result<Tensor> {
     let t = past + n;
     let data: Vec<f32> = (0..n)
-        .flat_map(|i| {
-            (0..t).map(move |j| {
-                if j <= past + i {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-        })
+        .flat_map(|i| (0..t).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY }))
         .collect();
     Ok(Tensor::from_vec(data, (n, t), device)?.to_dtype(dtype)?)
 }
@@ -154,10 +128,7 @@ mod tests {
                 let fast = grouped_attention(&q, &k, &v, m).unwrap();
                 let slow = grouped_attention_slow(&q, &k, &v, m).unwrap();
                 let d = (fast - slow).unwrap().abs().unwrap().max_all().unwrap();
-                assert!(
-                    d.to_scalar::<f32>().unwrap() < 1e-5,
-                    "heads {heads} kv {kv} n {n}"
-                );
+                assert!(d.to_scalar::<f32>().unwrap() < 1e-5, "heads {heads} kv {kv} n {n}");
             }
         }
     }

@@ -122,11 +122,7 @@ impl KvCache {
         let have = match self.layers.get(layer) {
             Some(Some(l)) => l.k.dim(1)?,
             Some(None) => 0,
-            None => {
-                return Err(
-                    candle_core::Error::Msg(format!("kv cache has no layer {layer}")).into(),
-                )
-            }
+            None => return Err(candle_core::Error::Msg(format!("kv cache has no layer {layer}")).into()),
         };
         if needed <= have {
             return Ok(());
@@ -163,18 +159,10 @@ mod tests {
         c.advance(3);
         assert_eq!(k.dims(), &[2, 3, 4]);
         assert_eq!(c.capacity(), GROW_CHUNK);
-        let (k, v) = c
-            .append(0, &tok(2.0, GROW_CHUNK), &tok(3.0, GROW_CHUNK))
-            .unwrap();
+        let (k, v) = c.append(0, &tok(2.0, GROW_CHUNK), &tok(3.0, GROW_CHUNK)).unwrap();
         c.advance(GROW_CHUNK);
         assert_eq!(c.capacity(), 2 * GROW_CHUNK);
-        let k0: Vec<f32> = k
-            .narrow(1, 2, 2)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let k0: Vec<f32> = k.narrow(1, 2, 2).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(&k0[..4], &[1.0; 4]);
         assert_eq!(&k0[4..8], &[2.0; 4]);
         assert_eq!(v.dim(1).unwrap(), 3 + GROW_CHUNK);
@@ -182,13 +170,7 @@ mod tests {
         let (k, _) = c.append(0, &tok(5.0, 1), &tok(5.0, 1)).unwrap();
         c.advance(1);
         assert_eq!(c.len(), 3);
-        let last: Vec<f32> = k
-            .narrow(1, 2, 1)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let last: Vec<f32> = k.narrow(1, 2, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(last, vec![5.0; 8]);
     }
 
@@ -197,10 +179,7 @@ mod tests {
         let c = KvCache::new(1, 2, 4, 8, DType::F32, &Device::Cpu);
         assert!(matches!(
             c.check_room(9),
-            Err(Error::PromptTooLong {
-                tokens: 9,
-                limit: 8
-            })
+            Err(Error::PromptTooLong { tokens: 9, limit: 8 })
         ));
         assert!(c.check_room(8).is_ok());
     }

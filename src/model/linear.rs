@@ -27,7 +27,9 @@ impl Linear {
     /// number of `dtype` blocks falls back to Q8_0 (blocks of 32), then to dense f32.
     pub fn quantize(weight: Tensor, dtype: GgmlDType) -> Result<Self> {
         let cols = weight.dim(1)?;
-        let dtype = [dtype, GgmlDType::Q8_0].into_iter().find(|d| cols % d.block_size() == 0);
+        let dtype = [dtype, GgmlDType::Q8_0]
+            .into_iter()
+            .find(|d| cols % d.block_size() == 0);
         Ok(match dtype {
             Some(d) => Self::Quantized(Arc::new(QTensor::quantize(&weight, d)?)),
             None => Self::Dense(weight),
@@ -67,7 +69,14 @@ mod tests {
     use candle_core::Device;
 
     fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         d / b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
     }
 
@@ -91,9 +100,14 @@ mod tests {
     #[test]
     fn rows_that_are_not_whole_blocks_fall_back() {
         let w = Tensor::randn(0f32, 1.0, (4, 64), &Device::Cpu).unwrap();
-        let Linear::Quantized(q) = Linear::quantize(w.clone(), GgmlDType::Q4K).unwrap() else { panic!() };
+        let Linear::Quantized(q) = Linear::quantize(w.clone(), GgmlDType::Q4K).unwrap() else {
+            panic!()
+        };
         assert_eq!(q.dtype(), GgmlDType::Q8_0);
         let w = Tensor::randn(0f32, 1.0, (4, 40), &Device::Cpu).unwrap();
-        assert!(matches!(Linear::quantize(w, GgmlDType::Q8_0).unwrap(), Linear::Dense(_)));
+        assert!(matches!(
+            Linear::quantize(w, GgmlDType::Q8_0).unwrap(),
+            Linear::Dense(_)
+        ));
     }
 }

@@ -49,22 +49,13 @@ pub struct Llama {
 /// The tensor names and shapes of a Llama checkpoint, declared before loading.
 pub fn expected_tensors(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
     let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-    let mut t = vec![(
-        "model.embed_tokens.weight".to_string(),
-        vec![cfg.vocab_size, h],
-    )];
+    let mut t = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, h])];
     for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}");
         t.push((format!("{p}.input_layernorm.weight"), vec![h]));
         t.push((format!("{p}.self_attn.q_proj.weight"), vec![cfg.q_dim(), h]));
-        t.push((
-            format!("{p}.self_attn.k_proj.weight"),
-            vec![cfg.kv_dim(), h],
-        ));
-        t.push((
-            format!("{p}.self_attn.v_proj.weight"),
-            vec![cfg.kv_dim(), h],
-        ));
+        t.push((format!("{p}.self_attn.k_proj.weight"), vec![cfg.kv_dim(), h]));
+        t.push((format!("{p}.self_attn.v_proj.weight"), vec![cfg.kv_dim(), h]));
         t.push((format!("{p}.self_attn.o_proj.weight"), vec![h, cfg.q_dim()]));
         t.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
         t.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
@@ -214,9 +205,7 @@ impl Llama {
             mask: mask.as_ref(),
         };
         for (l, layer) in self.layers.iter().enumerate() {
-            let h = layer
-                .attn
-                .forward(&layer.input_norm.forward(&x)?, l, cache, &step)?;
+            let h = layer.attn.forward(&layer.input_norm.forward(&x)?, l, cache, &step)?;
             x = (x + h)?;
             let h = layer.mlp.forward(&layer.post_attn_norm.forward(&x)?)?;
             x = (x + h)?;

@@ -22,11 +22,7 @@ impl RmsNorm {
 
     /// Normalises the last dimension of `x`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::rms_norm(
-            &x.contiguous()?,
-            &self.weight,
-            self.eps,
-        )?)
+        Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)?)
     }
 
     /// Slow twin of [`RmsNorm::forward`]: `w * x / sqrt(mean(x^2) + eps)` in f32.
@@ -51,13 +47,7 @@ mod tests {
         let x = Tensor::randn(0f32, 3.0, (5, 32), &dev).unwrap();
         let n = RmsNorm::new(w, 1e-5);
         let d = (n.forward(&x).unwrap() - n.forward_slow(&x).unwrap()).unwrap();
-        let d = d
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = d.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(d < 1e-5, "{d}");
     }
 }

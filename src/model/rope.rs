@@ -20,9 +20,7 @@ impl Rope {
     pub fn new(cfg: &LlamaConfig) -> Self {
         let dim = cfg.head_dim;
         let base = cfg.rope_theta;
-        let plain = (0..dim)
-            .step_by(2)
-            .map(|i| 1.0f32 / base.powf(i as f32 / dim as f32));
+        let plain = (0..dim).step_by(2).map(|i| 1.0f32 / base.powf(i as f32 / dim as f32));
         let inv_freq = match &cfg.rope_scaling {
             None => plain.collect(),
             Some(s) => plain.map(|f| llama3_scale(f, s)).collect(),
@@ -37,13 +35,7 @@ impl Rope {
 
     /// `(cos, sin)` tables of shape `[len, head_dim / 2]` for positions `start..start+len`,
     /// computed in f32 and then cast to `dtype`.
-    pub fn tables(
-        &self,
-        start: usize,
-        len: usize,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<(Tensor, Tensor)> {
+    pub fn tables(&self, start: usize, len: usize, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
         let mut cos = Vec::with_capacity(len * half);
         let mut sin = Vec::with_capacity(len * half);
@@ -71,8 +63,7 @@ fn llama3_scale(inv_freq: f32, s: &Llama3RopeScaling) -> f32 {
     } else if wavelen > low_freq_wavelen {
         inv_freq / s.factor
     } else {
-        let smooth =
-            (old_ctx / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        let smooth = (old_ctx / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
         (1.0 - smooth) * inv_freq / s.factor + smooth * inv_freq
     }
 }

@@ -84,10 +84,7 @@ impl FakeRepo {
         if revision == self.commit {
             return Some(&self.commit);
         }
-        self.refs
-            .iter()
-            .find(|(r, _)| r == revision)
-            .map(|(_, c)| c.as_str())
+        self.refs.iter().find(|(r, _)| r == revision).map(|(_, c)| c.as_str())
     }
 }
 
@@ -232,11 +229,7 @@ fn read_request(stream: &mut TcpStream) -> Option<Request> {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
-    Some(Request {
-        method,
-        path,
-        headers,
-    })
+    Some(Request { method, path, headers })
 }
 
 fn percent_decode(s: &str) -> String {
@@ -380,12 +373,7 @@ fn route(req: &Request, st: &mut State, addr: SocketAddr) -> Reply {
         percent_decode(parts[4]),
     );
     if let Some((_, new)) = st.faults.renamed.iter().find(|(old, _)| *old == id) {
-        let rest = req
-            .path
-            .trim_start_matches('/')
-            .splitn(3, '/')
-            .nth(2)
-            .unwrap_or("");
+        let rest = req.path.trim_start_matches('/').splitn(3, '/').nth(2).unwrap_or("");
         return Reply::new(307).header("Location", format!("/{new}/{rest}"));
     }
     let auth = req.header("Authorization");
@@ -402,14 +390,9 @@ fn route(req: &Request, st: &mut State, addr: SocketAddr) -> Reply {
         return Reply::error(404, Some("RevisionNotFound"), "Invalid rev id");
     };
     let Some(file) = repo.files.iter().find(|f| f.name == name).cloned() else {
-        return Reply::error(404, Some("EntryNotFound"), "Entry not found")
-            .header("X-Repo-Commit", &commit);
+        return Reply::error(404, Some("EntryNotFound"), "Entry not found").header("X-Repo-Commit", &commit);
     };
-    let etag = st
-        .faults
-        .etag_override
-        .clone()
-        .unwrap_or_else(|| file.etag());
+    let etag = st.faults.etag_override.clone().unwrap_or_else(|| file.etag());
     if file.lfs {
         let cdn = match &st.faults.cdn_host {
             Some(host) => format!("{host}:{}", addr.port()),
@@ -427,9 +410,7 @@ fn route(req: &Request, st: &mut State, addr: SocketAddr) -> Reply {
     let mut r = body(req, &file, &mut st.faults);
     if r.status < 300 {
         r.headers.retain(|(k, _)| k != "ETag");
-        r = r
-            .header("ETag", format!("\"{etag}\""))
-            .header("X-Repo-Commit", &commit);
+        r = r.header("ETag", format!("\"{etag}\"")).header("X-Repo-Commit", &commit);
     }
     r
 }
@@ -465,14 +446,10 @@ fn body(req: &Request, file: &FakeFile, faults: &mut Faults) -> Reply {
 
 /// Deterministic pseudo-random bytes.
 pub fn bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             (x >> 33) as u8
         })
         .collect()

@@ -53,12 +53,36 @@ pub struct SamplingArgs {
     /// Most tokens to generate.
     #[arg(long, short = 'n', default_value_t = 256)]
     pub max_tokens: usize,
-    /// Sampling temperature; 0 is greedy (default: generation_config.json's, else 1).
+    /// Sampling temperature, >= 0; 0 is greedy (default: generation_config.json's, else 1).
     #[arg(long, allow_negative_numbers = true)]
     pub temperature: Option<f32>,
-    /// RNG seed, for reproducible sampling.
+    /// Nucleus sampling: keep the most likely tokens up to this mass, in (0, 1].
+    #[arg(long, allow_negative_numbers = true)]
+    pub top_p: Option<f32>,
+    /// Keep only the K most likely tokens; 0 is off.
+    #[arg(long, allow_negative_numbers = true)]
+    pub top_k: Option<i64>,
+    /// Drop tokens less likely than MIN_P times the most likely one, in [0, 1].
+    #[arg(long, allow_negative_numbers = true)]
+    pub min_p: Option<f32>,
+    /// Penalise every token already in prompt or output (> 0; 1 is off).
+    #[arg(long, allow_negative_numbers = true)]
+    pub repetition_penalty: Option<f32>,
+    /// Subtract this per occurrence in the output, in [-2, 2].
+    #[arg(long, allow_negative_numbers = true)]
+    pub frequency_penalty: Option<f32>,
+    /// Subtract this once a token occurs in the output, in [-2, 2].
+    #[arg(long, allow_negative_numbers = true)]
+    pub presence_penalty: Option<f32>,
+    /// RNG seed, for reproducible sampling (reported in --json when not given).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Add BIAS (-100..100) to token ID's logit; -100 bans it. Repeatable: --logit-bias 1234=-100
+    #[arg(long, value_name = "ID=BIAS", allow_hyphen_values = true)]
+    pub logit_bias: Vec<String>,
+    /// Stop when the text contains this string (left out of the output). Repeatable.
+    #[arg(long)]
+    pub stop: Vec<String>,
     /// Prompt tokens per prefill forward pass.
     #[arg(long, default_value_t = llama32::model::DEFAULT_PREFILL_CHUNK, hide = true)]
     pub prefill_chunk: usize,
@@ -120,12 +144,7 @@ pub struct TokenizeArgs {
     #[arg(long, short = 'm')]
     pub model: PathBuf,
     /// The raw text to tokenize (one BOS is added).
-    #[arg(
-        long,
-        short = 'p',
-        required_unless_present = "messages",
-        conflicts_with = "messages"
-    )]
+    #[arg(long, short = 'p', required_unless_present = "messages", conflicts_with = "messages")]
     pub prompt: Option<String>,
     #[command(flatten)]
     pub conversation: ConversationArgs,

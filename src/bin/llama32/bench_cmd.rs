@@ -11,11 +11,26 @@ use crate::args::BenchArgs;
 /// Runs `llama32 bench`.
 pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let device = a.device.parse()?;
-    let dtypes: Vec<ComputeDType> = a.dtypes.split(',').map(|d| d.trim().parse()).collect::<Result<_, _>>()?;
-    let config = BenchConfig { pp: a.pp, tg: a.tg, chat_tokens: 64, reps: a.reps };
+    let dtypes: Vec<ComputeDType> = a
+        .dtypes
+        .split(',')
+        .map(|d| d.trim().parse())
+        .collect::<Result<_, _>>()?;
+    let config = BenchConfig {
+        pp: a.pp,
+        tg: a.tg,
+        chat_tokens: 64,
+        reps: a.reps,
+    };
     let mut out = io::stdout().lock();
     if !a.json {
-        writeln!(out, "model: {}  threads: {}  reps: {}", a.model.display(), std::thread::available_parallelism()?, a.reps)?;
+        writeln!(
+            out,
+            "model: {}  threads: {}  reps: {}",
+            a.model.display(),
+            std::thread::available_parallelism()?,
+            a.reps
+        )?;
         writeln!(out, "{}", table_header(&config))?;
     }
     let mut all = Vec::new();
@@ -30,7 +45,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if a.json {
-        writeln!(out, "{}", serde_json::json!({"model": a.model, "config": config, "results": all}))?;
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({"model": a.model, "config": config, "results": all})
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

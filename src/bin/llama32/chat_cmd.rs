@@ -17,16 +17,14 @@ use crate::EXIT_INTERRUPTED;
 fn read_conversation(a: &ConversationArgs) -> anyhow::Result<(Vec<Message>, Option<Vec<Tool>>)> {
     let (mut messages, mut tools) = match &a.messages {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
             let request = parse_request(&text).with_context(|| format!("{}", path.display()))?;
             (request.messages, request.tools)
         }
         None => (Vec::new(), None),
     };
     if let Some(path) = &a.tools {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let json = serde_json::from_str(&text).map_err(|e| llama32::Error::InvalidParameter {
             name: "tools",
             reason: format!("{}: not valid JSON: {e}", path.display()),
@@ -42,11 +40,7 @@ fn read_conversation(a: &ConversationArgs) -> anyhow::Result<(Vec<Message>, Opti
 
 /// Prompt ids of a conversation (for `tokenize --messages`): rendered with the
 /// assistant header, tokenized without a second BOS.
-pub fn conversation_ids(
-    dir: &Path,
-    tokenizer: &Tokenizer,
-    a: &ConversationArgs,
-) -> anyhow::Result<Vec<u32>> {
+pub fn conversation_ids(dir: &Path, tokenizer: &Tokenizer, a: &ConversationArgs) -> anyhow::Result<Vec<u32>> {
     let config = dir.join("tokenizer_config.json");
     let template = ChatTemplate::from_tokenizer_config(&config)?
         .with_context(|| format!("{} has no chat_template", config.display()))?;
@@ -93,10 +87,7 @@ impl Chat<'_> {
         }
         let mut stdout = io::stdout().lock();
         if self.json {
-            let mut v = generation_json(
-                &turn.generation,
-                self.engine.load_time().as_secs_f64() * 1e3,
-            );
+            let mut v = generation_json(&turn.generation, self.engine.load_time().as_secs_f64() * 1e3);
             v["dropped_messages"] = turn.dropped_messages.into();
             if let Some(call) = &turn.tool_call {
                 v["tool_calls"] = serde_json::json!([{"type": "function", "function": call}]);
@@ -126,17 +117,12 @@ impl Chat<'_> {
 /// Runs `llama32 chat`.
 pub fn run(a: ChatArgs) -> anyhow::Result<ExitCode> {
     let (messages, tools) = read_conversation(&a.conversation)?;
+    let request = request(&a.sampling, a.model.ctx_size)?;
     let engine = load_engine(&a.model)?;
-    let mut conversation = Conversation::new(
-        &engine,
-        a.model.ctx_size,
-        tools,
-        a.conversation.date.clone(),
-    )?;
+    let mut conversation = Conversation::new(&engine, a.model.ctx_size, tools, a.conversation.date.clone())?;
     for m in messages {
         conversation.push(m);
     }
-    let request = request(&engine, &a.sampling, a.model.ctx_size);
     let mut chat = Chat {
         engine: &engine,
         conversation,
@@ -156,19 +142,13 @@ pub fn run(a: ChatArgs) -> anyhow::Result<ExitCode> {
             ExitCode::SUCCESS
         });
     }
-    if chat
-        .conversation
-        .messages()
-        .last()
-        .is_some_and(|m| m.role == "user")
-    {
+    if chat.conversation.messages().last().is_some_and(|m| m.role == "user") {
         chat.answer(None)?;
     }
     interactive(&mut chat)
 }
 
-const HELP: &str =
-    "commands: /reset (forget the conversation), /system TEXT (set the system message), \
+const HELP: &str = "commands: /reset (forget the conversation), /system TEXT (set the system message), \
 /stats (sizes and speed), /exit; Ctrl-C stops an answer, Ctrl-D exits";
 
 fn interactive(chat: &mut Chat) -> anyhow::Result<ExitCode> {
@@ -185,10 +165,7 @@ fn interactive(chat: &mut Chat) -> anyhow::Result<ExitCode> {
         let Some(line) = lines.next() else { break };
         let line = line.context("reading stdin")?;
         let line = line.trim();
-        match line
-            .split_once(' ')
-            .map_or((line, ""), |(c, rest)| (c, rest.trim()))
-        {
+        match line.split_once(' ').map_or((line, ""), |(c, rest)| (c, rest.trim())) {
             ("", _) => continue,
             ("/exit" | "/bye" | "/quit", _) => break,
             ("/reset", _) => {
@@ -198,10 +175,7 @@ fn interactive(chat: &mut Chat) -> anyhow::Result<ExitCode> {
             ("/system", text) => {
                 chat.conversation
                     .set_system((!text.is_empty()).then(|| text.to_string()));
-                eprintln!(
-                    "[system message {}]",
-                    if text.is_empty() { "removed" } else { "set" }
-                );
+                eprintln!("[system message {}]", if text.is_empty() { "removed" } else { "set" });
             }
             ("/stats", _) => chat.print_stats(),
             ("/help" | "/?", _) => eprintln!("{HELP}"),

@@ -1,5 +1,6 @@
 //! Pieces shared by the subcommands: loading, requests, Ctrl-C, output.
 
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,22 +19,48 @@ pub fn load_engine(a: &ModelArgs) -> anyhow::Result<Engine> {
     Ok(Engine::load(&a.model, &options)?)
 }
 
-/// Builds a request from the flags; unset flags take the model's generation_config.json defaults.
-pub fn request(engine: &Engine, a: &SamplingArgs, ctx_size: Option<usize>) -> GenerateRequest {
-    let gen_cfg = engine.generation_config();
-    let default_temperature = match gen_cfg.do_sample {
-        Some(false) => 0.0,
-        _ => gen_cfg.temperature.unwrap_or(1.0),
-    };
-    GenerateRequest {
+/// Builds a request from the flags; unset sampling flags take the model's
+/// generation_config.json defaults (applied by the library).
+pub fn request(a: &SamplingArgs, ctx_size: Option<usize>) -> llama32::Result<GenerateRequest> {
+    let mut logit_bias = BTreeMap::new();
+    for item in &a.logit_bias {
+        let parsed = item
+            .split_once('=')
+            .and_then(|(id, b)| Some((id.trim().parse().ok()?, b.trim().parse().ok()?)));
+        let (id, bias): (u32, f32) = parsed.ok_or_else(|| llama32::Error::InvalidParameter {
+            name: "logit_bias",
+            reason: format!("`{item}` is not ID=BIAS (e.g. 128009=-100)"),
+        })?;
+        logit_bias.insert(id, bias);
+    }
+    let request = GenerateRequest {
         max_tokens: a.max_tokens,
         sampling: SamplingParams {
-            temperature: a.temperature.unwrap_or(default_temperature),
+            temperature: a.temperature,
+            top_p: a.top_p,
+            top_k: a.top_k,
+            min_p: a.min_p,
+            repetition_penalty: a.repetition_penalty,
+            frequency_penalty: a.frequency_penalty,
+            presence_penalty: a.presence_penalty,
             seed: a.seed,
+            logit_bias,
         },
+        stop: a.stop.clone(),
         ctx_size,
         prefill_chunk: a.prefill_chunk,
+    };
+    // Range errors in explicit values are reported before the model loads; ids against the
+    // vocabulary and the model's own defaults are checked again once it has.
+    request.sampling.resolve(&Default::default(), usize::MAX)?;
+    if request.max_tokens == 0 {
+        return Err(llama32::Error::InvalidParameter {
+            name: "max-tokens",
+            reason: "must be at least 1".into(),
+        });
     }
+    llama32::StopMatcher::new(request.stop.clone())?;
+    Ok(request)
 }
 
 /// A Ctrl-C flag: the first Ctrl-C stops the current generation instead of the process.

@@ -74,8 +74,7 @@ fn list_json(rows: &[(&ModelEntry, CacheStatus)]) -> serde_json::Value {
 }
 
 fn write_table(out: &mut impl Write, rows: &[(&ModelEntry, CacheStatus)]) -> io::Result<()> {
-    let width =
-        |f: &dyn Fn(&ModelEntry) -> usize| rows.iter().map(|(e, _)| f(e)).max().unwrap_or(0).max(4);
+    let width = |f: &dyn Fn(&ModelEntry) -> usize| rows.iter().map(|(e, _)| f(e)).max().unwrap_or(0).max(4);
     let name_w = width(&|e| e.alias.len());
     let repo_w = width(&|e| e.repo.to_string().len());
     writeln!(
@@ -177,16 +176,12 @@ fn token(hf_home: &Path) -> anyhow::Result<Option<String>> {
     match std::fs::read_to_string(&path) {
         Ok(t) => Ok(Some(t.trim().to_string()).filter(|t| !t.is_empty())),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e)
-            .with_context(|| format!("reading the Hugging Face token file {}", path.display())),
+        Err(e) => Err(e).with_context(|| format!("reading the Hugging Face token file {}", path.display())),
     }
 }
 
 fn truthy(v: &str) -> bool {
-    matches!(
-        v.trim().to_ascii_lowercase().as_str(),
-        "1" | "on" | "yes" | "true"
-    )
+    matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "on" | "yes" | "true")
 }
 
 fn var(name: &str) -> Option<OsString> {
@@ -194,9 +189,7 @@ fn var(name: &str) -> Option<OsString> {
 }
 
 fn home() -> Option<PathBuf> {
-    var("HOME")
-        .or_else(|| var("USERPROFILE"))
-        .map(PathBuf::from)
+    var("HOME").or_else(|| var("USERPROFILE")).map(PathBuf::from)
 }
 
 fn cache_home() -> Option<PathBuf> {
@@ -227,8 +220,7 @@ fn human_size(bytes: u64) -> String {
 }
 
 /// File name, bar, bytes done / total, rate, time left.
-const BAR_TEMPLATE: &str =
-    "{msg:32!} [{bar:30}] {bytes:>10}/{total_bytes:10} {binary_bytes_per_sec:>12} ETA {eta}";
+const BAR_TEMPLATE: &str = "{msg:32!} [{bar:30}] {bytes:>10}/{total_bytes:10} {binary_bytes_per_sec:>12} ETA {eta}";
 
 /// One progress bar per file on a terminal (bytes, rate, ETA); nothing otherwise.
 /// Notices (retries, waits, resumes) go to stderr either way.

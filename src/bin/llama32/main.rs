@@ -27,15 +27,9 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Generate(mut a) => {
-            hub_cmd::resolve_in_place(&mut a.model.model).and_then(|()| generate(a))
-        }
-        Command::Chat(mut a) => {
-            hub_cmd::resolve_in_place(&mut a.model.model).and_then(|()| chat_cmd::run(a))
-        }
-        Command::Tokenize(mut a) => {
-            hub_cmd::resolve_in_place(&mut a.model).and_then(|()| tokenize(a))
-        }
+        Command::Generate(mut a) => hub_cmd::resolve_in_place(&mut a.model.model).and_then(|()| generate(a)),
+        Command::Chat(mut a) => hub_cmd::resolve_in_place(&mut a.model.model).and_then(|()| chat_cmd::run(a)),
+        Command::Tokenize(mut a) => hub_cmd::resolve_in_place(&mut a.model).and_then(|()| tokenize(a)),
         Command::Bench(mut a) => hub_cmd::resolve_in_place(&mut a.model).and_then(|()| bench_cmd::run(a)),
         Command::Download(a) => hub_cmd::download(a),
         Command::List(a) => hub_cmd::list(a),
@@ -45,9 +39,7 @@ fn main() -> ExitCode {
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            let usage = e
-                .downcast_ref::<llama32::Error>()
-                .is_some_and(|e| e.is_usage());
+            let usage = e.downcast_ref::<llama32::Error>().is_some_and(|e| e.is_usage());
             ExitCode::from(if usage { EXIT_USAGE } else { 1 })
         }
     }
@@ -60,8 +52,8 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
+    let request = request(&a.sampling, a.model.ctx_size)?;
     let engine = load_engine(&a.model)?;
-    let request = request(&engine, &a.sampling, a.model.ctx_size);
     let interrupt = Interrupt::install();
     let mut stream = Streamer::new();
     let out = engine.generate(&a.prompt, &request, |piece| {
