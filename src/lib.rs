@@ -38,6 +38,7 @@ pub mod error;
 pub mod hub;
 pub mod model;
 pub mod sampler;
+pub mod server;
 pub mod session;
 pub mod synthetic;
 pub mod tokenizer;

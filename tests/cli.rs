@@ -31,7 +31,7 @@ fn generate_json_has_the_documented_fields_and_greedy_tokens() {
     let v = generate_json(
         dir.to_str().unwrap(),
         &case.text,
-        &["--max-tokens", "24", "--temperature", "0"],
+        &["--max-tokens", "24", "--temperature", "0", "--dtype", "f32"],
     );
     let ids: Vec<u32> = serde_json::from_value(v["token_ids"].clone()).unwrap();
     assert_eq!(ids, case.greedy_ids);

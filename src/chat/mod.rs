@@ -90,6 +90,11 @@ fn invalid(name: &'static str, reason: String) -> Error {
 /// optional `tools` (OpenAI's request shape).
 pub fn parse_request(text: &str) -> Result<ChatRequest> {
     let json: Json = serde_json::from_str(text).map_err(|e| invalid("messages", format!("not valid JSON: {e}")))?;
+    parse_request_value(json)
+}
+
+/// Like [`parse_request`] for an already parsed JSON value (e.g. a request body's fields).
+pub fn parse_request_value(json: Json) -> Result<ChatRequest> {
     let (messages, tools) = match json {
         Json::Array(list) => (list, None),
         Json::Object(mut obj) => match obj.remove("messages") {

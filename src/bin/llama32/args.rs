@@ -24,6 +24,8 @@ pub enum Command {
     Tokenize(TokenizeArgs),
     /// Measure load time, prefill (pp) and decode (tg) speed and chat TTFT, llama-bench style.
     Bench(BenchArgs),
+    /// Serve an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models).
+    Serve(ServeArgs),
     /// Download a model into the Hugging Face cache (or update it) and print its directory.
     Download(crate::hub_cmd::DownloadArgs),
     /// List the models known by name, whether each is cached, and its size on disk.
@@ -177,4 +179,35 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `llama32 serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Address to listen on (loopback by default; 0.0.0.0 exposes the server to the network).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port (0 picks a free one; the bound address is printed on stderr).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Require `Authorization: Bearer KEY` on /v1/* (default: $LLAMA32_API_KEY if set, else no key).
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// The model id clients send and /v1/models lists (default: the --model string).
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+    /// Generations computed at once.
+    #[arg(long, default_value_t = 1)]
+    pub parallel: usize,
+    /// Requests that may wait for a slot; more are answered 503 with Retry-After.
+    #[arg(long, default_value_t = 16)]
+    pub queue: usize,
+    /// Largest request body in bytes (413 beyond).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body: usize,
+    /// Seconds a client may take to send a whole request (408 beyond).
+    #[arg(long, default_value_t = 30)]
+    pub request_timeout: u64,
 }

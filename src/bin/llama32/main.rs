@@ -6,6 +6,7 @@ mod bench_cmd;
 mod chat_cmd;
 mod common;
 mod hub_cmd;
+mod serve_cmd;
 
 use std::io::{self, Write};
 use std::ops::ControlFlow;
@@ -31,6 +32,12 @@ fn main() -> ExitCode {
         Command::Chat(mut a) => hub_cmd::resolve_in_place(&mut a.model.model).and_then(|()| chat_cmd::run(a)),
         Command::Tokenize(mut a) => hub_cmd::resolve_in_place(&mut a.model).and_then(|()| tokenize(a)),
         Command::Bench(mut a) => hub_cmd::resolve_in_place(&mut a.model).and_then(|()| bench_cmd::run(a)),
+        Command::Serve(mut a) => {
+            let name = a.model.model.display().to_string();
+            a.served_model_name
+                .get_or_insert(name.trim_end_matches('/').to_string());
+            hub_cmd::resolve_in_place(&mut a.model.model).and_then(|()| serve_cmd::run(a))
+        }
         Command::Download(a) => hub_cmd::download(a),
         Command::List(a) => hub_cmd::list(a),
     };
