@@ -3,8 +3,10 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{Module, Tensor};
+use std::borrow::Cow;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::{Device, Module, Tensor};
 
 use crate::error::Result;
 
@@ -31,7 +33,7 @@ impl Linear {
             .into_iter()
             .find(|d| cols % d.block_size() == 0);
         Ok(match dtype {
-            Some(d) => Self::Quantized(Arc::new(QTensor::quantize(&weight, d)?)),
+            Some(d) => Self::Quantized(Arc::new(quantize_parallel(&weight, d)?)),
             None => Self::Dense(weight),
         })
     }
@@ -61,6 +63,42 @@ impl Linear {
         }
         layers.iter().map(|l| l.forward(x)).collect()
     }
+}
+
+/// `QTensor::quantize` split over the available cores by rows (rows are independent, and
+/// a row is a whole number of blocks, so the pieces concatenate to the same bytes).
+fn quantize_parallel(weight: &Tensor, dtype: GgmlDType) -> Result<QTensor> {
+    let (rows, cols) = weight.dims2()?;
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(16);
+    if !weight.device().is_cpu() || threads == 1 || rows < 64 * threads {
+        return Ok(QTensor::quantize(weight, dtype)?);
+    }
+    let per = rows.div_ceil(threads);
+    let parts: Vec<candle_core::Result<Vec<u8>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..rows)
+            .step_by(per)
+            .map(|start| {
+                // `QTensor::quantize` reads its input's whole storage (ignoring a narrowed
+                // view's offset), so each piece gets a storage of its own.
+                let len = per.min(rows - start);
+                let piece = weight
+                    .narrow(0, start, len)
+                    .and_then(|p| p.flatten_all()?.to_vec1::<f32>())
+                    .and_then(|v| Tensor::from_vec(v, (len, cols), &Device::Cpu));
+                scope.spawn(move || QTensor::quantize(&piece?, dtype)?.data().map(|d| d.into_owned()))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(candle_core::Error::Msg("quantization thread panicked".into()))))
+            .collect()
+    });
+    let mut bytes = Vec::new();
+    for part in parts {
+        bytes.extend_from_slice(&part?);
+    }
+    let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, dtype)?;
+    Ok(QTensor::new(storage, (rows, cols))?)
 }
 
 #[cfg(test)]
@@ -94,6 +132,17 @@ mod tests {
             let shared = Linear::forward_shared(&[&q, &q], &x.narrow(0, 0, 1).unwrap()).unwrap();
             let single = q.forward(&x.narrow(0, 0, 1).unwrap()).unwrap();
             assert!(rel_err(&shared[1], &single) < 1e-5);
+        }
+    }
+
+    #[test]
+    fn parallel_quantization_gives_the_same_blocks() {
+        let w = Tensor::randn(0f32, 1.0, (1000, 256), &Device::Cpu).unwrap();
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4K] {
+            let serial = QTensor::quantize(&w, dtype).unwrap();
+            let parallel = quantize_parallel(&w, dtype).unwrap();
+            assert_eq!(serial.data().unwrap(), parallel.data().unwrap());
+            assert_eq!(parallel.shape().dims(), &[1000, 256]);
         }
     }
 
