@@ -41,7 +41,10 @@ impl Linear {
     /// `x: [tokens, in] -> [tokens, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Self::Dense(w) => x.matmul(&w.t()?)?,
+            Self::Dense(w) => match crate::model::gemv::try_gemv(x, w)? {
+                Some(y) => y,
+                None => x.matmul(&w.t()?)?,
+            },
             Self::Quantized(q) => QMatMul::from_arc(q.clone())?.forward(x)?,
         })
     }

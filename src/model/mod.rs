@@ -3,6 +3,7 @@
 //! The model only computes logits; it never samples.
 
 pub mod attention;
+pub mod gemv;
 pub mod kv_cache;
 pub mod linear;
 pub mod mlp;
