@@ -500,3 +500,23 @@ fn slow_and_broken_clients_do_not_hold_the_server() {
     );
     assert!(!server.log.lock().unwrap().join("\n").contains("panicked"));
 }
+
+#[test]
+fn expect_100_continue_is_answered() {
+    let server = start(&[]);
+    let body = chat_body(json!({"max_tokens": 2})).to_string();
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nExpect: 100-continue\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let mut buf = [0u8; 25];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(body.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    assert_eq!(parse_response(&raw).status, 200);
+}

@@ -253,7 +253,7 @@ fn whole(state: &State, plan: &Plan, mut session: Session, conn: &mut Conn, keep
         let mut calls = 0u32;
         let result = session.generate(&plan.prompt, &plan.choice_request(i), plan.start, |_| {
             calls += 1;
-            if calls % CHECK_EVERY == 0 && conn.client_gone() {
+            if calls.is_multiple_of(CHECK_EVERY) && conn.client_gone() {
                 return ControlFlow::Break(());
             }
             ControlFlow::Continue(())
@@ -354,7 +354,7 @@ fn stream(state: &State, plan: &Plan, mut session: Session, conn: &mut Conn) -> 
                 }
             } else {
                 calls += 1;
-                if calls % CHECK_EVERY == 0 && sse.client_gone() {
+                if calls.is_multiple_of(CHECK_EVERY) && sse.client_gone() {
                     return ControlFlow::Break(());
                 }
             }

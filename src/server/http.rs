@@ -161,7 +161,7 @@ impl Conn {
                 break;
             }
         }
-        let mut request = parse_head(&head).map_err(|e| ReadError::Reject(e))?;
+        let mut request = parse_head(&head).map_err(ReadError::Reject)?;
         if request
             .header("transfer-encoding")
             .is_some_and(|t| !t.eq_ignore_ascii_case("identity"))
@@ -180,6 +180,15 @@ impl Conn {
         };
         if length > limits.max_body_bytes {
             return Err(ReadError::Reject(ApiError::too_large(limits.max_body_bytes)));
+        }
+        let expects_continue = request
+            .header("expect")
+            .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"));
+        if expects_continue && length > 0 {
+            // curl waits for this before sending larger bodies.
+            if self.writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err() {
+                return Err(ReadError::Closed);
+            }
         }
         let mut body = vec![0u8; length];
         let mut filled = 0;

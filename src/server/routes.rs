@@ -63,7 +63,7 @@ fn route(state: &State, request: &Request, conn: &mut Conn) -> Result<Outcome, A
     let (method, path) = (request.method.as_str(), request.path.trim_end_matches('/'));
     if path == "/health" {
         return match method {
-            "GET" | "HEAD" => {
+            "GET" => {
                 let (running, waiting) = state.slots.load();
                 let body = json!({"status": "ok", "running": running, "waiting": waiting});
                 Ok(send_json(conn, &body, request.keep_alive))
