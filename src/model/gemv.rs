@@ -102,7 +102,10 @@ mod tests {
             let a: Vec<f32> = (0..len).map(|i| ((i * 7 % 13) as f32 - 6.0) / 3.0).collect();
             let b: Vec<f32> = (0..len).map(|i| ((i * 5 % 11) as f32 - 5.0) / 2.0).collect();
             let (fast, slow) = (dot(&a, &b) as f64, dot_slow(&a, &b));
-            assert!((fast - slow).abs() <= 1e-4 * (1.0 + slow.abs()), "{len}: {fast} vs {slow}");
+            assert!(
+                (fast - slow).abs() <= 1e-4 * (1.0 + slow.abs()),
+                "{len}: {fast} vs {slow}"
+            );
         }
     }
 
@@ -113,8 +116,17 @@ mod tests {
         let x = Tensor::randn(0f32, 1.0, (1, 200), &dev).unwrap();
         let fast = try_gemv(&x, &w).unwrap().unwrap();
         let reference = x.matmul(&w.t().unwrap()).unwrap();
-        let d = (fast - reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (fast - reference)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(d < 1e-4, "{d}");
-        assert!(try_gemv(&Tensor::zeros((2, 200), DType::F32, &dev).unwrap(), &w).unwrap().is_none());
+        assert!(try_gemv(&Tensor::zeros((2, 200), DType::F32, &dev).unwrap(), &w)
+            .unwrap()
+            .is_none());
     }
 }

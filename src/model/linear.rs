@@ -93,7 +93,10 @@ fn quantize_parallel(weight: &Tensor, dtype: GgmlDType) -> Result<QTensor> {
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(candle_core::Error::Msg("quantization thread panicked".into()))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(candle_core::Error::Msg("quantization thread panicked".into())))
+            })
             .collect()
     });
     let mut bytes = Vec::new();

@@ -8,6 +8,9 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "llama32", version, about)]
 pub struct Cli {
+    /// CPU threads for the tensor kernels (default: every available core).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -41,7 +44,7 @@ pub struct ModelArgs {
     /// cpu, cuda[:N] or metal[:N] (GPUs need the `cuda` / `metal` cargo feature).
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Compute dtype: f32, f16 or bf16 (default: f32 on CPU, the checkpoint's on GPU).
+    /// Weights: q8_0, q4k, f32, f16 or bf16 (default: q8_0 on CPU, the checkpoint's 16-bit dtype on GPU).
     #[arg(long)]
     pub dtype: Option<String>,
     /// Context window in tokens (default: the model's max_position_embeddings).

@@ -27,6 +27,15 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(threads) = cli.threads {
+        if threads == 0 {
+            eprintln!("error: invalid parameter `threads`: must be at least 1");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        // Before any thread pool starts: candle sizes its kernels by RAYON_NUM_THREADS.
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+    }
     let result = match cli.command {
         Command::Generate(mut a) => hub_cmd::resolve_in_place(&mut a.model.model).and_then(|()| generate(a)),
         Command::Chat(mut a) => hub_cmd::resolve_in_place(&mut a.model.model).and_then(|()| chat_cmd::run(a)),
