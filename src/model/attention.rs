@@ -127,8 +127,8 @@ mod tests {
                 let m = (n > 1).then_some(&mask);
                 let fast = grouped_attention(&q, &k, &v, m).unwrap();
                 let slow = grouped_attention_slow(&q, &k, &v, m).unwrap();
-                let d = (fast - slow).unwrap().abs().unwrap().max_all().unwrap();
-                assert!(d.to_scalar::<f32>().unwrap() < 1e-5, "heads {heads} kv {kv} n {n}");
+                let d = crate::model::testutil::max_abs_diff(&fast, &slow);
+                assert!(d < 1e-5, "heads {heads} kv {kv} n {n}");
             }
         }
     }

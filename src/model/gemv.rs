@@ -116,14 +116,7 @@ mod tests {
         let x = Tensor::randn(0f32, 1.0, (1, 200), &dev).unwrap();
         let fast = try_gemv(&x, &w).unwrap().unwrap();
         let reference = x.matmul(&w.t().unwrap()).unwrap();
-        let d = (fast - reference)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = crate::model::testutil::max_abs_diff(&fast, &reference);
         assert!(d < 1e-4, "{d}");
         assert!(try_gemv(&Tensor::zeros((2, 200), DType::F32, &dev).unwrap(), &w)
             .unwrap()

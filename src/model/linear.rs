@@ -110,19 +110,8 @@ fn quantize_parallel(weight: &Tensor, dtype: GgmlDType) -> Result<QTensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::testutil::rel_max_diff;
     use candle_core::Device;
-
-    fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        d / b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
-    }
 
     #[test]
     fn quantized_layers_track_the_dense_layer() {
@@ -133,11 +122,11 @@ mod tests {
         for (dtype, tol) in [(GgmlDType::Q8_0, 0.02), (GgmlDType::Q4K, 0.15)] {
             let q = Linear::quantize(w.clone(), dtype).unwrap();
             assert!(matches!(q, Linear::Quantized(_)));
-            let err = rel_err(&q.forward(&x).unwrap(), &dense);
+            let err = rel_max_diff(&q.forward(&x).unwrap(), &dense);
             assert!(err < tol, "{dtype:?}: {err}");
             let shared = Linear::forward_shared(&[&q, &q], &x.narrow(0, 0, 1).unwrap()).unwrap();
             let single = q.forward(&x.narrow(0, 0, 1).unwrap()).unwrap();
-            assert!(rel_err(&shared[1], &single) < 1e-5);
+            assert!(rel_max_diff(&shared[1], &single) < 1e-5);
         }
     }
 

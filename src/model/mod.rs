@@ -9,6 +9,8 @@ pub mod linear;
 pub mod mlp;
 pub mod norm;
 pub mod rope;
+#[cfg(test)]
+mod testutil;
 
 use candle_core::{DType, Device, Tensor};
 

@@ -46,8 +46,7 @@ mod tests {
         let w = Tensor::randn(1f32, 0.1, 32, &dev).unwrap();
         let x = Tensor::randn(0f32, 3.0, (5, 32), &dev).unwrap();
         let n = RmsNorm::new(w, 1e-5);
-        let d = (n.forward(&x).unwrap() - n.forward_slow(&x).unwrap()).unwrap();
-        let d = d.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = crate::model::testutil::max_abs_diff(&n.forward(&x).unwrap(), &n.forward_slow(&x).unwrap());
         assert!(d < 1e-5, "{d}");
     }
 }

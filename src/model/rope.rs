@@ -144,7 +144,6 @@ mod tests {
         let (cos, sin) = rope.tables(7, 5, DType::F32, &dev).unwrap();
         let fast = apply(&x, &cos, &sin).unwrap();
         let slow = apply_slow(&x, &cos, &sin).unwrap();
-        let diff = (fast - slow).unwrap().abs().unwrap().max_all().unwrap();
-        assert!(diff.to_scalar::<f32>().unwrap() < 1e-6);
+        assert!(crate::model::testutil::max_abs_diff(&fast, &slow) < 1e-6);
     }
 }

@@ -9,7 +9,7 @@ use serde_json::{json, Value as Json};
 
 use super::api::{chat_message, new_id, tool_call_json, usage, ChatParams, CommonParams, CompletionParams, Prompt};
 use super::error::ApiError;
-use super::http::{write_error, write_response, Conn};
+use super::http::{write_error, write_json, Conn};
 use super::queue::Acquire;
 use super::sse::EventStream;
 use super::{Outcome, State};
@@ -278,15 +278,7 @@ fn whole(state: &State, plan: &Plan, mut session: Session, conn: &mut Conn, keep
     }
     let mut body = plan.envelope(model, false, Json::Array(choices));
     body["usage"] = usage(plan.prompt.len(), completion_tokens);
-    let sent = write_response(
-        conn.writer(),
-        200,
-        "application/json",
-        &[],
-        body.to_string().as_bytes(),
-        keep_alive,
-    )
-    .is_ok();
+    let sent = write_json(conn.writer(), &body, keep_alive);
     Outcome {
         status: 200,
         prompt_tokens: plan.prompt.len(),

@@ -297,6 +297,11 @@ fn head(status: u16, content_type: &str, extra: &[(&str, String)], keep_alive: b
     head
 }
 
+/// Writes a 200 JSON response; false when the client is gone.
+pub fn write_json(w: &mut impl Write, body: &serde_json::Value, keep_alive: bool) -> bool {
+    write_response(w, 200, "application/json", &[], body.to_string().as_bytes(), keep_alive).is_ok()
+}
+
 /// Writes a whole response with a `Content-Length`.
 pub fn write_response(
     w: &mut impl Write,

@@ -5,7 +5,7 @@ use serde_json::json;
 use super::api::{unix_now, ChatParams, CompletionParams};
 use super::error::ApiError;
 use super::generate::{self, Plan};
-use super::http::{write_error, write_response, Conn, Request};
+use super::http::{write_error, write_json, Conn, Request};
 use super::{Outcome, State};
 
 /// Answers one request.
@@ -37,16 +37,7 @@ fn authorized(state: &State, request: &Request) -> bool {
 }
 
 fn send_json(conn: &mut Conn, body: &serde_json::Value, keep_alive: bool) -> Outcome {
-    let sent = write_response(
-        conn.writer(),
-        200,
-        "application/json",
-        &[],
-        body.to_string().as_bytes(),
-        keep_alive,
-    )
-    .is_ok();
-    Outcome::status(200, sent)
+    Outcome::status(200, write_json(conn.writer(), body, keep_alive))
 }
 
 fn model_object(state: &State) -> serde_json::Value {
