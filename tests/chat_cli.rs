@@ -230,3 +230,77 @@ fn a_second_turn_equals_prefilling_the_whole_history() {
     assert_eq!(again.generation.cached_tokens, 0);
     assert_eq!(again.generation.token_ids, second.generation.token_ids);
 }
+
+/// The interactive chat on a pseudo-terminal (util-linux `script`); `None` when `script` is
+/// not installed.
+fn terminal_chat() -> Option<std::process::Child> {
+    let bin = env!("CARGO_BIN_EXE_llama32");
+    let model = fixture(MODEL);
+    let cmd = format!(
+        "{bin} chat --model {} --date '{DATE}' --temperature 0 --max-tokens 100000 --ctx-size 100000",
+        model.display()
+    );
+    Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()
+}
+
+/// Waits (at most 120 s) until `screen` satisfies `ready`.
+fn wait_for(screen: &std::sync::Mutex<String>, ready: impl Fn(&str) -> bool) {
+    let start = std::time::Instant::now();
+    while !ready(&screen.lock().unwrap()) {
+        assert!(
+            start.elapsed().as_secs() < 120,
+            "timed out; screen: {}",
+            screen.lock().unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn on_a_terminal_it_prompts_and_ctrl_c_stops_only_the_answer() {
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+    let Some(mut child) = terminal_chat() else {
+        eprintln!("`script` is not installed: skipping the pseudo-terminal test");
+        return;
+    };
+    let screen = Arc::new(Mutex::new(String::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let sink = screen.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    wait_for(&screen, |s| s.contains(">>> "));
+    stdin.write_all(b"Tell me a very long story\n").unwrap();
+    stdin.flush().unwrap();
+    // Once the answer is streaming, Ctrl-C (0x03) stops it; the session goes on.
+    wait_for(&screen, |s| {
+        s.rsplit(">>> ").next().is_some_and(|answer| answer.len() > 300)
+    });
+    stdin.write_all(b"\x03").unwrap();
+    stdin.flush().unwrap();
+    wait_for(&screen, |s| {
+        s.contains("[interrupted]") && s.matches(">>> ").count() >= 2
+    });
+    stdin.write_all(b"/stats\n/exit\n").unwrap();
+    drop(stdin);
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    let screen = screen.lock().unwrap();
+    assert!(status.success(), "{screen}");
+    assert!(screen.contains("commands: /reset"), "{screen}");
+    assert!(screen.contains("messages,"), "/stats after the interruption: {screen}");
+}
