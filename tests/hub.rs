@@ -504,13 +504,7 @@ fn a_transfer_that_stalls_midway_resumes_with_a_range_request() {
     config.read_timeout = Duration::from_secs(1);
     let dir = hub::resolve("tiny", &env.registry, &config).unwrap();
     assert_snapshot(&env, &tiny(), &dir, &ALL);
-    let ranges: Vec<_> = env
-        .hub
-        .log()
-        .into_iter()
-        .filter(|l| l.path.starts_with("/cdn/"))
-        .map(|l| l.range)
-        .collect();
+    let ranges = env.hub.cdn_ranges();
     assert_eq!(ranges, [None, Some("bytes=100000-".to_string())]);
 }
 
@@ -520,13 +514,7 @@ fn a_truncated_body_is_resumed_and_verified() {
     env.hub.faults(|f| f.truncate_once = Some((MODEL.into(), 123_456)));
     let dir = env.resolve("tiny").unwrap();
     assert_snapshot(&env, &tiny(), &dir, &ALL);
-    let ranges: Vec<_> = env
-        .hub
-        .log()
-        .into_iter()
-        .filter(|l| l.path.starts_with("/cdn/"))
-        .map(|l| l.range)
-        .collect();
+    let ranges = env.hub.cdn_ranges();
     assert_eq!(ranges, [None, Some("bytes=123456-".to_string())]);
 }
 
@@ -537,13 +525,7 @@ fn an_interrupted_download_resumes_from_the_incomplete_file() {
     fs::write(lfs_part(&env, &repo), &repo.file(MODEL).data[..200_000]).unwrap();
     let dir = env.resolve("tiny").unwrap();
     assert_snapshot(&env, &repo, &dir, &ALL);
-    let ranges: Vec<_> = env
-        .hub
-        .log()
-        .into_iter()
-        .filter(|l| l.path.starts_with("/cdn/"))
-        .map(|l| l.range)
-        .collect();
+    let ranges = env.hub.cdn_ranges();
     assert_eq!(ranges, [Some("bytes=200000-".to_string())]);
     assert_eq!(
         env.progress

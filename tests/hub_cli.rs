@@ -312,12 +312,6 @@ fn a_killed_download_resumes_in_the_next_run() {
     child.wait().unwrap();
     let dir = PathBuf::from(env.ok(&mut env.cmd(&["download", "tiny"])).trim());
     assert_eq!(fs::read(dir.join("model.safetensors")).unwrap(), bytes(200_000, 3));
-    let ranges: Vec<_> = env
-        .hub
-        .log()
-        .into_iter()
-        .filter(|l| l.path.starts_with("/cdn/"))
-        .map(|l| l.range)
-        .collect();
+    let ranges = env.hub.cdn_ranges();
     assert_eq!(ranges, [None, Some("bytes=120000-".to_string())]);
 }

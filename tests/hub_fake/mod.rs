@@ -177,6 +177,15 @@ impl FakeHub {
         self.state.lock().unwrap().log.clone()
     }
 
+    /// The `Range` header of every request for LFS content (the `/cdn/` redirect target), in order.
+    pub fn cdn_ranges(&self) -> Vec<Option<String>> {
+        self.log()
+            .into_iter()
+            .filter(|l| l.path.starts_with("/cdn/"))
+            .map(|l| l.range)
+            .collect()
+    }
+
     /// Requests with this method whose path contains `needle`.
     pub fn count(&self, method: &str, needle: &str) -> usize {
         self.log()
