@@ -237,7 +237,9 @@ fn terminal_chat() -> Option<std::process::Child> {
     let bin = env!("CARGO_BIN_EXE_llama32");
     let model = fixture(MODEL);
     let cmd = format!(
-        "{bin} chat --model {} --date '{DATE}' --temperature 0 --max-tokens 100000 --ctx-size 100000",
+        // `exec`: a shell left waiting (dash, the usual /bin/sh) would take the Ctrl-C itself
+        // and exit 130 after our program ended normally.
+        "exec {bin} chat --model {} --date '{DATE}' --temperature 0 --max-tokens 100000 --ctx-size 100000",
         model.display()
     );
     Command::new("script")
@@ -295,12 +297,27 @@ fn on_a_terminal_it_prompts_and_ctrl_c_stops_only_the_answer() {
     wait_for(&screen, |s| {
         s.contains("[interrupted]") && s.matches(">>> ").count() >= 2
     });
-    stdin.write_all(b"/stats\n/exit\n").unwrap();
+    stdin.write_all(b"/stats\n").unwrap();
+    stdin.flush().unwrap();
+    wait_for(&screen, |s| s.contains("messages,"));
+    stdin.write_all(b"/exit\n").unwrap();
+    stdin.flush().unwrap();
+    // Keep stdin open until the program has exited: `script` may end the session on EOF.
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed().as_secs() > 120 {
+            let _ = child.kill();
+            panic!("no exit after /exit; screen: {}", screen.lock().unwrap());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     drop(stdin);
-    let status = child.wait().unwrap();
     reader.join().unwrap();
     let screen = screen.lock().unwrap();
-    assert!(status.success(), "{screen}");
+    assert!(status.success(), "{status}: {screen}");
     assert!(screen.contains("commands: /reset"), "{screen}");
     assert!(screen.contains("messages,"), "/stats after the interruption: {screen}");
 }
