@@ -58,8 +58,13 @@ fn quantized_models_agree_with_f32() {
         );
         // The fixtures are random models with very sharp logits (max |logit| ~ 25), where a
         // small perturbation moves probability mass far more than in a trained model; these
-        // bounds guard against regressions (measured: 84% / 0.096 for q8_0). Their widths
-        // (32, 64) are not whole Q4_K super-blocks, so q4k falls back to Q8_0 here.
-        assert!(rate >= 0.75 && kl < 0.2, "{quant}: {rate} {kl}");
+        // bounds guard against regressions (measured: 89.6% / 0.094 for q8_0, 24% / 4.2 for
+        // q4k, whose weight error is 14x q8_0's; the unit tests show both formats at least
+        // as exact as llama.cpp's Q8_0 / Q4_K on Gaussian weights).
+        let (min_rate, max_kl) = match quant {
+            ComputeDType::Q8_0 => (0.8, 0.15),
+            _ => (0.15, 6.0),
+        };
+        assert!(rate >= min_rate && kl < max_kl, "{quant}: {rate} {kl}");
     }
 }

@@ -33,15 +33,21 @@ pub fn try_gemv(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     };
     let w = &ws.as_slice::<f32>()?[wl.start_offset()..wl.start_offset() + n * k];
     let x = &xs.as_slice::<f32>()?[xl.start_offset()..xl.start_offset() + k];
+    Ok(Some(Tensor::from_vec(gemv(w, x), (1, n), &Device::Cpu)?))
+}
+
+/// `y = W x` for `w: [n, k]` row-major and `x: [k]`, rows in parallel.
+pub fn gemv(w: &[f32], x: &[f32]) -> Vec<f32> {
+    let k = x.len();
+    let n = w.len().checked_div(k).unwrap_or(0);
     let mut y = vec![0f32; n];
     y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(task, out)| {
         let first = task * ROWS_PER_TASK;
         for (i, yi) in out.iter_mut().enumerate() {
-            let row = &w[(first + i) * k..(first + i + 1) * k];
-            *yi = dot(row, x);
+            *yi = dot(&w[(first + i) * k..(first + i + 1) * k], x);
         }
     });
-    Ok(Some(Tensor::from_vec(y, (1, n), &Device::Cpu)?))
+    y
 }
 
 /// Dot product with the widest vector unit available.

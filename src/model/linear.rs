@@ -1,22 +1,25 @@
 //! A bias-free linear layer over `[tokens, in]` activations: dense, or with weights
-//! quantized in place (Q8_0 / Q4_K blocks, candle's quantized matmul kernels).
+//! quantized in place (Q8_0 / Q4_K): our packed formats and integer kernels on CPU
+//! ([`crate::model::quant`]), candle's quantized tensors on other devices.
 
 use std::sync::Arc;
 
-use std::borrow::Cow;
-
-use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
 use crate::error::Result;
+use crate::model::host::{is_cpu_f32, with_f32_slice};
+use crate::model::quant::{Isa, PackedFormat, PackedWeight};
 
 /// `y = x W^T` with `W: [out, in]` as stored in HF checkpoints.
 #[derive(Debug, Clone)]
 pub enum Linear {
     /// Weights in the compute dtype.
     Dense(Tensor),
-    /// Weights quantized in blocks; activations stay f32.
+    /// Weights quantized in blocks (candle's formats and kernels); activations stay f32.
     Quantized(Arc<QTensor>),
+    /// Weights in our packed CPU formats, activations quantized to 8 bits per matmul.
+    Packed(Arc<PackedWeight>),
 }
 
 impl Linear {
@@ -25,15 +28,25 @@ impl Linear {
         Self::Dense(weight)
     }
 
-    /// Quantizes a `[out, in]` f32 weight to `dtype`. A row length that is not a whole
-    /// number of `dtype` blocks falls back to Q8_0 (blocks of 32), then to dense f32.
+    /// Quantizes a `[out, in]` f32 weight to `dtype`: on CPU into our packed format (rows
+    /// must be whole blocks of 32, else the layer stays dense f32), elsewhere into candle's
+    /// (falling back to Q8_0, then to dense, when rows are not whole `dtype` blocks).
     pub fn quantize(weight: Tensor, dtype: GgmlDType) -> Result<Self> {
+        if weight.device().is_cpu() {
+            let format = match dtype {
+                GgmlDType::Q4K => PackedFormat::Q4K,
+                _ => PackedFormat::Q8_0,
+            };
+            let (rows, cols) = weight.dims2()?;
+            let packed = with_f32_slice(&weight, |w| PackedWeight::pack(w, rows, cols, format))?;
+            return Ok(packed.map_or(Self::Dense(weight), |p| Self::Packed(Arc::new(p))));
+        }
         let cols = weight.dim(1)?;
         let dtype = [dtype, GgmlDType::Q8_0]
             .into_iter()
             .find(|d| cols % d.block_size() == 0);
         Ok(match dtype {
-            Some(d) => Self::Quantized(Arc::new(quantize_parallel(&weight, d)?)),
+            Some(d) => Self::Quantized(Arc::new(QTensor::quantize(&weight, d)?)),
             None => Self::Dense(weight),
         })
     }
@@ -46,17 +59,32 @@ impl Linear {
                 None => x.matmul(&w.t()?)?,
             },
             Self::Quantized(q) => QMatMul::from_arc(q.clone())?.forward(x)?,
+            Self::Packed(p) => {
+                let mut out = packed_forward(&[p], x)?;
+                out.pop()
+                    .ok_or_else(|| candle_core::Error::Msg("packed matmul output".into()))?
+            }
         })
     }
 
     /// Applies several layers to the same input; when all are quantized with the same
     /// format, one fused kernel quantizes `x` once and runs them in one parallel region.
     pub fn forward_shared(layers: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
+        let packed: Option<Vec<&PackedWeight>> = layers
+            .iter()
+            .map(|l| match l {
+                Self::Packed(p) => Some(p.as_ref()),
+                _ => None,
+            })
+            .collect();
+        if let Some(ps) = packed {
+            return packed_forward(&ps, x);
+        }
         let quantized: Option<Vec<&QTensor>> = layers
             .iter()
             .map(|l| match l {
                 Self::Quantized(q) => Some(q.as_ref()),
-                Self::Dense(_) => None,
+                _ => None,
             })
             .collect();
         if let Some(qs) = quantized {
@@ -68,43 +96,48 @@ impl Linear {
     }
 }
 
-/// `QTensor::quantize` split over the available cores by rows (rows are independent, and
-/// a row is a whole number of blocks, so the pieces concatenate to the same bytes).
-fn quantize_parallel(weight: &Tensor, dtype: GgmlDType) -> Result<QTensor> {
-    let (rows, cols) = weight.dims2()?;
-    let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(16);
-    if !weight.device().is_cpu() || threads == 1 || rows < 64 * threads {
-        return Ok(QTensor::quantize(weight, dtype)?);
+impl Linear {
+    /// True when [`Linear::forward_slices`] can run this layer (packed, or dense f32 on CPU).
+    pub fn runs_on_slices(&self) -> bool {
+        match self {
+            Self::Packed(_) => true,
+            Self::Dense(w) => is_cpu_f32(w),
+            Self::Quantized(_) => false,
+        }
     }
-    let per = rows.div_ceil(threads);
-    let parts: Vec<candle_core::Result<Vec<u8>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..rows)
-            .step_by(per)
-            .map(|start| {
-                // `QTensor::quantize` reads its input's whole storage (ignoring a narrowed
-                // view's offset), so each piece gets a storage of its own.
-                let len = per.min(rows - start);
-                let piece = weight
-                    .narrow(0, start, len)
-                    .and_then(|p| p.flatten_all()?.to_vec1::<f32>())
-                    .and_then(|v| Tensor::from_vec(v, (len, cols), &Device::Cpu));
-                scope.spawn(move || QTensor::quantize(&piece?, dtype)?.data().map(|d| d.into_owned()))
+
+    /// One token `x: [in]` through several layers sharing it, on plain slices; every layer
+    /// must satisfy [`Linear::runs_on_slices`].
+    pub fn forward_slices(layers: &[&Linear], x: &[f32]) -> Result<Vec<Vec<f32>>> {
+        let packed: Option<Vec<&PackedWeight>> = layers
+            .iter()
+            .map(|l| match l {
+                Self::Packed(p) => Some(p.as_ref()),
+                _ => None,
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(candle_core::Error::Msg("quantization thread panicked".into())))
+        if let Some(ps) = packed {
+            return Ok(PackedWeight::matmul_many(&ps, x, 1, Isa::detect()));
+        }
+        layers
+            .iter()
+            .map(|l| match l {
+                Self::Packed(p) => Ok(p.matmul(x, 1)),
+                Self::Dense(w) => with_f32_slice(w, |ws| crate::model::gemv::gemv(ws, x)),
+                Self::Quantized(_) => Err(candle_core::Error::Msg("quantized layer on slices".into()).into()),
             })
             .collect()
-    });
-    let mut bytes = Vec::new();
-    for part in parts {
-        bytes.extend_from_slice(&part?);
     }
-    let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, dtype)?;
-    Ok(QTensor::new(storage, (rows, cols))?)
+}
+
+/// Packed weights with the same input width applied to `x: [tokens, in]`.
+fn packed_forward(ps: &[&PackedWeight], x: &Tensor) -> Result<Vec<Tensor>> {
+    let m = x.dim(0)?;
+    let outs = with_f32_slice(x, |xs| PackedWeight::matmul_many(ps, xs, m, Isa::detect()))?;
+    ps.iter()
+        .zip(outs)
+        .map(|(p, y)| Ok(Tensor::from_vec(y, (m, p.dims().0), &Device::Cpu)?))
+        .collect()
 }
 
 #[cfg(test)]
@@ -121,33 +154,22 @@ mod tests {
         let dense = Linear::new(w.clone()).forward(&x).unwrap();
         for (dtype, tol) in [(GgmlDType::Q8_0, 0.02), (GgmlDType::Q4K, 0.15)] {
             let q = Linear::quantize(w.clone(), dtype).unwrap();
-            assert!(matches!(q, Linear::Quantized(_)));
+            assert!(matches!(q, Linear::Packed(_)));
             let err = rel_max_diff(&q.forward(&x).unwrap(), &dense);
             assert!(err < tol, "{dtype:?}: {err}");
             let shared = Linear::forward_shared(&[&q, &q], &x.narrow(0, 0, 1).unwrap()).unwrap();
             let single = q.forward(&x.narrow(0, 0, 1).unwrap()).unwrap();
-            assert!(rel_max_diff(&shared[1], &single) < 1e-5);
+            assert!(rel_max_diff(&shared[1], &single) < 1e-6);
         }
     }
 
     #[test]
-    fn parallel_quantization_gives_the_same_blocks() {
-        let w = Tensor::randn(0f32, 1.0, (1000, 256), &Device::Cpu).unwrap();
-        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4K] {
-            let serial = QTensor::quantize(&w, dtype).unwrap();
-            let parallel = quantize_parallel(&w, dtype).unwrap();
-            assert_eq!(serial.data().unwrap(), parallel.data().unwrap());
-            assert_eq!(parallel.shape().dims(), &[1000, 256]);
-        }
-    }
-
-    #[test]
-    fn rows_that_are_not_whole_blocks_fall_back() {
+    fn rows_that_are_not_whole_blocks_stay_dense() {
         let w = Tensor::randn(0f32, 1.0, (4, 64), &Device::Cpu).unwrap();
-        let Linear::Quantized(q) = Linear::quantize(w.clone(), GgmlDType::Q4K).unwrap() else {
-            panic!()
+        let Linear::Packed(p) = Linear::quantize(w, GgmlDType::Q4K).unwrap() else {
+            panic!("64 columns pack")
         };
-        assert_eq!(q.dtype(), GgmlDType::Q8_0);
+        assert_eq!(p.format(), PackedFormat::Q4K);
         let w = Tensor::randn(0f32, 1.0, (4, 40), &Device::Cpu).unwrap();
         assert!(matches!(
             Linear::quantize(w, GgmlDType::Q8_0).unwrap(),

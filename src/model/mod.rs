@@ -3,11 +3,14 @@
 //! The model only computes logits; it never samples.
 
 pub mod attention;
+pub mod decode;
 pub mod gemv;
+pub mod host;
 pub mod kv_cache;
 pub mod linear;
 pub mod mlp;
 pub mod norm;
+pub mod quant;
 pub mod rope;
 #[cfg(test)]
 mod testutil;
@@ -178,6 +181,10 @@ impl Llama {
                 name: "prompt",
                 reason: format!("token id {bad} is outside the vocabulary of {vocab}"),
             });
+        }
+        if let ([token], true) = (tokens, self.steps_on_slices()) {
+            let logits = self.step_on_slices(*token, cache)?;
+            return Ok(Tensor::from_vec(logits, vocab, &self.device)?);
         }
         let mut last = None;
         for piece in tokens.chunks(chunk.max(1)) {

@@ -25,6 +25,18 @@ impl RmsNorm {
         Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)?)
     }
 
+    /// One f32 row on the CPU (the weight must be a CPU f32 tensor).
+    pub fn forward_slice(&self, x: &[f32]) -> Result<Vec<f32>> {
+        let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32;
+        let inv = 1.0 / (ms + self.eps).sqrt();
+        crate::model::host::with_f32_slice(&self.weight, |w| x.iter().zip(w).map(|(v, w)| v * inv * w).collect())
+    }
+
+    /// The weight.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
     /// Slow twin of [`RmsNorm::forward`]: `w * x / sqrt(mean(x^2) + eps)` in f32.
     pub fn forward_slow(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();

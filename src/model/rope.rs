@@ -33,6 +33,14 @@ impl Rope {
         &self.inv_freq
     }
 
+    /// `(cos, sin)` of position `pos` (each `head_dim / 2` long), as in [`Rope::tables`].
+    pub fn angles(&self, pos: usize) -> (Vec<f32>, Vec<f32>) {
+        self.inv_freq
+            .iter()
+            .map(|&f| ((pos as f32 * f).cos(), (pos as f32 * f).sin()))
+            .unzip()
+    }
+
     /// `(cos, sin)` tables of shape `[len, head_dim / 2]` for positions `start..start+len`,
     /// computed in f32 and then cast to `dtype`.
     pub fn tables(&self, start: usize, len: usize, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {

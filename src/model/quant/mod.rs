@@ -1,0 +1,313 @@
+//! Our own quantized weight formats and integer matmul kernels for the CPU.
+//!
+//! candle's quantized kernels decode one token at about half the memory bandwidth for
+//! Q4_K and well below it for Q8_0, so on CPU the linear layers use these instead:
+//! weights repacked 16 rows at a time ([`q8`], [`q4`]) so that one 512-bit load feeds 16
+//! row accumulators, activations quantized to 8 bits in blocks of 32 ([`activation`]), and
+//! dot products on the integer units (AVX-512 VNNI, else AVX2, else portable code; picked
+//! at run time). [`PackedWeight::matmul_reference`] is the slow f32 twin the tests compare
+//! the kernels against.
+
+pub mod activation;
+pub mod q4;
+pub mod q8;
+
+use rayon::prelude::*;
+
+use activation::{QuantizedRows, BLOCK};
+
+/// Rows packed together.
+pub const GROUP: usize = 16;
+
+/// Bytes of quantized prompt activations processed against a stretch of weights at once.
+const TOKEN_CHUNK_BYTES: usize = 256 * 1024;
+
+/// One 64-byte, 64-byte aligned cache line of packed weights.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug)]
+pub struct Line(pub [u8; 64]);
+
+/// The quantized activations of up to `T` tokens, as the kernels read them.
+pub struct Acts<'a, const T: usize> {
+    /// Quantized values per token.
+    pub qs: [&'a [i8]; T],
+    /// Block scales per token.
+    pub scales: [&'a [f32]; T],
+    /// Block sums per token.
+    pub sums: [&'a [i32]; T],
+}
+
+/// A packed weight format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackedFormat {
+    /// 8-bit blocks of 32 with f16 scales (8.5 bits per weight).
+    Q8_0,
+    /// 4-bit sub-blocks of 32 with 8-bit scales and minimums (4.625 bits per weight).
+    Q4K,
+}
+
+/// A `[rows, cols]` weight matrix in a packed format (`cols` a multiple of 32).
+#[derive(Debug, Clone)]
+pub struct PackedWeight {
+    format: PackedFormat,
+    rows: usize,
+    cols: usize,
+    lines: Vec<Line>,
+    meta: Vec<u8>,
+}
+
+/// Which kernel family the CPU runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// Plain Rust.
+    Portable,
+    /// AVX2 + FMA + F16C.
+    Avx2,
+    /// AVX-512 F/BW/VNNI.
+    Avx512,
+}
+
+impl Isa {
+    /// The best kernel family this CPU supports.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") && has!("avx512bw") && has!("avx512vnni") {
+                return Self::Avx512;
+            }
+            if has!("avx2") && has!("fma") && has!("f16c") {
+                return Self::Avx2;
+            }
+        }
+        Self::Portable
+    }
+
+    /// Every family this CPU can run, best first.
+    pub fn available() -> Vec<Self> {
+        let best = Self::detect();
+        [Self::Avx512, Self::Avx2, Self::Portable]
+            .into_iter()
+            .filter(|i| *i as u8 <= best as u8)
+            .collect()
+    }
+}
+
+impl PackedWeight {
+    /// Packs `w: [rows, cols]` (row-major f32); `None` when `cols` is not a multiple of 32.
+    /// Row groups are quantized in parallel.
+    pub fn pack(w: &[f32], rows: usize, cols: usize, format: PackedFormat) -> Option<Self> {
+        if cols == 0 || !cols.is_multiple_of(BLOCK) || w.len() != rows * cols {
+            return None;
+        }
+        let groups = rows.div_ceil(GROUP);
+        let (lines_per, meta_per) = Self::group_sizes(format, cols);
+        let mut lines = vec![Line([0; 64]); groups * lines_per];
+        let mut meta = vec![0u8; groups * meta_per];
+        let pack_one = |(g, (lines, meta)): (usize, (&mut [Line], &mut [u8]))| {
+            let mut block = vec![0f32; GROUP * cols];
+            let have = (rows - g * GROUP).min(GROUP) * cols;
+            block[..have].copy_from_slice(&w[g * GROUP * cols..g * GROUP * cols + have]);
+            match format {
+                PackedFormat::Q8_0 => q8::pack_group(&block, cols, lines, meta),
+                PackedFormat::Q4K => q4::pack_group(&block, cols, lines, meta),
+            }
+        };
+        lines
+            .par_chunks_mut(lines_per)
+            .zip(meta.par_chunks_mut(meta_per))
+            .enumerate()
+            .for_each(pack_one);
+        Some(Self {
+            format,
+            rows,
+            cols,
+            lines,
+            meta,
+        })
+    }
+
+    /// Lines and meta bytes of one group.
+    fn group_sizes(format: PackedFormat, cols: usize) -> (usize, usize) {
+        let blocks = cols / BLOCK;
+        match format {
+            PackedFormat::Q8_0 => (blocks * q8::TILE / 64, blocks * GROUP * 2),
+            PackedFormat::Q4K => {
+                let sub = q4::sub_blocks(cols);
+                (blocks * GROUP * BLOCK / 2 / 64, blocks / sub * q4::meta_len(sub))
+            }
+        }
+    }
+
+    /// The format.
+    pub fn format(&self) -> PackedFormat {
+        self.format
+    }
+
+    /// `(rows, cols)`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    /// Bytes of packed data.
+    pub fn bytes(&self) -> usize {
+        self.lines.len() * 64 + self.meta.len()
+    }
+
+    /// Row `r` dequantized to f32.
+    pub fn row(&self, r: usize) -> Vec<f32> {
+        let (g, i) = (r / GROUP, r % GROUP);
+        let (lp, mp) = Self::group_sizes(self.format, self.cols);
+        let (lines, meta) = (&self.lines[g * lp..(g + 1) * lp], &self.meta[g * mp..(g + 1) * mp]);
+        (0..self.cols)
+            .map(|c| match self.format {
+                PackedFormat::Q8_0 => q8::weight(lines, meta, i, c),
+                PackedFormat::Q4K => q4::weight(lines, meta, self.cols, i, c),
+            })
+            .collect()
+    }
+
+    /// `x: [m, cols]` (row-major f32) times the transposed weights: `[m, rows]`, computed
+    /// with the kernels of `isa` (which must be supported: see [`Isa::available`]).
+    pub fn matmul_with(&self, x: &[f32], m: usize, isa: Isa) -> Vec<f32> {
+        Self::matmul_many(&[self], x, m, isa).pop().unwrap_or_default()
+    }
+
+    /// [`Self::matmul_with`] on the best kernels of this CPU.
+    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        self.matmul_with(x, m, Isa::detect())
+    }
+
+    /// Several weights with the same `cols` applied to the same `x`: the activations are
+    /// quantized once and all row groups run in one parallel region.
+    pub fn matmul_many(ws: &[&Self], x: &[f32], m: usize, isa: Isa) -> Vec<Vec<f32>> {
+        let Some(cols) = ws.first().map(|w| w.cols) else {
+            return Vec::new();
+        };
+        debug_assert!(x.len() == m * cols && ws.iter().all(|w| w.cols == cols));
+        let acts = QuantizedRows::quantize(x, cols);
+        let total: usize = ws.iter().map(|w| w.rows.div_ceil(GROUP)).sum();
+        let per_task = total.div_ceil(rayon::current_num_threads().max(1) * 16).max(1);
+        // Outputs as [groups][m][16]: each task owns whole groups of one weight.
+        let mut grouped: Vec<Vec<f32>> = ws
+            .iter()
+            .map(|w| vec![0f32; w.rows.div_ceil(GROUP) * m * GROUP])
+            .collect();
+        let mut tasks = Vec::new();
+        for (w, out) in ws.iter().zip(grouped.iter_mut()) {
+            for (t, chunk) in out.chunks_mut(per_task * m * GROUP).enumerate() {
+                tasks.push((*w, t * per_task, chunk));
+            }
+        }
+        // Prompt tokens go in chunks whose activations stay in the core's L2 cache while
+        // the task's weights stream past them.
+        let chunk = (TOKEN_CHUNK_BYTES / cols).next_multiple_of(4).max(4);
+        tasks.into_par_iter().for_each(|(w, first, out)| {
+            let (lp, mp) = Self::group_sizes(w.format, w.cols);
+            for start in (0..m).step_by(chunk) {
+                let tokens = start..(start + chunk).min(m);
+                for (k, out) in out.chunks_mut(m * GROUP).enumerate() {
+                    let g = first + k;
+                    let (lines, meta) = (&w.lines[g * lp..(g + 1) * lp], &w.meta[g * mp..(g + 1) * mp]);
+                    let out = &mut out[tokens.start * GROUP..tokens.end * GROUP];
+                    w.group_tokens(lines, meta, &acts, tokens.clone(), out, isa);
+                }
+            }
+        });
+        ws.iter().zip(grouped).map(|(w, g)| ungroup(g, m, w.rows)).collect()
+    }
+
+    /// One group against tokens `tokens`, 4 tokens per kernel call, into `out: [tokens][16]`.
+    fn group_tokens(
+        &self,
+        lines: &[Line],
+        meta: &[u8],
+        acts: &QuantizedRows,
+        tokens: std::ops::Range<usize>,
+        out: &mut [f32],
+        isa: Isa,
+    ) {
+        let mut t = tokens.start;
+        while t < tokens.end {
+            let n = (tokens.end - t).min(4);
+            let out = &mut out[(t - tokens.start) * GROUP..(t - tokens.start + n) * GROUP];
+            match n {
+                4 => self.kernel::<4>(lines, meta, acts, t, out, isa),
+                3 => self.kernel::<3>(lines, meta, acts, t, out, isa),
+                2 => self.kernel::<2>(lines, meta, acts, t, out, isa),
+                _ => self.kernel::<1>(lines, meta, acts, t, out, isa),
+            }
+            t += n;
+        }
+    }
+
+    /// Tokens `first..first + T` against one group, into `out: [T * 16]`.
+    fn kernel<const T: usize>(
+        &self,
+        lines: &[Line],
+        meta: &[u8],
+        acts: &QuantizedRows,
+        first: usize,
+        out: &mut [f32],
+        isa: Isa,
+    ) {
+        let a = Acts::<T> {
+            qs: std::array::from_fn(|t| acts.row(first + t)),
+            scales: std::array::from_fn(|t| acts.row_scales(first + t)),
+            sums: std::array::from_fn(|t| acts.row_sums(first + t)),
+        };
+        let mut res = [[0f32; GROUP]; T];
+        match (self.format, isa) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `isa` is one this CPU supports (the caller's contract, checked by
+            // `Isa::detect`).
+            (PackedFormat::Q8_0, Isa::Avx512) => unsafe { q8::group_dot_avx512(lines, meta, &a, &mut res) },
+            #[cfg(target_arch = "x86_64")]
+            (PackedFormat::Q8_0, Isa::Avx2) => unsafe { q8::group_dot_avx2(lines, meta, &a, &mut res) },
+            (PackedFormat::Q8_0, _) => q8::group_dot_portable(lines, meta, &a, &mut res),
+            #[cfg(target_arch = "x86_64")]
+            (PackedFormat::Q4K, Isa::Avx512) => unsafe {
+                q4::group_dot_avx512(lines, meta, q4::sub_blocks(self.cols), &a, &mut res)
+            },
+            #[cfg(target_arch = "x86_64")]
+            (PackedFormat::Q4K, Isa::Avx2) => unsafe {
+                q4::group_dot_avx2(lines, meta, q4::sub_blocks(self.cols), &a, &mut res)
+            },
+            (PackedFormat::Q4K, _) => q4::group_dot_portable(lines, meta, q4::sub_blocks(self.cols), &a, &mut res),
+        }
+        for (dst, src) in out.chunks_mut(GROUP).zip(&res) {
+            dst.copy_from_slice(src);
+        }
+    }
+
+    /// Slow, obviously correct twin of [`Self::matmul`]: every weight dequantized, f32
+    /// activations, f64 sums.
+    pub fn matmul_reference(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let rows: Vec<Vec<f32>> = (0..self.rows).map(|r| self.row(r)).collect();
+        let mut y = Vec::with_capacity(m * self.rows);
+        for xr in x.chunks(self.cols) {
+            for w in &rows {
+                y.push(w.iter().zip(xr).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() as f32);
+            }
+        }
+        y
+    }
+}
+
+/// `[groups][m][16]` -> `[m, rows]`.
+fn ungroup(mut grouped: Vec<f32>, m: usize, rows: usize) -> Vec<f32> {
+    if m == 1 {
+        grouped.truncate(rows);
+        return grouped;
+    }
+    let mut y = vec![0f32; m * rows];
+    for (r, yr) in y.chunks_mut(rows).enumerate() {
+        for (c, v) in yr.iter_mut().enumerate() {
+            *v = grouped[(c / GROUP * m + r) * GROUP + c % GROUP];
+        }
+    }
+    y
+}
+
+#[cfg(test)]
+mod tests;

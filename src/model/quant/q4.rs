@@ -1,0 +1,286 @@
+//! `q4k`: 4-bit weights with Q4_K's structure (super-blocks of up to 256 columns made of
+//! sub-blocks of 32, each sub-block with its own scale and minimum, quantized against the
+//! super-block's f16 `d` and `dmin`), repacked 16 rows at a time.
+//!
+//! A weight is `d * sc * q - dmin * mn` with `q` in `[0, 15]` and 8-bit `sc`, `mn` (Q4_K
+//! keeps 6 of those bits; 8 cost 0.125 bit per weight more and are more exact).
+//!
+//! Layout of one group of 16 rows and one sub-block of 32 columns: 4 lines of 64 bytes,
+//! line `j` holding for row `i` at bytes `4i..4i + 4` the weights of columns `8j + t` (low
+//! nibble) and `8j + 4 + t` (high nibble), `t` in `0..4`. Per group and super-block, `meta`
+//! holds `d[16]`, `dmin[16]` (f16), then per sub-block `sc[16]` and `mn[16]` (u8).
+
+// The kernels index several arrays in lockstep by token and row.
+#![allow(clippy::needless_range_loop)]
+
+use half::f16;
+
+use super::activation::BLOCK;
+use super::{Acts, Line, GROUP};
+
+const LINES: usize = GROUP * BLOCK / 2 / 64;
+
+/// Sub-blocks per super-block for rows of `cols` columns: 8 (256 columns) where the row
+/// allows it, else the largest of 4, 2, 1 that divides it.
+pub fn sub_blocks(cols: usize) -> usize {
+    let blocks = cols / BLOCK;
+    [8, 4, 2, 1]
+        .into_iter()
+        .find(|s| blocks.is_multiple_of(*s))
+        .unwrap_or(1)
+}
+
+/// Meta bytes per group and super-block.
+pub fn meta_len(sub: usize) -> usize {
+    4 * GROUP + 2 * GROUP * sub
+}
+
+/// Scale and minimum (as a non-negative offset) of one sub-block, refined by least squares.
+fn fit_sub_block(w: &[f32]) -> (f32, f32) {
+    let (lo, hi) = w.iter().fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    if hi <= lo {
+        return (0.0, -lo);
+    }
+    let (mut scale, mut min) = ((hi - lo) / 15.0, lo);
+    for _ in 0..2 {
+        // Fix the levels, then solve for the (scale, min) minimising the squared error.
+        let (mut n, mut sq, mut sqq, mut sw, mut sqw) = (0f32, 0f32, 0f32, 0f32, 0f32);
+        for &v in w {
+            let q = ((v - min) / scale).round().clamp(0.0, 15.0);
+            n += 1.0;
+            sq += q;
+            sqq += q * q;
+            sw += v;
+            sqw += q * v;
+        }
+        let det = n * sqq - sq * sq;
+        if det <= 0.0 {
+            break;
+        }
+        let s = (n * sqw - sq * sw) / det;
+        let m = (sw - s * sq) / n;
+        if s.is_nan() || s <= 0.0 || m > 0.0 {
+            break;
+        }
+        (scale, min) = (s, m);
+    }
+    (scale, -min)
+}
+
+/// One group of 16 rows (`w: [16, cols]`) quantized into `lines` (`cols / 32 * 4`) and
+/// `meta` (`cols / 32 / sub` super-blocks of [`meta_len`] bytes).
+pub fn pack_group(w: &[f32], cols: usize, lines: &mut [Line], meta: &mut [u8]) {
+    let sub = sub_blocks(cols);
+    let mlen = meta_len(sub);
+    for s in 0..cols / BLOCK / sub {
+        let m = &mut meta[s * mlen..(s + 1) * mlen];
+        for i in 0..GROUP {
+            let row = &w[i * cols + s * sub * BLOCK..i * cols + (s + 1) * sub * BLOCK];
+            let fits: Vec<(f32, f32)> = row.chunks(BLOCK).map(fit_sub_block).collect();
+            let dmax = fits.iter().fold(0f32, |a, f| a.max(f.0));
+            let mmax = fits.iter().fold(0f32, |a, f| a.max(f.1));
+            let d = f16::from_f32(dmax / 255.0);
+            let dmin = f16::from_f32(mmax / 255.0);
+            m[2 * i..2 * i + 2].copy_from_slice(&d.to_bits().to_le_bytes());
+            m[2 * GROUP + 2 * i..2 * GROUP + 2 * i + 2].copy_from_slice(&dmin.to_bits().to_le_bytes());
+            for (j, (&(scale, min), chunk)) in fits.iter().zip(row.chunks(BLOCK)).enumerate() {
+                let ratio = |v: f32, unit: f16| if unit.to_f32() > 0.0 { v / unit.to_f32() } else { 0.0 };
+                let sc = ratio(scale, d).round().clamp(0.0, 255.0) as u8;
+                let mn = ratio(min, dmin).round().clamp(0.0, 255.0) as u8;
+                m[4 * GROUP + j * 2 * GROUP + i] = sc;
+                m[4 * GROUP + j * 2 * GROUP + GROUP + i] = mn;
+                let (step, off) = (d.to_f32() * sc as f32, dmin.to_f32() * mn as f32);
+                let tile = &mut lines[(s * sub + j) * LINES..(s * sub + j + 1) * LINES];
+                for (k, &v) in chunk.iter().enumerate() {
+                    let q = if step > 0.0 {
+                        ((v + off) / step).round().clamp(0.0, 15.0) as u8
+                    } else {
+                        0
+                    };
+                    let (line, t, high) = (k / 8, k % 4, k % 8 >= 4);
+                    tile[line].0[i * 4 + t] |= if high { q << 4 } else { q };
+                }
+            }
+        }
+    }
+}
+
+/// The per-row `(d, dmin)` of super-block meta `m` and the `(sc, mn)` of sub-block `j`.
+fn row_params(m: &[u8], i: usize, j: usize) -> (f32, f32, f32, f32) {
+    let h = |o: usize| f16::from_bits(u16::from_le_bytes([m[o], m[o + 1]])).to_f32();
+    let sc = m[4 * GROUP + j * 2 * GROUP + i] as f32;
+    let mn = m[4 * GROUP + j * 2 * GROUP + GROUP + i] as f32;
+    (h(2 * i), h(2 * GROUP + 2 * i), sc, mn)
+}
+
+/// The 4-bit level of weight (`row`, column `k` within sub-block tile `tile`).
+fn level(tile: &[Line], row: usize, k: usize) -> u8 {
+    let byte = tile[k / 8].0[row * 4 + k % 4];
+    if k % 8 >= 4 {
+        byte >> 4
+    } else {
+        byte & 15
+    }
+}
+
+/// The f32 value of weight (`row` in the group, `col`).
+pub fn weight(lines: &[Line], meta: &[u8], cols: usize, row: usize, col: usize) -> f32 {
+    let sub = sub_blocks(cols);
+    let (b, k) = (col / BLOCK, col % BLOCK);
+    let m = &meta[b / sub * meta_len(sub)..];
+    let (d, dmin, sc, mn) = row_params(m, row, b % sub);
+    d * sc * level(&lines[b * LINES..], row, k) as f32 - dmin * mn
+}
+
+/// Portable kernel: `out[t][i] += dot(row i, activation t)` over the group.
+pub fn group_dot_portable<const T: usize>(
+    lines: &[Line],
+    meta: &[u8],
+    sub: usize,
+    a: &Acts<T>,
+    out: &mut [[f32; GROUP]; T],
+) {
+    let mlen = meta_len(sub);
+    for b in 0..lines.len() / LINES {
+        let tile = &lines[b * LINES..(b + 1) * LINES];
+        let m = &meta[b / sub * mlen..];
+        for t in 0..T {
+            let x = &a.qs[t][b * BLOCK..(b + 1) * BLOCK];
+            let da = a.scales[t][b];
+            for i in 0..GROUP {
+                let acc: i32 = x
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &xv)| level(tile, i, k) as i32 * xv as i32)
+                    .sum();
+                let (d, dmin, sc, mn) = row_params(m, i, b % sub);
+                out[t][i] += acc as f32 * (d * sc) * da - dmin * mn * (da * a.sums[t][b] as f32);
+            }
+        }
+    }
+}
+
+/// AVX-512 VNNI kernel (same contract as [`group_dot_portable`]).
+///
+/// # Safety
+/// The CPU must support AVX-512F, AVX-512BW and AVX-512VNNI.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn group_dot_avx512<const T: usize>(
+    lines: &[Line],
+    meta: &[u8],
+    sub: usize,
+    a: &Acts<T>,
+    out: &mut [[f32; GROUP]; T],
+) {
+    use std::arch::x86_64::*;
+    let blocks = lines.len() / LINES;
+    let mlen = meta_len(sub);
+    debug_assert!(meta.len() >= blocks / sub * mlen && (0..T).all(|t| a.qs[t].len() >= blocks * BLOCK));
+    let nib = _mm512_set1_epi8(15);
+    let mut y = [_mm512_setzero_ps(); T];
+    let base = lines.as_ptr() as *const __m512i;
+    let (mut d, mut dmin) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    for b in 0..blocks {
+        // SAFETY (all loads below): in bounds of `lines`, `meta` and the activations as
+        // checked above; lines are 64-byte aligned.
+        let m = unsafe { meta.as_ptr().add(b / sub * mlen) };
+        if b % sub == 0 {
+            d = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(m as *const __m256i) });
+            dmin = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(m.add(2 * GROUP) as *const __m256i) });
+        }
+        let mut acc = [_mm512_setzero_si512(); T];
+        for j in 0..LINES {
+            let v = unsafe { _mm512_load_si512(base.add(b * LINES + j)) };
+            let lo = _mm512_and_si512(v, nib);
+            let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib);
+            for t in 0..T {
+                let p = unsafe { a.qs[t].as_ptr().add(b * BLOCK + 8 * j) as *const i32 };
+                let (x0, x1) = unsafe { (p.read_unaligned(), p.add(1).read_unaligned()) };
+                acc[t] = _mm512_dpbusd_epi32(acc[t], lo, _mm512_set1_epi32(x0));
+                acc[t] = _mm512_dpbusd_epi32(acc[t], hi, _mm512_set1_epi32(x1));
+            }
+        }
+        let sm = unsafe { m.add(4 * GROUP + (b % sub) * 2 * GROUP) };
+        let sc = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(sm as *const __m128i) }));
+        let mn = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(unsafe {
+            _mm_loadu_si128(sm.add(GROUP) as *const __m128i)
+        }));
+        let (step, off) = (_mm512_mul_ps(d, sc), _mm512_mul_ps(dmin, mn));
+        for t in 0..T {
+            let da = a.scales[t][b];
+            let s = _mm512_mul_ps(step, _mm512_set1_ps(da));
+            y[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[t]), s, y[t]);
+            y[t] = _mm512_fnmadd_ps(off, _mm512_set1_ps(da * a.sums[t][b] as f32), y[t]);
+        }
+    }
+    for t in 0..T {
+        // SAFETY: `out[t]` holds 16 f32.
+        let prev = unsafe { _mm512_loadu_ps(out[t].as_ptr()) };
+        unsafe { _mm512_storeu_ps(out[t].as_mut_ptr(), _mm512_add_ps(prev, y[t])) };
+    }
+}
+
+/// AVX2 kernel (same contract as [`group_dot_portable`]), 8 rows per 256-bit half.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn group_dot_avx2<const T: usize>(
+    lines: &[Line],
+    meta: &[u8],
+    sub: usize,
+    a: &Acts<T>,
+    out: &mut [[f32; GROUP]; T],
+) {
+    use std::arch::x86_64::*;
+    let blocks = lines.len() / LINES;
+    let mlen = meta_len(sub);
+    debug_assert!(meta.len() >= blocks / sub * mlen && (0..T).all(|t| a.qs[t].len() >= blocks * BLOCK));
+    let nib = _mm256_set1_epi8(15);
+    let ones = _mm256_set1_epi16(1);
+    for half in 0..2 {
+        let mut y = [_mm256_setzero_ps(); T];
+        let base = unsafe { (lines.as_ptr() as *const __m256i).add(half) };
+        for b in 0..blocks {
+            // SAFETY (all loads below): in bounds as in the AVX-512 kernel.
+            let m = unsafe { meta.as_ptr().add(b / sub * mlen) };
+            let d = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(m.add(16 * half) as *const __m128i) });
+            let dmin = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(m.add(2 * GROUP + 16 * half) as *const __m128i) });
+            let mut acc = [_mm256_setzero_si256(); T];
+            for j in 0..LINES {
+                let v = unsafe { _mm256_load_si256(base.add(2 * (b * LINES + j))) };
+                let lo = _mm256_and_si256(v, nib);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nib);
+                for t in 0..T {
+                    let p = unsafe { a.qs[t].as_ptr().add(b * BLOCK + 8 * j) as *const i32 };
+                    let (x0, x1) = unsafe { (p.read_unaligned(), p.add(1).read_unaligned()) };
+                    let s0 = _mm256_maddubs_epi16(lo, _mm256_set1_epi32(x0));
+                    let s1 = _mm256_maddubs_epi16(hi, _mm256_set1_epi32(x1));
+                    acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(_mm256_add_epi16(s0, s1), ones));
+                }
+            }
+            let sm = unsafe { m.add(4 * GROUP + (b % sub) * 2 * GROUP + 8 * half) };
+            let sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(sm as *const __m128i) }));
+            let mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(unsafe {
+                _mm_loadl_epi64(sm.add(GROUP) as *const __m128i)
+            }));
+            let (step, off) = (_mm256_mul_ps(d, sc), _mm256_mul_ps(dmin, mn));
+            for t in 0..T {
+                let da = a.scales[t][b];
+                y[t] = _mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(acc[t]),
+                    _mm256_mul_ps(step, _mm256_set1_ps(da)),
+                    y[t],
+                );
+                y[t] = _mm256_fnmadd_ps(off, _mm256_set1_ps(da * a.sums[t][b] as f32), y[t]);
+            }
+        }
+        for t in 0..T {
+            let dst = out[t][8 * half..].as_mut_ptr();
+            // SAFETY: `out[t]` holds 16 f32; this half is 8 of them.
+            unsafe { _mm256_storeu_ps(dst, _mm256_add_ps(_mm256_loadu_ps(dst), y[t])) };
+        }
+    }
+}

@@ -1,0 +1,151 @@
+use super::*;
+
+/// Deterministic pseudo-random values in [-1, 1).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+        })
+        .collect()
+}
+
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+const FORMATS: [PackedFormat; 2] = [PackedFormat::Q8_0, PackedFormat::Q4K];
+
+#[test]
+fn every_kernel_matches_the_portable_one_and_the_f32_twin() {
+    for format in FORMATS {
+        for (rows, cols) in [(1, 32), (16, 64), (37, 96), (64, 256), (20, 768), (33, 1024)] {
+            let w = values(rows * cols, (rows * cols) as u64);
+            let p = PackedWeight::pack(&w, rows, cols, format).unwrap();
+            assert_eq!(p.dims(), (rows, cols));
+            for m in [1, 2, 3, 4, 5, 9] {
+                let x = values(m * cols, m as u64 + 7);
+                let portable = p.matmul_with(&x, m, Isa::Portable);
+                assert_eq!(portable.len(), m * rows);
+                for isa in Isa::available() {
+                    let fast = p.matmul_with(&x, m, isa);
+                    let err = rel_err(&fast, &portable);
+                    assert!(err < 1e-5, "{format:?} {isa:?} {rows}x{cols} m={m}: {err}");
+                }
+                // Against dequantized weights with f32 activations: only the 8-bit
+                // activation rounding differs.
+                let err = rel_err(&portable, &p.matmul_reference(&x, m));
+                assert!(err < 0.02, "{format:?} {rows}x{cols} m={m}: {err}");
+            }
+        }
+    }
+}
+
+#[test]
+fn dequantized_weights_stay_close_to_the_originals() {
+    let (rows, cols) = (32, 512);
+    let w = values(rows * cols, 3);
+    for (format, tol) in [(PackedFormat::Q8_0, 0.01), (PackedFormat::Q4K, 0.08)] {
+        let p = PackedWeight::pack(&w, rows, cols, format).unwrap();
+        let (mut err, mut norm) = (0f64, 0f64);
+        for r in 0..rows {
+            for (a, b) in p.row(r).iter().zip(&w[r * cols..(r + 1) * cols]) {
+                err += ((a - b) as f64).powi(2);
+                norm += (*b as f64).powi(2);
+            }
+        }
+        let rel = (err / norm).sqrt();
+        assert!(rel < tol, "{format:?}: relative RMS error {rel}");
+    }
+}
+
+#[test]
+fn q8_0_weights_are_within_half_a_step() {
+    let w = values(16 * 64, 5);
+    let p = PackedWeight::pack(&w, 16, 64, PackedFormat::Q8_0).unwrap();
+    for r in 0..16 {
+        let row = &w[r * 64..(r + 1) * 64];
+        for (b, chunk) in row.chunks(32).enumerate() {
+            let step = chunk.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+            for (k, v) in chunk.iter().enumerate() {
+                let got = p.row(r)[b * 32 + k];
+                assert!(
+                    (got - v).abs() <= step * 0.51 + 1e-3 * step,
+                    "{r} {b} {k}: {got} vs {v}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn constant_and_zero_rows_are_exact_enough() {
+    let cols = 256;
+    let mut w = vec![0f32; 3 * cols];
+    w[cols..2 * cols].fill(0.5);
+    w[2 * cols..].fill(-0.25);
+    for format in FORMATS {
+        let p = PackedWeight::pack(&w, 3, cols, format).unwrap();
+        for (r, want) in [(0, 0.0), (1, 0.5), (2, -0.25)] {
+            for v in p.row(r) {
+                assert!((v - want).abs() < 2e-3, "{format:?} row {r}: {v}");
+            }
+        }
+    }
+}
+
+#[test]
+fn rows_that_are_not_whole_blocks_are_refused() {
+    assert!(PackedWeight::pack(&[0.0; 40], 1, 40, PackedFormat::Q8_0).is_none());
+    assert!(PackedWeight::pack(&[0.0; 64], 1, 32, PackedFormat::Q4K).is_none());
+}
+
+#[test]
+fn q4k_super_blocks_follow_the_row_length() {
+    assert_eq!(q4::sub_blocks(4096), 8);
+    assert_eq!(q4::sub_blocks(64), 2);
+    assert_eq!(q4::sub_blocks(96), 1);
+    assert_eq!(q4::sub_blocks(384), 4);
+}
+
+/// Relative RMS error of candle's (llama.cpp's) Q4_K / Q8_0 on the same weights.
+fn ggml_error(w: &[f32], rows: usize, cols: usize, dtype: candle_core::quantized::GgmlDType) -> f64 {
+    use candle_core::{quantized::QTensor, Device, Tensor};
+    let t = Tensor::from_slice(w, (rows, cols), &Device::Cpu).unwrap();
+    let back: Vec<f32> = QTensor::quantize(&t, dtype)
+        .unwrap()
+        .dequantize(&Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    rms_rel(&back, w)
+}
+
+fn rms_rel(a: &[f32], b: &[f32]) -> f64 {
+    let err: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (err / norm).sqrt()
+}
+
+#[test]
+fn at_least_as_faithful_as_the_ggml_formats() {
+    use candle_core::quantized::GgmlDType;
+    let (rows, cols) = (64, 1024);
+    // Roughly Gaussian weights (sum of uniforms), like a trained layer's.
+    let u = values(rows * cols * 4, 11);
+    let w: Vec<f32> = u.chunks(4).map(|c| c.iter().sum::<f32>() * 0.02).collect();
+    for (format, dtype) in [
+        (PackedFormat::Q8_0, GgmlDType::Q8_0),
+        (PackedFormat::Q4K, GgmlDType::Q4K),
+    ] {
+        let p = PackedWeight::pack(&w, rows, cols, format).unwrap();
+        let ours: Vec<f32> = (0..rows).flat_map(|r| p.row(r)).collect();
+        let (ours, theirs) = (rms_rel(&ours, &w), ggml_error(&w, rows, cols, dtype));
+        println!("{format:?}: relative RMS error {ours:.5}, ggml {dtype:?} {theirs:.5}");
+        assert!(ours <= theirs * 1.02, "{format:?}: {ours:.5} vs ggml {theirs:.5}");
+    }
+}
