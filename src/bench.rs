@@ -134,7 +134,9 @@ fn pp_tg(engine: &Engine, config: &BenchConfig, salt: u32) -> Result<(f64, f64)>
     let t = Instant::now();
     let logits = model.forward(&ids, &mut cache, 512)?;
     let pp = config.pp as f64 / t.elapsed().as_secs_f64();
+    // Decode like llama-bench's tg: a fresh context, `tg` tokens from position 0.
     let mut next = argmax(&logits.to_vec1::<f32>()?);
+    let mut cache = model.new_cache(config.tg + 1);
     let t = Instant::now();
     for _ in 0..config.tg {
         let logits = model.forward(&[next], &mut cache, 1)?;

@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 use super::attention::Attention;
-use super::gemv::dot;
+use super::gemv::dot_lanes;
 use super::host::with_f32_strided;
 use super::kv_cache::KvCache;
 use super::linear::Linear;
@@ -143,31 +143,8 @@ pub struct Cached<'a> {
 /// Attention of one query token `q: [heads * d]` (already rotated) over every cached
 /// position; query head `h` reads KV head `h / (heads / kv_heads)`. Returns `[heads * d]`.
 pub fn attend(q: &[f32], c: &Cached, heads: usize, kv_heads: usize, d: usize) -> Vec<f32> {
-    let group = heads / kv_heads.max(1);
-    let scale = 1.0 / (d as f32).sqrt();
-    let one_head = |(h, out): (usize, &mut [f32])| {
-        let kv = h / group.max(1);
-        let qh = &q[h * d..(h + 1) * d];
-        let mut scores: Vec<f32> = (0..c.len)
-            .map(|t| {
-                let at = kv * c.k_stride[0] + t * c.k_stride[1];
-                dot(qh, &c.k[at..at + d]) * scale
-            })
-            .collect();
-        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-        let mut sum = 0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        for (t, p) in scores.iter().enumerate() {
-            let at = kv * c.v_stride[0] + t * c.v_stride[1];
-            let w = p / sum;
-            for (o, v) in out.iter_mut().zip(&c.v[at..at + d]) {
-                *o += w * v;
-            }
-        }
-    };
+    let group = (heads / kv_heads.max(1)).max(1);
+    let one_head = |(h, out): (usize, &mut [f32])| head(&q[h * d..(h + 1) * d], c, h / group, out);
     let mut out = vec![0f32; heads * d];
     // Short contexts are cheaper on one thread than the hand-off to the pool.
     if c.len * heads * d >= 1 << 18 {
@@ -176,6 +153,79 @@ pub fn attend(q: &[f32], c: &Cached, heads: usize, kv_heads: usize, d: usize) ->
         out.chunks_mut(d).enumerate().for_each(one_head);
     }
     out
+}
+
+/// One query head against KV head `kv`, with the widest vector unit available.
+fn head(qh: &[f32], c: &Cached, kv: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            return unsafe { head_avx512(qh, c, kv, out) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            return unsafe { head_avx2(qh, c, kv, out) };
+        }
+    }
+    head_body(qh, c, kv, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn head_avx512(qh: &[f32], c: &Cached, kv: usize, out: &mut [f32]) {
+    head_body(qh, c, kv, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn head_avx2(qh: &[f32], c: &Cached, kv: usize, out: &mut [f32]) {
+    head_body(qh, c, kv, out)
+}
+
+/// Softmax-weighted sum of the values, written to be vectorised by the compiler: plain
+/// loops only, since closures (iterator adapters) would not inherit the caller's target
+/// features and `mul_add` would become a library call.
+#[inline(always)]
+fn head_body(qh: &[f32], c: &Cached, kv: usize, out: &mut [f32]) {
+    let d = qh.len();
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut scores = vec![0f32; c.len];
+    let mut max = f32::NEG_INFINITY;
+    for t in 0..c.len {
+        let at = kv * c.k_stride[0] + t * c.k_stride[1];
+        let s = dot_lanes(qh, &c.k[at..at + d]) * scale;
+        max = max.max(s);
+        scores[t] = s;
+    }
+    let mut sum = 0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    let inv = 1.0 / sum;
+    for s in scores.iter_mut() {
+        *s *= inv;
+    }
+    // 16 output lanes at a time, accumulated over every position in registers.
+    let full = d / 16 * 16;
+    for (ci, o) in out[..full].chunks_exact_mut(16).enumerate() {
+        let mut acc = [0f32; 16];
+        for (t, &w) in scores.iter().enumerate() {
+            let at = kv * c.v_stride[0] + t * c.v_stride[1] + ci * 16;
+            let x = &c.v[at..at + 16];
+            for l in 0..16 {
+                acc[l] += w * x[l];
+            }
+        }
+        o.copy_from_slice(&acc);
+    }
+    for (t, &w) in scores.iter().enumerate() {
+        let at = kv * c.v_stride[0] + t * c.v_stride[1];
+        for i in full..d {
+            out[i] += w * c.v[at + i];
+        }
+    }
 }
 
 #[cfg(test)]

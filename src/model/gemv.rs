@@ -69,7 +69,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// Portable dot product over 16 independent lanes (vectorisable, and the reference twin
 /// of the SIMD versions, which compile this same code for wider units).
 #[inline(always)]
-fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
+pub fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
     let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();

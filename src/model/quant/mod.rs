@@ -187,7 +187,10 @@ impl PackedWeight {
         debug_assert!(x.len() == m * cols && ws.iter().all(|w| w.cols == cols));
         let acts = QuantizedRows::quantize(x, cols);
         let total: usize = ws.iter().map(|w| w.rows.div_ceil(GROUP)).sum();
-        let per_task = total.div_ceil(rayon::current_num_threads().max(1) * 16).max(1);
+        // Decode streams weights: small tasks balance the two cores' memory streams. Prefill
+        // computes: few large tasks re-read the activations least.
+        let tasks_per_thread = if m == 1 { 16 } else { 2 };
+        let per_task = total.div_ceil(rayon::current_num_threads().max(1) * tasks_per_thread).max(1);
         // Outputs as [groups][m][16]: each task owns whole groups of one weight.
         let mut grouped: Vec<Vec<f32>> = ws
             .iter()
