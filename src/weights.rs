@@ -130,9 +130,9 @@ impl Weights {
         Ok((file, info, dtype))
     }
 
-    /// Loads tensor `name`, checks its shape, converts it to `dtype` on `device`.
-    pub fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
-        let (file, info, src_dtype) = self.locate(name, shape)?;
+    /// The stored bytes of tensor `name` (shape checked) and their dtype, without copying.
+    pub fn raw(&self, name: &str, shape: &[usize]) -> Result<RawTensor<'_>> {
+        let (file, info, dtype) = self.locate(name, shape)?;
         let bad = |reason: String| Error::BadTensor {
             path: file.path.clone(),
             name: name.to_string(),
@@ -144,6 +144,19 @@ impl Weights {
             .mmap
             .get(base + start..base + end)
             .ok_or_else(|| bad("data offsets outside the file".into()))?;
+        let want = shape.iter().product::<usize>() * dtype.size_in_bytes();
+        if bytes.len() != want {
+            return Err(bad(format!("{} data bytes, {want} expected", bytes.len())));
+        }
+        Ok(RawTensor { bytes, dtype })
+    }
+
+    /// Loads tensor `name`, checks its shape, converts it to `dtype` on `device`.
+    pub fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+        let RawTensor {
+            bytes,
+            dtype: src_dtype,
+        } = self.raw(name, shape)?;
         let tensor = match (src_dtype, dtype) {
             (DType::BF16 | DType::F16, DType::F32) => {
                 Tensor::from_vec(widen_to_f32(bytes, src_dtype), shape, &Device::Cpu)?
@@ -170,6 +183,30 @@ impl WeightFile {
             header_len,
             metadata,
         })
+    }
+}
+
+/// A tensor's bytes as stored (little-endian), borrowed from the memory-mapped file.
+#[derive(Debug, Clone, Copy)]
+pub struct RawTensor<'a> {
+    /// The data, `shape.product() * dtype.size_in_bytes()` bytes.
+    pub bytes: &'a [u8],
+    /// The stored dtype (bf16, f16 or f32).
+    pub dtype: DType,
+}
+
+impl RawTensor<'_> {
+    /// Writes elements `start..start + dst.len()` as f32 into `dst` (which must be in range).
+    pub fn read_f32(&self, start: usize, dst: &mut [f32]) {
+        let size = self.dtype.size_in_bytes();
+        let bytes = &self.bytes[start * size..(start + dst.len()) * size];
+        if self.dtype == DType::F32 {
+            for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
+                *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        } else {
+            widen_chunk(dst, bytes, self.dtype);
+        }
     }
 }
 

@@ -33,10 +33,7 @@ impl Linear {
     /// (falling back to Q8_0, then to dense, when rows are not whole `dtype` blocks).
     pub fn quantize(weight: Tensor, dtype: GgmlDType) -> Result<Self> {
         if weight.device().is_cpu() {
-            let format = match dtype {
-                GgmlDType::Q4K => PackedFormat::Q4K,
-                _ => PackedFormat::Q8_0,
-            };
+            let format = PackedFormat::from(dtype);
             let (rows, cols) = weight.dims2()?;
             let packed = with_f32_slice(&weight, |w| PackedWeight::pack(w, rows, cols, format))?;
             return Ok(packed.map_or(Self::Dense(weight), |p| Self::Packed(Arc::new(p))));

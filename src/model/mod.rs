@@ -26,6 +26,7 @@ use kv_cache::KvCache;
 use linear::Linear;
 use mlp::Mlp;
 use norm::RmsNorm;
+use quant::{PackedFormat, PackedWeight};
 use rope::Rope;
 
 /// Default number of prompt tokens run through the model in one forward pass.
@@ -88,6 +89,15 @@ impl Llama {
         let get = |name: &str, shape: &[usize]| weights.get(name, shape, dtype, device);
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let linear = |name: &str, rows: usize, cols: usize| match format.quant() {
+            // On CPU, pack straight from the stored bytes, 16 rows at a time: no f32 copy.
+            Some(q) if device.is_cpu() => {
+                let raw = weights.raw(name, &[rows, cols])?;
+                let fill = |first: usize, dst: &mut [f32]| raw.read_f32(first * cols, dst);
+                match PackedWeight::pack_with(rows, cols, PackedFormat::from(q), fill) {
+                    Some(p) => Ok(Linear::Packed(std::sync::Arc::new(p))),
+                    None => get(name, &[rows, cols]).map(Linear::new),
+                }
+            }
             Some(q) => Linear::quantize(get(name, &[rows, cols])?, q),
             None => get(name, &[rows, cols]).map(Linear::new),
         };

@@ -84,7 +84,7 @@ fn quantize_block(src: &[f32], dst: &mut [i8]) -> (f32, i32) {
     let inv = 1.0 / d;
     let mut sum = 0i32;
     for (q, &v) in dst.iter_mut().zip(src) {
-        let r = (v * inv).round().clamp(-127.0, 127.0) as i8;
+        let r = super::round_clamped(v * inv, -127.0, 127.0) as i8;
         sum += r as i32;
         *q = r;
     }

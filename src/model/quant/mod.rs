@@ -22,6 +22,14 @@ pub const GROUP: usize = 16;
 /// Bytes of quantized prompt activations processed against a stretch of weights at once.
 const TOKEN_CHUNK_BYTES: usize = 256 * 1024;
 
+/// `x` rounded to the nearest integer (ties to even) after clamping to `[lo, hi]`; a NaN
+/// stays NaN. `f32::round` is a library call, and packing a model rounds billions of values.
+#[inline(always)]
+pub fn round_clamped(x: f32, lo: f32, hi: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it leaves no fraction bits.
+    (x.clamp(lo, hi) + MAGIC) - MAGIC
+}
+
 /// One 64-byte, 64-byte aligned cache line of packed weights.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug)]
@@ -44,6 +52,16 @@ pub enum PackedFormat {
     Q8_0,
     /// 4-bit sub-blocks of 32 with 8-bit scales and minimums (4.625 bits per weight).
     Q4K,
+}
+
+impl From<candle_core::quantized::GgmlDType> for PackedFormat {
+    /// Q4_K maps to [`PackedFormat::Q4K`], everything else to [`PackedFormat::Q8_0`].
+    fn from(d: candle_core::quantized::GgmlDType) -> Self {
+        match d {
+            candle_core::quantized::GgmlDType::Q4K => Self::Q4K,
+            _ => Self::Q8_0,
+        }
+    }
 }
 
 /// A `[rows, cols]` weight matrix in a packed format (`cols` a multiple of 32).
@@ -97,27 +115,46 @@ impl PackedWeight {
     /// Packs `w: [rows, cols]` (row-major f32); `None` when `cols` is not a multiple of 32.
     /// Row groups are quantized in parallel.
     pub fn pack(w: &[f32], rows: usize, cols: usize, format: PackedFormat) -> Option<Self> {
-        if cols == 0 || !cols.is_multiple_of(BLOCK) || w.len() != rows * cols {
+        if w.len() != rows * cols {
+            return None;
+        }
+        Self::pack_with(rows, cols, format, |first, dst| {
+            dst.copy_from_slice(&w[first * cols..first * cols + dst.len()])
+        })
+    }
+
+    /// Packs a `[rows, cols]` matrix whose rows `first..` are written as f32 into `dst` by
+    /// `fill(first, dst)` (a whole number of rows, at most 16), so that no f32 copy of the
+    /// whole matrix is ever made. `None` when `cols` is not a multiple of 32.
+    pub fn pack_with(
+        rows: usize,
+        cols: usize,
+        format: PackedFormat,
+        fill: impl Fn(usize, &mut [f32]) + Sync,
+    ) -> Option<Self> {
+        if cols == 0 || !cols.is_multiple_of(BLOCK) {
             return None;
         }
         let groups = rows.div_ceil(GROUP);
         let (lines_per, meta_per) = Self::group_sizes(format, cols);
         let mut lines = vec![Line([0; 64]); groups * lines_per];
         let mut meta = vec![0u8; groups * meta_per];
-        let pack_one = |(g, (lines, meta)): (usize, (&mut [Line], &mut [u8]))| {
-            let mut block = vec![0f32; GROUP * cols];
-            let have = (rows - g * GROUP).min(GROUP) * cols;
-            block[..have].copy_from_slice(&w[g * GROUP * cols..g * GROUP * cols + have]);
-            match format {
-                PackedFormat::Q8_0 => q8::pack_group(&block, cols, lines, meta),
-                PackedFormat::Q4K => q4::pack_group(&block, cols, lines, meta),
-            }
-        };
         lines
             .par_chunks_mut(lines_per)
             .zip(meta.par_chunks_mut(meta_per))
             .enumerate()
-            .for_each(pack_one);
+            .for_each_init(
+                || vec![0f32; GROUP * cols],
+                |block, (g, (lines, meta))| {
+                    let have = (rows - g * GROUP).min(GROUP) * cols;
+                    fill(g * GROUP, &mut block[..have]);
+                    block[have..].fill(0.0);
+                    match format {
+                        PackedFormat::Q8_0 => q8::pack_group(block, cols, lines, meta),
+                        PackedFormat::Q4K => q4::pack_group(block, cols, lines, meta),
+                    }
+                },
+            );
         Some(Self {
             format,
             rows,

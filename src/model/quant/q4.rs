@@ -46,7 +46,7 @@ fn fit_sub_block(w: &[f32]) -> (f32, f32) {
         // Fix the levels, then solve for the (scale, min) minimising the squared error.
         let (mut n, mut sq, mut sqq, mut sw, mut sqw) = (0f32, 0f32, 0f32, 0f32, 0f32);
         for &v in w {
-            let q = ((v - min) / scale).round().clamp(0.0, 15.0);
+            let q = super::round_clamped((v - min) / scale, 0.0, 15.0);
             n += 1.0;
             sq += q;
             sqq += q * q;
@@ -85,15 +85,15 @@ pub fn pack_group(w: &[f32], cols: usize, lines: &mut [Line], meta: &mut [u8]) {
             m[2 * GROUP + 2 * i..2 * GROUP + 2 * i + 2].copy_from_slice(&dmin.to_bits().to_le_bytes());
             for (j, (&(scale, min), chunk)) in fits.iter().zip(row.chunks(BLOCK)).enumerate() {
                 let ratio = |v: f32, unit: f16| if unit.to_f32() > 0.0 { v / unit.to_f32() } else { 0.0 };
-                let sc = ratio(scale, d).round().clamp(0.0, 255.0) as u8;
-                let mn = ratio(min, dmin).round().clamp(0.0, 255.0) as u8;
+                let sc = super::round_clamped(ratio(scale, d), 0.0, 255.0) as u8;
+                let mn = super::round_clamped(ratio(min, dmin), 0.0, 255.0) as u8;
                 m[4 * GROUP + j * 2 * GROUP + i] = sc;
                 m[4 * GROUP + j * 2 * GROUP + GROUP + i] = mn;
                 let (step, off) = (d.to_f32() * sc as f32, dmin.to_f32() * mn as f32);
                 let tile = &mut lines[(s * sub + j) * LINES..(s * sub + j + 1) * LINES];
                 for (k, &v) in chunk.iter().enumerate() {
                     let q = if step > 0.0 {
-                        ((v + off) / step).round().clamp(0.0, 15.0) as u8
+                        super::round_clamped((v + off) / step, 0.0, 15.0) as u8
                     } else {
                         0
                     };

@@ -33,7 +33,7 @@ pub fn pack_group(w: &[f32], cols: usize, lines: &mut [Line], scales: &mut [u8])
             let at = 2 * (b * GROUP + i);
             scales[at..at + 2].copy_from_slice(&d.to_bits().to_le_bytes());
             for (k, &v) in src.iter().enumerate() {
-                let q = (v * inv).round().clamp(-127.0, 127.0) as i32;
+                let q = super::round_clamped(v * inv, -127.0, 127.0) as i32;
                 tile[k / 4].0[i * 4 + k % 4] = (q + 128) as u8;
             }
         }

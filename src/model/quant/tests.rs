@@ -149,3 +149,28 @@ fn at_least_as_faithful_as_the_ggml_formats() {
         assert!(ours <= theirs * 1.02, "{format:?}: {ours:.5} vs ggml {theirs:.5}");
     }
 }
+
+#[test]
+fn fast_rounding_rounds_and_clamps() {
+    for (x, want) in [(0.4, 0.0), (0.6, 1.0), (-0.6, -1.0), (2.5, 2.0), (3.5, 4.0), (126.7, 127.0), (1e9, 127.0), (-1e9, -127.0)] {
+        assert_eq!(round_clamped(x, -127.0, 127.0), want, "{x}");
+    }
+    assert!(round_clamped(f32::NAN, 0.0, 15.0).is_nan());
+}
+
+#[test]
+fn packing_row_by_row_equals_packing_a_slice() {
+    let (rows, cols) = (37, 256);
+    let w = values(rows * cols, 9);
+    for format in FORMATS {
+        let a = PackedWeight::pack(&w, rows, cols, format).unwrap();
+        let b = PackedWeight::pack_with(rows, cols, format, |first, dst| {
+            for (i, v) in dst.iter_mut().enumerate() {
+                *v = w[first * cols + i];
+            }
+        })
+        .unwrap();
+        assert_eq!(a.bytes(), b.bytes());
+        assert!((0..rows).all(|r| a.row(r) == b.row(r)));
+    }
+}
