@@ -7,6 +7,7 @@ use llama32::model::quant::{Isa, PackedFormat, PackedWeight};
 
 fn main() {
     let shapes = [
+        ("tiny", 64, 2048),
         ("qkv", 3072, 2048),
         ("gate+up", 16384, 2048),
         ("down", 2048, 8192),
@@ -26,7 +27,7 @@ fn main() {
             for isa in Isa::available().into_iter().take(2) {
                 for m in [1, 64] {
                     let x: Vec<f32> = (0..m * cols).map(|i| (i % 17) as f32 / 17.0 - 0.5).collect();
-                    let reps = if m == 1 { 20 } else { 3 };
+                    let reps = if m == 1 { 200 } else { 3 };
                     p.matmul_with(&x, m, isa);
                     let start = Instant::now();
                     for _ in 0..reps {

@@ -28,11 +28,12 @@ impl Linear {
         Self::Dense(weight)
     }
 
-    /// Quantizes a `[out, in]` f32 weight to `dtype`: on CPU into our packed format (rows
-    /// must be whole blocks of 32, else the layer stays dense f32), elsewhere into candle's
-    /// (falling back to Q8_0, then to dense, when rows are not whole `dtype` blocks).
+    /// Quantizes a `[out, in]` f32 weight to `dtype`: on an x86 CPU with AVX2 or AVX-512
+    /// into our packed format (rows must be whole blocks of 32, else the layer stays dense
+    /// f32), elsewhere into candle's (falling back to Q8_0, then to dense, when rows are not
+    /// whole `dtype` blocks).
     pub fn quantize(weight: Tensor, dtype: GgmlDType) -> Result<Self> {
-        if weight.device().is_cpu() {
+        if weight.device().is_cpu() && Isa::detect() != Isa::Portable {
             let format = PackedFormat::from(dtype);
             let (rows, cols) = weight.dims2()?;
             let packed = with_f32_slice(&weight, |w| PackedWeight::pack(w, rows, cols, format))?;

@@ -26,7 +26,7 @@ use kv_cache::KvCache;
 use linear::Linear;
 use mlp::Mlp;
 use norm::RmsNorm;
-use quant::{PackedFormat, PackedWeight};
+use quant::{Isa, PackedFormat, PackedWeight};
 use rope::Rope;
 
 /// Default number of prompt tokens run through the model in one forward pass.
@@ -89,8 +89,9 @@ impl Llama {
         let get = |name: &str, shape: &[usize]| weights.get(name, shape, dtype, device);
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let linear = |name: &str, rows: usize, cols: usize| match format.quant() {
-            // On CPU, pack straight from the stored bytes, 16 rows at a time: no f32 copy.
-            Some(q) if device.is_cpu() => {
+            // On an x86 CPU, pack straight from the stored bytes, 16 rows at a time (no f32
+            // copy of the matrix); elsewhere candle's quantized kernels (NEON, GPU) serve.
+            Some(q) if device.is_cpu() && Isa::detect() != Isa::Portable => {
                 let raw = weights.raw(name, &[rows, cols])?;
                 let fill = |first: usize, dst: &mut [f32]| raw.read_f32(first * cols, dst);
                 match PackedWeight::pack_with(rows, cols, PackedFormat::from(q), fill) {
@@ -198,7 +199,11 @@ impl Llama {
         }
         let mut last = None;
         for piece in tokens.chunks(chunk.max(1)) {
-            last = Some(self.forward_chunk(piece, cache)?);
+            last = Some(match self.device.is_cpu() {
+                // On a pool worker, like the decode step: its parallel ops start cheaply.
+                true => rayon::scope(|_| self.forward_chunk(piece, cache))?,
+                false => self.forward_chunk(piece, cache)?,
+            });
         }
         let hidden = last.ok_or_else(|| crate::Error::InvalidParameter {
             name: "prompt",
