@@ -32,7 +32,8 @@ pub enum ComputeDType {
     Bf16,
     /// Linear layers quantized in place to Q8_0 (8-bit blocks of 32), f32 activations.
     Q8_0,
-    /// Linear layers quantized in place to Q4_K (4-bit super-blocks of 256), f32 activations.
+    /// Linear layers quantized in place to 4 bits with Q4_K's structure (super-blocks of
+    /// 256, sub-blocks of 32 with their own scale and minimum), f32 activations.
     Q4K,
 }
 

@@ -195,6 +195,7 @@ unsafe fn head_avx2(qh: &[f32], c: &Cached, kv: usize, out: &mut [f32]) {
 /// loops only, since closures (iterator adapters) would not inherit the caller's target
 /// features and `mul_add` would become a library call.
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // plain index loops vectorise reliably here
 fn head_body(qh: &[f32], c: &Cached, kv: usize, out: &mut [f32]) {
     let d = qh.len();
     let scale = 1.0 / (d as f32).sqrt();

@@ -227,69 +227,92 @@ impl PackedWeight {
         // Decode streams weights: small tasks balance the two cores' memory streams. Prefill
         // computes: few large tasks re-read the activations least.
         let tasks_per_thread = if m == 1 { 16 } else { 2 };
-        let per_task = total.div_ceil(rayon::current_num_threads().max(1) * tasks_per_thread).max(1);
-        // Outputs as [groups][m][16]: each task owns whole groups of one weight.
-        let mut grouped: Vec<Vec<f32>> = ws
-            .iter()
-            .map(|w| vec![0f32; w.rows.div_ceil(GROUP) * m * GROUP])
-            .collect();
+        let per_task = total
+            .div_ceil(rayon::current_num_threads().max(1) * tasks_per_thread)
+            .max(1);
+        // Outputs `[m, groups * 16]`, written in place: each task owns whole row groups,
+        // that is whole 16-column stripes of every token's row.
+        let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.padded_rows()]).collect();
         let mut tasks = Vec::new();
-        for (w, out) in ws.iter().zip(grouped.iter_mut()) {
-            for (t, chunk) in out.chunks_mut(per_task * m * GROUP).enumerate() {
-                tasks.push((*w, t * per_task, chunk));
+        for (w, y) in ws.iter().zip(ys.iter_mut()) {
+            let groups = w.rows.div_ceil(GROUP);
+            let out = Stripes {
+                ptr: y.as_mut_ptr(),
+                stride: w.padded_rows(),
+            };
+            for first in (0..groups).step_by(per_task) {
+                tasks.push((*w, first..(first + per_task).min(groups), out));
             }
         }
         // Prompt tokens go in chunks whose activations stay in the core's L2 cache while
         // the task's weights stream past them.
         let chunk = (TOKEN_CHUNK_BYTES / cols).next_multiple_of(4).max(4);
-        tasks.into_par_iter().for_each(|(w, first, out)| {
+        tasks.into_par_iter().for_each(|(w, groups, out)| {
             let (lp, mp) = Self::group_sizes(w.format, w.cols);
             for start in (0..m).step_by(chunk) {
                 let tokens = start..(start + chunk).min(m);
-                for (k, out) in out.chunks_mut(m * GROUP).enumerate() {
-                    let g = first + k;
+                for g in groups.clone() {
                     let (lines, meta) = (&w.lines[g * lp..(g + 1) * lp], &w.meta[g * mp..(g + 1) * mp]);
-                    let out = &mut out[tokens.start * GROUP..tokens.end * GROUP];
-                    w.group_tokens(lines, meta, &acts, tokens.clone(), out, isa);
+                    w.group_tokens(lines, meta, &acts, tokens.clone(), isa, |t, vals| {
+                        // SAFETY: `t < m` and `g` is a group of this weight, so the 16
+                        // values lie inside `y` (`m * padded_rows` long, alive until the
+                        // parallel loop ends); no other task writes group `g`.
+                        unsafe { out.write(t, g, vals) }
+                    });
                 }
             }
         });
-        ws.iter().zip(grouped).map(|(w, g)| ungroup(g, m, w.rows)).collect()
+        ws.iter().zip(ys).map(|(w, y)| w.unpad(y, m)).collect()
     }
 
-    /// One group against tokens `tokens`, 4 tokens per kernel call, into `out: [tokens][16]`.
+    /// Rows rounded up to whole groups.
+    fn padded_rows(&self) -> usize {
+        self.rows.div_ceil(GROUP) * GROUP
+    }
+
+    /// `[m, padded_rows]` -> `[m, rows]` (a copy only when rows are not whole groups).
+    fn unpad(&self, mut y: Vec<f32>, m: usize) -> Vec<f32> {
+        let padded = self.padded_rows();
+        if padded == self.rows || m == 1 {
+            y.truncate(m * self.rows);
+            return y;
+        }
+        y.chunks(padded).flat_map(|r| &r[..self.rows]).copied().collect()
+    }
+
+    /// One group against tokens `tokens`, 4 tokens per kernel call; `sink(t, values)`
+    /// receives the group's 16 outputs for token `t`.
     fn group_tokens(
         &self,
         lines: &[Line],
         meta: &[u8],
         acts: &QuantizedRows,
         tokens: std::ops::Range<usize>,
-        out: &mut [f32],
         isa: Isa,
+        mut sink: impl FnMut(usize, &[f32; GROUP]),
     ) {
         let mut t = tokens.start;
         while t < tokens.end {
             let n = (tokens.end - t).min(4);
-            let out = &mut out[(t - tokens.start) * GROUP..(t - tokens.start + n) * GROUP];
             match n {
-                4 => self.kernel::<4>(lines, meta, acts, t, out, isa),
-                3 => self.kernel::<3>(lines, meta, acts, t, out, isa),
-                2 => self.kernel::<2>(lines, meta, acts, t, out, isa),
-                _ => self.kernel::<1>(lines, meta, acts, t, out, isa),
+                4 => self.kernel::<4>(lines, meta, acts, t, isa, &mut sink),
+                3 => self.kernel::<3>(lines, meta, acts, t, isa, &mut sink),
+                2 => self.kernel::<2>(lines, meta, acts, t, isa, &mut sink),
+                _ => self.kernel::<1>(lines, meta, acts, t, isa, &mut sink),
             }
             t += n;
         }
     }
 
-    /// Tokens `first..first + T` against one group, into `out: [T * 16]`.
+    /// Tokens `first..first + T` against one group, each result handed to `sink`.
     fn kernel<const T: usize>(
         &self,
         lines: &[Line],
         meta: &[u8],
         acts: &QuantizedRows,
         first: usize,
-        out: &mut [f32],
         isa: Isa,
+        sink: &mut impl FnMut(usize, &[f32; GROUP]),
     ) {
         let a = Acts::<T> {
             qs: std::array::from_fn(|t| acts.row(first + t)),
@@ -315,8 +338,8 @@ impl PackedWeight {
             },
             (PackedFormat::Q4K, _) => q4::group_dot_portable(lines, meta, q4::sub_blocks(self.cols), &a, &mut res),
         }
-        for (dst, src) in out.chunks_mut(GROUP).zip(&res) {
-            dst.copy_from_slice(src);
+        for (t, vals) in res.iter().enumerate() {
+            sink(first + t, vals);
         }
     }
 
@@ -334,19 +357,28 @@ impl PackedWeight {
     }
 }
 
-/// `[groups][m][16]` -> `[m, rows]`.
-fn ungroup(mut grouped: Vec<f32>, m: usize, rows: usize) -> Vec<f32> {
-    if m == 1 {
-        grouped.truncate(rows);
-        return grouped;
+/// A row-major `[m, stride]` output that tasks fill in disjoint 16-column stripes.
+#[derive(Clone, Copy)]
+struct Stripes {
+    ptr: *mut f32,
+    stride: usize,
+}
+
+// SAFETY: tasks only write through `Stripes::write` to the stripes of the groups they own,
+// which never overlap, while the buffer outlives the parallel loop.
+unsafe impl Send for Stripes {}
+unsafe impl Sync for Stripes {}
+
+impl Stripes {
+    /// Writes group `g`'s 16 values of token `t`.
+    ///
+    /// # Safety
+    /// `t * stride + (g + 1) * 16` must be within the buffer, and no other thread may
+    /// access those 16 values meanwhile.
+    unsafe fn write(self, t: usize, g: usize, vals: &[f32; GROUP]) {
+        // SAFETY: in bounds and unshared (the caller's contract).
+        unsafe { std::ptr::copy_nonoverlapping(vals.as_ptr(), self.ptr.add(t * self.stride + g * GROUP), GROUP) }
     }
-    let mut y = vec![0f32; m * rows];
-    for (r, yr) in y.chunks_mut(rows).enumerate() {
-        for (c, v) in yr.iter_mut().enumerate() {
-            *v = grouped[(c / GROUP * m + r) * GROUP + c % GROUP];
-        }
-    }
-    y
 }
 
 #[cfg(test)]

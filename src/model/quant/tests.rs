@@ -152,7 +152,16 @@ fn at_least_as_faithful_as_the_ggml_formats() {
 
 #[test]
 fn fast_rounding_rounds_and_clamps() {
-    for (x, want) in [(0.4, 0.0), (0.6, 1.0), (-0.6, -1.0), (2.5, 2.0), (3.5, 4.0), (126.7, 127.0), (1e9, 127.0), (-1e9, -127.0)] {
+    for (x, want) in [
+        (0.4, 0.0),
+        (0.6, 1.0),
+        (-0.6, -1.0),
+        (2.5, 2.0),
+        (3.5, 4.0),
+        (126.7, 127.0),
+        (1e9, 127.0),
+        (-1e9, -127.0),
+    ] {
         assert_eq!(round_clamped(x, -127.0, 127.0), want, "{x}");
     }
     assert!(round_clamped(f32::NAN, 0.0, 15.0).is_nan());
