@@ -76,19 +76,7 @@ impl Attention {
         let k = Tensor::from_vec(k, (self.kv_heads, 1, d), &Device::Cpu)?;
         let v = Tensor::from_vec(v, (self.kv_heads, 1, d), &Device::Cpu)?;
         let (k_all, v_all) = cache.append(layer, &k, &v)?;
-        let len = k_all.dim(1)?;
-        let out = with_f32_strided(&k_all, |ks, k_stride| {
-            with_f32_strided(&v_all, |vs, v_stride| {
-                let cached = Cached {
-                    k: ks,
-                    k_stride,
-                    v: vs,
-                    v_stride,
-                    len,
-                };
-                attend(&q, &cached, self.heads, self.kv_heads, d)
-            })
-        })??;
+        let out = Cached::with(&k_all, &v_all, |c| attend(&q, c, self.heads, self.kv_heads, d))?;
         single(Linear::forward_slices(&[&self.o], &out)?)
     }
 }
@@ -146,6 +134,24 @@ pub struct Cached<'a> {
     pub v_stride: [usize; 3],
     /// Positions cached, the new one included.
     pub len: usize,
+}
+
+impl Cached<'_> {
+    /// Runs `f` on the f32 CPU views `k, v: [kv_heads, len, head_dim]` (possibly strided).
+    pub fn with<R>(k: &Tensor, v: &Tensor, f: impl FnOnce(&Cached) -> R) -> Result<R> {
+        let len = k.dim(1)?;
+        with_f32_strided(k, |k, k_stride| {
+            with_f32_strided(v, |v, v_stride| {
+                f(&Cached {
+                    k,
+                    k_stride,
+                    v,
+                    v_stride,
+                    len,
+                })
+            })
+        })?
+    }
 }
 
 /// Attention of one query token `q: [heads * d]` (already rotated) over every cached
@@ -255,20 +261,7 @@ mod tests {
             let want = grouped_attention_slow(&q, &k, &v, None).unwrap();
             let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
             let qs: Vec<f32> = q.flatten_all().unwrap().to_vec1().unwrap();
-            let got = with_f32_strided(&k, |ks, k_stride| {
-                with_f32_strided(&v, |vs, v_stride| {
-                    let c = Cached {
-                        k: ks,
-                        k_stride,
-                        v: vs,
-                        v_stride,
-                        len,
-                    };
-                    attend(&qs, &c, heads, kv, d)
-                })
-                .unwrap()
-            })
-            .unwrap();
+            let got = Cached::with(&k, &v, |c| attend(&qs, c, heads, kv, d)).unwrap();
             let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(err < 1e-5, "heads {heads} kv {kv} len {len}: {err}");
         }

@@ -68,14 +68,7 @@ impl Linear {
     /// Applies several layers to the same input; when all are quantized with the same
     /// format, one fused kernel quantizes `x` once and runs them in one parallel region.
     pub fn forward_shared(layers: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
-        let packed: Option<Vec<&PackedWeight>> = layers
-            .iter()
-            .map(|l| match l {
-                Self::Packed(p) => Some(p.as_ref()),
-                _ => None,
-            })
-            .collect();
-        if let Some(ps) = packed {
+        if let Some(ps) = all_packed(layers) {
             return packed_forward(&ps, x);
         }
         let quantized: Option<Vec<&QTensor>> = layers
@@ -107,14 +100,7 @@ impl Linear {
     /// One token `x: [in]` through several layers sharing it, on plain slices; every layer
     /// must satisfy [`Linear::runs_on_slices`].
     pub fn forward_slices(layers: &[&Linear], x: &[f32]) -> Result<Vec<Vec<f32>>> {
-        let packed: Option<Vec<&PackedWeight>> = layers
-            .iter()
-            .map(|l| match l {
-                Self::Packed(p) => Some(p.as_ref()),
-                _ => None,
-            })
-            .collect();
-        if let Some(ps) = packed {
+        if let Some(ps) = all_packed(layers) {
             return Ok(PackedWeight::matmul_many(&ps, x, 1, Isa::detect()));
         }
         layers
@@ -126,6 +112,17 @@ impl Linear {
             })
             .collect()
     }
+}
+
+/// Every layer's packed weight, or `None` unless all of them are packed.
+fn all_packed<'a>(layers: &[&'a Linear]) -> Option<Vec<&'a PackedWeight>> {
+    layers
+        .iter()
+        .map(|l| match l {
+            Linear::Packed(p) => Some(p.as_ref()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Packed weights with the same input width applied to `x: [tokens, in]`.
