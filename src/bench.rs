@@ -11,7 +11,7 @@ use crate::chat::Message;
 use crate::device::{ComputeDType, DeviceKind};
 use crate::engine::{Engine, GenerateRequest, LoadOptions};
 use crate::error::Result;
-use crate::sampler::{argmax, SamplingParams};
+use crate::sampler::SamplingParams;
 use crate::Conversation;
 
 /// What to measure.
@@ -98,6 +98,7 @@ pub fn run(dir: &Path, device: DeviceKind, dtype: ComputeDType, config: &BenchCo
     let opts = LoadOptions {
         device,
         dtype: Some(dtype),
+        ..Default::default()
     };
     let mut load_ms = Vec::new();
     let mut engine = Engine::load(dir, &opts)?;
@@ -128,21 +129,29 @@ pub fn run(dir: &Path, device: DeviceKind, dtype: ComputeDType, config: &BenchCo
 }
 
 fn pp_tg(engine: &Engine, config: &BenchConfig, salt: u32) -> Result<(f64, f64)> {
-    let model = engine.model();
+    // Prefill: a fresh prompt (the salt keeps it out of the prefix cache), one token out.
     let ids = prompt(config.pp, salt);
-    let mut cache = model.new_cache(config.pp + config.tg + 1);
-    let t = Instant::now();
-    let logits = model.forward(&ids, &mut cache, 512)?;
-    let pp = config.pp as f64 / t.elapsed().as_secs_f64();
-    // Decode like llama-bench's tg: a fresh context, `tg` tokens from position 0.
-    let mut next = argmax(&logits.to_vec1::<f32>()?);
-    let mut cache = model.new_cache(config.tg + 1);
-    let t = Instant::now();
-    for _ in 0..config.tg {
-        let logits = model.forward(&[next], &mut cache, 1)?;
-        next = argmax(&logits.to_vec1::<f32>()?);
+    let g = engine.generate_from_ids(&ids, &no_eos_greedy(engine, 1), Instant::now(), |_| {
+        ControlFlow::Continue(())
+    })?;
+    let pp = g.timings.prefill_tokens_per_s;
+    // Decode like llama-bench's tg: from an almost empty context, `tg` tokens.
+    let one = prompt(1, salt + 1000);
+    let g = engine.generate_from_ids(&one, &no_eos_greedy(engine, config.tg + 1), Instant::now(), |_| {
+        ControlFlow::Continue(())
+    })?;
+    Ok((pp, g.timings.decode_tokens_per_s))
+}
+
+/// Greedy decoding of exactly `max_tokens` tokens (end-of-sequence ids banned).
+fn no_eos_greedy(engine: &Engine, max_tokens: usize) -> GenerateRequest {
+    let mut sampling = SamplingParams::greedy();
+    sampling.logit_bias = engine.eos_ids().iter().map(|&id| (id, -100.0)).collect();
+    GenerateRequest {
+        max_tokens,
+        sampling,
+        ..Default::default()
     }
-    Ok((pp, config.tg as f64 / t.elapsed().as_secs_f64()))
 }
 
 /// Time to the first token of a one-question chat whose prompt is about `tokens` long.

@@ -121,6 +121,21 @@ pub enum Error {
         step: usize,
     },
 
+    /// NaN or infinite activations inside the model (corrupt or overflowing weights).
+    #[error("the model produced non-finite values (NaN or infinity) in layer {layer}")]
+    NonFiniteActivations {
+        /// The layer (the number of layers for the final norm).
+        layer: usize,
+    },
+
+    /// The KV pool cannot hold what is asked of it.
+    #[error("KV cache pool: {0}")]
+    KvPool(String),
+
+    /// The engine's scheduler is gone (it stopped after an internal error).
+    #[error("the engine has stopped")]
+    EngineStopped,
+
     /// An error from the tensor library.
     #[error("tensor backend: {0}")]
     Candle(#[from] candle_core::Error),

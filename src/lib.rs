@@ -29,6 +29,7 @@
 
 #![warn(missing_docs)]
 
+pub mod backend;
 pub mod bench;
 pub mod chat;
 pub mod config;
@@ -36,10 +37,10 @@ pub mod device;
 pub mod engine;
 pub mod error;
 pub mod hub;
+pub mod kv;
 pub mod model;
 pub mod sampler;
 pub mod server;
-pub mod session;
 pub mod synthetic;
 pub mod tokenizer;
 pub mod weights;
@@ -47,8 +48,7 @@ pub mod weights;
 pub use chat::{ChatRequest, ChatTemplate, Conversation, Message, RenderOptions, Turn};
 pub use config::{GenerationConfig, LlamaConfig};
 pub use device::{ComputeDType, DeviceKind};
-pub use engine::{Engine, FinishReason, GenerateRequest, Generation, LoadOptions, Timings};
+pub use engine::{Engine, Event, FinishReason, GenerateRequest, Generation, Handle, LoadOptions, Timings};
 pub use error::{Error, Result};
 pub use sampler::{ResolvedSampling, Sampler, SamplingParams, StopMatcher};
-pub use session::Session;
 pub use tokenizer::Tokenizer;

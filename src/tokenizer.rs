@@ -6,9 +6,10 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
-/// A loaded `tokenizer.json`.
+/// A loaded `tokenizer.json` (cheap to clone: the clones share it).
+#[derive(Clone)]
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
+    inner: std::sync::Arc<tokenizers::Tokenizer>,
 }
 
 /// Runs `f`, turning both its error and a panic inside the tokenizers crate into [`Error::Tokenizer`].
@@ -31,7 +32,7 @@ impl Tokenizer {
         }
         let what = format!("{}", path.display());
         let inner = guarded(&what, || tokenizers::Tokenizer::from_file(path))?;
-        Ok(Self { inner })
+        Ok(Self { inner: inner.into() })
     }
 
     /// Encodes `text`; with `add_special_tokens` the tokenizer's post-processor adds BOS
@@ -58,9 +59,9 @@ impl Tokenizer {
     }
 
     /// A fresh incremental decoder for generated tokens.
-    pub fn stream(&self, skip_special: bool) -> TextStream<'_> {
+    pub fn stream(&self, skip_special: bool) -> TextStream {
         TextStream {
-            tok: self,
+            tok: self.clone(),
             skip_special,
             ids: Vec::new(),
             prev: 0,
@@ -72,8 +73,8 @@ impl Tokenizer {
 /// Turns generated ids into text pieces as they arrive. A piece is only emitted once it is
 /// complete UTF-8 (a character split over several tokens is held back), and the pieces
 /// concatenate to exactly `decode(all ids)`.
-pub struct TextStream<'a> {
-    tok: &'a Tokenizer,
+pub struct TextStream {
+    tok: Tokenizer,
     skip_special: bool,
     ids: Vec<u32>,
     /// Start of the window that is re-decoded on each step.
@@ -82,7 +83,7 @@ pub struct TextStream<'a> {
     cur: usize,
 }
 
-impl TextStream<'_> {
+impl TextStream {
     /// Adds one id; returns the new text it completes (possibly empty).
     pub fn push(&mut self, id: u32) -> Result<String> {
         let before = self.tok.decode(&self.ids[self.prev..self.cur], self.skip_special)?;

@@ -221,7 +221,9 @@ fn a_second_turn_equals_prefilling_the_whole_history() {
     chat.send("Hi", &request, |_| ControlFlow::Continue(())).unwrap();
     let second = chat.send("And then?", &request, |_| ControlFlow::Continue(())).unwrap();
     assert!(second.generation.cached_tokens > 30);
-    let mut fresh = Conversation::new(&engine, Some(512), None, Some(DATE.into())).unwrap();
+    // The engine caches prefixes across requests: the cold run needs an engine of its own.
+    let cold_engine = Engine::load(&fixture(MODEL), &opts).unwrap();
+    let mut fresh = Conversation::new(&cold_engine, Some(512), None, Some(DATE.into())).unwrap();
     for m in &chat.messages()[..3] {
         fresh.push(m.clone());
     }

@@ -60,8 +60,8 @@ fn rolling_back_to_a_prefix_reuses_the_cache() {
 }
 
 #[test]
-fn a_session_prefills_only_what_is_new() {
-    use llama32::{GenerateRequest, SamplingParams, Session};
+fn a_next_turn_prefills_only_what_is_new() {
+    use llama32::{GenerateRequest, SamplingParams};
     use std::ops::ControlFlow;
     let opts = LoadOptions {
         dtype: Some(ComputeDType::F32),
@@ -71,30 +71,26 @@ fn a_session_prefills_only_what_is_new() {
     let request = GenerateRequest {
         max_tokens: 8,
         sampling: SamplingParams::greedy(),
+        ctx_size: Some(256),
         ..Default::default()
     };
     let first_prompt = expected("tied-f32-mha").prompts[0].prompt_ids.clone();
-    let mut session = Session::new(&engine, Some(256)).unwrap();
     let now = std::time::Instant::now();
-    let first = session
-        .generate(&first_prompt, &request, now, |_| ControlFlow::Continue(()))
-        .unwrap();
+    let run = |e: &Engine, p: &[u32]| {
+        e.generate_from_ids(p, &request, now, |_| ControlFlow::Continue(()))
+            .unwrap()
+    };
+    let first = run(&engine, &first_prompt);
     assert_eq!(first.cached_tokens, 0);
     // The next "turn": everything so far plus a few new tokens.
     let second_prompt = [first_prompt.clone(), first.token_ids.clone(), vec![128009, 128006, 882]].concat();
-    let second = session
-        .generate(&second_prompt, &request, now, |_| ControlFlow::Continue(()))
-        .unwrap();
+    let second = run(&engine, &second_prompt);
     assert_eq!(second.cached_tokens, first_prompt.len() + first.token_ids.len() - 1);
-    let fresh = Session::new(&engine, Some(256))
-        .unwrap()
-        .generate(&second_prompt, &request, now, |_| ControlFlow::Continue(()))
-        .unwrap();
+    let fresh = run(&Engine::load(&fixture("tied-f32-mha"), &opts).unwrap(), &second_prompt);
+    assert_eq!(fresh.cached_tokens, 0);
     assert_eq!(second.token_ids, fresh.token_ids);
     // A prompt entirely in the cache still gets its last token's logits recomputed.
-    let third = session
-        .generate(&second_prompt, &request, now, |_| ControlFlow::Continue(()))
-        .unwrap();
+    let third = run(&engine, &second_prompt);
     assert_eq!(third.cached_tokens, second_prompt.len() - 1);
     assert_eq!(third.token_ids, fresh.token_ids);
 }

@@ -1,5 +1,6 @@
-//! A multi-turn conversation: history, the rendered prompt, context-window management,
-//! and a [`Session`] whose KV cache is reused from turn to turn.
+//! A multi-turn conversation: history, the rendered prompt, context-window management.
+//! Each turn submits the whole rendered history; the engine's prefix cache finds what
+//! earlier turns already computed, so only the new tokens are prefilled.
 
 use std::ops::ControlFlow;
 use std::time::Instant;
@@ -7,12 +8,11 @@ use std::time::Instant;
 use crate::chat::{parse_tool_call, Message, ParsedToolCall, RenderOptions, Tool};
 use crate::engine::{Engine, FinishReason, GenerateRequest, Generation};
 use crate::error::{Error, Result};
-use crate::session::Session;
 
 /// A chat with an Instruct model.
 pub struct Conversation<'e> {
     engine: &'e Engine,
-    session: Session<'e>,
+    ctx: usize,
     messages: Vec<Message>,
     tools: Option<Vec<Tool>>,
     date: Option<String>,
@@ -45,7 +45,7 @@ impl<'e> Conversation<'e> {
         }
         Ok(Self {
             engine,
-            session: Session::new(engine, ctx_size)?,
+            ctx: engine.context_window(ctx_size)?,
             messages: Vec::new(),
             tools,
             date,
@@ -75,12 +75,11 @@ impl<'e> Conversation<'e> {
     /// Forgets every message but the system message, and the KV cache.
     pub fn reset(&mut self) {
         self.messages.retain(|m| m.role == "system");
-        self.session.reset();
     }
 
     /// The context window in tokens.
     pub fn context_window(&self) -> usize {
-        self.session.context_window()
+        self.ctx
     }
 
     /// The prompt ids of the history plus the assistant header.
@@ -123,7 +122,11 @@ impl<'e> Conversation<'e> {
                 break ids;
             }
         };
-        let generation = self.session.generate(&ids, request, start, on_text)?;
+        let request = GenerateRequest {
+            ctx_size: Some(self.ctx),
+            ..request.clone()
+        };
+        let generation = self.engine.generate_from_ids(&ids, &request, start, on_text)?;
         let tool_call = self.tools.as_ref().and_then(|_| parse_tool_call(&generation.text));
         self.messages.push(self.answer_message(&generation, tool_call.as_ref()));
         Ok(Turn {

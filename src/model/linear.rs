@@ -114,6 +114,35 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// `x: [m, in]` (row-major) through several layers sharing it, on plain slices; every
+    /// layer must satisfy [`Linear::runs_on_slices`]. Each output row depends only on its
+    /// input row (the packed kernels and dense dot products work row by row).
+    pub fn forward_rows(layers: &[&Linear], x: &[f32], m: usize) -> Result<Vec<Vec<f32>>> {
+        if let Some(ps) = all_packed(layers) {
+            return Ok(PackedWeight::matmul_many(&ps, x, m, Isa::detect()));
+        }
+        layers
+            .iter()
+            .map(|l| match l {
+                Self::Packed(p) => Ok(p.matmul(x, m)),
+                Self::Dense(w) => with_f32_slice(w, |ws| {
+                    let k = x.len().checked_div(m).unwrap_or(0);
+                    x.chunks(k.max(1))
+                        .flat_map(|row| crate::model::gemv::gemv(ws, row))
+                        .collect()
+                }),
+                Self::Quantized(_) => Err(candle_core::Error::Msg("quantized layer on slices".into()).into()),
+            })
+            .collect()
+    }
+
+    /// True for our packed CPU formats.
+    pub fn is_packed(&self) -> bool {
+        matches!(self, Self::Packed(_))
+    }
+}
+
 /// Every layer's packed weight, or `None` unless all of them are packed.
 fn all_packed<'a>(layers: &[&'a Linear]) -> Option<Vec<&'a PackedWeight>> {
     layers

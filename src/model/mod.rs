@@ -3,6 +3,7 @@
 //! The model only computes logits; it never samples.
 
 pub mod attention;
+pub mod batch;
 pub mod decode;
 pub mod gemv;
 pub mod host;
@@ -10,6 +11,7 @@ pub mod kv_cache;
 pub mod linear;
 pub mod mlp;
 pub mod norm;
+pub mod paged;
 pub mod quant;
 pub mod rope;
 #[cfg(test)]

@@ -32,6 +32,19 @@ impl RmsNorm {
         crate::model::host::with_f32_slice(&self.weight, |w| x.iter().zip(w).map(|(v, w)| v * inv * w).collect())
     }
 
+    /// Rows of `width` f32 values on the CPU, each normalised like [`RmsNorm::forward_slice`].
+    pub fn forward_rows(&self, x: &[f32], width: usize) -> Result<Vec<f32>> {
+        crate::model::host::with_f32_slice(&self.weight, |w| {
+            let mut out = Vec::with_capacity(x.len());
+            for row in x.chunks(width.max(1)) {
+                let ms = row.iter().map(|v| v * v).sum::<f32>() / width.max(1) as f32;
+                let inv = 1.0 / (ms + self.eps).sqrt();
+                out.extend(row.iter().zip(w).map(|(v, w)| v * inv * w));
+            }
+            out
+        })
+    }
+
     /// The weight.
     pub fn weight(&self) -> &Tensor {
         &self.weight

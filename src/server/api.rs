@@ -394,11 +394,12 @@ pub fn unix_now() -> u64 {
 }
 
 /// The `usage` object.
-pub fn usage(prompt_tokens: usize, completion_tokens: usize) -> Json {
+pub fn usage(prompt_tokens: usize, completion_tokens: usize, cached_tokens: usize) -> Json {
     json!({
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     })
 }
 

@@ -1,9 +1,9 @@
-//! Running a validated request: prompt ids, worker slot, one [`Session`] for the `n`
-//! choices (the prompt is prefilled once and reused), and the answer as one JSON object or
-//! as server-sent events. A client that goes away stops the generation at once.
+//! Running a validated request: prompt ids, a worker slot, the `n` choices submitted to
+//! the engine together (they share the prompt's KV blocks through the prefix cache), and
+//! the answer as one JSON object or as server-sent events. A client that goes away
+//! cancels its sequences at once.
 
-use std::ops::ControlFlow;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
 
@@ -14,16 +14,32 @@ use super::queue::Acquire;
 use super::sse::EventStream;
 use super::{Outcome, State};
 use crate::chat::{parse_tool_call, RenderOptions};
-use crate::engine::{FinishReason, GenerateRequest, Generation};
+use crate::engine::{Event, FinishReason, GenerateRequest, Generation, Handle};
 use crate::error::Error;
 use crate::sampler::StopMatcher;
-use crate::session::Session;
 
 /// Status logged when the client went away before its answer was complete (as nginx does).
 pub(super) const CLIENT_GONE: u16 = 499;
 
-/// How many generated tokens pass between two checks that a non-streaming client is there.
-const CHECK_EVERY: u32 = 4;
+/// How long to wait for an event before checking that the client is still there.
+const CHECK_EVERY: Duration = Duration::from_millis(50);
+
+/// The next event of `handle`; `None` when it ended without one or `gone()` said the
+/// client left (the handle is then dropped by the caller, which cancels it). `gone()` is
+/// asked every [`CHECK_EVERY`], also while events keep coming.
+fn next_event(handle: &Handle, checked: &mut Instant, mut gone: impl FnMut() -> bool) -> Option<Event> {
+    loop {
+        if checked.elapsed() >= CHECK_EVERY {
+            *checked = Instant::now();
+            if gone() {
+                return None;
+            }
+        }
+        if let Ok(event) = handle.recv_timeout(CHECK_EVERY) {
+            return event;
+        }
+    }
+}
 
 enum Kind {
     Chat { tools_active: bool },
@@ -183,7 +199,7 @@ fn check_model(state: &State, common: &CommonParams) -> Result<(), ApiError> {
     }
 }
 
-/// Waits for a worker slot, then answers.
+/// Waits for a worker slot, submits the choices, then answers.
 pub(super) fn execute(state: &State, plan: Plan, conn: &mut Conn, keep_alive: bool) -> Outcome {
     let permit = match state.slots.acquire(|| conn.client_gone()) {
         Acquire::Granted(permit) => permit,
@@ -193,8 +209,15 @@ pub(super) fn execute(state: &State, plan: Plan, conn: &mut Conn, keep_alive: bo
         }
         Acquire::Abandoned => return Outcome::status(CLIENT_GONE, false),
     };
-    let session = match Session::new(&state.engine, Some(state.ctx)) {
-        Ok(s) => s,
+    let handles: Result<Vec<Handle>, Error> = (0..plan.n)
+        .map(|i| {
+            state
+                .engine
+                .submit(plan.prompt.clone(), &plan.choice_request(i), plan.start)
+        })
+        .collect();
+    let handles = match handles {
+        Ok(h) => h,
         Err(e) => {
             let e = ApiError::from(e);
             let sent = write_error(conn.writer(), &e, keep_alive).is_ok();
@@ -202,8 +225,8 @@ pub(super) fn execute(state: &State, plan: Plan, conn: &mut Conn, keep_alive: bo
         }
     };
     let outcome = match plan.stream {
-        true => stream(state, &plan, session, conn),
-        false => whole(state, &plan, session, conn, keep_alive),
+        true => stream(state, &plan, handles, conn),
+        false => whole(state, &plan, handles, conn, keep_alive),
     };
     drop(permit);
     outcome
@@ -245,28 +268,29 @@ impl ToolHold {
     }
 }
 
-fn whole(state: &State, plan: &Plan, mut session: Session, conn: &mut Conn, keep_alive: bool) -> Outcome {
+fn whole(state: &State, plan: &Plan, handles: Vec<Handle>, conn: &mut Conn, keep_alive: bool) -> Outcome {
     let model = &state.config.model_id;
     let mut choices = Vec::new();
-    let mut completion_tokens = 0;
-    for i in 0..plan.n {
-        let mut calls = 0u32;
-        let result = session.generate(&plan.prompt, &plan.choice_request(i), plan.start, |_| {
-            calls += 1;
-            if calls.is_multiple_of(CHECK_EVERY) && conn.client_gone() {
-                return ControlFlow::Break(());
+    let (mut completion_tokens, mut cached_tokens) = (0, 0);
+    let mut checked = Instant::now();
+    for (i, handle) in handles.iter().enumerate() {
+        let result = loop {
+            match next_event(handle, &mut checked, || conn.client_gone()) {
+                Some(Event::Done(g)) => break Ok(g),
+                Some(Event::Error(e)) => break Err(e),
+                Some(_) => {}
+                None => break Err(Error::EngineStopped),
             }
-            ControlFlow::Continue(())
-        });
+        };
         let generation = match result {
-            Ok(g) if g.finish_reason == FinishReason::Cancelled => {
+            Ok(g) => g,
+            Err(_) if conn.client_gone() => {
                 return Outcome {
-                    completion_tokens: completion_tokens + g.completion_tokens,
+                    completion_tokens,
                     prompt_tokens: plan.prompt.len(),
                     ..Outcome::status(CLIENT_GONE, false)
                 }
             }
-            Ok(g) => g,
             Err(e) => {
                 let e = ApiError::from(e);
                 let sent = write_error(conn.writer(), &e, keep_alive).is_ok();
@@ -274,10 +298,11 @@ fn whole(state: &State, plan: &Plan, mut session: Session, conn: &mut Conn, keep
             }
         };
         completion_tokens += generation.completion_tokens;
+        cached_tokens = cached_tokens.max(generation.cached_tokens);
         choices.push(choice(plan, i, &generation));
     }
     let mut body = plan.envelope(model, false, Json::Array(choices));
-    body["usage"] = usage(plan.prompt.len(), completion_tokens);
+    body["usage"] = usage(plan.prompt.len(), completion_tokens, cached_tokens);
     let sent = write_json(conn.writer(), &body, keep_alive);
     Outcome {
         status: 200,
@@ -301,7 +326,7 @@ fn choice(plan: &Plan, index: usize, g: &Generation) -> Json {
     }
 }
 
-fn stream(state: &State, plan: &Plan, mut session: Session, conn: &mut Conn) -> Outcome {
+fn stream(state: &State, plan: &Plan, handles: Vec<Handle>, conn: &mut Conn) -> Outcome {
     let model = &state.config.model_id;
     let gone = |completion_tokens| Outcome {
         prompt_tokens: plan.prompt.len(),
@@ -324,8 +349,9 @@ fn stream(state: &State, plan: &Plan, mut session: Session, conn: &mut Conn) -> 
         true => json!({"index": i, "delta": {"content": text}, "logprobs": null, "finish_reason": null}),
         false => json!({"index": i, "text": text, "logprobs": null, "finish_reason": null}),
     };
-    let mut completion_tokens = 0;
-    for i in 0..plan.n {
+    let (mut completion_tokens, mut cached_tokens) = (0, 0);
+    let mut checked = Instant::now();
+    for (i, handle) in handles.iter().enumerate() {
         let first = match &plan.kind {
             Kind::Chat { .. } => {
                 json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null})
@@ -337,25 +363,21 @@ fn stream(state: &State, plan: &Plan, mut session: Session, conn: &mut Conn) -> 
             return gone(completion_tokens);
         }
         let mut hold = ToolHold::new(tools_active);
-        let mut calls = 0u32;
-        let result = session.generate(&plan.prompt, &plan.choice_request(i), plan.start, |piece| {
-            let text = hold.push(piece);
-            if !text.is_empty() {
-                if !sse.send(&event(piece_choice(i, &text))) {
-                    return ControlFlow::Break(());
+        let result = loop {
+            match next_event(handle, &mut checked, || sse.client_gone()) {
+                Some(Event::Token { text, .. } | Event::Text(text)) => {
+                    let text = hold.push(&text);
+                    if !text.is_empty() && !sse.send(&event(piece_choice(i, &text))) {
+                        return gone(completion_tokens);
+                    }
                 }
-            } else {
-                calls += 1;
-                if calls.is_multiple_of(CHECK_EVERY) && sse.client_gone() {
-                    return ControlFlow::Break(());
-                }
+                Some(Event::Done(g)) => break Ok(g),
+                Some(Event::Error(e)) => break Err(e),
+                None if sse.client_gone() => return gone(completion_tokens),
+                None => break Err(Error::EngineStopped),
             }
-            ControlFlow::Continue(())
-        });
+        };
         let generation = match result {
-            Ok(g) if g.finish_reason == FinishReason::Cancelled => {
-                return gone(completion_tokens + g.completion_tokens)
-            }
             Ok(g) => g,
             Err(e) => {
                 let e = ApiError::from(e);
@@ -368,6 +390,7 @@ fn stream(state: &State, plan: &Plan, mut session: Session, conn: &mut Conn) -> 
                 };
             }
         };
+        cached_tokens = cached_tokens.max(generation.cached_tokens);
         completion_tokens += generation.completion_tokens;
         let mut reason = finish_name(generation.finish_reason);
         let held = std::mem::take(&mut hold.held);
@@ -397,7 +420,7 @@ fn stream(state: &State, plan: &Plan, mut session: Session, conn: &mut Conn) -> 
     }
     if plan.include_usage {
         let mut chunk = plan.envelope(model, true, json!([]));
-        chunk["usage"] = usage(plan.prompt.len(), completion_tokens);
+        chunk["usage"] = usage(plan.prompt.len(), completion_tokens, cached_tokens);
         if !sse.send(&chunk) {
             return gone(completion_tokens);
         }

@@ -47,9 +47,13 @@ pub struct ModelArgs {
     /// Weights: q8_0, q4k, f32, f16 or bf16 (default: q8_0 on CPU, the checkpoint's 16-bit dtype on GPU).
     #[arg(long)]
     pub dtype: Option<String>,
-    /// Context window in tokens (default: the model's max_position_embeddings).
+    /// Context window in tokens (default: the model's max_position_embeddings, or what the KV pool holds).
     #[arg(long)]
     pub ctx_size: Option<usize>,
+    /// KV cache pool in MiB, shared by all sequences (default: enough for the context window
+    /// of every parallel sequence, at most 4096).
+    #[arg(long)]
+    pub kv_memory: Option<usize>,
 }
 
 /// Sampling and stopping, with the OpenAI API's parameter names.
@@ -201,9 +205,10 @@ pub struct ServeArgs {
     /// The model id clients send and /v1/models lists (default: the --model string).
     #[arg(long)]
     pub served_model_name: Option<String>,
-    /// Generations computed at once.
-    #[arg(long, default_value_t = 1)]
-    pub parallel: usize,
+    /// Sequences computed together in each forward pass (default: 8 on CPU with packed
+    /// weights, 4 otherwise).
+    #[arg(long)]
+    pub parallel: Option<usize>,
     /// Requests that may wait for a slot; more are answered 503 with Retry-After.
     #[arg(long, default_value_t = 16)]
     pub queue: usize,

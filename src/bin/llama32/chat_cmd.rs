@@ -118,7 +118,7 @@ impl Chat<'_> {
 pub fn run(a: ChatArgs) -> anyhow::Result<ExitCode> {
     let (messages, tools) = read_conversation(&a.conversation)?;
     let request = request(&a.sampling, a.model.ctx_size)?;
-    let engine = load_engine(&a.model)?;
+    let engine = load_engine(&a.model, None)?;
     let mut conversation = Conversation::new(&engine, a.model.ctx_size, tools, a.conversation.date.clone())?;
     for m in messages {
         conversation.push(m);

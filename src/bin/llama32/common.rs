@@ -11,10 +11,13 @@ use serde_json::json;
 use crate::args::{ModelArgs, SamplingArgs};
 
 /// Loads the model named by the model arguments.
-pub fn load_engine(a: &ModelArgs) -> anyhow::Result<Engine> {
+pub fn load_engine(a: &ModelArgs, parallel: Option<usize>) -> anyhow::Result<Engine> {
     let options = LoadOptions {
         device: a.device.parse()?,
         dtype: a.dtype.as_deref().map(str::parse).transpose()?,
+        parallel,
+        kv_memory: a.kv_memory.map(|mib| mib.saturating_mul(1 << 20)),
+        prefill_budget: None,
     };
     Ok(Engine::load(&a.model, &options)?)
 }

@@ -69,7 +69,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     let request = request(&a.sampling, a.model.ctx_size)?;
-    let engine = load_engine(&a.model)?;
+    let engine = load_engine(&a.model, None)?;
     let interrupt = Interrupt::install();
     let mut stream = Streamer::new();
     let out = engine.generate(&a.prompt, &request, |piece| {

@@ -17,10 +17,11 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .or_else(|| std::env::var("LLAMA32_API_KEY").ok())
         .filter(|k| !k.is_empty());
+    let engine = Arc::new(load_engine(&a.model, a.parallel)?);
     let config = ServerConfig {
         model_id: a.served_model_name.clone().unwrap_or_else(|| "llama32".into()),
         api_key,
-        parallel: a.parallel,
+        parallel: engine.parallel(),
         queue: a.queue,
         ctx_size: a.model.ctx_size,
         max_body_bytes: a.max_body,
@@ -28,7 +29,6 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         logger: Some(Arc::new(|log| eprintln!("{log}"))),
         ..ServerConfig::default()
     };
-    let engine = Arc::new(load_engine(&a.model)?);
     let host = if a.host.contains(':') && !a.host.starts_with('[') {
         format!("[{}]", a.host)
     } else {
@@ -37,11 +37,16 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let server = Server::bind(engine.clone(), format!("{host}:{}", a.port), config.clone())?;
     let addr = server.local_addr()?;
     eprintln!(
-        "[{} {} | model `{}` | {} slot(s), queue {} | load: {:.0} ms]",
+        "[{} {} | model `{}` | {} parallel ({}), queue {} | load: {:.0} ms]",
         engine.device(),
         engine.dtype(),
         config.model_id,
         config.parallel,
+        if engine.is_batched() {
+            "batched"
+        } else {
+            "one at a time"
+        },
         config.queue,
         engine.load_time().as_secs_f64() * 1e3
     );

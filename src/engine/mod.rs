@@ -1,0 +1,364 @@
+//! The generation engine: a checkpoint directory -> a loaded model, tokenizer and
+//! [`Backend`], served by one scheduler thread that runs every request's tokens together.
+//!
+//! [`Engine::submit`] validates a request once and hands it to the scheduler; the returned
+//! [`Handle`] receives its [`Event`]s. [`Engine::generate`] is the synchronous wrapper.
+
+pub mod request;
+mod scheduler;
+mod sequence;
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+
+use crate::backend::Backend;
+use crate::chat::{ChatTemplate, Message, RenderOptions, Tool};
+use crate::config::{GenerationConfig, LlamaConfig};
+use crate::device::{check_dtype, ComputeDType, DeviceKind};
+use crate::error::{Error, Result};
+use crate::model::{Llama, DEFAULT_PREFILL_CHUNK};
+use crate::sampler::{Sampler, StopMatcher};
+use crate::tokenizer::Tokenizer;
+use crate::weights::Weights;
+pub use request::{Event, FinishReason, GenerateRequest, Generation, Handle, Timings};
+pub use scheduler::{Load, SchedulerConfig};
+use sequence::{Parts, Sequence};
+
+/// KV memory of the paged backend when none is given: enough for `parallel` sequences of
+/// the whole context window, at most this much.
+pub const DEFAULT_KV_MEMORY: usize = 4 << 30;
+
+/// How to load a model.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Where to run.
+    pub device: DeviceKind,
+    /// Compute dtype; `None` picks the device's default (q8_0 on CPU).
+    pub dtype: Option<ComputeDType>,
+    /// Sequences computed together at most (`None`: 8 on the paged CPU backend, 4 otherwise).
+    pub parallel: Option<usize>,
+    /// Bytes of the paged KV pool (`None`: [`DEFAULT_KV_MEMORY`] at most).
+    pub kv_memory: Option<usize>,
+    /// Prompt tokens computed per step, shared by waiting prompts (`None`: 512). Smaller
+    /// keeps running streams smoother while long prompts arrive.
+    pub prefill_budget: Option<usize>,
+}
+
+/// A model ready to generate: weights, tokenizer, stop ids, and the scheduler serving it.
+/// Share it between threads (`Arc<Engine>`): requests from all of them run together.
+pub struct Engine {
+    dir: PathBuf,
+    model: Arc<Llama>,
+    tokenizer: Tokenizer,
+    chat_template: Option<ChatTemplate>,
+    generation_config: GenerationConfig,
+    eos_ids: Arc<[u32]>,
+    dtype: ComputeDType,
+    device: DeviceKind,
+    load_time: Duration,
+    inbox: Sender<Sequence>,
+    load: Arc<Mutex<Load>>,
+    max_positions: Option<usize>,
+    paged: bool,
+    parallel: usize,
+}
+
+impl Engine {
+    /// Loads a Hugging Face style checkpoint directory: `config.json`, optional
+    /// `generation_config.json`, `tokenizer.json`, and safetensors weights.
+    pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self> {
+        let start = Instant::now();
+        if !dir.is_dir() {
+            return Err(Error::MissingFile {
+                path: dir.to_path_buf(),
+                what: "model directory",
+            });
+        }
+        let config_path = dir.join("config.json");
+        if !config_path.exists() {
+            return Err(Error::MissingFile {
+                path: config_path,
+                what: "model configuration",
+            });
+        }
+        let config = LlamaConfig::from_file(&config_path)?;
+        let generation_config = GenerationConfig::from_file_or_default(&dir.join("generation_config.json"))?;
+        let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+        let tokenizer_config = dir.join("tokenizer_config.json");
+        let chat_template = match tokenizer_config.exists() {
+            true => ChatTemplate::from_tokenizer_config(&tokenizer_config)?,
+            false => None,
+        };
+        let weights = Weights::open(dir)?;
+        let device = options.device.open()?;
+        let dtype = options
+            .dtype
+            .unwrap_or_else(|| options.device.default_dtype(weights.storage_dtype()));
+        check_dtype(&device, options.device, dtype)?;
+        let model = Arc::new(Llama::load(&config, &weights, dtype, &device)?);
+        drop(weights);
+        let mut eos_ids = config.eos_token_ids.clone();
+        eos_ids.extend(&generation_config.eos_token_ids);
+        eos_ids.sort_unstable();
+        eos_ids.dedup();
+        let (backend, parallel) = make_backend(&model, options)?;
+        let (paged, max_positions) = (backend.is_paged(), backend.max_positions());
+        let (inbox, rx) = mpsc::channel();
+        let load = Arc::new(Mutex::new(Load::default()));
+        let sched = scheduler::Scheduler::new(
+            backend,
+            SchedulerConfig {
+                max_running: parallel,
+                prefill_budget: options.prefill_budget.unwrap_or(DEFAULT_PREFILL_CHUNK).max(1),
+            },
+            rx,
+            load.clone(),
+        );
+        std::thread::Builder::new()
+            .name("llama32-scheduler".into())
+            .spawn(move || sched.run())
+            .map_err(|e| Error::Unsupported(format!("cannot start the scheduler thread: {e}")))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            model,
+            tokenizer,
+            chat_template,
+            generation_config,
+            eos_ids: eos_ids.into(),
+            dtype,
+            device: options.device,
+            load_time: start.elapsed(),
+            inbox,
+            load,
+            max_positions,
+            paged,
+            parallel,
+        })
+    }
+
+    /// The checkpoint directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &LlamaConfig {
+        self.model.config()
+    }
+
+    /// `generation_config.json` (empty when the checkpoint has none).
+    pub fn generation_config(&self) -> &GenerationConfig {
+        &self.generation_config
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The chat template from `tokenizer_config.json` (`None` for base models without one).
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat_template.as_ref()
+    }
+
+    /// Renders a conversation with the chat template and tokenizes it without adding a
+    /// second BOS (the template writes it).
+    pub fn encode_chat(
+        &self,
+        messages: &[Message],
+        tools: Option<&[Tool]>,
+        options: &RenderOptions,
+    ) -> Result<Vec<u32>> {
+        let template = self.chat_template.as_ref().ok_or_else(|| {
+            Error::Template(format!(
+                "{} has no chat_template in tokenizer_config.json",
+                self.dir.display()
+            ))
+        })?;
+        let text = template.render(messages, tools, options)?;
+        self.tokenizer.encode(&text, false)
+    }
+
+    /// The model (for callers that drive the KV cache themselves).
+    pub fn model(&self) -> &Llama {
+        &self.model
+    }
+
+    /// Ids that end generation (from `config.json` and `generation_config.json`).
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos_ids
+    }
+
+    /// The compute dtype in use.
+    pub fn dtype(&self) -> ComputeDType {
+        self.dtype
+    }
+
+    /// The device in use.
+    pub fn device(&self) -> DeviceKind {
+        self.device
+    }
+
+    /// The candle device in use.
+    pub fn candle_device(&self) -> &Device {
+        self.model.device()
+    }
+
+    /// How long [`Engine::load`] took.
+    pub fn load_time(&self) -> Duration {
+        self.load_time
+    }
+
+    /// True when requests run batched on the paged CPU backend (packed weights); false on
+    /// the candle backend (GPUs, and the exact f32 path).
+    pub fn is_batched(&self) -> bool {
+        self.paged
+    }
+
+    /// Sequences computed together at most.
+    pub fn parallel(&self) -> usize {
+        self.parallel
+    }
+
+    /// What the scheduler is doing now.
+    pub fn load_stats(&self) -> Load {
+        *self.load.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tokenizes a raw prompt like HF's `tokenizer(text)`: one BOS, special-token text recognised.
+    pub fn tokenize(&self, prompt: &str) -> Result<Vec<u32>> {
+        self.tokenizer.encode(prompt, true)
+    }
+
+    /// The context window in effect for `ctx_size`: when `None`, the model's maximum or
+    /// what the KV pool holds, whichever is smaller.
+    pub fn context_window(&self, ctx_size: Option<usize>) -> Result<usize> {
+        let max = self.config().max_position_embeddings;
+        let pool = self.max_positions.unwrap_or(usize::MAX);
+        match ctx_size {
+            None => Ok(max.min(pool)),
+            Some(n) if n == 0 || n > max => Err(Error::InvalidParameter {
+                name: "ctx-size",
+                reason: format!("{n} is outside 1..={max} (the model's max_position_embeddings)"),
+            }),
+            Some(n) if n > pool => Err(Error::InvalidParameter {
+                name: "ctx-size",
+                reason: format!("{n} positions do not fit the KV pool ({pool} positions): raise the KV memory"),
+            }),
+            Some(n) => Ok(n),
+        }
+    }
+
+    /// Generates a continuation of the raw text `prompt`. `on_text` receives each new piece
+    /// of text as soon as it is complete UTF-8 (pieces concatenate to `Generation::text`);
+    /// returning `ControlFlow::Break(())` stops generation with [`FinishReason::Cancelled`].
+    pub fn generate(
+        &self,
+        prompt: &str,
+        request: &GenerateRequest,
+        on_text: impl FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Generation> {
+        let start = Instant::now();
+        let ids = self.tokenize(prompt)?;
+        self.generate_from_ids(&ids, request, start, on_text)
+    }
+
+    /// Like [`Engine::generate`] for an already tokenized prompt; `start` is when the
+    /// request began (for time to first token).
+    pub fn generate_from_ids(
+        &self,
+        prompt: &[u32],
+        request: &GenerateRequest,
+        start: Instant,
+        on_text: impl FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Generation> {
+        self.submit(prompt.to_vec(), request, start)?.wait(on_text)
+    }
+
+    /// Validates `request` for `prompt` and queues it; its events arrive on the returned
+    /// handle while other requests run alongside. `start` is when the request began.
+    pub fn submit(&self, prompt: Vec<u32>, request: &GenerateRequest, start: Instant) -> Result<Handle> {
+        let parts = self.parts(prompt, request, start)?;
+        let (tx, rx) = mpsc::channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let seq = Sequence::new(parts, tx, cancel.clone());
+        self.inbox.send(seq).map_err(|_| Error::EngineStopped)?;
+        Ok(Handle::new(rx, cancel))
+    }
+
+    /// Checks everything about a request that can be checked before it runs.
+    fn parts(&self, prompt: Vec<u32>, request: &GenerateRequest, start: Instant) -> Result<Parts> {
+        if request.max_tokens == 0 {
+            return Err(Error::InvalidParameter {
+                name: "max-tokens",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if prompt.is_empty() {
+            return Err(Error::InvalidParameter {
+                name: "prompt",
+                reason: "is empty".into(),
+            });
+        }
+        let ctx = self.context_window(request.ctx_size)?;
+        if prompt.len() > ctx {
+            return Err(Error::PromptTooLong {
+                tokens: prompt.len(),
+                limit: ctx,
+            });
+        }
+        let vocab = self.config().vocab_size;
+        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::InvalidParameter {
+                name: "prompt",
+                reason: format!("token id {bad} is outside the vocabulary of {vocab}"),
+            });
+        }
+        let resolved = request.sampling.resolve(&self.generation_config, vocab)?;
+        Ok(Parts {
+            prompt,
+            max_tokens: request.max_tokens,
+            ctx,
+            sampler: Sampler::new(resolved, rand::random::<u64>()),
+            stop: StopMatcher::new(request.stop.clone())?,
+            stream: self.tokenizer.stream(true),
+            eos: self.eos_ids.clone(),
+            start,
+        })
+    }
+}
+
+/// The backend for `model` and the number of sequences it runs together.
+fn make_backend(model: &Arc<Llama>, options: &LoadOptions) -> Result<(Backend, usize)> {
+    if options.parallel == Some(0) {
+        return Err(Error::InvalidParameter {
+            name: "parallel",
+            reason: "must be at least 1".into(),
+        });
+    }
+    let c = model.config();
+    let per_position = 2 * c.num_hidden_layers * c.kv_dim() * std::mem::size_of::<f32>();
+    let batched = model.runs_batched() && model.has_packed_layers();
+    let parallel = options.parallel.unwrap_or(if batched { 8 } else { 4 });
+    let wanted = c
+        .max_position_embeddings
+        .saturating_mul(parallel)
+        .saturating_mul(per_position);
+    let kv_bytes = options.kv_memory.unwrap_or(wanted.min(DEFAULT_KV_MEMORY));
+    if kv_bytes < per_position * crate::kv::DEFAULT_BLOCK_SIZE {
+        return Err(Error::InvalidParameter {
+            name: "kv-memory",
+            reason: format!(
+                "{kv_bytes} bytes hold less than one block of {} positions ({per_position} bytes each)",
+                crate::kv::DEFAULT_BLOCK_SIZE
+            ),
+        });
+    }
+    Ok((Backend::new(model.clone(), kv_bytes, DEFAULT_PREFILL_CHUNK), parallel))
+}

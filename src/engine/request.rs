@@ -1,0 +1,175 @@
+//! What callers give the engine and get back: the request, its events, its result, and
+//! the handle that receives them.
+
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::model::DEFAULT_PREFILL_CHUNK;
+use crate::sampler::SamplingParams;
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    /// Most tokens to generate (>= 1).
+    pub max_tokens: usize,
+    /// How to pick tokens (unset fields take the model's generation_config.json defaults).
+    pub sampling: SamplingParams,
+    /// Stop strings: generation ends when the text contains one, which is left out of it.
+    pub stop: Vec<String>,
+    /// Context window in tokens (prompt + output) of this request; `None` uses the
+    /// engine's.
+    pub ctx_size: Option<usize>,
+    /// Prompt tokens per forward pass during prefill on the candle backend (the paged
+    /// backend shares its own per-step budget between prompts).
+    pub prefill_chunk: usize,
+}
+
+impl Default for GenerateRequest {
+    fn default() -> Self {
+        Self {
+            max_tokens: 256,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            ctx_size: None,
+            prefill_chunk: DEFAULT_PREFILL_CHUNK,
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// An end-of-sequence token was produced, or a stop string.
+    Stop,
+    /// `max_tokens` or the context window was reached.
+    Length,
+    /// The caller cancelled (callback, [`Handle::cancel`], or a dropped handle).
+    Cancelled,
+}
+
+/// Timings of one generation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Timings {
+    /// From the start of the request to the first generated token (queueing, prefill, sampling).
+    pub ttft_ms: f64,
+    /// Prompt tokens computed per second, from admission to the first token.
+    pub prefill_tokens_per_s: f64,
+    /// Generated tokens per second after the first one (0 when fewer than two).
+    pub decode_tokens_per_s: f64,
+}
+
+/// The result of one generation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Generation {
+    /// The generated text (special tokens left out).
+    pub text: String,
+    /// The generated ids (the terminating EOS is not included).
+    pub token_ids: Vec<u32>,
+    /// Number of prompt tokens.
+    pub prompt_tokens: usize,
+    /// How many of the prompt tokens came from the KV cache (not computed again).
+    pub cached_tokens: usize,
+    /// Number of generated tokens (`token_ids.len()`).
+    pub completion_tokens: usize,
+    /// Why generation ended.
+    pub finish_reason: FinishReason,
+    /// The sampler's seed, to replay the run.
+    pub seed: u64,
+    /// Speed figures.
+    pub timings: Timings,
+}
+
+/// What a running request reports, in order: tokens and text, then one `Done` or `Error`.
+#[derive(Debug)]
+pub enum Event {
+    /// A generated token and the new text it completes (empty while text is held back:
+    /// part of a character, or what may be the start of a stop string).
+    Token {
+        /// The token id.
+        id: u32,
+        /// Text to append.
+        text: String,
+    },
+    /// Held-back text released when generation ends.
+    Text(String),
+    /// The end, with the whole result.
+    Done(Generation),
+    /// The request failed.
+    Error(Error),
+}
+
+/// A submitted request: receives its [`Event`]s. Dropping it cancels the request, which
+/// stops at the engine's next step and frees its memory.
+pub struct Handle {
+    events: Receiver<Event>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Handle {
+    pub(crate) fn new(events: Receiver<Event>, cancel: Arc<AtomicBool>) -> Self {
+        Self { events, cancel }
+    }
+
+    /// Asks the engine to stop this request; a `Done` with [`FinishReason::Cancelled`]
+    /// follows.
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    /// The next event, waiting for it; `None` once the request has ended.
+    pub fn recv(&self) -> Option<Event> {
+        self.events.recv().ok()
+    }
+
+    /// The next event, waiting at most `timeout`: `Ok(None)` when the request has ended,
+    /// `Err(())` when nothing came in time.
+    #[allow(clippy::result_unit_err)]
+    pub fn recv_timeout(&self, timeout: Duration) -> std::result::Result<Option<Event>, ()> {
+        match self.events.recv_timeout(timeout) {
+            Ok(e) => Ok(Some(e)),
+            Err(RecvTimeoutError::Disconnected) => Ok(None),
+            Err(RecvTimeoutError::Timeout) => Err(()),
+        }
+    }
+
+    /// Waits for the end, handing each new piece of text to `on_text` (pieces concatenate
+    /// to `Generation::text`); `ControlFlow::Break` cancels, and the partial result is
+    /// still returned.
+    pub fn wait(self, mut on_text: impl FnMut(&str) -> ControlFlow<()>) -> Result<Generation> {
+        let mut cancelled = false;
+        while let Some(event) = self.recv() {
+            match event {
+                Event::Token { text, .. } | Event::Text(text) => {
+                    if !cancelled && !text.is_empty() && on_text(&text).is_break() {
+                        cancelled = true;
+                        self.cancel();
+                    }
+                }
+                Event::Done(generation) => return Ok(generation),
+                Event::Error(e) => return Err(e),
+            }
+        }
+        Err(Error::EngineStopped)
+    }
+}
+
+impl Iterator for Handle {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        self.recv()
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}

@@ -1,0 +1,292 @@
+//! The loop that owns the backend. Each step it takes new requests, drops cancelled ones,
+//! admits waiting sequences (first come, first served) while the running set and the KV
+//! pool allow, then runs one forward pass holding the next token of every decoding
+//! sequence and chunks of waiting prompts up to the step's prefill budget, samples, sends
+//! events, and frees what finished.
+//!
+//! When decoding sequences need more KV blocks than are free, the most recently admitted
+//! one is preempted: its blocks are released and it waits at the head of the queue to be
+//! computed again (its full blocks usually come straight back from the prefix cache).
+
+use std::collections::VecDeque;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::{Arc, Mutex};
+
+use super::request::FinishReason;
+use super::sequence::{Next, Sequence};
+use crate::backend::{Backend, KvUsage, Work};
+use crate::error::Error;
+
+/// How the scheduler shares the machine.
+#[derive(Debug, Clone, Copy)]
+pub struct SchedulerConfig {
+    /// Sequences computed together at most.
+    pub max_running: usize,
+    /// Prompt tokens computed per step, shared by the waiting prompts in order.
+    pub prefill_budget: usize,
+}
+
+/// What the scheduler is doing, for callers and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Load {
+    /// Sequences admitted (holding KV memory).
+    pub running: usize,
+    /// Sequences waiting for admission.
+    pub waiting: usize,
+    /// KV pool use.
+    pub kv: KvUsage,
+    /// Forward passes run so far.
+    pub steps: u64,
+}
+
+pub(crate) struct Scheduler {
+    backend: Backend,
+    config: SchedulerConfig,
+    inbox: Receiver<Sequence>,
+    waiting: VecDeque<Sequence>,
+    running: Vec<Sequence>,
+    load: Arc<Mutex<Load>>,
+    steps: u64,
+}
+
+impl Scheduler {
+    pub(crate) fn new(
+        backend: Backend,
+        config: SchedulerConfig,
+        inbox: Receiver<Sequence>,
+        load: Arc<Mutex<Load>>,
+    ) -> Self {
+        Self {
+            backend,
+            config,
+            inbox,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            load,
+            steps: 0,
+        }
+    }
+
+    /// Serves until every sender is gone and no work is left.
+    pub(crate) fn run(mut self) {
+        loop {
+            if self.waiting.is_empty() && self.running.is_empty() {
+                self.publish();
+                match self.inbox.recv() {
+                    Ok(seq) => self.waiting.push_back(seq),
+                    Err(_) => return,
+                }
+            }
+            loop {
+                match self.inbox.try_recv() {
+                    Ok(seq) => self.waiting.push_back(seq),
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+            self.drop_cancelled();
+            self.admit();
+            self.step();
+            self.publish();
+        }
+    }
+
+    fn publish(&self) {
+        let mut load = self.load.lock().unwrap_or_else(|e| e.into_inner());
+        *load = Load {
+            running: self.running.len(),
+            waiting: self.waiting.len(),
+            kv: self.backend.usage(),
+            steps: self.steps,
+        };
+    }
+
+    fn drop_cancelled(&mut self) {
+        let (gone, kept): (Vec<_>, Vec<_>) = self.waiting.drain(..).partition(Sequence::cancelled);
+        self.waiting = kept.into();
+        let (gone_running, kept): (Vec<_>, Vec<_>) = self.running.drain(..).partition(Sequence::cancelled);
+        self.running = kept;
+        for seq in gone.into_iter().chain(gone_running) {
+            self.end(seq, FinishReason::Cancelled);
+        }
+    }
+
+    /// Admits waiting sequences in order while there is room for their whole prompt. A
+    /// prompt whose first block another sequence is still computing waits for it, so that
+    /// it is shared (the `n` choices of one request, a common system prompt).
+    fn admit(&mut self) {
+        while self.running.len() < self.config.max_running.max(1) {
+            let Some(seq) = self.waiting.front() else { break };
+            if self.backend.is_paged() && self.shares_a_prefill(seq) {
+                break;
+            }
+            let kv = self.backend.start(&seq.tokens, seq.ctx);
+            let need = self
+                .backend
+                .blocks_needed(&kv, seq.tokens.len() - Backend::computed(&kv));
+            if need > self.backend.available() && !self.running.is_empty() {
+                self.backend.release(kv, &seq.tokens);
+                break;
+            }
+            let Some(mut seq) = self.waiting.pop_front() else { break };
+            seq.admit(kv);
+            self.running.push(seq);
+        }
+    }
+
+    fn shares_a_prefill(&self, seq: &Sequence) -> bool {
+        let bs = self.backend.usage().block_size.max(1);
+        let Some(first) = seq.tokens.get(..bs) else {
+            return false;
+        };
+        seq.tokens.len() > bs
+            && self
+                .running
+                .iter()
+                .any(|r| r.pending() > 1 && r.tokens.get(..bs) == Some(first))
+    }
+
+    /// Makes room for every decoding sequence's next position, preempting the most
+    /// recently admitted sequences while the pool is short.
+    fn make_room_for_decodes(&mut self) {
+        loop {
+            let need: usize = self
+                .running
+                .iter()
+                .filter(|s| s.pending() == 1)
+                .filter_map(|s| s.kv.as_ref().map(|kv| self.backend.blocks_needed(kv, 1)))
+                .sum();
+            if need <= self.backend.available() || self.running.is_empty() {
+                return;
+            }
+            let Some(victim) = self.running.pop() else { return };
+            if self.running.is_empty() {
+                // Alone and still out of room: the pool is its context limit.
+                return self.end(victim, FinishReason::Length);
+            }
+            self.preempt(victim);
+        }
+    }
+
+    /// Frees `seq`'s KV memory and puts it first in line, to be computed again.
+    fn preempt(&mut self, mut seq: Sequence) {
+        if let Some(kv) = seq.kv.take() {
+            self.backend.release(kv, &seq.tokens);
+        }
+        self.waiting.push_front(seq);
+    }
+
+    /// One forward pass over the running sequences, then sampling.
+    fn step(&mut self) {
+        self.make_room_for_decodes();
+        let mut plan: Vec<(usize, usize, bool)> = Vec::new();
+        let mut budget = self.config.prefill_budget.max(1);
+        for (i, seq) in self.running.iter_mut().enumerate() {
+            let pending = seq.pending();
+            let n = match pending {
+                0 => continue,
+                1 => 1,
+                _ => pending.min(budget),
+            };
+            if n == 0 {
+                continue;
+            }
+            let Some(kv) = seq.kv.as_mut() else { continue };
+            if !self.backend.reserve(kv, n) {
+                continue;
+            }
+            if pending > 1 {
+                budget -= n;
+            }
+            plan.push((i, n, n == pending));
+        }
+        if plan.is_empty() {
+            if !self.running.is_empty() {
+                // Nothing could run (the pool is held by sequences waiting for more):
+                // give the newest back to the queue so that the others can go on.
+                self.make_room_by_preempting();
+            }
+            return;
+        }
+        let result = {
+            let mut kvs: Vec<Option<&mut Sequence>> = self.running.iter_mut().map(Some).collect();
+            let mut work = Vec::with_capacity(plan.len());
+            for &(i, n, logits) in &plan {
+                let Some(seq) = kvs[i].take() else { continue };
+                let Some(kv) = seq.kv.as_mut() else { continue };
+                work.push(Work {
+                    kv,
+                    tokens: &seq.tokens,
+                    n,
+                    logits,
+                });
+            }
+            self.backend.forward(&mut work)
+        };
+        self.steps += 1;
+        match result {
+            Ok(logits) => self.sample(&plan, logits),
+            Err(e) => self.fail_all(&plan, e),
+        }
+    }
+
+    fn make_room_by_preempting(&mut self) {
+        if self.running.len() > 1 {
+            if let Some(victim) = self.running.pop() {
+                self.preempt(victim);
+            }
+        }
+    }
+
+    fn sample(&mut self, plan: &[(usize, usize, bool)], logits: Vec<Vec<f32>>) {
+        let mut rows = logits.into_iter();
+        let mut finished = Vec::new();
+        for &(i, _, wants) in plan {
+            if !wants {
+                continue;
+            }
+            let Some(row) = rows.next() else { break };
+            match self.running[i].push(&row) {
+                Ok(Next::Continue) => {}
+                Ok(Next::Finish(reason)) => finished.push((i, Ok(reason))),
+                Err(e) => finished.push((i, Err(e))),
+            }
+        }
+        // Remove from the back so that indices stay valid.
+        finished.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
+        for (i, outcome) in finished {
+            let seq = self.running.remove(i);
+            match outcome {
+                Ok(reason) => self.end(seq, reason),
+                Err(e) => self.end_with_error(seq, e),
+            }
+        }
+    }
+
+    fn fail_all(&mut self, plan: &[(usize, usize, bool)], error: Error) {
+        let mut failed: Vec<usize> = plan.iter().map(|p| p.0).collect();
+        failed.sort_unstable_by(|a, b| b.cmp(a));
+        let message = error.to_string();
+        let mut first = Some(error);
+        for i in failed {
+            let seq = self.running.remove(i);
+            let e = first
+                .take()
+                .unwrap_or_else(|| Error::Candle(candle_core::Error::Msg(message.clone())));
+            self.end_with_error(seq, e);
+        }
+    }
+
+    fn end(&mut self, mut seq: Sequence, reason: FinishReason) {
+        if let Some(kv) = seq.kv.take() {
+            self.backend.release(kv, &seq.tokens);
+        }
+        seq.finish(reason);
+    }
+
+    fn end_with_error(&mut self, mut seq: Sequence, error: Error) {
+        if let Some(kv) = seq.kv.take() {
+            self.backend.release(kv, &seq.tokens);
+        }
+        seq.fail(error);
+    }
+}

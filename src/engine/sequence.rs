@@ -1,0 +1,195 @@
+//! The passive state of one sequence: its tokens, KV cache, sampler, stop matcher and text
+//! decoder, and where its events go. The scheduler moves it; it never runs the model.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::request::{Event, FinishReason, Generation, Timings};
+use crate::backend::{Backend, SeqKv};
+use crate::error::Result;
+use crate::sampler::{Sampler, StopMatcher};
+use crate::tokenizer::TextStream;
+
+/// One request in the scheduler.
+pub struct Sequence {
+    /// Prompt then generated tokens; the last one may not be computed yet.
+    pub tokens: Vec<u32>,
+    /// Tokens of the prompt.
+    pub prompt_len: usize,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// Context window: positions this sequence may hold.
+    pub ctx: usize,
+    /// Keys and values, while admitted.
+    pub kv: Option<SeqKv>,
+    sampler: Sampler,
+    stop: StopMatcher,
+    stream: TextStream,
+    text: String,
+    eos: Arc<[u32]>,
+    events: Sender<Event>,
+    cancel: Arc<AtomicBool>,
+    /// When the request began.
+    pub start: Instant,
+    admitted: Option<Instant>,
+    first_token: Option<Instant>,
+    cached: usize,
+}
+
+/// What became of a sequence after a token.
+pub enum Next {
+    /// It goes on.
+    Continue,
+    /// It ended for this reason.
+    Finish(FinishReason),
+}
+
+/// The parts of a sequence fixed at submission.
+pub struct Parts {
+    /// The prompt.
+    pub prompt: Vec<u32>,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// Context window.
+    pub ctx: usize,
+    /// The seeded sampler.
+    pub sampler: Sampler,
+    /// Stop strings.
+    pub stop: StopMatcher,
+    /// The text decoder.
+    pub stream: TextStream,
+    /// Ids that end generation.
+    pub eos: Arc<[u32]>,
+    /// When the request began.
+    pub start: Instant,
+}
+
+impl Sequence {
+    /// A waiting sequence sending its events to `events`.
+    pub fn new(p: Parts, events: Sender<Event>, cancel: Arc<AtomicBool>) -> Self {
+        Self {
+            prompt_len: p.prompt.len(),
+            tokens: p.prompt,
+            max_tokens: p.max_tokens,
+            ctx: p.ctx,
+            kv: None,
+            sampler: p.sampler,
+            stop: p.stop,
+            stream: p.stream,
+            text: String::new(),
+            eos: p.eos,
+            events,
+            cancel,
+            start: p.start,
+            admitted: None,
+            first_token: None,
+            cached: 0,
+        }
+    }
+
+    /// True once the caller cancelled or dropped its handle.
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+
+    /// Tokens not yet computed.
+    pub fn pending(&self) -> usize {
+        let computed = self.kv.as_ref().map_or(0, Backend::computed);
+        self.tokens.len() - computed
+    }
+
+    /// Generated tokens so far.
+    pub fn generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+
+    /// Takes its keys and values (the first admission also fixes the cached count).
+    pub fn admit(&mut self, kv: SeqKv) {
+        if self.admitted.is_none() {
+            self.admitted = Some(Instant::now());
+            self.cached = Backend::cached(&kv).min(self.prompt_len);
+        }
+        self.kv = Some(kv);
+    }
+
+    /// Samples the next token from `logits` and reports it.
+    pub fn push(&mut self, logits: &[f32]) -> Result<Next> {
+        let (prompt, generated) = self.tokens.split_at(self.prompt_len);
+        let token = self.sampler.sample(logits, prompt, generated)?;
+        self.first_token.get_or_insert_with(Instant::now);
+        if self.eos.contains(&token) {
+            return Ok(Next::Finish(FinishReason::Stop));
+        }
+        self.tokens.push(token);
+        let step = self.stop.push(&self.stream.push(token)?);
+        self.text.push_str(&step.text);
+        if self
+            .events
+            .send(Event::Token {
+                id: token,
+                text: step.text,
+            })
+            .is_err()
+        {
+            self.cancel.store(true, Ordering::Relaxed);
+            return Ok(Next::Finish(FinishReason::Cancelled));
+        }
+        if step.stopped {
+            return Ok(Next::Finish(FinishReason::Stop));
+        }
+        if self.generated() >= self.max_tokens || self.tokens.len() > self.ctx {
+            return Ok(Next::Finish(FinishReason::Length));
+        }
+        Ok(Next::Continue)
+    }
+
+    /// Sends the held-back text and the result.
+    pub fn finish(mut self, reason: FinishReason) {
+        let rest = match self.flush() {
+            Ok(rest) => rest,
+            Err(e) => return self.fail(e),
+        };
+        if !rest.is_empty() {
+            self.text.push_str(&rest);
+            let _ = self.events.send(Event::Text(rest));
+        }
+        let now = Instant::now();
+        let first = self.first_token.unwrap_or(now);
+        let admitted = self.admitted.unwrap_or(self.start);
+        let per_second = |n: usize, secs: f64| if n == 0 || secs <= 0.0 { 0.0 } else { n as f64 / secs };
+        let generated = self.tokens[self.prompt_len..].to_vec();
+        let generation = Generation {
+            text: std::mem::take(&mut self.text),
+            prompt_tokens: self.prompt_len,
+            cached_tokens: self.cached,
+            completion_tokens: generated.len(),
+            token_ids: generated,
+            finish_reason: reason,
+            seed: self.sampler.seed(),
+            timings: Timings {
+                ttft_ms: (first - self.start).as_secs_f64() * 1e3,
+                prefill_tokens_per_s: per_second(self.prompt_len - self.cached, (first - admitted).as_secs_f64()),
+                decode_tokens_per_s: per_second(self.generated().saturating_sub(1), (now - first).as_secs_f64()),
+            },
+        };
+        let _ = self.events.send(Event::Done(generation));
+    }
+
+    fn flush(&mut self) -> Result<String> {
+        if self.stop.stopped() {
+            return Ok(String::new());
+        }
+        let step = self.stop.push(&self.stream.finish()?);
+        Ok(match step.stopped {
+            true => step.text,
+            false => step.text + &self.stop.finish(),
+        })
+    }
+
+    /// Reports `error` as the end.
+    pub fn fail(self, error: crate::Error) {
+        let _ = self.events.send(Event::Error(error));
+    }
+}

@@ -1,0 +1,294 @@
+//! The paged key/value pool: one memory budget for every sequence, in fixed-size blocks.
+//!
+//! Each layer keeps one key and one value buffer of `blocks x [kv_heads, block_size,
+//! head_dim]` f32 values. A sequence owns a [`BlockTable`]: the blocks holding its
+//! positions in order, so growing it never copies the cache. Full blocks are registered in
+//! the [`prefix`] cache under a hash of every token up to their end: a later sequence whose
+//! prompt starts with the same tokens shares them (reference counted) instead of computing
+//! them again, and blocks no sequence uses any more stay cached until the least recently
+//! used is taken for new positions.
+//!
+//! The buffers are allocated zeroed at once (`calloc`): the operating system commits their
+//! pages when they are first written, so resident memory follows what is in use.
+
+pub mod prefix;
+
+use prefix::PrefixCache;
+
+/// Index of a block in the pool.
+pub type BlockId = u32;
+
+/// Positions per block by default.
+pub const DEFAULT_BLOCK_SIZE: usize = 16;
+
+/// The shape of the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvLayout {
+    /// Transformer layers.
+    pub layers: usize,
+    /// Key/value heads per layer.
+    pub kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Positions per block.
+    pub block_size: usize,
+}
+
+impl KvLayout {
+    /// f32 values of one block in one layer's key (or value) buffer.
+    pub fn block_len(&self) -> usize {
+        self.kv_heads * self.block_size * self.head_dim
+    }
+
+    /// Bytes one block takes across all layers, keys and values.
+    pub fn block_bytes(&self) -> usize {
+        2 * self.layers * self.block_len() * std::mem::size_of::<f32>()
+    }
+
+    /// Blocks that fit in `bytes` (at least one).
+    pub fn blocks_in(&self, bytes: usize) -> usize {
+        (bytes / self.block_bytes().max(1)).max(1)
+    }
+}
+
+/// The blocks of one sequence and how many positions they hold.
+#[derive(Debug, Default)]
+pub struct BlockTable {
+    blocks: Vec<BlockId>,
+    len: usize,
+    /// Prefix hash of each full block (`hashes[i]` covers positions `..(i + 1) * block_size`).
+    hashes: Vec<u64>,
+    /// Positions taken from the prefix cache when the sequence started.
+    cached: usize,
+}
+
+impl BlockTable {
+    /// Positions computed.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when no position is computed.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Positions that came from the prefix cache.
+    pub fn cached(&self) -> usize {
+        self.cached
+    }
+
+    /// The blocks in position order.
+    pub fn blocks(&self) -> &[BlockId] {
+        &self.blocks
+    }
+}
+
+/// Keys and values of all sequences, in blocks.
+pub struct BlockPool {
+    layout: KvLayout,
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    refs: Vec<u32>,
+    /// Blocks holding nothing cached.
+    free: Vec<BlockId>,
+    cache: PrefixCache,
+}
+
+impl BlockPool {
+    /// A pool of `blocks` blocks (at least one).
+    pub fn new(layout: KvLayout, blocks: usize) -> Self {
+        let blocks = blocks.max(1);
+        let len = blocks * layout.block_len();
+        Self {
+            layout,
+            keys: (0..layout.layers).map(|_| vec![0f32; len]).collect(),
+            values: (0..layout.layers).map(|_| vec![0f32; len]).collect(),
+            refs: vec![0; blocks],
+            free: (0..blocks as BlockId).rev().collect(),
+            cache: PrefixCache::new(blocks),
+        }
+    }
+
+    /// The pool's shape.
+    pub fn layout(&self) -> KvLayout {
+        self.layout
+    }
+
+    /// Blocks in the pool.
+    pub fn capacity(&self) -> usize {
+        self.refs.len()
+    }
+
+    /// Blocks used by at least one sequence.
+    pub fn used(&self) -> usize {
+        self.refs.iter().filter(|&&r| r > 0).count()
+    }
+
+    /// Blocks that can be given out now: free ones and cached ones no sequence uses.
+    pub fn available(&self) -> usize {
+        self.free.len() + self.cache.evictable()
+    }
+
+    /// Blocks needed to hold `positions` positions.
+    pub fn blocks_for(&self, positions: usize) -> usize {
+        positions.div_ceil(self.layout.block_size)
+    }
+
+    /// A new sequence whose tokens will start with `prompt`: the longest run of `prompt`'s
+    /// full blocks found in the prefix cache is shared, leaving at least the last token
+    /// to compute (its logits are needed).
+    pub fn start(&mut self, prompt: &[u32]) -> BlockTable {
+        let bs = self.layout.block_size;
+        let usable = prompt.len().saturating_sub(1) / bs;
+        let mut table = BlockTable::default();
+        let mut parent = prefix::ROOT;
+        for chunk in prompt.chunks_exact(bs).take(usable) {
+            let Some((block, hash)) = self.cache.find(parent, chunk) else {
+                break;
+            };
+            self.take(block);
+            table.blocks.push(block);
+            table.hashes.push(hash);
+            parent = hash;
+        }
+        table.len = table.blocks.len() * bs;
+        let rest = prompt.len().saturating_sub(1).saturating_sub(table.len);
+        if let Some((from, common)) = self.cache.find_partial(parent, &prompt[table.len..table.len + rest]) {
+            self.copy_partial(&mut table, from, common);
+        }
+        table.cached = table.len;
+        table
+    }
+
+    /// Starts a new block of `table` with the first `n` positions of the cached partial
+    /// block `from` (the same tokens after the same prefix: the same keys and values).
+    fn copy_partial(&mut self, table: &mut BlockTable, from: BlockId, n: usize) {
+        self.take(from);
+        if let Some(to) = self.alloc() {
+            let l = self.layout;
+            let (src, dst) = (from as usize * l.block_len(), to as usize * l.block_len());
+            for layer in 0..l.layers {
+                for h in 0..l.kv_heads {
+                    let (s, d) = (src + h * l.block_size * l.head_dim, dst + h * l.block_size * l.head_dim);
+                    let len = n * l.head_dim;
+                    self.keys[layer].copy_within(s..s + len, d);
+                    self.values[layer].copy_within(s..s + len, d);
+                }
+            }
+            table.blocks.push(to);
+            table.len += n;
+        }
+        self.release_block(from);
+    }
+
+    /// Makes room for `n` more positions of `table`; false (and nothing taken) when the
+    /// pool has too few blocks.
+    pub fn reserve(&mut self, table: &mut BlockTable, n: usize) -> bool {
+        let need = self.blocks_for(table.len + n).saturating_sub(table.blocks.len());
+        if need > self.available() {
+            return false;
+        }
+        for _ in 0..need {
+            let Some(block) = self.alloc() else { return false };
+            table.blocks.push(block);
+        }
+        true
+    }
+
+    /// Marks `n` more positions of `table` as computed (their keys and values written);
+    /// `tokens` are the sequence's tokens from position 0. Blocks that become full enter
+    /// the prefix cache.
+    pub fn commit(&mut self, table: &mut BlockTable, tokens: &[u32], n: usize) {
+        let bs = self.layout.block_size;
+        table.len += n;
+        while table.hashes.len() < table.len / bs {
+            let i = table.hashes.len();
+            let parent = table.hashes.last().copied().unwrap_or(prefix::ROOT);
+            let Some(chunk) = tokens.get(i * bs..(i + 1) * bs) else {
+                break;
+            };
+            let hash = self.cache.insert(parent, chunk, table.blocks[i]);
+            table.hashes.push(hash);
+        }
+    }
+
+    /// Gives back every block of `table`, the last first, so that the least recently used
+    /// order evicts the ends of cached prefixes before their beginnings. `tokens` are the
+    /// sequence's tokens: a partly filled last block is kept for a prompt that continues
+    /// the same way (a chat's next turn).
+    pub fn release(&mut self, table: BlockTable, tokens: &[u32]) {
+        let bs = self.layout.block_size;
+        let full = table.len / bs;
+        if let (Some(&last), true) = (table.blocks.get(full), table.len % bs != 0) {
+            if self.refs[last as usize] == 1 {
+                let parent = match full.checked_sub(1) {
+                    None => Some(prefix::ROOT),
+                    Some(i) => table.hashes.get(i).copied(),
+                };
+                if let (Some(parent), Some(held)) = (parent, tokens.get(full * bs..table.len)) {
+                    self.cache.insert_partial(parent, held, last);
+                }
+            }
+        }
+        for block in table.blocks.into_iter().rev() {
+            self.release_block(block);
+        }
+    }
+
+    fn release_block(&mut self, block: BlockId) {
+        let r = &mut self.refs[block as usize];
+        *r = r.saturating_sub(1);
+        if *r == 0 && !self.cache.unused(block) {
+            self.free.push(block);
+        }
+    }
+
+    /// Drops every cached block no sequence uses (e.g. after a test).
+    pub fn clear_cache(&mut self) {
+        while let Some(block) = self.cache.evict() {
+            self.free.push(block);
+        }
+    }
+
+    fn take(&mut self, block: BlockId) {
+        if self.refs[block as usize] == 0 {
+            self.cache.used(block);
+        }
+        self.refs[block as usize] += 1;
+    }
+
+    fn alloc(&mut self) -> Option<BlockId> {
+        let block = self.free.pop().or_else(|| self.cache.evict())?;
+        self.cache.forget(block);
+        self.refs[block as usize] = 1;
+        Some(block)
+    }
+
+    /// Where position `pos` of `table` lives: (block, slot in the block).
+    pub fn locate(&self, table: &BlockTable, pos: usize) -> (BlockId, usize) {
+        let bs = self.layout.block_size;
+        (table.blocks[pos / bs], pos % bs)
+    }
+
+    /// Writes the key and value `[kv_heads * head_dim]` of `pos` in `layer`.
+    pub fn write(&mut self, layer: usize, table: &BlockTable, pos: usize, k: &[f32], v: &[f32]) {
+        let (block, slot) = self.locate(table, pos);
+        let l = self.layout;
+        let base = block as usize * l.block_len();
+        for h in 0..l.kv_heads {
+            let at = base + (h * l.block_size + slot) * l.head_dim;
+            let src = h * l.head_dim..(h + 1) * l.head_dim;
+            self.keys[layer][at..at + l.head_dim].copy_from_slice(&k[src.clone()]);
+            self.values[layer][at..at + l.head_dim].copy_from_slice(&v[src]);
+        }
+    }
+
+    /// One layer's key and value buffers, read-only.
+    pub fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
+        (&self.keys[layer], &self.values[layer])
+    }
+}
+
+#[cfg(test)]
+mod tests;

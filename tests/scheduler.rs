@@ -1,0 +1,225 @@
+//! The scheduler and the paged KV pool, end to end on the tiny fixtures with packed (q8_0)
+//! weights: batch invariance, prefix cache, sharing, cancellation, pool exhaustion.
+
+mod common;
+
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+use common::{expected, fixture};
+use llama32::{ComputeDType, Engine, Event, GenerateRequest, Generation, LoadOptions, SamplingParams};
+
+const MODEL: &str = "tied-bf16-llama3";
+
+fn engine(opts: LoadOptions) -> Engine {
+    let e = Engine::load(&fixture(MODEL), &opts).unwrap();
+    assert!(e.is_batched(), "q8_0 on CPU runs on the paged backend");
+    e
+}
+
+fn q8() -> LoadOptions {
+    LoadOptions {
+        dtype: Some(ComputeDType::Q8_0),
+        ..Default::default()
+    }
+}
+
+/// Seeded sampling (not greedy: the sampler's draws must line up too).
+fn sampled(seed: u64, max_tokens: usize) -> GenerateRequest {
+    GenerateRequest {
+        max_tokens,
+        sampling: SamplingParams {
+            temperature: Some(0.9),
+            seed: Some(seed),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// Eight different prompts: the fixture's two, and pieces of the long one.
+fn prompts() -> Vec<Vec<u32>> {
+    let e = expected(MODEL);
+    let (short, long) = (e.prompts[0].prompt_ids.clone(), e.prompts[1].prompt_ids.clone());
+    let mut out = vec![short.clone(), long.clone()];
+    for (i, n) in [3usize, 17, 40, 100, 333, 600].into_iter().enumerate() {
+        let mut p = long[..n].to_vec();
+        p.push(1000 + i as u32);
+        out.push(p);
+    }
+    out
+}
+
+fn wait_idle(engine: &Engine) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while engine.load_stats().running + engine.load_stats().waiting > 0 {
+        assert!(Instant::now() < deadline, "the scheduler did not go idle");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_seeded_request_gives_the_same_tokens_alone_or_among_seven_others() {
+    let prompts = prompts();
+    let alone: Vec<Generation> = {
+        let engine = engine(q8());
+        prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                engine
+                    .generate_from_ids(p, &sampled(i as u64, 24), Instant::now(), |_| ControlFlow::Continue(()))
+                    .unwrap()
+            })
+            .collect()
+    };
+    // All together, submitted in reverse order so that positions in the batch change, on a
+    // fresh engine (nothing cached) with a small prefill budget (prompts are chunked
+    // differently and interleaved with decoding).
+    let engine = engine(LoadOptions {
+        prefill_budget: Some(37),
+        ..q8()
+    });
+    let handles: Vec<_> = (0..prompts.len())
+        .rev()
+        .map(|i| {
+            (
+                i,
+                engine
+                    .submit(prompts[i].clone(), &sampled(i as u64, 24), Instant::now())
+                    .unwrap(),
+            )
+        })
+        .collect();
+    for (i, h) in handles {
+        let together = h.wait(|_| ControlFlow::Continue(())).unwrap();
+        assert_eq!(together.token_ids, alone[i].token_ids, "prompt {i}");
+        assert_eq!(together.text, alone[i].text, "prompt {i}");
+    }
+    wait_idle(&engine);
+    assert_eq!(engine.load_stats().kv.used_blocks, 0);
+}
+
+#[test]
+fn the_prefix_cache_is_used_and_changes_nothing() {
+    let engine = engine(q8());
+    let long = expected(MODEL).prompts[1].prompt_ids.clone();
+    let cold = engine
+        .generate_from_ids(&long, &sampled(7, 16), Instant::now(), |_| ControlFlow::Continue(()))
+        .unwrap();
+    assert_eq!(cold.cached_tokens, 0);
+    let warm = engine
+        .generate_from_ids(&long, &sampled(7, 16), Instant::now(), |_| ControlFlow::Continue(()))
+        .unwrap();
+    assert_eq!(
+        warm.cached_tokens,
+        long.len() - 1,
+        "all but the last prompt token cached"
+    );
+    assert_eq!(warm.token_ids, cold.token_ids);
+    // A chat's next turn: the history and the answer, then more.
+    let next = [long.clone(), cold.token_ids.clone(), vec![128009, 128006, 882]].concat();
+    let turn = engine
+        .generate_from_ids(&next, &sampled(8, 8), Instant::now(), |_| ControlFlow::Continue(()))
+        .unwrap();
+    assert_eq!(turn.cached_tokens, long.len() + cold.token_ids.len() - 1);
+    let fresh = Engine::load(&fixture(MODEL), &q8())
+        .unwrap()
+        .generate_from_ids(&next, &sampled(8, 8), Instant::now(), |_| ControlFlow::Continue(()))
+        .unwrap();
+    assert_eq!(fresh.cached_tokens, 0);
+    assert_eq!(turn.token_ids, fresh.token_ids);
+}
+
+#[test]
+fn choices_of_one_prompt_share_its_blocks() {
+    let engine = engine(q8());
+    let long = expected(MODEL).prompts[1].prompt_ids.clone();
+    let handles: Vec<_> = (0..3)
+        .map(|i| engine.submit(long.clone(), &sampled(i, 4), Instant::now()).unwrap())
+        .collect();
+    let cached: Vec<usize> = handles
+        .into_iter()
+        .map(|h| h.wait(|_| ControlFlow::Continue(())).unwrap().cached_tokens)
+        .collect();
+    assert_eq!(cached[0], 0);
+    assert!(
+        cached[1..].iter().all(|&c| c >= long.len() / 16 * 16 - 16),
+        "{cached:?}"
+    );
+}
+
+#[test]
+fn cancelling_mid_prefill_or_mid_decode_frees_the_memory() {
+    let engine = engine(LoadOptions {
+        prefill_budget: Some(8),
+        ..q8()
+    });
+    let long = expected(MODEL).prompts[1].prompt_ids.clone();
+    // Mid-prefill: 805 tokens at 8 per step take ~100 steps.
+    let h = engine.submit(long.clone(), &sampled(1, 50), Instant::now()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while engine.load_stats().kv.used_blocks < 4 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let h2 = engine
+        .submit(long[..40].to_vec(), &sampled(2, 10_000), Instant::now())
+        .unwrap();
+    assert_eq!(engine.load_stats().kv.used_blocks > 0, true);
+    drop(h);
+    // Mid-decode: the second request streams, then its handle is cancelled.
+    let mut tokens = 0;
+    while let Some(event) = h2.recv() {
+        if let Event::Token { .. } = event {
+            tokens += 1;
+            if tokens == 5 {
+                h2.cancel();
+            }
+        }
+        if let Event::Done(g) = event {
+            assert_eq!(g.finish_reason, llama32::FinishReason::Cancelled);
+            break;
+        }
+    }
+    wait_idle(&engine);
+    assert_eq!(engine.load_stats().kv.used_blocks, 0);
+}
+
+#[test]
+fn a_small_pool_preempts_and_recomputes_without_changing_any_answer() {
+    let prompts: Vec<Vec<u32>> = prompts().into_iter().take(6).filter(|p| p.len() < 200).collect();
+    let roomy = engine(q8());
+    let alone: Vec<Vec<u32>> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            roomy
+                .generate_from_ids(p, &sampled(i as u64, 40), Instant::now(), |_| ControlFlow::Continue(()))
+                .unwrap()
+                .token_ids
+        })
+        .collect();
+    // 16 blocks of 16 positions for 5 sequences of up to ~150 positions each.
+    let block_bytes = 2 * 2 * 32 * 4 * 16;
+    let tight = engine(LoadOptions {
+        kv_memory: Some(16 * block_bytes),
+        ..q8()
+    });
+    assert_eq!(tight.context_window(None).unwrap(), 256);
+    let handles: Vec<_> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| tight.submit(p.clone(), &sampled(i as u64, 40), Instant::now()).unwrap())
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let g = h.wait(|_| ControlFlow::Continue(())).unwrap();
+        assert_eq!(g.token_ids, alone[i], "prompt {i}");
+    }
+    wait_idle(&tight);
+    assert_eq!(tight.load_stats().kv.used_blocks, 0);
+    // A prompt longer than the whole pool is refused up front, naming the limit.
+    let long = expected(MODEL).prompts[1].prompt_ids.clone();
+    let err = tight.submit(long, &sampled(0, 4), Instant::now()).err().unwrap();
+    assert!(err.to_string().contains("256"), "{err}");
+}
