@@ -211,3 +211,70 @@ impl BenchResult {
         )
     }
 }
+
+/// One row of the batched measurement (as `llama-batched-bench` reports it).
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchedRow {
+    /// Sequences run together.
+    pub batch: usize,
+    /// Prompt tokens per sequence.
+    pub pp: usize,
+    /// Generated tokens per sequence.
+    pub tg: usize,
+    /// Seconds until every sequence had its first token.
+    pub t_pp: f64,
+    /// Prompt tokens per second over all sequences (`batch * pp / t_pp`).
+    pub s_pp: f64,
+    /// Seconds from then to the end.
+    pub t_tg: f64,
+    /// Generated tokens per second over all sequences after the prompts.
+    pub s_tg: f64,
+}
+
+/// Aggregate prefill and decode speed with `batch` sequences at once for each size in
+/// `batches`: distinct `pp`-token prompts submitted together, `tg` tokens each (EOS banned).
+pub fn batched(engine: &Engine, pp: usize, tg: usize, batches: &[usize]) -> Result<Vec<BatchedRow>> {
+    let mut rows = Vec::new();
+    for (round, &batch) in batches.iter().enumerate() {
+        let start = Instant::now();
+        let handles: Vec<_> = (0..batch)
+            .map(|i| {
+                let ids = prompt(pp, 10_000 + (round * 100 + i) as u32);
+                engine.submit(ids, &no_eos_greedy(engine, tg), start)
+            })
+            .collect::<Result<_>>()?;
+        let gens: Vec<_> = handles
+            .into_iter()
+            .map(|h| h.wait(|_| ControlFlow::Continue(())))
+            .collect::<Result<_>>()?;
+        let total = start.elapsed().as_secs_f64();
+        let t_pp = gens.iter().map(|g| g.timings.ttft_ms).fold(0.0, f64::max) / 1e3;
+        let generated: usize = gens.iter().map(|g| g.completion_tokens.saturating_sub(1)).sum();
+        let t_tg = (total - t_pp).max(1e-9);
+        rows.push(BatchedRow {
+            batch,
+            pp,
+            tg,
+            t_pp,
+            s_pp: (batch * pp) as f64 / t_pp.max(1e-9),
+            t_tg,
+            s_tg: generated as f64 / t_tg,
+        });
+    }
+    Ok(rows)
+}
+
+impl BatchedRow {
+    /// The markdown header of the batched table.
+    pub fn header() -> &'static str {
+        "| dtype | B | PP | TG | T_PP s | S_PP t/s | T_TG s | S_TG t/s |\n|---|---|---|---|---|---|---|---|"
+    }
+
+    /// One markdown row.
+    pub fn row(&self, dtype: &str) -> String {
+        format!(
+            "| {dtype} | {} | {} | {} | {:.2} | {:.1} | {:.2} | {:.1} |",
+            self.batch, self.pp, self.tg, self.t_pp, self.s_pp, self.t_tg, self.s_tg
+        )
+    }
+}

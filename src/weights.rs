@@ -98,6 +98,11 @@ impl Weights {
         self.location.contains_key(name)
     }
 
+    /// The checkpoint directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The on-disk dtype of the first floating-point tensor (what the checkpoint "is").
     pub fn storage_dtype(&self) -> Option<DType> {
         self.files

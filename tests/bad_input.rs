@@ -195,3 +195,47 @@ fn bad_parameters_exit_with_2() {
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
 }
+
+/// `name` with its first value set to `v`.
+fn poison(tensors: &mut HashMap<String, Tensor>, name: &str, v: f32) {
+    let t = &tensors[name];
+    let dtype = t.dtype();
+    let mut data: Vec<f32> = t
+        .flatten_all()
+        .unwrap()
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    data[0] = v;
+    let shape = t.shape().clone();
+    let new = Tensor::from_vec(data, shape, &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap();
+    tensors.insert(name.to_string(), new);
+}
+
+#[test]
+fn nan_weights_are_named_on_the_packed_path_and_nan_activations_are_an_error() {
+    // A NaN in a quantized layer: refused at load, naming the tensor (q8_0 would turn it
+    // into a plausible number).
+    let dir = copy_fixture(SMALL);
+    rewrite_weights(dir.path(), |t| {
+        poison(t, "model.layers.1.mlp.down_proj.weight", f32::NAN)
+    });
+    let err = load(dir.path());
+    assert!(err.to_string().contains("model.layers.1.mlp.down_proj.weight"), "{err}");
+    assert_cli_fails(dir.path(), "NaN or infinite");
+    // An infinite norm weight: the activations become non-finite, reported as an error
+    // (exit 1) instead of text.
+    let dir = copy_fixture(SMALL);
+    rewrite_weights(dir.path(), |t| {
+        poison(t, "model.layers.0.input_layernorm.weight", f32::INFINITY)
+    });
+    for dtype in ["q8_0", "q4k", "f32"] {
+        let (code, stderr) = cli(dir.path(), &["--dtype", dtype]);
+        assert_eq!(code, 1, "{dtype}: {stderr}");
+        assert!(stderr.contains("non-finite"), "{dtype}: {stderr}");
+    }
+}

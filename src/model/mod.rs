@@ -95,8 +95,23 @@ impl Llama {
             // copy of the matrix); elsewhere candle's quantized kernels (NEON, GPU) serve.
             Some(q) if device.is_cpu() && Isa::detect() != Isa::Portable => {
                 let raw = weights.raw(name, &[rows, cols])?;
-                let fill = |first: usize, dst: &mut [f32]| raw.read_f32(first * cols, dst);
-                match PackedWeight::pack_with(rows, cols, PackedFormat::from(q), fill) {
+                // Quantizing would hide NaN or infinite weights as plausible numbers.
+                let non_finite = std::sync::atomic::AtomicBool::new(false);
+                let fill = |first: usize, dst: &mut [f32]| {
+                    raw.read_f32(first * cols, dst);
+                    if !dst.iter().all(|v| v.is_finite()) {
+                        non_finite.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                };
+                let packed = PackedWeight::pack_with(rows, cols, PackedFormat::from(q), fill);
+                if non_finite.into_inner() {
+                    return Err(crate::Error::BadTensor {
+                        path: weights.dir().to_path_buf(),
+                        name: name.to_string(),
+                        reason: "holds NaN or infinite values".into(),
+                    });
+                }
+                match packed {
                     Some(p) => Ok(Linear::Packed(std::sync::Arc::new(p))),
                     None => get(name, &[rows, cols]).map(Linear::new),
                 }

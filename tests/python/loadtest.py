@@ -8,6 +8,11 @@ aggregate decode throughput (completion tokens / wall time) is printed per level
 
     python tests/python/loadtest.py --model tests/fixtures/tied-bf16-llama3 --dtype f32
     python tests/python/loadtest.py --model target/llama32-bench/llama-3.2-1b-synthetic --dtype q8_0 --tokens 32
+    python tests/python/loadtest.py --url http://127.0.0.1:8081 --levels 1,8   # another server (llama-server)
+
+Also reports the median and 95th percentile time to first token per level. `--prompt-words N`
+makes each user message about N words longer (distinct per request, so no prefix is shared
+beyond the chat template's header).
 """
 
 import argparse
@@ -35,46 +40,54 @@ def main():
     p.add_argument("--bin", default=os.environ.get("LLAMA32_BIN", str(ROOT / "target/debug/llama32")))
     p.add_argument("--model", required=True)
     p.add_argument("--dtype", default="f32")
-    p.add_argument("--parallel", type=int, default=1)
+    p.add_argument("--parallel", type=int, default=None, help="the server's --parallel (default: its own)")
+    p.add_argument("--prompt-words", type=int, default=0)
+    p.add_argument("--url", default=None, help="measure this running server instead of starting one")
     p.add_argument("--levels", default="1,4,8")
     p.add_argument("--requests", type=int, default=2, help="requests per client per level")
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--time-limit", type=float, default=600)
     a = p.parse_args()
 
-    proc = subprocess.Popen(
-        [a.bin, "serve", "--model", a.model, "--served-model-name", "m", "--dtype", a.dtype, "--port", "0",
-         "--parallel", str(a.parallel), "--queue", "64"],
-        stderr=subprocess.PIPE, text=True,
-    )
-    url = None
-    for line in proc.stderr:
-        if line.startswith("listening on "):
-            url = line.split()[-1]
-            break
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    proc, url = None, a.url
+    if url is None:
+        cmd = [a.bin, "serve", "--model", a.model, "--served-model-name", "m", "--dtype", a.dtype, "--port", "0",
+               "--queue", "64"]
+        if a.parallel:
+            cmd += ["--parallel", str(a.parallel)]
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+        for line in proc.stderr:
+            if line.startswith("listening on "):
+                url = line.split()[-1]
+                break
+        threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
     client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=a.time_limit)
     deadline = time.time() + a.time_limit
 
+    words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike".split()
+
     def ask(i, stream):
-        messages = [{"role": "user", "content": f"Request {i}: write a short story."}]
+        filler = " ".join(words[(i * 7 + k * 3) % len(words)] + str(i) for k in range(a.prompt_words))
+        messages = [{"role": "user", "content": f"Request {i}: write a short story. {filler}"}]
         kw = dict(model="m", messages=messages, max_tokens=a.tokens, temperature=0.8, seed=i)
         if not stream:
             r = client.chat.completions.create(**kw)
-            return r.choices[0].message.content, r.usage.completion_tokens
-        text, tokens = "", 0
+            return r.choices[0].message.content, r.usage.completion_tokens, 0.0
+        text, tokens, t0, ttft = "", 0, time.time(), None
         for c in client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw):
-            if c.choices:
-                text += c.choices[0].delta.content or ""
+            if c.choices and c.choices[0].delta.content:
+                ttft = ttft or time.time() - t0
+                text += c.choices[0].delta.content
             if c.usage:
                 tokens = c.usage.completion_tokens
-        return text, tokens
+        return text, tokens, ttft or time.time() - t0
 
     levels = [int(x) for x in a.levels.split(",")]
     total = max(levels) * a.requests
     expected = {i: ask(i, False)[0] for i in range(total)}
     ask(0, True)  # warm-up
-    rss0 = rss_mib(proc.pid)
+    rss = (lambda: rss_mib(proc.pid)) if proc else (lambda: float("nan"))
+    rss0 = rss()
     print(f"server RSS after warm-up: {rss0:.0f} MiB")
     ok = True
     for n in levels:
@@ -83,15 +96,19 @@ def main():
         with ThreadPoolExecutor(n) as pool:
             results = list(pool.map(lambda i: ask(i, True), ids))
         wall = time.time() - start
-        tokens = sum(t for _, t in results)
-        mixed = sum(text != expected[i] for i, (text, _) in zip(ids, results))
-        ok &= mixed == 0 and time.time() < deadline
+        tokens = sum(t for _, t, _ in results)
+        mixed = sum(text != expected[i] for i, (text, _, _) in zip(ids, results))
+        ttfts = sorted(t for _, _, t in results)
+        p50, p95 = ttfts[len(ttfts) // 2], ttfts[min(len(ttfts) - 1, int(0.95 * len(ttfts)))]
+        ok &= (mixed == 0 or proc is None) and time.time() < deadline
         print(f"{n} concurrent clients: {len(ids)} streams, {tokens} tokens in {wall:.1f} s = "
-              f"{tokens / wall:.1f} tok/s aggregate, {mixed} mismatched, RSS {rss_mib(proc.pid):.0f} MiB")
-    rss1 = rss_mib(proc.pid)
+              f"{tokens / wall:.1f} tok/s aggregate, TTFT p50 {p50:.2f} s p95 {p95:.2f} s, "
+              f"{mixed} differ from the same request alone, RSS {rss():.0f} MiB")
+    rss1 = rss()
     print(f"server RSS at the end: {rss1:.0f} MiB (change {rss1 - rss0:+.0f} MiB)")
-    proc.kill()
-    proc.wait()
+    if proc:
+        proc.kill()
+        proc.wait()
     raise SystemExit(0 if ok else 1)
 
 

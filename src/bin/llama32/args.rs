@@ -183,6 +183,11 @@ pub struct BenchArgs {
     /// Repetitions.
     #[arg(long, short = 'r', default_value_t = 3)]
     pub reps: usize,
+    /// Batched mode, like llama-batched-bench: aggregate prefill and decode speed with this
+    /// many sequences at once (comma-separated, e.g. 1,2,4,8), `-p` prompt and `-n` new
+    /// tokens each.
+    #[arg(long)]
+    pub batched: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,

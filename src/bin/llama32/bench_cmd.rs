@@ -16,6 +16,17 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         .split(',')
         .map(|d| d.trim().parse())
         .collect::<Result<_, _>>()?;
+    if let Some(list) = &a.batched {
+        let sizes: Vec<usize> = list
+            .split(',')
+            .map(|b| b.trim().parse::<usize>().ok().filter(|&b| b > 0))
+            .collect::<Option<_>>()
+            .ok_or_else(|| llama32::Error::InvalidParameter {
+                name: "batched",
+                reason: format!("`{list}` is not a list of sizes such as 1,2,4,8"),
+            })?;
+        return batched(&a, device, &dtypes, &sizes);
+    }
     let config = BenchConfig {
         pp: a.pp,
         tg: a.tg,
@@ -50,6 +61,45 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
             "{}",
             serde_json::json!({"model": a.model, "config": config, "results": all})
         )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `llama32 bench --batched`: one engine per dtype, every batch size on it.
+fn batched(
+    a: &BenchArgs,
+    device: llama32::DeviceKind,
+    dtypes: &[ComputeDType],
+    sizes: &[usize],
+) -> anyhow::Result<ExitCode> {
+    let mut out = io::stdout().lock();
+    if !a.json {
+        writeln!(
+            out,
+            "model: {}  threads: {}",
+            a.model.display(),
+            std::thread::available_parallelism()?
+        )?;
+        writeln!(out, "{}", llama32::bench::BatchedRow::header())?;
+    }
+    let mut all = Vec::new();
+    for &dtype in dtypes {
+        let options = llama32::LoadOptions {
+            device,
+            dtype: Some(dtype),
+            parallel: sizes.iter().copied().max(),
+            ..Default::default()
+        };
+        let engine = llama32::Engine::load(&a.model, &options)?;
+        for row in llama32::bench::batched(&engine, a.pp, a.tg, sizes)? {
+            match a.json {
+                true => all.push(serde_json::json!({"dtype": dtype.to_string(), "row": row})),
+                false => writeln!(out, "{}", row.row(&dtype.to_string()))?,
+            }
+        }
+    }
+    if a.json {
+        writeln!(out, "{}", serde_json::json!({"model": a.model, "batched": all}))?;
     }
     Ok(ExitCode::SUCCESS)
 }
