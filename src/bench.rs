@@ -114,7 +114,7 @@ pub fn run(dir: &Path, device: DeviceKind, dtype: ComputeDType, config: &BenchCo
         let (p, t) = pp_tg(&engine, config, rep as u32)?;
         pp.push(p);
         tg.push(t);
-        let (ms, n) = chat_ttft(&engine, config.chat_tokens)?;
+        let (ms, n) = chat_ttft(&engine, config.chat_tokens, rep)?;
         ttft.push(ms);
         chat_prompt_tokens = n;
     }
@@ -154,14 +154,16 @@ fn no_eos_greedy(engine: &Engine, max_tokens: usize) -> GenerateRequest {
     }
 }
 
-/// Time to the first token of a one-question chat whose prompt is about `tokens` long.
-fn chat_ttft(engine: &Engine, tokens: usize) -> Result<(f64, usize)> {
+/// Time to the first token of a one-question chat whose prompt is about `tokens` long;
+/// `salt` makes the question differ between repetitions (nothing but the template's header
+/// comes from the prefix cache).
+fn chat_ttft(engine: &Engine, tokens: usize, salt: usize) -> Result<(f64, usize)> {
     let request = GenerateRequest {
         max_tokens: 1,
         sampling: SamplingParams::greedy(),
         ..Default::default()
     };
-    let mut words = String::from("Explain briefly");
+    let mut words = format!("{salt}. Explain briefly");
     let mut chat = Conversation::new(engine, Some(tokens * 2 + 64), None, Some("26 Jul 2024".into()))?;
     chat.push(Message::text("user", words.clone()));
     while chat.prompt_ids()?.len() < tokens {
