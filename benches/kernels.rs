@@ -28,10 +28,10 @@ fn main() {
                 for m in [1, 64] {
                     let x: Vec<f32> = (0..m * cols).map(|i| (i % 17) as f32 / 17.0 - 0.5).collect();
                     let reps = if m == 1 { 200 } else { 3 };
-                    p.matmul_with(&x, m, isa);
+                    p.matmul_with(&x, m, isa).unwrap();
                     let start = Instant::now();
                     for _ in 0..reps {
-                        std::hint::black_box(p.matmul_with(&x, m, isa));
+                        std::hint::black_box(p.matmul_with(&x, m, isa).unwrap());
                     }
                     let s = start.elapsed().as_secs_f64() / reps as f64;
                     let gbs = p.bytes() as f64 / s / 1e9;

@@ -101,12 +101,12 @@ impl Linear {
     /// must satisfy [`Linear::runs_on_slices`].
     pub fn forward_slices(layers: &[&Linear], x: &[f32]) -> Result<Vec<Vec<f32>>> {
         if let Some(ps) = all_packed(layers) {
-            return Ok(PackedWeight::matmul_many(&ps, x, 1, Isa::detect()));
+            return PackedWeight::matmul_many(&ps, x, 1);
         }
         layers
             .iter()
             .map(|l| match l {
-                Self::Packed(p) => Ok(p.matmul(x, 1)),
+                Self::Packed(p) => p.matmul(x, 1),
                 Self::Dense(w) => with_f32_slice(w, |ws| crate::model::gemv::gemv(ws, x)),
                 Self::Quantized(_) => Err(candle_core::Error::Msg("quantized layer on slices".into()).into()),
             })
@@ -120,12 +120,12 @@ impl Linear {
     /// input row (the packed kernels and dense dot products work row by row).
     pub fn forward_rows(layers: &[&Linear], x: &[f32], m: usize) -> Result<Vec<Vec<f32>>> {
         if let Some(ps) = all_packed(layers) {
-            return Ok(PackedWeight::matmul_many(&ps, x, m, Isa::detect()));
+            return PackedWeight::matmul_many(&ps, x, m);
         }
         layers
             .iter()
             .map(|l| match l {
-                Self::Packed(p) => Ok(p.matmul(x, m)),
+                Self::Packed(p) => p.matmul(x, m),
                 Self::Dense(w) => with_f32_slice(w, |ws| {
                     let k = x.len().checked_div(m).unwrap_or(0);
                     x.chunks(k.max(1))
@@ -157,7 +157,7 @@ fn all_packed<'a>(layers: &[&'a Linear]) -> Option<Vec<&'a PackedWeight>> {
 /// Packed weights with the same input width applied to `x: [tokens, in]`.
 fn packed_forward(ps: &[&PackedWeight], x: &Tensor) -> Result<Vec<Tensor>> {
     let m = x.dim(0)?;
-    let outs = with_f32_slice(x, |xs| PackedWeight::matmul_many(ps, xs, m, Isa::detect()))?;
+    let outs = with_f32_slice(x, |xs| PackedWeight::matmul_many(ps, xs, m))??;
     ps.iter()
         .zip(outs)
         .map(|(p, y)| Ok(Tensor::from_vec(y, (m, p.dims().0), &Device::Cpu)?))

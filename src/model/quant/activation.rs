@@ -50,6 +50,7 @@ impl QuantizedRows {
     }
 
     /// Number of rows.
+    #[cfg(test)]
     pub fn rows(&self) -> usize {
         self.qs.len().checked_div(self.cols).unwrap_or(0)
     }

@@ -8,9 +8,9 @@
 //! at run time). [`PackedWeight::matmul_reference`] is the slow f32 twin the tests compare
 //! the kernels against.
 
-pub mod activation;
-pub mod q4;
-pub mod q8;
+pub(crate) mod activation;
+mod q4;
+mod q8;
 
 use rayon::prelude::*;
 
@@ -205,23 +205,34 @@ impl PackedWeight {
     }
 
     /// `x: [m, cols]` (row-major f32) times the transposed weights: `[m, rows]`, computed
-    /// with the kernels of `isa` (which must be supported: see [`Isa::available`]).
-    pub fn matmul_with(&self, x: &[f32], m: usize, isa: Isa) -> Vec<f32> {
-        Self::matmul_many(&[self], x, m, isa).pop().unwrap_or_default()
+    /// with the kernels of `isa`; an error when this CPU cannot run them (see
+    /// [`Isa::available`]) or when `x` is not `m` rows of `cols`.
+    pub fn matmul_with(&self, x: &[f32], m: usize, isa: Isa) -> crate::Result<Vec<f32>> {
+        if !Isa::available().contains(&isa) {
+            return Err(crate::Error::Unsupported(format!("{isa:?} kernels on this CPU")));
+        }
+        check_rows(&[self], x, m)?;
+        Ok(Self::run_many(&[self], x, m, isa).pop().unwrap_or_default())
     }
 
     /// [`Self::matmul_with`] on the best kernels of this CPU.
-    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+    pub fn matmul(&self, x: &[f32], m: usize) -> crate::Result<Vec<f32>> {
         self.matmul_with(x, m, Isa::detect())
     }
 
-    /// Several weights with the same `cols` applied to the same `x`: the activations are
-    /// quantized once and all row groups run in one parallel region.
-    pub fn matmul_many(ws: &[&Self], x: &[f32], m: usize, isa: Isa) -> Vec<Vec<f32>> {
+    /// Several weights with the same `cols` applied to the same `x: [m, cols]` on the best
+    /// kernels of this CPU: the activations are quantized once and all row groups run in
+    /// one parallel region. An error when the widths do not match.
+    pub fn matmul_many(ws: &[&Self], x: &[f32], m: usize) -> crate::Result<Vec<Vec<f32>>> {
+        check_rows(ws, x, m)?;
+        Ok(Self::run_many(ws, x, m, Isa::detect()))
+    }
+
+    /// The work of [`Self::matmul_many`]; `isa` must be supported and the shapes checked.
+    fn run_many(ws: &[&Self], x: &[f32], m: usize, isa: Isa) -> Vec<Vec<f32>> {
         let Some(cols) = ws.first().map(|w| w.cols) else {
             return Vec::new();
         };
-        debug_assert!(x.len() == m * cols && ws.iter().all(|w| w.cols == cols));
         let acts = QuantizedRows::quantize(x, cols);
         let total: usize = ws.iter().map(|w| w.rows.div_ceil(GROUP)).sum();
         // Decode streams weights: small tasks balance the two cores' memory streams. Prefill
@@ -355,6 +366,21 @@ impl PackedWeight {
         }
         y
     }
+}
+
+/// Checks that every weight takes `cols`-wide rows and that `x` is `m` such rows: what the
+/// kernels' unchecked reads rely on.
+fn check_rows(ws: &[&PackedWeight], x: &[f32], m: usize) -> crate::Result<()> {
+    let Some(cols) = ws.first().map(|w| w.cols) else {
+        return Ok(());
+    };
+    if ws.iter().any(|w| w.cols != cols) || Some(x.len()) != m.checked_mul(cols) {
+        return Err(crate::Error::Candle(candle_core::Error::Msg(format!(
+            "packed matmul: {} inputs are not {m} rows of {cols}",
+            x.len()
+        ))));
+    }
+    Ok(())
 }
 
 /// A row-major `[m, stride]` output that tasks fill in disjoint 16-column stripes.
