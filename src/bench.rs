@@ -88,7 +88,10 @@ pub struct BenchResult {
 /// Deterministic pseudo-random prompt ids (BOS first), away from special tokens.
 fn prompt(n: usize, salt: u32) -> Vec<u32> {
     let mut ids = vec![128000];
-    ids.extend((1..n as u32).map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(salt) >> 8) % 120_000));
+    // The salt is spread over every bit, so different salts differ from the first token on
+    // (nothing shared through the prefix cache).
+    let mix = salt.wrapping_add(1).wrapping_mul(0x85eb_ca6b);
+    ids.extend((1..n as u32).map(|i| ((i.wrapping_mul(2_654_435_761) ^ mix) >> 8) % 120_000));
     ids
 }
 

@@ -38,7 +38,7 @@ def rss_mib(pid):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--bin", default=os.environ.get("LLAMA32_BIN", str(ROOT / "target/debug/llama32")))
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", help="checkpoint to serve (not needed with --url)")
     p.add_argument("--dtype", default="f32")
     p.add_argument("--parallel", type=int, default=None, help="the server's --parallel (default: its own)")
     p.add_argument("--prompt-words", type=int, default=0)
