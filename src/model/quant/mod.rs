@@ -236,8 +236,7 @@ impl PackedWeight {
         let acts = QuantizedRows::quantize(x, cols);
         let total: usize = ws.iter().map(|w| w.rows.div_ceil(GROUP)).sum();
         // Decode steps (up to 8 sequences) stream weights: small tasks balance the two cores'
-        // memory streams. Prefill
-        // computes: few large tasks re-read the activations least.
+        // memory streams. Prefill computes: few large tasks re-read the activations least.
         let tasks_per_thread = if m <= 8 { 16 } else { 2 };
         let per_task = total
             .div_ceil(rayon::current_num_threads().max(1) * tasks_per_thread)
