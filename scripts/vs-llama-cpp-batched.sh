@@ -36,7 +36,7 @@ for r in $(seq "$ROUNDS"); do
   SERVER=$!
   until curl -sf http://127.0.0.1:8081/health >/dev/null; do sleep 0.5; done
   "$VENV/bin/python" tests/python/loadtest.py --url http://127.0.0.1:8081 --levels 1,2,4,8 --requests 1 \
-    --tokens 64 --prompt-words 80 | grep -v RSS
+    --tokens 64 --prompt-words 80
   kill $SERVER; wait $SERVER 2>/dev/null || true
   echo "## round $r: llama32 serve"
   "$VENV/bin/python" tests/python/loadtest.py --bin target/release/llama32 --model "$MODEL" --dtype "$OURS" \

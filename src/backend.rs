@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::kv::{BlockPool, BlockTable, KvLayout, DEFAULT_BLOCK_SIZE};
+use crate::kv::{BlockPool, BlockTable, KvDType, KvLayout, DEFAULT_BLOCK_SIZE};
 use crate::model::batch::BatchChunk;
 use crate::model::kv_cache::KvCache;
 use crate::model::Llama;
@@ -72,8 +72,8 @@ pub enum Backend {
 
 impl Backend {
     /// The paged backend when the model runs batched on slices (CPU, packed weights),
-    /// with a pool of `kv_bytes`; the candle backend otherwise.
-    pub fn new(model: Arc<Llama>, kv_bytes: usize, prefill_chunk: usize) -> Self {
+    /// with a pool of `kv_bytes` storing `kv_dtype`; the candle backend otherwise.
+    pub fn new(model: Arc<Llama>, (kv_bytes, kv_dtype): (usize, KvDType), prefill_chunk: usize) -> Self {
         if !model.runs_batched() || !model.has_packed_layers() {
             return Self::Candle {
                 model,
@@ -88,10 +88,10 @@ impl Backend {
             head_dim: c.head_dim,
             block_size: DEFAULT_BLOCK_SIZE,
         };
-        let blocks = layout.blocks_in(kv_bytes);
+        let blocks = layout.blocks_in(kv_bytes, kv_dtype);
         Self::Paged {
             model,
-            pool: BlockPool::new(layout, blocks),
+            pool: BlockPool::new(layout, blocks, kv_dtype),
         }
     }
 

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use llama32::kv::{BlockPool, KvLayout};
+use llama32::kv::{BlockPool, KvDType, KvLayout};
 use llama32::model::batch::BatchChunk;
 use llama32::{ComputeDType, Engine, LoadOptions};
 
@@ -16,7 +16,7 @@ fn pool_for(engine: &Engine) -> BlockPool {
         head_dim: c.head_dim,
         block_size: 16,
     };
-    BlockPool::new(layout, 128)
+    BlockPool::new(layout, 128, KvDType::F32)
 }
 
 /// Runs `ids` after what `table` holds, in chunks of `chunk`; returns the last logits.

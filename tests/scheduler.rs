@@ -200,8 +200,8 @@ fn a_small_pool_preempts_and_recomputes_without_changing_any_answer() {
                 .token_ids
         })
         .collect();
-    // 16 blocks of 16 positions for 5 sequences of up to ~150 positions each.
-    let block_bytes = 2 * 2 * 32 * 4 * 16;
+    // 16 blocks of 16 positions (f16) for 5 sequences of up to ~150 positions each.
+    let block_bytes = 2 * 2 * 32 * 2 * 16;
     let tight = engine(LoadOptions {
         kv_memory: Some(16 * block_bytes),
         ..q8()

@@ -22,6 +22,7 @@ use crate::chat::{ChatTemplate, Message, RenderOptions, Tool};
 use crate::config::{GenerationConfig, LlamaConfig};
 use crate::device::{check_dtype, ComputeDType, DeviceKind};
 use crate::error::{Error, Result};
+use crate::kv::KvDType;
 use crate::model::{Llama, DEFAULT_PREFILL_CHUNK};
 use crate::sampler::{Sampler, StopMatcher};
 use crate::tokenizer::Tokenizer;
@@ -45,6 +46,8 @@ pub struct LoadOptions {
     pub parallel: Option<usize>,
     /// Bytes of the paged KV pool (`None`: [`DEFAULT_KV_MEMORY`] at most).
     pub kv_memory: Option<usize>,
+    /// How the paged KV pool stores keys and values (f16 by default; f32 is exact).
+    pub kv_dtype: KvDType,
     /// Prompt tokens computed per step, shared by waiting prompts (`None`: 512). Smaller
     /// keeps running streams smoother while long prompts arrive.
     pub prefill_budget: Option<usize>,
@@ -343,7 +346,7 @@ fn make_backend(model: &Arc<Llama>, options: &LoadOptions) -> Result<(Backend, u
         });
     }
     let c = model.config();
-    let per_position = 2 * c.num_hidden_layers * c.kv_dim() * std::mem::size_of::<f32>();
+    let per_position = 2 * c.num_hidden_layers * c.kv_dim() * options.kv_dtype.size();
     let batched = model.runs_batched() && model.has_packed_layers();
     let parallel = options.parallel.unwrap_or(if batched { 8 } else { 4 });
     let wanted = c
@@ -360,5 +363,8 @@ fn make_backend(model: &Arc<Llama>, options: &LoadOptions) -> Result<(Backend, u
             ),
         });
     }
-    Ok((Backend::new(model.clone(), kv_bytes, DEFAULT_PREFILL_CHUNK), parallel))
+    Ok((
+        Backend::new(model.clone(), (kv_bytes, options.kv_dtype), DEFAULT_PREFILL_CHUNK),
+        parallel,
+    ))
 }

@@ -1,7 +1,8 @@
 //! The paged key/value pool: one memory budget for every sequence, in fixed-size blocks.
 //!
 //! Each layer keeps one key and one value buffer of `blocks x [kv_heads, block_size,
-//! head_dim]` f32 values. A sequence owns a [`BlockTable`]: the blocks holding its
+//! head_dim]` values, in f16 (the default, as llama.cpp keeps its cache: half the memory
+//! and half the bytes read per token at long context) or f32 (exact). A sequence owns a [`BlockTable`]: the blocks holding its
 //! positions in order, so growing it never copies the cache. Full blocks are registered in
 //! the [`prefix`] cache under a hash of every token up to their end: a later sequence whose
 //! prompt starts with the same tokens shares them (reference counted) instead of computing
@@ -13,7 +14,93 @@
 
 pub mod prefix;
 
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use prefix::PrefixCache;
+
+/// How keys and values are stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KvDType {
+    /// IEEE half precision (default).
+    #[default]
+    F16,
+    /// f32: exactly what the model computed.
+    F32,
+}
+
+impl KvDType {
+    /// Bytes per value.
+    pub fn size(self) -> usize {
+        match self {
+            Self::F16 => 2,
+            Self::F32 => 4,
+        }
+    }
+}
+
+impl std::str::FromStr for KvDType {
+    type Err = crate::Error;
+
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f16" => Ok(Self::F16),
+            "f32" => Ok(Self::F32),
+            _ => Err(crate::Error::InvalidParameter {
+                name: "kv-dtype",
+                reason: format!("`{s}` is not f16 or f32"),
+            }),
+        }
+    }
+}
+
+/// Keys or values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Keys.
+    Keys,
+    /// Values.
+    Values,
+}
+
+/// One layer's keys or values for every block.
+enum Store {
+    F16(Vec<f16>),
+    F32(Vec<f32>),
+}
+
+impl Store {
+    fn new(dtype: KvDType, len: usize) -> Self {
+        match dtype {
+            KvDType::F16 => Self::F16(vec![f16::ZERO; len]),
+            KvDType::F32 => Self::F32(vec![0f32; len]),
+        }
+    }
+
+    fn write(&mut self, at: usize, src: &[f32]) {
+        match self {
+            Self::F16(d) => d[at..at + src.len()].convert_from_f32_slice(src),
+            Self::F32(d) => d[at..at + src.len()].copy_from_slice(src),
+        }
+    }
+
+    fn copy_within(&mut self, from: usize, len: usize, to: usize) {
+        match self {
+            Self::F16(d) => d.copy_within(from..from + len, to),
+            Self::F32(d) => d.copy_within(from..from + len, to),
+        }
+    }
+
+    /// `len` values from `at` as f32: borrowed, or converted into `scratch`.
+    fn read<'a>(&'a self, at: usize, len: usize, scratch: &'a mut [f32]) -> &'a [f32] {
+        match self {
+            Self::F32(d) => &d[at..at + len],
+            Self::F16(d) => {
+                d[at..at + len].convert_to_f32_slice(&mut scratch[..len]);
+                &scratch[..len]
+            }
+        }
+    }
+}
 
 /// Index of a block in the pool.
 pub type BlockId = u32;
@@ -40,14 +127,14 @@ impl KvLayout {
         self.kv_heads * self.block_size * self.head_dim
     }
 
-    /// Bytes one block takes across all layers, keys and values.
-    pub fn block_bytes(&self) -> usize {
-        2 * self.layers * self.block_len() * std::mem::size_of::<f32>()
+    /// Bytes one block takes across all layers, keys and values, stored as `dtype`.
+    pub fn block_bytes(&self, dtype: KvDType) -> usize {
+        2 * self.layers * self.block_len() * dtype.size()
     }
 
-    /// Blocks that fit in `bytes` (at least one).
-    pub fn blocks_in(&self, bytes: usize) -> usize {
-        (bytes / self.block_bytes().max(1)).max(1)
+    /// Blocks of `dtype` that fit in `bytes` (at least one).
+    pub fn blocks_in(&self, bytes: usize, dtype: KvDType) -> usize {
+        (bytes / self.block_bytes(dtype).max(1)).max(1)
     }
 }
 
@@ -87,8 +174,9 @@ impl BlockTable {
 /// Keys and values of all sequences, in blocks.
 pub struct BlockPool {
     layout: KvLayout,
-    keys: Vec<Vec<f32>>,
-    values: Vec<Vec<f32>>,
+    dtype: KvDType,
+    keys: Vec<Store>,
+    values: Vec<Store>,
     refs: Vec<u32>,
     /// Blocks holding nothing cached.
     free: Vec<BlockId>,
@@ -96,14 +184,15 @@ pub struct BlockPool {
 }
 
 impl BlockPool {
-    /// A pool of `blocks` blocks (at least one).
-    pub fn new(layout: KvLayout, blocks: usize) -> Self {
+    /// A pool of `blocks` blocks (at least one) storing `dtype`.
+    pub fn new(layout: KvLayout, blocks: usize, dtype: KvDType) -> Self {
         let blocks = blocks.max(1);
         let len = blocks * layout.block_len();
         Self {
             layout,
-            keys: (0..layout.layers).map(|_| vec![0f32; len]).collect(),
-            values: (0..layout.layers).map(|_| vec![0f32; len]).collect(),
+            dtype,
+            keys: (0..layout.layers).map(|_| Store::new(dtype, len)).collect(),
+            values: (0..layout.layers).map(|_| Store::new(dtype, len)).collect(),
             refs: vec![0; blocks],
             free: (0..blocks as BlockId).rev().collect(),
             cache: PrefixCache::new(blocks),
@@ -113,6 +202,11 @@ impl BlockPool {
     /// The pool's shape.
     pub fn layout(&self) -> KvLayout {
         self.layout
+    }
+
+    /// How values are stored.
+    pub fn dtype(&self) -> KvDType {
+        self.dtype
     }
 
     /// Blocks in the pool.
@@ -172,8 +266,8 @@ impl BlockPool {
                 for h in 0..l.kv_heads {
                     let (s, d) = (src + h * l.block_size * l.head_dim, dst + h * l.block_size * l.head_dim);
                     let len = n * l.head_dim;
-                    self.keys[layer].copy_within(s..s + len, d);
-                    self.values[layer].copy_within(s..s + len, d);
+                    self.keys[layer].copy_within(s, len, d);
+                    self.values[layer].copy_within(s, len, d);
                 }
             }
             table.blocks.push(to);
@@ -279,14 +373,29 @@ impl BlockPool {
         for h in 0..l.kv_heads {
             let at = base + (h * l.block_size + slot) * l.head_dim;
             let src = h * l.head_dim..(h + 1) * l.head_dim;
-            self.keys[layer][at..at + l.head_dim].copy_from_slice(&k[src.clone()]);
-            self.values[layer][at..at + l.head_dim].copy_from_slice(&v[src]);
+            self.keys[layer].write(at, &k[src.clone()]);
+            self.values[layer].write(at, &v[src]);
         }
     }
 
-    /// One layer's key and value buffers, read-only.
-    pub fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
-        (&self.keys[layer], &self.values[layer])
+    /// The first `n` positions of `block` for KV head `head` in `layer`, `[n, head_dim]` as
+    /// f32: borrowed from an f32 pool, converted into `scratch` (at least `n * head_dim`
+    /// long) from an f16 one.
+    pub fn head_block<'a>(
+        &'a self,
+        (layer, part): (usize, Part),
+        block: BlockId,
+        head: usize,
+        n: usize,
+        scratch: &'a mut [f32],
+    ) -> &'a [f32] {
+        let l = self.layout;
+        let at = block as usize * l.block_len() + head * l.block_size * l.head_dim;
+        let store = match part {
+            Part::Keys => &self.keys[layer],
+            Part::Values => &self.values[layer],
+        };
+        store.read(at, n * l.head_dim, scratch)
     }
 }
 

@@ -7,7 +7,7 @@ fn pool(blocks: usize) -> BlockPool {
         head_dim: 4,
         block_size: 4,
     };
-    BlockPool::new(layout, blocks)
+    BlockPool::new(layout, blocks, KvDType::F32)
 }
 
 /// Runs `tokens` into a new sequence as if computed; returns its table.
@@ -101,11 +101,11 @@ fn writes_land_in_the_sequence_s_blocks() {
     p.write(1, &t, 4, &k, &v);
     let (block, slot) = p.locate(&t, 4);
     assert_eq!(slot, 0);
-    let l = p.layout();
-    let (keys, values) = p.layer(1);
-    let at = block as usize * l.block_len() + (l.block_size + slot) * l.head_dim; // head 1
-    assert_eq!(&keys[at..at + 4], &k[4..8]);
-    assert_eq!(&values[at..at + 4], &v[4..8]);
+    let mut scratch = vec![0f32; 16];
+    let keys = p.head_block((1, Part::Keys), block, 1, slot + 1, &mut scratch).to_vec();
+    assert_eq!(&keys[slot * 4..slot * 4 + 4], &k[4..8]);
+    let values = p.head_block((1, Part::Values), block, 1, slot + 1, &mut scratch);
+    assert_eq!(&values[slot * 4..slot * 4 + 4], &v[4..8]);
     p.release(t, &[]);
 }
 
@@ -122,9 +122,9 @@ fn a_partly_filled_last_block_is_copied_for_a_prompt_that_continues_it() {
     let tb = p.start(&b);
     assert_eq!(tb.cached(), 6);
     let (block, slot) = p.locate(&tb, 5);
-    let l = p.layout();
-    let at = block as usize * l.block_len() + slot * l.head_dim;
-    assert_eq!(&p.layer(0).0[at..at + 4], &k[..4], "position 5 copied");
+    let mut scratch = vec![0f32; 16];
+    let keys = p.head_block((0, Part::Keys), block, 0, slot + 1, &mut scratch);
+    assert_eq!(&keys[slot * 4..slot * 4 + 4], &k[..4], "position 5 copied");
     p.release(tb, &b);
     // A prompt diverging inside the partial block copies only what it shares.
     let c: Vec<u32> = vec![0, 1, 2, 3, 4, 77, 78];
@@ -132,4 +132,26 @@ fn a_partly_filled_last_block_is_copied_for_a_prompt_that_continues_it() {
     assert_eq!(tc.cached(), 5);
     p.release(tc, &c);
     assert_eq!(p.used(), 0);
+}
+
+#[test]
+fn an_f16_pool_stores_half_precision() {
+    let layout = KvLayout {
+        layers: 1,
+        kv_heads: 1,
+        head_dim: 4,
+        block_size: 4,
+    };
+    let mut p = BlockPool::new(layout, 2, KvDType::F16);
+    let mut t = p.start(&[1]);
+    assert!(p.reserve(&mut t, 1));
+    let k = [1.0f32, 0.1, -2.5, 65504.0];
+    p.write(0, &t, 0, &k, &k);
+    let mut scratch = vec![0f32; 4];
+    let got = p.head_block((0, Part::Keys), t.blocks()[0], 0, 1, &mut scratch);
+    for (g, w) in got.iter().zip(k) {
+        assert_eq!(*g, half::f16::from_f32(w).to_f32());
+    }
+    assert_eq!(layout.block_bytes(KvDType::F16) * 2, layout.block_bytes(KvDType::F32));
+    p.release(t, &[1]);
 }

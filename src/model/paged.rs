@@ -9,7 +9,7 @@
 use rayon::prelude::*;
 
 use super::gemv::dot_lanes;
-use crate::kv::{BlockId, BlockPool, KvLayout};
+use crate::kv::{BlockId, BlockPool, Part};
 
 /// What one row attends to: the first `len` positions of a sequence's blocks.
 pub struct AttnRow<'a> {
@@ -26,7 +26,6 @@ const PARALLEL_WORK: usize = 1 << 18;
 /// sequence's cached positions in `layer`.
 pub fn attend_rows(pool: &BlockPool, layer: usize, q: &[f32], rows: &[AttnRow], heads: usize) -> Vec<f32> {
     let l = pool.layout();
-    let (keys, values) = pool.layer(layer);
     let group = heads / l.kv_heads.max(1);
     let width = group * l.head_dim;
     let mut out = vec![0f32; q.len()];
@@ -34,9 +33,8 @@ pub fn attend_rows(pool: &BlockPool, layer: usize, q: &[f32], rows: &[AttnRow], 
         let (r, kv) = (i / l.kv_heads, i % l.kv_heads);
         let qg = &q[i * width..(i + 1) * width];
         let c = Ctx {
-            keys,
-            values,
-            layout: l,
+            pool,
+            layer,
             row: &rows[r],
             kv,
         };
@@ -51,23 +49,12 @@ pub fn attend_rows(pool: &BlockPool, layer: usize, q: &[f32], rows: &[AttnRow], 
     out
 }
 
-/// One row's view of one KV head.
+/// One row's view of one KV head of one layer.
 struct Ctx<'a> {
-    keys: &'a [f32],
-    values: &'a [f32],
-    layout: KvLayout,
+    pool: &'a BlockPool,
+    layer: usize,
     row: &'a AttnRow<'a>,
     kv: usize,
-}
-
-impl Ctx<'_> {
-    /// Offset of position `t`'s head vector.
-    #[inline(always)]
-    fn at(&self, t: usize) -> usize {
-        let l = &self.layout;
-        let block = self.row.blocks[t / l.block_size] as usize;
-        block * l.block_len() + (self.kv * l.block_size + t % l.block_size) * l.head_dim
-    }
 }
 
 /// The query heads `qg: [group * d]` of one KV head -> `out: [group * d]`.
@@ -98,31 +85,39 @@ unsafe fn group_avx2(qg: &[f32], c: &Ctx, out: &mut [f32]) {
     group_body(qg, c, out)
 }
 
-/// Scores, softmax and the weighted sum of values, in plain loops the compiler vectorises
-/// (see `decode::head_body`).
+/// Scores, softmax and the weighted sum of values, block by block, in plain loops the
+/// compiler vectorises (see `decode::head_body`).
 #[inline(always)]
 fn group_body(qg: &[f32], c: &Ctx, out: &mut [f32]) {
-    let d = c.layout.head_dim;
+    let l = c.pool.layout();
+    let (d, bs) = (l.head_dim, l.block_size);
     let (len, group) = (c.row.len, qg.len() / d);
     let scale = 1.0 / (d as f32).sqrt();
     let mut scores = vec![0f32; group * len];
-    for t in 0..len {
-        let k = &c.keys[c.at(t)..c.at(t) + d];
-        for g in 0..group {
-            scores[g * len + t] = dot_lanes(&qg[g * d..(g + 1) * d], k) * scale;
+    let mut scratch = vec![0f32; bs * d];
+    for (j, &block) in c.row.blocks.iter().enumerate().take(len.div_ceil(bs)) {
+        let n = bs.min(len - j * bs);
+        let keys = c.pool.head_block((c.layer, Part::Keys), block, c.kv, n, &mut scratch);
+        for (s, k) in keys.chunks_exact(d).enumerate() {
+            for g in 0..group {
+                scores[g * len + j * bs + s] = dot_lanes(&qg[g * d..(g + 1) * d], k) * scale;
+            }
         }
     }
     for s in scores.chunks_mut(len.max(1)) {
         softmax(s);
     }
     out.fill(0.0);
-    for t in 0..len {
-        let v = &c.values[c.at(t)..c.at(t) + d];
-        for g in 0..group {
-            let w = scores[g * len + t];
-            let o = &mut out[g * d..(g + 1) * d];
-            for i in 0..d {
-                o[i] += w * v[i];
+    for (j, &block) in c.row.blocks.iter().enumerate().take(len.div_ceil(bs)) {
+        let n = bs.min(len - j * bs);
+        let values = c.pool.head_block((c.layer, Part::Values), block, c.kv, n, &mut scratch);
+        for (s, v) in values.chunks_exact(d).enumerate() {
+            for g in 0..group {
+                let w = scores[g * len + j * bs + s];
+                let o = &mut out[g * d..(g + 1) * d];
+                for i in 0..d {
+                    o[i] += w * v[i];
+                }
             }
         }
     }
@@ -145,7 +140,7 @@ fn softmax(s: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::BlockTable;
+    use crate::kv::{BlockTable, KvDType, KvLayout};
     use crate::model::attention::{causal_mask, grouped_attention_slow};
     use candle_core::{DType, Device, Tensor};
 
@@ -175,13 +170,17 @@ mod tests {
 
     #[test]
     fn paged_attention_matches_the_straightforward_one() {
-        for (heads, kv_heads, len, n) in [
+        let cases = [
             (4, 2, 1, 1),
             (4, 2, 37, 5),
             (6, 3, 16, 16),
             (2, 2, 50, 3),
             (8, 1, 33, 33),
-        ] {
+        ];
+        for ((heads, kv_heads, len, n), (dtype, tol)) in cases
+            .into_iter()
+            .flat_map(|c| [(c, (KvDType::F32, 1e-5f32)), (c, (KvDType::F16, 1e-2))])
+        {
             let d = 8;
             let layout = KvLayout {
                 layers: 1,
@@ -189,7 +188,7 @@ mod tests {
                 head_dim: d,
                 block_size: 16,
             };
-            let mut pool = BlockPool::new(layout, 8);
+            let mut pool = BlockPool::new(layout, 8, dtype);
             let (table, k, v) = fill(&mut pool, len);
             // The last `n` positions as queries, causal.
             let q = Tensor::randn(0f32, 1.0, (n, heads * d), &Device::Cpu).unwrap();
@@ -211,7 +210,10 @@ mod tests {
             let want = grouped_attention_slow(&qh, &k, &v, (n > 1).then_some(&mask)).unwrap();
             let want: Vec<f32> = want.transpose(0, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
             let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            assert!(err < 1e-5, "heads {heads} kv {kv_heads} len {len} n {n}: {err}");
+            assert!(
+                err < tol,
+                "{dtype:?} heads {heads} kv {kv_heads} len {len} n {n}: {err}"
+            );
         }
     }
 }

@@ -54,6 +54,9 @@ pub struct ModelArgs {
     /// of every parallel sequence, at most 4096).
     #[arg(long)]
     pub kv_memory: Option<usize>,
+    /// How the KV cache stores keys and values on CPU: f16 (half the memory) or f32 (exact).
+    #[arg(long, default_value = "f16")]
+    pub kv_dtype: String,
 }
 
 /// Sampling and stopping, with the OpenAI API's parameter names.

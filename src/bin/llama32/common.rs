@@ -18,6 +18,7 @@ pub fn load_engine(a: &ModelArgs, parallel: Option<usize>) -> anyhow::Result<Eng
         parallel,
         kv_memory: a.kv_memory.map(|mib| mib.saturating_mul(1 << 20)),
         prefill_budget: None,
+        kv_dtype: a.kv_dtype.parse()?,
     };
     Ok(Engine::load(&a.model, &options)?)
 }
