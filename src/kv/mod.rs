@@ -1,7 +1,8 @@
 //! The paged key/value pool: one memory budget for every sequence, in fixed-size blocks.
 //!
-//! Each layer keeps one key and one value buffer of `blocks x [kv_heads, block_size,
-//! head_dim]` values, in f16 (the default, as llama.cpp keeps its cache: half the memory
+//! Each layer keeps one value buffer of `blocks x [kv_heads, block_size, head_dim]` and one
+//! key buffer of `blocks x [kv_heads, head_dim, block_size]` (keys transposed, so that
+//! attention scores a block's positions in vector lanes), in f16 (the default, as llama.cpp keeps its cache: half the memory
 //! and half the bytes read per token at long context) or f32 (exact). A sequence owns a [`BlockTable`]: the blocks holding its
 //! positions in order, so growing it never copies the cache. Full blocks are registered in
 //! the [`prefix`] cache under a hash of every token up to their end: a later sequence whose
@@ -76,6 +77,13 @@ impl Store {
         }
     }
 
+    fn set(&mut self, at: usize, v: f32) {
+        match self {
+            Self::F16(d) => d[at] = f16::from_f32(v),
+            Self::F32(d) => d[at] = v,
+        }
+    }
+
     fn write(&mut self, at: usize, src: &[f32]) {
         match self {
             Self::F16(d) => d[at..at + src.len()].convert_from_f32_slice(src),
@@ -122,14 +130,25 @@ pub struct KvLayout {
 }
 
 impl KvLayout {
-    /// f32 values of one block in one layer's key (or value) buffer.
+    /// Values of one block in one layer's value buffer.
     pub fn block_len(&self) -> usize {
         self.kv_heads * self.block_size * self.head_dim
     }
 
+    /// Positions of a block rounded up to whole vector lanes (16): the row length of the
+    /// transposed keys.
+    pub fn padded(&self) -> usize {
+        self.block_size.div_ceil(16) * 16
+    }
+
+    /// Values of one block in one layer's key buffer.
+    pub fn key_block_len(&self) -> usize {
+        self.kv_heads * self.padded() * self.head_dim
+    }
+
     /// Bytes one block takes across all layers, keys and values, stored as `dtype`.
     pub fn block_bytes(&self, dtype: KvDType) -> usize {
-        2 * self.layers * self.block_len() * dtype.size()
+        self.layers * (self.block_len() + self.key_block_len()) * dtype.size()
     }
 
     /// Blocks of `dtype` that fit in `bytes` (at least one).
@@ -191,7 +210,9 @@ impl BlockPool {
         Self {
             layout,
             dtype,
-            keys: (0..layout.layers).map(|_| Store::new(dtype, len)).collect(),
+            keys: (0..layout.layers)
+                .map(|_| Store::new(dtype, blocks * layout.key_block_len()))
+                .collect(),
             values: (0..layout.layers).map(|_| Store::new(dtype, len)).collect(),
             refs: vec![0; blocks],
             free: (0..blocks as BlockId).rev().collect(),
@@ -262,12 +283,15 @@ impl BlockPool {
         if let Some(to) = self.alloc() {
             let l = self.layout;
             let (src, dst) = (from as usize * l.block_len(), to as usize * l.block_len());
+            let (ksrc, kdst) = (from as usize * l.key_block_len(), to as usize * l.key_block_len());
             for layer in 0..l.layers {
                 for h in 0..l.kv_heads {
-                    let (s, d) = (src + h * l.block_size * l.head_dim, dst + h * l.block_size * l.head_dim);
-                    let len = n * l.head_dim;
-                    self.keys[layer].copy_within(s, len, d);
-                    self.values[layer].copy_within(s, len, d);
+                    let at = h * l.block_size * l.head_dim;
+                    self.values[layer].copy_within(src + at, n * l.head_dim, dst + at);
+                    for i in 0..l.head_dim {
+                        let at = (h * l.head_dim + i) * l.padded();
+                        self.keys[layer].copy_within(ksrc + at, n, kdst + at);
+                    }
                 }
             }
             table.blocks.push(to);
@@ -369,18 +393,21 @@ impl BlockPool {
     pub fn write(&mut self, layer: usize, table: &BlockTable, pos: usize, k: &[f32], v: &[f32]) {
         let (block, slot) = self.locate(table, pos);
         let l = self.layout;
-        let base = block as usize * l.block_len();
+        let (base, kbase) = (block as usize * l.block_len(), block as usize * l.key_block_len());
         for h in 0..l.kv_heads {
             let at = base + (h * l.block_size + slot) * l.head_dim;
-            let src = h * l.head_dim..(h + 1) * l.head_dim;
-            self.keys[layer].write(at, &k[src.clone()]);
-            self.values[layer].write(at, &v[src]);
+            self.values[layer].write(at, &v[h * l.head_dim..(h + 1) * l.head_dim]);
+            for i in 0..l.head_dim {
+                let at = kbase + (h * l.head_dim + i) * l.padded() + slot;
+                self.keys[layer].set(at, k[h * l.head_dim + i]);
+            }
         }
     }
 
-    /// The first `n` positions of `block` for KV head `head` in `layer`, `[n, head_dim]` as
-    /// f32: borrowed from an f32 pool, converted into `scratch` (at least `n * head_dim`
-    /// long) from an f16 one.
+    /// One block of KV head `head` in `layer` as f32: values of its first `n` positions,
+    /// `[n, head_dim]`; keys of all its positions transposed, `[head_dim, padded]` (see
+    /// [`KvLayout::padded`]). Borrowed from an f32 pool, converted into `scratch` (long
+    /// enough for either) from an f16 one.
     pub fn head_block<'a>(
         &'a self,
         (layer, part): (usize, Part),
@@ -390,12 +417,16 @@ impl BlockPool {
         scratch: &'a mut [f32],
     ) -> &'a [f32] {
         let l = self.layout;
-        let at = block as usize * l.block_len() + head * l.block_size * l.head_dim;
-        let store = match part {
-            Part::Keys => &self.keys[layer],
-            Part::Values => &self.values[layer],
-        };
-        store.read(at, n * l.head_dim, scratch)
+        match part {
+            Part::Keys => {
+                let len = l.head_dim * l.padded();
+                self.keys[layer].read(block as usize * l.key_block_len() + head * len, len, scratch)
+            }
+            Part::Values => {
+                let at = block as usize * l.block_len() + head * l.block_size * l.head_dim;
+                self.values[layer].read(at, n * l.head_dim, scratch)
+            }
+        }
     }
 }
 

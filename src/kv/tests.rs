@@ -101,9 +101,11 @@ fn writes_land_in_the_sequence_s_blocks() {
     p.write(1, &t, 4, &k, &v);
     let (block, slot) = p.locate(&t, 4);
     assert_eq!(slot, 0);
-    let mut scratch = vec![0f32; 16];
+    let mut scratch = vec![0f32; 64];
     let keys = p.head_block((1, Part::Keys), block, 1, slot + 1, &mut scratch).to_vec();
-    assert_eq!(&keys[slot * 4..slot * 4 + 4], &k[4..8]);
+    let padded = p.layout().padded();
+    let key: Vec<f32> = (0..4).map(|i| keys[i * padded + slot]).collect();
+    assert_eq!(key, &k[4..8]);
     let values = p.head_block((1, Part::Values), block, 1, slot + 1, &mut scratch);
     assert_eq!(&values[slot * 4..slot * 4 + 4], &v[4..8]);
     p.release(t, &[]);
@@ -122,9 +124,11 @@ fn a_partly_filled_last_block_is_copied_for_a_prompt_that_continues_it() {
     let tb = p.start(&b);
     assert_eq!(tb.cached(), 6);
     let (block, slot) = p.locate(&tb, 5);
-    let mut scratch = vec![0f32; 16];
+    let mut scratch = vec![0f32; 64];
     let keys = p.head_block((0, Part::Keys), block, 0, slot + 1, &mut scratch);
-    assert_eq!(&keys[slot * 4..slot * 4 + 4], &k[..4], "position 5 copied");
+    let padded = p.layout().padded();
+    let key: Vec<f32> = (0..4).map(|i| keys[i * padded + slot]).collect();
+    assert_eq!(key, &k[..4], "position 5 copied");
     p.release(tb, &b);
     // A prompt diverging inside the partial block copies only what it shares.
     let c: Vec<u32> = vec![0, 1, 2, 3, 4, 77, 78];
@@ -147,8 +151,8 @@ fn an_f16_pool_stores_half_precision() {
     assert!(p.reserve(&mut t, 1));
     let k = [1.0f32, 0.1, -2.5, 65504.0];
     p.write(0, &t, 0, &k, &k);
-    let mut scratch = vec![0f32; 4];
-    let got = p.head_block((0, Part::Keys), t.blocks()[0], 0, 1, &mut scratch);
+    let mut scratch = vec![0f32; 64];
+    let got = p.head_block((0, Part::Values), t.blocks()[0], 0, 1, &mut scratch);
     for (g, w) in got.iter().zip(k) {
         assert_eq!(*g, half::f16::from_f32(w).to_f32());
     }

@@ -1,14 +1,18 @@
 //! Attention of batch rows over keys and values in the paged [`BlockPool`].
 //!
-//! One task is one row and one key/value head: the query heads sharing that KV head are
-//! scored together, so each cached key is read once per group. Scores live in a buffer of
-//! the row's context length per task: no `[heads, n, T]` matrix is ever formed, so a long
-//! prompt needs memory linear in its length. Positions are visited in order, so a row's
-//! result does not depend on what else is in the batch.
+//! One task is a tile of consecutive rows of one sequence (a prompt chunk, or one decoding
+//! token) and one key/value head: each block of cached keys and values is converted once
+//! for the whole tile, and the query heads sharing the KV head are scored together. Keys
+//! are transposed per block so that 16 positions are scored at once in vector lanes. Scores
+//! live in a buffer of the row's context length: no `[heads, n, T]` matrix is formed, so a
+//! long prompt needs memory linear in its length.
+//!
+//! A row's arithmetic is the same whatever tile it is in, whatever else the batch holds
+//! and however its prompt was chunked: positions are visited in order and every sum has a
+//! fixed shape, so results are bit-identical (batch invariance).
 
 use rayon::prelude::*;
 
-use super::gemv::dot_lanes;
 use crate::kv::{BlockId, BlockPool, Part};
 
 /// What one row attends to: the first `len` positions of a sequence's blocks.
@@ -22,119 +26,213 @@ pub struct AttnRow<'a> {
 /// Work below which attention stays on the calling thread.
 const PARALLEL_WORK: usize = 1 << 18;
 
+/// Rows per tile at most.
+const TILE: usize = 8;
+
+/// Positions scored at once.
+const LANES: usize = 16;
+
 /// `q: [rows, heads * head_dim]` (rotated) -> `[rows, heads * head_dim]`, each row over its
 /// sequence's cached positions in `layer`.
 pub fn attend_rows(pool: &BlockPool, layer: usize, q: &[f32], rows: &[AttnRow], heads: usize) -> Vec<f32> {
     let l = pool.layout();
     let group = heads / l.kv_heads.max(1);
     let width = group * l.head_dim;
-    let mut out = vec![0f32; q.len()];
-    let task = |(i, o): (usize, &mut [f32])| {
-        let (r, kv) = (i / l.kv_heads, i % l.kv_heads);
-        let qg = &q[i * width..(i + 1) * width];
-        let c = Ctx {
+    // Tiles: runs of consecutive rows of the same sequence.
+    let mut tiles: Vec<(usize, usize)> = Vec::new();
+    for (r, row) in rows.iter().enumerate() {
+        match tiles.last_mut() {
+            Some((start, end)) if *end == r && r - *start < TILE && std::ptr::eq(rows[*start].blocks, row.blocks) => {
+                *end += 1
+            }
+            _ => tiles.push((r, r + 1)),
+        }
+    }
+    let tasks: Vec<(usize, usize, usize)> = tiles
+        .iter()
+        .flat_map(|&(a, b)| (0..l.kv_heads).map(move |kv| (a, b, kv)))
+        .collect();
+    let run = |&(a, b, kv): &(usize, usize, usize)| {
+        let t = Tile {
             pool,
             layer,
-            row: &rows[r],
             kv,
+            rows: &rows[a..b],
+            q: &q[a * heads * l.head_dim..b * heads * l.head_dim],
+            heads,
         };
-        group_attend(qg, &c, o);
+        tile_attend(&t)
     };
     let work: usize = rows.iter().map(|r| r.len).sum::<usize>() * heads * l.head_dim;
-    if work >= PARALLEL_WORK {
-        out.par_chunks_mut(width).enumerate().for_each(task);
-    } else {
-        out.chunks_mut(width).enumerate().for_each(task);
+    let outs: Vec<Vec<f32>> = match work >= PARALLEL_WORK {
+        true => tasks.par_iter().map(run).collect(),
+        false => tasks.iter().map(run).collect(),
+    };
+    let mut out = vec![0f32; q.len()];
+    for (&(a, _, kv), o) in tasks.iter().zip(outs) {
+        for (i, part) in o.chunks(width).enumerate() {
+            let at = (a + i) * heads * l.head_dim + kv * width;
+            out[at..at + width].copy_from_slice(part);
+        }
     }
     out
 }
 
-/// One row's view of one KV head of one layer.
-struct Ctx<'a> {
+/// Rows of one sequence and one KV head of one layer.
+struct Tile<'a> {
     pool: &'a BlockPool,
     layer: usize,
-    row: &'a AttnRow<'a>,
     kv: usize,
+    rows: &'a [AttnRow<'a>],
+    /// The rows' queries, `[rows, heads * head_dim]`.
+    q: &'a [f32],
+    heads: usize,
 }
 
-/// The query heads `qg: [group * d]` of one KV head -> `out: [group * d]`.
-fn group_attend(qg: &[f32], c: &Ctx, out: &mut [f32]) {
+/// The tile's output `[rows, group * head_dim]`.
+fn tile_attend(t: &Tile) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { group_avx512(qg, c, out) };
+            return unsafe { tile_avx512(t) };
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            return unsafe { group_avx2(qg, c, out) };
+            return unsafe { tile_avx2(t) };
         }
     }
-    group_body(qg, c, out)
+    tile_body(t)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn group_avx512(qg: &[f32], c: &Ctx, out: &mut [f32]) {
-    group_body(qg, c, out)
+unsafe fn tile_avx512(t: &Tile) -> Vec<f32> {
+    tile_body(t)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn group_avx2(qg: &[f32], c: &Ctx, out: &mut [f32]) {
-    group_body(qg, c, out)
+unsafe fn tile_avx2(t: &Tile) -> Vec<f32> {
+    tile_body(t)
 }
 
-/// Scores, softmax and the weighted sum of values, block by block, in plain loops the
-/// compiler vectorises (see `decode::head_body`).
+/// Scores, softmax and the weighted sum of values in plain loops that the compiler
+/// vectorises for the caller's target features (closures and library calls would not be).
 #[inline(always)]
-fn group_body(qg: &[f32], c: &Ctx, out: &mut [f32]) {
-    let l = c.pool.layout();
+#[allow(clippy::needless_range_loop)] // index loops vectorise reliably here
+fn tile_body(t: &Tile) -> Vec<f32> {
+    let l = t.pool.layout();
     let (d, bs) = (l.head_dim, l.block_size);
-    let (len, group) = (c.row.len, qg.len() / d);
+    let group = t.heads / l.kv_heads.max(1);
+    let width = group * d;
+    let padded = l.padded();
     let scale = 1.0 / (d as f32).sqrt();
-    let mut scores = vec![0f32; group * len];
-    let mut scratch = vec![0f32; bs * d];
-    for (j, &block) in c.row.blocks.iter().enumerate().take(len.div_ceil(bs)) {
-        let n = bs.min(len - j * bs);
-        let keys = c.pool.head_block((c.layer, Part::Keys), block, c.kv, n, &mut scratch);
-        for (s, k) in keys.chunks_exact(d).enumerate() {
+    let max_len = t.rows.iter().map(|r| r.len).max().unwrap_or(0);
+    let Some(first) = t.rows.first() else {
+        return Vec::new();
+    };
+    let blocks = &first.blocks[..max_len.div_ceil(bs)];
+    let mut scores: Vec<Vec<f32>> = t.rows.iter().map(|r| vec![0f32; group * r.len]).collect();
+    let mut raw = vec![0f32; padded * d];
+    for (j, &block) in blocks.iter().enumerate() {
+        let n = bs.min(max_len - j * bs);
+        // Keys are stored transposed, `[d, padded]`: positions in lanes.
+        let kt = t.pool.head_block((t.layer, Part::Keys), block, t.kv, n, &mut raw);
+        for (ri, row) in t.rows.iter().enumerate() {
+            let Some(m) = row.len.checked_sub(j * bs).filter(|&m| m > 0).map(|m| m.min(bs)) else {
+                continue;
+            };
+            let qr = &t.q[ri * t.heads * d + t.kv * width..][..width];
             for g in 0..group {
-                scores[g * len + j * bs + s] = dot_lanes(&qg[g * d..(g + 1) * d], k) * scale;
-            }
-        }
-    }
-    for s in scores.chunks_mut(len.max(1)) {
-        softmax(s);
-    }
-    out.fill(0.0);
-    for (j, &block) in c.row.blocks.iter().enumerate().take(len.div_ceil(bs)) {
-        let n = bs.min(len - j * bs);
-        let values = c.pool.head_block((c.layer, Part::Values), block, c.kv, n, &mut scratch);
-        for (s, v) in values.chunks_exact(d).enumerate() {
-            for g in 0..group {
-                let w = scores[g * len + j * bs + s];
-                let o = &mut out[g * d..(g + 1) * d];
-                for i in 0..d {
-                    o[i] += w * v[i];
+                let qg = &qr[g * d..(g + 1) * d];
+                for c in 0..m.div_ceil(LANES) {
+                    let mut acc = [0f32; LANES];
+                    for i in 0..d {
+                        let qv = qg[i];
+                        let k = &kt[i * padded + c * LANES..i * padded + (c + 1) * LANES];
+                        for s in 0..LANES {
+                            acc[s] = qv.mul_add(k[s], acc[s]);
+                        }
+                    }
+                    let valid = (m - c * LANES).min(LANES);
+                    let dst = &mut scores[ri][g * row.len + j * bs + c * LANES..][..valid];
+                    for s in 0..valid {
+                        dst[s] = acc[s] * scale;
+                    }
                 }
             }
         }
     }
+    for (row, sc) in t.rows.iter().zip(scores.iter_mut()) {
+        for s in sc.chunks_mut(row.len.max(1)) {
+            softmax(s);
+        }
+    }
+    let mut out = vec![0f32; t.rows.len() * width];
+    for (j, &block) in blocks.iter().enumerate() {
+        let n = bs.min(max_len - j * bs);
+        let values = t.pool.head_block((t.layer, Part::Values), block, t.kv, n, &mut raw);
+        for (ri, row) in t.rows.iter().enumerate() {
+            let Some(m) = row.len.checked_sub(j * bs).filter(|&m| m > 0).map(|m| m.min(bs)) else {
+                continue;
+            };
+            for g in 0..group {
+                let o = &mut out[ri * width + g * d..ri * width + (g + 1) * d];
+                let w = &scores[ri][g * row.len + j * bs..][..m];
+                for s in 0..m {
+                    let v = &values[s * d..(s + 1) * d];
+                    for i in 0..d {
+                        o[i] = w[s].mul_add(v[i], o[i]);
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
+/// In-place softmax with a lane-wise (fixed-order) sum and a vectorisable exp.
 #[inline(always)]
+#[allow(clippy::needless_range_loop)]
 fn softmax(s: &mut [f32]) {
-    let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0f32;
-    for v in s.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    for c in s.chunks(LANES) {
+        for (l, &v) in c.iter().enumerate() {
+            lanes[l] = lanes[l].max(v);
+        }
     }
-    let inv = 1.0 / sum;
+    let max = lanes.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sums = [0f32; LANES];
+    for c in s.chunks_mut(LANES) {
+        for (l, v) in c.iter_mut().enumerate() {
+            *v = exp_neg(*v - max);
+            sums[l] += *v;
+        }
+    }
+    let inv = 1.0 / sums.iter().sum::<f32>();
     for v in s.iter_mut() {
         *v *= inv;
     }
+}
+
+/// `e^x` for `x <= 0` (0 below -87), within 2 ulp: Cephes' polynomial after reducing by
+/// powers of two, written with plain arithmetic so that it vectorises.
+#[inline(always)]
+pub fn exp_neg(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer.
+    let x = x.clamp(-87.0, 0.0);
+    let n = (x * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
+    let r = n.mul_add(-0.693_359_4, x);
+    let r = n.mul_add(2.121_944_4e-4, r);
+    let mut p = 1.987_569_1e-4f32;
+    p = p.mul_add(r, 1.398_199_9e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 1.666_666_5e-1);
+    p = p.mul_add(r, 0.5);
+    let y = (p * r).mul_add(r, r) + 1.0;
+    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
 }
 
 #[cfg(test)]
@@ -166,6 +264,17 @@ mod tests {
         };
         pool.commit(&mut t, &[], 0);
         (t, heads_first(k), heads_first(v))
+    }
+
+    #[test]
+    fn exp_neg_is_within_two_ulp_of_exp() {
+        let mut x = 0f32;
+        while x > -87.0 {
+            let (got, want) = (exp_neg(x), x.exp());
+            assert!((got - want).abs() <= 2.5 * f32::EPSILON * want, "{x}: {got} vs {want}");
+            x -= 0.013;
+        }
+        assert_eq!(exp_neg(-1000.0), exp_neg(-87.0));
     }
 
     #[test]
