@@ -16,7 +16,7 @@
 pub mod prefix;
 
 use half::f16;
-use half::slice::HalfFloatSliceExt;
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use prefix::PrefixCache;
 
 /// How keys and values are stored.
@@ -63,30 +63,34 @@ pub enum Part {
     Values,
 }
 
-/// One layer's keys or values for every block.
+/// One layer's keys or values for every block. f16 values are kept as their bits in a
+/// `u16` vector: zeroed integer vectors come from `calloc`, so untouched blocks cost no
+/// resident memory (a `vec![f16::ZERO; n]` would write every element).
 enum Store {
-    F16(Vec<f16>),
+    F16(Vec<u16>),
     F32(Vec<f32>),
 }
 
 impl Store {
     fn new(dtype: KvDType, len: usize) -> Self {
         match dtype {
-            KvDType::F16 => Self::F16(vec![f16::ZERO; len]),
+            KvDType::F16 => Self::F16(vec![0u16; len]),
             KvDType::F32 => Self::F32(vec![0f32; len]),
         }
     }
 
     fn set(&mut self, at: usize, v: f32) {
         match self {
-            Self::F16(d) => d[at] = f16::from_f32(v),
+            Self::F16(d) => d[at] = f16::from_f32(v).to_bits(),
             Self::F32(d) => d[at] = v,
         }
     }
 
     fn write(&mut self, at: usize, src: &[f32]) {
         match self {
-            Self::F16(d) => d[at..at + src.len()].convert_from_f32_slice(src),
+            Self::F16(d) => d[at..at + src.len()]
+                .reinterpret_cast_mut::<f16>()
+                .convert_from_f32_slice(src),
             Self::F32(d) => d[at..at + src.len()].copy_from_slice(src),
         }
     }
@@ -103,7 +107,9 @@ impl Store {
         match self {
             Self::F32(d) => &d[at..at + len],
             Self::F16(d) => {
-                d[at..at + len].convert_to_f32_slice(&mut scratch[..len]);
+                d[at..at + len]
+                    .reinterpret_cast::<f16>()
+                    .convert_to_f32_slice(&mut scratch[..len]);
                 &scratch[..len]
             }
         }
