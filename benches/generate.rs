@@ -5,7 +5,8 @@
 //! under `target/llama32-bench/`. For each dtype (`LLAMA32_BENCH_DTYPES`, default
 //! `q8_0,q4k,f32`): load time, prefill of 512 tokens (pp512), decode of 128 tokens (tg128),
 //! time to first token of a 64-token chat prompt and peak memory, as medians ± half-range
-//! over `LLAMA32_BENCH_REPS` (default 3). Prints a table and writes
+//! over `LLAMA32_BENCH_REPS` (default 3); then the batched figures (`LLAMA32_BENCH_BATCHED`,
+//! default 1,2,4,8 sequences of 64 + 32 tokens). Prints tables and writes
 //! `target/llama32-bench/results.json`.
 
 use std::path::{Path, PathBuf};
@@ -62,8 +63,32 @@ fn main() -> anyhow::Result<()> {
         println!("{}", r.table_row(peak));
         results.push(serde_json::json!({"result": r, "peak_rss_mib": peak}));
     }
+    // Batched, like llama-batched-bench: 64-token prompts, 32 tokens each, on the first
+    // quantized dtype (`LLAMA32_BENCH_BATCHED=` empty skips it).
+    let sizes: Vec<usize> = std::env::var("LLAMA32_BENCH_BATCHED")
+        .unwrap_or_else(|_| "1,2,4,8".into())
+        .split(',')
+        .filter_map(|b| b.trim().parse().ok())
+        .collect();
+    let mut batched = Vec::new();
+    let quantized = dtypes
+        .split(',')
+        .find_map(|d| d.trim().parse::<ComputeDType>().ok().filter(|d| d.quant().is_some()));
+    if let (Some(dtype), Some(&max)) = (quantized, sizes.iter().max()) {
+        let options = llama32::LoadOptions {
+            dtype: Some(dtype),
+            parallel: Some(max),
+            ..Default::default()
+        };
+        let engine = llama32::Engine::load(&dir, &options)?;
+        println!("{}", llama32::bench::BatchedRow::header());
+        for row in llama32::bench::batched(&engine, 64, 32, &sizes)? {
+            println!("{}", row.row(&dtype.to_string()));
+            batched.push(serde_json::json!({"dtype": dtype.to_string(), "row": row}));
+        }
+    }
     let out = root.join("results.json");
-    let json = serde_json::json!({"model": dir, "config": config, "results": results});
+    let json = serde_json::json!({"model": dir, "config": config, "results": results, "batched": batched});
     std::fs::write(&out, serde_json::to_string_pretty(&json)?)?;
     println!("wrote {}", out.display());
     Ok(())

@@ -12,7 +12,7 @@
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
-use super::decode::rotate;
+use super::decode::{add_assign, rotate, single};
 use super::linear::Linear;
 use super::paged::{attend_rows, AttnRow};
 use super::Llama;
@@ -174,16 +174,6 @@ fn check_finite(x: &[f32], layer: usize) -> Result<()> {
         true => Ok(()),
         false => Err(Error::NonFiniteActivations { layer }),
     }
-}
-
-fn add_assign(x: &mut [f32], y: &[f32]) {
-    for (a, b) in x.iter_mut().zip(y) {
-        *a += b;
-    }
-}
-
-fn single(mut outs: Vec<Vec<f32>>) -> Result<Vec<f32>> {
-    outs.pop().ok_or_else(|| internal("missing matmul output"))
 }
 
 fn two(outs: Vec<Vec<f32>>) -> Result<[Vec<f32>; 2]> {

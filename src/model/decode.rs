@@ -98,12 +98,12 @@ impl Mlp {
 }
 
 /// The one output of a one-layer [`Linear::forward_slices`].
-fn single(mut outs: Vec<Vec<f32>>) -> Result<Vec<f32>> {
+pub(super) fn single(mut outs: Vec<Vec<f32>>) -> Result<Vec<f32>> {
     outs.pop()
         .ok_or_else(|| Error::Candle(candle_core::Error::Msg("missing matmul output".into())))
 }
 
-fn add_assign(x: &mut [f32], y: &[f32]) {
+pub(super) fn add_assign(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;
     }
