@@ -147,14 +147,7 @@ fn tile_body(t: &Tile) -> Vec<f32> {
             for g in 0..group {
                 let qg = &qr[g * d..(g + 1) * d];
                 for c in 0..m.div_ceil(LANES) {
-                    let mut acc = [0f32; LANES];
-                    for i in 0..d {
-                        let qv = qg[i];
-                        let k = &kt[i * padded + c * LANES..i * padded + (c + 1) * LANES];
-                        for s in 0..LANES {
-                            acc[s] = qv.mul_add(k[s], acc[s]);
-                        }
-                    }
+                    let acc = lane_dots(qg, &kt[c * LANES..], padded);
                     let valid = (m - c * LANES).min(LANES);
                     let dst = &mut scores[ri][g * row.len + j * bs + c * LANES..][..valid];
                     for s in 0..valid {
@@ -179,17 +172,79 @@ fn tile_body(t: &Tile) -> Vec<f32> {
             };
             for g in 0..group {
                 let o = &mut out[ri * width + g * d..ri * width + (g + 1) * d];
-                let w = &scores[ri][g * row.len + j * bs..][..m];
-                for s in 0..m {
-                    let v = &values[s * d..(s + 1) * d];
-                    for i in 0..d {
-                        o[i] = w[s].mul_add(v[i], o[i]);
-                    }
-                }
+                lane_axpys(&scores[ri][g * row.len + j * bs..][..m], values, o);
             }
         }
     }
     out
+}
+
+/// `LANES` dot products at once: `q` against columns `0..LANES` of the rows
+/// `kt[i * stride..]` (`i < q.len()`). Four independent accumulators (over `i mod 4`,
+/// added in a fixed order at the end) keep the FMA units busy instead of waiting on one
+/// chain.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn lane_dots(q: &[f32], kt: &[f32], stride: usize) -> [f32; LANES] {
+    let mut acc = [[0f32; LANES]; 4];
+    let quads = q.len() / 4;
+    for i4 in 0..quads {
+        for u in 0..4 {
+            let i = 4 * i4 + u;
+            let (qv, k) = (q[i], &kt[i * stride..i * stride + LANES]);
+            for s in 0..LANES {
+                acc[u][s] = qv.mul_add(k[s], acc[u][s]);
+            }
+        }
+    }
+    for i in 4 * quads..q.len() {
+        let (qv, k) = (q[i], &kt[i * stride..i * stride + LANES]);
+        for s in 0..LANES {
+            acc[0][s] = qv.mul_add(k[s], acc[0][s]);
+        }
+    }
+    let mut out = [0f32; LANES];
+    for s in 0..LANES {
+        out[s] = (acc[0][s] + acc[1][s]) + (acc[2][s] + acc[3][s]);
+    }
+    out
+}
+
+/// `o += sum_s w[s] * v[s]` for the rows `v[s * d..]` (`d = o.len()`), 16 output lanes at a
+/// time with four accumulators (over `s mod 4`, added in a fixed order), so that the
+/// block's positions do not wait on one another.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn lane_axpys(w: &[f32], v: &[f32], o: &mut [f32]) {
+    let (d, m) = (o.len(), w.len());
+    let quads = m / 4;
+    for c in 0..d / LANES {
+        let mut acc = [[0f32; LANES]; 4];
+        for s4 in 0..quads {
+            for u in 0..4 {
+                let s = 4 * s4 + u;
+                let (wv, vr) = (w[s], &v[s * d + c * LANES..s * d + (c + 1) * LANES]);
+                for l in 0..LANES {
+                    acc[u][l] = wv.mul_add(vr[l], acc[u][l]);
+                }
+            }
+        }
+        for s in 4 * quads..m {
+            let (wv, vr) = (w[s], &v[s * d + c * LANES..s * d + (c + 1) * LANES]);
+            for l in 0..LANES {
+                acc[0][l] = wv.mul_add(vr[l], acc[0][l]);
+            }
+        }
+        let oc = &mut o[c * LANES..(c + 1) * LANES];
+        for l in 0..LANES {
+            oc[l] += (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]);
+        }
+    }
+    for i in d / LANES * LANES..d {
+        for s in 0..m {
+            o[i] = w[s].mul_add(v[s * d + i], o[i]);
+        }
+    }
 }
 
 /// In-place softmax with a lane-wise (fixed-order) sum and a vectorisable exp.
@@ -232,7 +287,10 @@ pub fn exp_neg(x: f32) -> f32 {
     p = p.mul_add(r, 1.666_666_5e-1);
     p = p.mul_add(r, 0.5);
     let y = (p * r).mul_add(r, r) + 1.0;
-    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    // 2^n from `n`'s bits after the magic addition (an integer in the low mantissa bits):
+    // integer arithmetic only, where `n as i32` would be a saturating scalar conversion.
+    let k = (n + MAGIC).to_bits().wrapping_sub(MAGIC.to_bits());
+    y * f32::from_bits(k.wrapping_add(127) << 23)
 }
 
 #[cfg(test)]
@@ -286,11 +344,11 @@ mod tests {
             (2, 2, 50, 3),
             (8, 1, 33, 33),
         ];
-        for ((heads, kv_heads, len, n), (dtype, tol)) in cases
+        for (((heads, kv_heads, len, n), (dtype, tol)), d) in cases
             .into_iter()
             .flat_map(|c| [(c, (KvDType::F32, 1e-5f32)), (c, (KvDType::F16, 1e-2))])
+            .flat_map(|c| [(c, 8), (c, 64)])
         {
-            let d = 8;
             let layout = KvLayout {
                 layers: 1,
                 kv_heads,
