@@ -135,6 +135,7 @@ fn tile_body(t: &Tile) -> Vec<f32> {
     let blocks = &first.blocks[..max_len.div_ceil(bs)];
     let mut scores: Vec<Vec<f32>> = t.rows.iter().map(|r| vec![0f32; group * r.len]).collect();
     let mut raw = vec![0f32; padded * d];
+    let mut accs = vec![[0f32; LANES]; group];
     for (j, &block) in blocks.iter().enumerate() {
         let n = bs.min(max_len - j * bs);
         // Keys are stored transposed, `[d, padded]`: positions in lanes.
@@ -144,11 +145,20 @@ fn tile_body(t: &Tile) -> Vec<f32> {
                 continue;
             };
             let qr = &t.q[ri * t.heads * d + t.kv * width..][..width];
-            for g in 0..group {
-                let qg = &qr[g * d..(g + 1) * d];
-                for c in 0..m.div_ceil(LANES) {
-                    let acc = lane_dots(qg, &kt[c * LANES..], padded);
-                    let valid = (m - c * LANES).min(LANES);
+            for c in 0..m.div_ceil(LANES) {
+                let kc = &kt[c * LANES..];
+                match group {
+                    4 => group_dots::<4>(qr, kc, padded, &mut accs),
+                    3 => group_dots::<3>(qr, kc, padded, &mut accs),
+                    2 => group_dots::<2>(qr, kc, padded, &mut accs),
+                    _ => {
+                        for (g, acc) in accs.iter_mut().enumerate() {
+                            *acc = lane_dots(&qr[g * d..(g + 1) * d], kc, padded);
+                        }
+                    }
+                }
+                let valid = (m - c * LANES).min(LANES);
+                for (g, acc) in accs.iter().enumerate() {
                     let dst = &mut scores[ri][g * row.len + j * bs + c * LANES..][..valid];
                     for s in 0..valid {
                         dst[s] = acc[s] * scale;
@@ -170,13 +180,74 @@ fn tile_body(t: &Tile) -> Vec<f32> {
             let Some(m) = row.len.checked_sub(j * bs).filter(|&m| m > 0).map(|m| m.min(bs)) else {
                 continue;
             };
-            for g in 0..group {
-                let o = &mut out[ri * width + g * d..ri * width + (g + 1) * d];
-                lane_axpys(&scores[ri][g * row.len + j * bs..][..m], values, o);
+            let orow = &mut out[ri * width..(ri + 1) * width];
+            let (sc, at) = (&scores[ri], j * bs);
+            match group {
+                4 => group_axpys::<4>((sc, row.len, at), m, values, orow),
+                3 => group_axpys::<3>((sc, row.len, at), m, values, orow),
+                2 => group_axpys::<2>((sc, row.len, at), m, values, orow),
+                _ => {
+                    for (g, o) in orow.chunks_mut(d).enumerate() {
+                        lane_axpys(&sc[g * row.len + at..][..m], values, o);
+                    }
+                }
             }
         }
     }
     out
+}
+
+/// [`lane_dots`] for all `G` query heads of a group at once (`qr: [G * d]`): each key
+/// vector is loaded once for the `G` heads, whose sums are `G` independent chains.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn group_dots<const G: usize>(qr: &[f32], kt: &[f32], stride: usize, out: &mut [[f32; LANES]]) {
+    let d = qr.len() / G;
+    let mut acc = [[0f32; LANES]; G];
+    for i in 0..d {
+        let k = &kt[i * stride..i * stride + LANES];
+        for g in 0..G {
+            let qv = qr[g * d + i];
+            for s in 0..LANES {
+                acc[g][s] = qv.mul_add(k[s], acc[g][s]);
+            }
+        }
+    }
+    out[..G].copy_from_slice(&acc);
+}
+
+/// [`lane_axpys`] for all `G` query heads of a group at once: `orow: [G * d]` gains
+/// `sum_s w_g[s] * v[s]` with `w_g = scores[g * len + at..][..m]`; each value vector is
+/// loaded once for the `G` heads.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn group_axpys<const G: usize>((scores, len, at): (&[f32], usize, usize), m: usize, v: &[f32], orow: &mut [f32]) {
+    let d = orow.len() / G;
+    for c in 0..d / LANES {
+        let mut acc = [[0f32; LANES]; G];
+        for s in 0..m {
+            let vr = &v[s * d + c * LANES..s * d + (c + 1) * LANES];
+            for g in 0..G {
+                let w = scores[g * len + at + s];
+                for l in 0..LANES {
+                    acc[g][l] = w.mul_add(vr[l], acc[g][l]);
+                }
+            }
+        }
+        for g in 0..G {
+            let o = &mut orow[g * d + c * LANES..g * d + (c + 1) * LANES];
+            for l in 0..LANES {
+                o[l] += acc[g][l];
+            }
+        }
+    }
+    for i in d / LANES * LANES..d {
+        for g in 0..G {
+            for s in 0..m {
+                orow[g * d + i] = scores[g * len + at + s].mul_add(v[s * d + i], orow[g * d + i]);
+            }
+        }
+    }
 }
 
 /// `LANES` dot products at once: `q` against columns `0..LANES` of the rows
@@ -343,6 +414,8 @@ mod tests {
             (6, 3, 16, 16),
             (2, 2, 50, 3),
             (8, 1, 33, 33),
+            (12, 3, 40, 9),
+            (6, 2, 21, 4),
         ];
         for (((heads, kv_heads, len, n), (dtype, tol)), d) in cases
             .into_iter()
