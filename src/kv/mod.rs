@@ -368,13 +368,6 @@ impl BlockPool {
         }
     }
 
-    /// Drops every cached block no sequence uses (e.g. after a test).
-    pub fn clear_cache(&mut self) {
-        while let Some(block) = self.cache.evict() {
-            self.free.push(block);
-        }
-    }
-
     fn take(&mut self, block: BlockId) {
         if self.refs[block as usize] == 0 {
             self.cache.used(block);
