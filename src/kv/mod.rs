@@ -241,9 +241,9 @@ impl BlockPool {
         self.refs.len()
     }
 
-    /// Blocks used by at least one sequence.
+    /// Blocks used by at least one sequence: every other block is free or cached unused.
     pub fn used(&self) -> usize {
-        self.refs.iter().filter(|&&r| r > 0).count()
+        self.capacity() - self.available()
     }
 
     /// Blocks that can be given out now: free ones and cached ones no sequence uses.

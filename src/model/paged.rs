@@ -141,9 +141,7 @@ fn tile_body(t: &Tile) -> Vec<f32> {
         // Keys are stored transposed, `[d, padded]`: positions in lanes.
         let kt = t.pool.head_block((t.layer, Part::Keys), block, t.kv, n, &mut raw);
         for (ri, row) in t.rows.iter().enumerate() {
-            let Some(m) = row.len.checked_sub(j * bs).filter(|&m| m > 0).map(|m| m.min(bs)) else {
-                continue;
-            };
+            let Some(m) = visible(row, j, bs) else { continue };
             let qr = &t.q[ri * t.heads * d + t.kv * width..][..width];
             for c in 0..m.div_ceil(LANES) {
                 let kc = &kt[c * LANES..];
@@ -177,9 +175,7 @@ fn tile_body(t: &Tile) -> Vec<f32> {
         let n = bs.min(max_len - j * bs);
         let values = t.pool.head_block((t.layer, Part::Values), block, t.kv, n, &mut raw);
         for (ri, row) in t.rows.iter().enumerate() {
-            let Some(m) = row.len.checked_sub(j * bs).filter(|&m| m > 0).map(|m| m.min(bs)) else {
-                continue;
-            };
+            let Some(m) = visible(row, j, bs) else { continue };
             let orow = &mut out[ri * width..(ri + 1) * width];
             let (sc, at) = (&scores[ri], j * bs);
             match group {
@@ -316,6 +312,12 @@ fn lane_axpys(w: &[f32], v: &[f32], o: &mut [f32]) {
             o[i] = w[s].mul_add(v[s * d + i], o[i]);
         }
     }
+}
+
+/// How many positions of block `j` (blocks of `bs`) `row` sees; `None` for none.
+#[inline(always)]
+fn visible(row: &AttnRow, j: usize, bs: usize) -> Option<usize> {
+    row.len.checked_sub(j * bs).filter(|&m| m > 0).map(|m| m.min(bs))
 }
 
 /// In-place softmax with a lane-wise (fixed-order) sum and a vectorisable exp.
