@@ -40,6 +40,7 @@ pub mod hub;
 pub mod kv;
 pub mod model;
 pub mod sampler;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod synthetic;
 pub mod tokenizer;

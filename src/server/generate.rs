@@ -1,65 +1,131 @@
-//! Running a validated request: prompt ids, a worker slot, the `n` choices submitted to
-//! the engine together (they share the prompt's KV blocks through the prefix cache), and
-//! the answer as one JSON object or as server-sent events. A client that goes away
+//! Running a validated request: prompt ids, admission (at most `parallel + queue`
+//! requests in flight), the `n` choices submitted to the engine together (they share the
+//! prompt's KV blocks through the prefix cache), and the answer as one JSON object; the
+//! event stream is in [`super::stream`]. A client that goes away drops the request, which
 //! cancels its sequences at once.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value as Json};
+use tokio::sync::mpsc;
 
-use super::api::{chat_message, new_id, tool_call_json, usage, ChatParams, CommonParams, CompletionParams, Prompt};
+use super::api::{chat_message, new_id, usage, ChatParams, CommonParams, CompletionParams, Prompt};
 use super::error::ApiError;
-use super::http::{write_error, write_json, Conn};
-use super::queue::Acquire;
-use super::sse::EventStream;
-use super::{Outcome, State};
-use crate::chat::{parse_tool_call, RenderOptions};
+use super::routes::{Report, SelfReported};
+use super::{stream, Phase, Ready, State};
+use crate::chat::RenderOptions;
 use crate::engine::{Event, FinishReason, GenerateRequest, Generation, Handle};
 use crate::error::Error;
 use crate::sampler::StopMatcher;
 
-/// Status logged when the client went away before its answer was complete (as nginx does).
-pub(super) const CLIENT_GONE: u16 = 499;
+/// How long the bridge waits for an event before checking that the request is still wanted.
+const POLL: Duration = Duration::from_millis(50);
 
-/// How long to wait for an event before checking that the client is still there.
-const CHECK_EVERY: Duration = Duration::from_millis(50);
+/// One event of choice `index`.
+pub(super) type Indexed = (usize, Event);
 
-/// The next event of `handle`; `None` when it ended without one or `gone()` said the
-/// client left (the handle is then dropped by the caller, which cancels it). `gone()` is
-/// asked every [`CHECK_EVERY`], also while events keep coming.
-fn next_event(handle: &Handle, checked: &mut Instant, mut gone: impl FnMut() -> bool) -> Option<Event> {
-    loop {
-        if checked.elapsed() >= CHECK_EVERY {
-            *checked = Instant::now();
-            if gone() {
-                return None;
+/// Forwards the events of `handles`, choice after choice, from a blocking thread into an
+/// async channel. When the receiver is dropped (the client left, the server is ending
+/// answers), the thread ends and drops the handles, which cancels their sequences.
+fn bridge(handles: Vec<Handle>) -> mpsc::Receiver<Indexed> {
+    let (tx, rx) = mpsc::channel(256);
+    tokio::task::spawn_blocking(move || {
+        for (i, handle) in handles.iter().enumerate() {
+            loop {
+                let event = match handle.recv_timeout(POLL) {
+                    Ok(Some(event)) => event,
+                    Ok(None) => Event::Error(Error::EngineStopped),
+                    Err(()) if tx.is_closed() => return,
+                    Err(()) => continue,
+                };
+                let last = matches!(event, Event::Done(_) | Event::Error(_));
+                if tx.blocking_send((i, event)).is_err() {
+                    return;
+                }
+                if last {
+                    break;
+                }
             }
         }
-        if let Ok(event) = handle.recv_timeout(CHECK_EVERY) {
-            return event;
+    });
+    rx
+}
+
+/// A generation request counted against the server's capacity until dropped.
+pub(super) struct Admission(Arc<State>);
+
+impl Admission {
+    fn take(state: &Arc<State>, capacity: usize) -> Option<Self> {
+        let before = state.in_flight.fetch_add(1, Ordering::SeqCst);
+        if before >= capacity {
+            state.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return None;
         }
+        Some(Self(state.clone()))
     }
 }
 
-enum Kind {
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Per-choice token timing for the latency histograms.
+pub(super) struct TokenClock {
+    pub(super) start: Instant,
+    last: Option<Instant>,
+}
+
+impl TokenClock {
+    pub(super) fn new(start: Instant) -> Self {
+        Self { start, last: None }
+    }
+
+    /// Records one generated token: time to first token, then inter-token latency.
+    pub(super) fn tick(&mut self, state: &State) {
+        let now = Instant::now();
+        match self.last {
+            None => state.metrics.time_to_first_token((now - self.start).as_secs_f64()),
+            Some(last) => state.metrics.inter_token((now - last).as_secs_f64()),
+        }
+        self.last = Some(now);
+    }
+
+    /// The next choice starts its own sequence of tokens.
+    pub(super) fn next_choice(&mut self) {
+        self.last = None;
+    }
+}
+
+/// Waits until the server ends running answers (after the shutdown grace period).
+pub(super) async fn aborting(state: &State) {
+    let mut phase = state.phase.clone();
+    let _ = phase.wait_for(|p| *p == Phase::Aborting).await;
+}
+
+pub(super) enum Kind {
     Chat { tools_active: bool },
     Completion { echo: Option<String> },
 }
 
 /// A request ready to run.
 pub(super) struct Plan {
-    kind: Kind,
-    prompt: Vec<u32>,
-    request: GenerateRequest,
-    n: usize,
-    stream: bool,
-    include_usage: bool,
-    id: String,
-    created: u64,
-    start: Instant,
+    pub(super) kind: Kind,
+    pub(super) prompt: Vec<u32>,
+    pub(super) request: GenerateRequest,
+    pub(super) n: usize,
+    pub(super) stream: bool,
+    pub(super) include_usage: bool,
+    pub(super) id: String,
+    pub(super) created: u64,
+    pub(super) start: Instant,
 }
 
-fn finish_name(reason: FinishReason) -> &'static str {
+pub(super) fn finish_name(reason: FinishReason) -> &'static str {
     match reason {
         FinishReason::Length => "length",
         FinishReason::Stop | FinishReason::Cancelled => "stop",
@@ -68,27 +134,29 @@ fn finish_name(reason: FinishReason) -> &'static str {
 
 impl Plan {
     /// Renders the conversation and validates everything that can be checked before a slot is taken.
-    pub(super) fn chat(state: &State, p: ChatParams, created: u64) -> Result<Self, ApiError> {
+    pub(super) fn chat(state: &Arc<State>, p: ChatParams, created: u64) -> Result<Self, ApiError> {
         let start = Instant::now();
+        let ready = ready(state)?;
         check_model(state, &p.common)?;
         let options = RenderOptions {
             add_generation_prompt: true,
             date: None,
         };
-        let prompt = state.engine.encode_chat(&p.messages, p.tools.as_deref(), &options)?;
+        let prompt = ready.engine.encode_chat(&p.messages, p.tools.as_deref(), &options)?;
         let kind = Kind::Chat {
             tools_active: p.tools_active(),
         };
-        Self::new(state, kind, prompt, p.common, ("chatcmpl-", created, start))
+        Self::new(ready, kind, prompt, p.common, ("chatcmpl-", created, start))
     }
 
     /// Tokenizes the prompt and validates the request.
-    pub(super) fn completion(state: &State, p: CompletionParams, created: u64) -> Result<Self, ApiError> {
+    pub(super) fn completion(state: &Arc<State>, p: CompletionParams, created: u64) -> Result<Self, ApiError> {
         let start = Instant::now();
+        let ready = ready(state)?;
         check_model(state, &p.common)?;
-        let vocab = state.engine.config().vocab_size;
+        let vocab = ready.engine.config().vocab_size;
         let (prompt, echo) = match p.prompt {
-            Prompt::Text(text) => (state.engine.tokenize(&text)?, p.echo.then_some(text)),
+            Prompt::Text(text) => (ready.engine.tokenize(&text)?, p.echo.then_some(text)),
             Prompt::Tokens(ids) => {
                 if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
                     return Err(ApiError::invalid(
@@ -97,14 +165,14 @@ impl Plan {
                     ));
                 }
                 let echo = match p.echo {
-                    true => Some(state.engine.tokenizer().decode(&ids, false)?),
+                    true => Some(ready.engine.tokenizer().decode(&ids, false)?),
                     false => None,
                 };
                 (ids, echo)
             }
         };
         Self::new(
-            state,
+            ready,
             Kind::Completion { echo },
             prompt,
             p.common,
@@ -113,7 +181,7 @@ impl Plan {
     }
 
     fn new(
-        state: &State,
+        state: &Ready,
         kind: Kind,
         prompt: Vec<u32>,
         common: CommonParams,
@@ -172,7 +240,7 @@ impl Plan {
         request
     }
 
-    fn object(&self, chunk: bool) -> &'static str {
+    pub(super) fn object(&self, chunk: bool) -> &'static str {
         match (&self.kind, chunk) {
             (Kind::Chat { .. }, false) => "chat.completion",
             (Kind::Chat { .. }, true) => "chat.completion.chunk",
@@ -180,7 +248,7 @@ impl Plan {
         }
     }
 
-    fn envelope(&self, model: &str, chunk: bool, choices: Json) -> Json {
+    pub(super) fn envelope(&self, model: &str, chunk: bool, choices: Json) -> Json {
         json!({
             "id": self.id,
             "object": self.object(chunk),
@@ -192,56 +260,96 @@ impl Plan {
     }
 }
 
+fn ready(state: &State) -> Result<&Ready, ApiError> {
+    state.ready.get().ok_or_else(ApiError::loading)
+}
+
 fn check_model(state: &State, common: &CommonParams) -> Result<(), ApiError> {
+    let ids = &state.config.model_ids;
     match &common.model {
-        Some(m) if *m != state.config.model_id => Err(ApiError::model_not_found(m, &state.config.model_id)),
+        Some(m) if !ids.contains(m) => Err(ApiError::model_not_found(m, &ids[0])),
         _ => Ok(()),
     }
 }
 
-/// Waits for a worker slot, submits the choices, then answers.
-pub(super) fn execute(state: &State, plan: Plan, conn: &mut Conn, keep_alive: bool) -> Outcome {
-    let permit = match state.slots.acquire(|| conn.client_gone()) {
-        Acquire::Granted(permit) => permit,
-        Acquire::Full => {
-            let sent = write_error(conn.writer(), &ApiError::overloaded(1), keep_alive).is_ok();
-            return Outcome::status(503, sent);
-        }
-        Acquire::Abandoned => return Outcome::status(CLIENT_GONE, false),
+/// Admits the request, submits its choices, then answers (JSON or event stream).
+pub(super) async fn execute(state: Arc<State>, plan: Plan, report: Report) -> Response {
+    let fail = |e: ApiError, report: Report| {
+        report.finish(&state, e.status, (0, 0, 0));
+        self_reported(e.into_response())
+    };
+    let Some(ready) = state.ready.get() else {
+        return fail(ApiError::loading(), report);
+    };
+    let Some(admission) = Admission::take(&state, ready.capacity) else {
+        return fail(ApiError::overloaded(1), report);
     };
     let handles: Result<Vec<Handle>, Error> = (0..plan.n)
-        .map(|i| {
-            state
-                .engine
-                .submit(plan.prompt.clone(), &plan.choice_request(i), plan.start)
-        })
+        .map(|i| ready.engine.submit(plan.prompt.clone(), &plan.choice_request(i), plan.start))
         .collect();
-    let handles = match handles {
-        Ok(h) => h,
-        Err(e) => {
-            let e = ApiError::from(e);
-            let sent = write_error(conn.writer(), &e, keep_alive).is_ok();
-            return Outcome::status(e.status, sent);
+    let events = match handles {
+        Ok(handles) => bridge(handles),
+        Err(e) => return fail(ApiError::from(e), report),
+    };
+    match plan.stream {
+        true => stream::respond(state.clone(), plan, events, admission, report),
+        false => whole(&state, &plan, events, report).await,
+    }
+}
+
+/// Marks a response as logged by its handler.
+pub(super) fn self_reported(mut response: Response) -> Response {
+    response.extensions_mut().insert(SelfReported);
+    response
+}
+
+async fn whole(state: &State, plan: &Plan, mut events: mpsc::Receiver<Indexed>, report: Report) -> Response {
+    let model = &state.config.model_ids[0];
+    let mut generations: Vec<Generation> = Vec::with_capacity(plan.n);
+    let mut clock = TokenClock::new(report.start());
+    let error = loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            _ = aborting(state) => break Some(ApiError::shutting_down()),
+        };
+        match event {
+            Some((_, Event::Token { .. })) => clock.tick(state),
+            Some((_, Event::Text(_))) => {}
+            Some((_, Event::Done(g))) => {
+                generations.push(g);
+                clock.next_choice();
+                if generations.len() == plan.n {
+                    break None;
+                }
+            }
+            Some((_, Event::Error(e))) => break Some(ApiError::from(e)),
+            None => break Some(ApiError::from(Error::EngineStopped)),
         }
     };
-    let outcome = match plan.stream {
-        true => stream(state, &plan, handles, conn),
-        false => whole(state, &plan, handles, conn, keep_alive),
-    };
-    drop(permit);
-    outcome
+    let completion_tokens = generations.iter().map(|g| g.completion_tokens).sum();
+    let cached_tokens = generations.iter().map(|g| g.cached_tokens).max().unwrap_or(0);
+    let tokens = (plan.prompt.len(), completion_tokens, cached_tokens);
+    if let Some(e) = error {
+        report.finish(state, e.status, tokens);
+        return self_reported(e.into_response());
+    }
+    let choices = generations.iter().enumerate().map(|(i, g)| choice(plan, i, g)).collect();
+    let mut body = plan.envelope(model, false, Json::Array(choices));
+    body["usage"] = usage(plan.prompt.len(), completion_tokens, cached_tokens);
+    report.finish(state, 200, tokens);
+    self_reported(axum::Json(body).into_response())
 }
 
 /// Holds back the text of an answer that may be a tool call (it starts with `{`), so that
 /// it is sent as `tool_calls` instead of content.
-struct ToolHold {
+pub(super) struct ToolHold {
     active: bool,
     tool_like: Option<bool>,
-    held: String,
+    pub(super) held: String,
 }
 
 impl ToolHold {
-    fn new(active: bool) -> Self {
+    pub(super) fn new(active: bool) -> Self {
         Self {
             active,
             tool_like: None,
@@ -250,7 +358,7 @@ impl ToolHold {
     }
 
     /// The text to send now.
-    fn push(&mut self, piece: &str) -> String {
+    pub(super) fn push(&mut self, piece: &str) -> String {
         if !self.active || self.tool_like == Some(false) {
             return piece.to_string();
         }
@@ -268,51 +376,7 @@ impl ToolHold {
     }
 }
 
-fn whole(state: &State, plan: &Plan, handles: Vec<Handle>, conn: &mut Conn, keep_alive: bool) -> Outcome {
-    let model = &state.config.model_id;
-    let mut choices = Vec::new();
-    let (mut completion_tokens, mut cached_tokens) = (0, 0);
-    let mut checked = Instant::now();
-    for (i, handle) in handles.iter().enumerate() {
-        let result = loop {
-            match next_event(handle, &mut checked, || conn.client_gone()) {
-                Some(Event::Done(g)) => break Ok(g),
-                Some(Event::Error(e)) => break Err(e),
-                Some(_) => {}
-                None => break Err(Error::EngineStopped),
-            }
-        };
-        let generation = match result {
-            Ok(g) => g,
-            Err(_) if conn.client_gone() => {
-                return Outcome {
-                    completion_tokens,
-                    prompt_tokens: plan.prompt.len(),
-                    ..Outcome::status(CLIENT_GONE, false)
-                }
-            }
-            Err(e) => {
-                let e = ApiError::from(e);
-                let sent = write_error(conn.writer(), &e, keep_alive).is_ok();
-                return Outcome::status(e.status, sent);
-            }
-        };
-        completion_tokens += generation.completion_tokens;
-        cached_tokens = cached_tokens.max(generation.cached_tokens);
-        choices.push(choice(plan, i, &generation));
-    }
-    let mut body = plan.envelope(model, false, Json::Array(choices));
-    body["usage"] = usage(plan.prompt.len(), completion_tokens, cached_tokens);
-    let sent = write_json(conn.writer(), &body, keep_alive);
-    Outcome {
-        status: 200,
-        prompt_tokens: plan.prompt.len(),
-        completion_tokens,
-        keep_alive: sent,
-    }
-}
-
-fn choice(plan: &Plan, index: usize, g: &Generation) -> Json {
+pub(super) fn choice(plan: &Plan, index: usize, g: &Generation) -> Json {
     let reason = finish_name(g.finish_reason);
     match &plan.kind {
         Kind::Chat { tools_active } => {
@@ -323,114 +387,6 @@ fn choice(plan: &Plan, index: usize, g: &Generation) -> Json {
             let text = format!("{}{}", echo.as_deref().unwrap_or(""), g.text);
             json!({"index": index, "text": text, "logprobs": null, "finish_reason": reason})
         }
-    }
-}
-
-fn stream(state: &State, plan: &Plan, handles: Vec<Handle>, conn: &mut Conn) -> Outcome {
-    let model = &state.config.model_id;
-    let gone = |completion_tokens| Outcome {
-        prompt_tokens: plan.prompt.len(),
-        completion_tokens,
-        ..Outcome::status(CLIENT_GONE, false)
-    };
-    let Some(mut sse) = EventStream::start(conn) else {
-        return gone(0);
-    };
-    let event = |choice: Json| {
-        let mut chunk = plan.envelope(model, true, json!([choice]));
-        if plan.include_usage {
-            chunk["usage"] = Json::Null;
-        }
-        chunk
-    };
-    let chat = matches!(plan.kind, Kind::Chat { .. });
-    let tools_active = matches!(plan.kind, Kind::Chat { tools_active: true });
-    let piece_choice = |i: usize, text: &str| match chat {
-        true => json!({"index": i, "delta": {"content": text}, "logprobs": null, "finish_reason": null}),
-        false => json!({"index": i, "text": text, "logprobs": null, "finish_reason": null}),
-    };
-    let (mut completion_tokens, mut cached_tokens) = (0, 0);
-    let mut checked = Instant::now();
-    for (i, handle) in handles.iter().enumerate() {
-        let first = match &plan.kind {
-            Kind::Chat { .. } => {
-                json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null})
-            }
-            Kind::Completion { echo: Some(text) } => piece_choice(i, text),
-            Kind::Completion { echo: None } => piece_choice(i, ""),
-        };
-        if !sse.send(&event(first)) {
-            return gone(completion_tokens);
-        }
-        let mut hold = ToolHold::new(tools_active);
-        let result = loop {
-            match next_event(handle, &mut checked, || sse.client_gone()) {
-                Some(Event::Token { text, .. } | Event::Text(text)) => {
-                    let text = hold.push(&text);
-                    if !text.is_empty() && !sse.send(&event(piece_choice(i, &text))) {
-                        return gone(completion_tokens);
-                    }
-                }
-                Some(Event::Done(g)) => break Ok(g),
-                Some(Event::Error(e)) => break Err(e),
-                None if sse.client_gone() => return gone(completion_tokens),
-                None => break Err(Error::EngineStopped),
-            }
-        };
-        let generation = match result {
-            Ok(g) => g,
-            Err(e) => {
-                let e = ApiError::from(e);
-                sse.send(&e.body());
-                sse.done();
-                return Outcome {
-                    prompt_tokens: plan.prompt.len(),
-                    completion_tokens,
-                    ..Outcome::status(e.status, false)
-                };
-            }
-        };
-        cached_tokens = cached_tokens.max(generation.cached_tokens);
-        completion_tokens += generation.completion_tokens;
-        let mut reason = finish_name(generation.finish_reason);
-        let held = std::mem::take(&mut hold.held);
-        let call = match reason {
-            "stop" if !held.is_empty() => parse_tool_call(&held),
-            _ => None,
-        };
-        let sent = match call {
-            Some(call) => {
-                reason = "tool_calls";
-                let mut tool_call = tool_call_json(&call.name, &call.arguments);
-                tool_call["index"] = json!(0);
-                let delta =
-                    json!({"index": i, "delta": {"tool_calls": [tool_call]}, "logprobs": null, "finish_reason": null});
-                sse.send(&event(delta))
-            }
-            None if !held.is_empty() => sse.send(&event(piece_choice(i, &held))),
-            None => true,
-        };
-        let last = match chat {
-            true => json!({"index": i, "delta": {}, "logprobs": null, "finish_reason": reason}),
-            false => json!({"index": i, "text": "", "logprobs": null, "finish_reason": reason}),
-        };
-        if !sent || !sse.send(&event(last)) {
-            return gone(completion_tokens);
-        }
-    }
-    if plan.include_usage {
-        let mut chunk = plan.envelope(model, true, json!([]));
-        chunk["usage"] = usage(plan.prompt.len(), completion_tokens, cached_tokens);
-        if !sse.send(&chunk) {
-            return gone(completion_tokens);
-        }
-    }
-    let sent = sse.done();
-    Outcome {
-        status: if sent { 200 } else { CLIENT_GONE },
-        prompt_tokens: plan.prompt.len(),
-        completion_tokens,
-        keep_alive: sent,
     }
 }
 

@@ -1,118 +1,82 @@
 //! `llama32 serve`: an OpenAI-compatible HTTP server (`/v1/chat/completions`,
-//! `/v1/completions`, `/v1/models`, `/health`) on a small blocking HTTP/1.1 stack.
+//! `/v1/completions`, `/v1/models`, `/health`, `/metrics`) on hyper and axum.
 //!
-//! One thread per connection (capped); generation runs under a worker slot taken from a
-//! bounded FIFO queue ([`queue::Slots`]), so at most `parallel` answers are computed at
-//! once and at most `queue` more wait (503 with `Retry-After` beyond). A client that goes
-//! away while waiting leaves the queue; one that goes away while its answer is generated
-//! stops the generation at the next token and frees its slot.
+//! The model stays on the engine's scheduler thread; the async edge parses and validates
+//! each request once, submits it, and forwards the engine's events to the client. A client
+//! that goes away drops its request, which cancels its sequences at the next step.
+//! At most `parallel + queue` generation requests are in flight (503 with `Retry-After`
+//! beyond); the engine runs them first come, first served.
 //!
-//! Like the rest of the library the server prints nothing: each request is reported to
-//! the [`ServerConfig::logger`] callback as a [`RequestLog`] (no prompt text, no keys).
+//! Like the rest of the library the server prints nothing: it reports each request as a
+//! `tracing` event (target `llama32::request`; never prompt text or keys) and counts it in
+//! its own Prometheus registry (`GET /metrics`), holding no global state.
 
 pub mod api;
 pub mod error;
 mod generate;
-pub mod http;
-pub mod queue;
+mod listener;
+mod metrics;
 mod routes;
-pub mod sse;
+mod stream;
 
 use std::fmt;
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 
 pub use error::ApiError;
-use http::{write_error, Conn, Limits, ReadError};
-use queue::Slots;
-
-/// One finished request, for the log line.
-#[derive(Debug, Clone)]
-pub struct RequestLog {
-    /// The client's address.
-    pub peer: Option<SocketAddr>,
-    /// HTTP method.
-    pub method: String,
-    /// Path (no query string).
-    pub path: String,
-    /// Status sent (499: the client went away before the answer was complete).
-    pub status: u16,
-    /// Prompt tokens (0 when none were computed).
-    pub prompt_tokens: usize,
-    /// Generated tokens, all choices together.
-    pub completion_tokens: usize,
-    /// From the first byte of the request to the end of the answer.
-    pub duration: Duration,
-}
-
-impl fmt::Display for RequestLog {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let peer = self.peer.map_or_else(|| "-".to_string(), |p| p.to_string());
-        write!(
-            f,
-            "{peer} {} {} {} prompt_tokens={} completion_tokens={} {:.3}s",
-            self.method,
-            self.path,
-            self.status,
-            self.prompt_tokens,
-            self.completion_tokens,
-            self.duration.as_secs_f64()
-        )
-    }
-}
-
-/// Receives one [`RequestLog`] per request.
-pub type Logger = Arc<dyn Fn(&RequestLog) + Send + Sync>;
 
 /// How the server behaves.
 #[derive(Clone)]
 pub struct ServerConfig {
-    /// The model id clients use (`GET /v1/models`); requests naming another get 404.
-    pub model_id: String,
-    /// When set, `/v1/*` requires `Authorization: Bearer <key>`.
+    /// The model ids clients may use; the first is the one answers name. `/v1/models` lists
+    /// them all; requests naming another get 404.
+    pub model_ids: Vec<String>,
+    /// When set, `/v1/*` requires `Authorization: Bearer <key>` (or `x-api-key: <key>`).
     pub api_key: Option<String>,
-    /// Generations computed at once (worker slots).
-    pub parallel: usize,
-    /// Requests that may wait for a slot; more get 503.
+    /// Requests that may wait beyond the engine's parallel sequences; more get 503.
     pub queue: usize,
     /// Context window per request (`None`: the model's maximum).
     pub ctx_size: Option<usize>,
     /// Largest request body in bytes (413 beyond).
     pub max_body_bytes: usize,
-    /// Largest request head in bytes (431 beyond).
-    pub max_header_bytes: usize,
-    /// Open connections at most (more are answered 503 and closed).
-    pub max_connections: usize,
-    /// Time allowed for a whole request (head and body) once it started (408 beyond).
+    /// Time a client has to send a request head (the connection closes beyond), and then
+    /// its body (408 beyond).
     pub request_timeout: Duration,
     /// How long an idle kept-alive connection stays open.
     pub idle_timeout: Duration,
-    /// How long one write to a client may block before the client counts as gone.
-    pub write_timeout: Duration,
-    /// Request log callback.
-    pub logger: Option<Logger>,
+    /// Open connections at most. When full, the oldest idle connection is closed to make
+    /// room; when none is idle, the new one is answered 503.
+    pub max_connections: usize,
+    /// Origins allowed to call the API from a browser (`*` for any); empty: no CORS headers.
+    pub cors_origins: Vec<String>,
+    /// How long running answers may go on after shutdown is asked; the rest end with an
+    /// error event.
+    pub shutdown_grace: Duration,
+    /// Interval of `:` comments on an event stream that has nothing to send (long prefills).
+    pub keep_alive_interval: Duration,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            model_id: "llama32".into(),
+            model_ids: vec!["llama32".into()],
             api_key: None,
-            parallel: 1,
             queue: 16,
             ctx_size: None,
             max_body_bytes: 1 << 20,
-            max_header_bytes: 16 << 10,
-            max_connections: 256,
             request_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
-            write_timeout: Duration::from_secs(30),
-            logger: None,
+            max_connections: 1024,
+            cors_origins: Vec::new(),
+            shutdown_grace: Duration::from_secs(30),
+            keep_alive_interval: Duration::from_secs(10),
         }
     }
 }
@@ -120,46 +84,108 @@ impl Default for ServerConfig {
 impl fmt::Debug for ServerConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerConfig")
-            .field("model_id", &self.model_id)
+            .field("model_ids", &self.model_ids)
             .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
-            .field("parallel", &self.parallel)
             .field("queue", &self.queue)
             .field("ctx_size", &self.ctx_size)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_connections", &self.max_connections)
+            .field("cors_origins", &self.cors_origins)
             .finish_non_exhaustive()
     }
 }
 
-/// What every connection thread shares.
-struct State {
+/// Where the server is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    /// Accepting and answering.
+    Serving,
+    /// Shutdown asked: no new connections, running answers go on.
+    Draining,
+    /// The grace period is over: running answers end now with an error event.
+    Aborting,
+}
+
+/// The loaded model the server answers with.
+struct Ready {
     engine: Arc<Engine>,
-    config: ServerConfig,
-    slots: Arc<Slots>,
     /// The context window of each request.
     ctx: usize,
-    limits: Limits,
-    connections: AtomicUsize,
+    /// Generation requests in flight at most.
+    capacity: usize,
 }
 
-/// A bound server; [`Server::run`] serves until the process ends.
+/// What every connection shares.
+struct State {
+    config: ServerConfig,
+    ready: OnceLock<Ready>,
+    /// Generation requests in flight.
+    in_flight: AtomicUsize,
+    metrics: metrics::Metrics,
+    phase: watch::Receiver<Phase>,
+}
+
+/// Controls a server from any thread: marks it ready, asks it to shut down.
+#[derive(Clone)]
+pub struct ServerHandle {
+    state: Arc<State>,
+    phase: Arc<watch::Sender<Phase>>,
+}
+
+impl ServerHandle {
+    /// Serves `engine` from now on (`/health` says `ok`); before, generation requests and
+    /// `/health` get 503 `loading`. Fails when the context size does not fit the engine or
+    /// when an engine was already given.
+    pub fn ready(&self, engine: Arc<Engine>) -> Result<()> {
+        let ctx = engine.context_window(self.state.config.ctx_size)?;
+        let capacity = engine.parallel() + self.state.config.queue;
+        self.state
+            .ready
+            .set(Ready { engine, ctx, capacity })
+            .map_err(|_| Error::InvalidParameter {
+                name: "engine",
+                reason: "the server already has an engine".into(),
+            })
+    }
+
+    /// Stops accepting connections; running answers may finish within the grace period,
+    /// then [`Server::run`] returns. Safe to call from a signal handler thread, many times.
+    pub fn shutdown(&self) {
+        self.phase.send_if_modified(|p| {
+            let changed = *p == Phase::Serving;
+            if changed {
+                *p = Phase::Draining;
+            }
+            changed
+        });
+    }
+}
+
+/// A bound server; [`Server::run`] serves until [`ServerHandle::shutdown`].
 pub struct Server {
     listener: TcpListener,
-    state: Arc<State>,
+    handle: ServerHandle,
 }
 
-// Requests are served from many threads: the engine must be shareable.
+// Requests are served from many tasks: the engine must be shareable.
 const _: () = {
     const fn shareable<T: Send + Sync>() {}
     shareable::<Engine>();
 };
 
 impl Server {
-    /// Binds `addr` (e.g. `127.0.0.1:8080`; port 0 picks a free one).
-    pub fn bind(engine: Arc<Engine>, addr: impl ToSocketAddrs + fmt::Display, config: ServerConfig) -> Result<Self> {
-        let ctx = engine.context_window(config.ctx_size)?;
-        if config.parallel == 0 {
+    /// Binds `addr` (e.g. `127.0.0.1:8080`; port 0 picks a free one). The server answers
+    /// `loading` until [`ServerHandle::ready`] gives it an engine.
+    pub fn bind(addr: impl ToSocketAddrs + fmt::Display, config: ServerConfig) -> Result<Self> {
+        if config.model_ids.is_empty() || config.model_ids.iter().any(|m| m.is_empty()) {
             return Err(Error::InvalidParameter {
-                name: "parallel",
+                name: "served-model-name",
+                reason: "needs at least one non-empty model id".into(),
+            });
+        }
+        if config.max_connections == 0 {
+            return Err(Error::InvalidParameter {
+                name: "max-connections",
                 reason: "must be at least 1".into(),
             });
         }
@@ -167,24 +193,19 @@ impl Server {
             path: addr.to_string().into(),
             source,
         })?;
-        let limits = Limits {
-            max_header_bytes: config.max_header_bytes,
-            max_body_bytes: config.max_body_bytes,
-            idle_timeout: config.idle_timeout,
-            request_timeout: config.request_timeout,
-        };
+        let (phase_tx, phase) = watch::channel(Phase::Serving);
         let state = State {
-            slots: Slots::new(config.parallel, config.queue),
-            engine,
+            metrics: metrics::Metrics::new(),
             config,
-            ctx,
-            limits,
-            connections: AtomicUsize::new(0),
+            ready: OnceLock::new(),
+            in_flight: AtomicUsize::new(0),
+            phase,
         };
-        Ok(Self {
-            listener,
+        let handle = ServerHandle {
             state: Arc::new(state),
-        })
+            phase: Arc::new(phase_tx),
+        };
+        Ok(Self { listener, handle })
     }
 
     /// The address bound (with the real port when 0 was asked).
@@ -192,108 +213,32 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// Accepts connections forever, one thread each.
-    pub fn run(&self) -> std::io::Result<()> {
-        loop {
-            let stream = match self.listener.accept() {
-                Ok((stream, _)) => stream,
-                Err(_) => {
-                    // E.g. out of file descriptors: back off instead of spinning.
-                    std::thread::sleep(Duration::from_millis(20));
-                    continue;
-                }
-            };
-            let state = self.state.clone();
-            if state.connections.fetch_add(1, Ordering::SeqCst) >= state.config.max_connections {
-                state.connections.fetch_sub(1, Ordering::SeqCst);
-                let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-                let mut stream = stream;
-                let _ = write_error(&mut stream, &ApiError::overloaded(1), false);
-                continue;
-            }
-            let spawned = std::thread::Builder::new().name("llama32-conn".into()).spawn(move || {
-                let _guard = ConnectionGuard(&state.connections);
-                serve_connection(&state, stream);
-            });
-            if spawned.is_err() {
-                self.state.connections.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
+    /// A handle to mark the server ready and to shut it down.
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
     }
-}
 
-struct ConnectionGuard<'a>(&'a AtomicUsize);
-
-impl Drop for ConnectionGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// What a handler reports for the log line.
-pub(crate) struct Outcome {
-    status: u16,
-    prompt_tokens: usize,
-    completion_tokens: usize,
-    /// False when the connection must close (client gone, body not read...).
-    keep_alive: bool,
-}
-
-impl Outcome {
-    fn status(status: u16, keep_alive: bool) -> Self {
-        Self {
-            status,
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            keep_alive,
-        }
-    }
-}
-
-fn serve_connection(state: &State, stream: TcpStream) {
-    let peer = stream.peer_addr().ok();
-    let Ok(mut conn) = Conn::new(stream, state.config.write_timeout) else {
-        return;
-    };
-    loop {
-        let mut start = Instant::now();
-        let (method, path, outcome) = match conn.read_request(&state.limits) {
-            Ok(request) => {
-                start = Instant::now();
-                let outcome = routes::handle(state, &request, &mut conn);
-                let keep = outcome.keep_alive && request.keep_alive;
-                (
-                    request.method,
-                    request.path,
-                    Outcome {
-                        keep_alive: keep,
-                        ..outcome
-                    },
-                )
-            }
-            Err(ReadError::Closed) => return,
-            Err(ReadError::Reject(error)) => {
-                let _ = write_error(conn.writer(), &error, false);
-                // Read what the client still sends (a too large body) before closing, so
-                // that it sees the answer instead of a connection reset.
-                conn.drain(Duration::from_secs(2), 64 << 20);
-                ("-".to_string(), "-".to_string(), Outcome::status(error.status, false))
-            }
+    /// Serves on its own tokio runtime until shutdown is asked and the running answers
+    /// have finished (or were ended after the grace period).
+    pub fn run(self) -> Result<()> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("llama32-http")
+            .enable_all()
+            .build()
+            .map_err(|source| Error::Io {
+                path: "tokio runtime".into(),
+                source,
+            })?;
+        let io = |source| Error::Io {
+            path: "listener".into(),
+            source,
         };
-        if let Some(log) = &state.config.logger {
-            log(&RequestLog {
-                peer,
-                method,
-                path,
-                status: outcome.status,
-                prompt_tokens: outcome.prompt_tokens,
-                completion_tokens: outcome.completion_tokens,
-                duration: start.elapsed(),
-            });
-        }
-        if !outcome.keep_alive {
-            let _ = conn.writer().shutdown(std::net::Shutdown::Both);
-            return;
-        }
+        self.listener.set_nonblocking(true).map_err(io)?;
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(self.listener).map_err(io)?;
+            listener::serve(listener, self.handle).await;
+            Ok(())
+        })
     }
 }

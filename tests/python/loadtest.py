@@ -57,7 +57,7 @@ def main():
             cmd += ["--parallel", str(a.parallel)]
         proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
         for line in proc.stderr:
-            if line.startswith("listening on "):
+            if line.startswith("ready on "):
                 url = line.split()[-1]
                 break
         threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()

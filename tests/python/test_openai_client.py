@@ -35,7 +35,7 @@ class Server:
         )
         self.log = []
         for line in self.proc.stderr:
-            if line.startswith("listening on "):
+            if line.startswith("ready on "):
                 self.url = line.split()[-1]
                 break
         else:

@@ -210,9 +210,9 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on /v1/* (default: $LLAMA32_API_KEY if set, else no key).
     #[arg(long)]
     pub api_key: Option<String>,
-    /// The model id clients send and /v1/models lists (default: the --model string).
+    /// A model id clients may send; /v1/models lists each (repeatable; default: the --model string).
     #[arg(long)]
-    pub served_model_name: Option<String>,
+    pub served_model_name: Vec<String>,
     /// Sequences computed together in each forward pass (default: 8 on CPU with packed
     /// weights, 4 otherwise).
     #[arg(long)]
@@ -223,7 +223,30 @@ pub struct ServeArgs {
     /// Largest request body in bytes (413 beyond).
     #[arg(long, default_value_t = 1 << 20)]
     pub max_body: usize,
-    /// Seconds a client may take to send a whole request (408 beyond).
+    /// Seconds a client may take to send a request head (the connection closes beyond),
+    /// then its body (408 beyond); also how long an idle kept-alive connection stays open.
     #[arg(long, default_value_t = 30)]
     pub request_timeout: u64,
+    /// Origin allowed to call the API from a browser (repeatable; `*` for any).
+    #[arg(long)]
+    pub cors: Vec<String>,
+    /// Open connections at most (when full, the oldest idle one is closed to make room).
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Seconds running answers may go on after SIGTERM or Ctrl-C; the rest then end with an
+    /// error event.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_grace: u64,
+    /// Request log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How `serve` writes its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line (for log shippers).
+    Json,
 }

@@ -42,9 +42,10 @@ fn main() -> ExitCode {
         Command::Tokenize(mut a) => hub_cmd::resolve_in_place(&mut a.model).and_then(|()| tokenize(a)),
         Command::Bench(mut a) => hub_cmd::resolve_in_place(&mut a.model).and_then(|()| bench_cmd::run(a)),
         Command::Serve(mut a) => {
-            let name = a.model.model.display().to_string();
-            a.served_model_name
-                .get_or_insert(name.trim_end_matches('/').to_string());
+            if a.served_model_name.is_empty() {
+                let name = a.model.model.display().to_string();
+                a.served_model_name.push(name.trim_end_matches('/').to_string());
+            }
             hub_cmd::resolve_in_place(&mut a.model.model).and_then(|()| serve_cmd::run(a))
         }
         Command::Download(a) => hub_cmd::download(a),

@@ -1,5 +1,6 @@
-//! `llama32 serve`: loads the model once and serves the OpenAI-compatible API. The
-//! request log goes to stderr, one line per request (no prompt text, no keys).
+//! `llama32 serve`: binds, loads the model (the server answers `loading` meanwhile), then
+//! serves the OpenAI-compatible API until SIGTERM or Ctrl-C, which drain it gracefully.
+//! The request log goes to stderr through `tracing` (no prompt text, no keys).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -7,26 +8,38 @@ use std::time::Duration;
 
 use llama32::server::{Server, ServerConfig};
 
-use crate::args::ServeArgs;
+use crate::args::{LogFormat, ServeArgs};
 use crate::common::load_engine;
 
-/// Runs `llama32 serve` until the process is stopped.
+fn init_log(format: LogFormat) {
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(false);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Runs `llama32 serve` until the process is asked to stop.
 pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    init_log(a.log_format);
     let api_key = a
         .api_key
         .clone()
         .or_else(|| std::env::var("LLAMA32_API_KEY").ok())
         .filter(|k| !k.is_empty());
-    let engine = Arc::new(load_engine(&a.model, a.parallel)?);
     let config = ServerConfig {
-        model_id: a.served_model_name.clone().unwrap_or_else(|| "llama32".into()),
+        model_ids: a.served_model_name.clone(),
         api_key,
-        parallel: engine.parallel(),
         queue: a.queue,
         ctx_size: a.model.ctx_size,
         max_body_bytes: a.max_body,
         request_timeout: Duration::from_secs(a.request_timeout.max(1)),
-        logger: Some(Arc::new(|log| eprintln!("{log}"))),
+        max_connections: a.max_connections,
+        cors_origins: a.cors.clone(),
+        shutdown_grace: Duration::from_secs(a.shutdown_grace),
         ..ServerConfig::default()
     };
     let host = if a.host.contains(':') && !a.host.starts_with('[') {
@@ -34,14 +47,23 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
     } else {
         a.host.clone()
     };
-    let server = Server::bind(engine.clone(), format!("{host}:{}", a.port), config.clone())?;
+    let server = Server::bind(format!("{host}:{}", a.port), config.clone())?;
     let addr = server.local_addr()?;
+    let handle = server.handle();
+    let stopper = handle.clone();
+    ctrlc::set_handler(move || stopper.shutdown())?;
+    eprintln!("listening on http://{addr}");
+    let serving = std::thread::Builder::new()
+        .name("llama32-server".into())
+        .spawn(move || server.run())?;
+    let engine = Arc::new(load_engine(&a.model, a.parallel)?);
+    handle.ready(engine.clone())?;
     eprintln!(
         "[{} {} | model `{}` | {} parallel ({}), queue {} | load: {:.0} ms]",
         engine.device(),
         engine.dtype(),
-        config.model_id,
-        config.parallel,
+        config.model_ids.join("`, `"),
+        engine.parallel(),
         if engine.is_batched() {
             "batched"
         } else {
@@ -50,7 +72,11 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         config.queue,
         engine.load_time().as_secs_f64() * 1e3
     );
-    eprintln!("listening on http://{addr}");
-    server.run()?;
+    eprintln!("ready on http://{addr}");
+    match serving.join() {
+        Ok(result) => result?,
+        Err(_) => anyhow::bail!("the server thread panicked"),
+    }
+    eprintln!("shut down");
     Ok(ExitCode::SUCCESS)
 }

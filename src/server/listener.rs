@@ -1,0 +1,237 @@
+//! Accepting connections: hyper's HTTP/1.1 on each, a bounded number of them where idle
+//! sockets cannot lock clients out (the oldest idle one is closed to make room), and the
+//! graceful shutdown (stop accepting, let answers finish, end the rest after the grace).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::Router;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+use tower::ServiceExt;
+
+use super::error::ApiError;
+use super::{routes, Phase, ServerHandle};
+
+/// How long answers that were ended after the grace period get to reach their clients.
+const FINAL_FLUSH: Duration = Duration::from_secs(2);
+
+/// One open connection, as the registry sees it.
+struct Slot {
+    /// Requests being answered on it (their response bodies not yet finished).
+    busy: AtomicUsize,
+    /// Asks the connection to close once its current answer is done.
+    close: Notify,
+}
+
+/// Marks its connection busy while alive.
+struct Busy(Arc<Slot>);
+
+impl Busy {
+    fn new(slot: Arc<Slot>) -> Self {
+        slot.busy.fetch_add(1, Ordering::SeqCst);
+        Self(slot)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The open connections, oldest first.
+struct Registry {
+    max: usize,
+    slots: Mutex<BTreeMap<u64, Arc<Slot>>>,
+    next: AtomicUsize,
+    /// Signalled when the last connection ends.
+    empty: Notify,
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, Arc<Slot>>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a new connection, closing the oldest idle one when full; `None` when
+    /// every connection is busy.
+    fn admit(&self) -> Option<(u64, Arc<Slot>)> {
+        let mut slots = self.lock();
+        if slots.len() >= self.max {
+            let idle = slots
+                .iter()
+                .find(|(_, s)| s.busy.load(Ordering::SeqCst) == 0)
+                .map(|(&id, _)| id)?;
+            if let Some(slot) = slots.remove(&idle) {
+                slot.close.notify_one();
+            }
+        }
+        let id = self.next.fetch_add(1, Ordering::SeqCst) as u64;
+        let slot = Arc::new(Slot {
+            busy: AtomicUsize::new(0),
+            close: Notify::new(),
+        });
+        slots.insert(id, slot.clone());
+        Some((id, slot))
+    }
+
+    fn remove(&self, id: u64) {
+        let mut slots = self.lock();
+        slots.remove(&id);
+        if slots.is_empty() {
+            self.empty.notify_waiters();
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// Accepts until shutdown, then drains; returns when every connection has ended.
+pub(super) async fn serve(listener: TcpListener, handle: ServerHandle) {
+    let state = handle.state.clone();
+    let router = routes::router(state.clone());
+    let registry = Arc::new(Registry {
+        max: state.config.max_connections,
+        slots: Mutex::new(BTreeMap::new()),
+        next: AtomicUsize::new(0),
+        empty: Notify::new(),
+    });
+    let mut phase = state.phase.clone();
+    let upkeep_state = state.clone();
+    let upkeep = tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep_state.metrics.upkeep();
+        }
+    });
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = phase.wait_for(|p| *p != Phase::Serving) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(_) => {
+                // E.g. out of file descriptors: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let Some((id, slot)) = registry.admit() else {
+            tokio::spawn(refuse(stream));
+            continue;
+        };
+        let (router, registry, phase) = (router.clone(), registry.clone(), phase.clone());
+        let timeout = state.config.request_timeout;
+        tokio::spawn(async move {
+            connection(stream, peer, router, slot, phase, timeout).await;
+            registry.remove(id);
+        });
+    }
+    drop(listener);
+    drain(&handle, &registry).await;
+    upkeep.abort();
+}
+
+/// Waits for the connections to end: the grace period, then the answers still running are
+/// told to end and get a moment to reach their clients.
+async fn drain(handle: &ServerHandle, registry: &Registry) {
+    let grace = handle.state.config.shutdown_grace;
+    let all_closed = async {
+        loop {
+            let waiting = registry.empty.notified();
+            if registry.len() == 0 {
+                return;
+            }
+            waiting.await;
+        }
+    };
+    tokio::pin!(all_closed);
+    if tokio::time::timeout(grace, &mut all_closed).await.is_ok() {
+        return;
+    }
+    handle.phase.send_replace(Phase::Aborting);
+    let _ = tokio::time::timeout(FINAL_FLUSH, all_closed).await;
+}
+
+/// Answers 503 on a connection that found every slot busy, then closes it.
+async fn refuse(mut stream: TcpStream) {
+    let error = ApiError::overloaded(1);
+    let body = error.body().to_string();
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let write = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
+}
+
+/// Serves one connection until it closes, is evicted, or the server drains.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    slot: Arc<Slot>,
+    mut phase: watch::Receiver<Phase>,
+    header_timeout: Duration,
+) {
+    let _ = stream.set_nodelay(true);
+    let busy_slot = slot.clone();
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        let router = router.clone();
+        let busy = Busy::new(busy_slot.clone());
+        request.extensions_mut().insert(ConnectInfo(peer));
+        async move {
+            let response = match router.oneshot(request.map(Body::new)).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            // The connection stays busy until the response body has been sent or dropped.
+            Ok::<_, Infallible>(response.map(|body| {
+                Body::new(body.map_frame(move |frame| {
+                    let _ = &busy;
+                    frame
+                }))
+            }))
+        }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = slot.close.notified(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = phase.wait_for(|p| *p != Phase::Serving), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The answer as server-sent events, as OpenAI streams: `data: {json}` per chunk,
+//! `data: [DONE]` at the end, `:` comments while nothing comes (long prefills). A task
+//! turns the engine's events into chunks; when the client goes away the body is dropped,
+//! the task ends and the request's sequences are cancelled. When the server ends running
+//! answers (shutdown grace over) the stream gets an error event and `[DONE]`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value as Json};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::api::{tool_call_json, usage};
+use super::error::ApiError;
+use super::generate::{aborting, finish_name, self_reported, Admission, Indexed, Kind, Plan, TokenClock, ToolHold};
+use super::routes::{Report, CLIENT_GONE};
+use super::State;
+use crate::chat::parse_tool_call;
+use crate::engine::{Event, Generation};
+use crate::error::Error;
+
+type Out = mpsc::Sender<Result<SseEvent, Infallible>>;
+
+/// Starts the event stream of an admitted request.
+pub(super) fn respond(
+    state: Arc<State>,
+    plan: Plan,
+    events: mpsc::Receiver<Indexed>,
+    admission: Admission,
+    report: Report,
+) -> Response {
+    let (out, body) = mpsc::channel(64);
+    let interval = state.config.keep_alive_interval;
+    tokio::spawn(async move {
+        let mut writer = Writer {
+            state: &state,
+            plan: &plan,
+            out,
+            completion_tokens: 0,
+            cached_tokens: 0,
+        };
+        let status = writer.run(events).await;
+        let tokens = (plan.prompt.len(), writer.completion_tokens, writer.cached_tokens);
+        drop(admission);
+        report.finish(&state, status, tokens);
+    });
+    let sse = Sse::new(ReceiverStream::new(body)).keep_alive(KeepAlive::new().interval(interval).text(""));
+    self_reported(sse.into_response())
+}
+
+struct Writer<'a> {
+    state: &'a State,
+    plan: &'a Plan,
+    out: Out,
+    completion_tokens: usize,
+    cached_tokens: usize,
+}
+
+/// What ended the stream early.
+enum Stop {
+    /// The client went away.
+    Gone,
+    /// An error to send as the last event.
+    Failed(ApiError),
+}
+
+impl Writer<'_> {
+    /// Sends the whole stream; the status to log.
+    async fn run(&mut self, mut events: mpsc::Receiver<Indexed>) -> u16 {
+        let result = self.choices(&mut events).await;
+        drop(events);
+        let status = match result {
+            Ok(()) => 200,
+            Err(Stop::Gone) => return CLIENT_GONE,
+            Err(Stop::Failed(e)) => {
+                if !self.send(e.body()).await {
+                    return CLIENT_GONE;
+                }
+                e.status
+            }
+        };
+        match self.send_raw("[DONE]".into()).await {
+            true => status,
+            false => CLIENT_GONE,
+        }
+    }
+
+    async fn send_raw(&self, data: String) -> bool {
+        self.out.send(Ok(SseEvent::default().data(data))).await.is_ok()
+    }
+
+    async fn send(&self, data: Json) -> bool {
+        self.send_raw(data.to_string()).await
+    }
+
+    async fn chunk(&self, choice: Json) -> Result<(), Stop> {
+        let mut chunk = self.plan.envelope(&self.state.config.model_ids[0], true, json!([choice]));
+        if self.plan.include_usage {
+            chunk["usage"] = Json::Null;
+        }
+        match self.send(chunk).await {
+            true => Ok(()),
+            false => Err(Stop::Gone),
+        }
+    }
+
+    fn is_chat(&self) -> bool {
+        matches!(self.plan.kind, Kind::Chat { .. })
+    }
+
+    fn piece(&self, i: usize, text: &str) -> Json {
+        match self.is_chat() {
+            true => json!({"index": i, "delta": {"content": text}, "logprobs": null, "finish_reason": null}),
+            false => json!({"index": i, "text": text, "logprobs": null, "finish_reason": null}),
+        }
+    }
+
+    /// The next event, or why the stream must stop.
+    async fn next(&self, events: &mut mpsc::Receiver<Indexed>) -> Result<Event, Stop> {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some((_, event)) => Ok(event),
+                None => Err(Stop::Failed(ApiError::from(Error::EngineStopped))),
+            },
+            _ = self.out.closed() => Err(Stop::Gone),
+            _ = aborting(self.state) => Err(Stop::Failed(ApiError::shutting_down())),
+        }
+    }
+
+    async fn choices(&mut self, events: &mut mpsc::Receiver<Indexed>) -> Result<(), Stop> {
+        let mut clock = TokenClock::new(self.plan.start);
+        for i in 0..self.plan.n {
+            let first = match &self.plan.kind {
+                Kind::Chat { .. } => {
+                    json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null})
+                }
+                Kind::Completion { echo: Some(text) } => self.piece(i, text),
+                Kind::Completion { echo: None } => self.piece(i, ""),
+            };
+            self.chunk(first).await?;
+            let tools_active = matches!(self.plan.kind, Kind::Chat { tools_active: true });
+            let mut hold = ToolHold::new(tools_active);
+            let generation = loop {
+                match self.next(events).await? {
+                    Event::Token { text, .. } => {
+                        clock.tick(self.state);
+                        self.text(i, &mut hold, &text).await?;
+                    }
+                    Event::Text(text) => self.text(i, &mut hold, &text).await?,
+                    Event::Done(g) => break g,
+                    Event::Error(e) => return Err(Stop::Failed(ApiError::from(e))),
+                }
+            };
+            clock.next_choice();
+            self.finish_choice(i, hold, &generation).await?;
+        }
+        if self.plan.include_usage {
+            let mut chunk = self.plan.envelope(&self.state.config.model_ids[0], true, json!([]));
+            chunk["usage"] = usage(self.plan.prompt.len(), self.completion_tokens, self.cached_tokens);
+            if !self.send(chunk).await {
+                return Err(Stop::Gone);
+            }
+        }
+        Ok(())
+    }
+
+    async fn text(&self, i: usize, hold: &mut ToolHold, text: &str) -> Result<(), Stop> {
+        let text = hold.push(text);
+        match text.is_empty() {
+            true => Ok(()),
+            false => self.chunk(self.piece(i, &text)).await,
+        }
+    }
+
+    /// Sends what was held back (a tool call, or text) and the chunk with the finish reason.
+    async fn finish_choice(&mut self, i: usize, mut hold: ToolHold, generation: &Generation) -> Result<(), Stop> {
+        self.cached_tokens = self.cached_tokens.max(generation.cached_tokens);
+        self.completion_tokens += generation.completion_tokens;
+        let mut reason = finish_name(generation.finish_reason);
+        let held = std::mem::take(&mut hold.held);
+        let call = match reason {
+            "stop" if !held.is_empty() => parse_tool_call(&held),
+            _ => None,
+        };
+        match call {
+            Some(call) => {
+                reason = "tool_calls";
+                let mut tool_call = tool_call_json(&call.name, &call.arguments);
+                tool_call["index"] = json!(0);
+                let delta = json!({"index": i, "delta": {"tool_calls": [tool_call]}, "logprobs": null, "finish_reason": null});
+                self.chunk(delta).await?;
+            }
+            None if !held.is_empty() => self.chunk(self.piece(i, &held)).await?,
+            None => {}
+        }
+        let last = match self.is_chat() {
+            true => json!({"index": i, "delta": {}, "logprobs": null, "finish_reason": reason}),
+            false => json!({"index": i, "text": "", "logprobs": null, "finish_reason": reason}),
+        };
+        self.chunk(last).await
+    }
+}
