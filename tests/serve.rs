@@ -402,7 +402,7 @@ fn full_queue_is_503_and_a_vanished_client_frees_its_slot() {
     }
     let r = post(&server, "/v1/chat/completions", &chat_body(json!({"max_tokens": 1})));
     assert_eq!(r.status, 503, "{}", r.body);
-    assert!(r.head.contains("Retry-After: "), "{}", r.head);
+    assert!(r.head.to_ascii_lowercase().contains("retry-after: "), "{}", r.head);
     assert_eq!(r.json()["error"]["type"], "server_error");
     // The client disconnects abruptly mid-stream: generation stops, the slot is free.
     drop(stream);
