@@ -139,10 +139,6 @@ pub enum Error {
     /// An error from the tensor library.
     #[error("tensor backend: {0}")]
     Candle(#[from] candle_core::Error),
-
-    /// Resolving or downloading a model from the Hugging Face hub failed.
-    #[error(transparent)]
-    Hub(#[from] crate::hub::HubError),
 }
 
 /// `Result` with [`Error`].
@@ -153,7 +149,6 @@ impl Error {
     pub fn is_usage(&self) -> bool {
         match self {
             Error::InvalidParameter { .. } | Error::Unsupported(_) | Error::PromptTooLong { .. } => true,
-            Error::Hub(e) => e.is_usage(),
             _ => false,
         }
     }

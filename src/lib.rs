@@ -36,6 +36,7 @@ pub mod config;
 pub mod device;
 pub mod engine;
 pub mod error;
+#[cfg(feature = "hub")]
 pub mod hub;
 pub mod kv;
 pub mod model;

@@ -38,7 +38,7 @@ pub struct ListArgs {
 pub fn download(a: DownloadArgs) -> anyhow::Result<ExitCode> {
     let registry = load_registry()?;
     let config = hub_config_from_env()?;
-    let dir = hub::download(&a.model, &registry, &config).map_err(llama32::Error::from)?;
+    let dir = hub::download(&a.model, &registry, &config)?;
     writeln!(io::stdout(), "{}", dir.display())?;
     Ok(ExitCode::SUCCESS)
 }
@@ -49,7 +49,7 @@ pub fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
     let config = hub_config_from_env()?;
     let mut rows = Vec::new();
     for entry in registry.entries() {
-        let status = hub::cache_status(entry, &config).map_err(llama32::Error::from)?;
+        let status = hub::cache_status(entry, &config)?;
         rows.push((entry, status));
     }
     let mut out = io::stdout().lock();
@@ -111,7 +111,7 @@ pub fn resolve_model_arg(spec: &str) -> anyhow::Result<PathBuf> {
     }
     let registry = load_registry()?;
     let config = hub_config_from_env()?;
-    Ok(hub::resolve(spec, &registry, &config).map_err(llama32::Error::from)?)
+    Ok(hub::resolve(spec, &registry, &config)?)
 }
 
 /// Replaces a `--model` value by the checkpoint directory it designates.
@@ -140,7 +140,7 @@ fn load_registry() -> anyhow::Result<Registry> {
             .map(|d| d.join("llama32/models.toml"))
             .filter(|p| p.is_file()),
     };
-    Registry::load(user.as_deref()).map_err(|e| llama32::Error::from(e).into())
+    Registry::load(user.as_deref()).map_err(anyhow::Error::from)
 }
 
 /// The hub configuration from the environment, as `huggingface_hub` reads it.

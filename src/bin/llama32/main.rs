@@ -56,7 +56,8 @@ fn main() -> ExitCode {
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            let usage = e.downcast_ref::<llama32::Error>().is_some_and(|e| e.is_usage());
+            let usage = e.downcast_ref::<llama32::Error>().is_some_and(|e| e.is_usage())
+                || e.downcast_ref::<llama32::hub::HubError>().is_some_and(|e| e.is_usage());
             ExitCode::from(if usage { EXIT_USAGE } else { 1 })
         }
     }

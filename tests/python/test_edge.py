@@ -1,0 +1,107 @@
+"""The server's edge through real clients: `/metrics` read by Prometheus' own text parser
+(`prometheus_client`), a hub-style model id with `/` retrieved through the `openai` SDK
+(which percent-encodes it), the `developer` role, CORS for a browser origin, and the Node
+`openai` SDK (skipped when node or npm is absent)."""
+
+import json
+import os
+import shutil
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from test_openai_client import Server
+
+ROOT = Path(__file__).resolve().parents[2]
+HUB_ID = "meta-llama/Llama-3.2-1B-Instruct"
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = Server("--served-model-name", HUB_ID, "--cors", "*")
+    yield s
+    s.stop()
+
+
+def scrape(server):
+    with urllib.request.urlopen(server.url + "/metrics", timeout=10) as r:
+        assert r.headers["Content-Type"].startswith("text/plain")
+        text = r.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            key = (s.name, tuple(sorted(s.labels.items())))
+            samples[key] = s.value
+    return samples
+
+
+def total(samples, name, **labels):
+    want = set(labels.items())
+    return sum(v for (n, l), v in samples.items() if n == name and want <= set(l))
+
+
+def test_metrics_parse_and_move(server):
+    before = scrape(server)
+    client = server.client()
+    r = client.chat.completions.create(
+        model=HUB_ID,
+        messages=[{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        max_tokens=4,
+        temperature=0,
+    )
+    assert r.usage.completion_tokens == 4
+    stream = client.completions.create(model=HUB_ID, prompt="Once", max_tokens=3, stream=True)
+    assert len([c for c in stream]) >= 3
+    after = scrape(server)
+    grew = lambda name, by, **l: total(after, name, **l) >= total(before, name, **l) + by
+    assert grew("llama32_generation_tokens_total", 7)
+    assert grew("llama32_prompt_tokens_total", 1)
+    assert grew("llama32_requests_total", 1, route="chat_completions", status="200")
+    assert grew("llama32_requests_total", 1, route="completions", status="200")
+    assert grew("llama32_time_to_first_token_seconds_count", 2)
+    assert grew("llama32_inter_token_latency_seconds_count", 4)
+    assert ("llama32_sequences_running", ()) in after
+    assert ("llama32_requests_in_flight", ()) in after
+
+
+def test_hub_style_model_id(server):
+    client = server.client()
+    assert client.models.retrieve(HUB_ID).id == HUB_ID
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("meta-llama/other")
+
+
+def test_cors_headers(server):
+    req = urllib.request.Request(
+        server.url + "/v1/chat/completions",
+        method="OPTIONS",
+        headers={"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,content-type"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 200
+        assert r.headers["Access-Control-Allow-Origin"] == "*"
+
+
+NODE_SCRIPT = ROOT / "tests" / "node" / "openai_sdk.mjs"
+
+
+@pytest.mark.skipif(shutil.which("node") is None or shutil.which("npm") is None, reason="node/npm absent")
+def test_node_openai_sdk(server, tmp_path_factory):
+    modules = Path(os.environ.get("LLAMA32_NODE_DIR") or tmp_path_factory.mktemp("node"))
+    if not (modules / "node_modules" / "openai").is_dir():
+        subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(modules), "openai@5"],
+                       check=True, timeout=300)
+    script = modules / "openai_sdk.mjs"
+    shutil.copy(NODE_SCRIPT, script)
+    out = subprocess.run(["node", str(script), server.url + "/v1", HUB_ID], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["chat"]["finish_reason"] == "length"
+    assert result["chat"]["completion_tokens"] == 5
+    assert result["stream"]["chunks"] >= 3 and result["stream"]["finish_reason"] == "length"
+    assert result["stream"]["text"] == result["chat"]["text"]
