@@ -16,6 +16,7 @@ pub mod error;
 mod generate;
 mod listener;
 mod metrics;
+mod playground;
 mod routes;
 mod stream;
 
@@ -61,6 +62,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Interval of `:` comments on an event stream that has nothing to send (long prefills).
     pub keep_alive_interval: Duration,
+    /// Serve the playground page at `/`.
+    pub playground: bool,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +80,7 @@ impl Default for ServerConfig {
             cors_origins: Vec::new(),
             shutdown_grace: Duration::from_secs(30),
             keep_alive_interval: Duration::from_secs(10),
+            playground: true,
         }
     }
 }

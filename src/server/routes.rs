@@ -42,7 +42,11 @@ pub(super) fn router(state: Arc<State>) -> Router {
     let mut app = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
-        .merge(api)
+        .merge(api);
+    if state.config.playground {
+        app = app.merge(super::playground::routes());
+    }
+    let mut app = app
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), log_request));
@@ -120,6 +124,7 @@ fn route_label(path: &str) -> &'static str {
         "/v1/models" => "models",
         "/v1/chat/completions" => "chat_completions",
         "/v1/completions" => "completions",
+        "/" | "/playground.js" | "/playground.css" => "playground",
         p if p.starts_with("/v1/models/") => "model",
         _ => "other",
     }

@@ -237,6 +237,9 @@ pub struct ServeArgs {
     /// error event.
     #[arg(long, default_value_t = 30)]
     pub shutdown_grace: u64,
+    /// Do not serve the playground page at `/` (API only).
+    #[arg(long)]
+    pub no_playground: bool,
     /// Request log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -40,6 +40,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         max_connections: a.max_connections,
         cors_origins: a.cors.clone(),
         shutdown_grace: Duration::from_secs(a.shutdown_grace),
+        playground: !a.no_playground,
         ..ServerConfig::default()
     };
     let host = if a.host.contains(':') && !a.host.starts_with('[') {
