@@ -4,7 +4,6 @@
 `openai` SDK (skipped when node or npm is absent)."""
 
 import json
-import os
 import shutil
 import subprocess
 import urllib.request
@@ -90,13 +89,8 @@ def test_cors_headers(server):
 NODE_SCRIPT = ROOT / "tests" / "node" / "openai_sdk.mjs"
 
 
-@pytest.mark.skipif(shutil.which("node") is None or shutil.which("npm") is None, reason="node/npm absent")
-def test_node_openai_sdk(server, tmp_path_factory):
-    modules = Path(os.environ.get("LLAMA32_NODE_DIR") or tmp_path_factory.mktemp("node"))
-    if not (modules / "node_modules" / "openai").is_dir():
-        subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(modules), "openai@5"],
-                       check=True, timeout=300)
-    script = modules / "openai_sdk.mjs"
+def test_node_openai_sdk(server, node_dir):
+    script = node_dir / "openai_sdk.mjs"
     shutil.copy(NODE_SCRIPT, script)
     out = subprocess.run(["node", str(script), server.url + "/v1", HUB_ID], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
