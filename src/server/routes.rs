@@ -245,7 +245,7 @@ async fn list_models(AxumState(state): Shared) -> Response {
 
 /// `{*id}` is percent-decoded by axum, so `owner%2Fname` and `owner/name` both match.
 async fn get_model(AxumState(state): Shared, Path(id): Path<String>) -> Response {
-    match state.config.model_ids.iter().any(|m| *m == id) {
+    match state.config.model_ids.contains(&id) {
         true => Json(model_object(&state, &id)).into_response(),
         false => ApiError::model_not_found(&id, &state.config.model_ids[0]).into_response(),
     }
