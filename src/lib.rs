@@ -52,5 +52,5 @@ pub use config::{GenerationConfig, LlamaConfig};
 pub use device::{ComputeDType, DeviceKind};
 pub use engine::{Engine, Event, FinishReason, GenerateRequest, Generation, Handle, LoadOptions, Timings};
 pub use error::{Error, Result};
-pub use sampler::{ResolvedSampling, Sampler, SamplingParams, StopMatcher};
+pub use sampler::{ResolvedSampling, Sampler, SamplingParams, StopMatcher, TokenLogprob};
 pub use tokenizer::Tokenizer;

@@ -48,6 +48,28 @@ impl Tokenizer {
         guarded("decode", || self.inner.decode(ids, skip_special))
     }
 
+    /// The bytes a token stands for (byte-level BPE pieces mapped back to bytes; a special
+    /// token's own text). Empty for an id outside the vocabulary.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let Some(piece) = self.inner.id_to_token(id) else {
+            return Vec::new();
+        };
+        // GPT-2's byte-level alphabet: printable Latin-1 bytes stand for themselves, the
+        // other bytes, in order, for U+0100 onwards.
+        let printable = |b: u32| (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+        let others: Vec<u8> = (0u32..256).filter(|&b| !printable(b)).map(|b| b as u8).collect();
+        let mut bytes = Vec::with_capacity(piece.len());
+        for c in piece.chars() {
+            let code = c as u32;
+            match (printable(code), code.checked_sub(256).and_then(|n| others.get(n as usize))) {
+                (true, _) => bytes.push(code as u8),
+                (false, Some(&b)) => bytes.push(b),
+                (false, None) => bytes.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+            }
+        }
+        bytes
+    }
+
     /// The id of a token given by its text, e.g. `<|eot_id|>`.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)

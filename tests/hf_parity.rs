@@ -98,3 +98,33 @@ fn sixteen_bit_compute_stays_close_to_f32() {
         assert!(diff < tol, "{dtype}: {diff:e}");
     }
 }
+
+#[test]
+fn logprobs_are_the_log_softmax_of_transformers_logits() {
+    let name = FIXTURES[0];
+    let engine = load(name);
+    for case in expected(name).prompts {
+        let hf = expected_logits(name, &case.name);
+        let max = hf.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+        let lse = max + hf.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+        let reference = |id: u32| (hf[id as usize] as f64 - lse) as f32;
+        let request = GenerateRequest {
+            max_tokens: 1,
+            sampling: SamplingParams::greedy(),
+            logprobs: Some(5),
+            ..Default::default()
+        };
+        let out = engine.generate(&case.text, &request, |_| ControlFlow::Continue(())).unwrap();
+        let first = &out.logprobs[0];
+        assert_eq!(first.id, case.greedy_ids[0]);
+        assert!((first.logprob - reference(first.id)).abs() < 1e-4, "{} vs {}", first.logprob, reference(first.id));
+        // Greedy: the most likely alternative is the token chosen.
+        assert_eq!(first.top[0].0, first.id);
+        assert_eq!(first.top.len(), 5);
+        for &(id, lp) in &first.top {
+            assert!(lp <= 0.0 && (lp - reference(id)).abs() < 1e-4);
+        }
+        let too_many = GenerateRequest { logprobs: Some(21), ..request };
+        assert!(engine.generate(&case.text, &too_many, |_| ControlFlow::Continue(())).is_err());
+    }
+}

@@ -24,7 +24,7 @@ use crate::device::{check_dtype, ComputeDType, DeviceKind};
 use crate::error::{Error, Result};
 use crate::kv::KvDType;
 use crate::model::{Llama, DEFAULT_PREFILL_CHUNK};
-use crate::sampler::{Sampler, StopMatcher};
+use crate::sampler::{Sampler, StopMatcher, MAX_TOP_LOGPROBS};
 use crate::tokenizer::Tokenizer;
 use crate::weights::Weights;
 pub use request::{Event, FinishReason, GenerateRequest, Generation, Handle, Timings};
@@ -324,6 +324,12 @@ impl Engine {
             });
         }
         let resolved = request.sampling.resolve(&self.generation_config, vocab)?;
+        if request.logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
+            return Err(Error::InvalidParameter {
+                name: "top_logprobs",
+                reason: format!("must be at most {MAX_TOP_LOGPROBS}"),
+            });
+        }
         Ok(Parts {
             prompt,
             max_tokens: request.max_tokens,
@@ -333,6 +339,7 @@ impl Engine {
             stream: self.tokenizer.stream(true),
             eos: self.eos_ids.clone(),
             start,
+            logprobs: request.logprobs,
         })
     }
 }

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::sampler::TokenLogprob;
+
 use crate::error::{Error, Result};
 use crate::model::DEFAULT_PREFILL_CHUNK;
 use crate::sampler::SamplingParams;
@@ -28,6 +30,9 @@ pub struct GenerateRequest {
     /// Prompt tokens per forward pass during prefill on the candle backend (the paged
     /// backend shares its own per-step budget between prompts).
     pub prefill_chunk: usize,
+    /// Report each generated token's log-probability with this many most likely
+    /// alternatives (0 to 20); `None`: no log-probabilities.
+    pub logprobs: Option<usize>,
 }
 
 impl Default for GenerateRequest {
@@ -38,6 +43,7 @@ impl Default for GenerateRequest {
             stop: Vec::new(),
             ctx_size: None,
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
+            logprobs: None,
         }
     }
 }
@@ -80,6 +86,12 @@ pub struct Generation {
     pub completion_tokens: usize,
     /// Why generation ended.
     pub finish_reason: FinishReason,
+    /// Per generated token (in `token_ids` order), when the request asked for them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub logprobs: Vec<TokenLogprob>,
+    /// The stop string that ended it, when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_sequence: Option<String>,
     /// The sampler's seed, to replay the run.
     pub seed: u64,
     /// Speed figures.
@@ -96,6 +108,8 @@ pub enum Event {
         id: u32,
         /// Text to append.
         text: String,
+        /// Its log-probability, when the request asked for them.
+        logprob: Option<TokenLogprob>,
     },
     /// Held-back text released when generation ends.
     Text(String),

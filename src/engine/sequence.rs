@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::request::{Event, FinishReason, Generation, Timings};
 use crate::backend::{Backend, SeqKv};
 use crate::error::Result;
-use crate::sampler::{Sampler, StopMatcher};
+use crate::sampler::{token_logprob, Sampler, StopMatcher, TokenLogprob};
 use crate::tokenizer::TextStream;
 
 /// One request in the scheduler.
@@ -36,6 +36,9 @@ pub struct Sequence {
     admitted: Option<Instant>,
     first_token: Option<Instant>,
     cached: usize,
+    /// Alternatives per token when log-probabilities are wanted.
+    logprobs: Option<usize>,
+    logprob_list: Vec<TokenLogprob>,
 }
 
 /// What became of a sequence after a token.
@@ -64,6 +67,8 @@ pub struct Parts {
     pub eos: Arc<[u32]>,
     /// When the request began.
     pub start: Instant,
+    /// Alternatives per token when log-probabilities are wanted.
+    pub logprobs: Option<usize>,
 }
 
 impl Sequence {
@@ -86,6 +91,8 @@ impl Sequence {
             admitted: None,
             first_token: None,
             cached: 0,
+            logprobs: p.logprobs,
+            logprob_list: Vec::new(),
         }
     }
 
@@ -125,11 +132,16 @@ impl Sequence {
         self.tokens.push(token);
         let step = self.stop.push(&self.stream.push(token)?);
         self.text.push_str(&step.text);
+        let logprob = self.logprobs.map(|k| token_logprob(logits, token, k));
+        if let Some(lp) = &logprob {
+            self.logprob_list.push(lp.clone());
+        }
         if self
             .events
             .send(Event::Token {
                 id: token,
                 text: step.text,
+                logprob,
             })
             .is_err()
         {
@@ -167,6 +179,8 @@ impl Sequence {
             completion_tokens: generated.len(),
             token_ids: generated,
             finish_reason: reason,
+            stop_sequence: self.stop.matched().map(str::to_string),
+            logprobs: std::mem::take(&mut self.logprob_list),
             seed: self.sampler.seed(),
             timings: Timings {
                 ttft_ms: (first - self.start).as_secs_f64() * 1e3,

@@ -50,6 +50,7 @@
 //! [`StopMatcher`] (stop strings over the streamed text) lives here too.
 
 mod draw;
+mod logprobs;
 mod nucleus;
 mod params;
 mod penalty;
@@ -66,6 +67,7 @@ use rand::{Rng, SeedableRng};
 use crate::error::{Error, Result};
 
 pub use draw::argmax;
+pub use logprobs::{token_logprob, TokenLogprob, MAX_TOP_LOGPROBS};
 pub use params::{ResolvedSampling, SamplingParams, LOGIT_BIAS_LIMIT};
 pub use stop::{StopMatcher, StopStep};
 

@@ -25,6 +25,8 @@ pub struct StopMatcher {
     /// some stop string.
     held: String,
     stopped: bool,
+    /// Which stop string ended the text.
+    matched: Option<usize>,
 }
 
 impl StopMatcher {
@@ -41,12 +43,18 @@ impl StopMatcher {
             stops,
             held: String::new(),
             stopped: false,
+            matched: None,
         })
     }
 
     /// True once a stop string has been found (later pushes release nothing).
     pub fn stopped(&self) -> bool {
         self.stopped
+    }
+
+    /// The stop string that ended the text, once one has.
+    pub fn matched(&self) -> Option<&str> {
+        self.matched.and_then(|i| self.stops.get(i)).map(String::as_str)
     }
 
     /// Adds the next piece of generated text. When a stop string completes, releases the
@@ -60,9 +68,10 @@ impl StopMatcher {
             };
         }
         self.held.push_str(piece);
-        if let Some(at) = self.first_stop() {
+        if let Some((at, which)) = self.first_stop() {
             self.held.truncate(at);
             self.stopped = true;
+            self.matched = Some(which);
             return StopStep {
                 text: std::mem::take(&mut self.held),
                 stopped: true,
@@ -81,9 +90,13 @@ impl StopMatcher {
         std::mem::take(&mut self.held)
     }
 
-    /// Byte offset of the earliest complete stop string in `held`.
-    fn first_stop(&self) -> Option<usize> {
-        self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min()
+    /// Byte offset of the earliest complete stop string in `held`, and which one it is.
+    fn first_stop(&self) -> Option<(usize, usize)> {
+        self.stops
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| self.held.find(s.as_str()).map(|at| (at, i)))
+            .min()
     }
 
     /// Start of the longest tail of `held` that is a proper prefix of a stop string

@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value as Json};
 
 use super::error::ApiError;
 use crate::chat::{parse_request_value, parse_tool_call, Message, Tool};
-use crate::sampler::SamplingParams;
+use crate::sampler::{SamplingParams, MAX_TOP_LOGPROBS};
 
 /// Most choices one request may ask for.
 pub const MAX_N: usize = 16;
@@ -16,7 +16,8 @@ pub const MAX_N: usize = 16;
 /// A request body as a JSON object, its fields taken one by one.
 pub struct Fields(Map<String, Json>);
 
-fn type_error(name: &str, expected: &str) -> ApiError {
+/// 400 for a field of the wrong JSON type.
+pub fn type_error(name: &str, expected: &str) -> ApiError {
     ApiError::invalid(name, format!("Invalid type for `{name}`: expected {expected}"))
 }
 
@@ -28,6 +29,11 @@ impl Fields {
             Ok(_) => Err(ApiError::bad_json("The request body must be a JSON object")),
             Err(e) => Err(ApiError::bad_json(format!("The request body is not valid JSON: {e}"))),
         }
+    }
+
+    /// Sets a field (a body read in another API's shape, renamed).
+    pub fn insert(&mut self, name: &str, value: Json) {
+        self.0.insert(name.to_string(), value);
     }
 
     /// Removes a field; `null` counts as absent.
@@ -101,6 +107,8 @@ pub struct CommonParams {
     pub stream: bool,
     /// A last chunk with `usage`.
     pub include_usage: bool,
+    /// Log-probabilities with this many alternatives per token.
+    pub logprobs: Option<usize>,
 }
 
 impl CommonParams {
@@ -177,6 +185,7 @@ impl CommonParams {
             n,
             stream,
             include_usage,
+            logprobs: None,
         })
     }
 }
@@ -263,7 +272,16 @@ impl ChatParams {
             }
         }
         refuse_unsupported(&mut f)?;
-        let common = CommonParams::parse(&mut f, true)?;
+        let wanted = f.bool("logprobs")?.unwrap_or(false);
+        let top = f.count("top_logprobs", 0)?;
+        if top.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
+            return Err(ApiError::invalid("top_logprobs", format!("`top_logprobs` must be from 0 to {MAX_TOP_LOGPROBS}")));
+        }
+        if top.is_some() && !wanted {
+            return Err(ApiError::invalid("top_logprobs", "`top_logprobs` needs `logprobs: true`"));
+        }
+        let mut common = CommonParams::parse(&mut f, true)?;
+        common.logprobs = wanted.then_some(top.unwrap_or(0));
         Ok(Self {
             common,
             messages: parsed.messages,
@@ -280,18 +298,6 @@ impl ChatParams {
 
 /// Options we cannot honour are refused rather than silently ignored.
 fn refuse_unsupported(f: &mut Fields) -> Result<(), ApiError> {
-    if f.bool("logprobs")?.unwrap_or(false) {
-        return Err(ApiError::invalid(
-            "logprobs",
-            "`logprobs` is not supported by this server",
-        ));
-    }
-    if f.take("top_logprobs").is_some() {
-        return Err(ApiError::invalid(
-            "top_logprobs",
-            "`top_logprobs` is not supported by this server",
-        ));
-    }
     if let Some(format) = f.take("response_format") {
         if format.get("type").and_then(Json::as_str) != Some("text") {
             return Err(ApiError::invalid(
@@ -361,14 +367,17 @@ impl CompletionParams {
         if f.take("suffix").is_some() {
             return Err(ApiError::invalid("suffix", "`suffix` is not supported by this server"));
         }
-        if f.take("logprobs").is_some_and(|v| v != json!(0) && v != json!(false)) {
-            return Err(ApiError::invalid(
-                "logprobs",
-                "`logprobs` is not supported by this server",
-            ));
-        }
+        let logprobs = match f.take("logprobs") {
+            None | Some(Json::Bool(false)) => None,
+            Some(Json::Number(n)) => match n.as_u64() {
+                Some(k) if k as usize <= MAX_TOP_LOGPROBS => Some(k as usize),
+                _ => return Err(ApiError::invalid("logprobs", format!("`logprobs` must be an integer from 0 to {MAX_TOP_LOGPROBS}"))),
+            },
+            Some(_) => return Err(type_error("logprobs", "an integer")),
+        };
         let best_of = f.count("best_of", 1)?;
         let mut common = CommonParams::parse(&mut f, false)?;
+        common.logprobs = logprobs;
         if best_of.is_some_and(|b| b != common.n) {
             return Err(ApiError::invalid(
                 "best_of",
@@ -467,7 +476,8 @@ mod tests {
             (r#""logit_bias": {"x": 1}"#, "logit_bias"),
             (r#""stream": "yes""#, "stream"),
             (r#""tool_choice": "sometimes""#, "tool_choice"),
-            (r#""logprobs": true"#, "logprobs"),
+            (r#""logprobs": "yes""#, "logprobs"),
+            (r#""logprobs": true, "top_logprobs": 21"#, "top_logprobs"),
         ] {
             let e = err(&format!("{{{base}, {extra}}}"));
             assert_eq!((e.status, e.param.as_deref()), (400, Some(param)), "{extra}: {e:?}");

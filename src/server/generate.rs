@@ -12,10 +12,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value as Json};
 use tokio::sync::mpsc;
 
-use super::api::{chat_message, new_id, usage, ChatParams, CommonParams, CompletionParams, Prompt};
+use super::api::{chat_message, new_id, usage, ChatParams, CommonParams, CompletionParams, Prompt, ToolChoice};
 use super::error::ApiError;
 use super::routes::{Report, SelfReported};
-use super::{stream, Phase, Ready, State};
+use super::{anthropic, logprobs, messages, stream, Phase, Ready, State};
 use crate::chat::RenderOptions;
 use crate::engine::{Event, FinishReason, GenerateRequest, Generation, Handle};
 use crate::error::Error;
@@ -107,8 +107,13 @@ pub(super) async fn aborting(state: &State) {
     let _ = phase.wait_for(|p| *p == Phase::Aborting).await;
 }
 
+/// Which API a request came through, with what its answer needs.
 pub(super) enum Kind {
+    /// OpenAI chat completion.
     Chat { tools_active: bool },
+    /// Anthropic message.
+    Messages { tools_active: bool },
+    /// OpenAI text completion.
     Completion { echo: Option<String> },
 }
 
@@ -138,15 +143,23 @@ impl Plan {
         let start = Instant::now();
         let ready = ready(state)?;
         check_model(state, &p.common)?;
-        let options = RenderOptions {
-            add_generation_prompt: true,
-            date: None,
-        };
-        let prompt = ready.engine.encode_chat(&p.messages, p.tools.as_deref(), &options)?;
+        let prompt = chat_prompt(ready, &p)?;
         let kind = Kind::Chat {
             tools_active: p.tools_active(),
         };
         Self::new(ready, kind, prompt, p.common, ("chatcmpl-", created, start))
+    }
+
+    /// An Anthropic Messages request (read into a chat request).
+    pub(super) fn messages(state: &Arc<State>, p: ChatParams, created: u64) -> Result<Self, ApiError> {
+        let start = Instant::now();
+        let ready = ready(state)?;
+        check_model(state, &p.common)?;
+        let prompt = chat_prompt(ready, &p)?;
+        let kind = Kind::Messages {
+            tools_active: p.tools_active(),
+        };
+        Self::new(ready, kind, prompt, p.common, ("msg_", created, start))
     }
 
     /// Tokenizes the prompt and validates the request.
@@ -222,6 +235,7 @@ impl Plan {
                 sampling: common.sampling,
                 stop: common.stop,
                 ctx_size: Some(state.ctx),
+                logprobs: common.logprobs,
                 ..GenerateRequest::default()
             },
             n: common.n,
@@ -245,6 +259,7 @@ impl Plan {
             (Kind::Chat { .. }, false) => "chat.completion",
             (Kind::Chat { .. }, true) => "chat.completion.chunk",
             (Kind::Completion { .. }, _) => "text_completion",
+            (Kind::Messages { .. }, _) => "message",
         }
     }
 
@@ -260,7 +275,20 @@ impl Plan {
     }
 }
 
-fn ready(state: &State) -> Result<&Ready, ApiError> {
+/// The prompt ids of a chat request; `tool_choice: none` leaves the tools out of the prompt.
+pub(super) fn chat_prompt(ready: &Ready, p: &ChatParams) -> Result<Vec<u32>, ApiError> {
+    let options = RenderOptions {
+        add_generation_prompt: true,
+        date: None,
+    };
+    let tools = match p.tool_choice {
+        ToolChoice::None => None,
+        _ => p.tools.as_deref(),
+    };
+    Ok(ready.engine.encode_chat(&p.messages, tools, &options)?)
+}
+
+pub(super) fn ready(state: &State) -> Result<&Ready, ApiError> {
     state.ready.get().ok_or_else(ApiError::loading)
 }
 
@@ -291,9 +319,10 @@ pub(super) async fn execute(state: Arc<State>, plan: Plan, report: Report) -> Re
         Ok(handles) => bridge(handles),
         Err(e) => return fail(ApiError::from(e), report),
     };
-    match plan.stream {
-        true => stream::respond(state.clone(), plan, events, admission, report),
-        false => whole(&state, &plan, events, report).await,
+    match (plan.stream, &plan.kind) {
+        (true, Kind::Messages { .. }) => messages::respond(state.clone(), plan, events, admission, report),
+        (true, _) => stream::respond(state.clone(), plan, events, admission, report),
+        (false, _) => whole(&state, &plan, events, report).await,
     }
 }
 
@@ -333,9 +362,31 @@ async fn whole(state: &State, plan: &Plan, mut events: mpsc::Receiver<Indexed>, 
         report.finish(state, e.status, tokens);
         return self_reported(e.into_response());
     }
-    let choices = generations.iter().enumerate().map(|(i, g)| choice(plan, i, g)).collect();
-    let mut body = plan.envelope(model, false, Json::Array(choices));
-    body["usage"] = usage(plan.prompt.len(), completion_tokens, cached_tokens);
+    let body = match (&plan.kind, generations.first()) {
+        (Kind::Messages { tools_active }, Some(g)) => anthropic::message_body(&plan.id, model, g, *tools_active),
+        _ => {
+            let tok = ready(state).ok().map(|r| r.engine.tokenizer());
+            let choices = generations
+                .iter()
+                .enumerate()
+                .map(|(i, g)| {
+                    let mut c = choice(plan, i, g);
+                    if let (Some(tok), Some(_)) = (tok, plan.request.logprobs) {
+                        c["logprobs"] = match &plan.kind {
+                            Kind::Completion { echo } => {
+                                logprobs::completion(tok, &g.logprobs, echo.as_ref().map_or(0, String::len))
+                            }
+                            _ => logprobs::chat(tok, &g.logprobs),
+                        };
+                    }
+                    c
+                })
+                .collect();
+            let mut body = plan.envelope(model, false, Json::Array(choices));
+            body["usage"] = usage(plan.prompt.len(), completion_tokens, cached_tokens);
+            body
+        }
+    };
     report.finish(state, 200, tokens);
     self_reported(axum::Json(body).into_response())
 }
@@ -387,6 +438,7 @@ pub(super) fn choice(plan: &Plan, index: usize, g: &Generation) -> Json {
             let text = format!("{}{}", echo.as_deref().unwrap_or(""), g.text);
             json!({"index": index, "text": text, "logprobs": null, "finish_reason": reason})
         }
+        Kind::Messages { .. } => Json::Null,
     }
 }
 

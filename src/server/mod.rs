@@ -1,5 +1,6 @@
-//! `llama32 serve`: an OpenAI-compatible HTTP server (`/v1/chat/completions`,
-//! `/v1/completions`, `/v1/models`, `/health`, `/metrics`) on hyper and axum.
+//! `llama32 serve`: an OpenAI- and Anthropic-compatible HTTP server
+//! (`/v1/chat/completions`, `/v1/completions`, `/v1/messages`, `/v1/models`, `/health`,
+//! `/metrics`, the playground at `/`) on hyper and axum.
 //!
 //! The model stays on the engine's scheduler thread; the async edge parses and validates
 //! each request once, submits it, and forwards the engine's events to the client. A client
@@ -11,10 +12,13 @@
 //! `tracing` event (target `llama32::request`; never prompt text or keys) and counts it in
 //! its own Prometheus registry (`GET /metrics`), holding no global state.
 
+mod anthropic;
 pub mod api;
 pub mod error;
 mod generate;
 mod listener;
+mod logprobs;
+mod messages;
 mod metrics;
 mod playground;
 mod routes;

@@ -39,10 +39,16 @@ pub(super) fn router(state: Arc<State>) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    let anthropic = Router::new()
+        .route("/v1/messages", post(messages))
+        .route("/v1/messages/count_tokens", post(count_tokens))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
+        .route_layer(middleware::from_fn(super::anthropic::anthropic_errors));
     let mut app = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
-        .merge(api);
+        .merge(api)
+        .merge(anthropic);
     if state.config.playground {
         app = app.merge(super::playground::routes());
     }
@@ -124,6 +130,8 @@ fn route_label(path: &str) -> &'static str {
         "/v1/models" => "models",
         "/v1/chat/completions" => "chat_completions",
         "/v1/completions" => "completions",
+        "/v1/messages" => "messages",
+        "/v1/messages/count_tokens" => "count_tokens",
         "/" | "/playground.js" | "/playground.css" => "playground",
         p if p.starts_with("/v1/models/") => "model",
         _ => "other",
@@ -345,4 +353,26 @@ async fn completions(AxumState(state): Shared, request: Request) -> Response {
     })
     .await;
     generation(state, prepared).await
+}
+
+async fn messages(AxumState(state): Shared, request: Request) -> Response {
+    let prepared = prepare(&state, request, |state, body| {
+        Plan::messages(state, super::anthropic::parse(body, true)?, unix_now())
+    })
+    .await;
+    generation(state, prepared).await
+}
+
+/// `POST /v1/messages/count_tokens`: the prompt tokens the same body would use.
+async fn count_tokens(AxumState(state): Shared, request: Request) -> Response {
+    let counted = async {
+        let ready = super::generate::ready(&state)?;
+        let body = read_body(&state, request.into_body()).await?;
+        let params = super::anthropic::parse(&body, false)?;
+        Ok::<_, ApiError>(super::generate::chat_prompt(ready, &params)?.len())
+    };
+    match counted.await {
+        Ok(n) => Json(json!({"input_tokens": n})).into_response(),
+        Err(e) => e.into_response(),
+    }
 }

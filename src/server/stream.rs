@@ -17,9 +17,10 @@ use super::api::{tool_call_json, usage};
 use super::error::ApiError;
 use super::generate::{aborting, finish_name, self_reported, Admission, Indexed, Kind, Plan, TokenClock, ToolHold};
 use super::routes::{Report, CLIENT_GONE};
-use super::State;
+use super::{logprobs, State};
 use crate::chat::parse_tool_call;
 use crate::engine::{Event, Generation};
+use crate::sampler::TokenLogprob;
 use crate::error::Error;
 
 type Out = mpsc::Sender<Result<SseEvent, Infallible>>;
@@ -41,6 +42,8 @@ pub(super) fn respond(
             out,
             completion_tokens: 0,
             cached_tokens: 0,
+            pending: Vec::new(),
+            offset: 0,
         };
         let status = writer.run(events).await;
         let tokens = (plan.prompt.len(), writer.completion_tokens, writer.cached_tokens);
@@ -57,6 +60,10 @@ struct Writer<'a> {
     out: Out,
     completion_tokens: usize,
     cached_tokens: usize,
+    /// Log-probabilities of tokens whose text has not been sent yet.
+    pending: Vec<TokenLogprob>,
+    /// Bytes of this choice's text sent so far (completions' `text_offset`).
+    offset: usize,
 }
 
 /// What ended the stream early.
@@ -118,6 +125,20 @@ impl Writer<'_> {
         }
     }
 
+    /// Attaches the log-probabilities of the tokens whose text `choice` carries.
+    fn with_logprobs(&mut self, mut choice: Json, text_len: usize) -> Json {
+        let tok = self.state.ready.get().map(|r| r.engine.tokenizer());
+        if let (Some(tok), false) = (tok, self.pending.is_empty()) {
+            choice["logprobs"] = match self.is_chat() {
+                true => logprobs::chat(tok, &self.pending),
+                false => logprobs::completion(tok, &self.pending, self.offset),
+            };
+            self.pending.clear();
+        }
+        self.offset += text_len;
+        choice
+    }
+
     /// The next event, or why the stream must stop.
     async fn next(&self, events: &mut mpsc::Receiver<Indexed>) -> Result<Event, Stop> {
         tokio::select! {
@@ -134,19 +155,24 @@ impl Writer<'_> {
         let mut clock = TokenClock::new(self.plan.start);
         for i in 0..self.plan.n {
             let first = match &self.plan.kind {
-                Kind::Chat { .. } => {
+                Kind::Chat { .. } | Kind::Messages { .. } => {
                     json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null})
                 }
                 Kind::Completion { echo: Some(text) } => self.piece(i, text),
                 Kind::Completion { echo: None } => self.piece(i, ""),
             };
+            self.offset = 0;
+            if let Kind::Completion { echo: Some(text) } = &self.plan.kind {
+                self.offset = text.len();
+            }
             self.chunk(first).await?;
             let tools_active = matches!(self.plan.kind, Kind::Chat { tools_active: true });
             let mut hold = ToolHold::new(tools_active);
             let generation = loop {
                 match self.next(events).await? {
-                    Event::Token { text, .. } => {
+                    Event::Token { text, logprob, .. } => {
                         clock.tick(self.state);
+                        self.pending.extend(logprob);
                         self.text(i, &mut hold, &text).await?;
                     }
                     Event::Text(text) => self.text(i, &mut hold, &text).await?,
@@ -167,12 +193,14 @@ impl Writer<'_> {
         Ok(())
     }
 
-    async fn text(&self, i: usize, hold: &mut ToolHold, text: &str) -> Result<(), Stop> {
+    async fn text(&mut self, i: usize, hold: &mut ToolHold, text: &str) -> Result<(), Stop> {
         let text = hold.push(text);
-        match text.is_empty() {
-            true => Ok(()),
-            false => self.chunk(self.piece(i, &text)).await,
+        if text.is_empty() {
+            return Ok(());
         }
+        let piece = self.piece(i, &text);
+        let piece = self.with_logprobs(piece, text.len());
+        self.chunk(piece).await
     }
 
     /// Sends what was held back (a tool call, or text) and the chunk with the finish reason.
@@ -193,13 +221,18 @@ impl Writer<'_> {
                 let delta = json!({"index": i, "delta": {"tool_calls": [tool_call]}, "logprobs": null, "finish_reason": null});
                 self.chunk(delta).await?;
             }
-            None if !held.is_empty() => self.chunk(self.piece(i, &held)).await?,
+            None if !held.is_empty() => {
+                let piece = self.piece(i, &held);
+                let piece = self.with_logprobs(piece, held.len());
+                self.chunk(piece).await?
+            }
             None => {}
         }
         let last = match self.is_chat() {
             true => json!({"index": i, "delta": {}, "logprobs": null, "finish_reason": reason}),
             false => json!({"index": i, "text": "", "logprobs": null, "finish_reason": reason}),
         };
+        let last = self.with_logprobs(last, 0);
         self.chunk(last).await
     }
 }

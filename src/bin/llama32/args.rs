@@ -95,6 +95,10 @@ pub struct SamplingArgs {
     /// Stop when the text contains this string (left out of the output). Repeatable.
     #[arg(long)]
     pub stop: Vec<String>,
+    /// With --json: each generated token's log-probability (the model's distribution) and
+    /// this many most likely alternatives (0-20).
+    #[arg(long)]
+    pub logprobs: Option<usize>,
     /// Prompt tokens per prefill forward pass.
     #[arg(long, default_value_t = llama32::model::DEFAULT_PREFILL_CHUNK, hide = true)]
     pub prefill_chunk: usize,

@@ -53,6 +53,7 @@ pub fn request(a: &SamplingArgs, ctx_size: Option<usize>) -> llama32::Result<Gen
         stop: a.stop.clone(),
         ctx_size,
         prefill_chunk: a.prefill_chunk,
+        logprobs: a.logprobs,
     };
     // Range errors in explicit values are reported before the model loads; ids against the
     // vocabulary and the model's own defaults are checked again once it has.
@@ -131,6 +132,8 @@ pub fn generation_json(out: &Generation, load_ms: f64) -> serde_json::Value {
         "cached_tokens": out.cached_tokens,
         "completion_tokens": out.completion_tokens,
         "finish_reason": out.finish_reason,
+        "stop_sequence": out.stop_sequence,
+        "logprobs": (!out.logprobs.is_empty()).then(|| &out.logprobs),
         "seed": out.seed,
         "timings": {
             "load_ms": load_ms,

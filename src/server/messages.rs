@@ -1,0 +1,182 @@
+//! A Messages API answer as Anthropic's event stream: `message_start`, `ping`, then per
+//! content block `content_block_start`, `content_block_delta` (`text_delta`, or one
+//! `input_json_delta` for a tool call) and `content_block_stop`, then `message_delta` with
+//! the stop reason and usage, and `message_stop`. Failures end the stream with an `error`
+//! event. As for OpenAI streams, a client that goes away cancels the generation.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value as Json};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::anthropic::{error_body, stop_reason, tool_use_id, usage};
+use super::error::ApiError;
+use super::generate::{aborting, self_reported, Admission, Indexed, Kind, Plan, TokenClock, ToolHold};
+use super::routes::{Report, CLIENT_GONE};
+use super::State;
+use crate::chat::parse_tool_call;
+use crate::engine::{Event, FinishReason, Generation};
+use crate::error::Error;
+
+type Out = mpsc::Sender<Result<SseEvent, Infallible>>;
+
+/// Starts the event stream of an admitted Messages request.
+pub(super) fn respond(
+    state: Arc<State>,
+    plan: Plan,
+    events: mpsc::Receiver<Indexed>,
+    admission: Admission,
+    report: Report,
+) -> Response {
+    let (out, body) = mpsc::channel(64);
+    let interval = state.config.keep_alive_interval;
+    tokio::spawn(async move {
+        let mut writer = Writer {
+            state: &state,
+            plan: &plan,
+            out,
+            block_open: false,
+            blocks: 0,
+        };
+        let (status, completion, cached) = writer.run(events).await;
+        drop(admission);
+        report.finish(&state, status, (plan.prompt.len(), completion, cached));
+    });
+    let sse = Sse::new(ReceiverStream::new(body)).keep_alive(KeepAlive::new().interval(interval).text(""));
+    self_reported(sse.into_response())
+}
+
+struct Writer<'a> {
+    state: &'a State,
+    plan: &'a Plan,
+    out: Out,
+    /// A text block is open.
+    block_open: bool,
+    /// Blocks started so far (the next block's index).
+    blocks: usize,
+}
+
+enum Stop {
+    Gone,
+    Failed(ApiError),
+}
+
+impl Writer<'_> {
+    /// Sends the whole stream; (status to log, generated tokens, cached prompt tokens).
+    async fn run(&mut self, mut events: mpsc::Receiver<Indexed>) -> (u16, usize, usize) {
+        let result = self.message(&mut events).await;
+        drop(events);
+        match result {
+            Ok(g) => (200, g.completion_tokens, g.cached_tokens),
+            Err(Stop::Gone) => (CLIENT_GONE, 0, 0),
+            Err(Stop::Failed(e)) => match self.send("error", error_body(&e)).await {
+                Ok(()) => (e.status, 0, 0),
+                Err(_) => (CLIENT_GONE, 0, 0),
+            },
+        }
+    }
+
+    async fn send(&self, name: &'static str, data: Json) -> Result<(), Stop> {
+        let event = SseEvent::default().event(name).data(data.to_string());
+        self.out.send(Ok(event)).await.map_err(|_| Stop::Gone)
+    }
+
+    async fn next(&self, events: &mut mpsc::Receiver<Indexed>) -> Result<Event, Stop> {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some((_, event)) => Ok(event),
+                None => Err(Stop::Failed(ApiError::from(Error::EngineStopped))),
+            },
+            _ = self.out.closed() => Err(Stop::Gone),
+            _ = aborting(self.state) => Err(Stop::Failed(ApiError::shutting_down())),
+        }
+    }
+
+    async fn message(&mut self, events: &mut mpsc::Receiver<Indexed>) -> Result<Generation, Stop> {
+        let model = &self.state.config.model_ids[0];
+        let start = json!({"type": "message_start", "message": {
+            "id": self.plan.id, "type": "message", "role": "assistant", "model": model, "content": [],
+            "stop_reason": null, "stop_sequence": null, "usage": usage(self.plan.prompt.len(), 0, 0)}});
+        self.send("message_start", start).await?;
+        self.send("ping", json!({"type": "ping"})).await?;
+        let tools_active = matches!(self.plan.kind, Kind::Messages { tools_active: true });
+        let mut hold = ToolHold::new(tools_active);
+        let mut clock = TokenClock::new(self.plan.start);
+        let generation = loop {
+            match self.next(events).await? {
+                Event::Token { text, .. } => {
+                    clock.tick(self.state);
+                    self.text(&hold.push(&text)).await?;
+                }
+                Event::Text(text) => self.text(&hold.push(&text)).await?,
+                Event::Done(g) => break g,
+                Event::Error(e) => return Err(Stop::Failed(ApiError::from(e))),
+            }
+        };
+        let held = std::mem::take(&mut hold.held);
+        let call = match generation.finish_reason {
+            FinishReason::Stop if !held.is_empty() => parse_tool_call(&held),
+            _ => None,
+        };
+        let reason = match call {
+            Some(call) => {
+                self.close_text().await?;
+                let index = self.blocks;
+                let block = json!({"type": "tool_use", "id": tool_use_id(), "name": call.name, "input": {}});
+                self.send("content_block_start", json!({"type": "content_block_start", "index": index, "content_block": block})).await?;
+                let delta = json!({"type": "input_json_delta", "partial_json": call.arguments.to_string()});
+                self.send("content_block_delta", json!({"type": "content_block_delta", "index": index, "delta": delta})).await?;
+                self.send("content_block_stop", json!({"type": "content_block_stop", "index": index})).await?;
+                "tool_use"
+            }
+            None => {
+                self.text(&held).await?;
+                if self.blocks == 0 {
+                    self.open_text().await?;
+                }
+                self.close_text().await?;
+                stop_reason(&generation)
+            }
+        };
+        let delta = json!({"type": "message_delta",
+            "delta": {"stop_reason": reason, "stop_sequence": generation.stop_sequence},
+            "usage": {"output_tokens": generation.completion_tokens}});
+        self.send("message_delta", delta).await?;
+        self.send("message_stop", json!({"type": "message_stop"})).await?;
+        Ok(generation)
+    }
+
+    async fn open_text(&mut self) -> Result<(), Stop> {
+        let start = json!({"type": "content_block_start", "index": self.blocks,
+                           "content_block": {"type": "text", "text": ""}});
+        self.send("content_block_start", start).await?;
+        self.block_open = true;
+        self.blocks += 1;
+        Ok(())
+    }
+
+    async fn close_text(&mut self) -> Result<(), Stop> {
+        if self.block_open {
+            self.block_open = false;
+            let index = self.blocks - 1;
+            self.send("content_block_stop", json!({"type": "content_block_stop", "index": index})).await?;
+        }
+        Ok(())
+    }
+
+    async fn text(&mut self, text: &str) -> Result<(), Stop> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        if !self.block_open {
+            self.open_text().await?;
+        }
+        let delta = json!({"type": "content_block_delta", "index": self.blocks - 1,
+                           "delta": {"type": "text_delta", "text": text}});
+        self.send("content_block_delta", delta).await
+    }
+}
