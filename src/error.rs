@@ -136,6 +136,11 @@ pub enum Error {
     #[error("the engine has stopped")]
     EngineStopped,
 
+    /// A grammar constraint failed while generating (the grammar admits nothing more, or
+    /// the matcher hit a limit).
+    #[error("constraint: {0}")]
+    Constraint(String),
+
     /// An error from the tensor library.
     #[error("tensor backend: {0}")]
     Candle(#[from] candle_core::Error),

@@ -33,6 +33,7 @@ pub mod backend;
 pub mod bench;
 pub mod chat;
 pub mod config;
+pub mod constraint;
 pub mod device;
 pub mod engine;
 pub mod error;

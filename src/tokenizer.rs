@@ -70,6 +70,14 @@ impl Tokenizer {
         bytes
     }
 
+    /// True for the tokenizer's special tokens (`<|eot_id|>`, reserved ids...).
+    pub fn is_special(&self, id: u32) -> bool {
+        self.inner
+            .get_added_tokens_decoder()
+            .get(&id)
+            .is_some_and(|t| t.special)
+    }
+
     /// The id of a token given by its text, e.g. `<|eot_id|>`.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)

@@ -20,6 +20,7 @@ use candle_core::Device;
 use crate::backend::Backend;
 use crate::chat::{ChatTemplate, Message, RenderOptions, Tool};
 use crate::config::{GenerationConfig, LlamaConfig};
+use crate::constraint::Grammars;
 use crate::device::{check_dtype, ComputeDType, DeviceKind};
 use crate::error::{Error, Result};
 use crate::kv::KvDType;
@@ -70,6 +71,8 @@ pub struct Engine {
     max_positions: Option<usize>,
     paged: bool,
     parallel: usize,
+    /// The grammar compiler, built on the first constrained request.
+    grammars: Mutex<Option<Arc<Grammars>>>,
 }
 
 impl Engine {
@@ -142,7 +145,19 @@ impl Engine {
             max_positions,
             paged,
             parallel,
+            grammars: Mutex::new(None),
         })
+    }
+
+    /// The grammar compiler for this model's vocabulary (built once).
+    fn grammars(&self) -> Result<Arc<Grammars>> {
+        let mut slot = self.grammars.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(g) = slot.as_ref() {
+            return Ok(g.clone());
+        }
+        let built = Arc::new(Grammars::new(&self.tokenizer, self.config().vocab_size, self.eos_ids.clone())?);
+        *slot = Some(built.clone());
+        Ok(built)
     }
 
     /// The checkpoint directory.
@@ -340,6 +355,10 @@ impl Engine {
             eos: self.eos_ids.clone(),
             start,
             logprobs: request.logprobs,
+            constraint: match &request.constraint {
+                Some(c) => Some(self.grammars()?.compile(c)?),
+                None => None,
+            },
         })
     }
 }

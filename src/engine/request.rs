@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::constraint::Constraint;
 use crate::sampler::TokenLogprob;
-
 use crate::error::{Error, Result};
 use crate::model::DEFAULT_PREFILL_CHUNK;
 use crate::sampler::SamplingParams;
@@ -33,6 +33,8 @@ pub struct GenerateRequest {
     /// Report each generated token's log-probability with this many most likely
     /// alternatives (0 to 20); `None`: no log-probabilities.
     pub logprobs: Option<usize>,
+    /// A grammar the answer must follow (JSON Schema, any JSON object, regex, Lark).
+    pub constraint: Option<Constraint>,
 }
 
 impl Default for GenerateRequest {
@@ -44,6 +46,7 @@ impl Default for GenerateRequest {
             ctx_size: None,
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
             logprobs: None,
+            constraint: None,
         }
     }
 }

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use super::request::{Event, FinishReason, Generation, Timings};
 use crate::backend::{Backend, SeqKv};
+use crate::constraint::ConstraintState;
 use crate::error::Result;
 use crate::sampler::{token_logprob, Sampler, StopMatcher, TokenLogprob};
 use crate::tokenizer::TextStream;
@@ -39,6 +40,7 @@ pub struct Sequence {
     /// Alternatives per token when log-probabilities are wanted.
     logprobs: Option<usize>,
     logprob_list: Vec<TokenLogprob>,
+    constraint: Option<ConstraintState>,
 }
 
 /// What became of a sequence after a token.
@@ -69,6 +71,8 @@ pub struct Parts {
     pub start: Instant,
     /// Alternatives per token when log-probabilities are wanted.
     pub logprobs: Option<usize>,
+    /// The compiled grammar, when the answer is constrained.
+    pub constraint: Option<ConstraintState>,
 }
 
 impl Sequence {
@@ -93,6 +97,7 @@ impl Sequence {
             cached: 0,
             logprobs: p.logprobs,
             logprob_list: Vec::new(),
+            constraint: p.constraint,
         }
     }
 
@@ -124,7 +129,18 @@ impl Sequence {
     /// Samples the next token from `logits` and reports it.
     pub fn push(&mut self, logits: &[f32]) -> Result<Next> {
         let (prompt, generated) = self.tokens.split_at(self.prompt_len);
-        let token = self.sampler.sample(logits, prompt, generated)?;
+        let step = generated.len();
+        let token = match &mut self.constraint {
+            Some(c) => {
+                c.compute(step)?;
+                let allowed = |t: u32| c.allows(t);
+                self.sampler.sample_allowed(logits, prompt, generated, Some(&allowed))?
+            }
+            None => self.sampler.sample(logits, prompt, generated)?,
+        };
+        if let (Some(c), false) = (&mut self.constraint, self.eos.contains(&token)) {
+            c.consume(token, step)?;
+        }
         self.first_token.get_or_insert_with(Instant::now);
         if self.eos.contains(&token) {
             return Ok(Next::Finish(FinishReason::Stop));

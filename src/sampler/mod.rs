@@ -124,8 +124,28 @@ impl Sampler {
     /// prompt and the tokens generated so far; `generated.len()` is the step named in
     /// errors. Runs the chain described in the [module docs](crate::sampler).
     pub fn sample(&mut self, logits: &[f32], prompt: &[u32], generated: &[u32]) -> Result<u32> {
+        self.sample_allowed(logits, prompt, generated, None)
+    }
+
+    /// Like [`Sampler::sample`], after a mask stage (between checking and logit_bias):
+    /// tokens for which `allowed` is false get -inf and can never be drawn (a grammar's
+    /// constraint). Every token masked out is an error.
+    pub fn sample_allowed(
+        &mut self,
+        logits: &[f32],
+        prompt: &[u32],
+        generated: &[u32],
+        allowed: Option<&dyn Fn(u32) -> bool>,
+    ) -> Result<u32> {
         let step = generated.len();
         self.load_row(logits, step)?;
+        if let Some(allowed) = allowed {
+            for (id, l) in self.row.iter_mut().enumerate() {
+                if !allowed(id as u32) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
         self.bias.apply(&mut self.row);
         self.penalties.apply(&mut self.row, prompt, generated);
         let (best, max) = draw::argmax_allowed(&self.row).ok_or_else(|| all_banned(step))?;

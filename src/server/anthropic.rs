@@ -68,6 +68,7 @@ pub(super) fn parse(body: &[u8], need_max_tokens: bool) -> Result<ChatParams, Ap
         messages: parsed.messages,
         tools,
         tool_choice,
+        constraint: None,
     })
 }
 

@@ -8,6 +8,7 @@ use serde_json::{json, Map, Value as Json};
 
 use super::error::ApiError;
 use crate::chat::{parse_request_value, parse_tool_call, Message, Tool};
+use crate::constraint::Constraint;
 use crate::sampler::{SamplingParams, MAX_TOP_LOGPROBS};
 
 /// Most choices one request may ask for.
@@ -214,6 +215,8 @@ pub struct ChatParams {
     pub tools: Option<Vec<Tool>>,
     /// `tool_choice`.
     pub tool_choice: ToolChoice,
+    /// `response_format` as a grammar.
+    pub constraint: Option<Constraint>,
 }
 
 impl ChatParams {
@@ -271,7 +274,7 @@ impl ChatParams {
                 return Err(ApiError::invalid("tool_choice", format!("no tool is named `{name}`")));
             }
         }
-        refuse_unsupported(&mut f)?;
+        let constraint = response_format(&mut f)?;
         let wanted = f.bool("logprobs")?.unwrap_or(false);
         let top = f.count("top_logprobs", 0)?;
         if top.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
@@ -287,6 +290,7 @@ impl ChatParams {
             messages: parsed.messages,
             tools,
             tool_choice,
+            constraint,
         })
     }
 
@@ -296,17 +300,50 @@ impl ChatParams {
     }
 }
 
-/// Options we cannot honour are refused rather than silently ignored.
-fn refuse_unsupported(f: &mut Fields) -> Result<(), ApiError> {
+/// `response_format` (OpenAI) or vLLM's `guided_json` / `guided_regex` / `guided_grammar`
+/// as a grammar constraint.
+fn response_format(f: &mut Fields) -> Result<Option<Constraint>, ApiError> {
+    let bad = |m: &str| ApiError::invalid("response_format", m.to_string());
     if let Some(format) = f.take("response_format") {
-        if format.get("type").and_then(Json::as_str) != Some("text") {
-            return Err(ApiError::invalid(
-                "response_format",
-                "only `{\"type\": \"text\"}` is supported by this server",
-            ));
-        }
+        return match format.get("type").and_then(Json::as_str) {
+            Some("text") => Ok(None),
+            Some("json_object") => Ok(Some(Constraint::JsonObject)),
+            Some("json_schema") => match format.get("json_schema").and_then(|s| s.get("schema")) {
+                Some(schema @ (Json::Object(_) | Json::Bool(_))) => Ok(Some(Constraint::JsonSchema(schema.clone()))),
+                _ => Err(bad("`response_format.json_schema.schema` must be a JSON Schema object")),
+            },
+            _ => Err(bad("`response_format.type` must be text, json_object or json_schema")),
+        };
     }
-    Ok(())
+    if let Some(schema) = f.take("guided_json") {
+        let schema = match schema {
+            Json::String(s) => serde_json::from_str(&s).map_err(|e| ApiError::invalid("guided_json", format!("not JSON: {e}")))?,
+            other => other,
+        };
+        return Ok(Some(Constraint::JsonSchema(schema)));
+    }
+    if let Some(rx) = f.string("guided_regex")? {
+        return Ok(Some(Constraint::Regex(rx)));
+    }
+    Ok(f.string("guided_grammar")?.map(Constraint::Lark))
+}
+
+/// The grammar that forces a Llama 3.2 JSON tool call (`{"name": ..., "parameters": ...}`)
+/// to one of `tools` (or to the one named), its parameters valid against the tool's schema.
+pub fn tool_call_constraint(tools: &[Tool], only: Option<&str>) -> Constraint {
+    let calls: Vec<Json> = tools
+        .iter()
+        .filter(|t| only.is_none_or(|name| t["function"]["name"].as_str() == Some(name)))
+        .map(|t| {
+            let params = match &t["function"]["parameters"] {
+                p @ Json::Object(_) => p.clone(),
+                _ => json!({"type": "object"}),
+            };
+            json!({"type": "object", "properties": {"name": {"const": t["function"]["name"]}, "parameters": params},
+                   "required": ["name", "parameters"], "additionalProperties": false})
+        })
+        .collect();
+    Constraint::JsonSchema(json!({"anyOf": calls}))
 }
 
 /// The prompt of `POST /v1/completions`.
@@ -327,6 +364,8 @@ pub struct CompletionParams {
     pub prompt: Prompt,
     /// Prepend the prompt to the answer.
     pub echo: bool,
+    /// `response_format` / `guided_*` as a grammar.
+    pub constraint: Option<Constraint>,
 }
 
 fn token_list(items: &[Json]) -> Option<Vec<u32>> {
@@ -375,6 +414,7 @@ impl CompletionParams {
             },
             Some(_) => return Err(type_error("logprobs", "an integer")),
         };
+        let constraint = response_format(&mut f)?;
         let best_of = f.count("best_of", 1)?;
         let mut common = CommonParams::parse(&mut f, false)?;
         common.logprobs = logprobs;
@@ -386,7 +426,12 @@ impl CompletionParams {
         }
         // OpenAI's completions default.
         common.max_tokens.get_or_insert(16);
-        Ok(Self { common, prompt, echo })
+        Ok(Self {
+            common,
+            prompt,
+            echo,
+            constraint,
+        })
     }
 }
 

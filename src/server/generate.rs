@@ -12,11 +12,14 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value as Json};
 use tokio::sync::mpsc;
 
-use super::api::{chat_message, new_id, usage, ChatParams, CommonParams, CompletionParams, Prompt, ToolChoice};
+use super::api::{
+    chat_message, new_id, tool_call_constraint, usage, ChatParams, CommonParams, CompletionParams, Prompt, ToolChoice,
+};
 use super::error::ApiError;
 use super::routes::{Report, SelfReported};
 use super::{anthropic, logprobs, messages, stream, Phase, Ready, State};
 use crate::chat::RenderOptions;
+use crate::constraint::Constraint;
 use crate::engine::{Event, FinishReason, GenerateRequest, Generation, Handle};
 use crate::error::Error;
 use crate::sampler::StopMatcher;
@@ -128,6 +131,8 @@ pub(super) struct Plan {
     pub(super) id: String,
     pub(super) created: u64,
     pub(super) start: Instant,
+    /// The request parameter a bad grammar is reported against.
+    pub(super) constraint_param: &'static str,
 }
 
 pub(super) fn finish_name(reason: FinishReason) -> &'static str {
@@ -147,7 +152,10 @@ impl Plan {
         let kind = Kind::Chat {
             tools_active: p.tools_active(),
         };
-        Self::new(ready, kind, prompt, p.common, ("chatcmpl-", created, start))
+        let constraint = chat_constraint(&p);
+        let mut plan = Self::new(ready, kind, prompt, p.common, ("chatcmpl-", created, start))?;
+        plan.set_constraint(constraint);
+        Ok(plan)
     }
 
     /// An Anthropic Messages request (read into a chat request).
@@ -159,7 +167,10 @@ impl Plan {
         let kind = Kind::Messages {
             tools_active: p.tools_active(),
         };
-        Self::new(ready, kind, prompt, p.common, ("msg_", created, start))
+        let constraint = chat_constraint(&p);
+        let mut plan = Self::new(ready, kind, prompt, p.common, ("msg_", created, start))?;
+        plan.set_constraint(constraint);
+        Ok(plan)
     }
 
     /// Tokenizes the prompt and validates the request.
@@ -184,13 +195,16 @@ impl Plan {
                 (ids, echo)
             }
         };
-        Self::new(
+        let constraint = p.constraint.map(|c| (c, "response_format"));
+        let mut plan = Self::new(
             ready,
             Kind::Completion { echo },
             prompt,
             p.common,
             ("cmpl-", created, start),
-        )
+        )?;
+        plan.set_constraint(constraint);
+        Ok(plan)
     }
 
     fn new(
@@ -244,7 +258,15 @@ impl Plan {
             id: new_id(prefix),
             created,
             start,
+            constraint_param: "response_format",
         })
+    }
+
+    fn set_constraint(&mut self, constraint: Option<(Constraint, &'static str)>) {
+        if let Some((c, param)) = constraint {
+            self.request.constraint = Some(c);
+            self.constraint_param = param;
+        }
     }
 
     /// The request of choice `i`: seeds seed, seed+1, ... when a seed was given.
@@ -272,6 +294,16 @@ impl Plan {
             "system_fingerprint": null,
             "choices": choices,
         })
+    }
+}
+
+/// A chat request's grammar and the parameter it came from: a forced tool call
+/// (`tool_choice` required or named), else `response_format`.
+fn chat_constraint(p: &ChatParams) -> Option<(Constraint, &'static str)> {
+    match (&p.tools, &p.tool_choice) {
+        (Some(tools), ToolChoice::Required) => Some((tool_call_constraint(tools, None), "tool_choice")),
+        (Some(tools), ToolChoice::Function(name)) => Some((tool_call_constraint(tools, Some(name)), "tool_choice")),
+        _ => p.constraint.clone().map(|c| (c, "response_format")),
     }
 }
 
@@ -317,7 +349,14 @@ pub(super) async fn execute(state: Arc<State>, plan: Plan, report: Report) -> Re
         .collect();
     let events = match handles {
         Ok(handles) => bridge(handles),
-        Err(e) => return fail(ApiError::from(e), report),
+        Err(e) => {
+            let mut e = ApiError::from(e);
+            if e.param.as_deref() == Some("constraint") {
+                e.param = Some(plan.constraint_param.into());
+                e.message = e.message.replace("`constraint`", &format!("`{}`", plan.constraint_param));
+            }
+            return fail(e, report);
+        }
     };
     match (plan.stream, &plan.kind) {
         (true, Kind::Messages { .. }) => messages::respond(state.clone(), plan, events, admission, report),

@@ -99,6 +99,18 @@ pub struct SamplingArgs {
     /// this many most likely alternatives (0-20).
     #[arg(long)]
     pub logprobs: Option<usize>,
+    /// Constrain the answer to JSON valid against this JSON Schema file.
+    #[arg(long, value_name = "FILE", group = "constraint")]
+    pub json_schema: Option<std::path::PathBuf>,
+    /// Constrain the answer to a JSON object.
+    #[arg(long, group = "constraint")]
+    pub json_object: bool,
+    /// Constrain the answer to this Lark grammar file (llguidance's dialect).
+    #[arg(long, value_name = "FILE", group = "constraint")]
+    pub grammar: Option<std::path::PathBuf>,
+    /// Constrain the answer to match this regular expression.
+    #[arg(long, value_name = "RE", group = "constraint")]
+    pub regex: Option<String>,
     /// Prompt tokens per prefill forward pass.
     #[arg(long, default_value_t = llama32::model::DEFAULT_PREFILL_CHUNK, hide = true)]
     pub prefill_chunk: usize,

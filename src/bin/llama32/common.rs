@@ -5,6 +5,7 @@ use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use llama32::constraint::Constraint;
 use llama32::{Engine, GenerateRequest, Generation, LoadOptions, SamplingParams};
 use serde_json::json;
 
@@ -25,6 +26,30 @@ pub fn load_engine(a: &ModelArgs, parallel: Option<usize>) -> anyhow::Result<Eng
 
 /// Builds a request from the flags; unset sampling flags take the model's
 /// generation_config.json defaults (applied by the library).
+/// The grammar flags as a constraint (files read and checked here, naming the flag).
+fn constraint(a: &SamplingArgs) -> llama32::Result<Option<Constraint>> {
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).map_err(|source| llama32::Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    if let Some(path) = &a.json_schema {
+        let schema = serde_json::from_str(&read(path)?).map_err(|e| llama32::Error::InvalidParameter {
+            name: "json-schema",
+            reason: format!("{} is not JSON: {e}", path.display()),
+        })?;
+        return Ok(Some(Constraint::JsonSchema(schema)));
+    }
+    if let Some(path) = &a.grammar {
+        return Ok(Some(Constraint::Lark(read(path)?)));
+    }
+    if let Some(rx) = &a.regex {
+        return Ok(Some(Constraint::Regex(rx.clone())));
+    }
+    Ok(a.json_object.then_some(Constraint::JsonObject))
+}
+
 pub fn request(a: &SamplingArgs, ctx_size: Option<usize>) -> llama32::Result<GenerateRequest> {
     let mut logit_bias = BTreeMap::new();
     for item in &a.logit_bias {
@@ -54,6 +79,7 @@ pub fn request(a: &SamplingArgs, ctx_size: Option<usize>) -> llama32::Result<Gen
         ctx_size,
         prefill_chunk: a.prefill_chunk,
         logprobs: a.logprobs,
+        constraint: constraint(a)?,
     };
     // Range errors in explicit values are reported before the model loads; ids against the
     // vocabulary and the model's own defaults are checked again once it has.

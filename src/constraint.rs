@@ -1,0 +1,179 @@
+//! Constrained decoding: a grammar decides, at every step, which tokens may come next
+//! (`llguidance`: JSON Schema, any JSON object, regular expressions, Lark grammars). The
+//! sampler then only draws among those; end-of-sequence is allowed only where the grammar
+//! may end. A grammar is compiled once per request (errors name the constraint) and its
+//! matcher lives with the sequence.
+
+use std::sync::Arc;
+
+use llguidance::api::TopLevelGrammar;
+use llguidance::toktrie::{ApproximateTokEnv, SimpleVob, TokEnv, TokRxInfo, TokTrie};
+use llguidance::{Matcher, ParserFactory};
+use serde_json::{json, Value as Json};
+
+use crate::error::{Error, Result};
+use crate::tokenizer::Tokenizer;
+
+/// What the generated text must match.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Constraint {
+    /// Any JSON object (OpenAI's `json_object` mode).
+    JsonObject,
+    /// A JSON document valid against this JSON Schema.
+    JsonSchema(Json),
+    /// Text matching this regular expression (whole answer).
+    Regex(String),
+    /// Text derived from this Lark grammar (llguidance's dialect).
+    Lark(String),
+}
+
+/// JSON is generated compact (`, ` and `: ` between items, no other whitespace) unless the
+/// schema says otherwise in llguidance's `x-guidance` options: free whitespace lets a model
+/// pad forever instead of closing the document.
+fn compact(mut schema: Json) -> Json {
+    if let Json::Object(map) = &mut schema {
+        map.entry("x-guidance")
+            .or_insert_with(|| json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}));
+    }
+    schema
+}
+
+impl Constraint {
+    fn grammar(&self) -> TopLevelGrammar {
+        match self {
+            Constraint::JsonObject => TopLevelGrammar::from_json_schema(compact(json!({"type": "object"}))),
+            Constraint::JsonSchema(schema) => TopLevelGrammar::from_json_schema(compact(schema.clone())),
+            Constraint::Regex(rx) => TopLevelGrammar::from_regex(rx),
+            Constraint::Lark(lark) => TopLevelGrammar::from_lark(lark.clone()),
+        }
+    }
+}
+
+/// Compiles constraints for one model's vocabulary (built once per engine, on first use).
+pub struct Grammars {
+    factory: ParserFactory,
+    eos: Arc<[u32]>,
+}
+
+fn invalid(reason: impl std::fmt::Display) -> Error {
+    Error::InvalidParameter {
+        name: "constraint",
+        reason: reason.to_string(),
+    }
+}
+
+impl Grammars {
+    /// The token trie of `tokenizer` over `vocab_size` ids (ids it does not know are
+    /// never allowed) with `eos` as the end-of-sequence ids.
+    pub fn new(tokenizer: &Tokenizer, vocab_size: usize, eos: Arc<[u32]>) -> Result<Self> {
+        let Some(&first_eos) = eos.first() else {
+            return Err(invalid("the model has no end-of-sequence id"));
+        };
+        let words: Vec<Vec<u8>> = (0..vocab_size as u32)
+            .map(|id| {
+                let bytes = tokenizer.token_bytes(id);
+                match (tokenizer.is_special(id), bytes.is_empty()) {
+                    // llguidance's convention: special tokens start with 0xFF.
+                    (true, _) | (_, true) => {
+                        let mut w = vec![TokTrie::SPECIAL_TOKEN_MARKER];
+                        w.extend_from_slice(format!("<[{id}]>").as_bytes());
+                        w
+                    }
+                    _ => bytes,
+                }
+            })
+            .collect();
+        let info = TokRxInfo::new(vocab_size as u32, first_eos);
+        let trie = TokTrie::from(&info, &words).with_eos_tokens(&eos);
+        let env: TokEnv = Arc::new(ApproximateTokEnv::new(trie));
+        let mut factory = ParserFactory::new_simple(&env).map_err(invalid)?;
+        factory.quiet();
+        Ok(Self { factory, eos })
+    }
+
+    /// A fresh matcher for `constraint`; a bad grammar or schema is an error naming it.
+    pub fn compile(&self, constraint: &Constraint) -> Result<ConstraintState> {
+        let parser = self.factory.create_parser(constraint.grammar()).map_err(invalid)?;
+        let matcher = Matcher::new(Ok(parser));
+        if let Some(e) = matcher.get_error() {
+            return Err(invalid(e));
+        }
+        Ok(ConstraintState {
+            matcher,
+            eos: self.eos.clone(),
+            mask: None,
+        })
+    }
+}
+
+/// One sequence's position in its grammar.
+pub struct ConstraintState {
+    matcher: Matcher,
+    eos: Arc<[u32]>,
+    mask: Option<SimpleVob>,
+}
+
+impl std::fmt::Debug for ConstraintState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConstraintState").finish_non_exhaustive()
+    }
+}
+
+impl ConstraintState {
+    fn failed(&self, step: usize, e: impl std::fmt::Display) -> Error {
+        Error::Constraint(format!("at generation step {step}: {e}"))
+    }
+
+    /// Computes the tokens allowed next (at step `step`, for errors).
+    pub fn compute(&mut self, step: usize) -> Result<()> {
+        let mask = self.matcher.compute_mask_or_eos().map_err(|e| self.failed(step, e))?;
+        self.mask = Some(mask);
+        Ok(())
+    }
+
+    /// True when `token` may come next (after [`ConstraintState::compute`]); every
+    /// end-of-sequence id counts as the grammar's end.
+    pub fn allows(&self, token: u32) -> bool {
+        let Some(mask) = &self.mask else {
+            return false;
+        };
+        match self.eos.contains(&token) {
+            true => self.eos.iter().any(|&e| mask.is_allowed(e)),
+            false => mask.is_allowed(token),
+        }
+    }
+
+    /// Advances the grammar past `token` (not called for end-of-sequence).
+    pub fn consume(&mut self, token: u32, step: usize) -> Result<()> {
+        self.mask = None;
+        self.matcher.consume_token(token).map_err(|e| self.failed(step, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_grammars_are_refused_with_the_reason() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tied-bf16-llama3");
+        let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+        let eos: Arc<[u32]> = Arc::from(vec![128009u32]);
+        let grammars = Grammars::new(&tokenizer, 128256, eos).unwrap();
+        let bad = Constraint::JsonSchema(json!({"type": "nonsense"}));
+        let err = grammars.compile(&bad).unwrap_err();
+        assert!(matches!(err, Error::InvalidParameter { name: "constraint", .. }), "{err}");
+        assert!(grammars.compile(&Constraint::Lark("start: (".into())).is_err());
+        // A regex: only digits, then end.
+        let mut state = grammars.compile(&Constraint::Regex("[0-9]{2}".into())).unwrap();
+        state.compute(0).unwrap();
+        let seven = tokenizer.encode("7", false).unwrap()[0];
+        let letter = tokenizer.encode("a", false).unwrap()[0];
+        assert!(state.allows(seven) && !state.allows(letter) && !state.allows(128009));
+        state.consume(seven, 0).unwrap();
+        state.compute(1).unwrap();
+        state.consume(seven, 1).unwrap();
+        state.compute(2).unwrap();
+        assert!(state.allows(128009) && !state.allows(seven));
+    }
+}
