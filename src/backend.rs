@@ -50,7 +50,8 @@ pub struct KvUsage {
     pub block_size: usize,
 }
 
-/// The forward-pass engine of a loaded model.
+/// The forward-pass engine of a loaded model (one per engine, so the variants' sizes do not matter).
+#[allow(clippy::large_enum_variant)]
 pub enum Backend {
     /// Packed CPU kernels over a paged KV pool.
     Paged {

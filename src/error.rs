@@ -152,10 +152,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     /// True when the error is the caller's bad parameter (a CLI maps it to exit code 2).
     pub fn is_usage(&self) -> bool {
-        match self {
-            Error::InvalidParameter { .. } | Error::Unsupported(_) | Error::PromptTooLong { .. } => true,
-            _ => false,
-        }
+        matches!(
+            self,
+            Error::InvalidParameter { .. } | Error::Unsupported(_) | Error::PromptTooLong { .. }
+        )
     }
 }
 

@@ -9,7 +9,7 @@
 //! computed again (its full blocks usually come straight back from the prefix cache).
 
 use std::collections::VecDeque;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 
 use super::request::FinishReason;
@@ -77,11 +77,8 @@ impl Scheduler {
                     Err(_) => return,
                 }
             }
-            loop {
-                match self.inbox.try_recv() {
-                    Ok(seq) => self.waiting.push_back(seq),
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                }
+            while let Ok(seq) = self.inbox.try_recv() {
+                self.waiting.push_back(seq);
             }
             self.drop_cancelled();
             self.admit();

@@ -344,7 +344,7 @@ impl BlockPool {
     pub fn release(&mut self, table: BlockTable, tokens: &[u32]) {
         let bs = self.layout.block_size;
         let full = table.len / bs;
-        if let (Some(&last), true) = (table.blocks.get(full), table.len % bs != 0) {
+        if let (Some(&last), true) = (table.blocks.get(full), !table.len.is_multiple_of(bs)) {
             if self.refs[last as usize] == 1 {
                 let parent = match full.checked_sub(1) {
                     None => Some(prefix::ROOT),

@@ -11,7 +11,7 @@ use std::hash::{Hash, Hasher};
 use super::BlockId;
 
 /// The parent key of a sequence's first block.
-pub const ROOT: u64 = 0x6c6c_616d_6133_32;
+pub const ROOT: u64 = 0x006c_6c61_6d61_3332;
 
 struct Entry {
     block: BlockId,

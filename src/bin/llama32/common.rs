@@ -159,7 +159,7 @@ pub fn generation_json(out: &Generation, load_ms: f64) -> serde_json::Value {
         "completion_tokens": out.completion_tokens,
         "finish_reason": out.finish_reason,
         "stop_sequence": out.stop_sequence,
-        "logprobs": (!out.logprobs.is_empty()).then(|| &out.logprobs),
+        "logprobs": (!out.logprobs.is_empty()).then_some(&out.logprobs),
         "seed": out.seed,
         "timings": {
             "load_ms": load_ms,

@@ -59,6 +59,11 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         .spawn(move || server.run())?;
     let engine = Arc::new(load_engine(&a.model, a.parallel)?);
     handle.ready(engine.clone())?;
+    // The grammar compiler takes about a second to build: not on the first JSON-mode request.
+    let warm = engine.clone();
+    let _ = std::thread::Builder::new()
+        .name("llama32-grammars".into())
+        .spawn(move || warm.prepare_constraints());
     eprintln!(
         "[{} {} | model `{}` | {} parallel ({}), queue {} | load: {:.0} ms]",
         engine.device(),
