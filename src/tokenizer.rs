@@ -10,6 +10,8 @@ use crate::error::{Error, Result};
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: std::sync::Arc<tokenizers::Tokenizer>,
+    /// A copy that encodes special-token text as plain text (made on first use).
+    plain: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<tokenizers::Tokenizer>>>,
 }
 
 /// Runs `f`, turning both its error and a panic inside the tokenizers crate into [`Error::Tokenizer`].
@@ -32,7 +34,10 @@ impl Tokenizer {
         }
         let what = format!("{}", path.display());
         let inner = guarded(&what, || tokenizers::Tokenizer::from_file(path))?;
-        Ok(Self { inner: inner.into() })
+        Ok(Self {
+            inner: inner.into(),
+            plain: Default::default(),
+        })
     }
 
     /// Encodes `text`; with `add_special_tokens` the tokenizer's post-processor adds BOS
@@ -40,6 +45,17 @@ impl Tokenizer {
     /// `<|eot_id|>`) is recognised as the special token, as in HF.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
         let enc = guarded("encode", || self.inner.encode(text, add_special_tokens))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Encodes text with special-token strings taken as plain text (no BOS added).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        let plain = self.plain.get_or_init(|| {
+            let mut t = (*self.inner).clone();
+            t.set_encode_special_tokens(true);
+            std::sync::Arc::new(t)
+        });
+        let enc = guarded("encode", || plain.encode(text, false))?;
         Ok(enc.get_ids().to_vec())
     }
 

@@ -16,6 +16,7 @@ pub struct Conversation<'e> {
     messages: Vec<Message>,
     tools: Option<Vec<Tool>>,
     date: Option<String>,
+    content_as_text: bool,
 }
 
 /// The outcome of one assistant turn.
@@ -49,7 +50,14 @@ impl<'e> Conversation<'e> {
             messages: Vec::new(),
             tools,
             date,
+            content_as_text: false,
         })
+    }
+
+    /// Encode special-token strings inside messages as plain text (default: as special
+    /// tokens, HF's behaviour).
+    pub fn set_content_as_text(&mut self, on: bool) {
+        self.content_as_text = on;
     }
 
     /// The history so far.
@@ -87,6 +95,7 @@ impl<'e> Conversation<'e> {
         let options = RenderOptions {
             add_generation_prompt: true,
             date: self.date.clone(),
+            content_as_text: self.content_as_text,
         };
         self.engine.encode_chat(&self.messages, self.tools.as_deref(), &options)
     }

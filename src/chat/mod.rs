@@ -3,6 +3,7 @@
 
 pub mod conversation;
 pub mod date;
+mod encode;
 pub mod template;
 
 use serde::{Deserialize, Serialize};
@@ -11,6 +12,7 @@ use serde_json::Value as Json;
 use crate::error::{Error, Result};
 
 pub use conversation::{Conversation, Turn};
+pub use encode::encode_conversation;
 pub use template::{ChatTemplate, RenderOptions};
 
 /// The roles a Llama 3.x chat template understands.

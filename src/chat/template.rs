@@ -29,6 +29,10 @@ pub struct RenderOptions {
     /// The date the template prints (`date_string`, e.g. "26 Jul 2024"); `None` lets the
     /// template call `strftime_now` (today, UTC).
     pub date: Option<String>,
+    /// Encode special-token strings inside message content as plain text (what a server
+    /// wants: a user cannot forge a turn). `false` is HF's behaviour: they become the
+    /// special tokens. Applies when tokenizing ([`crate::chat::encode_conversation`]).
+    pub content_as_text: bool,
 }
 
 #[derive(Serialize)]

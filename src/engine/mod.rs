@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 
 use crate::backend::Backend;
-use crate::chat::{ChatTemplate, Message, RenderOptions, Tool};
+use crate::chat::{encode_conversation, ChatTemplate, Message, RenderOptions, Tool};
 use crate::config::{GenerationConfig, LlamaConfig};
 use crate::constraint::Grammars;
 use crate::device::{check_dtype, ComputeDType, DeviceKind};
@@ -205,8 +205,7 @@ impl Engine {
                 self.dir.display()
             ))
         })?;
-        let text = template.render(messages, tools, options)?;
-        self.tokenizer.encode(&text, false)
+        encode_conversation(template, &self.tokenizer, messages, tools, options)
     }
 
     /// The model (for callers that drive the KV cache themselves).

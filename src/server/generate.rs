@@ -312,6 +312,7 @@ pub(super) fn chat_prompt(ready: &Ready, p: &ChatParams) -> Result<Vec<u32>, Api
     let options = RenderOptions {
         add_generation_prompt: true,
         date: None,
+        content_as_text: !ready.special_tokens_in_content,
     };
     let tools = match p.tool_choice {
         ToolChoice::None => None,

@@ -68,6 +68,9 @@ pub struct ServerConfig {
     pub keep_alive_interval: Duration,
     /// Serve the playground page at `/`.
     pub playground: bool,
+    /// Read special-token text inside message content as the special tokens (HF's and
+    /// vLLM's behaviour); by default it is plain text, so a user cannot forge a turn.
+    pub special_tokens_in_content: bool,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +88,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             keep_alive_interval: Duration::from_secs(10),
             playground: true,
+            special_tokens_in_content: false,
         }
     }
 }
@@ -121,6 +125,8 @@ struct Ready {
     ctx: usize,
     /// Generation requests in flight at most.
     capacity: usize,
+    /// See [`ServerConfig::special_tokens_in_content`].
+    special_tokens_in_content: bool,
 }
 
 /// What every connection shares.
@@ -149,7 +155,12 @@ impl ServerHandle {
         let capacity = engine.parallel() + self.state.config.queue;
         self.state
             .ready
-            .set(Ready { engine, ctx, capacity })
+            .set(Ready {
+                engine,
+                ctx,
+                capacity,
+                special_tokens_in_content: self.state.config.special_tokens_in_content,
+            })
             .map_err(|_| Error::InvalidParameter {
                 name: "engine",
                 reason: "the server already has an engine".into(),

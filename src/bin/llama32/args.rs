@@ -146,6 +146,10 @@ pub struct ConversationArgs {
     /// A conversation in OpenAI's request shape (array of messages, or {messages, tools}).
     #[arg(long)]
     pub messages: Option<PathBuf>,
+    /// Encode special-token text inside messages (`<|eot_id|>`...) as plain text instead of
+    /// as the special tokens (HF's default, kept here).
+    #[arg(long)]
+    pub content_as_text: bool,
 }
 
 /// `llama32 chat`.
@@ -253,6 +257,10 @@ pub struct ServeArgs {
     /// error event.
     #[arg(long, default_value_t = 30)]
     pub shutdown_grace: u64,
+    /// Read special-token text inside message content (`<|eot_id|>`...) as the special
+    /// tokens, as HF and vLLM do; by default it is plain text, so users cannot forge turns.
+    #[arg(long)]
+    pub special_tokens_in_content: bool,
     /// Do not serve the playground page at `/` (API only).
     #[arg(long)]
     pub no_playground: bool,

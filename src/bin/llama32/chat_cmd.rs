@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use llama32::chat::{parse_request, parse_tools, ChatTemplate, Message, RenderOptions, Tool};
+use llama32::chat::{encode_conversation, parse_request, parse_tools, ChatTemplate, Message, RenderOptions, Tool};
 use llama32::{Conversation, Engine, FinishReason, GenerateRequest, Tokenizer, Turn};
 
 use crate::args::{ChatArgs, ConversationArgs};
@@ -48,9 +48,9 @@ pub fn conversation_ids(dir: &Path, tokenizer: &Tokenizer, a: &ConversationArgs)
     let options = RenderOptions {
         add_generation_prompt: true,
         date: a.date.clone(),
+        content_as_text: a.content_as_text,
     };
-    let text = template.render(&messages, tools.as_deref(), &options)?;
-    Ok(tokenizer.encode(&text, false)?)
+    Ok(encode_conversation(&template, tokenizer, &messages, tools.as_deref(), &options)?)
 }
 
 struct Chat<'e> {
@@ -120,6 +120,7 @@ pub fn run(a: ChatArgs) -> anyhow::Result<ExitCode> {
     let request = request(&a.sampling, a.model.ctx_size)?;
     let engine = load_engine(&a.model, None)?;
     let mut conversation = Conversation::new(&engine, a.model.ctx_size, tools, a.conversation.date.clone())?;
+    conversation.set_content_as_text(a.conversation.content_as_text);
     for m in messages {
         conversation.push(m);
     }

@@ -41,6 +41,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         cors_origins: a.cors.clone(),
         shutdown_grace: Duration::from_secs(a.shutdown_grace),
         playground: !a.no_playground,
+        special_tokens_in_content: a.special_tokens_in_content,
         ..ServerConfig::default()
     };
     let host = if a.host.contains(':') && !a.host.starts_with('[') {
