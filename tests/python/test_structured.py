@@ -100,6 +100,13 @@ def test_anthropic_tool_choice_any(server):
 
 def test_bad_schemas_are_400(server):
     client = server.client()
+    unsatisfiable = [{"type": "string", "minLength": 5, "maxLength": 2}, {"type": "integer", "minimum": 5, "maximum": 2},
+                     {"allOf": [{"type": "string"}, {"type": "integer"}]}, {"enum": []}]
+    for schema in unsatisfiable:
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], response_format={
+                "type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
+        assert e.value.body["param"] == "response_format" and "nsatisfiable" in e.value.body["message"]
     for fmt in ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}},
                 {"type": "json_schema", "json_schema": {"name": "x"}},
                 {"type": "xml"}):
