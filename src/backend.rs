@@ -35,8 +35,9 @@ pub struct Work<'a> {
     pub tokens: &'a [u32],
     /// How many of its pending tokens to run.
     pub n: usize,
-    /// Whether the logits after the last of them are wanted.
-    pub logits: bool,
+    /// How many of the last of them want their logits (more than 1 only on the paged
+    /// backend: speculated tokens being verified).
+    pub logits: usize,
 }
 
 /// Memory use of the KV cache.
@@ -185,6 +186,14 @@ impl Backend {
         }
     }
 
+    /// Forgets the positions of `kv` from `len` on (speculated tokens that were not
+    /// accepted). Only the paged backend speculates; the candle one ignores it.
+    pub fn truncate(&mut self, kv: &mut SeqKv, len: usize) {
+        if let (Self::Paged { pool, .. }, SeqKv::Paged(t)) = (self, kv) {
+            pool.truncate(t, len);
+        }
+    }
+
     /// Gives `kv` back (to the pool, or to the idle caches); `tokens` are the sequence's.
     pub fn release(&mut self, kv: SeqKv, tokens: &[u32]) {
         match (self, kv) {
@@ -237,7 +246,7 @@ impl Backend {
                     let ids = &w.tokens[start..start + w.n];
                     let logits = model.forward(ids, cache, *prefill_chunk)?;
                     fed.extend_from_slice(ids);
-                    if w.logits {
+                    if w.logits > 0 {
                         out.push(logits.to_vec1()?);
                     }
                 }

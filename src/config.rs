@@ -135,6 +135,18 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T
     })
 }
 
+/// The largest value a config count may have (far above every Llama-architecture model).
+fn size_limit(field: &str) -> usize {
+    match field {
+        "num_hidden_layers" | "num_attention_heads" | "num_key_value_heads" | "head_dim" => 1024,
+        "hidden_size" => 1 << 16,
+        "intermediate_size" => 1 << 18,
+        "vocab_size" => 1 << 22,
+        "max_position_embeddings" => 1 << 24,
+        _ => usize::MAX,
+    }
+}
+
 impl LlamaConfig {
     /// Reads and validates a `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -185,15 +197,20 @@ impl Validator<'_> {
         }
     }
 
+    /// A required count in `1..=limit(field)`: sizes are checked before anything is
+    /// allocated from them, so a hostile config.json is an error, never an abort.
     fn positive(&self, field: &str, v: Option<usize>) -> Result<usize> {
+        let limit = size_limit(field);
         match v {
             None => Err(self.err(field, "is required")),
             Some(0) => Err(self.err(field, "must be greater than zero")),
+            Some(v) if v > limit => Err(self.err(field, format!("{v} is larger than any supported model ({limit})"))),
             Some(v) => Ok(v),
         }
     }
 
     fn validate(&self, raw: RawConfig) -> Result<LlamaConfig> {
+        // Beyond these, the file is broken or hostile (Llama 3.2 3B: 28 layers, 3072 wide).
         let hidden_size = self.positive("hidden_size", raw.hidden_size)?;
         let heads = self.positive("num_attention_heads", raw.num_attention_heads)?;
         let kv_heads = self.positive("num_key_value_heads", Some(raw.num_key_value_heads.unwrap_or(heads)))?;
@@ -231,6 +248,13 @@ impl Validator<'_> {
         }
         if raw.max_position_embeddings == 0 {
             return Err(self.err("max_position_embeddings", "must be greater than zero"));
+        }
+        let limit = size_limit("max_position_embeddings");
+        if raw.max_position_embeddings > limit {
+            return Err(self.err(
+                "max_position_embeddings",
+                format!("{} is larger than any supported model ({limit})", raw.max_position_embeddings),
+            ));
         }
         let vocab_size = self.positive("vocab_size", raw.vocab_size)?;
         if let Some(id) = raw.bos_token_id.filter(|&id| id as usize >= vocab_size) {

@@ -239,3 +239,55 @@ fn nan_weights_are_named_on_the_packed_path_and_nan_activations_are_an_error() {
         assert!(stderr.contains("non-finite"), "{dtype}: {stderr}");
     }
 }
+
+#[test]
+fn hostile_sizes_in_config_are_refused_before_allocating() {
+    for (field, value) in [
+        ("num_hidden_layers", 1_000_000_000u64),
+        ("hidden_size", 1 << 40),
+        ("vocab_size", 1 << 40),
+        ("max_position_embeddings", 1 << 40),
+        ("num_attention_heads", 1 << 20),
+    ] {
+        let dir = copy_fixture(SMALL);
+        edit_config(dir.path(), |v| v[field] = serde_json::json!(value));
+        match load(dir.path()) {
+            Error::InvalidConfig { field: f, .. } => assert_eq!(f, field),
+            other => panic!("{field}: {other}"),
+        }
+        assert_cli_fails(dir.path(), field);
+    }
+}
+
+#[test]
+fn eos_ids_outside_the_vocabulary_are_named() {
+    let dir = copy_fixture(SMALL);
+    std::fs::write(dir.path().join("generation_config.json"), r#"{"eos_token_id": [128009, 99999999]}"#).unwrap();
+    match load(dir.path()) {
+        Error::InvalidConfig { field, .. } => assert_eq!(field, "eos_token_id"),
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn a_template_that_never_ends_is_an_error() {
+    use llama32::chat::{ChatTemplate, Message, RenderOptions};
+    let template = ChatTemplate::new(
+        "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}".into(),
+        String::new(),
+        String::new(),
+    );
+    let started = std::time::Instant::now();
+    let err = template
+        .render(&[Message::text("user", "hi")], None, &RenderOptions::default())
+        .unwrap_err();
+    assert!(matches!(err, Error::Template(_)), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}
+
+#[test]
+fn too_many_threads_are_refused() {
+    let (code, stderr) = cli(&fixture(SMALL), &["--threads", "10000"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("`threads`: must be from 1 to"), "{stderr}");
+}

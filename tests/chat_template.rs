@@ -134,3 +134,36 @@ fn special_token_text_in_content_can_stay_text() {
         encode_conversation(&template, &tokenizer, &plain, None, &hf_options).unwrap()
     );
 }
+
+#[test]
+fn templates_are_found_where_transformers_puts_them() {
+    let source = fixture("tied-bf16-llama3");
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(source.join("tokenizer_config.json")).unwrap()).unwrap();
+    let template_text = config["chat_template"].as_str().unwrap().to_string();
+    let messages = vec![Message::text("user", "Hi")];
+    let options = RenderOptions { add_generation_prompt: true, date: Some("26 Jul 2024".into()), ..Default::default() };
+    let reference = ChatTemplate::from_dir(&source).unwrap().unwrap().render(&messages, None, &options).unwrap();
+    let without_template = |dir: &std::path::Path| {
+        let mut c = config.clone();
+        c.as_object_mut().unwrap().remove("chat_template");
+        std::fs::write(dir.join("tokenizer_config.json"), c.to_string()).unwrap();
+    };
+    // chat_template.jinja (transformers 4.5x+ and 5).
+    let dir = tempfile::tempdir().unwrap();
+    without_template(dir.path());
+    assert!(ChatTemplate::from_dir(dir.path()).unwrap().is_none());
+    std::fs::write(dir.path().join("chat_template.jinja"), &template_text).unwrap();
+    let t = ChatTemplate::from_dir(dir.path()).unwrap().unwrap();
+    assert_eq!(t.render(&messages, None, &options).unwrap(), reference);
+    // chat_template.json.
+    let dir = tempfile::tempdir().unwrap();
+    without_template(dir.path());
+    std::fs::write(dir.path().join("chat_template.json"), json!({"chat_template": template_text}).to_string()).unwrap();
+    assert_eq!(ChatTemplate::from_dir(dir.path()).unwrap().unwrap().render(&messages, None, &options).unwrap(), reference);
+    // A list of named templates in tokenizer_config.json.
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config.clone();
+    c["chat_template"] = json!([{"name": "tool_use", "template": "nope"}, {"name": "default", "template": template_text}]);
+    std::fs::write(dir.path().join("tokenizer_config.json"), c.to_string()).unwrap();
+    assert_eq!(ChatTemplate::from_dir(dir.path()).unwrap().unwrap().render(&messages, None, &options).unwrap(), reference);
+}

@@ -35,7 +35,7 @@ fn run(
         let c = BatchChunk {
             table,
             tokens: &ids[start..start + n],
-            logits: start + n == ids.len(),
+            logits: usize::from(start + n == ids.len()),
         };
         let mut out = engine.model().forward_batch(pool, &[c]).unwrap();
         pool.commit(table, ids, n);

@@ -223,3 +223,64 @@ fn a_small_pool_preempts_and_recomputes_without_changing_any_answer() {
     let err = tight.submit(long, &sampled(0, 4), Instant::now()).err().unwrap();
     assert!(err.to_string().contains("256"), "{err}");
 }
+
+#[test]
+fn speculation_changes_passes_not_output() {
+    use llama32::engine::Speculation;
+    let engine = engine(q8());
+    // A prompt that repeats itself, and greedy decoding of a random model (which loops):
+    // proposals from the context get accepted.
+    let prompt = "one two three four five six seven eight nine ten ".repeat(6);
+    let spec = Some(Speculation::Ngram { n: 3, k: 6 });
+    for request in [
+        GenerateRequest { max_tokens: 80, sampling: SamplingParams::greedy(), ..Default::default() },
+        sampled(11, 80),
+        GenerateRequest { stop: vec!["seven".into()], ..sampled(5, 80) },
+    ] {
+        let plain = engine.generate(&prompt, &request, |_| ControlFlow::Continue(())).unwrap();
+        let fast = GenerateRequest { speculation: spec, ..request.clone() };
+        let mut streamed = String::new();
+        let out = engine
+            .generate(&prompt, &fast, |piece| {
+                streamed.push_str(piece);
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert_eq!(out.token_ids, plain.token_ids);
+        assert_eq!(out.text, plain.text);
+        assert_eq!(streamed, out.text);
+        assert_eq!(out.finish_reason, plain.finish_reason);
+        let stats = out.speculation.unwrap();
+        assert!(stats.accepted <= stats.drafted);
+        println!("{stats:?}");
+    }
+    // A random model does not repeat itself; a logit_bias that leaves it two tokens makes
+    // it loop: proposals get accepted (all or in part, so rolled-back keys and values are
+    // exercised), and the output still equals plain decoding.
+    for bias in [vec![(1000u32, 100.0f32)], vec![(1000, 100.0), (2000, 100.0)], vec![(1000, 100.0), (2000, 100.0), (3000, 100.0)]] {
+        let mut sampling = SamplingParams::greedy();
+        sampling.logit_bias = bias.into_iter().collect();
+        let request = GenerateRequest { max_tokens: 120, sampling, ..Default::default() };
+        let plain = engine.generate(&prompt, &request, |_| ControlFlow::Continue(())).unwrap();
+        let fast = engine
+            .generate(&prompt, &GenerateRequest { speculation: spec, ..request.clone() }, |_| ControlFlow::Continue(()))
+            .unwrap();
+        assert_eq!(fast.token_ids, plain.token_ids);
+        let stats = fast.speculation.unwrap();
+        println!("{stats:?}");
+        assert!(stats.accepted > 20 && stats.passes < 100, "{stats:?}");
+    }
+    // Several speculating sequences in one batch, and the pool is whole afterwards.
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let ids = engine.tokenize(&prompt).unwrap();
+            engine.submit(ids, &GenerateRequest { speculation: spec, ..sampled(i, 60) }, Instant::now()).unwrap()
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let g = h.wait(|_| ControlFlow::Continue(())).unwrap();
+        let alone = engine.generate(&prompt, &sampled(i as u64, 60), |_| ControlFlow::Continue(())).unwrap();
+        assert_eq!(g.token_ids, alone.token_ids);
+    }
+    assert_eq!(engine.load_stats().kv.used_blocks, 0);
+}

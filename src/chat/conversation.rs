@@ -40,7 +40,7 @@ impl<'e> Conversation<'e> {
     ) -> Result<Self> {
         if engine.chat_template().is_none() {
             return Err(Error::Template(format!(
-                "{} has no chat_template in tokenizer_config.json (a base model?): use `generate`",
+                "{} has no chat template (chat_template.jinja, chat_template.json or tokenizer_config.json): a base model? use `generate`",
                 engine.dir().display()
             )));
         }

@@ -82,6 +82,47 @@ impl ChatTemplate {
         )))
     }
 
+    /// The chat template of a checkpoint directory, wherever transformers puts it:
+    /// `chat_template.jinja`, then `chat_template.json` (`{"chat_template": ...}`), then
+    /// `tokenizer_config.json`'s `chat_template` (a string, or named templates: `default`).
+    /// `bos_token` / `eos_token` come from `tokenizer_config.json`. `Ok(None)`: no template.
+    pub fn from_dir(dir: &Path) -> Result<Option<Self>> {
+        let config_path = dir.join("tokenizer_config.json");
+        let config: serde_json::Value = match config_path.exists() {
+            true => read_json(&config_path)?,
+            false => serde_json::Value::Null,
+        };
+        let (bos, eos) = (token_text(config.get("bos_token")), token_text(config.get("eos_token")));
+        let jinja = dir.join("chat_template.jinja");
+        if jinja.exists() {
+            let source = std::fs::read_to_string(&jinja).map_err(crate::error::io_err(&jinja))?;
+            return Ok(Some(Self::new(source, bos, eos)));
+        }
+        let json_path = dir.join("chat_template.json");
+        if json_path.exists() {
+            let json: serde_json::Value = read_json(&json_path)?;
+            return match Self::source_of(&json_path, json.get("chat_template"))? {
+                Some(source) => Ok(Some(Self::new(source, bos, eos))),
+                None => Err(Error::Template(format!("{}: no `chat_template` string", json_path.display()))),
+            };
+        }
+        Ok(Self::source_of(&config_path, config.get("chat_template"))?.map(|s| Self::new(s, bos, eos)))
+    }
+
+    /// A `chat_template` value: a string, or a list of named templates (take `default`).
+    fn source_of(path: &Path, value: Option<&serde_json::Value>) -> Result<Option<String>> {
+        match value {
+            Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .and_then(|t| t.get("template")?.as_str())
+                .map(|s| Some(s.to_string()))
+                .ok_or_else(|| Error::Template(format!("{}: no template named `default`", path.display()))),
+            _ => Ok(None),
+        }
+    }
+
     /// A template from its Jinja source.
     pub fn new(source: String, bos_token: String, eos_token: String) -> Self {
         Self {
@@ -101,6 +142,8 @@ impl ChatTemplate {
             .build()
             .map_err(template_error)?;
         env.set_syntax(syntax);
+        // A template that loops without end (or a huge loop) is an error, not a hang.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_filter("tojson", tojson);
         env.add_function("raise_exception", raise_exception);
@@ -117,6 +160,9 @@ impl ChatTemplate {
         template.render(Value::from(Serde(&ctx))).map_err(template_error)
     }
 }
+
+/// Instructions one rendering may run (a long conversation takes a few thousand per message).
+const TEMPLATE_FUEL: u64 = 50_000_000;
 
 fn template_error(e: minijinja::Error) -> Error {
     let mut msg = match e.kind() {

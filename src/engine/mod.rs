@@ -7,6 +7,7 @@
 pub mod request;
 mod scheduler;
 mod sequence;
+pub mod speculate;
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ use crate::tokenizer::Tokenizer;
 use crate::weights::Weights;
 pub use request::{Event, FinishReason, GenerateRequest, Generation, Handle, Timings};
 pub use scheduler::{Load, SchedulerConfig};
+pub use speculate::{SpecStats, Speculation};
 use sequence::{Parts, Sequence};
 
 /// KV memory of the paged backend when none is given: enough for `parallel` sequences of
@@ -96,11 +98,7 @@ impl Engine {
         let config = LlamaConfig::from_file(&config_path)?;
         let generation_config = GenerationConfig::from_file_or_default(&dir.join("generation_config.json"))?;
         let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
-        let tokenizer_config = dir.join("tokenizer_config.json");
-        let chat_template = match tokenizer_config.exists() {
-            true => ChatTemplate::from_tokenizer_config(&tokenizer_config)?,
-            false => None,
-        };
+        let chat_template = ChatTemplate::from_dir(dir)?;
         let weights = Weights::open(dir)?;
         let device = options.device.open()?;
         let dtype = options
@@ -113,6 +111,13 @@ impl Engine {
         eos_ids.extend(&generation_config.eos_token_ids);
         eos_ids.sort_unstable();
         eos_ids.dedup();
+        if let Some(&bad) = eos_ids.iter().find(|&&id| id as usize >= config.vocab_size) {
+            return Err(Error::InvalidConfig {
+                path: dir.join("generation_config.json"),
+                field: "eos_token_id".into(),
+                reason: format!("{bad} is outside the vocabulary ({})", config.vocab_size),
+            });
+        }
         let (backend, parallel) = make_backend(&model, options)?;
         let (paged, max_positions) = (backend.is_paged(), backend.max_positions());
         let (inbox, rx) = mpsc::channel();
@@ -201,7 +206,7 @@ impl Engine {
     ) -> Result<Vec<u32>> {
         let template = self.chat_template.as_ref().ok_or_else(|| {
             Error::Template(format!(
-                "{} has no chat_template in tokenizer_config.json",
+                "{} has no chat template (chat_template.jinja, chat_template.json or tokenizer_config.json): a base model? use `generate` or /v1/completions",
                 self.dir.display()
             ))
         })?;
@@ -360,6 +365,7 @@ impl Engine {
             eos: self.eos_ids.clone(),
             start,
             logprobs: request.logprobs,
+            speculation: request.speculation.filter(|_| self.paged),
             constraint: match &request.constraint {
                 Some(c) => Some(self.grammars()?.compile(c)?),
                 None => None,

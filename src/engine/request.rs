@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::speculate::{SpecStats, Speculation};
 use crate::constraint::Constraint;
 use crate::sampler::TokenLogprob;
 use crate::error::{Error, Result};
@@ -35,6 +36,8 @@ pub struct GenerateRequest {
     pub logprobs: Option<usize>,
     /// A grammar the answer must follow (JSON Schema, any JSON object, regex, Lark).
     pub constraint: Option<Constraint>,
+    /// Speculative decoding (the paged CPU backend; the output is unchanged).
+    pub speculation: Option<Speculation>,
 }
 
 impl Default for GenerateRequest {
@@ -47,6 +50,7 @@ impl Default for GenerateRequest {
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
             logprobs: None,
             constraint: None,
+            speculation: None,
         }
     }
 }
@@ -92,6 +96,9 @@ pub struct Generation {
     /// Per generated token (in `token_ids` order), when the request asked for them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub logprobs: Vec<TokenLogprob>,
+    /// What speculation proposed and kept, when the request speculated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speculation: Option<SpecStats>,
     /// The stop string that ended it, when one did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_sequence: Option<String>,

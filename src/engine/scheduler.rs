@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use super::request::FinishReason;
 use super::sequence::{Next, Sequence};
 use crate::backend::{Backend, KvUsage, Work};
-use crate::error::Error;
+use crate::error::{Error, Result};
 
 /// How the scheduler shares the machine.
 #[derive(Debug, Clone, Copy)]
@@ -175,13 +175,16 @@ impl Scheduler {
     /// One forward pass over the running sequences, then sampling.
     fn step(&mut self) {
         self.make_room_for_decodes();
-        let mut plan: Vec<(usize, usize, bool)> = Vec::new();
+        // (sequence, tokens to run, rows of logits wanted)
+        let mut plan: Vec<(usize, usize, usize)> = Vec::new();
         let mut budget = self.config.prefill_budget.max(1);
         for (i, seq) in self.running.iter_mut().enumerate() {
             let pending = seq.pending();
+            // A decoding sequence may add proposed tokens to verify in the same pass.
+            let drafted = if pending == 1 { seq.draft() } else { 0 };
             let n = match pending {
                 0 => continue,
-                1 => 1,
+                1 => 1 + drafted,
                 _ => pending.min(budget),
             };
             if n == 0 {
@@ -189,12 +192,17 @@ impl Scheduler {
             }
             let Some(kv) = seq.kv.as_mut() else { continue };
             if !self.backend.reserve(kv, n) {
+                seq.take_draft();
                 continue;
             }
             if pending > 1 {
                 budget -= n;
             }
-            plan.push((i, n, n == pending));
+            let rows = match (drafted, n == pending + drafted) {
+                (0, wants) => usize::from(wants),
+                (d, _) => 1 + d,
+            };
+            plan.push((i, n, rows));
         }
         if plan.is_empty() {
             if !self.running.is_empty() {
@@ -234,15 +242,18 @@ impl Scheduler {
         }
     }
 
-    fn sample(&mut self, plan: &[(usize, usize, bool)], logits: Vec<Vec<f32>>) {
+    fn sample(&mut self, plan: &[(usize, usize, usize)], logits: Vec<Vec<f32>>) {
         let mut rows = logits.into_iter();
         let mut finished = Vec::new();
-        for &(i, _, wants) in plan {
-            if !wants {
+        for &(i, _, wanted) in plan {
+            if wanted == 0 {
                 continue;
             }
-            let Some(row) = rows.next() else { break };
-            match self.running[i].push(&row) {
+            let mine: Vec<Vec<f32>> = rows.by_ref().take(wanted).collect();
+            if mine.len() < wanted {
+                break;
+            }
+            match self.verify(i, mine) {
                 Ok(Next::Continue) => {}
                 Ok(Next::Finish(reason)) => finished.push((i, Ok(reason))),
                 Err(e) => finished.push((i, Err(e))),
@@ -259,7 +270,35 @@ impl Scheduler {
         }
     }
 
-    fn fail_all(&mut self, plan: &[(usize, usize, bool)], error: Error) {
+    /// Samples from the rows of sequence `i`: one row normally; with proposed tokens, row
+    /// j is scored after proposal j-1, and the sequence keeps proposals while its own
+    /// sampler picks exactly them (so the output is what plain decoding gives), plus the
+    /// token it picked where they differ (or after the last). Keys and values of proposals
+    /// it did not keep are dropped.
+    fn verify(&mut self, i: usize, rows: Vec<Vec<f32>>) -> Result<Next> {
+        let seq = &mut self.running[i];
+        let draft = seq.take_draft();
+        let base = seq.tokens.len();
+        let mut accepted = 0;
+        let mut next = Next::Continue;
+        for (j, row) in rows.iter().enumerate() {
+            next = seq.push(row)?;
+            let kept = j < draft.len() && seq.tokens.last() == Some(&draft[j]);
+            if !matches!(next, Next::Continue) || !kept {
+                break;
+            }
+            accepted += 1;
+        }
+        if !draft.is_empty() {
+            if let Some(kv) = seq.kv.as_mut() {
+                self.backend.truncate(kv, base + accepted);
+            }
+            seq.record_speculation(draft.len(), accepted);
+        }
+        Ok(next)
+    }
+
+    fn fail_all(&mut self, plan: &[(usize, usize, usize)], error: Error) {
         let mut failed: Vec<usize> = plan.iter().map(|p| p.0).collect();
         failed.sort_unstable_by(|a, b| b.cmp(a));
         let message = error.to_string();

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use super::request::{Event, FinishReason, Generation, Timings};
 use crate::backend::{Backend, SeqKv};
+use super::speculate::{Speculation, Speculator};
 use crate::constraint::ConstraintState;
 use crate::error::Result;
 use crate::sampler::{token_logprob, Sampler, StopMatcher, TokenLogprob};
@@ -41,6 +42,9 @@ pub struct Sequence {
     logprobs: Option<usize>,
     logprob_list: Vec<TokenLogprob>,
     constraint: Option<ConstraintState>,
+    speculator: Option<Speculator>,
+    /// Proposed tokens appended to `tokens` for the current step.
+    drafted: usize,
 }
 
 /// What became of a sequence after a token.
@@ -73,6 +77,8 @@ pub struct Parts {
     pub logprobs: Option<usize>,
     /// The compiled grammar, when the answer is constrained.
     pub constraint: Option<ConstraintState>,
+    /// Speculative decoding, when asked for.
+    pub speculation: Option<Speculation>,
 }
 
 impl Sequence {
@@ -98,6 +104,8 @@ impl Sequence {
             logprobs: p.logprobs,
             logprob_list: Vec::new(),
             constraint: p.constraint,
+            speculator: p.speculation.map(Speculator::new),
+            drafted: 0,
         }
     }
 
@@ -124,6 +132,37 @@ impl Sequence {
             self.cached = Backend::cached(&kv).min(self.prompt_len);
         }
         self.kv = Some(kv);
+    }
+
+    /// Appends proposed tokens for this step (after the pending one) and returns how many;
+    /// none without speculation or when nothing matches.
+    pub fn draft(&mut self) -> usize {
+        let Some(spec) = self.speculator.as_mut() else {
+            return 0;
+        };
+        let left = self.max_tokens.saturating_sub(self.tokens.len() - self.prompt_len + 1);
+        let room = left.min(self.ctx.saturating_sub(self.tokens.len()));
+        if room == 0 {
+            return 0;
+        }
+        let draft = spec.propose(&self.tokens, room);
+        self.drafted = draft.len();
+        self.tokens.extend(draft);
+        self.drafted
+    }
+
+    /// Takes this step's proposed tokens back out of `tokens`.
+    pub fn take_draft(&mut self) -> Vec<u32> {
+        let at = self.tokens.len() - self.drafted;
+        self.drafted = 0;
+        self.tokens.split_off(at)
+    }
+
+    /// Records a verification: `drafted` proposed, `accepted` kept.
+    pub fn record_speculation(&mut self, drafted: usize, accepted: usize) {
+        if let Some(spec) = self.speculator.as_mut() {
+            spec.record(drafted, accepted);
+        }
     }
 
     /// Samples the next token from `logits` and reports it.
@@ -197,6 +236,7 @@ impl Sequence {
             finish_reason: reason,
             stop_sequence: self.stop.matched().map(str::to_string),
             logprobs: std::mem::take(&mut self.logprob_list),
+            speculation: self.speculator.as_ref().map(|s| s.stats),
             seed: self.sampler.seed(),
             timings: Timings {
                 ttft_ms: (first - self.start).as_secs_f64() * 1e3,

@@ -337,6 +337,37 @@ impl BlockPool {
         }
     }
 
+    /// Forgets the positions of `table` from `len` on. Blocks past it go back to the pool;
+    /// when the block that holds position `len - 1` was already full (and so entered the
+    /// prefix cache under its tokens), its kept positions move to a private copy so that
+    /// new positions never overwrite a cached block. Positions a failed copy could not keep
+    /// are simply computed again.
+    pub fn truncate(&mut self, table: &mut BlockTable, len: usize) {
+        if len >= table.len {
+            return;
+        }
+        let bs = self.layout.block_size;
+        let keep = self.blocks_for(len);
+        while table.blocks.len() > keep {
+            if let Some(block) = table.blocks.pop() {
+                self.release_block(block);
+            }
+        }
+        let full = len / bs;
+        table.len = len;
+        if table.hashes.len() > full {
+            table.hashes.truncate(full);
+            if len % bs != 0 {
+                if let Some(shared) = table.blocks.pop() {
+                    table.len = full * bs;
+                    self.copy_partial(table, shared, len % bs);
+                    self.release_block(shared);
+                }
+            }
+        }
+        table.cached = table.cached.min(table.len);
+    }
+
     /// Gives back every block of `table`, the last first, so that the least recently used
     /// order evicts the ends of cached prefixes before their beginnings. `tokens` are the
     /// sequence's tokens: a partly filled last block is kept for a prompt that continues

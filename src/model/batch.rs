@@ -25,8 +25,9 @@ pub struct BatchChunk<'a> {
     pub table: &'a BlockTable,
     /// Tokens to run, at positions `table.len()..`.
     pub tokens: &'a [u32],
-    /// Whether the logits of the last token are wanted.
-    pub logits: bool,
+    /// How many of the last tokens want their logits (0, 1, or more to verify speculated
+    /// tokens).
+    pub logits: usize,
 }
 
 /// One token of the batch: its sequence, position, RoPE angles.
@@ -54,7 +55,7 @@ impl Llama {
     }
 
     /// Runs every chunk's tokens, writing their keys and values into `pool`, and returns the
-    /// f32 logits of the last token of each chunk that asked for them, in chunk order. The
+    /// f32 logits of the last `logits` tokens of each chunk, one row each, in order. The
     /// caller commits the positions to the tables afterwards.
     pub fn forward_batch(&self, pool: &mut BlockPool, chunks: &[BatchChunk]) -> Result<Vec<Vec<f32>>> {
         let vocab = self.config.vocab_size;
@@ -143,14 +144,13 @@ impl Llama {
             check_finite(&gate, l)?;
             add_assign(&mut x, &single(Linear::forward_rows(&[&layer.mlp.down], &gate, n)?)?);
         }
-        // The last row of each chunk that wants logits.
+        // The last rows of each chunk that wants logits.
         let mut last = Vec::new();
         let mut end = 0;
         for chunk in chunks {
             end += chunk.tokens.len();
-            if chunk.logits {
-                last.extend_from_slice(&x[(end - 1) * hidden..end * hidden]);
-            }
+            let wanted = chunk.logits.min(chunk.tokens.len());
+            last.extend_from_slice(&x[(end - wanted) * hidden..end * hidden]);
         }
         if last.is_empty() {
             return Ok(Vec::new());

@@ -250,6 +250,7 @@ impl Plan {
                 stop: common.stop,
                 ctx_size: Some(state.ctx),
                 logprobs: common.logprobs,
+                speculation: state.speculation,
                 ..GenerateRequest::default()
             },
             n: common.n,

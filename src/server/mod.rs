@@ -68,6 +68,8 @@ pub struct ServerConfig {
     pub keep_alive_interval: Duration,
     /// Serve the playground page at `/`.
     pub playground: bool,
+    /// Speculative decoding for every request (output unchanged).
+    pub speculation: Option<crate::engine::Speculation>,
     /// Read special-token text inside message content as the special tokens (HF's and
     /// vLLM's behaviour); by default it is plain text, so a user cannot forge a turn.
     pub special_tokens_in_content: bool,
@@ -88,6 +90,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             keep_alive_interval: Duration::from_secs(10),
             playground: true,
+            speculation: None,
             special_tokens_in_content: false,
         }
     }
@@ -127,6 +130,8 @@ struct Ready {
     capacity: usize,
     /// See [`ServerConfig::special_tokens_in_content`].
     special_tokens_in_content: bool,
+    /// See [`ServerConfig::speculation`].
+    speculation: Option<crate::engine::Speculation>,
 }
 
 /// What every connection shares.
@@ -160,6 +165,7 @@ impl ServerHandle {
                 ctx,
                 capacity,
                 special_tokens_in_content: self.state.config.special_tokens_in_content,
+                speculation: self.state.config.speculation,
             })
             .map_err(|_| Error::InvalidParameter {
                 name: "engine",

@@ -27,12 +27,29 @@ pub enum Command {
     Tokenize(TokenizeArgs),
     /// Measure load time, prefill (pp) and decode (tg) speed and chat TTFT, llama-bench style.
     Bench(BenchArgs),
-    /// Serve an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models).
+    /// Serve OpenAI- and Anthropic-compatible HTTP APIs and the playground page.
     Serve(ServeArgs),
+    /// Write a random-weight checkpoint with the exact Llama 3.2 1B or 3B shape (bf16), for
+    /// benchmarks on machines without the real weights.
+    Synthetic(SyntheticArgs),
     /// Download a model into the Hugging Face cache (or update it) and print its directory.
     Download(crate::hub_cmd::DownloadArgs),
     /// List the models known by name, whether each is cached, and its size on disk.
     List(crate::hub_cmd::ListArgs),
+}
+
+/// `llama32 synthetic`.
+#[derive(Debug, Args)]
+pub struct SyntheticArgs {
+    /// 1b or 3b.
+    #[arg(long, default_value = "1b")]
+    pub shape: String,
+    /// Directory to write (created).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The tokenizer.json to copy in (default: the Llama 3.2 tokenizer of the test fixtures).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
 }
 
 /// Where the model is and how to run it.
@@ -99,6 +116,16 @@ pub struct SamplingArgs {
     /// this many most likely alternatives (0-20).
     #[arg(long)]
     pub logprobs: Option<usize>,
+    /// Speculative decoding: `ngram` proposes tokens by looking the last few up earlier in
+    /// the prompt and answer (output unchanged, fewer passes when text repeats); `none`.
+    #[arg(long, default_value = "none")]
+    pub spec: String,
+    /// With --spec ngram: longest n-gram looked up.
+    #[arg(long, default_value_t = 3)]
+    pub spec_n: usize,
+    /// With --spec ngram: most tokens proposed per step.
+    #[arg(long, default_value_t = 6)]
+    pub spec_k: usize,
     /// Constrain the answer to JSON valid against this JSON Schema file.
     #[arg(long, value_name = "FILE", group = "constraint")]
     pub json_schema: Option<std::path::PathBuf>,
@@ -233,6 +260,9 @@ pub struct ServeArgs {
     /// A model id clients may send; /v1/models lists each (repeatable; default: the --model string).
     #[arg(long)]
     pub served_model_name: Vec<String>,
+    /// Speculative decoding for every request: `ngram` (prompt lookup) or `none`.
+    #[arg(long, default_value = "none")]
+    pub spec: String,
     /// Sequences computed together in each forward pass (default: 8 on CPU with packed
     /// weights, 4 otherwise).
     #[arg(long)]

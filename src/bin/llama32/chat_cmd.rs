@@ -41,9 +41,7 @@ fn read_conversation(a: &ConversationArgs) -> anyhow::Result<(Vec<Message>, Opti
 /// Prompt ids of a conversation (for `tokenize --messages`): rendered with the
 /// assistant header, tokenized without a second BOS.
 pub fn conversation_ids(dir: &Path, tokenizer: &Tokenizer, a: &ConversationArgs) -> anyhow::Result<Vec<u32>> {
-    let config = dir.join("tokenizer_config.json");
-    let template = ChatTemplate::from_tokenizer_config(&config)?
-        .with_context(|| format!("{} has no chat_template", config.display()))?;
+    let template = ChatTemplate::from_dir(dir)?.with_context(|| format!("{} has no chat template", dir.display()))?;
     let (messages, tools) = read_conversation(a)?;
     let options = RenderOptions {
         add_generation_prompt: true,

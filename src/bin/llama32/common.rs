@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use llama32::constraint::Constraint;
+use llama32::engine::Speculation;
 use llama32::{Engine, GenerateRequest, Generation, LoadOptions, SamplingParams};
 use serde_json::json;
 
@@ -26,6 +27,22 @@ pub fn load_engine(a: &ModelArgs, parallel: Option<usize>) -> anyhow::Result<Eng
 
 /// Builds a request from the flags; unset sampling flags take the model's
 /// generation_config.json defaults (applied by the library).
+/// `--spec` as a library value.
+pub fn speculation(kind: &str, n: usize, k: usize) -> llama32::Result<Option<Speculation>> {
+    match kind {
+        "none" => Ok(None),
+        "ngram" if n >= 1 && k >= 1 && k <= 32 => Ok(Some(Speculation::Ngram { n, k })),
+        "ngram" => Err(llama32::Error::InvalidParameter {
+            name: "spec-k",
+            reason: "--spec-n must be >= 1 and --spec-k from 1 to 32".into(),
+        }),
+        other => Err(llama32::Error::InvalidParameter {
+            name: "spec",
+            reason: format!("`{other}` is not ngram or none"),
+        }),
+    }
+}
+
 /// The grammar flags as a constraint (files read and checked here, naming the flag).
 fn constraint(a: &SamplingArgs) -> llama32::Result<Option<Constraint>> {
     let read = |path: &std::path::Path| {
@@ -80,6 +97,7 @@ pub fn request(a: &SamplingArgs, ctx_size: Option<usize>) -> llama32::Result<Gen
         prefill_chunk: a.prefill_chunk,
         logprobs: a.logprobs,
         constraint: constraint(a)?,
+        speculation: speculation(&a.spec, a.spec_n, a.spec_k)?,
     };
     // Range errors in explicit values are reported before the model loads; ids against the
     // vocabulary and the model's own defaults are checked again once it has.
@@ -159,6 +177,7 @@ pub fn generation_json(out: &Generation, load_ms: f64) -> serde_json::Value {
         "completion_tokens": out.completion_tokens,
         "finish_reason": out.finish_reason,
         "stop_sequence": out.stop_sequence,
+        "speculation": out.speculation,
         "logprobs": (!out.logprobs.is_empty()).then_some(&out.logprobs),
         "seed": out.seed,
         "timings": {
@@ -173,7 +192,7 @@ pub fn generation_json(out: &Generation, load_ms: f64) -> serde_json::Value {
 /// The human stats line (stderr).
 pub fn stats_line(engine: &Engine, out: &Generation) -> String {
     let t = &out.timings;
-    format!(
+    let line = format!(
         "[{} {} | prompt tokens: {} ({} cached) | generated: {} ({:?}) | load: {:.0} ms | ttft: {:.0} ms | prefill: {:.1} tok/s | decode: {:.1} tok/s | seed: {}]",
         engine.device(),
         engine.dtype(),
@@ -186,5 +205,16 @@ pub fn stats_line(engine: &Engine, out: &Generation) -> String {
         t.prefill_tokens_per_s,
         t.decode_tokens_per_s,
         out.seed,
-    )
+    );
+    match out.speculation {
+        Some(s) if s.drafted > 0 => format!(
+            "{} [speculation: {} of {} proposed tokens accepted ({:.0}%) in {} passes]",
+            line,
+            s.accepted,
+            s.drafted,
+            100.0 * s.accepted as f64 / s.drafted as f64,
+            s.passes
+        ),
+        _ => line,
+    }
 }

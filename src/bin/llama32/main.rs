@@ -28,13 +28,18 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(threads) = cli.threads {
-        if threads == 0 {
-            eprintln!("error: invalid parameter `threads`: must be at least 1");
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let limit = (cpus * 4).max(4);
+        if threads == 0 || threads > limit {
+            eprintln!("error: invalid parameter `threads`: must be from 1 to {limit} (4x the {cpus} CPUs)");
             return ExitCode::from(EXIT_USAGE);
         }
         // Before any thread pool starts: candle sizes its kernels by RAYON_NUM_THREADS.
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global() {
+            eprintln!("error: could not start {threads} threads: {e}");
+            return ExitCode::FAILURE;
+        }
     }
     let result = match cli.command {
         Command::Generate(mut a) => hub_cmd::resolve_in_place(&mut a.model.model).and_then(|()| generate(a)),
@@ -50,6 +55,7 @@ fn main() -> ExitCode {
         }
         Command::Download(a) => hub_cmd::download(a),
         Command::List(a) => hub_cmd::list(a),
+        Command::Synthetic(a) => synthetic(a),
     };
     match result {
         Ok(code) => code,
@@ -96,6 +102,27 @@ fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
         FinishReason::Cancelled => ExitCode::from(EXIT_INTERRUPTED),
         _ => ExitCode::SUCCESS,
     })
+}
+
+fn synthetic(a: args::SyntheticArgs) -> anyhow::Result<ExitCode> {
+    use llama32::synthetic::{write_checkpoint, SyntheticShape};
+    let shape = match a.shape.to_ascii_lowercase().as_str() {
+        "1b" => SyntheticShape::Llama32_1B,
+        "3b" => SyntheticShape::Llama32_3B,
+        other => {
+            return Err(llama32::Error::InvalidParameter {
+                name: "shape",
+                reason: format!("`{other}` is not 1b or 3b"),
+            }
+            .into())
+        }
+    };
+    let tokenizer = a.tokenizer.unwrap_or_else(|| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tied-f32-mha/tokenizer.json")
+    });
+    write_checkpoint(&a.out, shape, &tokenizer, 0x5eed)?;
+    eprintln!("wrote {}", a.out.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn tokenize(a: TokenizeArgs) -> anyhow::Result<ExitCode> {

@@ -42,6 +42,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         shutdown_grace: Duration::from_secs(a.shutdown_grace),
         playground: !a.no_playground,
         special_tokens_in_content: a.special_tokens_in_content,
+        speculation: crate::common::speculation(&a.spec, 3, 6)?,
         ..ServerConfig::default()
     };
     let host = if a.host.contains(':') && !a.host.starts_with('[') {
@@ -60,6 +61,12 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         .spawn(move || server.run())?;
     let engine = Arc::new(load_engine(&a.model, a.parallel)?);
     handle.ready(engine.clone())?;
+    if engine.chat_template().is_none() {
+        eprintln!(
+            "warning: {} has no chat template: /v1/chat/completions and /v1/messages will answer 400; /v1/completions works",
+            engine.dir().display()
+        );
+    }
     // The grammar compiler takes about a second to build: not on the first JSON-mode request.
     let warm = engine.clone();
     let _ = std::thread::Builder::new()

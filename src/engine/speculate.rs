@@ -1,0 +1,157 @@
+//! Speculative decoding by prompt lookup (n-gram): the last few tokens of a sequence are
+//! looked up earlier in its prompt and output, and the tokens that followed them there are
+//! proposed; one forward pass then scores the proposal and the sequence keeps what its own
+//! sampler would have picked anyway (see the scheduler). Output is exactly that of plain
+//! decoding, for greedy and seeded sampling alike; only the number of passes changes.
+
+use serde::Serialize;
+
+/// How a request speculates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speculation {
+    /// Prompt lookup: match the last `n` (down to 1) tokens, propose up to `k` following.
+    Ngram {
+        /// Longest n-gram matched (tried first), >= 1.
+        n: usize,
+        /// Most tokens proposed per step, >= 1.
+        k: usize,
+    },
+}
+
+impl Default for Speculation {
+    fn default() -> Self {
+        Speculation::Ngram { n: 3, k: 6 }
+    }
+}
+
+/// Speculation figures of one generation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SpecStats {
+    /// Tokens proposed.
+    pub drafted: usize,
+    /// Proposed tokens that were kept.
+    pub accepted: usize,
+    /// Forward passes that verified a proposal.
+    pub passes: usize,
+}
+
+/// The most recent earlier continuation of the last `n` tokens (n from `max_n` down to 1),
+/// `k` tokens long; empty when nothing matches. A continuation that runs into the end of
+/// the text goes on with itself (a loop `a b a b` proposes `a b a b ...`), as an LZ77 copy.
+pub fn ngram_draft(tokens: &[u32], max_n: usize, k: usize) -> Vec<u32> {
+    let len = tokens.len();
+    for n in (1..=max_n.min(len.saturating_sub(1))).rev() {
+        let pattern = &tokens[len - n..];
+        // Occurrences that end before the last token, most recent first.
+        let found = (0..len - n).rev().find(|&p| &tokens[p..p + n] == pattern);
+        if let Some(p) = found {
+            let from = p + n;
+            let mut out: Vec<u32> = Vec::with_capacity(k);
+            for i in from..from + k {
+                let next = match tokens.get(i) {
+                    Some(&t) => t,
+                    None => out[i - len],
+                };
+                out.push(next);
+            }
+            return out;
+        }
+    }
+    Vec::new()
+}
+
+/// Per-sequence speculation state: adapts the proposal length to what gets accepted, so
+/// that text where guesses fail costs close to plain decoding.
+#[derive(Debug, Clone)]
+pub struct Speculator {
+    n: usize,
+    k: usize,
+    /// Current proposal length (1..=k).
+    width: usize,
+    /// Steps to wait before proposing again after a run of failures.
+    cooldown: usize,
+    misses: usize,
+    /// The figures so far.
+    pub stats: SpecStats,
+}
+
+impl Speculator {
+    /// A speculator for `spec`.
+    pub fn new(spec: Speculation) -> Self {
+        let Speculation::Ngram { n, k } = spec;
+        let (n, k) = (n.max(1), k.max(1));
+        Self {
+            n,
+            k,
+            width: k.min(4),
+            cooldown: 0,
+            misses: 0,
+            stats: SpecStats::default(),
+        }
+    }
+
+    /// Tokens to propose after `tokens`, at most `room`.
+    pub fn propose(&mut self, tokens: &[u32], room: usize) -> Vec<u32> {
+        if self.cooldown > 0 {
+            self.cooldown -= 1;
+            return Vec::new();
+        }
+        let mut draft = ngram_draft(tokens, self.n, self.width.min(room));
+        draft.truncate(room);
+        draft
+    }
+
+    /// Records how many of `drafted` proposed tokens were accepted.
+    pub fn record(&mut self, drafted: usize, accepted: usize) {
+        if drafted == 0 {
+            return;
+        }
+        self.stats.drafted += drafted;
+        self.stats.accepted += accepted;
+        self.stats.passes += 1;
+        if accepted == drafted {
+            self.width = (self.width + 2).min(self.k);
+            self.misses = 0;
+        } else if accepted == 0 {
+            self.width = (self.width / 2).max(1);
+            self.misses += 1;
+            if self.misses >= 3 {
+                // Back off: the text is not repeating itself right now.
+                self.cooldown = 4 * self.misses.min(8);
+            }
+        } else {
+            self.width = (accepted + 1).clamp(1, self.k);
+            self.misses = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn looks_up_the_most_recent_longest_match() {
+        // ... 1 2 3 [4 5] ... 1 2 3 [9] ... 2 3 -> the latest "2 3" was followed by 9.
+        let t = [1, 2, 3, 4, 5, 6, 1, 2, 3, 9, 7, 2, 3];
+        assert_eq!(ngram_draft(&t, 3, 4), vec![9, 7, 2, 3]);
+        assert_eq!(ngram_draft(&t, 3, 1), vec![9]);
+        assert!(ngram_draft(&[1, 2, 3], 3, 4).is_empty());
+        assert!(ngram_draft(&[], 3, 4).is_empty());
+        assert_eq!(ngram_draft(&[5, 5], 3, 4), vec![5, 5, 5, 5]);
+        assert_eq!(ngram_draft(&[1, 2, 1, 2], 3, 5), vec![1, 2, 1, 2, 1]);
+    }
+
+    #[test]
+    fn adapts_the_width() {
+        let mut s = Speculator::new(Speculation::Ngram { n: 3, k: 8 });
+        s.record(4, 4);
+        assert_eq!(s.width, 6);
+        for _ in 0..3 {
+            s.record(2, 0);
+        }
+        assert!(s.cooldown > 0);
+        assert!(s.propose(&[1, 2, 1, 2], 10).is_empty());
+        assert_eq!(s.stats.drafted, 10);
+    }
+}
