@@ -357,7 +357,7 @@ impl BlockPool {
         table.len = len;
         if table.hashes.len() > full {
             table.hashes.truncate(full);
-            if len % bs != 0 {
+            if !len.is_multiple_of(bs) {
                 if let Some(shared) = table.blocks.pop() {
                     table.len = full * bs;
                     self.copy_partial(table, shared, len % bs);

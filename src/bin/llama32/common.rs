@@ -31,7 +31,7 @@ pub fn load_engine(a: &ModelArgs, parallel: Option<usize>) -> anyhow::Result<Eng
 pub fn speculation(kind: &str, n: usize, k: usize) -> llama32::Result<Option<Speculation>> {
     match kind {
         "none" => Ok(None),
-        "ngram" if n >= 1 && k >= 1 && k <= 32 => Ok(Some(Speculation::Ngram { n, k })),
+        "ngram" if n >= 1 && (1..=32).contains(&k) => Ok(Some(Speculation::Ngram { n, k })),
         "ngram" => Err(llama32::Error::InvalidParameter {
             name: "spec-k",
             reason: "--spec-n must be >= 1 and --spec-k from 1 to 32".into(),
