@@ -104,6 +104,9 @@ struct RawConfig {
     attention_bias: bool,
     #[serde(default)]
     mlp_bias: bool,
+    model_type: Option<String>,
+    #[serde(default)]
+    architectures: Vec<String>,
 }
 
 fn default_eps() -> f64 {
@@ -210,6 +213,16 @@ impl Validator<'_> {
     }
 
     fn validate(&self, raw: RawConfig) -> Result<LlamaConfig> {
+        // Only the Llama architecture runs here (Llama 3.x, its fine-tunes, SmolLM...).
+        if let Some(kind) = raw.model_type.as_deref().filter(|k| *k != "llama") {
+            return Err(self.err("model_type", format!("`{kind}` is not supported (only `llama`)")));
+        }
+        if let Some(arch) = raw.architectures.iter().find(|a| *a != "LlamaForCausalLM") {
+            return Err(self.err(
+                "architectures",
+                format!("`{arch}` is not supported (only LlamaForCausalLM)"),
+            ));
+        }
         // Beyond these, the file is broken or hostile (Llama 3.2 3B: 28 layers, 3072 wide).
         let hidden_size = self.positive("hidden_size", raw.hidden_size)?;
         let heads = self.positive("num_attention_heads", raw.num_attention_heads)?;

@@ -291,3 +291,15 @@ fn too_many_threads_are_refused() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("`threads`: must be from 1 to"), "{stderr}");
 }
+
+#[test]
+fn other_architectures_are_refused_by_name() {
+    for (field, value) in [("model_type", serde_json::json!("mistral")), ("architectures", serde_json::json!(["Qwen2ForCausalLM"]))] {
+        let dir = copy_fixture(SMALL);
+        edit_config(dir.path(), |v| v[field] = value.clone());
+        match load(dir.path()) {
+            Error::InvalidConfig { field: f, .. } => assert_eq!(f, field),
+            other => panic!("{field}: {other}"),
+        }
+    }
+}
