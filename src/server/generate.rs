@@ -386,6 +386,9 @@ async fn whole(state: &State, plan: &Plan, mut events: mpsc::Receiver<Indexed>, 
             Some((_, Event::Token { .. })) => clock.tick(state),
             Some((_, Event::Text(_))) => {}
             Some((_, Event::Done(g))) => {
+                if let Some(s) = g.speculation {
+                    state.metrics.speculation(s.drafted, s.accepted);
+                }
                 generations.push(g);
                 clock.next_choice();
                 if generations.len() == plan.n {

@@ -49,6 +49,14 @@ impl Metrics {
         });
     }
 
+    /// Speculation of one finished sequence.
+    pub(super) fn speculation(&self, drafted: usize, accepted: usize) {
+        self.record(|| {
+            counter!("llama32_spec_draft_tokens_total").increment(drafted as u64);
+            counter!("llama32_spec_accepted_tokens_total").increment(accepted as u64);
+        });
+    }
+
     /// Time from the request to its first generated token.
     pub(super) fn time_to_first_token(&self, seconds: f64) {
         self.record(|| histogram!("llama32_time_to_first_token_seconds").record(seconds));

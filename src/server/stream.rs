@@ -206,6 +206,9 @@ impl Writer<'_> {
     /// Sends what was held back (a tool call, or text) and the chunk with the finish reason.
     async fn finish_choice(&mut self, i: usize, mut hold: ToolHold, generation: &Generation) -> Result<(), Stop> {
         self.cached_tokens = self.cached_tokens.max(generation.cached_tokens);
+        if let Some(s) = generation.speculation {
+            self.state.metrics.speculation(s.drafted, s.accepted);
+        }
         self.completion_tokens += generation.completion_tokens;
         let mut reason = finish_name(generation.finish_reason);
         let held = std::mem::take(&mut hold.held);
