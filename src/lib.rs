@@ -41,6 +41,7 @@ pub mod error;
 pub mod hub;
 pub mod kv;
 pub mod model;
+pub mod perplexity;
 pub mod sampler;
 #[cfg(feature = "server")]
 pub mod server;

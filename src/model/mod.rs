@@ -231,8 +231,37 @@ impl Llama {
         Ok(logits.squeeze(0)?.to_dtype(DType::F32)?)
     }
 
+    /// Like [`Llama::forward`], but the f32 logits of every token, `tokens.len()` rows of
+    /// `vocab_size` one after another (for perplexity).
+    pub fn forward_all(&self, tokens: &[u32], cache: &mut KvCache, chunk: usize) -> Result<Vec<f32>> {
+        cache.check_room(tokens.len())?;
+        let vocab = self.config.vocab_size;
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(crate::Error::InvalidParameter {
+                name: "prompt",
+                reason: format!("token id {bad} is outside the vocabulary of {vocab}"),
+            });
+        }
+        let mut out = Vec::with_capacity(tokens.len() * vocab);
+        for piece in tokens.chunks(chunk.max(1)) {
+            let hidden = match self.device.is_cpu() {
+                true => rayon::scope(|_| self.forward_hidden(piece, cache))?,
+                false => self.forward_hidden(piece, cache)?,
+            };
+            let logits = self.lm_head.forward(&self.norm.forward(&hidden)?)?;
+            out.extend(logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok(out)
+    }
+
     /// One forward pass over `tokens`; returns the hidden state `[1, hidden]` of the last one.
     fn forward_chunk(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let n = tokens.len();
+        Ok(self.forward_hidden(tokens, cache)?.narrow(0, n - 1, 1)?)
+    }
+
+    /// One forward pass over `tokens`; returns the hidden states `[n, hidden]`.
+    fn forward_hidden(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
         let (n, past) = (tokens.len(), cache.len());
         let ids = Tensor::new(tokens, &self.device)?;
         let mut x = self.embed.index_select(&ids, 0)?.to_dtype(self.dtype)?;
@@ -253,6 +282,6 @@ impl Llama {
             x = (x + h)?;
         }
         cache.advance(n);
-        Ok(x.narrow(0, n - 1, 1)?)
+        Ok(x)
     }
 }

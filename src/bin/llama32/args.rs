@@ -29,6 +29,9 @@ pub enum Command {
     Bench(BenchArgs),
     /// Serve OpenAI- and Anthropic-compatible HTTP APIs and the playground page.
     Serve(ServeArgs),
+    /// Perplexity of a text file, and with --kl-base the KL divergence and top-1 agreement
+    /// of this format against another (e.g. q8_0 against f32), like llama-perplexity.
+    Perplexity(PerplexityArgs),
     /// Write a random-weight checkpoint with the exact Llama 3.2 1B or 3B shape (bf16), for
     /// benchmarks on machines without the real weights.
     Synthetic(SyntheticArgs),
@@ -36,6 +39,28 @@ pub enum Command {
     Download(crate::hub_cmd::DownloadArgs),
     /// List the models known by name, whether each is cached, and its size on disk.
     List(crate::hub_cmd::ListArgs),
+}
+
+/// `llama32 perplexity`.
+#[derive(Debug, Args)]
+pub struct PerplexityArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The text to score (UTF-8).
+    #[arg(long)]
+    pub file: PathBuf,
+    /// Window length in tokens (the second half of each window is scored).
+    #[arg(long, default_value_t = 512)]
+    pub ctx: usize,
+    /// Windows at most.
+    #[arg(long, default_value_t = 1000)]
+    pub chunks: usize,
+    /// Compare against the same model in this weight format (f32, bf16, q8_0...).
+    #[arg(long)]
+    pub kl_base: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `llama32 synthetic`.
@@ -53,7 +78,7 @@ pub struct SyntheticArgs {
 }
 
 /// Where the model is and how to run it.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone)]
 pub struct ModelArgs {
     /// Checkpoint directory, model name from `llama32 list`, or hub repo id owner/name[@revision].
     #[arg(long, short = 'm')]

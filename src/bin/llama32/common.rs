@@ -25,8 +25,6 @@ pub fn load_engine(a: &ModelArgs, parallel: Option<usize>) -> anyhow::Result<Eng
     Ok(Engine::load(&a.model, &options)?)
 }
 
-/// Builds a request from the flags; unset sampling flags take the model's
-/// generation_config.json defaults (applied by the library).
 /// `--spec` as a library value.
 pub fn speculation(kind: &str, n: usize, k: usize) -> llama32::Result<Option<Speculation>> {
     match kind {
@@ -67,6 +65,8 @@ fn constraint(a: &SamplingArgs) -> llama32::Result<Option<Constraint>> {
     Ok(a.json_object.then_some(Constraint::JsonObject))
 }
 
+/// Builds a request from the flags; unset sampling flags take the model's
+/// generation_config.json defaults (applied by the library).
 pub fn request(a: &SamplingArgs, ctx_size: Option<usize>) -> llama32::Result<GenerateRequest> {
     let mut logit_bias = BTreeMap::new();
     for item in &a.logit_bias {

@@ -1,0 +1,114 @@
+//! Perplexity of a text, in the spirit of llama.cpp's `llama-perplexity`: the tokens are cut
+//! into windows of `ctx` (each starting with BOS), and the second half of each window is
+//! scored (every scored token sees at least `ctx / 2` tokens of context). With a base model
+//! (the same checkpoint in another format, usually f32), also the mean KL divergence of
+//! this model's next-token distribution from the base's and how often their top tokens
+//! agree: how faithful a quantized format is.
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::model::Llama;
+
+/// What [`perplexity`] measured.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Report {
+    /// Tokens scored.
+    pub tokens: usize,
+    /// Windows run.
+    pub windows: usize,
+    /// exp(mean negative log-likelihood).
+    pub perplexity: f64,
+    /// Standard error of the perplexity (from the NLL's standard error).
+    pub perplexity_stderr: f64,
+    /// With a base model: its perplexity on the same tokens.
+    pub base_perplexity: Option<f64>,
+    /// With a base model: mean KL(base || this) in nats per token.
+    pub mean_kl: Option<f64>,
+    /// With a base model: share of scored positions where both put the same token first.
+    pub top1_agreement: Option<f64>,
+}
+
+/// log-softmax of one row, in f64.
+fn log_softmax(row: &[f32]) -> Vec<f64> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+    row.iter().map(|&x| x as f64 - lse).collect()
+}
+
+fn argmax(row: &[f64]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold((0, f64::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+        .0
+}
+
+/// Sums over the scored positions.
+#[derive(Default)]
+struct Sums {
+    n: usize,
+    nll: f64,
+    nll_sq: f64,
+    base_nll: f64,
+    kl: f64,
+    agree: usize,
+}
+
+/// The perplexity of `model` on `tokens` (BOS not included) in windows of `ctx` tokens, at
+/// most `max_windows`; `base` adds KL divergence and top-1 agreement.
+pub fn perplexity(model: &Llama, tokens: &[u32], bos: u32, ctx: usize, max_windows: usize, base: Option<&Llama>) -> Result<Report> {
+    if ctx < 4 {
+        return Err(Error::InvalidParameter { name: "ctx", reason: "must be at least 4".into() });
+    }
+    let vocab = model.config().vocab_size;
+    if base.is_some_and(|b| b.config().vocab_size != vocab) {
+        return Err(Error::InvalidParameter { name: "kl-base", reason: "the base model has another vocabulary".into() });
+    }
+    let per_window = ctx - 1;
+    let windows = (tokens.len() / per_window).min(max_windows);
+    if windows == 0 {
+        return Err(Error::InvalidParameter {
+            name: "file",
+            reason: format!("the text has {} tokens; one window needs {per_window}", tokens.len()),
+        });
+    }
+    let first = ctx / 2;
+    let mut s = Sums::default();
+    for w in 0..windows {
+        let mut ids = vec![bos];
+        ids.extend_from_slice(&tokens[w * per_window..(w + 1) * per_window]);
+        let logits = model.forward_all(&ids, &mut model.new_cache(ctx), 512)?;
+        let base_logits = match base {
+            Some(b) => Some(b.forward_all(&ids, &mut b.new_cache(ctx), 512)?),
+            None => None,
+        };
+        for i in first..ctx - 1 {
+            let next = ids[i + 1] as usize;
+            let lp = log_softmax(&logits[i * vocab..(i + 1) * vocab]);
+            let nll = -lp[next];
+            s.n += 1;
+            s.nll += nll;
+            s.nll_sq += nll * nll;
+            if let Some(bl) = &base_logits {
+                let bp = log_softmax(&bl[i * vocab..(i + 1) * vocab]);
+                s.base_nll -= bp[next];
+                s.kl += bp.iter().zip(&lp).map(|(&b, &q)| b.exp() * (b - q)).sum::<f64>();
+                s.agree += usize::from(argmax(&bp) == argmax(&lp));
+            }
+        }
+    }
+    let n = s.n as f64;
+    let mean = s.nll / n;
+    let var = (s.nll_sq / n - mean * mean).max(0.0);
+    let stderr = (var / (n - 1.0).max(1.0)).sqrt();
+    let ppl = mean.exp();
+    Ok(Report {
+        tokens: s.n,
+        windows,
+        perplexity: ppl,
+        perplexity_stderr: ppl * stderr,
+        base_perplexity: base.map(|_| (s.base_nll / n).exp()),
+        mean_kl: base.map(|_| s.kl / n),
+        top1_agreement: base.map(|_| s.agree as f64 / n),
+    })
+}

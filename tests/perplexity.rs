@@ -1,0 +1,54 @@
+//! Perplexity, KL divergence and top-1 agreement (`llama32::perplexity`) against a slow,
+//! obviously correct reference: one token at a time through `Llama::forward`.
+
+mod common;
+
+use common::{expected, fixture};
+use llama32::{ComputeDType, Engine, LoadOptions};
+
+fn load(dtype: ComputeDType) -> Engine {
+    let opts = LoadOptions { dtype: Some(dtype), ..Default::default() };
+    Engine::load(&fixture("tied-bf16-llama3"), &opts).unwrap()
+}
+
+#[test]
+fn perplexity_matches_a_token_by_token_reference() {
+    let engine = load(ComputeDType::F32);
+    let text = &expected("tied-bf16-llama3").prompts[1].text;
+    let ids = engine.tokenize(text).unwrap();
+    let (bos, body) = (ids[0], &ids[1..]);
+    let ctx = 64;
+    let report = llama32::perplexity::perplexity(engine.model(), body, bos, ctx, 2, None).unwrap();
+    assert_eq!((report.windows, report.tokens), (2, 2 * (ctx - 1 - ctx / 2)));
+    // Reference: the same windows, one token at a time.
+    let model = engine.model();
+    let vocab = model.config().vocab_size;
+    let mut nll = 0.0f64;
+    for w in 0..2 {
+        let mut window = vec![bos];
+        window.extend_from_slice(&body[w * (ctx - 1)..(w + 1) * (ctx - 1)]);
+        let mut cache = model.new_cache(ctx);
+        for i in 0..ctx - 1 {
+            let logits: Vec<f32> = model.forward(&window[i..i + 1], &mut cache, 1).unwrap().to_vec1().unwrap();
+            assert_eq!(logits.len(), vocab);
+            if i >= ctx / 2 {
+                let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+                let lse = max + logits.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+                nll += lse - logits[window[i + 1] as usize] as f64;
+            }
+        }
+    }
+    let reference = (nll / report.tokens as f64).exp();
+    assert!((report.perplexity / reference - 1.0).abs() < 1e-4, "{} vs {reference}", report.perplexity);
+
+    // Against itself: no divergence. A quantized copy: a small one, and mostly the same top token.
+    let same = llama32::perplexity::perplexity(model, body, bos, ctx, 2, Some(model)).unwrap();
+    assert!(same.mean_kl.unwrap().abs() < 1e-9 && same.top1_agreement == Some(1.0));
+    let q8 = load(ComputeDType::Q8_0);
+    let against = llama32::perplexity::perplexity(q8.model(), body, bos, ctx, 2, Some(model)).unwrap();
+    let kl = against.mean_kl.unwrap();
+    assert!(kl > 0.0 && kl < 0.05, "{kl}");
+    assert!((against.base_perplexity.unwrap() / report.perplexity - 1.0).abs() < 1e-9);
+    // Too short a text is an error naming the file.
+    assert!(llama32::perplexity::perplexity(model, &body[..10], bos, ctx, 2, None).is_err());
+}
