@@ -677,3 +677,39 @@ fn cache_status_reports_completeness_and_size() {
         tiny().files.iter().map(|f| f.data.len() as u64).sum::<u64>()
     );
 }
+
+#[test]
+fn a_body_longer_than_announced_is_cut_off() {
+    let env = Env::new(vec![tiny()]);
+    env.hub.faults(|f| f.endless = Some(MODEL.into()));
+    let start = Instant::now();
+    let err = env.resolve("tiny").unwrap_err();
+    assert!(err.to_string().contains("more than the"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(30), "{:?}", start.elapsed());
+    assert!(env.snapshot_names("test/tiny").iter().all(|n| n != MODEL));
+}
+
+#[test]
+fn a_trickling_server_is_abandoned() {
+    let env = Env::new(vec![tiny()]);
+    env.hub.faults(|f| f.trickle = Some(MODEL.into()));
+    let mut config = env.config();
+    config.stall_window = Duration::from_millis(400);
+    config.min_bytes_per_window = 1000;
+    let start = Instant::now();
+    let err = hub::resolve("tiny", &env.registry, &config).unwrap_err();
+    assert!(err.to_string().contains("too slow"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(30), "{:?}", start.elapsed());
+}
+
+#[test]
+fn every_file_is_checked_against_the_etag_it_claims() {
+    // A hub that gives every file the same ETag cannot make one file's bytes stand for another's.
+    let env = Env::new(vec![tiny()]);
+    let etag = tiny().file("config.json").etag();
+    env.hub.faults(|f| f.etag_override = Some(etag));
+    match env.resolve("tiny") {
+        Err(HubError::Integrity { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+}

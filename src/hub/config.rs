@@ -25,6 +25,11 @@ pub struct HubConfig {
     pub connect_timeout: Duration,
     /// Longest wait for any data on an open connection (a stalled transfer fails after this).
     pub read_timeout: Duration,
+    /// A download that brings fewer than `min_bytes_per_window` bytes in this long is
+    /// abandoned (and retried): a server trickling bytes cannot hang it.
+    pub stall_window: Duration,
+    /// See `stall_window`.
+    pub min_bytes_per_window: u64,
     /// Retries of 5xx, 429 and network failures.
     pub retry: RetryPolicy,
     /// The `User-Agent` header.
@@ -44,6 +49,8 @@ impl HubConfig {
             offline: false,
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
+            stall_window: Duration::from_secs(60),
+            min_bytes_per_window: 64 << 10,
             retry: RetryPolicy::default(),
             user_agent: format!("llama32/{}", env!("CARGO_PKG_VERSION")),
             progress: Arc::new(NoProgress),

@@ -6,7 +6,9 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
+use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
 use super::cache::RepoCache;
@@ -99,6 +101,7 @@ pub(crate) fn fetch_blob(
         revision: &meta.commit,
         ..*t
     });
+    check_space(part.parent().unwrap_or(&part), meta, t.file)?;
     let result = download_verified(http, config, &part, meta, &url, t);
     config.progress.finish(t.file, result.is_ok());
     if let Err(e) = result {
@@ -108,6 +111,27 @@ pub(crate) fn fetch_blob(
         return Err(e);
     }
     fs::rename(&part, &blob).map_err(io_err(&blob))
+}
+
+/// Free space margin kept on top of what a download needs.
+const SPACE_MARGIN: u64 = 16 << 20;
+
+/// Refuses a download the disk cannot hold (what an earlier run left counts as done).
+fn check_space(dir: &Path, meta: &FileMeta, file: &str) -> Result<()> {
+    let Ok(available) = fs4::available_space(dir) else {
+        return Ok(());
+    };
+    let have = fs::metadata(dir.join(format!("{}.incomplete", meta.etag))).map_or(0, |m| m.len());
+    let needed = meta.size.saturating_sub(have) + SPACE_MARGIN;
+    match needed > available {
+        true => Err(HubError::DiskFull {
+            path: dir.to_path_buf(),
+            file: file.to_string(),
+            needed,
+            available,
+        }),
+        false => Ok(()),
+    }
 }
 
 fn blob_complete(blob: &Path, size: u64) -> bool {
@@ -124,7 +148,12 @@ fn download_verified(
     url: &str,
     t: &Target<'_>,
 ) -> Result<()> {
-    let mut p = Partial::open(part, is_sha256(&meta.etag))?;
+    let check = match (is_sha256(&meta.etag), meta.etag.len() == 40) {
+        (true, _) => Check::Sha256,
+        (false, true) => Check::GitSha1(meta.size),
+        (false, false) => Check::Size,
+    };
+    let mut p = Partial::open(part, check)?;
     let resumed = p.written > 0;
     if resumed {
         config.progress.notice(&Notice::Resuming {
@@ -202,6 +231,7 @@ fn receive(
     file: &str,
 ) -> std::result::Result<(), Failure> {
     let mut buf = vec![0u8; CHUNK];
+    let (mut window_start, mut window_bytes) = (Instant::now(), 0u64);
     loop {
         let n = match body.read(&mut buf) {
             Ok(0) => break,
@@ -209,8 +239,26 @@ fn receive(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(body_failure(&e, url, config.read_timeout)),
         };
+        // Never more than announced (a body without Content-Length could go on forever).
+        if p.written + n as u64 > meta.size {
+            let message = format!("the server sent more than the {} bytes it announced", meta.size);
+            return Err(Failure::Fatal(protocol(url, message)));
+        }
         p.write(&buf[..n])?;
         config.progress.update(file, p.written, meta.size);
+        window_bytes += n as u64;
+        if window_start.elapsed() >= config.stall_window {
+            if window_bytes < config.min_bytes_per_window && p.written < meta.size {
+                let message = format!(
+                    "too slow: {window_bytes} bytes in {:.1} s (at least {} needed)",
+                    window_start.elapsed().as_secs_f64(),
+                    config.min_bytes_per_window
+                );
+                let error = HubError::Network { url: url.to_string(), message };
+                return Err(Failure::Retry { error, after: None });
+            }
+            (window_start, window_bytes) = (Instant::now(), 0);
+        }
     }
     if p.written < meta.size {
         let message = format!("connection closed after {} of {} bytes", p.written, meta.size);
@@ -230,17 +278,64 @@ fn content_range_start(r: &ureq::Response) -> Option<u64> {
     range.split('-').next()?.trim().parse().ok()
 }
 
-/// A partial download on disk, with the sha256 of what it holds so far.
+/// How a download is checked beyond its size.
+#[derive(Clone, Copy)]
+enum Check {
+    /// The ETag is the sha256 (LFS files).
+    Sha256,
+    /// The ETag is git's blob hash: sha1 of `blob <size>\0` and the bytes (small files).
+    GitSha1(u64),
+    /// Size only (an ETag of another form).
+    Size,
+}
+
+/// A running hash of the bytes written.
+enum Hasher {
+    Sha256(Sha256),
+    GitSha1(Sha1),
+}
+
+impl Hasher {
+    fn new(check: Check) -> Option<Self> {
+        match check {
+            Check::Sha256 => Some(Hasher::Sha256(Sha256::new())),
+            Check::GitSha1(size) => {
+                let mut h = Sha1::new();
+                h.update(format!("blob {size}\0").as_bytes());
+                Some(Hasher::GitSha1(h))
+            }
+            Check::Size => None,
+        }
+    }
+
+    fn update(&mut self, buf: &[u8]) {
+        match self {
+            Hasher::Sha256(h) => h.update(buf),
+            Hasher::GitSha1(h) => h.update(buf),
+        }
+    }
+
+    /// (kind, hex digest).
+    fn finish(self) -> (&'static str, String) {
+        match self {
+            Hasher::Sha256(h) => ("sha256", format!("{:x}", h.finalize())),
+            Hasher::GitSha1(h) => ("git sha1", format!("{:x}", h.finalize())),
+        }
+    }
+}
+
+/// A partial download on disk, with the hash of what it holds so far.
 struct Partial {
     file: File,
     path: PathBuf,
     written: u64,
-    hasher: Option<Sha256>,
+    check: Check,
+    hasher: Option<Hasher>,
 }
 
 impl Partial {
     /// Opens (or creates) `path`; when hashing, hashes what an earlier run left there.
-    fn open(path: &Path, hash: bool) -> Result<Self> {
+    fn open(path: &Path, check: Check) -> Result<Self> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -253,7 +348,8 @@ impl Partial {
             file,
             path: path.to_path_buf(),
             written: 0,
-            hasher: hash.then(Sha256::new),
+            check,
+            hasher: Hasher::new(check),
         };
         if let Some(hasher) = &mut p.hasher {
             let mut reader = (&p.file).take(len);
@@ -275,9 +371,7 @@ impl Partial {
         self.file.set_len(0).map_err(io_err(&self.path))?;
         self.file.seek(SeekFrom::Start(0)).map_err(io_err(&self.path))?;
         self.written = 0;
-        if self.hasher.is_some() {
-            self.hasher = Some(Sha256::new());
-        }
+        self.hasher = Hasher::new(self.check);
         Ok(())
     }
 
@@ -305,17 +399,17 @@ impl Partial {
             ));
         }
         if let Some(h) = self.hasher.take() {
-            let got = format!("{:x}", h.finalize());
-            self.hasher = Some(Sha256::new());
+            let (kind, got) = h.finish();
+            self.hasher = Hasher::new(self.check);
             if !got.eq_ignore_ascii_case(&meta.etag) {
-                return Err(integrity(format!("sha256 {}", meta.etag), format!("sha256 {got}")));
+                return Err(integrity(format!("{kind} {}", meta.etag), format!("{kind} {got}")));
             }
         }
         self.file.sync_all().map_err(io_err(&self.path))
     }
 }
 
-struct HashWriter<'a>(&'a mut Sha256);
+struct HashWriter<'a>(&'a mut Hasher);
 
 impl Write for HashWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -345,7 +439,7 @@ mod tests {
         let data = b"hello world".to_vec();
         let etag = format!("{:x}", Sha256::digest(&data));
         fs::write(&path, &data[..5]).unwrap();
-        let mut p = Partial::open(&path, true).unwrap();
+        let mut p = Partial::open(&path, Check::Sha256).unwrap();
         assert_eq!(p.written, 5);
         p.write(&data[5..]).unwrap();
         let meta = FileMeta {
@@ -361,7 +455,7 @@ mod tests {
     fn a_wrong_size_or_hash_is_an_integrity_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("y.incomplete");
-        let mut p = Partial::open(&path, true).unwrap();
+        let mut p = Partial::open(&path, Check::Sha256).unwrap();
         p.write(b"abc").unwrap();
         let meta = FileMeta {
             commit: "c".into(),
@@ -373,10 +467,26 @@ mod tests {
         assert!(matches!(p.verify(&meta, "y"), Err(HubError::Integrity { .. })));
     }
 
+    #[test]
+    fn a_download_the_disk_cannot_hold_is_refused_before_it_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = FileMeta {
+            commit: "c".into(),
+            etag: "0".repeat(64),
+            size: 1 << 60,
+        };
+        match check_space(dir.path(), &meta, "model.safetensors") {
+            Err(e @ HubError::DiskFull { .. }) => assert!(e.to_string().contains("model.safetensors needs"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        let small = FileMeta { size: 10, ..meta };
+        check_space(dir.path(), &small, "config.json").unwrap();
+    }
+
     #[cfg(target_os = "linux")]
     #[test]
     fn a_write_error_names_the_path() {
-        let mut p = Partial::open(Path::new("/dev/full"), true).unwrap();
+        let mut p = Partial::open(Path::new("/dev/full"), Check::Sha256).unwrap();
         match p.write(&[0u8; 4096]) {
             Err(HubError::Io { path, source }) => {
                 assert_eq!(path, Path::new("/dev/full"));

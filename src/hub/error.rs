@@ -168,6 +168,24 @@ pub enum HubError {
         /// The underlying error.
         source: std::io::Error,
     },
+
+    /// Not enough free disk space for a download (checked before it starts).
+    #[error(
+        "{}: {file} needs {} MiB more but only {} MiB are free",
+        path.display(),
+        needed.div_ceil(1 << 20),
+        available >> 20
+    )]
+    DiskFull {
+        /// The cache directory.
+        path: PathBuf,
+        /// The file being downloaded.
+        file: String,
+        /// Bytes still to download (with a small margin).
+        needed: u64,
+        /// Bytes free.
+        available: u64,
+    },
 }
 
 /// `Result` with [`HubError`].

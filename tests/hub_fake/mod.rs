@@ -45,10 +45,12 @@ impl FakeFile {
         if self.lfs {
             self.sha256()
         } else {
-            let mut h = Sha256::new();
-            h.update(b"blob ");
+            // git's blob hash, as the hub's ETag of a small file.
+            use sha1::Digest as _;
+            let mut h = sha1::Sha1::new();
+            h.update(format!("blob {}\0", self.data.len()).as_bytes());
             h.update(&self.data);
-            format!("{:x}", h.finalize())[..40].to_string()
+            format!("{:x}", h.finalize())
         }
     }
 }
@@ -107,6 +109,10 @@ pub struct Faults {
     pub cdn_host: Option<String>,
     /// Renamed repos: requests for the old id get a relative 307 to the new one.
     pub renamed: Vec<(String, String)>,
+    /// GET bodies of this file come without Content-Length and never end (junk after it).
+    pub endless: Option<String>,
+    /// GET bodies of this file come one byte every 50 ms.
+    pub trickle: Option<String>,
 }
 
 /// One logged request.
@@ -267,6 +273,10 @@ struct Reply {
     length: Option<usize>,
     /// Send only this many body bytes, then close or stall.
     cut: Option<(usize, bool)>,
+    /// No Content-Length, then the body followed by junk until the client goes.
+    endless: bool,
+    /// One byte every 50 ms.
+    trickle: bool,
 }
 
 impl Reply {
@@ -277,6 +287,8 @@ impl Reply {
             body: Vec::new(),
             length: None,
             cut: None,
+            endless: false,
+            trickle: false,
         }
     }
     fn header(mut self, k: &str, v: impl ToString) -> Self {
@@ -331,16 +343,39 @@ fn wait_for_stop(stop: &AtomicBool) {
 
 fn send(stream: &mut TcpStream, req: &Request, reply: Reply, stop: &AtomicBool) {
     let length = reply.length.unwrap_or(reply.body.len());
-    let mut head = format!(
-        "HTTP/1.1 {} X\r\nContent-Length: {length}\r\nConnection: close\r\n",
-        reply.status
-    );
+    let mut head = match reply.endless && req.method == "GET" {
+        true => format!("HTTP/1.1 {} X\r\nConnection: close\r\n", reply.status),
+        false => format!(
+            "HTTP/1.1 {} X\r\nContent-Length: {length}\r\nConnection: close\r\n",
+            reply.status
+        ),
+    };
     for (k, v) in &reply.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
     let _ = stream.write_all(head.as_bytes());
     if req.method == "HEAD" {
+        return;
+    }
+    if reply.endless {
+        // The body, then junk for as long as the client reads (at most 1 GiB).
+        let _ = stream.write_all(&reply.body);
+        let junk = vec![0x5au8; 1 << 16];
+        for _ in 0..(1 << 14) {
+            if stop.load(Ordering::SeqCst) || stream.write_all(&junk).is_err() {
+                return;
+            }
+        }
+        return;
+    }
+    if reply.trickle {
+        for byte in &reply.body {
+            if stop.load(Ordering::SeqCst) || stream.write_all(std::slice::from_ref(byte)).is_err() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
         return;
     }
     match reply.cut {
@@ -444,6 +479,8 @@ fn body(req: &Request, file: &FakeFile, faults: &mut Faults) -> Reply {
     reply.body = data[start.unwrap_or(0)..].to_vec();
     reply = reply.header("ETag", format!("\"{}\"", file.etag()));
     if req.method == "GET" {
+        reply.endless = faults.endless.as_deref() == Some(&file.name);
+        reply.trickle = faults.trickle.as_deref() == Some(&file.name);
         if let Some((_, n)) = faults.truncate_once.take_if(|(f, _)| *f == file.name) {
             reply.cut = Some((n, false));
         } else if let Some((_, n)) = faults.stall_body_once.take_if(|(f, _)| *f == file.name) {
