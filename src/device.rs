@@ -35,6 +35,23 @@ pub enum ComputeDType {
     /// Linear layers quantized in place to 4 bits with Q4_K's structure (super-blocks of
     /// 256, sub-blocks of 32 with their own scale and minimum), f32 activations.
     Q4K,
+    /// Q4K with more bits where they matter most, like llama.cpp's Q4_K_M: the output
+    /// projection, every `v_proj` and the `down_proj` of a third of the layers (the first
+    /// and last eighth and every third between) in Q8_0.
+    Q4KM,
+}
+
+/// Which linear layer a weight is, for mixed formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerRole {
+    /// The output projection (`lm_head`, or the tied embedding).
+    Output,
+    /// `self_attn.v_proj` of layer `.0` of `.1`.
+    Value(usize, usize),
+    /// `mlp.down_proj` of layer `.0` of `.1`.
+    Down(usize, usize),
+    /// Any other linear layer.
+    Other,
 }
 
 impl FromStr for DeviceKind {
@@ -75,9 +92,10 @@ impl FromStr for ComputeDType {
             "bf16" => Ok(Self::Bf16),
             "q8_0" | "q8" => Ok(Self::Q8_0),
             "q4k" | "q4_k" => Ok(Self::Q4K),
+            "q4k_m" | "q4_k_m" => Ok(Self::Q4KM),
             _ => Err(Error::InvalidParameter {
                 name: "dtype",
-                reason: format!("`{s}` is not one of f32, f16, bf16, q8_0, q4k"),
+                reason: format!("`{s}` is not one of f32, f16, bf16, q8_0, q4k, q4k_m"),
             }),
         }
     }
@@ -91,6 +109,7 @@ impl fmt::Display for ComputeDType {
             Self::Bf16 => "bf16",
             Self::Q8_0 => "q8_0",
             Self::Q4K => "q4k",
+            Self::Q4KM => "q4k_m",
         })
     }
 }
@@ -99,7 +118,7 @@ impl ComputeDType {
     /// The candle dtype of activations (and of the weights unless quantized).
     pub fn to_candle(self) -> DType {
         match self {
-            Self::F32 | Self::Q8_0 | Self::Q4K => DType::F32,
+            Self::F32 | Self::Q8_0 | Self::Q4K | Self::Q4KM => DType::F32,
             Self::F16 => DType::F16,
             Self::Bf16 => DType::BF16,
         }
@@ -109,8 +128,19 @@ impl ComputeDType {
     pub fn quant(self) -> Option<GgmlDType> {
         match self {
             Self::Q8_0 => Some(GgmlDType::Q8_0),
-            Self::Q4K => Some(GgmlDType::Q4K),
+            Self::Q4K | Self::Q4KM => Some(GgmlDType::Q4K),
             _ => None,
+        }
+    }
+
+    /// The block format of one linear layer (mixed for [`ComputeDType::Q4KM`]).
+    pub fn quant_for(self, role: LayerRole) -> Option<GgmlDType> {
+        // llama.cpp's `use_more_bits`: the first and last eighth, and every third between.
+        let more = |l: usize, n: usize| l < n / 8 || l >= 7 * n / 8 || (l - n / 8) % 3 == 2;
+        match (self, role) {
+            (Self::Q4KM, LayerRole::Output | LayerRole::Value(..)) => Some(GgmlDType::Q8_0),
+            (Self::Q4KM, LayerRole::Down(l, n)) if more(l, n) => Some(GgmlDType::Q8_0),
+            _ => self.quant(),
         }
     }
 }
@@ -161,4 +191,22 @@ pub fn check_dtype(device: &Device, kind: DeviceKind, dtype: ComputeDType) -> Re
             e.to_string().lines().next().unwrap_or_default()
         ))
     })
+}
+
+#[cfg(test)]
+mod mixed_tests {
+    use super::*;
+
+    #[test]
+    fn q4k_m_gives_more_bits_where_llama_cpp_does() {
+        let q = ComputeDType::Q4KM;
+        assert_eq!(q.quant_for(LayerRole::Output), Some(GgmlDType::Q8_0));
+        assert_eq!(q.quant_for(LayerRole::Value(5, 16)), Some(GgmlDType::Q8_0));
+        assert_eq!(q.quant_for(LayerRole::Other), Some(GgmlDType::Q4K));
+        // 16 layers: the first and last two, and every third from layer 2 on.
+        let more: Vec<usize> = (0..16).filter(|&l| q.quant_for(LayerRole::Down(l, 16)) == Some(GgmlDType::Q8_0)).collect();
+        assert_eq!(more, vec![0, 1, 4, 7, 10, 13, 14, 15]);
+        assert_eq!(ComputeDType::Q4K.quant_for(LayerRole::Output), Some(GgmlDType::Q4K));
+        assert_eq!("q4k_m".parse::<ComputeDType>().unwrap(), q);
+    }
 }

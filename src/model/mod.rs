@@ -20,7 +20,7 @@ mod testutil;
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::LlamaConfig;
-use crate::device::ComputeDType;
+use crate::device::{ComputeDType, LayerRole};
 use crate::error::Result;
 use crate::weights::Weights;
 use attention::{Attention, Step};
@@ -90,7 +90,7 @@ impl Llama {
         let dtype = format.to_candle();
         let get = |name: &str, shape: &[usize]| weights.get(name, shape, dtype, device);
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-        let linear = |name: &str, rows: usize, cols: usize| match format.quant() {
+        let linear = |name: &str, rows: usize, cols: usize, role: LayerRole| match format.quant_for(role) {
             // On an x86 CPU, pack straight from the stored bytes, 16 rows at a time (no f32
             // copy of the matrix); elsewhere candle's quantized kernels (NEON, GPU) serve.
             Some(q) if device.is_cpu() && Isa::detect() != Isa::Portable => {
@@ -128,32 +128,33 @@ impl Llama {
             _ => dtype,
         };
         let embed = weights.get(embed_name, &[cfg.vocab_size, h], embed_dtype, device)?;
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for l in 0..cfg.num_hidden_layers {
+        let n = cfg.num_hidden_layers;
+        let mut layers = Vec::with_capacity(n);
+        for l in 0..n {
             let p = format!("model.layers.{l}");
             layers.push(Layer {
                 input_norm: norm(&format!("{p}.input_layernorm.weight"))?,
                 attn: Attention {
-                    q: linear(&format!("{p}.self_attn.q_proj.weight"), cfg.q_dim(), h)?,
-                    k: linear(&format!("{p}.self_attn.k_proj.weight"), cfg.kv_dim(), h)?,
-                    v: linear(&format!("{p}.self_attn.v_proj.weight"), cfg.kv_dim(), h)?,
-                    o: linear(&format!("{p}.self_attn.o_proj.weight"), h, cfg.q_dim())?,
+                    q: linear(&format!("{p}.self_attn.q_proj.weight"), cfg.q_dim(), h, LayerRole::Other)?,
+                    k: linear(&format!("{p}.self_attn.k_proj.weight"), cfg.kv_dim(), h, LayerRole::Other)?,
+                    v: linear(&format!("{p}.self_attn.v_proj.weight"), cfg.kv_dim(), h, LayerRole::Value(l, n))?,
+                    o: linear(&format!("{p}.self_attn.o_proj.weight"), h, cfg.q_dim(), LayerRole::Other)?,
                     heads: cfg.num_attention_heads,
                     kv_heads: cfg.num_key_value_heads,
                     head_dim: cfg.head_dim,
                 },
                 post_attn_norm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
                 mlp: Mlp {
-                    gate: linear(&format!("{p}.mlp.gate_proj.weight"), i, h)?,
-                    up: linear(&format!("{p}.mlp.up_proj.weight"), i, h)?,
-                    down: linear(&format!("{p}.mlp.down_proj.weight"), h, i)?,
+                    gate: linear(&format!("{p}.mlp.gate_proj.weight"), i, h, LayerRole::Other)?,
+                    up: linear(&format!("{p}.mlp.up_proj.weight"), i, h, LayerRole::Other)?,
+                    down: linear(&format!("{p}.mlp.down_proj.weight"), h, i, LayerRole::Down(l, n))?,
                 },
             });
         }
         let lm_head = if !cfg.tie_word_embeddings {
-            linear("lm_head.weight", cfg.vocab_size, h)?
+            linear("lm_head.weight", cfg.vocab_size, h, LayerRole::Output)?
         } else if format.quant().is_some() {
-            linear(embed_name, cfg.vocab_size, h)?
+            linear(embed_name, cfg.vocab_size, h, LayerRole::Output)?
         } else {
             Linear::new(embed.clone())
         };
