@@ -40,7 +40,10 @@ fn mask_cost(root: &Path) -> anyhow::Result<()> {
     let eos: Arc<[u32]> = Arc::from(vec![128001u32, 128008, 128009]);
     let built = Instant::now();
     let grammars = Grammars::new(&tokenizer, 128256, eos.clone())?;
-    println!("token trie for 128256 ids: {:.0} ms (once per engine)", built.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "token trie for 128256 ids: {:.0} ms (once per engine)",
+        built.elapsed().as_secs_f64() * 1e3
+    );
     let mut times = Vec::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     for walk in 0..20 {
@@ -75,10 +78,16 @@ fn mask_cost(root: &Path) -> anyhow::Result<()> {
 fn decode_cost(root: &Path) -> anyhow::Result<()> {
     let dir = root.join("target/llama32-bench/llama-3.2-1b-synthetic");
     if !dir.join("model.safetensors").exists() {
-        println!("(no synthetic 1B at {}: run `cargo bench --bench generate` first)", dir.display());
+        println!(
+            "(no synthetic 1B at {}: run `cargo bench --bench generate` first)",
+            dir.display()
+        );
         return Ok(());
     }
-    let options = LoadOptions { dtype: Some(ComputeDType::Q8_0), ..Default::default() };
+    let options = LoadOptions {
+        dtype: Some(ComputeDType::Q8_0),
+        ..Default::default()
+    };
     let engine = Engine::load(&dir, &options)?;
     let long = json!({"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]});
     let n = 64;
@@ -89,8 +98,14 @@ fn decode_cost(root: &Path) -> anyhow::Result<()> {
             constraint,
             ..Default::default()
         };
-        let out = engine.generate("Describe the city of Paris in detail:", &request, |_| ControlFlow::Continue(()))?;
-        anyhow::ensure!(out.completion_tokens == n, "stopped after {} tokens", out.completion_tokens);
+        let out = engine.generate("Describe the city of Paris in detail:", &request, |_| {
+            ControlFlow::Continue(())
+        })?;
+        anyhow::ensure!(
+            out.completion_tokens == n,
+            "stopped after {} tokens",
+            out.completion_tokens
+        );
         Ok(out.timings.decode_tokens_per_s)
     };
     run(Some(Constraint::JsonSchema(long.clone())))?; // builds the token trie once

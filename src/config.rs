@@ -266,7 +266,10 @@ impl Validator<'_> {
         if raw.max_position_embeddings > limit {
             return Err(self.err(
                 "max_position_embeddings",
-                format!("{} is larger than any supported model ({limit})", raw.max_position_embeddings),
+                format!(
+                    "{} is larger than any supported model ({limit})",
+                    raw.max_position_embeddings
+                ),
             ));
         }
         let vocab_size = self.positive("vocab_size", raw.vocab_size)?;

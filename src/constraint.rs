@@ -162,7 +162,10 @@ mod tests {
         let grammars = Grammars::new(&tokenizer, 128256, eos).unwrap();
         let bad = Constraint::JsonSchema(json!({"type": "nonsense"}));
         let err = grammars.compile(&bad).unwrap_err();
-        assert!(matches!(err, Error::InvalidParameter { name: "constraint", .. }), "{err}");
+        assert!(
+            matches!(err, Error::InvalidParameter { name: "constraint", .. }),
+            "{err}"
+        );
         assert!(grammars.compile(&Constraint::Lark("start: (".into())).is_err());
         // A regex: only digits, then end.
         let mut state = grammars.compile(&Constraint::Regex("[0-9]{2}".into())).unwrap();

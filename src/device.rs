@@ -204,7 +204,9 @@ mod mixed_tests {
         assert_eq!(q.quant_for(LayerRole::Value(5, 16)), Some(GgmlDType::Q8_0));
         assert_eq!(q.quant_for(LayerRole::Other), Some(GgmlDType::Q4K));
         // 16 layers: the first and last two, and every third from layer 2 on.
-        let more: Vec<usize> = (0..16).filter(|&l| q.quant_for(LayerRole::Down(l, 16)) == Some(GgmlDType::Q8_0)).collect();
+        let more: Vec<usize> = (0..16)
+            .filter(|&l| q.quant_for(LayerRole::Down(l, 16)) == Some(GgmlDType::Q8_0))
+            .collect();
         assert_eq!(more, vec![0, 1, 4, 7, 10, 13, 14, 15]);
         assert_eq!(ComputeDType::Q4K.quant_for(LayerRole::Output), Some(GgmlDType::Q4K));
         assert_eq!("q4k_m".parse::<ComputeDType>().unwrap(), q);

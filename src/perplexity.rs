@@ -39,7 +39,10 @@ fn log_softmax(row: &[f32]) -> Vec<f64> {
 fn argmax(row: &[f64]) -> usize {
     row.iter()
         .enumerate()
-        .fold((0, f64::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+        .fold(
+            (0, f64::NEG_INFINITY),
+            |best, (i, &v)| if v > best.1 { (i, v) } else { best },
+        )
         .0
 }
 
@@ -56,13 +59,26 @@ struct Sums {
 
 /// The perplexity of `model` on `tokens` (BOS not included) in windows of `ctx` tokens, at
 /// most `max_windows`; `base` adds KL divergence and top-1 agreement.
-pub fn perplexity(model: &Llama, tokens: &[u32], bos: u32, ctx: usize, max_windows: usize, base: Option<&Llama>) -> Result<Report> {
+pub fn perplexity(
+    model: &Llama,
+    tokens: &[u32],
+    bos: u32,
+    ctx: usize,
+    max_windows: usize,
+    base: Option<&Llama>,
+) -> Result<Report> {
     if ctx < 4 {
-        return Err(Error::InvalidParameter { name: "ctx", reason: "must be at least 4".into() });
+        return Err(Error::InvalidParameter {
+            name: "ctx",
+            reason: "must be at least 4".into(),
+        });
     }
     let vocab = model.config().vocab_size;
     if base.is_some_and(|b| b.config().vocab_size != vocab) {
-        return Err(Error::InvalidParameter { name: "kl-base", reason: "the base model has another vocabulary".into() });
+        return Err(Error::InvalidParameter {
+            name: "kl-base",
+            reason: "the base model has another vocabulary".into(),
+        });
     }
     let per_window = ctx - 1;
     let windows = (tokens.len() / per_window).min(max_windows);

@@ -77,7 +77,10 @@ impl Tokenizer {
         let mut bytes = Vec::with_capacity(piece.len());
         for c in piece.chars() {
             let code = c as u32;
-            match (printable(code), code.checked_sub(256).and_then(|n| others.get(n as usize))) {
+            match (
+                printable(code),
+                code.checked_sub(256).and_then(|n| others.get(n as usize)),
+            ) {
                 (true, _) => bytes.push(code as u8),
                 (false, Some(&b)) => bytes.push(b),
                 (false, None) => bytes.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),

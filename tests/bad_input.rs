@@ -262,7 +262,11 @@ fn hostile_sizes_in_config_are_refused_before_allocating() {
 #[test]
 fn eos_ids_outside_the_vocabulary_are_named() {
     let dir = copy_fixture(SMALL);
-    std::fs::write(dir.path().join("generation_config.json"), r#"{"eos_token_id": [128009, 99999999]}"#).unwrap();
+    std::fs::write(
+        dir.path().join("generation_config.json"),
+        r#"{"eos_token_id": [128009, 99999999]}"#,
+    )
+    .unwrap();
     match load(dir.path()) {
         Error::InvalidConfig { field, .. } => assert_eq!(field, "eos_token_id"),
         other => panic!("{other}"),
@@ -294,7 +298,10 @@ fn too_many_threads_are_refused() {
 
 #[test]
 fn other_architectures_are_refused_by_name() {
-    for (field, value) in [("model_type", serde_json::json!("mistral")), ("architectures", serde_json::json!(["Qwen2ForCausalLM"]))] {
+    for (field, value) in [
+        ("model_type", serde_json::json!("mistral")),
+        ("architectures", serde_json::json!(["Qwen2ForCausalLM"])),
+    ] {
         let dir = copy_fixture(SMALL);
         edit_config(dir.path(), |v| v[field] = value.clone());
         match load(dir.path()) {

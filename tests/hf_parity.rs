@@ -114,17 +114,29 @@ fn logprobs_are_the_log_softmax_of_transformers_logits() {
             logprobs: Some(5),
             ..Default::default()
         };
-        let out = engine.generate(&case.text, &request, |_| ControlFlow::Continue(())).unwrap();
+        let out = engine
+            .generate(&case.text, &request, |_| ControlFlow::Continue(()))
+            .unwrap();
         let first = &out.logprobs[0];
         assert_eq!(first.id, case.greedy_ids[0]);
-        assert!((first.logprob - reference(first.id)).abs() < 1e-4, "{} vs {}", first.logprob, reference(first.id));
+        assert!(
+            (first.logprob - reference(first.id)).abs() < 1e-4,
+            "{} vs {}",
+            first.logprob,
+            reference(first.id)
+        );
         // Greedy: the most likely alternative is the token chosen.
         assert_eq!(first.top[0].0, first.id);
         assert_eq!(first.top.len(), 5);
         for &(id, lp) in &first.top {
             assert!(lp <= 0.0 && (lp - reference(id)).abs() < 1e-4);
         }
-        let too_many = GenerateRequest { logprobs: Some(21), ..request };
-        assert!(engine.generate(&case.text, &too_many, |_| ControlFlow::Continue(())).is_err());
+        let too_many = GenerateRequest {
+            logprobs: Some(21),
+            ..request
+        };
+        assert!(engine
+            .generate(&case.text, &too_many, |_| ControlFlow::Continue(()))
+            .is_err());
     }
 }

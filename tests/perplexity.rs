@@ -7,7 +7,10 @@ use common::{expected, fixture};
 use llama32::{ComputeDType, Engine, LoadOptions};
 
 fn load(dtype: ComputeDType) -> Engine {
-    let opts = LoadOptions { dtype: Some(dtype), ..Default::default() };
+    let opts = LoadOptions {
+        dtype: Some(dtype),
+        ..Default::default()
+    };
     Engine::load(&fixture("tied-bf16-llama3"), &opts).unwrap()
 }
 
@@ -29,7 +32,11 @@ fn perplexity_matches_a_token_by_token_reference() {
         window.extend_from_slice(&body[w * (ctx - 1)..(w + 1) * (ctx - 1)]);
         let mut cache = model.new_cache(ctx);
         for i in 0..ctx - 1 {
-            let logits: Vec<f32> = model.forward(&window[i..i + 1], &mut cache, 1).unwrap().to_vec1().unwrap();
+            let logits: Vec<f32> = model
+                .forward(&window[i..i + 1], &mut cache, 1)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             assert_eq!(logits.len(), vocab);
             if i >= ctx / 2 {
                 let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
@@ -39,7 +46,11 @@ fn perplexity_matches_a_token_by_token_reference() {
         }
     }
     let reference = (nll / report.tokens as f64).exp();
-    assert!((report.perplexity / reference - 1.0).abs() < 1e-4, "{} vs {reference}", report.perplexity);
+    assert!(
+        (report.perplexity / reference - 1.0).abs() < 1e-4,
+        "{} vs {reference}",
+        report.perplexity
+    );
 
     // Against itself: no divergence. A quantized copy: a small one, and mostly the same top token.
     let same = llama32::perplexity::perplexity(model, body, bos, ctx, 2, Some(model)).unwrap();

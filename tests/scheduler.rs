@@ -233,12 +233,24 @@ fn speculation_changes_passes_not_output() {
     let prompt = "one two three four five six seven eight nine ten ".repeat(6);
     let spec = Some(Speculation::Ngram { n: 3, k: 6 });
     for request in [
-        GenerateRequest { max_tokens: 80, sampling: SamplingParams::greedy(), ..Default::default() },
+        GenerateRequest {
+            max_tokens: 80,
+            sampling: SamplingParams::greedy(),
+            ..Default::default()
+        },
         sampled(11, 80),
-        GenerateRequest { stop: vec!["seven".into()], ..sampled(5, 80) },
+        GenerateRequest {
+            stop: vec!["seven".into()],
+            ..sampled(5, 80)
+        },
     ] {
-        let plain = engine.generate(&prompt, &request, |_| ControlFlow::Continue(())).unwrap();
-        let fast = GenerateRequest { speculation: spec, ..request.clone() };
+        let plain = engine
+            .generate(&prompt, &request, |_| ControlFlow::Continue(()))
+            .unwrap();
+        let fast = GenerateRequest {
+            speculation: spec,
+            ..request.clone()
+        };
         let mut streamed = String::new();
         let out = engine
             .generate(&prompt, &fast, |piece| {
@@ -257,13 +269,30 @@ fn speculation_changes_passes_not_output() {
     // A random model does not repeat itself; a logit_bias that leaves it two tokens makes
     // it loop: proposals get accepted (all or in part, so rolled-back keys and values are
     // exercised), and the output still equals plain decoding.
-    for bias in [vec![(1000u32, 100.0f32)], vec![(1000, 100.0), (2000, 100.0)], vec![(1000, 100.0), (2000, 100.0), (3000, 100.0)]] {
+    for bias in [
+        vec![(1000u32, 100.0f32)],
+        vec![(1000, 100.0), (2000, 100.0)],
+        vec![(1000, 100.0), (2000, 100.0), (3000, 100.0)],
+    ] {
         let mut sampling = SamplingParams::greedy();
         sampling.logit_bias = bias.into_iter().collect();
-        let request = GenerateRequest { max_tokens: 120, sampling, ..Default::default() };
-        let plain = engine.generate(&prompt, &request, |_| ControlFlow::Continue(())).unwrap();
+        let request = GenerateRequest {
+            max_tokens: 120,
+            sampling,
+            ..Default::default()
+        };
+        let plain = engine
+            .generate(&prompt, &request, |_| ControlFlow::Continue(()))
+            .unwrap();
         let fast = engine
-            .generate(&prompt, &GenerateRequest { speculation: spec, ..request.clone() }, |_| ControlFlow::Continue(()))
+            .generate(
+                &prompt,
+                &GenerateRequest {
+                    speculation: spec,
+                    ..request.clone()
+                },
+                |_| ControlFlow::Continue(()),
+            )
             .unwrap();
         assert_eq!(fast.token_ids, plain.token_ids);
         let stats = fast.speculation.unwrap();
@@ -274,12 +303,23 @@ fn speculation_changes_passes_not_output() {
     let handles: Vec<_> = (0..4)
         .map(|i| {
             let ids = engine.tokenize(&prompt).unwrap();
-            engine.submit(ids, &GenerateRequest { speculation: spec, ..sampled(i, 60) }, Instant::now()).unwrap()
+            engine
+                .submit(
+                    ids,
+                    &GenerateRequest {
+                        speculation: spec,
+                        ..sampled(i, 60)
+                    },
+                    Instant::now(),
+                )
+                .unwrap()
         })
         .collect();
     for (i, h) in handles.into_iter().enumerate() {
         let g = h.wait(|_| ControlFlow::Continue(())).unwrap();
-        let alone = engine.generate(&prompt, &sampled(i as u64, 60), |_| ControlFlow::Continue(())).unwrap();
+        let alone = engine
+            .generate(&prompt, &sampled(i as u64, 60), |_| ControlFlow::Continue(()))
+            .unwrap();
         assert_eq!(g.token_ids, alone.token_ids);
     }
     assert_eq!(engine.load_stats().kv.used_blocks, 0);

@@ -397,7 +397,11 @@ fn full_queue_is_503_and_a_vanished_client_frees_its_slot() {
     let stream = open_long_stream(&server);
     let deadline = Instant::now() + Duration::from_secs(10);
     while health(&server)["running"] != 1 {
-        assert!(Instant::now() < deadline, "the stream was not admitted: {}", health(&server));
+        assert!(
+            Instant::now() < deadline,
+            "the stream was not admitted: {}",
+            health(&server)
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let r = post(&server, "/v1/chat/completions", &chat_body(json!({"max_tokens": 1})));
@@ -493,8 +497,10 @@ fn slow_and_broken_clients_do_not_hold_the_server() {
     // Keep-alive: two requests on one connection.
     let mut s = TcpStream::connect(&server.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    s.write_all(
+        b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
     let text = String::from_utf8_lossy(&raw);

@@ -100,7 +100,10 @@ fn malformed_framing_is_400_and_close() {
         // A second request follows on the same connection: it must not be served.
         let bytes = format!("{case}GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
         let response = raw(&server.addr, bytes.as_bytes());
-        assert!(status_line(&response).starts_with("HTTP/1.1 400"), "{case:?} -> {response}");
+        assert!(
+            status_line(&response).starts_with("HTTP/1.1 400"),
+            "{case:?} -> {response}"
+        );
         assert!(!response.contains("200 OK"), "{case:?} -> {response}");
     }
     // Transfer-Encoding and Content-Length together: served by the chunks, then closed.
@@ -125,7 +128,10 @@ fn http_1_0_streams_are_not_chunked() {
     );
     let response = raw(&server.addr, request.as_bytes());
     assert!(status_line(&response).starts_with("HTTP/1.0 200"), "{response}");
-    assert!(!response.to_ascii_lowercase().contains("transfer-encoding"), "{response}");
+    assert!(
+        !response.to_ascii_lowercase().contains("transfer-encoding"),
+        "{response}"
+    );
     let body = body_of(&response);
     assert!(body.starts_with("data: {"), "{body}");
     assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
@@ -155,14 +161,29 @@ fn cors_preflight_and_headers() {
     );
     let lower = preflight.to_ascii_lowercase();
     assert!(status_line(&preflight).contains("200"), "{preflight}");
-    assert!(lower.contains("access-control-allow-origin: http://app.example"), "{preflight}");
-    assert!(lower.contains("access-control-allow-methods:") && lower.contains("post"), "{preflight}");
-    let response = get(&server.addr, "/v1/models", "Origin: http://app.example\r\nAuthorization: Bearer k\r\n");
+    assert!(
+        lower.contains("access-control-allow-origin: http://app.example"),
+        "{preflight}"
+    );
+    assert!(
+        lower.contains("access-control-allow-methods:") && lower.contains("post"),
+        "{preflight}"
+    );
+    let response = get(
+        &server.addr,
+        "/v1/models",
+        "Origin: http://app.example\r\nAuthorization: Bearer k\r\n",
+    );
     assert!(status_line(&response).contains("200"), "{response}");
-    assert!(response.to_ascii_lowercase().contains("access-control-allow-origin: http://app.example"));
+    assert!(response
+        .to_ascii_lowercase()
+        .contains("access-control-allow-origin: http://app.example"));
     // Another origin gets no CORS grant.
     let response = get(&server.addr, "/health", "Origin: http://evil.example\r\n");
-    assert!(!response.to_ascii_lowercase().contains("access-control-allow-origin"), "{response}");
+    assert!(
+        !response.to_ascii_lowercase().contains("access-control-allow-origin"),
+        "{response}"
+    );
 }
 
 fn metric(text: &str, name: &str) -> f64 {
@@ -181,9 +202,14 @@ fn metrics_move_as_requests_run() {
     let response = post(&server.addr, "/v1/chat/completions", &chat);
     assert!(status_line(&response).contains("200"), "{response}");
     let after = body_of(&get(&server.addr, "/metrics", "")).to_string();
-    assert!(metric(&after, "llama32_generation_tokens_total") >= metric(&before, "llama32_generation_tokens_total") + 3.0);
+    assert!(
+        metric(&after, "llama32_generation_tokens_total") >= metric(&before, "llama32_generation_tokens_total") + 3.0
+    );
     assert!(metric(&after, "llama32_prompt_tokens_total") > 0.0);
-    assert!(after.contains(r#"llama32_requests_total{route="chat_completions",status="200"} 1"#), "{after}");
+    assert!(
+        after.contains(r#"llama32_requests_total{route="chat_completions",status="200"} 1"#),
+        "{after}"
+    );
     assert!(after.contains("llama32_time_to_first_token_seconds_bucket"), "{after}");
     assert!(after.contains("llama32_inter_token_latency_seconds_count"), "{after}");
     assert!(after.contains("llama32_sequences_running"), "{after}");

@@ -103,7 +103,10 @@ impl ChatTemplate {
             let json: serde_json::Value = read_json(&json_path)?;
             return match Self::source_of(&json_path, json.get("chat_template"))? {
                 Some(source) => Ok(Some(Self::new(source, bos, eos))),
-                None => Err(Error::Template(format!("{}: no `chat_template` string", json_path.display()))),
+                None => Err(Error::Template(format!(
+                    "{}: no `chat_template` string",
+                    json_path.display()
+                ))),
             };
         }
         Ok(Self::source_of(&config_path, config.get("chat_template"))?.map(|s| Self::new(s, bos, eos)))

@@ -31,8 +31,8 @@ use crate::tokenizer::Tokenizer;
 use crate::weights::Weights;
 pub use request::{Event, FinishReason, GenerateRequest, Generation, Handle, Timings};
 pub use scheduler::{Load, SchedulerConfig};
-pub use speculate::{SpecStats, Speculation};
 use sequence::{Parts, Sequence};
+pub use speculate::{SpecStats, Speculation};
 
 /// KV memory of the paged backend when none is given: enough for `parallel` sequences of
 /// the whole context window, at most this much.
@@ -166,7 +166,11 @@ impl Engine {
         if let Some(g) = slot.as_ref() {
             return Ok(g.clone());
         }
-        let built = Arc::new(Grammars::new(&self.tokenizer, self.config().vocab_size, self.eos_ids.clone())?);
+        let built = Arc::new(Grammars::new(
+            &self.tokenizer,
+            self.config().vocab_size,
+            self.eos_ids.clone(),
+        )?);
         *slot = Some(built.clone());
         Ok(built)
     }

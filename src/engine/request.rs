@@ -11,10 +11,10 @@ use serde::Serialize;
 
 use super::speculate::{SpecStats, Speculation};
 use crate::constraint::Constraint;
-use crate::sampler::TokenLogprob;
 use crate::error::{Error, Result};
 use crate::model::DEFAULT_PREFILL_CHUNK;
 use crate::sampler::SamplingParams;
+use crate::sampler::TokenLogprob;
 
 /// What to generate.
 #[derive(Debug, Clone)]

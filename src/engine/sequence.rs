@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::request::{Event, FinishReason, Generation, Timings};
-use crate::backend::{Backend, SeqKv};
 use super::speculate::{Speculation, Speculator};
+use crate::backend::{Backend, SeqKv};
 use crate::constraint::ConstraintState;
 use crate::error::Result;
 use crate::sampler::{token_logprob, Sampler, StopMatcher, TokenLogprob};

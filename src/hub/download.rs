@@ -254,7 +254,10 @@ fn receive(
                     window_start.elapsed().as_secs_f64(),
                     config.min_bytes_per_window
                 );
-                let error = HubError::Network { url: url.to_string(), message };
+                let error = HubError::Network {
+                    url: url.to_string(),
+                    message,
+                };
                 return Err(Failure::Retry { error, after: None });
             }
             (window_start, window_bytes) = (Instant::now(), 0);

@@ -135,10 +135,30 @@ impl Llama {
             layers.push(Layer {
                 input_norm: norm(&format!("{p}.input_layernorm.weight"))?,
                 attn: Attention {
-                    q: linear(&format!("{p}.self_attn.q_proj.weight"), cfg.q_dim(), h, LayerRole::Other)?,
-                    k: linear(&format!("{p}.self_attn.k_proj.weight"), cfg.kv_dim(), h, LayerRole::Other)?,
-                    v: linear(&format!("{p}.self_attn.v_proj.weight"), cfg.kv_dim(), h, LayerRole::Value(l, n))?,
-                    o: linear(&format!("{p}.self_attn.o_proj.weight"), h, cfg.q_dim(), LayerRole::Other)?,
+                    q: linear(
+                        &format!("{p}.self_attn.q_proj.weight"),
+                        cfg.q_dim(),
+                        h,
+                        LayerRole::Other,
+                    )?,
+                    k: linear(
+                        &format!("{p}.self_attn.k_proj.weight"),
+                        cfg.kv_dim(),
+                        h,
+                        LayerRole::Other,
+                    )?,
+                    v: linear(
+                        &format!("{p}.self_attn.v_proj.weight"),
+                        cfg.kv_dim(),
+                        h,
+                        LayerRole::Value(l, n),
+                    )?,
+                    o: linear(
+                        &format!("{p}.self_attn.o_proj.weight"),
+                        h,
+                        cfg.q_dim(),
+                        LayerRole::Other,
+                    )?,
                     heads: cfg.num_attention_heads,
                     kv_heads: cfg.num_key_value_heads,
                     head_dim: cfg.head_dim,

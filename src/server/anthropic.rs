@@ -39,7 +39,13 @@ pub(super) fn parse(body: &[u8], need_max_tokens: bool) -> Result<ChatParams, Ap
     }
     let tools = match f.take("tools") {
         None => None,
-        Some(Json::Array(tools)) => Some(tools.iter().enumerate().map(convert_tool).collect::<Result<Vec<_>, _>>()?),
+        Some(Json::Array(tools)) => Some(
+            tools
+                .iter()
+                .enumerate()
+                .map(convert_tool)
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
         Some(_) => return Err(type_error("tools", "an array of tools")),
     };
     let tool_choice = convert_tool_choice(f.take("tool_choice"))?;
@@ -76,10 +82,16 @@ pub(super) fn parse(body: &[u8], need_max_tokens: bool) -> Result<ChatParams, Ap
 fn block_text(name: &str, blocks: &[Json]) -> Result<String, ApiError> {
     let mut text = String::new();
     for block in blocks {
-        match (block.get("type").and_then(Json::as_str), block.get("text").and_then(Json::as_str)) {
+        match (
+            block.get("type").and_then(Json::as_str),
+            block.get("text").and_then(Json::as_str),
+        ) {
             (Some("text"), Some(t)) => text.push_str(t),
             (Some(other), _) if other != "text" => {
-                return Err(ApiError::invalid(name, format!("content blocks of type `{other}` are not supported here")))
+                return Err(ApiError::invalid(
+                    name,
+                    format!("content blocks of type `{other}` are not supported here"),
+                ))
             }
             _ => return Err(ApiError::invalid(name, "a text block needs a string `text`")),
         }
@@ -93,7 +105,12 @@ fn convert_turn(i: usize, turn: Json, out: &mut Vec<Json>) -> Result<(), ApiErro
     let name = format!("messages[{i}]");
     let role = match turn.get("role").and_then(Json::as_str) {
         Some(r @ ("user" | "assistant")) => r.to_string(),
-        _ => return Err(ApiError::invalid("messages", format!("{name}.role must be `user` or `assistant`"))),
+        _ => {
+            return Err(ApiError::invalid(
+                "messages",
+                format!("{name}.role must be `user` or `assistant`"),
+            ))
+        }
     };
     let blocks = match turn.get("content") {
         Some(Json::String(s)) => {
@@ -101,7 +118,12 @@ fn convert_turn(i: usize, turn: Json, out: &mut Vec<Json>) -> Result<(), ApiErro
             return Ok(());
         }
         Some(Json::Array(blocks)) => blocks.clone(),
-        _ => return Err(ApiError::invalid("messages", format!("{name}.content must be a string or an array of blocks"))),
+        _ => {
+            return Err(ApiError::invalid(
+                "messages",
+                format!("{name}.content must be a string or an array of blocks"),
+            ))
+        }
     };
     let (mut text, mut calls) = (String::new(), Vec::new());
     for block in &blocks {
@@ -127,7 +149,12 @@ fn convert_turn(i: usize, turn: Json, out: &mut Vec<Json>) -> Result<(), ApiErro
                     format!("{name}: content blocks of type `{other}` are not supported for role `{role}`"),
                 ))
             }
-            None => return Err(ApiError::invalid("messages", format!("{name}: a content block has no `type`"))),
+            None => {
+                return Err(ApiError::invalid(
+                    "messages",
+                    format!("{name}: a content block has no `type`"),
+                ))
+            }
         }
     }
     if !text.is_empty() || !calls.is_empty() {
@@ -150,7 +177,10 @@ fn convert_tool((i, tool): (usize, &Json)) -> Result<Json, ApiError> {
     if let Some(d) = tool.get("description") {
         function.insert("description".into(), d.clone());
     }
-    let schema = tool.get("input_schema").cloned().unwrap_or_else(|| json!({"type": "object"}));
+    let schema = tool
+        .get("input_schema")
+        .cloned()
+        .unwrap_or_else(|| json!({"type": "object"}));
     function.insert("parameters".into(), schema);
     Ok(json!({"type": "function", "function": function}))
 }
@@ -159,13 +189,19 @@ fn convert_tool_choice(choice: Option<Json>) -> Result<ToolChoice, ApiError> {
     let Some(choice) = choice else {
         return Ok(ToolChoice::Auto);
     };
-    match (choice.get("type").and_then(Json::as_str), choice.get("name").and_then(Json::as_str)) {
+    match (
+        choice.get("type").and_then(Json::as_str),
+        choice.get("name").and_then(Json::as_str),
+    ) {
         (Some("auto"), _) => Ok(ToolChoice::Auto),
         (Some("none"), _) => Ok(ToolChoice::None),
         (Some("any"), _) => Ok(ToolChoice::Required),
         (Some("tool"), Some(name)) => Ok(ToolChoice::Function(name.to_string())),
         (Some("tool"), None) => Err(ApiError::invalid("tool_choice", "`tool_choice.name` is missing")),
-        _ => Err(ApiError::invalid("tool_choice", "`tool_choice.type` must be auto, any, tool or none")),
+        _ => Err(ApiError::invalid(
+            "tool_choice",
+            "`tool_choice.type` must be auto, any, tool or none",
+        )),
     }
 }
 

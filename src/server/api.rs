@@ -278,10 +278,16 @@ impl ChatParams {
         let wanted = f.bool("logprobs")?.unwrap_or(false);
         let top = f.count("top_logprobs", 0)?;
         if top.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
-            return Err(ApiError::invalid("top_logprobs", format!("`top_logprobs` must be from 0 to {MAX_TOP_LOGPROBS}")));
+            return Err(ApiError::invalid(
+                "top_logprobs",
+                format!("`top_logprobs` must be from 0 to {MAX_TOP_LOGPROBS}"),
+            ));
         }
         if top.is_some() && !wanted {
-            return Err(ApiError::invalid("top_logprobs", "`top_logprobs` needs `logprobs: true`"));
+            return Err(ApiError::invalid(
+                "top_logprobs",
+                "`top_logprobs` needs `logprobs: true`",
+            ));
         }
         let mut common = CommonParams::parse(&mut f, true)?;
         common.logprobs = wanted.then_some(top.unwrap_or(0));
@@ -317,7 +323,9 @@ fn response_format(f: &mut Fields) -> Result<Option<Constraint>, ApiError> {
     }
     if let Some(schema) = f.take("guided_json") {
         let schema = match schema {
-            Json::String(s) => serde_json::from_str(&s).map_err(|e| ApiError::invalid("guided_json", format!("not JSON: {e}")))?,
+            Json::String(s) => {
+                serde_json::from_str(&s).map_err(|e| ApiError::invalid("guided_json", format!("not JSON: {e}")))?
+            }
             other => other,
         };
         return Ok(Some(Constraint::JsonSchema(schema)));
@@ -410,7 +418,12 @@ impl CompletionParams {
             None | Some(Json::Bool(false)) => None,
             Some(Json::Number(n)) => match n.as_u64() {
                 Some(k) if k as usize <= MAX_TOP_LOGPROBS => Some(k as usize),
-                _ => return Err(ApiError::invalid("logprobs", format!("`logprobs` must be an integer from 0 to {MAX_TOP_LOGPROBS}"))),
+                _ => {
+                    return Err(ApiError::invalid(
+                        "logprobs",
+                        format!("`logprobs` must be an integer from 0 to {MAX_TOP_LOGPROBS}"),
+                    ))
+                }
             },
             Some(_) => return Err(type_error("logprobs", "an integer")),
         };

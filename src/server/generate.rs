@@ -347,7 +347,11 @@ pub(super) async fn execute(state: Arc<State>, plan: Plan, report: Report) -> Re
         return fail(ApiError::overloaded(1), report);
     };
     let handles: Result<Vec<Handle>, Error> = (0..plan.n)
-        .map(|i| ready.engine.submit(plan.prompt.clone(), &plan.choice_request(i), plan.start))
+        .map(|i| {
+            ready
+                .engine
+                .submit(plan.prompt.clone(), &plan.choice_request(i), plan.start)
+        })
         .collect();
     let events = match handles {
         Ok(handles) => bridge(handles),
@@ -355,7 +359,9 @@ pub(super) async fn execute(state: Arc<State>, plan: Plan, report: Report) -> Re
             let mut e = ApiError::from(e);
             if e.param.as_deref() == Some("constraint") {
                 e.param = Some(plan.constraint_param.into());
-                e.message = e.message.replace("`constraint`", &format!("`{}`", plan.constraint_param));
+                e.message = e
+                    .message
+                    .replace("`constraint`", &format!("`{}`", plan.constraint_param));
             }
             return fail(e, report);
         }

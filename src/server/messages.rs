@@ -127,10 +127,22 @@ impl Writer<'_> {
                 self.close_text().await?;
                 let index = self.blocks;
                 let block = json!({"type": "tool_use", "id": tool_use_id(), "name": call.name, "input": {}});
-                self.send("content_block_start", json!({"type": "content_block_start", "index": index, "content_block": block})).await?;
+                self.send(
+                    "content_block_start",
+                    json!({"type": "content_block_start", "index": index, "content_block": block}),
+                )
+                .await?;
                 let delta = json!({"type": "input_json_delta", "partial_json": call.arguments.to_string()});
-                self.send("content_block_delta", json!({"type": "content_block_delta", "index": index, "delta": delta})).await?;
-                self.send("content_block_stop", json!({"type": "content_block_stop", "index": index})).await?;
+                self.send(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": index, "delta": delta}),
+                )
+                .await?;
+                self.send(
+                    "content_block_stop",
+                    json!({"type": "content_block_stop", "index": index}),
+                )
+                .await?;
                 "tool_use"
             }
             None => {
@@ -163,7 +175,11 @@ impl Writer<'_> {
         if self.block_open {
             self.block_open = false;
             let index = self.blocks - 1;
-            self.send("content_block_stop", json!({"type": "content_block_stop", "index": index})).await?;
+            self.send(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": index}),
+            )
+            .await?;
         }
         Ok(())
     }

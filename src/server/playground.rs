@@ -29,6 +29,12 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 pub(super) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX) }))
-        .route("/playground.js", get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }))
-        .route("/playground.css", get(|| async { asset("text/css; charset=utf-8", STYLE) }))
+        .route(
+            "/playground.js",
+            get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
+        )
+        .route(
+            "/playground.css",
+            get(|| async { asset("text/css; charset=utf-8", STYLE) }),
+        )
 }

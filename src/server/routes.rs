@@ -227,7 +227,11 @@ async fn health(AxumState(state): Shared) -> Response {
     let draining = *state.phase.borrow() != Phase::Serving;
     match state.ready.get() {
         None => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "loading"}))).into_response(),
-        Some(_) if draining => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "shutting_down"}))).into_response(),
+        Some(_) if draining => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "shutting_down"})),
+        )
+            .into_response(),
         Some(ready) => {
             let load = ready.engine.load_stats();
             Json(json!({"status": "ok", "running": load.running, "waiting": load.waiting})).into_response()
@@ -238,7 +242,11 @@ async fn health(AxumState(state): Shared) -> Response {
 async fn metrics(AxumState(state): Shared) -> Response {
     let load = state.ready.get().map(|r| r.engine.load_stats());
     let text = state.metrics.render(load, state.in_flight.load(Ordering::SeqCst));
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
+        .into_response()
 }
 
 fn model_object(state: &State, id: &str) -> serde_json::Value {
@@ -247,7 +255,12 @@ fn model_object(state: &State, id: &str) -> serde_json::Value {
 }
 
 async fn list_models(AxumState(state): Shared) -> Response {
-    let data: Vec<_> = state.config.model_ids.iter().map(|id| model_object(&state, id)).collect();
+    let data: Vec<_> = state
+        .config
+        .model_ids
+        .iter()
+        .map(|id| model_object(&state, id))
+        .collect();
     Json(json!({"object": "list", "data": data})).into_response()
 }
 

@@ -20,8 +20,8 @@ use super::routes::{Report, CLIENT_GONE};
 use super::{logprobs, State};
 use crate::chat::parse_tool_call;
 use crate::engine::{Event, Generation};
-use crate::sampler::TokenLogprob;
 use crate::error::Error;
+use crate::sampler::TokenLogprob;
 
 type Out = mpsc::Sender<Result<SseEvent, Infallible>>;
 
@@ -104,7 +104,9 @@ impl Writer<'_> {
     }
 
     async fn chunk(&self, choice: Json) -> Result<(), Stop> {
-        let mut chunk = self.plan.envelope(&self.state.config.model_ids[0], true, json!([choice]));
+        let mut chunk = self
+            .plan
+            .envelope(&self.state.config.model_ids[0], true, json!([choice]));
         if self.plan.include_usage {
             chunk["usage"] = Json::Null;
         }
@@ -221,7 +223,8 @@ impl Writer<'_> {
                 reason = "tool_calls";
                 let mut tool_call = tool_call_json(&call.name, &call.arguments);
                 tool_call["index"] = json!(0);
-                let delta = json!({"index": i, "delta": {"tool_calls": [tool_call]}, "logprobs": null, "finish_reason": null});
+                let delta =
+                    json!({"index": i, "delta": {"tool_calls": [tool_call]}, "logprobs": null, "finish_reason": null});
                 self.chunk(delta).await?;
             }
             None if !held.is_empty() => {

@@ -48,7 +48,13 @@ pub fn conversation_ids(dir: &Path, tokenizer: &Tokenizer, a: &ConversationArgs)
         date: a.date.clone(),
         content_as_text: a.content_as_text,
     };
-    Ok(encode_conversation(&template, tokenizer, &messages, tools.as_deref(), &options)?)
+    Ok(encode_conversation(
+        &template,
+        tokenizer,
+        &messages,
+        tools.as_deref(),
+        &options,
+    )?)
 }
 
 struct Chat<'e> {

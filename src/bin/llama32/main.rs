@@ -56,9 +56,7 @@ fn main() -> ExitCode {
         Command::Download(a) => hub_cmd::download(a),
         Command::List(a) => hub_cmd::list(a),
         Command::Synthetic(a) => synthetic(a),
-        Command::Perplexity(mut a) => {
-            hub_cmd::resolve_in_place(&mut a.model.model).and_then(|()| perplexity(a))
-        }
+        Command::Perplexity(mut a) => hub_cmd::resolve_in_place(&mut a.model.model).and_then(|()| perplexity(a)),
     };
     match result {
         Ok(code) => code,
@@ -112,13 +110,20 @@ fn perplexity(a: args::PerplexityArgs) -> anyhow::Result<ExitCode> {
     let engine = load_engine(&a.model, Some(1))?;
     let base = match &a.kl_base {
         Some(dtype) => {
-            let model = args::ModelArgs { dtype: Some(dtype.clone()), ..a.model.clone() };
+            let model = args::ModelArgs {
+                dtype: Some(dtype.clone()),
+                ..a.model.clone()
+            };
             Some(load_engine(&model, Some(1))?)
         }
         None => None,
     };
     let tokens = engine.tokenize(&text)?;
-    let bos = engine.config().bos_token_id.or_else(|| tokens.first().copied()).unwrap_or(0);
+    let bos = engine
+        .config()
+        .bos_token_id
+        .or_else(|| tokens.first().copied())
+        .unwrap_or(0);
     let body = tokens.strip_prefix(&[bos]).unwrap_or(&tokens);
     let base_model = base.as_ref().map(|b| b.model());
     let report = llama32::perplexity::perplexity(engine.model(), body, bos, a.ctx, a.chunks, base_model)?;
@@ -136,7 +141,9 @@ fn perplexity(a: args::PerplexityArgs) -> anyhow::Result<ExitCode> {
         report.windows,
         a.ctx
     );
-    if let (Some(bp), Some(kl), Some(top1), Some(b)) = (report.base_perplexity, report.mean_kl, report.top1_agreement, &base) {
+    if let (Some(bp), Some(kl), Some(top1), Some(b)) =
+        (report.base_perplexity, report.mean_kl, report.top1_agreement, &base)
+    {
         println!(
             "against {}: base perplexity {bp:.4}, mean KL {kl:.6} nats, top-1 agreement {:.2}%",
             b.dtype(),
