@@ -223,14 +223,8 @@ impl Llama {
     /// Runs `tokens` at positions `cache.len()..` in chunks of at most `chunk` tokens,
     /// appending them to `cache`, and returns the f32 logits `[vocab]` of the last token.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, chunk: usize) -> Result<Tensor> {
-        cache.check_room(tokens.len())?;
+        self.check_tokens(tokens, cache)?;
         let vocab = self.config.vocab_size;
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(crate::Error::InvalidParameter {
-                name: "prompt",
-                reason: format!("token id {bad} is outside the vocabulary of {vocab}"),
-            });
-        }
         if let ([token], true) = (tokens, self.steps_on_slices()) {
             let logits = self.step_on_slices(*token, cache)?;
             return Ok(Tensor::from_vec(logits, vocab, &self.device)?);
@@ -252,17 +246,24 @@ impl Llama {
         Ok(logits.squeeze(0)?.to_dtype(DType::F32)?)
     }
 
+    /// Checks that `tokens` fit `cache` and are inside the vocabulary.
+    fn check_tokens(&self, tokens: &[u32], cache: &KvCache) -> Result<()> {
+        cache.check_room(tokens.len())?;
+        let vocab = self.config.vocab_size;
+        match tokens.iter().find(|&&t| t as usize >= vocab) {
+            Some(&bad) => Err(crate::Error::InvalidParameter {
+                name: "prompt",
+                reason: format!("token id {bad} is outside the vocabulary of {vocab}"),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Like [`Llama::forward`], but the f32 logits of every token, `tokens.len()` rows of
     /// `vocab_size` one after another (for perplexity).
     pub fn forward_all(&self, tokens: &[u32], cache: &mut KvCache, chunk: usize) -> Result<Vec<f32>> {
-        cache.check_room(tokens.len())?;
+        self.check_tokens(tokens, cache)?;
         let vocab = self.config.vocab_size;
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(crate::Error::InvalidParameter {
-                name: "prompt",
-                reason: format!("token id {bad} is outside the vocabulary of {vocab}"),
-            });
-        }
         let mut out = Vec::with_capacity(tokens.len() * vocab);
         for piece in tokens.chunks(chunk.max(1)) {
             let hidden = match self.device.is_cpu() {

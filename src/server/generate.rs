@@ -145,30 +145,27 @@ pub(super) fn finish_name(reason: FinishReason) -> &'static str {
 impl Plan {
     /// Renders the conversation and validates everything that can be checked before a slot is taken.
     pub(super) fn chat(state: &Arc<State>, p: ChatParams, created: u64) -> Result<Self, ApiError> {
-        let start = Instant::now();
-        let ready = ready(state)?;
-        check_model(state, &p.common)?;
-        let prompt = chat_prompt(ready, &p)?;
-        let kind = Kind::Chat {
-            tools_active: p.tools_active(),
-        };
-        let constraint = chat_constraint(&p);
-        let mut plan = Self::new(ready, kind, prompt, p.common, ("chatcmpl-", created, start))?;
-        plan.set_constraint(constraint);
-        Ok(plan)
+        Self::conversation(state, p, created, false)
     }
 
     /// An Anthropic Messages request (read into a chat request).
     pub(super) fn messages(state: &Arc<State>, p: ChatParams, created: u64) -> Result<Self, ApiError> {
+        Self::conversation(state, p, created, true)
+    }
+
+    /// A chat request of either API (`anthropic` picks the answer's shape and id prefix).
+    fn conversation(state: &Arc<State>, p: ChatParams, created: u64, anthropic: bool) -> Result<Self, ApiError> {
         let start = Instant::now();
         let ready = ready(state)?;
         check_model(state, &p.common)?;
         let prompt = chat_prompt(ready, &p)?;
-        let kind = Kind::Messages {
-            tools_active: p.tools_active(),
+        let tools_active = p.tools_active();
+        let (kind, prefix) = match anthropic {
+            true => (Kind::Messages { tools_active }, "msg_"),
+            false => (Kind::Chat { tools_active }, "chatcmpl-"),
         };
         let constraint = chat_constraint(&p);
-        let mut plan = Self::new(ready, kind, prompt, p.common, ("msg_", created, start))?;
+        let mut plan = Self::new(ready, kind, prompt, p.common, (prefix, created, start))?;
         plan.set_constraint(constraint);
         Ok(plan)
     }

@@ -4,25 +4,21 @@
 //! the stop reason and usage, and `message_stop`. Failures end the stream with an `error`
 //! event. As for OpenAI streams, a client that goes away cancels the generation.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::response::sse::Event as SseEvent;
+use axum::response::Response;
 use serde_json::{json, Value as Json};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 use super::anthropic::{error_body, stop_reason, tool_use_id, usage};
 use super::error::ApiError;
-use super::generate::{aborting, self_reported, Admission, Indexed, Kind, Plan, TokenClock, ToolHold};
+use super::generate::{Admission, Indexed, Kind, Plan, TokenClock, ToolHold};
 use super::routes::{Report, CLIENT_GONE};
+use super::stream::{event_stream, next_event, Out, Stop};
 use super::State;
 use crate::chat::parse_tool_call;
 use crate::engine::{Event, FinishReason, Generation};
-use crate::error::Error;
-
-type Out = mpsc::Sender<Result<SseEvent, Infallible>>;
 
 /// Starts the event stream of an admitted Messages request.
 pub(super) fn respond(
@@ -32,9 +28,7 @@ pub(super) fn respond(
     admission: Admission,
     report: Report,
 ) -> Response {
-    let (out, body) = mpsc::channel(64);
-    let interval = state.config.keep_alive_interval;
-    tokio::spawn(async move {
+    event_stream(&state.clone(), move |out| async move {
         let mut writer = Writer {
             state: &state,
             plan: &plan,
@@ -45,9 +39,7 @@ pub(super) fn respond(
         let (status, completion, cached) = writer.run(events).await;
         drop(admission);
         report.finish(&state, status, (plan.prompt.len(), completion, cached));
-    });
-    let sse = Sse::new(ReceiverStream::new(body)).keep_alive(KeepAlive::new().interval(interval).text(""));
-    self_reported(sse.into_response())
+    })
 }
 
 struct Writer<'a> {
@@ -58,11 +50,6 @@ struct Writer<'a> {
     block_open: bool,
     /// Blocks started so far (the next block's index).
     blocks: usize,
-}
-
-enum Stop {
-    Gone,
-    Failed(ApiError),
 }
 
 impl Writer<'_> {
@@ -86,14 +73,7 @@ impl Writer<'_> {
     }
 
     async fn next(&self, events: &mut mpsc::Receiver<Indexed>) -> Result<Event, Stop> {
-        tokio::select! {
-            event = events.recv() => match event {
-                Some((_, event)) => Ok(event),
-                None => Err(Stop::Failed(ApiError::from(Error::EngineStopped))),
-            },
-            _ = self.out.closed() => Err(Stop::Gone),
-            _ = aborting(self.state) => Err(Stop::Failed(ApiError::shutting_down())),
-        }
+        next_event(self.state, &self.out, events).await
     }
 
     async fn message(&mut self, events: &mut mpsc::Receiver<Indexed>) -> Result<Generation, Stop> {

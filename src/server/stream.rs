@@ -23,7 +23,46 @@ use crate::engine::{Event, Generation};
 use crate::error::Error;
 use crate::sampler::TokenLogprob;
 
-type Out = mpsc::Sender<Result<SseEvent, Infallible>>;
+/// Where a stream's events go (the response body reads the other end).
+pub(super) type Out = mpsc::Sender<Result<SseEvent, Infallible>>;
+
+/// What ended a stream early.
+pub(super) enum Stop {
+    /// The client went away.
+    Gone,
+    /// An error to send as the last event.
+    Failed(ApiError),
+}
+
+/// Spawns `write` with the sending end of an event stream and answers with the stream
+/// (with `:` keep-alive comments while nothing comes).
+pub(super) fn event_stream<F, Fut>(state: &State, write: F) -> Response
+where
+    F: FnOnce(Out) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (out, body) = mpsc::channel(64);
+    tokio::spawn(write(out));
+    let keep_alive = KeepAlive::new().interval(state.config.keep_alive_interval).text("");
+    self_reported(
+        Sse::new(ReceiverStream::new(body))
+            .keep_alive(keep_alive)
+            .into_response(),
+    )
+}
+
+/// The next engine event of a stream, or why it must stop: the engine ended without one,
+/// the client went away (`out` closed), or the server is ending running answers.
+pub(super) async fn next_event(state: &State, out: &Out, events: &mut mpsc::Receiver<Indexed>) -> Result<Event, Stop> {
+    tokio::select! {
+        event = events.recv() => match event {
+            Some((_, event)) => Ok(event),
+            None => Err(Stop::Failed(ApiError::from(Error::EngineStopped))),
+        },
+        _ = out.closed() => Err(Stop::Gone),
+        _ = aborting(state) => Err(Stop::Failed(ApiError::shutting_down())),
+    }
+}
 
 /// Starts the event stream of an admitted request.
 pub(super) fn respond(
@@ -33,9 +72,7 @@ pub(super) fn respond(
     admission: Admission,
     report: Report,
 ) -> Response {
-    let (out, body) = mpsc::channel(64);
-    let interval = state.config.keep_alive_interval;
-    tokio::spawn(async move {
+    event_stream(&state.clone(), move |out| async move {
         let mut writer = Writer {
             state: &state,
             plan: &plan,
@@ -49,9 +86,7 @@ pub(super) fn respond(
         let tokens = (plan.prompt.len(), writer.completion_tokens, writer.cached_tokens);
         drop(admission);
         report.finish(&state, status, tokens);
-    });
-    let sse = Sse::new(ReceiverStream::new(body)).keep_alive(KeepAlive::new().interval(interval).text(""));
-    self_reported(sse.into_response())
+    })
 }
 
 struct Writer<'a> {
@@ -64,14 +99,6 @@ struct Writer<'a> {
     pending: Vec<TokenLogprob>,
     /// Bytes of this choice's text sent so far (completions' `text_offset`).
     offset: usize,
-}
-
-/// What ended the stream early.
-enum Stop {
-    /// The client went away.
-    Gone,
-    /// An error to send as the last event.
-    Failed(ApiError),
 }
 
 impl Writer<'_> {
@@ -143,14 +170,7 @@ impl Writer<'_> {
 
     /// The next event, or why the stream must stop.
     async fn next(&self, events: &mut mpsc::Receiver<Indexed>) -> Result<Event, Stop> {
-        tokio::select! {
-            event = events.recv() => match event {
-                Some((_, event)) => Ok(event),
-                None => Err(Stop::Failed(ApiError::from(Error::EngineStopped))),
-            },
-            _ = self.out.closed() => Err(Stop::Gone),
-            _ = aborting(self.state) => Err(Stop::Failed(ApiError::shutting_down())),
-        }
+        next_event(self.state, &self.out, events).await
     }
 
     async fn choices(&mut self, events: &mut mpsc::Receiver<Indexed>) -> Result<(), Stop> {
