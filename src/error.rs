@@ -55,6 +55,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// A GGUF file is malformed or holds something this engine does not run.
+    #[error("{}: GGUF: {reason}", path.display())]
+    Gguf {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// The sharded checkpoint index is malformed or unsafe.
     #[error("{}: {reason}", path.display())]
     ShardIndex {

@@ -35,8 +35,10 @@ pub mod chat;
 pub mod config;
 pub mod constraint;
 pub mod device;
+pub mod checkpoint;
 pub mod engine;
 pub mod error;
+pub mod gguf;
 #[cfg(feature = "hub")]
 pub mod hub;
 pub mod kv;

@@ -40,6 +40,16 @@ impl Tokenizer {
         })
     }
 
+    /// Builds a tokenizer from `tokenizer.json` text (`origin` names it in errors).
+    pub fn from_json_str(json: &str, origin: &Path) -> Result<Self> {
+        let what = format!("{} (tokenizer from metadata)", origin.display());
+        let inner = guarded(&what, || json.parse::<tokenizers::Tokenizer>())?;
+        Ok(Self {
+            inner: inner.into(),
+            plain: Default::default(),
+        })
+    }
+
     /// Encodes `text`; with `add_special_tokens` the tokenizer's post-processor adds BOS
     /// exactly as HF's `tokenizer(text)` does. Special-token text in `text` (such as
     /// `<|eot_id|>`) is recognised as the special token, as in HF.

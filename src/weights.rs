@@ -7,13 +7,17 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
 
+use std::sync::Arc;
+
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use memmap2::Mmap;
-use safetensors::{tensor::Metadata, tensor::TensorInfo, Dtype, SafeTensors};
+use safetensors::{tensor::Metadata, Dtype, SafeTensors};
 use serde::Deserialize;
 
 use crate::config::read_json;
 use crate::error::{io_err, Error, Result};
+use crate::gguf::{rope_row, GgufFile};
 
 /// File name of a single-file checkpoint.
 pub const SINGLE_FILE: &str = "model.safetensors";
@@ -27,12 +31,20 @@ struct WeightFile {
     metadata: Metadata,
 }
 
-/// All tensors of a checkpoint directory, memory-mapped and validated.
+/// All tensors of a checkpoint (safetensors files or one GGUF file), memory-mapped and
+/// validated.
 pub struct Weights {
     dir: PathBuf,
-    files: Vec<WeightFile>,
-    /// Tensor name -> index into `files`.
-    location: HashMap<String, usize>,
+    store: Store,
+}
+
+enum Store {
+    Safetensors {
+        files: Vec<WeightFile>,
+        /// Tensor name -> index into `files`.
+        location: HashMap<String, usize>,
+    },
+    Gguf(Arc<GgufFile>),
 }
 
 #[derive(Deserialize)]
@@ -52,8 +64,10 @@ impl Weights {
             let location = file.metadata.tensors().keys().map(|k| (k.clone(), 0)).collect();
             Ok(Self {
                 dir: dir.to_path_buf(),
-                files: vec![file],
-                location,
+                store: Store::Safetensors {
+                    files: vec![file],
+                    location,
+                },
             })
         } else {
             Err(Error::MissingFile {
@@ -88,64 +102,129 @@ impl Weights {
         }
         Ok(Self {
             dir: dir.to_path_buf(),
-            files,
-            location,
+            store: Store::Safetensors { files, location },
         })
+    }
+
+    /// The tensors of a GGUF file, served by their Hugging Face names.
+    pub fn from_gguf(file: Arc<GgufFile>) -> Self {
+        Self {
+            dir: file.path().to_path_buf(),
+            store: Store::Gguf(file),
+        }
     }
 
     /// True when the checkpoint holds a tensor of this name.
     pub fn contains(&self, name: &str) -> bool {
-        self.location.contains_key(name)
+        match &self.store {
+            Store::Safetensors { location, .. } => location.contains_key(name),
+            Store::Gguf(g) => g.tensor(name).is_some(),
+        }
     }
 
-    /// The checkpoint directory.
+    /// The checkpoint directory (the file, for GGUF).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
     /// The on-disk dtype of the first floating-point tensor (what the checkpoint "is").
+    /// For GGUF, the token embedding's: f16 when it is block-quantized (its values are
+    /// then kept at 16 bits beside quantized layers).
     pub fn storage_dtype(&self) -> Option<DType> {
-        self.files
-            .iter()
-            .flat_map(|f| f.metadata.tensors().into_values().map(|i| i.dtype))
-            .find_map(|d| candle_dtype(d).ok())
+        match &self.store {
+            Store::Safetensors { files, .. } => files
+                .iter()
+                .flat_map(|f| f.metadata.tensors().into_values().map(|i| i.dtype))
+                .find_map(|d| candle_dtype(d).ok()),
+            Store::Gguf(g) => g.tensor("model.embed_tokens.weight").map(|t| match t.dtype {
+                GgmlDType::F32 => DType::F32,
+                GgmlDType::BF16 => DType::BF16,
+                _ => DType::F16,
+            }),
+        }
     }
 
     /// Checks that tensor `name` exists with `shape` and a supported dtype, without loading it.
     pub fn check(&self, name: &str, shape: &[usize]) -> Result<()> {
-        self.locate(name, shape).map(|_| ())
+        self.raw(name, shape).map(|_| ())
     }
 
-    fn locate(&self, name: &str, shape: &[usize]) -> Result<(&WeightFile, &TensorInfo, DType)> {
-        let slot = *self.location.get(name).ok_or_else(|| Error::MissingTensor {
+    fn missing(&self, name: &str) -> Error {
+        Error::MissingTensor {
             name: name.to_string(),
             dir: self.dir.clone(),
-        })?;
-        let file = &self.files[slot];
+        }
+    }
+
+    /// The stored bytes of tensor `name` (shape checked), without copying.
+    pub fn raw(&self, name: &str, shape: &[usize]) -> Result<RawTensor<'_>> {
+        match &self.store {
+            Store::Safetensors { files, location } => {
+                let slot = *location.get(name).ok_or_else(|| self.missing(name))?;
+                files[slot].raw(name, shape)
+            }
+            Store::Gguf(g) => {
+                let t = g.tensor(name).ok_or_else(|| self.missing(name))?;
+                if t.dims != shape {
+                    return Err(Error::BadTensor {
+                        path: g.path().to_path_buf(),
+                        name: format!("{} ({name})", t.gguf_name),
+                        reason: format!("expected shape {shape:?}, found {:?}", t.dims),
+                    });
+                }
+                let kind = match t.dtype {
+                    GgmlDType::F32 => Kind::Float(DType::F32),
+                    GgmlDType::F16 => Kind::Float(DType::F16),
+                    GgmlDType::BF16 => Kind::Float(DType::BF16),
+                    q => Kind::Ggml(q),
+                };
+                Ok(RawTensor {
+                    bytes: g.data(t),
+                    kind,
+                    cols: shape.last().copied().unwrap_or(1).max(1),
+                    rope_rows: t.rope_rows,
+                })
+            }
+        }
+    }
+
+    /// Loads tensor `name`, checks its shape, converts it to `dtype` on `device`.
+    pub fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+        let raw = self.raw(name, shape)?;
+        let tensor = match (raw.kind, raw.rope_rows, dtype) {
+            (Kind::Float(src @ (DType::BF16 | DType::F16)), None, DType::F32) => {
+                Tensor::from_vec(widen_to_f32(raw.bytes, src), shape, &Device::Cpu)?
+            }
+            (Kind::Float(src), None, _) => Tensor::from_raw_buffer(raw.bytes, src, shape, &Device::Cpu)?.to_dtype(dtype)?,
+            _ => {
+                let mut all = vec![0f32; shape.iter().product()];
+                raw.read_f32(0, &mut all).map_err(|reason| Error::BadTensor {
+                    path: self.dir.clone(),
+                    name: name.to_string(),
+                    reason,
+                })?;
+                Tensor::from_vec(all, shape, &Device::Cpu)?.to_dtype(dtype)?
+            }
+        };
+        Ok(tensor.to_device(device)?)
+    }
+}
+
+impl WeightFile {
+    fn raw(&self, name: &str, shape: &[usize]) -> Result<RawTensor<'_>> {
         let bad = |reason: String| Error::BadTensor {
-            path: file.path.clone(),
+            path: self.path.clone(),
             name: name.to_string(),
             reason,
         };
-        let info = file.metadata.info(name).ok_or_else(|| bad("not in file".into()))?;
+        let info = self.metadata.info(name).ok_or_else(|| bad("not in file".into()))?;
         if info.shape != shape {
             return Err(bad(format!("expected shape {shape:?}, found {:?}", info.shape)));
         }
         let dtype = candle_dtype(info.dtype).map_err(bad)?;
-        Ok((file, info, dtype))
-    }
-
-    /// The stored bytes of tensor `name` (shape checked) and their dtype, without copying.
-    pub fn raw(&self, name: &str, shape: &[usize]) -> Result<RawTensor<'_>> {
-        let (file, info, dtype) = self.locate(name, shape)?;
-        let bad = |reason: String| Error::BadTensor {
-            path: file.path.clone(),
-            name: name.to_string(),
-            reason,
-        };
         let (start, end) = info.data_offsets;
-        let base = 8 + file.header_len;
-        let bytes = file
+        let base = 8 + self.header_len;
+        let bytes = self
             .mmap
             .get(base + start..base + end)
             .ok_or_else(|| bad("data offsets outside the file".into()))?;
@@ -153,26 +232,14 @@ impl Weights {
         if bytes.len() != want {
             return Err(bad(format!("{} data bytes, {want} expected", bytes.len())));
         }
-        Ok(RawTensor { bytes, dtype })
-    }
-
-    /// Loads tensor `name`, checks its shape, converts it to `dtype` on `device`.
-    pub fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
-        let RawTensor {
+        Ok(RawTensor {
             bytes,
-            dtype: src_dtype,
-        } = self.raw(name, shape)?;
-        let tensor = match (src_dtype, dtype) {
-            (DType::BF16 | DType::F16, DType::F32) => {
-                Tensor::from_vec(widen_to_f32(bytes, src_dtype), shape, &Device::Cpu)?
-            }
-            _ => Tensor::from_raw_buffer(bytes, src_dtype, shape, &Device::Cpu)?.to_dtype(dtype)?,
-        };
-        Ok(tensor.to_device(device)?)
+            kind: Kind::Float(dtype),
+            cols: shape.last().copied().unwrap_or(1).max(1),
+            rope_rows: None,
+        })
     }
-}
 
-impl WeightFile {
     fn open(path: PathBuf) -> Result<Self> {
         let file = std::fs::File::open(&path).map_err(io_err(&path))?;
         // SAFETY: the file is opened read-only; like every mmap-based loader we assume it is
@@ -191,27 +258,114 @@ impl WeightFile {
     }
 }
 
-/// A tensor's bytes as stored (little-endian), borrowed from the memory-mapped file.
+/// How a tensor's bytes encode its values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Little-endian floats (bf16, f16 or f32).
+    Float(DType),
+    /// llama.cpp's blocks of quantized values (GGUF files), one row a whole number of them.
+    Ggml(GgmlDType),
+}
+
+/// A tensor's bytes as stored, borrowed from the memory-mapped file.
 #[derive(Debug, Clone, Copy)]
 pub struct RawTensor<'a> {
-    /// The data, `shape.product() * dtype.size_in_bytes()` bytes.
-    pub bytes: &'a [u8],
-    /// The stored dtype (bf16, f16 or f32).
-    pub dtype: DType,
+    bytes: &'a [u8],
+    kind: Kind,
+    /// Elements per row (the last dimension).
+    cols: usize,
+    /// Rotary head size when rows are stored in llama.cpp's interleaved order.
+    rope_rows: Option<usize>,
 }
 
 impl RawTensor<'_> {
-    /// Writes elements `start..start + dst.len()` as f32 into `dst` (which must be in range).
-    pub fn read_f32(&self, start: usize, dst: &mut [f32]) {
-        let size = self.dtype.size_in_bytes();
-        let bytes = &self.bytes[start * size..(start + dst.len()) * size];
-        if self.dtype == DType::F32 {
-            for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
-                *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            }
-        } else {
-            widen_chunk(dst, bytes, self.dtype);
+    /// How the bytes encode values.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Bytes of one stored row.
+    fn row_bytes(&self) -> usize {
+        match self.kind {
+            Kind::Float(d) => self.cols * d.size_in_bytes(),
+            Kind::Ggml(q) => self.cols / q.block_size() * q.type_size(),
         }
+    }
+
+    /// The stored bytes of (HF-order) row `r`.
+    fn stored_row(&self, r: usize) -> &[u8] {
+        let row = self.rope_rows.map_or(r, |hd| rope_row(r, hd));
+        let n = self.row_bytes();
+        &self.bytes[row * n..(row + 1) * n]
+    }
+
+    /// Writes elements `start..start + dst.len()` (row-major, HF row order) as f32 into
+    /// `dst`, which must lie inside the tensor.
+    pub fn read_f32(&self, start: usize, dst: &mut [f32]) -> std::result::Result<(), String> {
+        if let (Kind::Float(d), None) = (self.kind, self.rope_rows) {
+            let size = d.size_in_bytes();
+            decode_floats(&self.bytes[start * size..(start + dst.len()) * size], d, dst);
+            return Ok(());
+        }
+        let mut row = vec![0f32; self.cols];
+        let (mut at, mut done) = (start, 0);
+        while done < dst.len() {
+            let (r, c) = (at / self.cols, at % self.cols);
+            let take = (self.cols - c).min(dst.len() - done);
+            self.decode_row(self.stored_row(r), &mut row)?;
+            dst[done..done + take].copy_from_slice(&row[c..c + take]);
+            (at, done) = (at + take, done + take);
+        }
+        Ok(())
+    }
+
+    fn decode_row(&self, bytes: &[u8], out: &mut [f32]) -> std::result::Result<(), String> {
+        match self.kind {
+            Kind::Float(d) => {
+                decode_floats(bytes, d, out);
+                Ok(())
+            }
+            Kind::Ggml(q) => dequantize(q, bytes, out),
+        }
+    }
+
+    /// For a Q8_0 tensor: writes the stored blocks (34 bytes each: f16 scale, 32 `i8`) of
+    /// rows `first..first + dst.len() / row bytes` into `dst`; `false` for other kinds.
+    pub fn q8_0_rows(&self, first: usize, dst: &mut [u8]) -> bool {
+        if self.kind != Kind::Ggml(GgmlDType::Q8_0) {
+            return false;
+        }
+        let n = self.row_bytes();
+        for (i, out) in dst.chunks_exact_mut(n).enumerate() {
+            out.copy_from_slice(self.stored_row(first + i));
+        }
+        true
+    }
+}
+
+/// One row of llama.cpp blocks -> f32, through candle's dequantization (the bytes are
+/// first copied into an 8-byte-aligned buffer, as candle reads them as block structs).
+fn dequantize(q: GgmlDType, bytes: &[u8], out: &mut [f32]) -> std::result::Result<(), String> {
+    let mut aligned = vec![0u64; bytes.len().div_ceil(8)];
+    let view = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut aligned)[..bytes.len()];
+    view.copy_from_slice(bytes);
+    let fail = |e: candle_core::Error| format!("cannot dequantize {q:?}: {e}");
+    let t = candle_core::quantized::ggml_file::qtensor_from_ggml(q, view, vec![out.len()], &Device::Cpu).map_err(fail)?;
+    let values: Vec<f32> = t.dequantize(&Device::Cpu).and_then(|t| t.to_vec1()).map_err(fail)?;
+    if values.len() != out.len() {
+        return Err(format!("{q:?} row decoded to {} values, {} expected", values.len(), out.len()));
+    }
+    out.copy_from_slice(&values);
+    Ok(())
+}
+
+fn decode_floats(bytes: &[u8], d: DType, dst: &mut [f32]) {
+    if d == DType::F32 {
+        for (v, b) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
+            *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+    } else {
+        widen_chunk(dst, bytes, d);
     }
 }
 

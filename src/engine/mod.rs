@@ -28,7 +28,7 @@ use crate::kv::KvDType;
 use crate::model::{Llama, DEFAULT_PREFILL_CHUNK};
 use crate::sampler::{Sampler, StopMatcher, MAX_TOP_LOGPROBS};
 use crate::tokenizer::Tokenizer;
-use crate::weights::Weights;
+use crate::checkpoint::Checkpoint;
 pub use request::{Event, FinishReason, GenerateRequest, Generation, Handle, Timings};
 pub use scheduler::{Load, SchedulerConfig};
 use sequence::{Parts, Sequence};
@@ -75,36 +75,29 @@ pub struct Engine {
     parallel: usize,
     /// The grammar compiler, built on the first constrained request.
     grammars: Mutex<Option<Arc<Grammars>>>,
+    /// What loading did to stored GGUF weights.
+    conversion: Option<String>,
 }
 
 impl Engine {
-    /// Loads a Hugging Face style checkpoint directory: `config.json`, optional
-    /// `generation_config.json`, `tokenizer.json`, and safetensors weights.
+    /// Loads a checkpoint: a Hugging Face style directory (`config.json`, optional
+    /// `generation_config.json`, `tokenizer.json`, safetensors weights) or a GGUF file
+    /// (see [`Checkpoint`]).
     pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self> {
         let start = Instant::now();
-        if !dir.is_dir() {
-            return Err(Error::MissingFile {
-                path: dir.to_path_buf(),
-                what: "model directory",
-            });
-        }
-        let config_path = dir.join("config.json");
-        if !config_path.exists() {
-            return Err(Error::MissingFile {
-                path: config_path,
-                what: "model configuration",
-            });
-        }
-        let config = LlamaConfig::from_file(&config_path)?;
-        let generation_config = GenerationConfig::from_file_or_default(&dir.join("generation_config.json"))?;
-        let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
-        let chat_template = ChatTemplate::from_dir(dir)?;
-        let weights = Weights::open(dir)?;
+        let ckpt = Checkpoint::open(dir)?;
         let device = options.device.open()?;
-        let dtype = options
-            .dtype
-            .unwrap_or_else(|| options.device.default_dtype(weights.storage_dtype()));
+        let dtype = options.dtype.unwrap_or_else(|| ckpt.default_dtype(options.device));
         check_dtype(&device, options.device, dtype)?;
+        let conversion = ckpt.conversion_note(dtype);
+        let Checkpoint {
+            config,
+            generation_config,
+            tokenizer,
+            chat_template,
+            weights,
+            ..
+        } = ckpt;
         let model = Arc::new(Llama::load(&config, &weights, dtype, &device)?);
         drop(weights);
         let mut eos_ids = config.eos_token_ids.clone();
@@ -151,6 +144,7 @@ impl Engine {
             paged,
             parallel,
             grammars: Mutex::new(None),
+            conversion,
         })
     }
 
@@ -175,9 +169,15 @@ impl Engine {
         Ok(built)
     }
 
-    /// The checkpoint directory.
+    /// The checkpoint directory (or GGUF file).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// For a GGUF checkpoint, which stored types were kept and which were converted to
+    /// the compute format (for the stats line); `None` for safetensors.
+    pub fn conversion_note(&self) -> Option<&str> {
+        self.conversion.as_deref()
     }
 
     /// The model's configuration.

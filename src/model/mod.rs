@@ -22,7 +22,8 @@ use candle_core::{DType, Device, Tensor};
 use crate::config::LlamaConfig;
 use crate::device::{ComputeDType, LayerRole};
 use crate::error::Result;
-use crate::weights::Weights;
+use crate::weights::{Kind, RawTensor, Weights};
+use candle_core::quantized::GgmlDType;
 use attention::{Attention, Step};
 use kv_cache::KvCache;
 use linear::Linear;
@@ -95,22 +96,11 @@ impl Llama {
             // copy of the matrix); elsewhere candle's quantized kernels (NEON, GPU) serve.
             Some(q) if device.is_cpu() && Isa::detect() != Isa::Portable => {
                 let raw = weights.raw(name, &[rows, cols])?;
-                // Quantizing would hide NaN or infinite weights as plausible numbers.
-                let non_finite = std::sync::atomic::AtomicBool::new(false);
-                let fill = |first: usize, dst: &mut [f32]| {
-                    raw.read_f32(first * cols, dst);
-                    if !dst.iter().all(|v| v.is_finite()) {
-                        non_finite.store(true, std::sync::atomic::Ordering::Relaxed);
-                    }
-                };
-                let packed = PackedWeight::pack_with(rows, cols, PackedFormat::from(q), fill);
-                if non_finite.into_inner() {
-                    return Err(crate::Error::BadTensor {
-                        path: weights.dir().to_path_buf(),
-                        name: name.to_string(),
-                        reason: "holds NaN or infinite values".into(),
-                    });
-                }
+                let packed = pack_raw(&raw, rows, cols, PackedFormat::from(q)).map_err(|reason| crate::Error::BadTensor {
+                    path: weights.dir().to_path_buf(),
+                    name: name.to_string(),
+                    reason,
+                })?;
                 match packed {
                     Some(p) => Ok(Linear::Packed(std::sync::Arc::new(p))),
                     None => get(name, &[rows, cols]).map(Linear::new),
@@ -184,10 +174,57 @@ impl Llama {
             layers,
             norm: norm("model.norm.weight")?,
             lm_head,
-            rope: Rope::new(cfg),
+            rope: rope_of(cfg, weights)?,
             dtype,
             device: device.clone(),
         })
+    }
+}
+
+/// The rotary frequencies: from the config, divided by a GGUF file's `rope_freqs` factors
+/// when it has them (llama.cpp stores Llama 3's frequency scaling that way).
+fn rope_of(cfg: &LlamaConfig, weights: &Weights) -> Result<Rope> {
+    const NAME: &str = "rope_freqs.weight";
+    if !weights.contains(NAME) {
+        return Ok(Rope::new(cfg));
+    }
+    let factors: Vec<f32> = weights
+        .get(NAME, &[cfg.head_dim / 2], DType::F32, &Device::Cpu)?
+        .to_vec1()?;
+    Rope::with_freq_factors(cfg, &factors).map_err(|reason| crate::Error::BadTensor {
+        path: weights.dir().to_path_buf(),
+        name: NAME.into(),
+        reason,
+    })
+}
+
+/// Packs a stored matrix into `format`: llama.cpp Q8_0 blocks into Q8_0 as they are,
+/// anything else through f32 rows. Refuses NaN or infinite weights (quantizing would
+/// hide them as plausible numbers).
+fn pack_raw(raw: &RawTensor<'_>, rows: usize, cols: usize, format: PackedFormat) -> std::result::Result<Option<PackedWeight>, String> {
+    let failure = std::sync::Mutex::new(None::<String>);
+    let fail = |e: String| {
+        let mut slot = failure.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert(e);
+    };
+    let packed = if format == PackedFormat::Q8_0 && raw.kind() == Kind::Ggml(GgmlDType::Q8_0) {
+        PackedWeight::pack_q8_0_blocks(rows, cols, |first, dst| {
+            raw.q8_0_rows(first, dst);
+            let finite = dst.chunks_exact(34).all(|b| half::f16::from_le_bytes([b[0], b[1]]).is_finite());
+            if !finite {
+                fail("holds NaN or infinite scales".into());
+            }
+        })
+    } else {
+        PackedWeight::pack_with(rows, cols, format, |first, dst| match raw.read_f32(first * cols, dst) {
+            Err(e) => fail(e),
+            Ok(()) if !dst.iter().all(|v| v.is_finite()) => fail("holds NaN or infinite values".into()),
+            Ok(()) => {}
+        })
+    };
+    match failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(packed),
     }
 }
 

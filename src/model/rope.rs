@@ -28,6 +28,22 @@ impl Rope {
         Self { inv_freq }
     }
 
+    /// The plain frequencies of `cfg` divided by per-pair `factors` (a GGUF file's
+    /// `rope_freqs`: `head_dim / 2` finite positive numbers).
+    pub fn with_freq_factors(cfg: &LlamaConfig, factors: &[f32]) -> std::result::Result<Self, String> {
+        let dim = cfg.head_dim;
+        if factors.len() != dim / 2 || !factors.iter().all(|f| f.is_finite() && *f > 0.0) {
+            return Err(format!("expected {} finite positive factors", dim / 2));
+        }
+        let base = cfg.rope_theta;
+        let inv_freq = (0..dim)
+            .step_by(2)
+            .zip(factors)
+            .map(|(i, f)| 1.0f32 / base.powf(i as f32 / dim as f32) / f)
+            .collect();
+        Ok(Self { inv_freq })
+    }
+
     /// The inverse frequencies (length `head_dim / 2`).
     pub fn inv_freq(&self) -> &[f32] {
         &self.inv_freq

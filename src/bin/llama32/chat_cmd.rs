@@ -40,8 +40,13 @@ fn read_conversation(a: &ConversationArgs) -> anyhow::Result<(Vec<Message>, Opti
 
 /// Prompt ids of a conversation (for `tokenize --messages`): rendered with the
 /// assistant header, tokenized without a second BOS.
-pub fn conversation_ids(dir: &Path, tokenizer: &Tokenizer, a: &ConversationArgs) -> anyhow::Result<Vec<u32>> {
-    let template = ChatTemplate::from_dir(dir)?.with_context(|| format!("{} has no chat template", dir.display()))?;
+pub fn conversation_ids(
+    dir: &Path,
+    template: Option<ChatTemplate>,
+    tokenizer: &Tokenizer,
+    a: &ConversationArgs,
+) -> anyhow::Result<Vec<u32>> {
+    let template = template.with_context(|| format!("{} has no chat template", dir.display()))?;
     let (messages, tools) = read_conversation(a)?;
     let options = RenderOptions {
         add_generation_prompt: true,

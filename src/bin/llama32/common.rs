@@ -22,7 +22,11 @@ pub fn load_engine(a: &ModelArgs, parallel: Option<usize>) -> anyhow::Result<Eng
         prefill_budget: None,
         kv_dtype: a.kv_dtype.parse()?,
     };
-    Ok(Engine::load(&a.model, &options)?)
+    let engine = Engine::load(&a.model, &options)?;
+    if let Some(note) = engine.conversion_note() {
+        eprintln!("[{note}]");
+    }
+    Ok(engine)
 }
 
 /// `--spec` as a library value.

@@ -103,10 +103,10 @@ fn write_table(out: &mut impl Write, rows: &[(&ModelEntry, CacheStatus)]) -> io:
     Ok(())
 }
 
-/// Turns a `--model` value into a checkpoint directory: a directory as is, else an alias
+/// Turns a `--model` value into a checkpoint: a directory or (GGUF) file as is, else an alias
 /// or repo id, downloaded on first use (with a progress bar on a terminal).
 pub fn resolve_model_arg(spec: &str) -> anyhow::Result<PathBuf> {
-    if Path::new(spec).is_dir() {
+    if Path::new(spec).is_dir() || Path::new(spec).is_file() {
         return Ok(PathBuf::from(spec));
     }
     let registry = load_registry()?;
@@ -122,7 +122,7 @@ pub fn resolve_in_place(model: &mut PathBuf) -> anyhow::Result<()> {
 
 /// [`resolve_model_arg`] for a `--model` parsed as a path (non-UTF-8 paths must be directories).
 pub fn resolve_model_path(path: &Path) -> anyhow::Result<PathBuf> {
-    if path.is_dir() {
+    if path.is_dir() || path.is_file() {
         return Ok(path.to_path_buf());
     }
     let spec = path

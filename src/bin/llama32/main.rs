@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use llama32::{FinishReason, Tokenizer};
+use llama32::FinishReason;
 use serde_json::json;
 
 use args::{Cli, Command, GenerateArgs, TokenizeArgs};
@@ -175,10 +175,10 @@ fn synthetic(a: args::SyntheticArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn tokenize(a: TokenizeArgs) -> anyhow::Result<ExitCode> {
-    let tokenizer = Tokenizer::from_file(&a.model.join("tokenizer.json"))?;
+    let (tokenizer, template) = llama32::checkpoint::open_text(&a.model)?;
     let ids = match &a.prompt {
         Some(prompt) => tokenizer.encode(prompt, true)?,
-        None => chat_cmd::conversation_ids(&a.model, &tokenizer, &a.conversation)?,
+        None => chat_cmd::conversation_ids(&a.model, template, &tokenizer, &a.conversation)?,
     };
     let mut stdout = io::stdout().lock();
     if a.json {

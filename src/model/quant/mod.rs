@@ -164,6 +164,42 @@ impl PackedWeight {
         })
     }
 
+    /// Packs a Q8_0 matrix from llama.cpp's blocks as stored, keeping their numbers
+    /// (scales and 8-bit values are copied): `fill(first, dst)` writes the blocks of rows
+    /// `first..` (a whole number of rows, at most 16; 34 bytes per 32 columns) into `dst`.
+    /// `None` when `cols` is not a multiple of 32.
+    pub fn pack_q8_0_blocks(rows: usize, cols: usize, fill: impl Fn(usize, &mut [u8]) + Sync) -> Option<Self> {
+        if cols == 0 || !cols.is_multiple_of(BLOCK) {
+            return None;
+        }
+        let format = PackedFormat::Q8_0;
+        let (lines_per, meta_per) = Self::group_sizes(format, cols);
+        let row_bytes = cols / BLOCK * q8::GGML_BLOCK;
+        let groups = rows.div_ceil(GROUP);
+        let mut lines = vec![Line([0; 64]); groups * lines_per];
+        let mut meta = vec![0u8; groups * meta_per];
+        lines
+            .par_chunks_mut(lines_per)
+            .zip(meta.par_chunks_mut(meta_per))
+            .enumerate()
+            .for_each_init(
+                || vec![0u8; GROUP * row_bytes],
+                |buf, (g, (lines, meta))| {
+                    let have = (rows - g * GROUP).min(GROUP) * row_bytes;
+                    fill(g * GROUP, &mut buf[..have]);
+                    buf[have..].fill(0);
+                    q8::pack_group_blocks(buf, cols, lines, meta);
+                },
+            );
+        Some(Self {
+            format,
+            rows,
+            cols,
+            lines,
+            meta,
+        })
+    }
+
     /// Lines and meta bytes of one group.
     fn group_sizes(format: PackedFormat, cols: usize) -> (usize, usize) {
         let blocks = cols / BLOCK;

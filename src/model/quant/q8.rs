@@ -40,6 +40,28 @@ pub fn pack_group(w: &[f32], cols: usize, lines: &mut [Line], scales: &mut [u8])
     }
 }
 
+/// Bytes of one llama.cpp Q8_0 block: an f16 scale, then 32 `i8`.
+pub const GGML_BLOCK: usize = 34;
+
+/// One group of 16 rows given as llama.cpp Q8_0 blocks (`blocks`: 16 rows of `cols / 32`
+/// blocks, missing rows zero), copied into `lines` and `scales` unchanged (only `-128`,
+/// which llama.cpp never writes, is clamped to `-127`).
+pub fn pack_group_blocks(blocks: &[u8], cols: usize, lines: &mut [Line], scales: &mut [u8]) {
+    let nb = cols / BLOCK;
+    for b in 0..nb {
+        let tile = &mut lines[b * LINES..(b + 1) * LINES];
+        for i in 0..GROUP {
+            let src = &blocks[(i * nb + b) * GGML_BLOCK..(i * nb + b + 1) * GGML_BLOCK];
+            let at = 2 * (b * GROUP + i);
+            scales[at..at + 2].copy_from_slice(&src[..2]);
+            for (k, &q) in src[2..].iter().enumerate() {
+                let q = i32::from((q as i8).max(-127));
+                tile[k / 4].0[i * 4 + k % 4] = (q + 128) as u8;
+            }
+        }
+    }
+}
+
 /// Scale number `i` of `scales`.
 fn scale(scales: &[u8], i: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([scales[2 * i], scales[2 * i + 1]])).to_f32()
