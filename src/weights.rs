@@ -278,7 +278,18 @@ pub struct RawTensor<'a> {
     rope_rows: Option<usize>,
 }
 
-impl RawTensor<'_> {
+impl<'a> RawTensor<'a> {
+    /// A view of llama.cpp-quantized bytes (for tests of the loaders built on it).
+    #[cfg(test)]
+    pub(crate) fn ggml(bytes: &'a [u8], dtype: GgmlDType, cols: usize, rope_rows: Option<usize>) -> Self {
+        Self {
+            bytes,
+            kind: Kind::Ggml(dtype),
+            cols,
+            rope_rows,
+        }
+    }
+
     /// How the bytes encode values.
     pub fn kind(&self) -> Kind {
         self.kind

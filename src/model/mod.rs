@@ -344,3 +344,43 @@ impl Llama {
         Ok(x)
     }
 }
+
+#[cfg(test)]
+mod gguf_tests {
+    use super::*;
+    use candle_core::quantized::QTensor;
+
+    fn stored(dtype: GgmlDType, rows: usize, cols: usize) -> (Vec<u8>, Vec<f32>) {
+        let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
+        let t = Tensor::from_vec(w, (rows, cols), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&t, dtype).unwrap();
+        let values = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        (q.data().unwrap().to_vec(), values)
+    }
+
+    #[test]
+    fn q8_0_blocks_are_packed_as_stored_in_hf_row_order() {
+        let (rows, cols, head) = (48, 64, 16);
+        let (bytes, values) = stored(GgmlDType::Q8_0, rows, cols);
+        for rope in [None, Some(head)] {
+            let raw = RawTensor::ggml(&bytes, GgmlDType::Q8_0, cols, rope);
+            let packed = pack_raw(&raw, rows, cols, PackedFormat::Q8_0).unwrap().unwrap();
+            for r in 0..rows {
+                let src = rope.map_or(r, |h| crate::gguf::rope_row(r, h));
+                assert_eq!(packed.row(r), values[src * cols..(src + 1) * cols], "row {r} {rope:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn other_block_types_are_read_as_their_dequantized_values() {
+        let (rows, cols) = (20, 256);
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q4K, GgmlDType::Q6K] {
+            let (bytes, values) = stored(dtype, rows, cols);
+            let raw = RawTensor::ggml(&bytes, dtype, cols, None);
+            let mut out = vec![0f32; 3 * cols - 5];
+            raw.read_f32(cols + 5, &mut out).unwrap();
+            assert_eq!(out, values[cols + 5..4 * cols], "{dtype:?}");
+        }
+    }
+}
