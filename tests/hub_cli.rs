@@ -63,8 +63,16 @@ impl Env {
             vec![FakeFile::new("config.json", "{}", false)],
         );
         gated.gated = true;
+        let gguf = FakeRepo::new(
+            "test/tiny-GGUF",
+            0x55,
+            vec![
+                FakeFile::new("tiny-Q8_0.gguf", bytes(100_000, 5), true),
+                FakeFile::new("tiny-Q4_K_M.gguf", bytes(60_000, 6), true),
+            ],
+        );
         let env = Self {
-            hub: FakeHub::start(vec![tiny, fixture, gated]),
+            hub: FakeHub::start(vec![tiny, fixture, gated, gguf]),
             home: tempfile::tempdir().unwrap(),
         };
         fs::write(env.models_toml(), MODELS).unwrap();
@@ -167,6 +175,16 @@ fn download_then_list_shows_the_model_cached() {
             .any(|l| l.starts_with("llama-3.2-3b ") && l.contains(" no ")),
         "{table}"
     );
+}
+
+#[test]
+fn repo_colon_file_downloads_only_that_gguf_file() {
+    let env = Env::new();
+    let out = env.ok(&mut env.cmd(&["download", "test/tiny-GGUF:tiny-Q8_0.gguf"]));
+    let dir = PathBuf::from(out.trim());
+    assert_eq!(fs::read(dir.join("tiny-Q8_0.gguf")).unwrap(), bytes(100_000, 5));
+    assert!(!dir.join("tiny-Q4_K_M.gguf").exists());
+    assert_eq!(env.hub.count("GET", "Q4_K_M"), 0);
 }
 
 #[test]

@@ -184,7 +184,8 @@ impl Registry {
         &self.entries
     }
 
-    /// Interprets a `--model` value: an existing directory, else an alias (optionally
+    /// Interprets a `--model` value: an existing directory or file, else
+    /// `owner/name[@revision]:FILE` (that one file, e.g. a GGUF), else an alias (optionally
     /// `alias@revision`), else a hub repo id `owner/name[@revision]`.
     pub fn interpret(&self, spec: &str) -> Result<ModelSpec> {
         let invalid = |reason: &str| HubError::InvalidSpec {
@@ -194,8 +195,19 @@ impl Registry {
         if spec.trim().is_empty() {
             return Err(invalid("empty model name"));
         }
-        if Path::new(spec).is_dir() {
+        if Path::new(spec).is_dir() || Path::new(spec).is_file() {
             return Ok(ModelSpec::Local(PathBuf::from(spec)));
+        }
+        // `owner/name[@revision]:FILE`: one file of a repo (a GGUF file of a GGUF repo).
+        if let Some((repo, file)) = spec.split_once(':').filter(|(r, f)| r.contains('/') && !f.is_empty()) {
+            check_filename(file).map_err(|e| invalid(&format!("the file after `:`: {e}")))?;
+            return Ok(ModelSpec::Registered(ModelEntry {
+                alias: spec.to_string(),
+                repo: RepoRef::parse(repo)?,
+                files: Some(vec![file.to_string()]),
+                context_length: None,
+                description: String::new(),
+            }));
         }
         let (name, revision) = match spec.split_once('@') {
             Some((name, rev)) => (name, Some(rev)),
@@ -360,6 +372,19 @@ mod tests {
     }
 
     #[test]
+    fn repo_colon_file_fetches_that_one_file() {
+        let reg = Registry::builtin().unwrap();
+        match reg.interpret("bartowski/Llama-3.2-1B-Instruct-GGUF@main:Llama-3.2-1B-Instruct-Q4_K_M.gguf").unwrap() {
+            ModelSpec::Registered(e) => {
+                assert_eq!((e.repo.repo.as_str(), e.repo.revision.as_deref()), ("bartowski/Llama-3.2-1B-Instruct-GGUF", Some("main")));
+                assert_eq!(e.files.unwrap(), ["Llama-3.2-1B-Instruct-Q4_K_M.gguf"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(reg.interpret("o/n:../x.gguf").is_err());
+    }
+
+    #[test]
     fn user_file_overrides_fields_and_adds_models() {
         let mut r = Registry::builtin().unwrap();
         let text = "[[model]]\nname = \"llama-3.2-1b\"\nrevision = \"abc\"\n\n[[model]]\nname = \"mine\"\nrepo = \"me/my-llama\"\n";
@@ -369,6 +394,7 @@ mod tests {
         assert_eq!(e.description, "Llama 3.2 1B base model (bf16, 2.5 GB)");
         let mine = r.get("mine").unwrap();
         assert_eq!((mine.repo.repo.as_str(), mine.files.clone()), ("me/my-llama", None));
+
         assert_eq!(r.entries().last().unwrap().alias, "mine");
     }
 

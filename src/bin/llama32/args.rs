@@ -58,6 +58,10 @@ pub struct PerplexityArgs {
     /// Compare against the same model in this weight format (f32, bf16, q8_0...).
     #[arg(long)]
     pub kl_base: Option<String>,
+    /// Compare against this checkpoint instead (in --kl-base's format, default f32): e.g. a
+    /// GGUF file against the safetensors it was made from. Same tokenizer required.
+    #[arg(long)]
+    pub kl_base_model: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

@@ -108,15 +108,22 @@ fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
 fn perplexity(a: args::PerplexityArgs) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
     let engine = load_engine(&a.model, Some(1))?;
-    let base = match &a.kl_base {
-        Some(dtype) => {
-            let model = args::ModelArgs {
-                dtype: Some(dtype.clone()),
+    let base = match (&a.kl_base, &a.kl_base_model) {
+        (None, None) => None,
+        (dtype, path) => {
+            let mut model = args::ModelArgs {
+                dtype: Some(dtype.clone().unwrap_or_else(|| "f32".into())),
                 ..a.model.clone()
             };
-            Some(load_engine(&model, Some(1))?)
+            if let Some(p) = path {
+                model.model = hub_cmd::resolve_model_path(p)?;
+            }
+            let base = load_engine(&model, Some(1))?;
+            if base.config().vocab_size != engine.config().vocab_size {
+                anyhow::bail!("--kl-base-model has another vocabulary ({} vs {} tokens)", base.config().vocab_size, engine.config().vocab_size);
+            }
+            Some(base)
         }
-        None => None,
     };
     let tokens = engine.tokenize(&text)?;
     let bos = engine
