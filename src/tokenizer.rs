@@ -122,57 +122,85 @@ impl Tokenizer {
         TextStream {
             tok: self.clone(),
             skip_special,
-            ids: Vec::new(),
-            prev: 0,
-            cur: 0,
+            all: Vec::new(),
+            window: Vec::new(),
+            prefix: String::new(),
+            prefix_index: 0,
         }
     }
 }
 
-/// Turns generated ids into text pieces as they arrive. A piece is only emitted once it is
-/// complete UTF-8 (a character split over several tokens is held back), and the pieces
-/// concatenate to exactly `decode(all ids)`.
+/// Turns generated ids into text pieces as they arrive, with the `tokenizers` crate's own
+/// streaming decoder (`DecodeStream`'s step, whose state is kept here so the stream can
+/// own its tokenizer). A piece is only emitted once it is complete UTF-8 (a character
+/// split over several tokens is held back), and the pieces concatenate to exactly
+/// `decode(all ids)`.
 pub struct TextStream {
     tok: Tokenizer,
     skip_special: bool,
-    ids: Vec<u32>,
-    /// Start of the window that is re-decoded on each step.
-    prev: usize,
-    /// End of the part of the window already emitted.
-    cur: usize,
+    all: Vec<u32>,
+    /// `DecodeStream`'s state: the ids still re-decoded, the text of their first
+    /// `prefix_index`, already emitted.
+    window: Vec<u32>,
+    prefix: String,
+    prefix_index: usize,
 }
 
 impl TextStream {
     /// Adds one id; returns the new text it completes (possibly empty).
     pub fn push(&mut self, id: u32) -> Result<String> {
-        let before = self.tok.decode(&self.ids[self.prev..self.cur], self.skip_special)?;
-        self.ids.push(id);
-        let now = self.tok.decode(&self.ids[self.prev..], self.skip_special)?;
-        if now.ends_with(char::REPLACEMENT_CHARACTER) {
-            return Ok(String::new());
-        }
-        match now.strip_prefix(before.as_str()) {
-            Some(delta) => {
-                let delta = delta.to_string();
-                self.prev = self.cur;
-                self.cur = self.ids.len();
-                Ok(delta)
-            }
-            None => Ok(String::new()),
-        }
+        self.all.push(id);
+        let (window, prefix, index) = (&mut self.window, &mut self.prefix, &mut self.prefix_index);
+        let tok = &**self.tok.inner;
+        let step = guarded("decode", || {
+            tokenizers::tokenizer::step_decode_stream(tok, vec![id], self.skip_special, window, prefix, index)
+        })?;
+        Ok(step.unwrap_or_default())
     }
 
     /// Text held back so far (an incomplete character at the end of the output).
     pub fn finish(&mut self) -> Result<String> {
-        let before = self.tok.decode(&self.ids[self.prev..self.cur], self.skip_special)?;
-        let now = self.tok.decode(&self.ids[self.prev..], self.skip_special)?;
-        self.prev = self.ids.len();
-        self.cur = self.ids.len();
-        Ok(now.strip_prefix(before.as_str()).unwrap_or(&now).to_string())
+        let now = self.tok.decode(&self.window, self.skip_special)?;
+        let rest = now.strip_prefix(self.prefix.as_str()).unwrap_or(&now).to_string();
+        self.window.clear();
+        self.prefix.clear();
+        self.prefix_index = 0;
+        Ok(rest)
     }
 
     /// All ids pushed so far.
     pub fn ids(&self) -> &[u32] {
-        &self.ids
+        &self.all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streamed_pieces_are_whole_characters_and_add_up_to_the_decoding() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tied-f32-mha/tokenizer.json");
+        let tok = Tokenizer::from_file(&dir).unwrap();
+        let text = "héllo 世界 🎉🎉 naïve café <|eot_id|> end\n\n  spaced";
+        let ids = tok.encode(text, true).unwrap();
+        for skip in [false, true] {
+            let mut stream = tok.stream(skip);
+            let mut out = String::new();
+            for &id in &ids {
+                let piece = stream.push(id).unwrap();
+                assert!(!piece.contains(char::REPLACEMENT_CHARACTER), "{piece:?}");
+                out.push_str(&piece);
+            }
+            out.push_str(&stream.finish().unwrap());
+            assert_eq!(out, tok.decode(&ids, skip).unwrap());
+            assert_eq!(stream.ids(), ids);
+        }
+        // A stream cut inside a character gives the rest on finish.
+        let emoji = tok.encode("🎉", false).unwrap();
+        assert!(emoji.len() > 1, "{emoji:?}");
+        let mut stream = tok.stream(true);
+        assert_eq!(stream.push(emoji[0]).unwrap(), "");
+        assert!(!stream.finish().unwrap().is_empty());
     }
 }

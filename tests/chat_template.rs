@@ -91,12 +91,29 @@ fn without_a_date_the_template_uses_today() {
             },
         )
         .unwrap();
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let today = llama32::chat::date::format_utc(secs, "%d %b %Y");
+    let today = jiff::Zoned::now().strftime("%d %b %Y").to_string();
     assert!(text.contains(&format!("Today Date: {today}\n")), "{text}");
+}
+
+#[test]
+fn strftime_now_is_local_time_like_transformers() {
+    // UTC+14 and UTC-12 are 26 hours apart: their dates always differ.
+    let dir = tempfile::tempdir().unwrap();
+    let messages = dir.path().join("m.json");
+    std::fs::write(&messages, r#"[{"role": "user", "content": "Hi"}]"#).unwrap();
+    let ids = |tz: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_llama32"))
+            .args(["tokenize", "--model"])
+            .arg(fixture("tied-bf16-llama3"))
+            .arg("--messages")
+            .arg(&messages)
+            .env("TZ", tz)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    };
+    assert_ne!(ids("Pacific/Kiritimati"), ids("Etc/GMT+12"));
 }
 
 #[test]

@@ -2,7 +2,6 @@
 //! the model's own Jinja chat template, and multi-turn conversations that reuse the KV cache.
 
 pub mod conversation;
-pub mod date;
 mod encode;
 pub mod template;
 

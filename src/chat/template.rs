@@ -27,7 +27,8 @@ pub struct RenderOptions {
     /// Append the header that starts the assistant's answer.
     pub add_generation_prompt: bool,
     /// The date the template prints (`date_string`, e.g. "26 Jul 2024"); `None` lets the
-    /// template call `strftime_now` (today, UTC).
+    /// template call `strftime_now` (today in the
+    /// system's local time zone, as transformers does).
     pub date: Option<String>,
     /// Encode special-token strings inside message content as plain text (what a server
     /// wants: a user cannot forge a turn). `false` is HF's behaviour: they become the
@@ -182,11 +183,12 @@ fn raise_exception(msg: String) -> std::result::Result<Value, minijinja::Error> 
     Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
 }
 
-fn strftime_now(format: String) -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    crate::chat::date::format_utc(secs, &format)
+/// `strftime_now(format)` as transformers defines it: the current local time (the
+/// system's time zone, as `datetime.now()` gives it) formatted by C's `strftime` rules.
+fn strftime_now(format: String) -> std::result::Result<String, minijinja::Error> {
+    let now = jiff::Zoned::now();
+    jiff::fmt::strtime::format(&format, &now)
+        .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("strftime_now({format:?}): {e}")))
 }
 
 /// `tojson` as transformers defines it: `json.dumps(x, ensure_ascii=False, indent=indent)`.
