@@ -324,3 +324,82 @@ fn speculation_changes_passes_not_output() {
     }
     assert_eq!(engine.load_stats().kv.used_blocks, 0);
 }
+
+#[test]
+fn draft_model_speculation_changes_passes_not_output() {
+    use llama32::engine::Speculation;
+    let spec = Some(Speculation::Draft { k: 4 });
+    // Without a draft model the request is refused, naming the flag.
+    let plain_engine = engine(q8());
+    let refused = plain_engine
+        .generate("Hi", &GenerateRequest { speculation: spec, ..sampled(1, 4) }, |_| ControlFlow::Continue(()))
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("--draft-model"), "{refused}");
+    // The model drafting for itself (accepted nearly always) and an unrelated model of the
+    // same vocabulary (rejected nearly always): output equals plain decoding either way,
+    // across sampling, stop strings and max_tokens that cut inside an accepted run.
+    let prompt = "one two three four five six seven eight nine ten ".repeat(3);
+    for (draft, accepted_most) in [(MODEL, true), ("tied-f32-mha", false)] {
+        let engine = engine(LoadOptions {
+            draft_model: Some(fixture(draft)),
+            ..q8()
+        });
+        for request in [
+            GenerateRequest {
+                max_tokens: 40,
+                sampling: SamplingParams::greedy(),
+                ..Default::default()
+            },
+            GenerateRequest {
+                max_tokens: 7,
+                sampling: SamplingParams::greedy(),
+                ..Default::default()
+            },
+            sampled(11, 40),
+            GenerateRequest {
+                stop: vec!["e".into()],
+                ..sampled(5, 40)
+            },
+        ] {
+            let plain = engine.generate(&prompt, &request, |_| ControlFlow::Continue(())).unwrap();
+            let fast = engine
+                .generate(
+                    &prompt,
+                    &GenerateRequest {
+                        speculation: spec,
+                        ..request.clone()
+                    },
+                    |_| ControlFlow::Continue(()),
+                )
+                .unwrap();
+            assert_eq!(fast.token_ids, plain.token_ids, "{draft}");
+            assert_eq!((fast.text, fast.finish_reason), (plain.text, plain.finish_reason));
+            let stats = fast.speculation.unwrap();
+            println!("{draft}: {stats:?}");
+            if accepted_most && request.sampling.temperature == Some(0.0) && request.max_tokens == 40 {
+                assert!(stats.accepted * 10 >= stats.drafted * 8 && stats.passes < 20, "{stats:?}");
+            }
+        }
+        // A cancelled speculating stream leaves the pool whole.
+        let ids = engine.tokenize(&prompt).unwrap();
+        let mut handle = engine
+            .submit(ids, &GenerateRequest { speculation: spec, ..sampled(3, 200) }, Instant::now())
+            .unwrap();
+        let mut seen = 0;
+        for event in handle.by_ref() {
+            if matches!(event, Event::Token { .. }) {
+                seen += 1;
+                if seen == 5 {
+                    break;
+                }
+            }
+        }
+        drop(handle);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while engine.load_stats().kv.used_blocks != 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(engine.load_stats().kv.used_blocks, 0);
+    }
+}

@@ -33,6 +33,7 @@ pub use request::{Event, FinishReason, GenerateRequest, Generation, Handle, Timi
 pub use scheduler::{Load, SchedulerConfig};
 use sequence::{Parts, Sequence};
 pub use speculate::{SpecStats, Speculation};
+use speculate::Speculator;
 
 /// KV memory of the paged backend when none is given: enough for `parallel` sequences of
 /// the whole context window, at most this much.
@@ -54,6 +55,12 @@ pub struct LoadOptions {
     /// Prompt tokens computed per step, shared by waiting prompts (`None`: 512). Smaller
     /// keeps running streams smoother while long prompts arrive.
     pub prefill_budget: Option<usize>,
+    /// A smaller model with the same vocabulary for draft speculation
+    /// ([`Speculation::Draft`]), loaded on the same device (its own default format when
+    /// `draft_dtype` is `None`).
+    pub draft_model: Option<PathBuf>,
+    /// The draft model's compute format.
+    pub draft_dtype: Option<ComputeDType>,
 }
 
 /// A model ready to generate: weights, tokenizer, stop ids, and the scheduler serving it.
@@ -77,6 +84,8 @@ pub struct Engine {
     grammars: Mutex<Option<Arc<Grammars>>>,
     /// What loading did to stored GGUF weights.
     conversion: Option<String>,
+    /// The draft model for [`Speculation::Draft`].
+    draft: Option<Arc<Llama>>,
 }
 
 impl Engine {
@@ -100,6 +109,10 @@ impl Engine {
         } = ckpt;
         let model = Arc::new(Llama::load(&config, &weights, dtype, &device)?);
         drop(weights);
+        let draft = match &options.draft_model {
+            Some(path) => Some(load_draft(path, options, &device, config.vocab_size)?),
+            None => None,
+        };
         let mut eos_ids = config.eos_token_ids.clone();
         eos_ids.extend(&generation_config.eos_token_ids);
         eos_ids.sort_unstable();
@@ -145,6 +158,7 @@ impl Engine {
             parallel,
             grammars: Mutex::new(None),
             conversion,
+            draft,
         })
     }
 
@@ -369,13 +383,34 @@ impl Engine {
             eos: self.eos_ids.clone(),
             start,
             logprobs: request.logprobs,
-            speculation: request.speculation.filter(|_| self.paged),
+            speculation: match request.speculation.filter(|_| self.paged) {
+                Some(spec) => Some(Speculator::new(spec, self.draft.clone(), ctx)?),
+                None => None,
+            },
             constraint: match &request.constraint {
                 Some(c) => Some(self.grammars()?.compile(c)?),
                 None => None,
             },
         })
     }
+}
+
+/// The draft model at `path`, which must share the target's vocabulary.
+fn load_draft(path: &Path, options: &LoadOptions, device: &Device, vocab: usize) -> Result<Arc<Llama>> {
+    let ckpt = Checkpoint::open(path)?;
+    if ckpt.config.vocab_size != vocab {
+        return Err(Error::InvalidParameter {
+            name: "draft-model",
+            reason: format!(
+                "{} has a vocabulary of {} tokens, the model {vocab}: a draft model must share the tokenizer",
+                path.display(),
+                ckpt.config.vocab_size
+            ),
+        });
+    }
+    let dtype = options.draft_dtype.unwrap_or_else(|| ckpt.default_dtype(options.device));
+    check_dtype(device, options.device, dtype)?;
+    Ok(Arc::new(Llama::load(&ckpt.config, &ckpt.weights, dtype, device)?))
 }
 
 /// The backend for `model` and the number of sequences it runs together.

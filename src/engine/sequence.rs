@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::request::{Event, FinishReason, Generation, Timings};
-use super::speculate::{Speculation, Speculator};
+use super::speculate::Speculator;
 use crate::backend::{Backend, SeqKv};
 use crate::constraint::ConstraintState;
 use crate::error::Result;
@@ -77,8 +77,8 @@ pub struct Parts {
     pub logprobs: Option<usize>,
     /// The compiled grammar, when the answer is constrained.
     pub constraint: Option<ConstraintState>,
-    /// Speculative decoding, when asked for.
-    pub speculation: Option<Speculation>,
+    /// Speculative decoding, when asked for (ready to run: a draft model's state included).
+    pub speculation: Option<Speculator>,
 }
 
 impl Sequence {
@@ -104,7 +104,7 @@ impl Sequence {
             logprobs: p.logprobs,
             logprob_list: Vec::new(),
             constraint: p.constraint,
-            speculator: p.speculation.map(Speculator::new),
+            speculator: p.speculation,
             drafted: 0,
         }
     }

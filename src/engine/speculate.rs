@@ -1,10 +1,20 @@
-//! Speculative decoding by prompt lookup (n-gram): the last few tokens of a sequence are
-//! looked up earlier in its prompt and output, and the tokens that followed them there are
-//! proposed; one forward pass then scores the proposal and the sequence keeps what its own
-//! sampler would have picked anyway (see the scheduler). Output is exactly that of plain
-//! decoding, for greedy and seeded sampling alike; only the number of passes changes.
+//! Speculative decoding: tokens are proposed by prompt lookup (n-gram: the last few tokens
+//! of a sequence are looked up earlier in its prompt and output, and the tokens that
+//! followed them there are proposed) or by a small draft model of the same vocabulary (its
+//! greedy continuation); one forward pass of the model then scores the proposal and the
+//! sequence keeps what its own sampler would have picked anyway (see the scheduler).
+//! Proposals are a deterministic function of the tokens so far, so keeping a proposed token
+//! exactly when the sampler draws it is standard speculative sampling with a one-point
+//! draft distribution: output is exactly that of plain decoding, for greedy and seeded
+//! sampling alike; only the number of passes changes.
+
+use std::sync::Arc;
 
 use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::model::kv_cache::KvCache;
+use crate::model::Llama;
 
 /// How a request speculates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,6 +23,12 @@ pub enum Speculation {
     Ngram {
         /// Longest n-gram matched (tried first), >= 1.
         n: usize,
+        /// Most tokens proposed per step, >= 1.
+        k: usize,
+    },
+    /// The greedy continuation of the engine's draft model (loaded with
+    /// `LoadOptions::draft_model`), up to `k` tokens.
+    Draft {
         /// Most tokens proposed per step, >= 1.
         k: usize,
     },
@@ -62,9 +78,9 @@ pub fn ngram_draft(tokens: &[u32], max_n: usize, k: usize) -> Vec<u32> {
 
 /// Per-sequence speculation state: adapts the proposal length to what gets accepted, so
 /// that text where guesses fail costs close to plain decoding.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Speculator {
-    n: usize,
+    source: Source,
     k: usize,
     /// Current proposal length (1..=k).
     width: usize,
@@ -75,28 +91,95 @@ pub struct Speculator {
     pub stats: SpecStats,
 }
 
+#[derive(Debug)]
+enum Source {
+    Ngram { n: usize },
+    Draft(Drafter),
+}
+
+/// A draft model with its own KV cache for one sequence.
+#[derive(Debug)]
+struct Drafter {
+    model: Arc<Llama>,
+    cache: KvCache,
+    /// The tokens whose keys and values `cache` holds.
+    fed: Vec<u32>,
+}
+
+impl Drafter {
+    /// The draft model's greedy continuation of `tokens`, `n` tokens long. The cache is
+    /// first rolled back to the longest prefix it shares with `tokens` (proposals that
+    /// were not kept leave it), and only the rest is run.
+    fn propose(&mut self, tokens: &[u32], n: usize) -> Result<Vec<u32>> {
+        let common = self.fed.iter().zip(tokens).take_while(|(a, b)| a == b).count();
+        // At least the last token is run, for its logits.
+        let keep = common.min(tokens.len().saturating_sub(1));
+        self.cache.truncate(keep);
+        self.fed.truncate(keep);
+        let mut logits = self.model.forward(&tokens[keep..], &mut self.cache, 512)?;
+        self.fed.extend_from_slice(&tokens[keep..]);
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let row: Vec<f32> = logits.to_vec1()?;
+            let best = row.iter().enumerate().fold(0, |b, (i, x)| if *x > row[b] { i } else { b });
+            out.push(best as u32);
+            if out.len() < n && self.cache.len() < self.cache.max_len() {
+                logits = self.model.forward(&[best as u32], &mut self.cache, 1)?;
+                self.fed.push(best as u32);
+            } else {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl Speculator {
-    /// A speculator for `spec`.
-    pub fn new(spec: Speculation) -> Self {
-        let Speculation::Ngram { n, k } = spec;
-        let (n, k) = (n.max(1), k.max(1));
-        Self {
-            n,
+    /// A speculator for `spec`; a draft model speculation needs `draft` (the engine's draft
+    /// model) and keeps a KV cache of up to `ctx` positions for it.
+    pub fn new(spec: Speculation, draft: Option<Arc<Llama>>, ctx: usize) -> Result<Self> {
+        let (source, k) = match spec {
+            Speculation::Ngram { n, k } => (Source::Ngram { n: n.max(1) }, k),
+            Speculation::Draft { k } => {
+                let model = draft.ok_or_else(|| Error::InvalidParameter {
+                    name: "spec",
+                    reason: "draft speculation needs a draft model loaded with the engine (--draft-model)".into(),
+                })?;
+                let cache = model.new_cache(ctx);
+                let drafter = Drafter {
+                    model,
+                    cache,
+                    fed: Vec::new(),
+                };
+                (Source::Draft(drafter), k)
+            }
+        };
+        let k = k.max(1);
+        Ok(Self {
+            source,
             k,
             width: k.min(4),
             cooldown: 0,
             misses: 0,
             stats: SpecStats::default(),
-        }
+        })
     }
 
-    /// Tokens to propose after `tokens`, at most `room`.
+    /// Tokens to propose after `tokens`, at most `room`. A draft model that fails stops
+    /// proposing for this sequence (plain decoding goes on).
     pub fn propose(&mut self, tokens: &[u32], room: usize) -> Vec<u32> {
         if self.cooldown > 0 {
             self.cooldown -= 1;
             return Vec::new();
         }
-        let mut draft = ngram_draft(tokens, self.n, self.width.min(room));
+        let width = self.width.min(room);
+        let mut draft = match &mut self.source {
+            Source::Ngram { n } => ngram_draft(tokens, *n, width),
+            Source::Draft(d) => d.propose(tokens, width).unwrap_or_else(|_| {
+                self.cooldown = usize::MAX;
+                Vec::new()
+            }),
+        };
         draft.truncate(room);
         draft
     }
@@ -144,7 +227,7 @@ mod tests {
 
     #[test]
     fn adapts_the_width() {
-        let mut s = Speculator::new(Speculation::Ngram { n: 3, k: 8 });
+        let mut s = Speculator::new(Speculation::Ngram { n: 3, k: 8 }, None, 64).unwrap();
         s.record(4, 4);
         assert_eq!(s.width, 6);
         for _ in 0..3 {

@@ -103,6 +103,12 @@ pub struct ModelArgs {
     /// How the KV cache stores keys and values on CPU: f16 (half the memory) or f32 (exact).
     #[arg(long, default_value = "f16")]
     pub kv_dtype: String,
+    /// A smaller model with the same tokenizer, for --spec draft (a checkpoint like --model).
+    #[arg(long)]
+    pub draft_model: Option<PathBuf>,
+    /// The draft model's weight format (default: as for --model).
+    #[arg(long)]
+    pub draft_dtype: Option<String>,
 }
 
 /// Sampling and stopping, with the OpenAI API's parameter names.
@@ -146,13 +152,14 @@ pub struct SamplingArgs {
     #[arg(long)]
     pub logprobs: Option<usize>,
     /// Speculative decoding: `ngram` proposes tokens by looking the last few up earlier in
-    /// the prompt and answer (output unchanged, fewer passes when text repeats); `none`.
+    /// the prompt and answer (output unchanged, fewer passes when text repeats); `draft`
+    /// proposes the greedy continuation of --draft-model; `none`.
     #[arg(long, default_value = "none")]
     pub spec: String,
     /// With --spec ngram: longest n-gram looked up.
     #[arg(long, default_value_t = 3)]
     pub spec_n: usize,
-    /// With --spec ngram: most tokens proposed per step.
+    /// With --spec ngram or draft: most tokens proposed per step.
     #[arg(long, default_value_t = 6)]
     pub spec_k: usize,
     /// Constrain the answer to JSON valid against this JSON Schema file.
@@ -289,9 +296,13 @@ pub struct ServeArgs {
     /// A model id clients may send; /v1/models lists each (repeatable; default: the --model string).
     #[arg(long)]
     pub served_model_name: Vec<String>,
-    /// Speculative decoding for every request: `ngram` (prompt lookup) or `none`.
+    /// Speculative decoding for every request: `ngram` (prompt lookup), `draft` (the greedy
+    /// continuation of --draft-model) or `none`.
     #[arg(long, default_value = "none")]
     pub spec: String,
+    /// Most tokens proposed per step with --spec.
+    #[arg(long, default_value_t = 6)]
+    pub spec_k: usize,
     /// Sequences computed together in each forward pass (default: 8 on CPU with packed
     /// weights, 4 otherwise).
     #[arg(long)]

@@ -21,6 +21,11 @@ pub fn load_engine(a: &ModelArgs, parallel: Option<usize>) -> anyhow::Result<Eng
         kv_memory: a.kv_memory.map(|mib| mib.saturating_mul(1 << 20)),
         prefill_budget: None,
         kv_dtype: a.kv_dtype.parse()?,
+        draft_model: match &a.draft_model {
+            Some(p) => Some(crate::hub_cmd::resolve_model_path(p)?),
+            None => None,
+        },
+        draft_dtype: a.draft_dtype.as_deref().map(str::parse).transpose()?,
     };
     let engine = Engine::load(&a.model, &options)?;
     if let Some(note) = engine.conversion_note() {
@@ -34,13 +39,14 @@ pub fn speculation(kind: &str, n: usize, k: usize) -> llama32::Result<Option<Spe
     match kind {
         "none" => Ok(None),
         "ngram" if n >= 1 && (1..=32).contains(&k) => Ok(Some(Speculation::Ngram { n, k })),
-        "ngram" => Err(llama32::Error::InvalidParameter {
+        "draft" if (1..=32).contains(&k) => Ok(Some(Speculation::Draft { k })),
+        "ngram" | "draft" => Err(llama32::Error::InvalidParameter {
             name: "spec-k",
             reason: "--spec-n must be >= 1 and --spec-k from 1 to 32".into(),
         }),
         other => Err(llama32::Error::InvalidParameter {
             name: "spec",
-            reason: format!("`{other}` is not ngram or none"),
+            reason: format!("`{other}` is not ngram, draft or none"),
         }),
     }
 }

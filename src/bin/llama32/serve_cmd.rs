@@ -42,7 +42,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         shutdown_grace: Duration::from_secs(a.shutdown_grace),
         playground: !a.no_playground,
         special_tokens_in_content: a.special_tokens_in_content,
-        speculation: crate::common::speculation(&a.spec, 3, 6)?,
+        speculation: crate::common::speculation(&a.spec, 3, a.spec_k)?,
         ..ServerConfig::default()
     };
     let host = if a.host.contains(':') && !a.host.starts_with('[') {
