@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""Speculative decoding (prompt lookup) against plain decoding, side by side, interleaved.
+"""Speculative decoding against plain decoding, side by side, interleaved.
 
-    python3 scripts/spec_bench.py --model DIR [--bin target/release/llama32] [--rounds 3]
+    python3 scripts/spec_bench.py --model M [--bin target/release/llama32] [--rounds 3]
+    python3 scripts/spec_bench.py --model M --spec draft --draft-model D [--flags "--dtype f32"]
 
 Runs `llama32 chat -p PROMPT --json --temperature 0` with `--spec none` and `--spec ngram`
-on input-grounded prompts (rewrite a passage, fix a line in code, turn a list into JSON)
+(or `draft`) on input-grounded prompts (rewrite a passage, fix a line in code, turn a list into JSON)
 and on free text, and reports decode tok/s (median of the rounds), the ratio, the
 acceptance rate, and whether the two answers are identical (they must be).
 """
@@ -43,9 +44,9 @@ PROMPTS = {
 }
 
 
-def run(binary, model, prompt, spec, max_tokens):
+def run(binary, model, prompt, spec, max_tokens, flags):
     out = subprocess.run([binary, "chat", "--model", model, "-p", prompt, "--json", "--temperature", "0",
-                          "--max-tokens", str(max_tokens), "--spec", spec], capture_output=True, text=True, check=True)
+                          "--max-tokens", str(max_tokens), "--spec", spec, *flags], capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
 
@@ -55,13 +56,17 @@ def main():
     p.add_argument("--model", required=True)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--max-tokens", type=int, default=200)
+    p.add_argument("--spec", default="ngram", choices=["ngram", "draft"])
+    p.add_argument("--draft-model")
+    p.add_argument("--flags", default="", help="more flags for both runs, e.g. '--dtype f32 --spec-k 4'")
     a = p.parse_args()
-    print(f"{'prompt':<10} {'tokens':>6} {'plain tok/s':>11} {'ngram tok/s':>11} {'ratio':>6} {'accepted':>9} {'same':>5}")
+    flags = a.flags.split() + (["--draft-model", a.draft_model] if a.draft_model else [])
+    print(f"{'prompt':<10} {'tokens':>6} {'plain tok/s':>11} {a.spec + ' tok/s':>11} {'ratio':>6} {'accepted':>9} {'same':>5}")
     for name, prompt in PROMPTS.items():
         plain, spec, same, stats = [], [], True, None
         for _ in range(a.rounds):
-            x = run(a.bin, a.model, prompt, "none", a.max_tokens)
-            y = run(a.bin, a.model, prompt, "ngram", a.max_tokens)
+            x = run(a.bin, a.model, prompt, "none", a.max_tokens, flags)
+            y = run(a.bin, a.model, prompt, a.spec, a.max_tokens, flags)
             plain.append(x["timings"]["decode_tokens_per_s"])
             spec.append(y["timings"]["decode_tokens_per_s"])
             same &= x["token_ids"] == y["token_ids"]

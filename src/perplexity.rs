@@ -58,11 +58,12 @@ struct Sums {
 }
 
 /// The perplexity of `model` on `tokens` (BOS not included) in windows of `ctx` tokens, at
-/// most `max_windows`; `base` adds KL divergence and top-1 agreement.
+/// most `max_windows`, each starting with `bos` when the model's tokenizer adds one (as
+/// llama-perplexity does); `base` adds KL divergence and top-1 agreement.
 pub fn perplexity(
     model: &Llama,
     tokens: &[u32],
-    bos: u32,
+    bos: Option<u32>,
     ctx: usize,
     max_windows: usize,
     base: Option<&Llama>,
@@ -80,7 +81,7 @@ pub fn perplexity(
             reason: "the base model has another vocabulary".into(),
         });
     }
-    let per_window = ctx - 1;
+    let per_window = ctx - usize::from(bos.is_some());
     let windows = (tokens.len() / per_window).min(max_windows);
     if windows == 0 {
         return Err(Error::InvalidParameter {
@@ -91,7 +92,7 @@ pub fn perplexity(
     let first = ctx / 2;
     let mut s = Sums::default();
     for w in 0..windows {
-        let mut ids = vec![bos];
+        let mut ids: Vec<u32> = bos.into_iter().collect();
         ids.extend_from_slice(&tokens[w * per_window..(w + 1) * per_window]);
         let logits = model.forward_all(&ids, &mut model.new_cache(ctx), 512)?;
         let base_logits = match base {

@@ -219,7 +219,7 @@ fn q8_0_gguf_keeps_its_numbers_and_follows_in_situ_q8_0() {
                 one by one, until the sun sets behind the hills and the evening bells ring out.";
     let ids = st.tokenize(text).unwrap();
     let kl = |a: &Engine, b: &Engine| {
-        let r = llama32::perplexity::perplexity(a.model(), &ids[1..], ids[0], 16, 2, Some(b.model())).unwrap();
+        let r = llama32::perplexity::perplexity(a.model(), &ids[1..], Some(ids[0]), 16, 2, Some(b.model())).unwrap();
         (r.mean_kl.unwrap(), r.top1_agreement.unwrap())
     };
     let (kl_files, top1_files) = kl(&gguf, &st);

@@ -21,7 +21,7 @@ fn perplexity_matches_a_token_by_token_reference() {
     let ids = engine.tokenize(text).unwrap();
     let (bos, body) = (ids[0], &ids[1..]);
     let ctx = 64;
-    let report = llama32::perplexity::perplexity(engine.model(), body, bos, ctx, 2, None).unwrap();
+    let report = llama32::perplexity::perplexity(engine.model(), body, Some(bos), ctx, 2, None).unwrap();
     assert_eq!((report.windows, report.tokens), (2, 2 * (ctx - 1 - ctx / 2)));
     // Reference: the same windows, one token at a time.
     let model = engine.model();
@@ -53,13 +53,13 @@ fn perplexity_matches_a_token_by_token_reference() {
     );
 
     // Against itself: no divergence. A quantized copy: a small one, and mostly the same top token.
-    let same = llama32::perplexity::perplexity(model, body, bos, ctx, 2, Some(model)).unwrap();
+    let same = llama32::perplexity::perplexity(model, body, Some(bos), ctx, 2, Some(model)).unwrap();
     assert!(same.mean_kl.unwrap().abs() < 1e-9 && same.top1_agreement == Some(1.0));
     let q8 = load(ComputeDType::Q8_0);
-    let against = llama32::perplexity::perplexity(q8.model(), body, bos, ctx, 2, Some(model)).unwrap();
+    let against = llama32::perplexity::perplexity(q8.model(), body, Some(bos), ctx, 2, Some(model)).unwrap();
     let kl = against.mean_kl.unwrap();
     assert!(kl > 0.0 && kl < 0.05, "{kl}");
     assert!((against.base_perplexity.unwrap() / report.perplexity - 1.0).abs() < 1e-9);
     // Too short a text is an error naming the file.
-    assert!(llama32::perplexity::perplexity(model, &body[..10], bos, ctx, 2, None).is_err());
+    assert!(llama32::perplexity::perplexity(model, &body[..10], Some(bos), ctx, 2, None).is_err());
 }

@@ -126,12 +126,15 @@ fn perplexity(a: args::PerplexityArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let tokens = engine.tokenize(&text)?;
+    // Windows start with BOS when the tokenizer adds one (SmolLM2's does not).
     let bos = engine
         .config()
         .bos_token_id
-        .or_else(|| tokens.first().copied())
-        .unwrap_or(0);
-    let body = tokens.strip_prefix(&[bos]).unwrap_or(&tokens);
+        .filter(|b| engine.tokenize("a").is_ok_and(|t| t.first() == Some(b)));
+    let body = match bos {
+        Some(b) => tokens.strip_prefix(&[b]).unwrap_or(&tokens),
+        None => &tokens[..],
+    };
     let base_model = base.as_ref().map(|b| b.model());
     let report = llama32::perplexity::perplexity(engine.model(), body, bos, a.ctx, a.chunks, base_model)?;
     if a.json {
