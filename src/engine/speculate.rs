@@ -199,8 +199,12 @@ impl Speculator {
             self.width = (self.width / 2).max(1);
             self.misses += 1;
             if self.misses >= 3 {
-                // Back off: the text is not repeating itself right now.
-                self.cooldown = 4 * self.misses.min(8);
+                // Back off: the text is not repeating itself right now. A draft model
+                // costs passes of its own, so it backs off exponentially (4 to 256 steps).
+                self.cooldown = match self.source {
+                    Source::Ngram { .. } => 4 * self.misses.min(8),
+                    Source::Draft(_) => 4 << (self.misses - 3).min(6),
+                };
             }
         } else {
             self.width = (accepted + 1).clamp(1, self.k);
