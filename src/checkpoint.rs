@@ -208,6 +208,9 @@ fn gguf_text(file: &Path, gguf: &GgufFile) -> Result<(Tokenizer, Option<ChatTemp
 pub fn open_text(path: &Path) -> Result<(Tokenizer, Option<ChatTemplate>)> {
     match gguf_path(path)? {
         Some(file) => gguf_text(&file, &GgufFile::open(&file)?),
-        None => Ok((Tokenizer::from_file(&path.join("tokenizer.json"))?, ChatTemplate::from_dir(path)?)),
+        None => Ok((
+            Tokenizer::from_file(&path.join("tokenizer.json"))?,
+            ChatTemplate::from_dir(path)?,
+        )),
     }
 }

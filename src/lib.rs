@@ -32,10 +32,10 @@
 pub mod backend;
 pub mod bench;
 pub mod chat;
+pub mod checkpoint;
 pub mod config;
 pub mod constraint;
 pub mod device;
-pub mod checkpoint;
 pub mod engine;
 pub mod error;
 pub mod gguf;

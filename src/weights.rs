@@ -195,7 +195,9 @@ impl Weights {
             (Kind::Float(src @ (DType::BF16 | DType::F16)), None, DType::F32) => {
                 Tensor::from_vec(widen_to_f32(raw.bytes, src), shape, &Device::Cpu)?
             }
-            (Kind::Float(src), None, _) => Tensor::from_raw_buffer(raw.bytes, src, shape, &Device::Cpu)?.to_dtype(dtype)?,
+            (Kind::Float(src), None, _) => {
+                Tensor::from_raw_buffer(raw.bytes, src, shape, &Device::Cpu)?.to_dtype(dtype)?
+            }
             _ => {
                 let mut all = vec![0f32; shape.iter().product()];
                 raw.read_f32(0, &mut all).map_err(|reason| Error::BadTensor {
@@ -361,10 +363,15 @@ fn dequantize(q: GgmlDType, bytes: &[u8], out: &mut [f32]) -> std::result::Resul
     let view = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut aligned)[..bytes.len()];
     view.copy_from_slice(bytes);
     let fail = |e: candle_core::Error| format!("cannot dequantize {q:?}: {e}");
-    let t = candle_core::quantized::ggml_file::qtensor_from_ggml(q, view, vec![out.len()], &Device::Cpu).map_err(fail)?;
+    let t =
+        candle_core::quantized::ggml_file::qtensor_from_ggml(q, view, vec![out.len()], &Device::Cpu).map_err(fail)?;
     let values: Vec<f32> = t.dequantize(&Device::Cpu).and_then(|t| t.to_vec1()).map_err(fail)?;
     if values.len() != out.len() {
-        return Err(format!("{q:?} row decoded to {} values, {} expected", values.len(), out.len()));
+        return Err(format!(
+            "{q:?} row decoded to {} values, {} expected",
+            values.len(),
+            out.len()
+        ));
     }
     out.copy_from_slice(&values);
     Ok(())

@@ -23,13 +23,28 @@ fn write_gguf(name: &str, matrices: GgmlDType, out: &Path) {
     let mut meta: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String("llama".into())),
         ("llama.block_count".into(), Value::U32(cfg.num_hidden_layers as u32)),
-        ("llama.context_length".into(), Value::U32(cfg.max_position_embeddings as u32)),
+        (
+            "llama.context_length".into(),
+            Value::U32(cfg.max_position_embeddings as u32),
+        ),
         ("llama.embedding_length".into(), Value::U32(cfg.hidden_size as u32)),
-        ("llama.feed_forward_length".into(), Value::U32(cfg.intermediate_size as u32)),
-        ("llama.attention.head_count".into(), Value::U32(cfg.num_attention_heads as u32)),
-        ("llama.attention.head_count_kv".into(), Value::U32(cfg.num_key_value_heads as u32)),
+        (
+            "llama.feed_forward_length".into(),
+            Value::U32(cfg.intermediate_size as u32),
+        ),
+        (
+            "llama.attention.head_count".into(),
+            Value::U32(cfg.num_attention_heads as u32),
+        ),
+        (
+            "llama.attention.head_count_kv".into(),
+            Value::U32(cfg.num_key_value_heads as u32),
+        ),
         ("llama.rope.freq_base".into(), Value::F32(cfg.rope_theta)),
-        ("llama.attention.layer_norm_rms_epsilon".into(), Value::F32(cfg.rms_norm_eps as f32)),
+        (
+            "llama.attention.layer_norm_rms_epsilon".into(),
+            Value::F32(cfg.rms_norm_eps as f32),
+        ),
         ("llama.rope.dimension_count".into(), Value::U32(cfg.head_dim as u32)),
         ("llama.vocab_size".into(), Value::U32(cfg.vocab_size as u32)),
     ];
@@ -49,7 +64,10 @@ fn write_gguf(name: &str, matrices: GgmlDType, out: &Path) {
     if let Some(s) = cfg.rope_scaling {
         let factors = llama3_factors(&cfg, s);
         let t = Tensor::new(factors.as_slice(), &Device::Cpu).unwrap();
-        tensors.push(("rope_freqs.weight".into(), QTensor::quantize(&t, GgmlDType::F32).unwrap()));
+        tensors.push((
+            "rope_freqs.weight".into(),
+            QTensor::quantize(&t, GgmlDType::F32).unwrap(),
+        ));
     }
     let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -100,7 +118,11 @@ fn interleave(t: &Tensor, heads: usize) -> Tensor {
 /// `rope_freqs` as the converter computes it (in f64, stored as f32).
 fn llama3_factors(cfg: &LlamaConfig, s: llama32::config::Llama3RopeScaling) -> Vec<f32> {
     let (d, base) = (cfg.head_dim as f64, f64::from(cfg.rope_theta));
-    let (factor, lo, hi) = (f64::from(s.factor), f64::from(s.low_freq_factor), f64::from(s.high_freq_factor));
+    let (factor, lo, hi) = (
+        f64::from(s.factor),
+        f64::from(s.low_freq_factor),
+        f64::from(s.high_freq_factor),
+    );
     let old = s.original_max_position_embeddings as f64;
     (0..cfg.head_dim / 2)
         .map(|i| {
@@ -121,14 +143,18 @@ fn llama3_factors(cfg: &LlamaConfig, s: llama32::config::Llama3RopeScaling) -> V
 
 /// `tokenizer.ggml.*` and the chat template, from the fixture's tokenizer files.
 fn tokenizer_meta(dir: &Path) -> Vec<(String, Value)> {
-    let tj: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap()).unwrap();
+    let tj: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap()).unwrap();
     let mut by_id: HashMap<u64, (String, i32)> = HashMap::new();
     for (tok, id) in tj["model"]["vocab"].as_object().unwrap() {
         by_id.insert(id.as_u64().unwrap(), (tok.clone(), 1));
     }
     for a in tj["added_tokens"].as_array().unwrap() {
         let kind = if a["special"].as_bool().unwrap() { 3 } else { 4 };
-        by_id.insert(a["id"].as_u64().unwrap(), (a["content"].as_str().unwrap().to_string(), kind));
+        by_id.insert(
+            a["id"].as_u64().unwrap(),
+            (a["content"].as_str().unwrap().to_string(), kind),
+        );
     }
     let n = by_id.len() as u64;
     let tokens = (0..n).map(|i| Value::String(by_id[&i].0.clone())).collect();
@@ -153,7 +179,10 @@ fn tokenizer_meta(dir: &Path) -> Vec<(String, Value)> {
         ("tokenizer.ggml.bos_token_id".into(), Value::U32(128000)),
         ("tokenizer.ggml.eos_token_id".into(), Value::U32(128009)),
         ("tokenizer.ggml.add_bos_token".into(), Value::Bool(true)),
-        ("tokenizer.chat_template".into(), Value::String(tc["chat_template"].as_str().unwrap().into())),
+        (
+            "tokenizer.chat_template".into(),
+            Value::String(tc["chat_template"].as_str().unwrap().into()),
+        ),
     ]
 }
 
@@ -171,7 +200,10 @@ fn greedy(engine: &Engine, prompt: &str, n: usize) -> Vec<u32> {
         sampling: SamplingParams::greedy(),
         ..Default::default()
     };
-    engine.generate(prompt, &request, |_| std::ops::ControlFlow::Continue(())).unwrap().token_ids
+    engine
+        .generate(prompt, &request, |_| std::ops::ControlFlow::Continue(()))
+        .unwrap()
+        .token_ids
 }
 
 #[test]
@@ -185,11 +217,23 @@ fn f32_gguf_gives_the_tokens_of_the_safetensors_checkpoint() {
         let (gguf, st) = (load(&file, ComputeDType::F32), load(&fixture(name), ComputeDType::F32));
         let shape = |c: &LlamaConfig| {
             let c = c.clone();
-            (c.hidden_size, c.num_hidden_layers, c.num_key_value_heads, c.head_dim, c.vocab_size, c.tie_word_embeddings)
+            (
+                c.hidden_size,
+                c.num_hidden_layers,
+                c.num_key_value_heads,
+                c.head_dim,
+                c.vocab_size,
+                c.tie_word_embeddings,
+            )
         };
         assert_eq!(shape(gguf.config()), shape(st.config()), "{name}");
         for case in &expected(name).prompts {
-            assert_eq!(greedy(&gguf, &case.text, 16), greedy(&st, &case.text, 16), "{name}: {}", case.name);
+            assert_eq!(
+                greedy(&gguf, &case.text, 16),
+                greedy(&st, &case.text, 16),
+                "{name}: {}",
+                case.name
+            );
         }
         // A directory holding the one GGUF file loads it too.
         assert_eq!(shape(load(dir.path(), ComputeDType::F32).config()), shape(st.config()));
@@ -225,7 +269,10 @@ fn q8_0_gguf_keeps_its_numbers_and_follows_in_situ_q8_0() {
     let (kl_files, top1_files) = kl(&gguf, &st);
     let (kl_quant, top1_quant) = kl(&st, &f32);
     eprintln!("Q8_0 GGUF vs in-situ q8_0: KL {kl_files:.3e}, top-1 {top1_files:.3}; q8_0 vs f32: KL {kl_quant:.3e}, top-1 {top1_quant:.3}");
-    assert!(kl_files < 2.0 * kl_quant + 1e-3 && top1_files >= 0.75, "KL {kl_files}, top-1 {top1_files}");
+    assert!(
+        kl_files < 2.0 * kl_quant + 1e-3 && top1_files >= 0.75,
+        "KL {kl_files}, top-1 {top1_files}"
+    );
 }
 
 #[test]
@@ -327,15 +374,54 @@ fn malformed_gguf_files_get_named_errors() {
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"GGUF".to_vec(), "GGUF"),
         (b"GGUX\x03\0\0\0".to_vec(), "not a GGUF file"),
-        (hand_made(&[arch.clone()], ("token_embd.weight", &[32, 4], 0, 1 << 40), 512), "past the end"),
-        (hand_made(&[arch.clone()], ("token_embd.weight", &[32, 4], 0, 8), 512), "not aligned"),
-        (hand_made(&[arch.clone()], ("token_embd.weight", &[32, 4], 99, 0), 512), "99"),
-        (hand_made(&[arch.clone()], ("token_embd.weight", &[30, 4], 8, 0), 512), "blocks"),
-        (hand_made(&[arch.clone()], ("token_embd.weight", &[1 << 62, 1 << 62], 0, 0), 64), "overflow"),
-        (hand_made(&[("general.alignment", 4, 0u32.to_le_bytes().to_vec())], ok_tensor, 512), "GGUF"),
-        (hand_made(&[("general.alignment", 4, 24u32.to_le_bytes().to_vec())], ok_tensor, 512), "power of two"),
-        (hand_made(&[("general.architecture", 8, string_value("gemma"))], ok_tensor, 512), "`gemma`"),
-        (hand_made(&[arch.clone()], ok_tensor, 512), "llama.embedding_length"),
+        (
+            hand_made(
+                std::slice::from_ref(&arch),
+                ("token_embd.weight", &[32, 4], 0, 1 << 40),
+                512,
+            ),
+            "past the end",
+        ),
+        (
+            hand_made(std::slice::from_ref(&arch), ("token_embd.weight", &[32, 4], 0, 8), 512),
+            "not aligned",
+        ),
+        (
+            hand_made(std::slice::from_ref(&arch), ("token_embd.weight", &[32, 4], 99, 0), 512),
+            "99",
+        ),
+        (
+            hand_made(std::slice::from_ref(&arch), ("token_embd.weight", &[30, 4], 8, 0), 512),
+            "blocks",
+        ),
+        (
+            hand_made(
+                std::slice::from_ref(&arch),
+                ("token_embd.weight", &[1 << 62, 1 << 62], 0, 0),
+                64,
+            ),
+            "overflow",
+        ),
+        (
+            hand_made(&[("general.alignment", 4, 0u32.to_le_bytes().to_vec())], ok_tensor, 512),
+            "GGUF",
+        ),
+        (
+            hand_made(
+                &[("general.alignment", 4, 24u32.to_le_bytes().to_vec())],
+                ok_tensor,
+                512,
+            ),
+            "power of two",
+        ),
+        (
+            hand_made(&[("general.architecture", 8, string_value("gemma"))], ok_tensor, 512),
+            "`gemma`",
+        ),
+        (
+            hand_made(std::slice::from_ref(&arch), ok_tensor, 512),
+            "llama.embedding_length",
+        ),
     ];
     for (bytes, needle) in cases {
         let msg = refused(&bytes);
@@ -349,6 +435,12 @@ fn a_directory_with_several_gguf_files_asks_which() {
     for f in ["a-Q8_0.gguf", "a-Q4_K_M.gguf"] {
         std::fs::write(dir.path().join(f), b"GGUF").unwrap();
     }
-    let err = Engine::load(dir.path(), &LoadOptions::default()).err().unwrap().to_string();
-    assert!(err.contains("a-Q4_K_M.gguf, a-Q8_0.gguf") && err.contains("name the one"), "{err}");
+    let err = Engine::load(dir.path(), &LoadOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("a-Q4_K_M.gguf, a-Q8_0.gguf") && err.contains("name the one"),
+        "{err}"
+    );
 }

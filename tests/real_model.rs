@@ -89,7 +89,15 @@ fn the_chat_command_answers_from_the_gguf_file() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_llama32"))
         .args(["chat", "--model"])
         .arg(&path)
-        .args(["-p", &chat.prompt, "--temperature", "0", "--dtype", "f32", "--max-tokens"])
+        .args([
+            "-p",
+            &chat.prompt,
+            "--temperature",
+            "0",
+            "--dtype",
+            "f32",
+            "--max-tokens",
+        ])
         .arg(chat.greedy_ids.len().to_string())
         .output()
         .unwrap();
@@ -100,10 +108,20 @@ fn the_chat_command_answers_from_the_gguf_file() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_llama32"))
         .args(["generate", "--model"])
         .arg(&path)
-        .args(["--prompt", "The capital of France is", "--temperature", "0", "--max-tokens", "4"])
+        .args([
+            "--prompt",
+            "The capital of France is",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "4",
+        ])
         .output()
         .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
     assert!(stdout.contains("Paris"), "{stdout}");
     assert!(stderr.contains("Q4_1") && stderr.contains("q4k_m"), "{stderr}");
 }
@@ -143,19 +161,29 @@ fn candle_transformers_runs_the_same_file_to_the_same_tokens() {
     let mut file = std::fs::File::open(&path).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
     let mut reference =
-        candle_transformers::models::quantized_llama::ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap();
+        candle_transformers::models::quantized_llama::ModelWeights::from_gguf(content, &mut file, &Device::Cpu)
+            .unwrap();
     let ids = &expected.text_ids;
     let mut theirs = Vec::new();
     for (pos, &id) in ids.iter().enumerate() {
         let x = Tensor::new(&[id], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-        let logits: Vec<f32> = reference.forward(&x, pos).unwrap().squeeze(0).unwrap().to_vec1().unwrap();
+        let logits: Vec<f32> = reference
+            .forward(&x, pos)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         theirs.push(argmax(&logits));
     }
     for (dtype, floor) in [(ComputeDType::F32, 0.95), (ComputeDType::Q4KM, 0.85)] {
         let engine = load(&path, Some(dtype));
         let ours: Vec<usize> = next_token_logits(&engine, ids).iter().map(|r| argmax(r)).collect();
         let agree = ours.iter().zip(&theirs).filter(|(a, b)| a == b).count() as f64 / ids.len() as f64;
-        eprintln!("{dtype} vs candle-transformers quantized_llama (Q4_1): top-1 agreement {:.1}%", agree * 100.0);
+        eprintln!(
+            "{dtype} vs candle-transformers quantized_llama (Q4_1): top-1 agreement {:.1}%",
+            agree * 100.0
+        );
         assert!(agree >= floor, "{dtype}: {agree}");
     }
 }

@@ -332,7 +332,14 @@ fn draft_model_speculation_changes_passes_not_output() {
     // Without a draft model the request is refused, naming the flag.
     let plain_engine = engine(q8());
     let refused = plain_engine
-        .generate("Hi", &GenerateRequest { speculation: spec, ..sampled(1, 4) }, |_| ControlFlow::Continue(()))
+        .generate(
+            "Hi",
+            &GenerateRequest {
+                speculation: spec,
+                ..sampled(1, 4)
+            },
+            |_| ControlFlow::Continue(()),
+        )
         .unwrap_err()
         .to_string();
     assert!(refused.contains("--draft-model"), "{refused}");
@@ -362,7 +369,9 @@ fn draft_model_speculation_changes_passes_not_output() {
                 ..sampled(5, 40)
             },
         ] {
-            let plain = engine.generate(&prompt, &request, |_| ControlFlow::Continue(())).unwrap();
+            let plain = engine
+                .generate(&prompt, &request, |_| ControlFlow::Continue(()))
+                .unwrap();
             let fast = engine
                 .generate(
                     &prompt,
@@ -378,13 +387,23 @@ fn draft_model_speculation_changes_passes_not_output() {
             let stats = fast.speculation.unwrap();
             println!("{draft}: {stats:?}");
             if accepted_most && request.sampling.temperature == Some(0.0) && request.max_tokens == 40 {
-                assert!(stats.accepted * 10 >= stats.drafted * 8 && stats.passes < 20, "{stats:?}");
+                assert!(
+                    stats.accepted * 10 >= stats.drafted * 8 && stats.passes < 20,
+                    "{stats:?}"
+                );
             }
         }
         // A cancelled speculating stream leaves the pool whole.
         let ids = engine.tokenize(&prompt).unwrap();
         let mut handle = engine
-            .submit(ids, &GenerateRequest { speculation: spec, ..sampled(3, 200) }, Instant::now())
+            .submit(
+                ids,
+                &GenerateRequest {
+                    speculation: spec,
+                    ..sampled(3, 200)
+                },
+                Instant::now(),
+            )
             .unwrap();
         let mut seen = 0;
         for event in handle.by_ref() {

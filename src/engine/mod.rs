@@ -20,6 +20,7 @@ use candle_core::Device;
 
 use crate::backend::Backend;
 use crate::chat::{encode_conversation, ChatTemplate, Message, RenderOptions, Tool};
+use crate::checkpoint::Checkpoint;
 use crate::config::{GenerationConfig, LlamaConfig};
 use crate::constraint::Grammars;
 use crate::device::{check_dtype, ComputeDType, DeviceKind};
@@ -28,12 +29,11 @@ use crate::kv::KvDType;
 use crate::model::{Llama, DEFAULT_PREFILL_CHUNK};
 use crate::sampler::{Sampler, StopMatcher, MAX_TOP_LOGPROBS};
 use crate::tokenizer::Tokenizer;
-use crate::checkpoint::Checkpoint;
 pub use request::{Event, FinishReason, GenerateRequest, Generation, Handle, Timings};
 pub use scheduler::{Load, SchedulerConfig};
 use sequence::{Parts, Sequence};
-pub use speculate::{SpecStats, Speculation};
 use speculate::Speculator;
+pub use speculate::{SpecStats, Speculation};
 
 /// KV memory of the paged backend when none is given: enough for `parallel` sequences of
 /// the whole context window, at most this much.
@@ -408,7 +408,9 @@ fn load_draft(path: &Path, options: &LoadOptions, device: &Device, vocab: usize)
             ),
         });
     }
-    let dtype = options.draft_dtype.unwrap_or_else(|| ckpt.default_dtype(options.device));
+    let dtype = options
+        .draft_dtype
+        .unwrap_or_else(|| ckpt.default_dtype(options.device));
     check_dtype(device, options.device, dtype)?;
     Ok(Arc::new(Llama::load(&ckpt.config, &ckpt.weights, dtype, device)?))
 }

@@ -121,7 +121,10 @@ impl Drafter {
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
             let row: Vec<f32> = logits.to_vec1()?;
-            let best = row.iter().enumerate().fold(0, |b, (i, x)| if *x > row[b] { i } else { b });
+            let best = row
+                .iter()
+                .enumerate()
+                .fold(0, |b, (i, x)| if *x > row[b] { i } else { b });
             out.push(best as u32);
             if out.len() < n && self.cache.len() < self.cache.max_len() {
                 logits = self.model.forward(&[best as u32], &mut self.cache, 1)?;

@@ -134,7 +134,10 @@ impl<'a> GgufMeta<'a> {
         };
         let hidden = need("embedding_length")?;
         let heads = need("attention.head_count")?;
-        let embed_rows = self.file.tensor("model.embed_tokens.weight").and_then(|t| t.dims.first().copied());
+        let embed_rows = self
+            .file
+            .tensor("model.embed_tokens.weight")
+            .and_then(|t| t.dims.first().copied());
         let vocab = match self.usize("llama.vocab_size")? {
             Some(v) => Some(v),
             None => embed_rows,
@@ -279,9 +282,7 @@ impl<'a> GgufMeta<'a> {
 
     /// The pre-tokenizer of `tokenizer.ggml.pre` (the splits llama.cpp applies for it).
     fn pre_tokenizer(&self) -> Result<serde_json::Value> {
-        let byte_level = |use_regex: bool| {
-            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
-        };
+        let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
         let pre = get_str(self.kv, "tokenizer.ggml.pre").unwrap_or("default");
         Ok(match pre {
             "llama-bpe" | "llama3" | "llama-v3" => json!({"type": "Sequence", "pretokenizers": [

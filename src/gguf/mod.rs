@@ -94,10 +94,12 @@ impl GgufFile {
         let arch = meta::get_str(&content.metadata, "general.architecture").unwrap_or_default();
         let q_heads = heads(&format!("{arch}.attention.head_count"));
         let kv_heads = heads(&format!("{arch}.attention.head_count_kv")).or(q_heads);
-        let base = usize::try_from(content.tensor_data_offset).map_err(|_| bad("tensor data offset overflows".into()))?;
+        let base =
+            usize::try_from(content.tensor_data_offset).map_err(|_| bad("tensor data offset overflows".into()))?;
         let mut tensors = HashMap::new();
         for (name, info) in &content.tensor_infos {
-            let mut t = locate(name, info, base, alignment, mmap.len()).map_err(|r| bad(format!("tensor `{name}`: {r}")))?;
+            let mut t =
+                locate(name, info, base, alignment, mmap.len()).map_err(|r| bad(format!("tensor `{name}`: {r}")))?;
             let hf = hf_name(name).unwrap_or_else(|| name.clone());
             let heads = match () {
                 _ if name.ends_with("attn_q.weight") => q_heads,
@@ -107,7 +109,9 @@ impl GgufFile {
             if let Some(h) = heads {
                 let rows = t.dims.first().copied().unwrap_or(0);
                 if h == 0 || !rows.is_multiple_of(2 * h) {
-                    return Err(bad(format!("tensor `{name}`: {rows} rows do not split into {h} rotary heads")));
+                    return Err(bad(format!(
+                        "tensor `{name}`: {rows} rows do not split into {h} rotary heads"
+                    )));
                 }
                 t.rope_rows = Some(rows / h);
             }
@@ -151,16 +155,16 @@ impl GgufFile {
                 None => counts.push((t.dtype, 1)),
             }
         }
-        counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| format!("{:?}", a.0).cmp(&format!("{:?}", b.0))));
+        counts.sort_by(|a, b| {
+            b.1.cmp(&a.1)
+                .then_with(|| format!("{:?}", a.0).cmp(&format!("{:?}", b.0)))
+        });
         counts
     }
 }
 
 fn alignment(metadata: &HashMap<String, Value>) -> std::result::Result<usize, String> {
-    let a = match meta::get_usize(metadata, "general.alignment")? {
-        Some(a) => a,
-        None => 32,
-    };
+    let a = meta::get_usize(metadata, "general.alignment")?.unwrap_or(32);
     if a == 0 || !a.is_power_of_two() {
         return Err(format!("general.alignment {a} is not a power of two"));
     }
@@ -183,7 +187,10 @@ fn locate(
     let (block, size) = (info.ggml_dtype.block_size(), info.ggml_dtype.type_size());
     let cols = dims.last().copied().unwrap_or(1);
     if cols == 0 || !cols.is_multiple_of(block) {
-        return Err(format!("rows of {cols} are not whole {:?} blocks of {block}", info.ggml_dtype));
+        return Err(format!(
+            "rows of {cols} are not whole {:?} blocks of {block}",
+            info.ggml_dtype
+        ));
     }
     let len = (elems / block).checked_mul(size).ok_or("byte size overflows")?;
     let offset = usize::try_from(info.offset).map_err(|_| "offset overflows")?;
@@ -193,7 +200,11 @@ fn locate(
     let start = base.checked_add(offset).ok_or("offset overflows")?;
     match start.checked_add(len) {
         Some(end) if end <= file_len => {}
-        _ => return Err(format!("{len} bytes at {start} reach past the end of the file ({file_len} bytes)")),
+        _ => {
+            return Err(format!(
+                "{len} bytes at {start} reach past the end of the file ({file_len} bytes)"
+            ))
+        }
     }
     Ok(GgufTensor {
         gguf_name: name.to_string(),
@@ -248,8 +259,14 @@ mod tests {
 
     #[test]
     fn names_map_to_hugging_face() {
-        assert_eq!(hf_name("blk.12.ffn_down.weight").as_deref(), Some("model.layers.12.mlp.down_proj.weight"));
-        assert_eq!(hf_name("token_embd.weight").as_deref(), Some("model.embed_tokens.weight"));
+        assert_eq!(
+            hf_name("blk.12.ffn_down.weight").as_deref(),
+            Some("model.layers.12.mlp.down_proj.weight")
+        );
+        assert_eq!(
+            hf_name("token_embd.weight").as_deref(),
+            Some("model.embed_tokens.weight")
+        );
         assert_eq!(hf_name("blk.x.attn_q.weight"), None);
         assert_eq!(hf_name("rope_freqs.weight"), None);
     }

@@ -374,9 +374,15 @@ mod tests {
     #[test]
     fn repo_colon_file_fetches_that_one_file() {
         let reg = Registry::builtin().unwrap();
-        match reg.interpret("bartowski/Llama-3.2-1B-Instruct-GGUF@main:Llama-3.2-1B-Instruct-Q4_K_M.gguf").unwrap() {
+        match reg
+            .interpret("bartowski/Llama-3.2-1B-Instruct-GGUF@main:Llama-3.2-1B-Instruct-Q4_K_M.gguf")
+            .unwrap()
+        {
             ModelSpec::Registered(e) => {
-                assert_eq!((e.repo.repo.as_str(), e.repo.revision.as_deref()), ("bartowski/Llama-3.2-1B-Instruct-GGUF", Some("main")));
+                assert_eq!(
+                    (e.repo.repo.as_str(), e.repo.revision.as_deref()),
+                    ("bartowski/Llama-3.2-1B-Instruct-GGUF", Some("main"))
+                );
                 assert_eq!(e.files.unwrap(), ["Llama-3.2-1B-Instruct-Q4_K_M.gguf"]);
             }
             other => panic!("{other:?}"),

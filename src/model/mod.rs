@@ -23,8 +23,8 @@ use crate::config::LlamaConfig;
 use crate::device::{ComputeDType, LayerRole};
 use crate::error::Result;
 use crate::weights::{Kind, RawTensor, Weights};
-use candle_core::quantized::GgmlDType;
 use attention::{Attention, Step};
+use candle_core::quantized::GgmlDType;
 use kv_cache::KvCache;
 use linear::Linear;
 use mlp::Mlp;
@@ -96,11 +96,12 @@ impl Llama {
             // copy of the matrix); elsewhere candle's quantized kernels (NEON, GPU) serve.
             Some(q) if device.is_cpu() && Isa::detect() != Isa::Portable => {
                 let raw = weights.raw(name, &[rows, cols])?;
-                let packed = pack_raw(&raw, rows, cols, PackedFormat::from(q)).map_err(|reason| crate::Error::BadTensor {
-                    path: weights.dir().to_path_buf(),
-                    name: name.to_string(),
-                    reason,
-                })?;
+                let packed =
+                    pack_raw(&raw, rows, cols, PackedFormat::from(q)).map_err(|reason| crate::Error::BadTensor {
+                        path: weights.dir().to_path_buf(),
+                        name: name.to_string(),
+                        reason,
+                    })?;
                 match packed {
                     Some(p) => Ok(Linear::Packed(std::sync::Arc::new(p))),
                     None => get(name, &[rows, cols]).map(Linear::new),
@@ -201,7 +202,12 @@ fn rope_of(cfg: &LlamaConfig, weights: &Weights) -> Result<Rope> {
 /// Packs a stored matrix into `format`: llama.cpp Q8_0 blocks into Q8_0 as they are,
 /// anything else through f32 rows. Refuses NaN or infinite weights (quantizing would
 /// hide them as plausible numbers).
-fn pack_raw(raw: &RawTensor<'_>, rows: usize, cols: usize, format: PackedFormat) -> std::result::Result<Option<PackedWeight>, String> {
+fn pack_raw(
+    raw: &RawTensor<'_>,
+    rows: usize,
+    cols: usize,
+    format: PackedFormat,
+) -> std::result::Result<Option<PackedWeight>, String> {
     let failure = std::sync::Mutex::new(None::<String>);
     let fail = |e: String| {
         let mut slot = failure.lock().unwrap_or_else(|p| p.into_inner());
@@ -210,7 +216,9 @@ fn pack_raw(raw: &RawTensor<'_>, rows: usize, cols: usize, format: PackedFormat)
     let packed = if format == PackedFormat::Q8_0 && raw.kind() == Kind::Ggml(GgmlDType::Q8_0) {
         PackedWeight::pack_q8_0_blocks(rows, cols, |first, dst| {
             raw.q8_0_rows(first, dst);
-            let finite = dst.chunks_exact(34).all(|b| half::f16::from_le_bytes([b[0], b[1]]).is_finite());
+            let finite = dst
+                .chunks_exact(34)
+                .all(|b| half::f16::from_le_bytes([b[0], b[1]]).is_finite());
             if !finite {
                 fail("holds NaN or infinite scales".into());
             }
@@ -351,10 +359,18 @@ mod gguf_tests {
     use candle_core::quantized::QTensor;
 
     fn stored(dtype: GgmlDType, rows: usize, cols: usize) -> (Vec<u8>, Vec<f32>) {
-        let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3)
+            .collect();
         let t = Tensor::from_vec(w, (rows, cols), &Device::Cpu).unwrap();
         let q = QTensor::quantize(&t, dtype).unwrap();
-        let values = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let values = q
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         (q.data().unwrap().to_vec(), values)
     }
 
@@ -375,7 +391,13 @@ mod gguf_tests {
     #[test]
     fn other_block_types_are_read_as_their_dequantized_values() {
         let (rows, cols) = (20, 256);
-        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q4K, GgmlDType::Q6K] {
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q6K,
+        ] {
             let (bytes, values) = stored(dtype, rows, cols);
             let raw = RawTensor::ggml(&bytes, dtype, cols, None);
             let mut out = vec![0f32; 3 * cols - 5];

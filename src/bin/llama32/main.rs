@@ -120,7 +120,11 @@ fn perplexity(a: args::PerplexityArgs) -> anyhow::Result<ExitCode> {
             }
             let base = load_engine(&model, Some(1))?;
             if base.config().vocab_size != engine.config().vocab_size {
-                anyhow::bail!("--kl-base-model has another vocabulary ({} vs {} tokens)", base.config().vocab_size, engine.config().vocab_size);
+                anyhow::bail!(
+                    "--kl-base-model has another vocabulary ({} vs {} tokens)",
+                    base.config().vocab_size,
+                    engine.config().vocab_size
+                );
             }
             Some(base)
         }
