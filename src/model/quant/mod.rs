@@ -293,7 +293,7 @@ impl PackedWeight {
         }
         // Prompt tokens go in chunks whose activations stay in the core's L2 cache while
         // the task's weights stream past them.
-        let chunk = (TOKEN_CHUNK_BYTES / cols).next_multiple_of(4).max(4);
+        let chunk = (TOKEN_CHUNK_BYTES / cols).next_multiple_of(8).max(8);
         tasks.into_par_iter().for_each(|(w, groups, out)| {
             let (lp, mp) = Self::group_sizes(w.format, w.cols);
             for start in (0..m).step_by(chunk) {
@@ -327,8 +327,10 @@ impl PackedWeight {
         y.chunks(padded).flat_map(|r| &r[..self.rows]).copied().collect()
     }
 
-    /// One group against tokens `tokens`, 4 tokens per kernel call; `sink(t, values)`
-    /// receives the group's 16 outputs for token `t`.
+    /// One group against tokens `tokens`, up to 8 tokens per kernel call with AVX-512's 32
+    /// registers (4 otherwise: the weight lines are unpacked once per call, so more tokens
+    /// per call amortise them; every token's sums run in the same order either way);
+    /// `sink(t, values)` receives the group's 16 outputs for token `t`.
     fn group_tokens(
         &self,
         lines: &[Line],
@@ -339,9 +341,12 @@ impl PackedWeight {
         mut sink: impl FnMut(usize, &[f32; GROUP]),
     ) {
         let mut t = tokens.start;
+        let widest = if isa == Isa::Avx512 { 8 } else { 4 };
         while t < tokens.end {
-            let n = (tokens.end - t).min(4);
+            let left = tokens.end - t;
+            let n = if left >= widest { widest } else { left.min(4) };
             match n {
+                8 => self.kernel::<8>(lines, meta, acts, t, isa, &mut sink),
                 4 => self.kernel::<4>(lines, meta, acts, t, isa, &mut sink),
                 3 => self.kernel::<3>(lines, meta, acts, t, isa, &mut sink),
                 2 => self.kernel::<2>(lines, meta, acts, t, isa, &mut sink),

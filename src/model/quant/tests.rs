@@ -25,7 +25,7 @@ fn every_kernel_matches_the_portable_one_and_the_f32_twin() {
             let w = values(rows * cols, (rows * cols) as u64);
             let p = PackedWeight::pack(&w, rows, cols, format).unwrap();
             assert_eq!(p.dims(), (rows, cols));
-            for m in [1, 2, 3, 4, 5, 9] {
+            for m in [1, 2, 3, 4, 5, 8, 9, 13, 17] {
                 let x = values(m * cols, m as u64 + 7);
                 let portable = p.matmul_with(&x, m, Isa::Portable).unwrap();
                 assert_eq!(portable.len(), m * rows);
