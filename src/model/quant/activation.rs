@@ -20,6 +20,8 @@ pub struct QuantizedRows {
     pub scales: Vec<f32>,
     /// Block sums of `qs` `[rows, cols / 32]`.
     pub sums: Vec<i32>,
+    /// `scale * sum` per block, as f32 (what the 4-bit kernels' minimum term multiplies).
+    pub scaled_sums: Vec<f32>,
 }
 
 impl QuantizedRows {
@@ -32,6 +34,7 @@ impl QuantizedRows {
             qs: vec![0; x.len()],
             scales: vec![0.0; blocks],
             sums: vec![0; blocks],
+            scaled_sums: Vec::new(),
         };
         let (qs, scales, sums) = (&mut out.qs, &mut out.scales, &mut out.sums);
         if x.len() >= 1 << 16 {
@@ -46,6 +49,7 @@ impl QuantizedRows {
                 .zip(scales.iter_mut().zip(sums.iter_mut()))
                 .for_each(|((src, dst), (d, s))| (*d, *s) = quantize_block(src, dst));
         }
+        out.scaled_sums = out.scales.iter().zip(&out.sums).map(|(&d, &s)| d * s as f32).collect();
         out
     }
 
@@ -70,6 +74,12 @@ impl QuantizedRows {
     pub fn row_sums(&self, r: usize) -> &[i32] {
         let nb = self.cols / BLOCK;
         &self.sums[r * nb..(r + 1) * nb]
+    }
+
+    /// The `scale * sum` of each block of row `r`.
+    pub fn row_scaled_sums(&self, r: usize) -> &[f32] {
+        let nb = self.cols / BLOCK;
+        &self.scaled_sums[r * nb..(r + 1) * nb]
     }
 }
 

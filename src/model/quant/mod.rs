@@ -43,6 +43,8 @@ pub struct Acts<'a, const T: usize> {
     pub scales: [&'a [f32]; T],
     /// Block sums per token.
     pub sums: [&'a [i32]; T],
+    /// Block `scale * sum` per token.
+    pub scaled_sums: [&'a [f32]; T],
 }
 
 /// A packed weight format.
@@ -370,6 +372,7 @@ impl PackedWeight {
             qs: std::array::from_fn(|t| acts.row(first + t)),
             scales: std::array::from_fn(|t| acts.row_scales(first + t)),
             sums: std::array::from_fn(|t| acts.row_sums(first + t)),
+            scaled_sums: std::array::from_fn(|t| acts.row_scaled_sums(first + t)),
         };
         let mut res = [[0f32; GROUP]; T];
         match (self.format, isa) {

@@ -154,7 +154,7 @@ pub fn group_dot_portable<const T: usize>(
                     .map(|(k, &xv)| level(tile, i, k) as i32 * xv as i32)
                     .sum();
                 let (d, dmin, sc, mn) = row_params(m, i, b % sub);
-                out[t][i] += acc as f32 * (d * sc) * da - dmin * mn * (da * a.sums[t][b] as f32);
+                out[t][i] += acc as f32 * (d * sc) * da - dmin * mn * a.scaled_sums[t][b];
             }
         }
     }
@@ -211,7 +211,7 @@ pub unsafe fn group_dot_avx512<const T: usize>(
             let da = a.scales[t][b];
             let s = _mm512_mul_ps(step, _mm512_set1_ps(da));
             y[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[t]), s, y[t]);
-            y[t] = _mm512_fnmadd_ps(off, _mm512_set1_ps(da * a.sums[t][b] as f32), y[t]);
+            y[t] = _mm512_fnmadd_ps(off, _mm512_set1_ps(a.scaled_sums[t][b]), y[t]);
         }
     }
     for t in 0..T {
@@ -274,7 +274,7 @@ pub unsafe fn group_dot_avx2<const T: usize>(
                     _mm256_mul_ps(step, _mm256_set1_ps(da)),
                     y[t],
                 );
-                y[t] = _mm256_fnmadd_ps(off, _mm256_set1_ps(da * a.sums[t][b] as f32), y[t]);
+                y[t] = _mm256_fnmadd_ps(off, _mm256_set1_ps(a.scaled_sums[t][b]), y[t]);
             }
         }
         for t in 0..T {
