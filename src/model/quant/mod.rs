@@ -134,35 +134,9 @@ impl PackedWeight {
         format: PackedFormat,
         fill: impl Fn(usize, &mut [f32]) + Sync,
     ) -> Option<Self> {
-        if cols == 0 || !cols.is_multiple_of(BLOCK) {
-            return None;
-        }
-        let groups = rows.div_ceil(GROUP);
-        let (lines_per, meta_per) = Self::group_sizes(format, cols);
-        let mut lines = vec![Line([0; 64]); groups * lines_per];
-        let mut meta = vec![0u8; groups * meta_per];
-        lines
-            .par_chunks_mut(lines_per)
-            .zip(meta.par_chunks_mut(meta_per))
-            .enumerate()
-            .for_each_init(
-                || vec![0f32; GROUP * cols],
-                |block, (g, (lines, meta))| {
-                    let have = (rows - g * GROUP).min(GROUP) * cols;
-                    fill(g * GROUP, &mut block[..have]);
-                    block[have..].fill(0.0);
-                    match format {
-                        PackedFormat::Q8_0 => q8::pack_group(block, cols, lines, meta),
-                        PackedFormat::Q4K => q4::pack_group(block, cols, lines, meta),
-                    }
-                },
-            );
-        Some(Self {
-            format,
-            rows,
-            cols,
-            lines,
-            meta,
+        Self::pack_groups(rows, cols, format, cols, fill, |block, lines, meta| match format {
+            PackedFormat::Q8_0 => q8::pack_group(block, cols, lines, meta),
+            PackedFormat::Q4K => q4::pack_group(block, cols, lines, meta),
         })
     }
 
@@ -171,13 +145,28 @@ impl PackedWeight {
     /// `first..` (a whole number of rows, at most 16; 34 bytes per 32 columns) into `dst`.
     /// `None` when `cols` is not a multiple of 32.
     pub fn pack_q8_0_blocks(rows: usize, cols: usize, fill: impl Fn(usize, &mut [u8]) + Sync) -> Option<Self> {
+        let row_bytes = cols / BLOCK * q8::GGML_BLOCK;
+        Self::pack_groups(rows, cols, PackedFormat::Q8_0, row_bytes, fill, |buf, lines, meta| {
+            q8::pack_group_blocks(buf, cols, lines, meta)
+        })
+    }
+
+    /// The packing loop shared by both sources: row groups in parallel, each read by
+    /// `fill(first, dst)` into a buffer of 16 rows of `per_row` values (rows past the
+    /// matrix zero) and packed by `pack(buffer, lines, meta)`.
+    fn pack_groups<T: Copy + Default + Send>(
+        rows: usize,
+        cols: usize,
+        format: PackedFormat,
+        per_row: usize,
+        fill: impl Fn(usize, &mut [T]) + Sync,
+        pack: impl Fn(&[T], &mut [Line], &mut [u8]) + Sync,
+    ) -> Option<Self> {
         if cols == 0 || !cols.is_multiple_of(BLOCK) {
             return None;
         }
-        let format = PackedFormat::Q8_0;
-        let (lines_per, meta_per) = Self::group_sizes(format, cols);
-        let row_bytes = cols / BLOCK * q8::GGML_BLOCK;
         let groups = rows.div_ceil(GROUP);
+        let (lines_per, meta_per) = Self::group_sizes(format, cols);
         let mut lines = vec![Line([0; 64]); groups * lines_per];
         let mut meta = vec![0u8; groups * meta_per];
         lines
@@ -185,12 +174,12 @@ impl PackedWeight {
             .zip(meta.par_chunks_mut(meta_per))
             .enumerate()
             .for_each_init(
-                || vec![0u8; GROUP * row_bytes],
+                || vec![T::default(); GROUP * per_row],
                 |buf, (g, (lines, meta))| {
-                    let have = (rows - g * GROUP).min(GROUP) * row_bytes;
+                    let have = (rows - g * GROUP).min(GROUP) * per_row;
                     fill(g * GROUP, &mut buf[..have]);
-                    buf[have..].fill(0);
-                    q8::pack_group_blocks(buf, cols, lines, meta);
+                    buf[have..].fill(T::default());
+                    pack(buf, lines, meta);
                 },
             );
         Some(Self {
