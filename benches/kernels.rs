@@ -1,6 +1,7 @@
 //! Matmul kernels alone, per packed format and Llama-3.2-1B layer shape (`cargo bench
 //! --bench kernels`): GB/s of weights streamed for one token (decode), and int8
-//! multiply-adds per second over 64 and 512 tokens (prefill; 2 ops each in GOPS).
+//! multiply-adds per second over 8 (a batched decode step), 64 and 512 tokens (prefill; 2 ops
+//! each in GOPS). Arguments filter the rows: `cargo bench --bench kernels -- Q8_0 gate`.
 
 use std::time::Instant;
 
@@ -14,10 +15,18 @@ fn main() {
         ("down", 2048, 8192),
         ("lm_head", 128256, 2048),
     ];
+    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let wanted = |s: &str| filters.iter().all(|f| s.contains(f.as_str()));
+    if let Some(peak) = vnni_peak() {
+        println!("vpdpbusd peak on this machine: {peak:.0} GOPS (512-bit, every core, registers only)\n");
+    }
     println!("| format | isa | shape | tokens | ms | GB/s | GOPS |");
     println!("|---|---|---|---|---|---|---|");
     for format in [PackedFormat::Q8_0, PackedFormat::Q4K] {
         for (name, rows, cols) in shapes {
+            if !wanted(&format!("{format:?} {name}")) {
+                continue;
+            }
             let w: Vec<f32> = (0..rows * cols)
                 .map(|i| ((i * 2654435761) % 1000) as f32 / 1000.0 - 0.5)
                 .collect();
@@ -26,12 +35,12 @@ fn main() {
             };
             drop(w);
             for isa in Isa::available().into_iter().take(2) {
-                for m in [1, 64, 512] {
+                for m in [1, 8, 64, 512] {
                     if m == 512 && rows > 16384 {
                         continue;
                     }
                     let x: Vec<f32> = (0..m * cols).map(|i| (i % 17) as f32 / 17.0 - 0.5).collect();
-                    let reps = if m == 1 { 200 } else { 3 };
+                    let reps = if m <= 8 { 100 } else { 3 };
                     p.matmul_with(&x, m, isa).unwrap();
                     let start = Instant::now();
                     for _ in 0..reps {
@@ -48,4 +57,43 @@ fn main() {
             }
         }
     }
+}
+
+/// The machine's int8 multiply-add peak with AVX-512 VNNI: every core runs independent
+/// `vpdpbusd` chains on registers (2 ops per multiply-add, 64 per instruction).
+#[cfg(target_arch = "x86_64")]
+fn vnni_peak() -> Option<f64> {
+    if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni")) {
+        return None;
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let iters = 20_000_000u64;
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            // SAFETY: the CPU has AVX-512F and VNNI (checked above).
+            s.spawn(|| std::hint::black_box(unsafe { dpbusd_chains(iters) }));
+        }
+    });
+    Some(2.0 * 64.0 * 12.0 * (iters * threads as u64) as f64 / start.elapsed().as_secs_f64() / 1e9)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn vnni_peak() -> Option<f64> {
+    None
+}
+
+/// 12 independent `vpdpbusd` accumulators, `iters` rounds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn dpbusd_chains(iters: u64) -> i32 {
+    use std::arch::x86_64::*;
+    let (a, b) = (_mm512_set1_epi8(3), _mm512_set1_epi8(5));
+    let mut acc = [_mm512_setzero_si512(); 12];
+    for _ in 0..iters {
+        for r in acc.iter_mut() {
+            *r = _mm512_dpbusd_epi32(*r, a, b);
+        }
+    }
+    acc.iter().fold(0, |s, r| s ^ _mm512_reduce_add_epi32(*r))
 }
