@@ -312,9 +312,12 @@ impl Scheduler {
         }
     }
 
+    /// Frees `seq`'s memory and publishes the load before the client hears it has ended,
+    /// so that a caller reading [`Load`] after its request finished sees the memory free.
     fn end(&mut self, mut seq: Sequence, reason: FinishReason) {
         if let Some(kv) = seq.kv.take() {
             self.backend.release(kv, &seq.tokens);
+            self.publish();
         }
         seq.finish(reason);
     }
@@ -322,6 +325,7 @@ impl Scheduler {
     fn end_with_error(&mut self, mut seq: Sequence, error: Error) {
         if let Some(kv) = seq.kv.take() {
             self.backend.release(kv, &seq.tokens);
+            self.publish();
         }
         seq.fail(error);
     }

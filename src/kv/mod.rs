@@ -14,6 +14,7 @@
 //! pages when they are first written, so resident memory follows what is in use.
 
 pub mod prefix;
+mod widen;
 
 use half::f16;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
@@ -102,14 +103,20 @@ impl Store {
         }
     }
 
+    /// Asks the memory system for values `at..at + len` ahead of their use (a hint).
+    fn prefetch(&self, at: usize, len: usize) {
+        match self {
+            Self::F16(d) => widen::prefetch(&d[at..at + len]),
+            Self::F32(d) => widen::prefetch(&d[at..at + len]),
+        }
+    }
+
     /// `len` values from `at` as f32: borrowed, or converted into `scratch`.
     fn read<'a>(&'a self, at: usize, len: usize, scratch: &'a mut [f32]) -> &'a [f32] {
         match self {
             Self::F32(d) => &d[at..at + len],
             Self::F16(d) => {
-                d[at..at + len]
-                    .reinterpret_cast::<f16>()
-                    .convert_to_f32_slice(&mut scratch[..len]);
+                widen::widen(&d[at..at + len], &mut scratch[..len]);
                 &scratch[..len]
             }
         }
@@ -431,6 +438,47 @@ impl BlockPool {
                 let at = kbase + (h * l.head_dim + i) * l.padded() + slot;
                 self.keys[layer].set(at, k[h * l.head_dim + i]);
             }
+        }
+    }
+
+    /// Asks the memory system for what [`Self::head_block`] of `block` will read (a hint,
+    /// given while the previous block is being used).
+    pub fn prefetch_head_block(&self, (layer, part): (usize, Part), block: BlockId, head: usize) {
+        let l = self.layout;
+        match part {
+            Part::Keys => {
+                let len = l.head_dim * l.padded();
+                self.keys[layer].prefetch(block as usize * l.key_block_len() + head * len, len)
+            }
+            Part::Values => {
+                let at = block as usize * l.block_len() + head * l.block_size * l.head_dim;
+                self.values[layer].prefetch(at, l.block_size * l.head_dim)
+            }
+        }
+    }
+
+    /// [`Self::head_block`]'s values as the f16 bits the pool holds; `None` for an f32 pool.
+    pub fn head_block_bits(
+        &self,
+        (layer, part): (usize, Part),
+        block: BlockId,
+        head: usize,
+        n: usize,
+    ) -> Option<&[u16]> {
+        let l = self.layout;
+        let (store, at, len) = match part {
+            Part::Keys => {
+                let len = l.head_dim * l.padded();
+                (&self.keys[layer], block as usize * l.key_block_len() + head * len, len)
+            }
+            Part::Values => {
+                let at = block as usize * l.block_len() + head * l.block_size * l.head_dim;
+                (&self.values[layer], at, n * l.head_dim)
+            }
+        };
+        match store {
+            Store::F16(d) => Some(&d[at..at + len]),
+            Store::F32(_) => None,
         }
     }
 

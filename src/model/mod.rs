@@ -12,6 +12,8 @@ pub mod linear;
 pub mod mlp;
 pub mod norm;
 pub mod paged;
+#[cfg(target_arch = "x86_64")]
+mod paged_f16;
 pub mod quant;
 pub mod rope;
 #[cfg(test)]

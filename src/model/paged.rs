@@ -13,7 +13,7 @@
 
 use rayon::prelude::*;
 
-use crate::kv::{BlockId, BlockPool, Part};
+use crate::kv::{BlockId, BlockPool, KvDType, Part};
 
 /// What one row attends to: the first `len` positions of a sequence's blocks.
 pub struct AttnRow<'a> {
@@ -102,26 +102,55 @@ fn tile_attend(t: &Tile) -> Vec<f32> {
             return unsafe { tile_avx2(t) };
         }
     }
-    tile_body(t)
+    tile_body(t, false)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn tile_avx512(t: &Tile) -> Vec<f32> {
-    tile_body(t)
+    let l = t.pool.layout();
+    let group = t.heads / l.kv_heads.max(1);
+    // An f16 pool is read in place (`paged_f16`) where its kernels cover the shape.
+    let in_place = t.pool.dtype() == KvDType::F16 && (2..=4).contains(&group) && l.head_dim.is_multiple_of(LANES);
+    tile_body(t, in_place)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile_avx2(t: &Tile) -> Vec<f32> {
-    tile_body(t)
+    tile_body(t, false)
+}
+
+/// [`group_dots`] on a block's f16 bits.
+#[inline(always)]
+fn dots_in_place(group: usize, qr: &[f32], kt: &[u16], stride: usize, out: &mut [[f32; LANES]]) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: blocks are read in place only from `tile_avx512`, whose caller checked the CPU.
+    unsafe {
+        super::paged_f16::dots(group, qr, kt, stride, out)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (group, qr, kt, stride, out);
+}
+
+/// [`group_axpys`] on a block's f16 bits.
+#[inline(always)]
+fn axpys_in_place(group: usize, scores: (&[f32], usize, usize), m: usize, v: &[u16], orow: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as in `dots_in_place`.
+    unsafe {
+        super::paged_f16::axpys(group, scores, m, v, orow)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (group, scores, m, v, orow);
 }
 
 /// Scores, softmax and the weighted sum of values in plain loops that the compiler
-/// vectorises for the caller's target features (closures and library calls would not be).
+/// vectorises for the caller's target features (closures and library calls would not be);
+/// `in_place`: read an f16 pool's blocks with the AVX-512 kernels instead of converting them.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // index loops vectorise reliably here
-fn tile_body(t: &Tile) -> Vec<f32> {
+fn tile_body(t: &Tile, in_place: bool) -> Vec<f32> {
     let l = t.pool.layout();
     let (d, bs) = (l.head_dim, l.block_size);
     let group = t.heads / l.kv_heads.max(1);
@@ -139,19 +168,28 @@ fn tile_body(t: &Tile) -> Vec<f32> {
     for (j, &block) in blocks.iter().enumerate() {
         let n = bs.min(max_len - j * bs);
         // Keys are stored transposed, `[d, padded]`: positions in lanes.
-        let kt = t.pool.head_block((t.layer, Part::Keys), block, t.kv, n, &mut raw);
+        if let Some(&next) = blocks.get(j + 1) {
+            t.pool.prefetch_head_block((t.layer, Part::Keys), next, t.kv);
+        }
+        let bits = in_place
+            .then(|| t.pool.head_block_bits((t.layer, Part::Keys), block, t.kv, n))
+            .flatten();
+        let kt = match bits {
+            Some(_) => &[][..],
+            None => t.pool.head_block((t.layer, Part::Keys), block, t.kv, n, &mut raw),
+        };
         for (ri, row) in t.rows.iter().enumerate() {
             let Some(m) = visible(row, j, bs) else { continue };
             let qr = &t.q[ri * t.heads * d + t.kv * width..][..width];
             for c in 0..m.div_ceil(LANES) {
-                let kc = &kt[c * LANES..];
-                match group {
-                    4 => group_dots::<4>(qr, kc, padded, &mut accs),
-                    3 => group_dots::<3>(qr, kc, padded, &mut accs),
-                    2 => group_dots::<2>(qr, kc, padded, &mut accs),
-                    _ => {
+                match (bits, group) {
+                    (Some(kb), _) => dots_in_place(group, qr, &kb[c * LANES..], padded, &mut accs),
+                    (None, 4) => group_dots::<4>(qr, &kt[c * LANES..], padded, &mut accs),
+                    (None, 3) => group_dots::<3>(qr, &kt[c * LANES..], padded, &mut accs),
+                    (None, 2) => group_dots::<2>(qr, &kt[c * LANES..], padded, &mut accs),
+                    (None, _) => {
                         for (g, acc) in accs.iter_mut().enumerate() {
-                            *acc = lane_dots(&qr[g * d..(g + 1) * d], kc, padded);
+                            *acc = lane_dots(&qr[g * d..(g + 1) * d], &kt[c * LANES..], padded);
                         }
                     }
                 }
@@ -173,16 +211,26 @@ fn tile_body(t: &Tile) -> Vec<f32> {
     let mut out = vec![0f32; t.rows.len() * width];
     for (j, &block) in blocks.iter().enumerate() {
         let n = bs.min(max_len - j * bs);
-        let values = t.pool.head_block((t.layer, Part::Values), block, t.kv, n, &mut raw);
+        if let Some(&next) = blocks.get(j + 1) {
+            t.pool.prefetch_head_block((t.layer, Part::Values), next, t.kv);
+        }
+        let bits = in_place
+            .then(|| t.pool.head_block_bits((t.layer, Part::Values), block, t.kv, n))
+            .flatten();
+        let values = match bits {
+            Some(_) => &[][..],
+            None => t.pool.head_block((t.layer, Part::Values), block, t.kv, n, &mut raw),
+        };
         for (ri, row) in t.rows.iter().enumerate() {
             let Some(m) = visible(row, j, bs) else { continue };
             let orow = &mut out[ri * width..(ri + 1) * width];
             let (sc, at) = (&scores[ri], j * bs);
-            match group {
-                4 => group_axpys::<4>((sc, row.len, at), m, values, orow),
-                3 => group_axpys::<3>((sc, row.len, at), m, values, orow),
-                2 => group_axpys::<2>((sc, row.len, at), m, values, orow),
-                _ => {
+            match (bits, group) {
+                (Some(vb), _) => axpys_in_place(group, (sc, row.len, at), m, vb, orow),
+                (None, 4) => group_axpys::<4>((sc, row.len, at), m, values, orow),
+                (None, 3) => group_axpys::<3>((sc, row.len, at), m, values, orow),
+                (None, 2) => group_axpys::<2>((sc, row.len, at), m, values, orow),
+                (None, _) => {
                     for (g, o) in orow.chunks_mut(d).enumerate() {
                         lane_axpys(&sc[g * row.len + at..][..m], values, o);
                     }
@@ -456,6 +504,61 @@ mod tests {
                 err < tol,
                 "{dtype:?} heads {heads} kv {kv_heads} len {len} n {n}: {err}"
             );
+        }
+    }
+
+    /// The AVX-512 kernels that read an f16 pool in place give the same bits as converting
+    /// each block first (the portable loops), on every group size they take.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn f16_in_place_equals_converted_blocks() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            eprintln!("no AVX-512F: in-place f16 kernels not covered on this machine");
+            return;
+        }
+        for (heads, kv_heads, len, n) in [
+            (4, 1, 1, 1),
+            (8, 2, 37, 5),
+            (6, 2, 16, 16),
+            (2, 2, 50, 3),
+            (12, 4, 70, 8),
+        ] {
+            for d in [16, 64] {
+                let layout = KvLayout {
+                    layers: 1,
+                    kv_heads,
+                    head_dim: d,
+                    block_size: 16,
+                };
+                let mut pool = BlockPool::new(layout, 8, KvDType::F16);
+                let (table, _, _) = fill(&mut pool, len);
+                let q: Vec<f32> = Tensor::randn(0f32, 1.0, (n * heads * d,), &Device::Cpu)
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let rows: Vec<AttnRow> = (0..n)
+                    .map(|i| AttnRow {
+                        blocks: table.blocks(),
+                        len: len - n + i + 1,
+                    })
+                    .collect();
+                for kv in 0..kv_heads {
+                    let t = Tile {
+                        pool: &pool,
+                        layer: 0,
+                        kv,
+                        rows: &rows,
+                        q: &q,
+                        heads,
+                    };
+                    // SAFETY: AVX-512F checked above.
+                    let fast = unsafe { tile_avx512(&t) };
+                    let slow = tile_body(&t, false);
+                    let same =
+                        fast.len() == slow.len() && fast.iter().zip(&slow).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "heads {heads} kv {kv_heads} len {len} n {n} d {d}");
+                }
+            }
         }
     }
 }
