@@ -208,3 +208,46 @@ fn banned_tokens_never_appear_and_seeds_differ() {
     let replay = generate_json(model, "Hello", &["--max-tokens", "4", "--seed", &seed]);
     assert_eq!(replay["token_ids"], unseeded["token_ids"]);
 }
+
+#[test]
+fn bench_measures_speculation_and_batches() {
+    let dir = fixture("tied-bf16-llama3");
+    let model = dir.to_str().unwrap();
+    // n-gram and draft (the model drafting for itself) speculation (the paged CPU backend
+    // speculates; the candle one decodes plainly).
+    for extra in [&["--spec", "ngram"][..], &["--spec", "draft", "--draft-model", model]] {
+        let mut args = vec![
+            "bench", "-m", model, "--dtypes", "q8_0", "-n", "12", "-r", "1", "--json",
+        ];
+        args.extend(extra);
+        let v: Value = serde_json::from_slice(&run(&args).stdout).unwrap();
+        let rows = v["speculation"].as_array().unwrap();
+        assert_eq!(rows.len(), 4, "{v}");
+        for r in rows {
+            assert_eq!(r["row"]["identical"], true, "{r}");
+            if extra[1] == "draft" {
+                let (drafted, accepted) = (r["row"]["drafted"].as_u64(), r["row"]["accepted"].as_u64());
+                assert!(drafted > Some(0) && accepted > Some(0) && accepted <= drafted, "{r}");
+            }
+        }
+    }
+    let args = [
+        "bench",
+        "-m",
+        model,
+        "--dtypes",
+        "q8_0",
+        "--batched",
+        "1,3",
+        "-p",
+        "8",
+        "-n",
+        "4",
+        "--json",
+    ];
+    let v: Value = serde_json::from_slice(&run(&args).stdout).unwrap();
+    let rows = v["batched"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{v}");
+    assert_eq!(rows[1]["row"]["batch"], 3);
+    assert!(rows[1]["row"]["s_tg"].as_f64().unwrap() > 0.0, "{v}");
+}

@@ -272,8 +272,25 @@ pub struct BenchArgs {
     /// Batched mode, like llama-batched-bench: aggregate prefill and decode speed with this
     /// many sequences at once (comma-separated, e.g. 1,2,4,8), `-p` prompt and `-n` new
     /// tokens each.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "spec")]
     pub batched: Option<String>,
+    /// Speculation mode: greedy chats that repeat their input (rewrite, code edit,
+    /// extraction) and free text, each with and without `ngram` or `draft` speculation,
+    /// interleaved, `-n` tokens at most: decode speed, speedup, acceptance.
+    #[arg(long, value_parser = ["ngram", "draft"])]
+    pub spec: Option<String>,
+    /// With --spec ngram: longest n-gram looked up.
+    #[arg(long, default_value_t = 3)]
+    pub spec_n: usize,
+    /// With --spec: most tokens proposed per step.
+    #[arg(long, default_value_t = 6)]
+    pub spec_k: usize,
+    /// With --spec draft: the draft model (a checkpoint like --model, same tokenizer).
+    #[arg(long)]
+    pub draft_model: Option<PathBuf>,
+    /// With --spec draft: the draft model's weight format (default: as for --model).
+    #[arg(long)]
+    pub draft_dtype: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,

@@ -27,6 +27,14 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
             })?;
         return batched(&a, device, &dtypes, &sizes);
     }
+    if let Some(kind) = &a.spec {
+        let spec =
+            crate::common::speculation(kind, a.spec_n, a.spec_k)?.ok_or_else(|| llama32::Error::InvalidParameter {
+                name: "spec",
+                reason: "give ngram or draft".into(),
+            })?;
+        return speculation(&a, device, &dtypes, spec);
+    }
     let config = BenchConfig {
         pp: a.pp,
         tg: a.tg,
@@ -100,6 +108,41 @@ fn batched(
     }
     if a.json {
         writeln!(out, "{}", serde_json::json!({"model": a.model, "batched": all}))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `llama32 bench --spec`: one engine per dtype (with the draft model when given).
+fn speculation(
+    a: &BenchArgs,
+    device: llama32::DeviceKind,
+    dtypes: &[ComputeDType],
+    spec: llama32::engine::Speculation,
+) -> anyhow::Result<ExitCode> {
+    let mut out = io::stdout().lock();
+    if !a.json {
+        writeln!(out, "model: {}  spec: {spec:?}  reps: {}", a.model.display(), a.reps)?;
+        writeln!(out, "{}", llama32::bench::SpecRow::header())?;
+    }
+    let mut all = Vec::new();
+    for &dtype in dtypes {
+        let options = llama32::LoadOptions {
+            device,
+            dtype: Some(dtype),
+            draft_model: a.draft_model.clone(),
+            draft_dtype: a.draft_dtype.as_deref().map(str::parse).transpose()?,
+            ..Default::default()
+        };
+        let engine = llama32::Engine::load(&a.model, &options)?;
+        for row in llama32::bench::speculation(&engine, spec, a.tg, a.reps)? {
+            match a.json {
+                true => all.push(serde_json::json!({"dtype": dtype.to_string(), "row": row})),
+                false => writeln!(out, "{}", row.row(&dtype.to_string()))?,
+            }
+        }
+    }
+    if a.json {
+        writeln!(out, "{}", serde_json::json!({"model": a.model, "speculation": all}))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -45,7 +45,12 @@ fn main() -> ExitCode {
         Command::Generate(mut a) => hub_cmd::resolve_in_place(&mut a.model.model).and_then(|()| generate(a)),
         Command::Chat(mut a) => hub_cmd::resolve_in_place(&mut a.model.model).and_then(|()| chat_cmd::run(a)),
         Command::Tokenize(mut a) => hub_cmd::resolve_in_place(&mut a.model).and_then(|()| tokenize(a)),
-        Command::Bench(mut a) => hub_cmd::resolve_in_place(&mut a.model).and_then(|()| bench_cmd::run(a)),
+        Command::Bench(mut a) => hub_cmd::resolve_in_place(&mut a.model)
+            .and_then(|()| match a.draft_model.as_mut() {
+                Some(d) => hub_cmd::resolve_in_place(d),
+                None => Ok(()),
+            })
+            .and_then(|()| bench_cmd::run(a)),
         Command::Serve(mut a) => {
             if a.served_model_name.is_empty() {
                 let name = a.model.model.display().to_string();

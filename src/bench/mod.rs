@@ -1,6 +1,10 @@
 //! llama-bench-style measurements: load time, prompt processing (pp), token generation
 //! (tg) and the time to first token of a short chat prompt, repeated, as medians and ranges.
 
+mod speculation;
+
+pub use speculation::{speculation, SpecRow};
+
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::Instant;
