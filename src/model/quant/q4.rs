@@ -189,6 +189,13 @@ pub unsafe fn group_dot_avx512<const T: usize>(
             d = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(m as *const __m256i) });
             dmin = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(m.add(2 * GROUP) as *const __m256i) });
         }
+        if T >= 8 {
+            // As in the q8_0 kernel: the weights 4 KiB ahead (a hint, never a fault).
+            let ahead = base.wrapping_add((b + 16) * LINES) as *const i8;
+            for p in 0..LINES {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * p));
+            }
+        }
         let mut acc = [_mm512_setzero_si512(); T];
         for j in 0..LINES {
             let v = unsafe { _mm512_load_si512(base.add(b * LINES + j)) };
