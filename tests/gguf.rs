@@ -18,6 +18,11 @@ use llama32::{ComputeDType, Engine, Error, GenerateRequest, LlamaConfig, LoadOpt
 
 /// Writes `fixture`'s checkpoint as a GGUF file with 2-D tensors in `matrices`.
 fn write_gguf(name: &str, matrices: GgmlDType, out: &Path) {
+    write_gguf_edited(name, matrices, out, |_| {})
+}
+
+/// [`write_gguf`] with the metadata changed by `edit` before writing.
+fn write_gguf_edited(name: &str, matrices: GgmlDType, out: &Path, edit: impl Fn(&mut Vec<(String, Value)>)) {
     let dir = fixture(name);
     let cfg = LlamaConfig::from_file(&dir.join("config.json")).unwrap();
     let mut meta: Vec<(String, Value)> = vec![
@@ -49,6 +54,7 @@ fn write_gguf(name: &str, matrices: GgmlDType, out: &Path) {
         ("llama.vocab_size".into(), Value::U32(cfg.vocab_size as u32)),
     ];
     meta.extend(tokenizer_meta(&dir));
+    edit(&mut meta);
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     let st = llama32::weights::Weights::open(&dir).unwrap();
     for (hf, shape) in llama32::model::expected_tensors(&cfg) {
@@ -443,4 +449,57 @@ fn a_directory_with_several_gguf_files_asks_which() {
         err.contains("a-Q4_K_M.gguf, a-Q8_0.gguf") && err.contains("name the one"),
         "{err}"
     );
+}
+
+#[test]
+fn tokenizer_metadata_we_cannot_rebuild_is_refused_by_name() {
+    let set = |key: &'static str, value: Value| {
+        move |meta: &mut Vec<(String, Value)>| {
+            if let Some(kv) = meta.iter_mut().find(|(k, _)| k == key) {
+                kv.1 = value.clone();
+            }
+        }
+    };
+    let duplicate = |meta: &mut Vec<(String, Value)>| {
+        if let Some((_, Value::Array(tokens))) = meta.iter_mut().find(|(k, _)| k == "tokenizer.ggml.tokens") {
+            tokens[7] = tokens[6].clone();
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cases: Vec<(Box<dyn Fn(&mut Vec<(String, Value)>)>, &str)> = vec![
+        (
+            Box::new(set("tokenizer.ggml.model", Value::String("llama".into()))),
+            "tokenizer.ggml.model `llama`",
+        ),
+        (
+            Box::new(set("tokenizer.ggml.pre", Value::String("qwen2".into()))),
+            "tokenizer.ggml.pre `qwen2`",
+        ),
+        (Box::new(duplicate), "appears twice"),
+        (
+            Box::new(set("tokenizer.ggml.tokens", Value::U32(3))),
+            "tokenizer.ggml.tokens",
+        ),
+    ];
+    for (i, (edit, needle)) in cases.into_iter().enumerate() {
+        let file = dir.path().join(format!("tok{i}.gguf"));
+        write_gguf_edited("tied-bf16-llama3", GgmlDType::F32, &file, edit);
+        let msg = match Engine::load(&file, &LoadOptions::default()) {
+            Err(e @ Error::Gguf { .. }) => e.to_string(),
+            Err(other) => panic!("{needle}: not a GGUF error: {other}"),
+            Ok(_) => panic!("{needle}: loaded"),
+        };
+        assert!(
+            msg.contains(&format!("tok{i}.gguf")) && msg.contains(needle),
+            "{needle}: {msg}"
+        );
+    }
+    // A tokenizer.json beside the file is used instead of the metadata it cannot rebuild.
+    let file = dir.path().join("tok0.gguf");
+    std::fs::copy(
+        fixture("tied-bf16-llama3").join("tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    assert!(Engine::load(&file, &LoadOptions::default()).is_ok());
 }
