@@ -466,7 +466,8 @@ fn tokenizer_metadata_we_cannot_rebuild_is_refused_by_name() {
         }
     };
     let dir = tempfile::tempdir().unwrap();
-    let cases: Vec<(Box<dyn Fn(&mut Vec<(String, Value)>)>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut Vec<(String, Value)>)>;
+    let cases: Vec<(Edit, &str)> = vec![
         (
             Box::new(set("tokenizer.ggml.model", Value::String("llama".into()))),
             "tokenizer.ggml.model `llama`",
