@@ -102,7 +102,7 @@ fn tile_attend(t: &Tile) -> Vec<f32> {
             return unsafe { tile_avx2(t) };
         }
     }
-    tile_body(t, false)
+    tile_body(t, None)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -111,46 +111,48 @@ unsafe fn tile_avx512(t: &Tile) -> Vec<f32> {
     let l = t.pool.layout();
     let group = t.heads / l.kv_heads.max(1);
     // An f16 pool is read in place (`paged_f16`) where its kernels cover the shape.
-    let in_place = t.pool.dtype() == KvDType::F16 && (2..=4).contains(&group) && l.head_dim.is_multiple_of(LANES);
-    tile_body(t, in_place)
+    let fits = t.pool.dtype() == KvDType::F16 && (2..=4).contains(&group) && l.head_dim.is_multiple_of(LANES);
+    tile_body(t, if fits { Avx512::detect() } else { None })
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile_avx2(t: &Tile) -> Vec<f32> {
-    tile_body(t, false)
+    tile_body(t, None)
 }
+
+#[cfg(target_arch = "x86_64")]
+use super::paged_f16::Avx512;
+
+/// Never present off x86: the in-place kernels do not exist there.
+#[cfg(not(target_arch = "x86_64"))]
+#[derive(Clone, Copy)]
+enum Avx512 {}
 
 /// [`group_dots`] on a block's f16 bits.
 #[inline(always)]
-fn dots_in_place(group: usize, qr: &[f32], kt: &[u16], stride: usize, out: &mut [[f32; LANES]]) {
+fn dots_in_place(cpu: Avx512, group: usize, qr: &[f32], kt: &[u16], stride: usize, out: &mut [[f32; LANES]]) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: blocks are read in place only from `tile_avx512`, whose caller checked the CPU.
-    unsafe {
-        super::paged_f16::dots(group, qr, kt, stride, out)
-    }
+    super::paged_f16::dots(cpu, group, qr, kt, stride, out);
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (group, qr, kt, stride, out);
+    match cpu {}
 }
 
 /// [`group_axpys`] on a block's f16 bits.
 #[inline(always)]
-fn axpys_in_place(group: usize, scores: (&[f32], usize, usize), m: usize, v: &[u16], orow: &mut [f32]) {
+fn axpys_in_place(cpu: Avx512, group: usize, scores: (&[f32], usize, usize), m: usize, v: &[u16], orow: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: as in `dots_in_place`.
-    unsafe {
-        super::paged_f16::axpys(group, scores, m, v, orow)
-    }
+    super::paged_f16::axpys(cpu, group, scores, m, v, orow);
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (group, scores, m, v, orow);
+    match cpu {}
 }
 
 /// Scores, softmax and the weighted sum of values in plain loops that the compiler
 /// vectorises for the caller's target features (closures and library calls would not be);
-/// `in_place`: read an f16 pool's blocks with the AVX-512 kernels instead of converting them.
+/// with `in_place`, an f16 pool's blocks are read by the AVX-512 kernels instead of converted.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // index loops vectorise reliably here
-fn tile_body(t: &Tile, in_place: bool) -> Vec<f32> {
+fn tile_body(t: &Tile, in_place: Option<Avx512>) -> Vec<f32> {
     let l = t.pool.layout();
     let (d, bs) = (l.head_dim, l.block_size);
     let group = t.heads / l.kv_heads.max(1);
@@ -171,9 +173,7 @@ fn tile_body(t: &Tile, in_place: bool) -> Vec<f32> {
         if let Some(&next) = blocks.get(j + 1) {
             t.pool.prefetch_head_block((t.layer, Part::Keys), next, t.kv);
         }
-        let bits = in_place
-            .then(|| t.pool.head_block_bits((t.layer, Part::Keys), block, t.kv, n))
-            .flatten();
+        let bits = in_place.and_then(|cpu| Some((cpu, t.pool.head_block_bits((t.layer, Part::Keys), block, t.kv, n)?)));
         let kt = match bits {
             Some(_) => &[][..],
             None => t.pool.head_block((t.layer, Part::Keys), block, t.kv, n, &mut raw),
@@ -183,7 +183,7 @@ fn tile_body(t: &Tile, in_place: bool) -> Vec<f32> {
             let qr = &t.q[ri * t.heads * d + t.kv * width..][..width];
             for c in 0..m.div_ceil(LANES) {
                 match (bits, group) {
-                    (Some(kb), _) => dots_in_place(group, qr, &kb[c * LANES..], padded, &mut accs),
+                    (Some((cpu, kb)), _) => dots_in_place(cpu, group, qr, &kb[c * LANES..], padded, &mut accs),
                     (None, 4) => group_dots::<4>(qr, &kt[c * LANES..], padded, &mut accs),
                     (None, 3) => group_dots::<3>(qr, &kt[c * LANES..], padded, &mut accs),
                     (None, 2) => group_dots::<2>(qr, &kt[c * LANES..], padded, &mut accs),
@@ -214,9 +214,8 @@ fn tile_body(t: &Tile, in_place: bool) -> Vec<f32> {
         if let Some(&next) = blocks.get(j + 1) {
             t.pool.prefetch_head_block((t.layer, Part::Values), next, t.kv);
         }
-        let bits = in_place
-            .then(|| t.pool.head_block_bits((t.layer, Part::Values), block, t.kv, n))
-            .flatten();
+        let bits =
+            in_place.and_then(|cpu| Some((cpu, t.pool.head_block_bits((t.layer, Part::Values), block, t.kv, n)?)));
         let values = match bits {
             Some(_) => &[][..],
             None => t.pool.head_block((t.layer, Part::Values), block, t.kv, n, &mut raw),
@@ -226,7 +225,7 @@ fn tile_body(t: &Tile, in_place: bool) -> Vec<f32> {
             let orow = &mut out[ri * width..(ri + 1) * width];
             let (sc, at) = (&scores[ri], j * bs);
             match (bits, group) {
-                (Some(vb), _) => axpys_in_place(group, (sc, row.len, at), m, vb, orow),
+                (Some((cpu, vb)), _) => axpys_in_place(cpu, group, (sc, row.len, at), m, vb, orow),
                 (None, 4) => group_axpys::<4>((sc, row.len, at), m, values, orow),
                 (None, 3) => group_axpys::<3>((sc, row.len, at), m, values, orow),
                 (None, 2) => group_axpys::<2>((sc, row.len, at), m, values, orow),
@@ -553,7 +552,7 @@ mod tests {
                     };
                     // SAFETY: AVX-512F checked above.
                     let fast = unsafe { tile_avx512(&t) };
-                    let slow = tile_body(&t, false);
+                    let slow = tile_body(&t, None);
                     let same =
                         fast.len() == slow.len() && fast.iter().zip(&slow).all(|(a, b)| a.to_bits() == b.to_bits());
                     assert!(same, "heads {heads} kv {kv_heads} len {len} n {n} d {d}");

@@ -12,13 +12,25 @@ use std::arch::x86_64::*;
 /// Positions (lanes) per vector.
 const LANES: usize = 16;
 
+/// Proof that this CPU supports AVX-512F: the kernels below take one, so they are safe to
+/// call.
+#[derive(Debug, Clone, Copy)]
+pub struct Avx512(());
+
+impl Avx512 {
+    /// `Some` on a CPU with AVX-512F.
+    pub fn detect() -> Option<Self> {
+        std::arch::is_x86_feature_detected!("avx512f").then_some(Self(()))
+    }
+}
+
 /// Scores of 16 positions for the `G` query heads of a group: `out[g][s] = sum_i
 /// qr[g * d + i] * kt[i * stride + s]`, `kt` the block's transposed keys as f16 bits.
 ///
 /// # Safety
 /// The CPU must support AVX-512F.
 #[target_feature(enable = "avx512f")]
-pub unsafe fn group_dots<const G: usize>(qr: &[f32], kt: &[u16], stride: usize, out: &mut [[f32; LANES]]) {
+unsafe fn group_dots<const G: usize>(qr: &[f32], kt: &[u16], stride: usize, out: &mut [[f32; LANES]]) {
     let d = qr.len() / G;
     assert!(
         d > 0 && kt.len() >= (d - 1) * stride + LANES && out.len() >= G,
@@ -44,7 +56,7 @@ pub unsafe fn group_dots<const G: usize>(qr: &[f32], kt: &[u16], stride: usize, 
 /// # Safety
 /// The CPU must support AVX-512F.
 #[target_feature(enable = "avx512f")]
-pub unsafe fn group_axpys<const G: usize>(
+unsafe fn group_axpys<const G: usize>(
     (scores, len, at): (&[f32], usize, usize),
     m: usize,
     v: &[u16],
@@ -75,12 +87,8 @@ pub unsafe fn group_axpys<const G: usize>(
 }
 
 /// [`group_dots`] for a group of 2 to 4 query heads (groups of 1 sum in another order).
-///
-/// # Safety
-/// The CPU must support AVX-512F.
-#[target_feature(enable = "avx512f")]
-pub unsafe fn dots(group: usize, qr: &[f32], kt: &[u16], stride: usize, out: &mut [[f32; LANES]]) {
-    // SAFETY (all four): the caller's CPU supports AVX-512F.
+pub fn dots(_: Avx512, group: usize, qr: &[f32], kt: &[u16], stride: usize, out: &mut [[f32; LANES]]) {
+    // SAFETY (all three): the token proves the CPU supports AVX-512F.
     match group {
         2 => unsafe { group_dots::<2>(qr, kt, stride, out) },
         3 => unsafe { group_dots::<3>(qr, kt, stride, out) },
@@ -89,12 +97,8 @@ pub unsafe fn dots(group: usize, qr: &[f32], kt: &[u16], stride: usize, out: &mu
 }
 
 /// [`group_axpys`] for a group of 2 to 4 query heads.
-///
-/// # Safety
-/// The CPU must support AVX-512F.
-#[target_feature(enable = "avx512f")]
-pub unsafe fn axpys(group: usize, scores: (&[f32], usize, usize), m: usize, v: &[u16], orow: &mut [f32]) {
-    // SAFETY (all four): the caller's CPU supports AVX-512F.
+pub fn axpys(_: Avx512, group: usize, scores: (&[f32], usize, usize), m: usize, v: &[u16], orow: &mut [f32]) {
+    // SAFETY (all three): the token proves the CPU supports AVX-512F.
     match group {
         2 => unsafe { group_axpys::<2>(scores, m, v, orow) },
         3 => unsafe { group_axpys::<3>(scores, m, v, orow) },
