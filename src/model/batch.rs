@@ -136,11 +136,9 @@ impl Llama {
             let h = layer.post_attn_norm.forward_rows(&x, hidden)?;
             check_finite(&h, l)?;
             let [mut gate, up] = two(Linear::forward_rows(&[&layer.mlp.gate, &layer.mlp.up], &h, n)?)?;
-            gate.par_chunks_mut(4096).zip(up.par_chunks(4096)).for_each(|(g, u)| {
-                for (g, u) in g.iter_mut().zip(u) {
-                    *g = *g / (1.0 + (-*g).exp()) * u;
-                }
-            });
+            gate.par_chunks_mut(4096)
+                .zip(up.par_chunks(4096))
+                .for_each(|(g, u)| super::mlp::silu_mul_rows(g, u));
             check_finite(&gate, l)?;
             add_assign(&mut x, &single(Linear::forward_rows(&[&layer.mlp.down], &gate, n)?)?);
         }
@@ -170,7 +168,8 @@ fn internal(msg: &str) -> Error {
 /// Refuses NaN or infinite activations: the quantized kernels would turn them into
 /// plausible-looking numbers.
 fn check_finite(x: &[f32], layer: usize) -> Result<()> {
-    match x.iter().all(|v| v.is_finite()) {
+    // Whole chunks without early exit, so that the check vectorises.
+    match x.chunks(256).all(|c| c.iter().fold(true, |ok, v| ok & v.is_finite())) {
         true => Ok(()),
         false => Err(Error::NonFiniteActivations { layer }),
     }
