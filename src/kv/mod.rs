@@ -444,17 +444,8 @@ impl BlockPool {
     /// Asks the memory system for what [`Self::head_block`] of `block` will read (a hint,
     /// given while the previous block is being used).
     pub fn prefetch_head_block(&self, (layer, part): (usize, Part), block: BlockId, head: usize) {
-        let l = self.layout;
-        match part {
-            Part::Keys => {
-                let len = l.head_dim * l.padded();
-                self.keys[layer].prefetch(block as usize * l.key_block_len() + head * len, len)
-            }
-            Part::Values => {
-                let at = block as usize * l.block_len() + head * l.block_size * l.head_dim;
-                self.values[layer].prefetch(at, l.block_size * l.head_dim)
-            }
-        }
+        let (store, at, len) = self.head_span((layer, part), block, head, self.layout.block_size);
+        store.prefetch(at, len)
     }
 
     /// [`Self::head_block`]'s values as the f16 bits the pool holds; `None` for an f32 pool.
@@ -465,20 +456,9 @@ impl BlockPool {
         head: usize,
         n: usize,
     ) -> Option<&[u16]> {
-        let l = self.layout;
-        let (store, at, len) = match part {
-            Part::Keys => {
-                let len = l.head_dim * l.padded();
-                (&self.keys[layer], block as usize * l.key_block_len() + head * len, len)
-            }
-            Part::Values => {
-                let at = block as usize * l.block_len() + head * l.block_size * l.head_dim;
-                (&self.values[layer], at, n * l.head_dim)
-            }
-        };
-        match store {
-            Store::F16(d) => Some(&d[at..at + len]),
-            Store::F32(_) => None,
+        match self.head_span((layer, part), block, head, n) {
+            (Store::F16(d), at, len) => Some(&d[at..at + len]),
+            (Store::F32(_), ..) => None,
         }
     }
 
@@ -494,15 +474,22 @@ impl BlockPool {
         n: usize,
         scratch: &'a mut [f32],
     ) -> &'a [f32] {
+        let (store, at, len) = self.head_span((layer, part), block, head, n);
+        store.read(at, len, scratch)
+    }
+
+    /// Where one block of KV head `head` lies: its store, offset and length (keys: the whole
+    /// transposed `[head_dim, padded]` tile; values: the first `n` positions).
+    fn head_span(&self, (layer, part): (usize, Part), block: BlockId, head: usize, n: usize) -> (&Store, usize, usize) {
         let l = self.layout;
         match part {
             Part::Keys => {
                 let len = l.head_dim * l.padded();
-                self.keys[layer].read(block as usize * l.key_block_len() + head * len, len, scratch)
+                (&self.keys[layer], block as usize * l.key_block_len() + head * len, len)
             }
             Part::Values => {
                 let at = block as usize * l.block_len() + head * l.block_size * l.head_dim;
-                self.values[layer].read(at, n * l.head_dim, scratch)
+                (&self.values[layer], at, n * l.head_dim)
             }
         }
     }

@@ -169,32 +169,9 @@ pub fn attend(q: &[f32], c: &Cached, heads: usize, kv_heads: usize, d: usize) ->
     out
 }
 
-/// One query head against KV head `kv`, with the widest vector unit available.
-fn head(qh: &[f32], c: &Cached, kv: usize, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { head_avx512(qh, c, kv, out) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            return unsafe { head_avx2(qh, c, kv, out) };
-        }
-    }
-    head_body(qh, c, kv, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn head_avx512(qh: &[f32], c: &Cached, kv: usize, out: &mut [f32]) {
-    head_body(qh, c, kv, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn head_avx2(qh: &[f32], c: &Cached, kv: usize, out: &mut [f32]) {
-    head_body(qh, c, kv, out)
+isa_dispatch! {
+    /// One query head against KV head `kv`, with the widest vector unit available.
+    fn head(qh: &[f32], c: &Cached, kv: usize, out: &mut [f32]) => head_body;
 }
 
 /// Softmax-weighted sum of the values, written to be vectorised by the compiler: plain

@@ -50,20 +50,9 @@ pub fn gemv(w: &[f32], x: &[f32]) -> Vec<f32> {
     y
 }
 
-/// Dot product with the widest vector unit available.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { dot_avx512(a, b) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            return unsafe { dot_avx2(a, b) };
-        }
-    }
-    dot_lanes(a, b)
+isa_dispatch! {
+    /// Dot product with the widest vector unit available.
+    pub fn dot(a: &[f32], b: &[f32]) -> f32 => dot_lanes;
 }
 
 /// Portable dot product over 16 independent lanes (vectorisable, and the reference twin
@@ -79,18 +68,6 @@ pub fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
-    dot_lanes(a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    dot_lanes(a, b)
 }
 
 /// Slow, obviously correct twin: the textbook sum in f64.

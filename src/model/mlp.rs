@@ -27,34 +27,11 @@ impl Mlp {
     }
 }
 
-/// `g = silu(g) * u` element-wise (the SwiGLU product of the batched CPU path), vectorised:
-/// the sigmoid comes from `e^-|g|` ([`super::paged::exp_neg`], within 2 ulp of `exp`), not
-/// from a libm call per value. Every ISA gives the same bits (fused multiply-adds only).
-pub fn silu_mul_rows(g: &mut [f32], u: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { silu_avx512(g, u) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            return unsafe { silu_avx2(g, u) };
-        }
-    }
-    silu_body(g, u)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn silu_avx512(g: &mut [f32], u: &[f32]) {
-    silu_body(g, u)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn silu_avx2(g: &mut [f32], u: &[f32]) {
-    silu_body(g, u)
+isa_dispatch! {
+    /// `g = silu(g) * u` element-wise (the SwiGLU product of the batched CPU path), vectorised:
+    /// the sigmoid comes from `e^-|g|` ([`super::paged::exp_neg`], within 2 ulp of `exp`), not
+    /// from a libm call per value. Every ISA gives the same bits (fused multiply-adds only).
+    pub fn silu_mul_rows(g: &mut [f32], u: &[f32]) => silu_body;
 }
 
 #[inline(always)]

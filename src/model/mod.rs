@@ -2,6 +2,9 @@
 //!
 //! The model only computes logits; it never samples.
 
+#[macro_use]
+mod isa;
+
 pub mod attention;
 pub mod batch;
 pub mod decode;

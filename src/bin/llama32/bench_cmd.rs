@@ -80,18 +80,17 @@ fn batched(
     dtypes: &[ComputeDType],
     sizes: &[usize],
 ) -> anyhow::Result<ExitCode> {
-    let mut out = io::stdout().lock();
-    if !a.json {
-        writeln!(
-            out,
-            "model: {}  threads: {}",
-            a.model.display(),
-            std::thread::available_parallelism()?
-        )?;
-        writeln!(out, "{}", llama32::bench::BatchedRow::header())?;
-    }
-    let mut all = Vec::new();
-    for &dtype in dtypes {
+    let title = format!(
+        "model: {}  threads: {}",
+        a.model.display(),
+        std::thread::available_parallelism()?
+    );
+    let table = Table {
+        title,
+        header: llama32::bench::BatchedRow::header(),
+        key: "batched",
+    };
+    per_engine(a, dtypes, table, |dtype| {
         let options = llama32::LoadOptions {
             device,
             dtype: Some(dtype),
@@ -99,17 +98,12 @@ fn batched(
             ..Default::default()
         };
         let engine = llama32::Engine::load(&a.model, &options)?;
-        for row in llama32::bench::batched(&engine, a.pp, a.tg, sizes)? {
-            match a.json {
-                true => all.push(serde_json::json!({"dtype": dtype.to_string(), "row": row})),
-                false => writeln!(out, "{}", row.row(&dtype.to_string()))?,
-            }
-        }
-    }
-    if a.json {
-        writeln!(out, "{}", serde_json::json!({"model": a.model, "batched": all}))?;
-    }
-    Ok(ExitCode::SUCCESS)
+        let rows = llama32::bench::batched(&engine, a.pp, a.tg, sizes)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.row(&dtype.to_string()), serde_json::json!(r)))
+            .collect())
+    })
 }
 
 /// `llama32 bench --spec`: one engine per dtype (with the draft model when given).
@@ -119,13 +113,13 @@ fn speculation(
     dtypes: &[ComputeDType],
     spec: llama32::engine::Speculation,
 ) -> anyhow::Result<ExitCode> {
-    let mut out = io::stdout().lock();
-    if !a.json {
-        writeln!(out, "model: {}  spec: {spec:?}  reps: {}", a.model.display(), a.reps)?;
-        writeln!(out, "{}", llama32::bench::SpecRow::header())?;
-    }
-    let mut all = Vec::new();
-    for &dtype in dtypes {
+    let title = format!("model: {}  spec: {spec:?}  reps: {}", a.model.display(), a.reps);
+    let table = Table {
+        title,
+        header: llama32::bench::SpecRow::header(),
+        key: "speculation",
+    };
+    per_engine(a, dtypes, table, |dtype| {
         let options = llama32::LoadOptions {
             device,
             dtype: Some(dtype),
@@ -134,15 +128,45 @@ fn speculation(
             ..Default::default()
         };
         let engine = llama32::Engine::load(&a.model, &options)?;
-        for row in llama32::bench::speculation(&engine, spec, a.tg, a.reps)? {
+        let rows = llama32::bench::speculation(&engine, spec, a.tg, a.reps)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.row(&dtype.to_string()), serde_json::json!(r)))
+            .collect())
+    })
+}
+
+/// How a per-engine measurement prints: its title line and table header, and the key its
+/// rows go under in `--json`.
+struct Table {
+    title: String,
+    header: &'static str,
+    key: &'static str,
+}
+
+/// Loads one engine per dtype and prints the rows `measure` gives for each (as table lines
+/// or, with `--json`, one object listing them all).
+fn per_engine(
+    a: &BenchArgs,
+    dtypes: &[ComputeDType],
+    table: Table,
+    measure: impl Fn(ComputeDType) -> anyhow::Result<Vec<(String, serde_json::Value)>>,
+) -> anyhow::Result<ExitCode> {
+    let mut out = io::stdout().lock();
+    if !a.json {
+        writeln!(out, "{}\n{}", table.title, table.header)?;
+    }
+    let mut all = Vec::new();
+    for &dtype in dtypes {
+        for (line, row) in measure(dtype)? {
             match a.json {
                 true => all.push(serde_json::json!({"dtype": dtype.to_string(), "row": row})),
-                false => writeln!(out, "{}", row.row(&dtype.to_string()))?,
+                false => writeln!(out, "{line}")?,
             }
         }
     }
     if a.json {
-        writeln!(out, "{}", serde_json::json!({"model": a.model, "speculation": all}))?;
+        writeln!(out, "{}", serde_json::json!({"model": a.model, (table.key): all}))?;
     }
     Ok(ExitCode::SUCCESS)
 }

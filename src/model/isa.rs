@@ -1,0 +1,35 @@
+//! One function compiled for each vector unit, chosen at run time: the dispatch every
+//! vectorised loop of the model shares.
+
+/// `isa_dispatch!(fn name(a: A, b: B) -> R => body);` defines `name`, which runs `body` (an
+/// `#[inline(always)]` function with the same arguments, written as plain loops) compiled
+/// for AVX-512F where the CPU has it, else for AVX2 + FMA, else for the build's baseline.
+/// The loops compile to the same operations in the same order on every unit (fused
+/// multiply-adds only), so each gives the same bits; `body` is the portable reference.
+macro_rules! isa_dispatch {
+    ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $body:path;) => {
+        $(#[$attr])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn wide($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn narrow($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU supports AVX-512F (checked just above).
+                    return unsafe { wide($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                    return unsafe { narrow($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
