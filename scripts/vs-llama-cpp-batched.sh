@@ -4,7 +4,8 @@
 #   1. llama-batched-bench vs `llama32 bench --batched` (aggregate prefill / decode t/s for
 #      1, 2, 4, 8 sequences, PP prompt tokens and TG new tokens each);
 #   2. llama-server -np 8 vs `llama32 serve`, both driven by tests/python/loadtest.py
-#      (streaming `openai` clients, ~200-token prompts, 64 tokens each, 1/2/4/8 clients).
+#      (streaming `openai` clients, ~200-token prompts, 64 tokens each, 1/2/4/8 clients;
+#      WORDS=60 filler words make the chat prompt ~200 tokens, WORDS=80 ~250).
 #
 #   scripts/vs-llama-cpp-batched.sh [ROUNDS] [TYPE]     # default 1 round, q8_0 (or q4_k_m)
 #
@@ -22,23 +23,25 @@ VENV=${VENV:-${TMPDIR:-/tmp}/llama32-ci-venv}
 DIR=target/llama32-bench
 MODEL=$DIR/llama-3.2-1b-synthetic
 GGUF=$DIR/$TYPE.gguf
-PP=${PP:-64} TG=${TG:-32}
+PP=${PP:-64} TG=${TG:-32} WORDS=${WORDS:-60}
 cargo build --release --quiet
 [ -f "$GGUF" ] || bash "$PEER" gguf "$MODEL" "$GGUF" "$TYPE"
 for r in $(seq "$ROUNDS"); do
+  [ -n "${SERVE_ONLY:-}" ] || {
   echo "## round $r: batched decode (PP=$PP, TG=$TG)"
   LD_LIBRARY_PATH=$BIN "$BIN/llama-batched-bench" -m "$GGUF" -t "$(nproc)" -c 8192 -b 2048 -ub 512 \
     -npp "$PP" -ntg "$TG" -npl 1,2,4,8 2>/dev/null | grep -E "^\|"
   ./target/release/llama32 bench -m "$MODEL" --dtypes "$OURS" --batched 1,2,4,8 -p "$PP" -n "$TG" | grep -E "^\|"
+  }
   echo "## round $r: llama-server -np 8"
   LD_LIBRARY_PATH=$BIN "$BIN/llama-server" -m "$GGUF" -t "$(nproc)" --host 127.0.0.1 --port 8081 \
     -np 8 -c 8192 >/tmp/llama-server.log 2>&1 &
   SERVER=$!
   until curl -sf http://127.0.0.1:8081/health >/dev/null; do sleep 0.5; done
   "$VENV/bin/python" tests/python/loadtest.py --url http://127.0.0.1:8081 --levels 1,2,4,8 --requests 1 \
-    --tokens 64 --prompt-words 80
+    --tokens 64 --prompt-words "$WORDS"
   kill $SERVER; wait $SERVER 2>/dev/null || true
   echo "## round $r: llama32 serve"
   "$VENV/bin/python" tests/python/loadtest.py --bin target/release/llama32 --model "$MODEL" --dtype "$OURS" \
-    --levels 1,2,4,8 --requests 1 --tokens 64 --prompt-words 80
+    --levels 1,2,4,8 --requests 1 --tokens 64 --prompt-words "$WORDS"
 done

@@ -15,6 +15,7 @@ use rayon::prelude::*;
 use super::decode::{add_assign, rotate, single};
 use super::linear::Linear;
 use super::paged::{attend_rows, AttnRow};
+use super::spare::Spare;
 use super::Llama;
 use crate::error::{Error, Result};
 use crate::kv::{BlockPool, BlockTable};
@@ -106,11 +107,14 @@ impl Llama {
             .flatten_all()?
             .to_vec1()?;
         let (d, kv_dim) = (cfg.head_dim, cfg.kv_dim());
+        // Every layer's buffers go back here for the next layer (see `Spare`).
+        let sp = &mut Spare::default();
         for (l, layer) in self.layers.iter().enumerate() {
-            let h = layer.input_norm.forward_rows(&x, hidden)?;
+            let h = layer.input_norm.forward_rows(&x, hidden, sp.empty(x.len()))?;
             check_finite(&h, l)?;
             let a = &layer.attn;
-            let [mut q, mut k, v] = three(Linear::forward_rows(&[&a.q, &a.k, &a.v], &h, n)?)?;
+            let [mut q, mut k, v] = three(Linear::forward_rows(&[&a.q, &a.k, &a.v], &h, n, sp)?)?;
+            sp.give(h);
             for (r, row) in rows.iter().enumerate() {
                 rotate(&mut q[r * cfg.q_dim()..(r + 1) * cfg.q_dim()], d, &row.cos, &row.sin);
                 let kr = &mut k[r * kv_dim..(r + 1) * kv_dim];
@@ -123,6 +127,8 @@ impl Llama {
                     &v[r * kv_dim..(r + 1) * kv_dim],
                 );
             }
+            sp.give(k);
+            sp.give(v);
             let attn_rows: Vec<AttnRow> = rows
                 .iter()
                 .map(|row| AttnRow {
@@ -130,17 +136,26 @@ impl Llama {
                     len: row.pos + 1,
                 })
                 .collect();
-            let out = attend_rows(pool, l, &q, &attn_rows, a.heads);
+            let out = attend_rows(pool, l, &q, &attn_rows, a.heads, sp.empty(q.len()));
+            sp.give(q);
             check_finite(&out, l)?;
-            add_assign(&mut x, &single(Linear::forward_rows(&[&a.o], &out, n)?)?);
-            let h = layer.post_attn_norm.forward_rows(&x, hidden)?;
+            let o = single(Linear::forward_rows(&[&a.o], &out, n, sp)?)?;
+            add_assign(&mut x, &o);
+            sp.give(o);
+            sp.give(out);
+            let h = layer.post_attn_norm.forward_rows(&x, hidden, sp.empty(x.len()))?;
             check_finite(&h, l)?;
-            let [mut gate, up] = two(Linear::forward_rows(&[&layer.mlp.gate, &layer.mlp.up], &h, n)?)?;
+            let [mut gate, up] = two(Linear::forward_rows(&[&layer.mlp.gate, &layer.mlp.up], &h, n, sp)?)?;
+            sp.give(h);
             gate.par_chunks_mut(4096)
                 .zip(up.par_chunks(4096))
                 .for_each(|(g, u)| super::mlp::silu_mul_rows(g, u));
+            sp.give(up);
             check_finite(&gate, l)?;
-            add_assign(&mut x, &single(Linear::forward_rows(&[&layer.mlp.down], &gate, n)?)?);
+            let down = single(Linear::forward_rows(&[&layer.mlp.down], &gate, n, sp)?)?;
+            add_assign(&mut x, &down);
+            sp.give(down);
+            sp.give(gate);
         }
         // The last rows of each chunk that wants logits.
         let mut last = Vec::new();
@@ -154,9 +169,9 @@ impl Llama {
             return Ok(Vec::new());
         }
         let m = last.len() / hidden;
-        let h = self.norm.forward_rows(&last, hidden)?;
+        let h = self.norm.forward_rows(&last, hidden, Vec::new())?;
         check_finite(&h, cfg.num_hidden_layers)?;
-        let logits = single(Linear::forward_rows(&[&self.lm_head], &h, m)?)?;
+        let logits = single(Linear::forward_rows(&[&self.lm_head], &h, m, sp)?)?;
         Ok(logits.chunks(cfg.vocab_size).map(<[f32]>::to_vec).collect())
     }
 }

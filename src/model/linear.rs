@@ -10,6 +10,7 @@ use candle_core::{Device, Module, Tensor};
 use crate::error::Result;
 use crate::model::host::{is_cpu_f32, with_f32_slice};
 use crate::model::quant::{Isa, PackedFormat, PackedWeight};
+use crate::model::spare::Spare;
 
 /// `y = x W^T` with `W: [out, in]` as stored in HF checkpoints.
 #[derive(Debug, Clone)]
@@ -117,10 +118,11 @@ impl Linear {
 impl Linear {
     /// `x: [m, in]` (row-major) through several layers sharing it, on plain slices; every
     /// layer must satisfy [`Linear::runs_on_slices`]. Each output row depends only on its
-    /// input row (the packed kernels and dense dot products work row by row).
-    pub fn forward_rows(layers: &[&Linear], x: &[f32], m: usize) -> Result<Vec<Vec<f32>>> {
+    /// input row (the packed kernels and dense dot products work row by row). Packed
+    /// layers take their buffers from `spare`.
+    pub fn forward_rows(layers: &[&Linear], x: &[f32], m: usize, spare: &mut Spare) -> Result<Vec<Vec<f32>>> {
         if let Some(ps) = all_packed(layers) {
-            return PackedWeight::matmul_many(&ps, x, m);
+            return PackedWeight::matmul_many_spare(&ps, x, m, spare);
         }
         layers
             .iter()

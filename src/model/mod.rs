@@ -19,6 +19,7 @@ pub mod paged;
 mod paged_f16;
 pub mod quant;
 pub mod rope;
+pub mod spare;
 #[cfg(test)]
 mod testutil;
 

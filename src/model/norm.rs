@@ -32,10 +32,11 @@ impl RmsNorm {
         crate::model::host::with_f32_slice(&self.weight, |w| x.iter().zip(w).map(|(v, w)| v * inv * w).collect())
     }
 
-    /// Rows of `width` f32 values on the CPU, each normalised like [`RmsNorm::forward_slice`].
-    pub fn forward_rows(&self, x: &[f32], width: usize) -> Result<Vec<f32>> {
+    /// Rows of `width` f32 values on the CPU, each normalised like [`RmsNorm::forward_slice`],
+    /// written into `out`'s buffer (its contents are replaced).
+    pub fn forward_rows(&self, x: &[f32], width: usize, mut out: Vec<f32>) -> Result<Vec<f32>> {
         crate::model::host::with_f32_slice(&self.weight, |w| {
-            let mut out = Vec::with_capacity(x.len());
+            out.clear();
             for row in x.chunks(width.max(1)) {
                 let ms = row.iter().map(|v| v * v).sum::<f32>() / width.max(1) as f32;
                 let inv = 1.0 / (ms + self.eps).sqrt();

@@ -33,8 +33,15 @@ const TILE: usize = 8;
 const LANES: usize = 16;
 
 /// `q: [rows, heads * head_dim]` (rotated) -> `[rows, heads * head_dim]`, each row over its
-/// sequence's cached positions in `layer`.
-pub fn attend_rows(pool: &BlockPool, layer: usize, q: &[f32], rows: &[AttnRow], heads: usize) -> Vec<f32> {
+/// sequence's cached positions in `layer`, written into `out`'s buffer.
+pub fn attend_rows(
+    pool: &BlockPool,
+    layer: usize,
+    q: &[f32],
+    rows: &[AttnRow],
+    heads: usize,
+    out: Vec<f32>,
+) -> Vec<f32> {
     let l = pool.layout();
     let group = heads / l.kv_heads.max(1);
     let width = group * l.head_dim;
@@ -68,7 +75,9 @@ pub fn attend_rows(pool: &BlockPool, layer: usize, q: &[f32], rows: &[AttnRow], 
         true => tasks.par_iter().map(run).collect(),
         false => tasks.iter().map(run).collect(),
     };
-    let mut out = vec![0f32; q.len()];
+    let mut out = out;
+    out.clear();
+    out.resize(q.len(), 0.0);
     for (&(a, _, kv), o) in tasks.iter().zip(outs) {
         for (i, part) in o.chunks(width).enumerate() {
             let at = (a + i) * heads * l.head_dim + kv * width;
@@ -487,7 +496,14 @@ mod tests {
                     len: len - n + i + 1,
                 })
                 .collect();
-            let got = attend_rows(&pool, 0, &q.flatten_all().unwrap().to_vec1().unwrap(), &rows, heads);
+            let got = attend_rows(
+                &pool,
+                0,
+                &q.flatten_all().unwrap().to_vec1().unwrap(),
+                &rows,
+                heads,
+                Vec::new(),
+            );
             let qh = q
                 .reshape((n, heads, d))
                 .unwrap()

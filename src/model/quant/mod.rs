@@ -16,6 +16,8 @@ use rayon::prelude::*;
 
 use activation::{QuantizedRows, BLOCK};
 
+use super::spare::Spare;
+
 /// Rows packed together.
 pub const GROUP: usize = 16;
 
@@ -45,6 +47,8 @@ pub struct Acts<'a, const T: usize> {
     pub sums: [&'a [i32]; T],
     /// Block `scale * sum` per token.
     pub scaled_sums: [&'a [f32]; T],
+    /// Paired block sums per token (see [`QuantizedRows::pair_sums`]).
+    pub pair_sums: [&'a [i32]; T],
 }
 
 /// A packed weight format.
@@ -239,7 +243,9 @@ impl PackedWeight {
             return Err(crate::Error::Unsupported(format!("{isa:?} kernels on this CPU")));
         }
         check_rows(&[self], x, m)?;
-        Ok(Self::run_many(&[self], x, m, isa).pop().unwrap_or_default())
+        Ok(Self::run_many(&[self], x, m, isa, &mut Spare::default())
+            .pop()
+            .unwrap_or_default())
     }
 
     /// [`Self::matmul_with`] on the best kernels of this CPU.
@@ -251,16 +257,29 @@ impl PackedWeight {
     /// kernels of this CPU: the activations are quantized once and all row groups run in
     /// one parallel region. An error when the widths do not match.
     pub fn matmul_many(ws: &[&Self], x: &[f32], m: usize) -> crate::Result<Vec<Vec<f32>>> {
+        Self::matmul_many_spare(ws, x, m, &mut Spare::default())
+    }
+
+    /// [`Self::matmul_many`] with its outputs and quantized activations in buffers taken
+    /// from `spare` (the activation buffers go back to it).
+    pub fn matmul_many_spare(ws: &[&Self], x: &[f32], m: usize, spare: &mut Spare) -> crate::Result<Vec<Vec<f32>>> {
         check_rows(ws, x, m)?;
-        Ok(Self::run_many(ws, x, m, Isa::detect()))
+        Ok(Self::run_many(ws, x, m, Isa::detect(), spare))
     }
 
     /// The work of [`Self::matmul_many`]; `isa` must be supported and the shapes checked.
-    fn run_many(ws: &[&Self], x: &[f32], m: usize, isa: Isa) -> Vec<Vec<f32>> {
+    fn run_many(ws: &[&Self], x: &[f32], m: usize, isa: Isa, spare: &mut Spare) -> Vec<Vec<f32>> {
         let Some(cols) = ws.first().map(|w| w.cols) else {
             return Vec::new();
         };
-        let acts = QuantizedRows::quantize(x, cols);
+        // Activations quantized once per span the weights need (one form, or two for a
+        // checkpoint mixing 8- and 4-bit layers).
+        let mut forms: Vec<QuantizedRows> = Vec::new();
+        for w in ws {
+            if !forms.iter().any(|a| a.span == w.act_span()) {
+                forms.push(spare.take_acts().refill(x, cols, w.act_span()));
+            }
+        }
         let total: usize = ws.iter().map(|w| w.rows.div_ceil(GROUP)).sum();
         // Decode steps (up to 8 sequences) stream weights: small tasks balance the two cores'
         // memory streams. Prefill computes: few large tasks re-read the activations least.
@@ -270,7 +289,7 @@ impl PackedWeight {
             .max(1);
         // Outputs `[m, groups * 16]`, written in place: each task owns whole row groups,
         // that is whole 16-column stripes of every token's row.
-        let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.padded_rows()]).collect();
+        let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| spare.take(m * w.padded_rows())).collect();
         let mut tasks = Vec::new();
         for (w, y) in ws.iter().zip(ys.iter_mut()) {
             let groups = w.rows.div_ceil(GROUP);
@@ -278,20 +297,23 @@ impl PackedWeight {
                 ptr: y.as_mut_ptr(),
                 stride: w.padded_rows(),
             };
+            let Some(acts) = forms.iter().find(|a| a.span == w.act_span()) else {
+                continue;
+            };
             for first in (0..groups).step_by(per_task) {
-                tasks.push((*w, first..(first + per_task).min(groups), out));
+                tasks.push((*w, acts, first..(first + per_task).min(groups), out));
             }
         }
         // Prompt tokens go in chunks whose activations stay in the core's L2 cache while
         // the task's weights stream past them.
         let chunk = (TOKEN_CHUNK_BYTES / cols).next_multiple_of(8).max(8);
-        tasks.into_par_iter().for_each(|(w, groups, out)| {
+        tasks.into_par_iter().for_each(|(w, acts, groups, out)| {
             let (lp, mp) = Self::group_sizes(w.format, w.cols);
             for start in (0..m).step_by(chunk) {
                 let tokens = start..(start + chunk).min(m);
                 for g in groups.clone() {
                     let (lines, meta) = (&w.lines[g * lp..(g + 1) * lp], &w.meta[g * mp..(g + 1) * mp]);
-                    w.group_tokens(lines, meta, &acts, tokens.clone(), isa, |t, vals| {
+                    w.group_tokens(lines, meta, acts, tokens.clone(), isa, |t, vals| {
                         // SAFETY: `t < m` and `g` is a group of this weight, so the 16
                         // values lie inside `y` (`m * padded_rows` long, alive until the
                         // parallel loop ends); no other task writes group `g`.
@@ -300,7 +322,17 @@ impl PackedWeight {
                 }
             }
         });
+        forms.into_iter().for_each(|a| spare.give_acts(a));
         ws.iter().zip(ys).map(|(w, y)| w.unpad(y, m)).collect()
+    }
+
+    /// Values per activation scale this format's kernels take: one block for Q8_0, one
+    /// super-block for q4k (whose kernel adds its sub-blocks' integer sums first).
+    fn act_span(&self) -> usize {
+        match self.format {
+            PackedFormat::Q8_0 => BLOCK,
+            PackedFormat::Q4K => q4::sub_blocks(self.cols) * BLOCK,
+        }
     }
 
     /// Rows rounded up to whole groups.
@@ -362,7 +394,9 @@ impl PackedWeight {
             scales: std::array::from_fn(|t| acts.row_scales(first + t)),
             sums: std::array::from_fn(|t| acts.row_sums(first + t)),
             scaled_sums: std::array::from_fn(|t| acts.row_scaled_sums(first + t)),
+            pair_sums: std::array::from_fn(|t| acts.row_pair_sums(first + t)),
         };
+        let sub = q4::sub_blocks(self.cols);
         let mut res = [[0f32; GROUP]; T];
         match (self.format, isa) {
             #[cfg(target_arch = "x86_64")]
@@ -373,14 +407,13 @@ impl PackedWeight {
             (PackedFormat::Q8_0, Isa::Avx2) => unsafe { q8::group_dot_avx2(lines, meta, &a, &mut res) },
             (PackedFormat::Q8_0, _) => q8::group_dot_portable(lines, meta, &a, &mut res),
             #[cfg(target_arch = "x86_64")]
-            (PackedFormat::Q4K, Isa::Avx512) => unsafe {
-                q4::group_dot_avx512(lines, meta, q4::sub_blocks(self.cols), &a, &mut res)
+            // The kernel takes one activation scale per super-block (checked here).
+            (PackedFormat::Q4K, Isa::Avx512) if acts.span == sub * BLOCK => unsafe {
+                q4::group_dot_avx512(lines, meta, sub, &a, &mut res)
             },
             #[cfg(target_arch = "x86_64")]
-            (PackedFormat::Q4K, Isa::Avx2) => unsafe {
-                q4::group_dot_avx2(lines, meta, q4::sub_blocks(self.cols), &a, &mut res)
-            },
-            (PackedFormat::Q4K, _) => q4::group_dot_portable(lines, meta, q4::sub_blocks(self.cols), &a, &mut res),
+            (PackedFormat::Q4K, Isa::Avx2) => unsafe { q4::group_dot_avx2(lines, meta, sub, &a, &mut res) },
+            (PackedFormat::Q4K, _) => q4::group_dot_portable(lines, meta, sub, &a, &mut res),
         }
         for (t, vals) in res.iter().enumerate() {
             sink(first + t, vals);

@@ -160,7 +160,15 @@ pub fn group_dot_portable<const T: usize>(
     }
 }
 
-/// AVX-512 VNNI kernel (same contract as [`group_dot_portable`]).
+/// AVX-512 VNNI kernel (same contract as [`group_dot_portable`]), for activations with one
+/// scale per super-block (`a.scales[t]` constant over each super-block's blocks) and their
+/// `pair_sums`.
+///
+/// Each sub-block's integer dot products are scaled by its 8-bit `sc` in f32 (exact: the
+/// product stays within 24 bits) and summed over the super-block; the minimums meet the
+/// activations' block sums in integers, two sub-blocks per `vpdpwssd`; the float scales
+/// apply once per super-block. So the float work per sub-block and token is two
+/// instructions for eight `vpdpbusd`.
 ///
 /// # Safety
 /// The CPU must support AVX-512F, AVX-512BW and AVX-512VNNI.
@@ -175,51 +183,70 @@ pub unsafe fn group_dot_avx512<const T: usize>(
 ) {
     use std::arch::x86_64::*;
     let blocks = lines.len() / LINES;
-    let mlen = meta_len(sub);
-    debug_assert!(meta.len() >= blocks / sub * mlen && (0..T).all(|t| a.qs[t].len() >= blocks * BLOCK));
+    let (supers, pairs, mlen) = (blocks / sub, sub.div_ceil(2), meta_len(sub));
+    debug_assert!(
+        meta.len() >= supers * mlen
+            && (0..T).all(|t| a.qs[t].len() >= blocks * BLOCK && a.pair_sums[t].len() >= supers * pairs)
+    );
     let nib = _mm512_set1_epi8(15);
     let mut y = [_mm512_setzero_ps(); T];
     let base = lines.as_ptr() as *const __m512i;
-    let (mut d, mut dmin) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-    for b in 0..blocks {
+    for s in 0..supers {
         // SAFETY (all loads below): in bounds of `lines`, `meta` and the activations as
         // checked above; lines are 64-byte aligned.
-        let m = unsafe { meta.as_ptr().add(b / sub * mlen) };
-        if b % sub == 0 {
-            d = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(m as *const __m256i) });
-            dmin = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(m.add(2 * GROUP) as *const __m256i) });
-        }
-        if T >= 4 {
-            // As in the q8_0 kernel: the weights 4 KiB ahead (a hint, never a fault); from 4
-            // tokens on here (+14% at 4, +25% at 8 in `cargo bench --bench kernels`).
-            let ahead = base.wrapping_add((b + 16) * LINES) as *const i8;
-            for p in 0..LINES {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * p));
+        let m = unsafe { meta.as_ptr().add(s * mlen) };
+        let mut sum = [_mm512_setzero_ps(); T];
+        for j in 0..sub {
+            let b = s * sub + j;
+            if T >= 4 {
+                // As in the q8_0 kernel: the weights 4 KiB ahead (a hint, never a fault);
+                // from 4 tokens on here (+14% at 4, +25% at 8 in `cargo bench --bench kernels`).
+                let ahead = base.wrapping_add((b + 16) * LINES) as *const i8;
+                for p in 0..LINES {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * p));
+                }
             }
-        }
-        let mut acc = [_mm512_setzero_si512(); T];
-        for j in 0..LINES {
-            let v = unsafe { _mm512_load_si512(base.add(b * LINES + j)) };
-            let lo = _mm512_and_si512(v, nib);
-            let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib);
+            let mut acc = [_mm512_setzero_si512(); T];
+            for l in 0..LINES {
+                let v = unsafe { _mm512_load_si512(base.add(b * LINES + l)) };
+                let lo = _mm512_and_si512(v, nib);
+                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib);
+                for t in 0..T {
+                    let p = unsafe { a.qs[t].as_ptr().add(b * BLOCK + 8 * l) as *const i32 };
+                    let (x0, x1) = unsafe { (p.read_unaligned(), p.add(1).read_unaligned()) };
+                    acc[t] = _mm512_dpbusd_epi32(acc[t], lo, _mm512_set1_epi32(x0));
+                    acc[t] = _mm512_dpbusd_epi32(acc[t], hi, _mm512_set1_epi32(x1));
+                }
+            }
+            let sc = unsafe { _mm_loadu_si128(m.add(4 * GROUP + j * 2 * GROUP) as *const __m128i) };
+            let sc = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(sc));
             for t in 0..T {
-                let p = unsafe { a.qs[t].as_ptr().add(b * BLOCK + 8 * j) as *const i32 };
-                let (x0, x1) = unsafe { (p.read_unaligned(), p.add(1).read_unaligned()) };
-                acc[t] = _mm512_dpbusd_epi32(acc[t], lo, _mm512_set1_epi32(x0));
-                acc[t] = _mm512_dpbusd_epi32(acc[t], hi, _mm512_set1_epi32(x1));
+                sum[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[t]), sc, sum[t]);
             }
         }
-        let sm = unsafe { m.add(4 * GROUP + (b % sub) * 2 * GROUP) };
-        let sc = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(sm as *const __m128i) }));
-        let mn = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(unsafe {
-            _mm_loadu_si128(sm.add(GROUP) as *const __m128i)
-        }));
-        let (step, off) = (_mm512_mul_ps(d, sc), _mm512_mul_ps(dmin, mn));
+        // The minimums: per row, sum over sub-blocks of mn * (activation block sum).
+        let mut mins = [_mm512_setzero_si512(); T];
+        let mn_at = unsafe { m.add(4 * GROUP + GROUP) };
+        for p in 0..pairs {
+            let low = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(mn_at.add(2 * p * 2 * GROUP) as *const __m128i) });
+            let high = match 2 * p + 1 < sub {
+                true => _mm512_cvtepu8_epi32(unsafe {
+                    _mm_loadu_si128(mn_at.add((2 * p + 1) * 2 * GROUP) as *const __m128i)
+                }),
+                false => _mm512_setzero_si512(),
+            };
+            let both = _mm512_or_si512(low, _mm512_slli_epi32::<16>(high));
+            for t in 0..T {
+                let x = unsafe { *a.pair_sums[t].get_unchecked(s * pairs + p) };
+                mins[t] = _mm512_dpwssd_epi32(mins[t], both, _mm512_set1_epi32(x));
+            }
+        }
+        let d = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(m as *const __m256i) });
+        let dmin = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(m.add(2 * GROUP) as *const __m256i) });
         for t in 0..T {
-            let da = a.scales[t][b];
-            let s = _mm512_mul_ps(step, _mm512_set1_ps(da));
-            y[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[t]), s, y[t]);
-            y[t] = _mm512_fnmadd_ps(off, _mm512_set1_ps(a.scaled_sums[t][b]), y[t]);
+            let da = _mm512_set1_ps(unsafe { *a.scales[t].get_unchecked(s * sub) });
+            y[t] = _mm512_fmadd_ps(sum[t], _mm512_mul_ps(d, da), y[t]);
+            y[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins[t]), _mm512_mul_ps(dmin, da), y[t]);
         }
     }
     for t in 0..T {
