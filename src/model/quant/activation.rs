@@ -25,6 +25,9 @@ pub struct QuantizedRows {
     pub scales: Vec<f32>,
     /// Block sums of `qs` `[rows, cols / 32]`.
     pub sums: Vec<i32>,
+    /// `-128 * sum` per block: where the 8-bit kernel's integer sums start (its weights are
+    /// stored offset by 128).
+    pub offsets: Vec<i32>,
     /// `scale * sum` per block, as f32 (what the 4-bit kernels' minimum term multiplies).
     pub scaled_sums: Vec<f32>,
     /// Per span, the block sums two by two as 16-bit halves of one `i32` (low: block `2p`,
@@ -71,6 +74,8 @@ impl QuantizedRows {
                 .zip(scales.chunks_mut(per).zip(sums.chunks_mut(per)))
                 .for_each(|((src, dst), (d, s))| quantize_span(src, dst, d, s));
         }
+        out.offsets.clear();
+        out.offsets.extend(out.sums.iter().map(|&s| -128 * s));
         out.scaled_sums.clear();
         out.scaled_sums
             .extend(out.scales.iter().zip(&out.sums).map(|(&d, &s)| d * s as f32));
@@ -110,6 +115,12 @@ impl QuantizedRows {
     pub fn row_scaled_sums(&self, r: usize) -> &[f32] {
         let nb = self.cols / BLOCK;
         &self.scaled_sums[r * nb..(r + 1) * nb]
+    }
+
+    /// The `-128 * sum` of each block of row `r`.
+    pub fn row_offsets(&self, r: usize) -> &[i32] {
+        let nb = self.cols / BLOCK;
+        &self.offsets[r * nb..(r + 1) * nb]
     }
 
     /// The paired block sums of row `r`.

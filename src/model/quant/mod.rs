@@ -49,6 +49,8 @@ pub struct Acts<'a, const T: usize> {
     pub scaled_sums: [&'a [f32]; T],
     /// Paired block sums per token (see [`QuantizedRows::pair_sums`]).
     pub pair_sums: [&'a [i32]; T],
+    /// Block `-128 * sum` per token.
+    pub offsets: [&'a [i32]; T],
 }
 
 /// A packed weight format.
@@ -395,6 +397,7 @@ impl PackedWeight {
             sums: std::array::from_fn(|t| acts.row_sums(first + t)),
             scaled_sums: std::array::from_fn(|t| acts.row_scaled_sums(first + t)),
             pair_sums: std::array::from_fn(|t| acts.row_pair_sums(first + t)),
+            offsets: std::array::from_fn(|t| acts.row_offsets(first + t)),
         };
         let sub = q4::sub_blocks(self.cols);
         let mut res = [[0f32; GROUP]; T];

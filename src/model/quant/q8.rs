@@ -93,7 +93,10 @@ pub fn group_dot_portable<const T: usize>(lines: &[Line], scales: &[u8], a: &Act
     }
 }
 
-/// AVX-512 VNNI kernel (same contract as [`group_dot_portable`]).
+/// AVX-512 VNNI kernel (same contract as [`group_dot_portable`]). Each token's integer sums
+/// start at the activation block's `-128 * sum` (which undoes the weights' offset with no
+/// instruction of its own); the float work per block and token is one conversion, one
+/// multiply and one fused multiply-add for eight `vpdpbusd`.
 ///
 /// # Safety
 /// The CPU must support AVX-512F, AVX-512BW and AVX-512VNNI.
@@ -107,7 +110,12 @@ pub unsafe fn group_dot_avx512<const T: usize>(
 ) {
     use std::arch::x86_64::*;
     let blocks = lines.len() / LINES;
-    debug_assert!(scales.len() >= blocks * GROUP * 2 && (0..T).all(|t| a.qs[t].len() >= blocks * BLOCK));
+    debug_assert!(
+        scales.len() >= blocks * GROUP * 2
+            && (0..T).all(|t| {
+                a.qs[t].len() >= blocks * BLOCK && a.scales[t].len() >= blocks && a.offsets[t].len() >= blocks
+            })
+    );
     let mut y = [_mm512_setzero_ps(); T];
     let base = lines.as_ptr() as *const __m512i;
     for b in 0..blocks {
@@ -120,11 +128,15 @@ pub unsafe fn group_dot_avx512<const T: usize>(
             }
         }
         let mut acc = [_mm512_setzero_si512(); T];
+        for t in 0..T {
+            // SAFETY (here and below): every activation array holds `blocks` blocks (checked
+            // above, guaranteed by the caller).
+            acc[t] = _mm512_set1_epi32(unsafe { *a.offsets[t].get_unchecked(b) });
+        }
         for j in 0..LINES {
             // SAFETY: `b * LINES + j < lines.len()`; lines are 64-byte aligned.
             let w = unsafe { _mm512_load_si512(base.add(b * LINES + j)) };
             for t in 0..T {
-                // SAFETY: the activation rows hold `blocks * 32` values (checked above).
                 let x = unsafe { (a.qs[t].as_ptr().add(b * BLOCK + 4 * j) as *const i32).read_unaligned() };
                 acc[t] = _mm512_dpbusd_epi32(acc[t], w, _mm512_set1_epi32(x));
             }
@@ -132,9 +144,8 @@ pub unsafe fn group_dot_avx512<const T: usize>(
         // SAFETY: 16 scales per block (checked above).
         let d = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(scales.as_ptr().add(2 * b * GROUP) as *const __m256i) });
         for t in 0..T {
-            let dot = _mm512_sub_epi32(acc[t], _mm512_set1_epi32(128 * a.sums[t][b]));
-            let s = _mm512_mul_ps(d, _mm512_set1_ps(a.scales[t][b]));
-            y[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, y[t]);
+            let s = _mm512_mul_ps(d, _mm512_set1_ps(unsafe { *a.scales[t].get_unchecked(b) }));
+            y[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[t]), s, y[t]);
         }
     }
     for t in 0..T {
