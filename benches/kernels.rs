@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use llama32::model::quant::{Isa, PackedFormat, PackedWeight};
+use llama32::model::spare::Spare;
 
 fn main() {
     let shapes = [
@@ -41,10 +42,15 @@ fn main() {
                     }
                     let x: Vec<f32> = (0..m * cols).map(|i| (i % 17) as f32 / 17.0 - 0.5).collect();
                     let reps = if m <= 8 { 100 } else { 3 };
-                    p.matmul_with(&x, m, isa).unwrap();
+                    // Outputs go back to a spare pool, as in the engine's batched steps (a
+                    // fresh 32 MB output per call would time page faults, not kernels).
+                    let mut spare = Spare::default();
+                    let y = p.matmul_with(&x, m, isa, &mut spare).unwrap();
+                    spare.give(y);
                     let start = Instant::now();
                     for _ in 0..reps {
-                        std::hint::black_box(p.matmul_with(&x, m, isa).unwrap());
+                        let y = p.matmul_with(&x, m, isa, &mut spare).unwrap();
+                        spare.give(std::hint::black_box(y));
                     }
                     let s = start.elapsed().as_secs_f64() / reps as f64;
                     let gbs = p.bytes() as f64 / s / 1e9;

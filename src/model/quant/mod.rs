@@ -239,20 +239,19 @@ impl PackedWeight {
 
     /// `x: [m, cols]` (row-major f32) times the transposed weights: `[m, rows]`, computed
     /// with the kernels of `isa`; an error when this CPU cannot run them (see
-    /// [`Isa::available`]) or when `x` is not `m` rows of `cols`.
-    pub fn matmul_with(&self, x: &[f32], m: usize, isa: Isa) -> crate::Result<Vec<f32>> {
+    /// [`Isa::available`]) or when `x` is not `m` rows of `cols`. Buffers come from `spare`
+    /// (give the result back to it to reuse its memory, as a batched step does).
+    pub fn matmul_with(&self, x: &[f32], m: usize, isa: Isa, spare: &mut Spare) -> crate::Result<Vec<f32>> {
         if !Isa::available().contains(&isa) {
             return Err(crate::Error::Unsupported(format!("{isa:?} kernels on this CPU")));
         }
         check_rows(&[self], x, m)?;
-        Ok(Self::run_many(&[self], x, m, isa, &mut Spare::default())
-            .pop()
-            .unwrap_or_default())
+        Ok(Self::run_many(&[self], x, m, isa, spare).pop().unwrap_or_default())
     }
 
     /// [`Self::matmul_with`] on the best kernels of this CPU.
     pub fn matmul(&self, x: &[f32], m: usize) -> crate::Result<Vec<f32>> {
-        self.matmul_with(x, m, Isa::detect())
+        self.matmul_with(x, m, Isa::detect(), &mut Spare::default())
     }
 
     /// Several weights with the same `cols` applied to the same `x: [m, cols]` on the best

@@ -27,10 +27,10 @@ fn every_kernel_matches_the_portable_one_and_the_f32_twin() {
             assert_eq!(p.dims(), (rows, cols));
             for m in [1, 2, 3, 4, 5, 8, 9, 13, 17] {
                 let x = values(m * cols, m as u64 + 7);
-                let portable = p.matmul_with(&x, m, Isa::Portable).unwrap();
+                let portable = p.matmul_with(&x, m, Isa::Portable, &mut Spare::default()).unwrap();
                 assert_eq!(portable.len(), m * rows);
                 for isa in Isa::available() {
-                    let fast = p.matmul_with(&x, m, isa).unwrap();
+                    let fast = p.matmul_with(&x, m, isa, &mut Spare::default()).unwrap();
                     let err = rel_err(&fast, &portable);
                     assert!(err < 1e-5, "{format:?} {isa:?} {rows}x{cols} m={m}: {err}");
                 }
