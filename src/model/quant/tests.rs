@@ -20,12 +20,14 @@ const FORMATS: [PackedFormat; 2] = [PackedFormat::Q8_0, PackedFormat::Q4K];
 
 #[test]
 fn every_kernel_matches_the_portable_one_and_the_f32_twin() {
+    // Which kernel families this run covers (the others cannot run on this CPU).
+    eprintln!("kernels compared with the portable reference: {:?}", Isa::available());
     for format in FORMATS {
         for (rows, cols) in [(1, 32), (16, 64), (37, 96), (9, 384), (64, 256), (20, 768), (33, 1024)] {
             let w = values(rows * cols, (rows * cols) as u64);
             let p = PackedWeight::pack(&w, rows, cols, format).unwrap();
             assert_eq!(p.dims(), (rows, cols));
-            for m in [1, 2, 3, 4, 5, 8, 9, 13, 17] {
+            for m in [1, 2, 3, 4, 5, 8, 9, 13, 16, 17, 25, 33] {
                 let x = values(m * cols, m as u64 + 7);
                 let portable = p.matmul_with(&x, m, Isa::Portable, &mut Spare::default()).unwrap();
                 assert_eq!(portable.len(), m * rows);
