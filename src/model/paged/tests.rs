@@ -1,0 +1,151 @@
+use super::*;
+use crate::kv::{BlockTable, KvDType, KvLayout};
+use crate::model::attention::{causal_mask, grouped_attention_slow};
+use candle_core::{DType, Device, Tensor};
+
+/// Writes `len` random positions into a fresh sequence of `pool`; returns the table and
+/// the keys and values as `[kv_heads, len, d]` tensors.
+fn fill(pool: &mut BlockPool, len: usize) -> (BlockTable, Tensor, Tensor) {
+    let l = pool.layout();
+    let mut t = pool.start(&[]);
+    assert!(pool.reserve(&mut t, len));
+    let k = Tensor::randn(0f32, 1.0, (len, l.kv_heads * l.head_dim), &Device::Cpu).unwrap();
+    let v = Tensor::randn(0f32, 1.0, (len, l.kv_heads * l.head_dim), &Device::Cpu).unwrap();
+    let (kr, vr): (Vec<Vec<f32>>, Vec<Vec<f32>>) = (k.to_vec2().unwrap(), v.to_vec2().unwrap());
+    for p in 0..len {
+        pool.write(0, &t, p, &kr[p], &vr[p]);
+    }
+    let heads_first = |x: Tensor| {
+        x.reshape((len, l.kv_heads, l.head_dim))
+            .unwrap()
+            .transpose(0, 1)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+    };
+    pool.commit(&mut t, &[], 0);
+    (t, heads_first(k), heads_first(v))
+}
+
+#[test]
+fn exp_neg_is_within_two_ulp_of_exp() {
+    let mut x = 0f32;
+    while x > -87.0 {
+        let (got, want) = (exp_neg(x), x.exp());
+        assert!((got - want).abs() <= 2.5 * f32::EPSILON * want, "{x}: {got} vs {want}");
+        x -= 0.013;
+    }
+    assert_eq!(exp_neg(-1000.0), exp_neg(-87.0));
+}
+
+#[test]
+fn paged_attention_matches_the_straightforward_one() {
+    let cases = [
+        (4, 2, 1, 1),
+        (4, 2, 37, 5),
+        (6, 3, 16, 16),
+        (2, 2, 50, 3),
+        (8, 1, 33, 33),
+        (12, 3, 40, 9),
+        (6, 2, 21, 4),
+    ];
+    for (((heads, kv_heads, len, n), (dtype, tol)), d) in cases
+        .into_iter()
+        .flat_map(|c| [(c, (KvDType::F32, 1e-5f32)), (c, (KvDType::F16, 1e-2))])
+        .flat_map(|c| [(c, 8), (c, 64)])
+    {
+        let layout = KvLayout {
+            layers: 1,
+            kv_heads,
+            head_dim: d,
+            block_size: 16,
+        };
+        let mut pool = BlockPool::new(layout, 8, dtype);
+        let (table, k, v) = fill(&mut pool, len);
+        // The last `n` positions as queries, causal.
+        let q = Tensor::randn(0f32, 1.0, (n, heads * d), &Device::Cpu).unwrap();
+        let rows: Vec<AttnRow> = (0..n)
+            .map(|i| AttnRow {
+                blocks: table.blocks(),
+                len: len - n + i + 1,
+            })
+            .collect();
+        let got = attend_rows(
+            &pool,
+            0,
+            &q.flatten_all().unwrap().to_vec1().unwrap(),
+            &rows,
+            heads,
+            Vec::new(),
+        );
+        let qh = q
+            .reshape((n, heads, d))
+            .unwrap()
+            .transpose(0, 1)
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let mask = causal_mask(n, len - n, DType::F32, &Device::Cpu).unwrap();
+        let want = grouped_attention_slow(&qh, &k, &v, (n > 1).then_some(&mask)).unwrap();
+        let want: Vec<f32> = want.transpose(0, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            err < tol,
+            "{dtype:?} heads {heads} kv {kv_heads} len {len} n {n}: {err}"
+        );
+    }
+}
+
+/// The AVX-512 kernels that read an f16 pool in place give the same bits as converting
+/// each block first (the portable loops), on every group size they take.
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn f16_in_place_equals_converted_blocks() {
+    if !std::arch::is_x86_feature_detected!("avx512f") {
+        eprintln!("no AVX-512F: in-place f16 kernels not covered on this machine");
+        return;
+    }
+    for (heads, kv_heads, len, n) in [
+        (4, 1, 1, 1),
+        (8, 2, 37, 5),
+        (6, 2, 16, 16),
+        (2, 2, 50, 3),
+        (12, 4, 70, 8),
+    ] {
+        for d in [16, 64] {
+            let layout = KvLayout {
+                layers: 1,
+                kv_heads,
+                head_dim: d,
+                block_size: 16,
+            };
+            let mut pool = BlockPool::new(layout, 8, KvDType::F16);
+            let (table, _, _) = fill(&mut pool, len);
+            let q: Vec<f32> = Tensor::randn(0f32, 1.0, (n * heads * d,), &Device::Cpu)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let rows: Vec<AttnRow> = (0..n)
+                .map(|i| AttnRow {
+                    blocks: table.blocks(),
+                    len: len - n + i + 1,
+                })
+                .collect();
+            for kv in 0..kv_heads {
+                let t = Tile {
+                    pool: &pool,
+                    layer: 0,
+                    kv,
+                    rows: &rows,
+                    q: &q,
+                    heads,
+                };
+                // SAFETY: AVX-512F checked above.
+                let fast = unsafe { tile_avx512(&t) };
+                let slow = tile_body(&t, None);
+                let same = fast.len() == slow.len() && fast.iter().zip(&slow).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "heads {heads} kv {kv_heads} len {len} n {n} d {d}");
+            }
+        }
+    }
+}

@@ -1,0 +1,89 @@
+use super::*;
+
+fn err(body: &str) -> ApiError {
+    ChatParams::parse(body.as_bytes()).unwrap_err()
+}
+
+#[test]
+fn reads_every_parameter() {
+    let p = ChatParams::parse(
+        br#"{"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0, "top_p": 0.5,
+        "top_k": 4, "min_p": 0.1, "repetition_penalty": 1.1, "frequency_penalty": 0.2, "presence_penalty": 0.3,
+        "seed": 7, "logit_bias": {"42": -100}, "max_completion_tokens": 9, "max_tokens": 3, "stop": "x", "n": 2,
+        "stream": true, "stream_options": {"include_usage": true}, "user": "ignored"}"#,
+    )
+    .unwrap();
+    let c = &p.common;
+    assert_eq!(c.sampling.temperature, Some(0.0));
+    assert_eq!(c.sampling.top_k, Some(4));
+    assert_eq!(c.sampling.seed, Some(7));
+    assert_eq!(c.sampling.logit_bias.get(&42), Some(&-100.0));
+    assert_eq!((c.max_tokens, c.n, c.stream, c.include_usage), (Some(9), 2, true, true));
+    assert_eq!(c.stop, vec!["x".to_string()]);
+    assert!(!p.tools_active());
+}
+
+#[test]
+fn wrong_types_name_the_parameter() {
+    let base = r#""messages": [{"role": "user", "content": "hi"}]"#;
+    for (extra, param) in [
+        (r#""temperature": "hot""#, "temperature"),
+        (r#""max_tokens": 0"#, "max_tokens"),
+        (r#""max_tokens": 1.5"#, "max_tokens"),
+        (r#""stop": 3"#, "stop"),
+        (r#""n": 99"#, "n"),
+        (r#""logit_bias": {"x": 1}"#, "logit_bias"),
+        (r#""stream": "yes""#, "stream"),
+        (r#""tool_choice": "sometimes""#, "tool_choice"),
+        (r#""logprobs": "yes""#, "logprobs"),
+        (r#""logprobs": true, "top_logprobs": 21"#, "top_logprobs"),
+    ] {
+        let e = err(&format!("{{{base}, {extra}}}"));
+        assert_eq!((e.status, e.param.as_deref()), (400, Some(param)), "{extra}: {e:?}");
+    }
+    assert_eq!(err(r#"{"messages": "hi"}"#).param.as_deref(), Some("messages"));
+    assert_eq!(
+        err(r#"{"messages": [{"role": "wizard", "content": "x"}]}"#)
+            .param
+            .as_deref(),
+        Some("messages")
+    );
+    assert_eq!(err("[1, 2]").code, Some("invalid_json"));
+    assert_eq!(err("{nope").code, Some("invalid_json"));
+}
+
+#[test]
+fn tool_call_answers_become_tool_calls() {
+    let (m, reason) = chat_message(
+        r#"{"name": "get_weather", "parameters": {"city": "Paris"}}"#,
+        true,
+        "stop",
+    );
+    assert_eq!(reason, "tool_calls");
+    assert!(m["content"].is_null());
+    let call = &m["tool_calls"][0];
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "get_weather");
+    let args: Json = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(args, json!({"city": "Paris"}));
+    assert!(call["id"].as_str().unwrap().starts_with("call_"));
+    let (m, reason) = chat_message(r#"{"name": "f", "parameters": {}}"#, false, "stop");
+    assert_eq!(
+        (m["content"].as_str(), reason),
+        (Some(r#"{"name": "f", "parameters": {}}"#), "stop")
+    );
+    let (_, reason) = chat_message("plain words", true, "length");
+    assert_eq!(reason, "length");
+}
+
+#[test]
+fn completion_prompts() {
+    let p = CompletionParams::parse(br#"{"prompt": ["Once"], "max_tokens": null}"#).unwrap();
+    assert_eq!((p.prompt, p.common.max_tokens), (Prompt::Text("Once".into()), Some(16)));
+    let p = CompletionParams::parse(br#"{"prompt": [128000, 9906]}"#).unwrap();
+    assert_eq!(p.prompt, Prompt::Tokens(vec![128000, 9906]));
+    let e = CompletionParams::parse(br#"{"prompt": ["a", "b"]}"#).unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("prompt"));
+    let e = CompletionParams::parse(br#"{"prompt": {"x": 1}}"#).unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("prompt"));
+}
