@@ -213,11 +213,20 @@ impl<'a> GgufMeta<'a> {
     }
 
     /// The text of token `id` (for the template's `bos_token` / `eos_token`).
+    /// Reads the one entry of `tokenizer.ggml.tokens` it needs (the list holds ~128k).
     pub fn token_text(&self, key: &str) -> Result<String> {
-        let (Some(id), Some(tokens)) = (self.usize(key)?, self.strings("tokenizer.ggml.tokens")?) else {
+        let Some(id) = self.usize(key)? else {
             return Ok(String::new());
         };
-        Ok(tokens.get(id).map(|t| t.to_string()).unwrap_or_default())
+        match self.kv.get("tokenizer.ggml.tokens") {
+            Some(Value::Array(items)) => match items.get(id) {
+                Some(Value::String(s)) => Ok(s.clone()),
+                Some(_) => Err(self.bad("`tokenizer.ggml.tokens` holds a non-string")),
+                None => Ok(String::new()),
+            },
+            Some(_) => Err(self.bad("`tokenizer.ggml.tokens` is not an array")),
+            None => Ok(String::new()),
+        }
     }
 
     /// A `tokenizer.json` for the `tokenizers` crate rebuilt from the byte-level BPE
