@@ -3,57 +3,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::fixture;
 use serde_json::{json, Value};
 
-const MODEL: &str = "tied-bf16-llama3";
-
-/// A running server; killed on drop.
-struct Server {
-    child: Child,
-    addr: String,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(extra: &[&str]) -> Server {
-    let dir = fixture(MODEL);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_llama32"))
-        .args(["serve", "--model", dir.to_str().unwrap(), "--served-model-name", "tiny"])
-        .args(["--dtype", "f32", "--port", "0"])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("the server exited before listening").unwrap();
-        if let Some(addr) = line.strip_prefix("ready on http://") {
-            break addr.to_string();
-        }
-    };
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    Server { child, addr, log }
-}
+use common::server::{start, Server};
 
 struct Response {
     status: u16,

@@ -4,46 +4,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::fixture;
 use serde_json::{json, Value};
 
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(extra: &[&str]) -> Server {
-    let dir = fixture("tied-bf16-llama3");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_llama32"))
-        .args(["serve", "--model", dir.to_str().unwrap(), "--served-model-name", "tiny"])
-        .args(["--dtype", "f32", "--port", "0"])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("the server exited before it was ready").unwrap();
-        if let Some(addr) = line.strip_prefix("ready on http://") {
-            break addr.to_string();
-        }
-    };
-    std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
-    Server { child, addr }
-}
+use common::server::start;
 
 /// Sends raw bytes, half-closes, and reads what comes back (bounded by a timeout).
 fn raw(addr: &str, bytes: &[u8]) -> String {

@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: fixture paths and expectations.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
