@@ -50,6 +50,31 @@ fn prompts() -> Vec<Vec<u32>> {
     out
 }
 
+/// `request` on `prompt` without and with `spec`: (plain, speculative).
+fn plain_and_speculative(
+    engine: &Engine,
+    prompt: &str,
+    request: &GenerateRequest,
+    spec: Option<llama32::engine::Speculation>,
+) -> (Generation, Generation) {
+    let plain = engine.generate(prompt, request, |_| ControlFlow::Continue(())).unwrap();
+    let fast = GenerateRequest {
+        speculation: spec,
+        ..request.clone()
+    };
+    let fast = engine.generate(prompt, &fast, |_| ControlFlow::Continue(())).unwrap();
+    (plain, fast)
+}
+
+/// Waits (bounded) until every KV block is back in the pool.
+fn wait_pool_empty(engine: &Engine) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while engine.load_stats().kv.used_blocks != 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(engine.load_stats().kv.used_blocks, 0);
+}
+
 fn wait_idle(engine: &Engine) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while engine.load_stats().running + engine.load_stats().waiting > 0 {
@@ -281,19 +306,7 @@ fn speculation_changes_passes_not_output() {
             sampling,
             ..Default::default()
         };
-        let plain = engine
-            .generate(&prompt, &request, |_| ControlFlow::Continue(()))
-            .unwrap();
-        let fast = engine
-            .generate(
-                &prompt,
-                &GenerateRequest {
-                    speculation: spec,
-                    ..request.clone()
-                },
-                |_| ControlFlow::Continue(()),
-            )
-            .unwrap();
+        let (plain, fast) = plain_and_speculative(&engine, &prompt, &request, spec);
         assert_eq!(fast.token_ids, plain.token_ids);
         let stats = fast.speculation.unwrap();
         println!("{stats:?}");
@@ -369,19 +382,7 @@ fn draft_model_speculation_changes_passes_not_output() {
                 ..sampled(5, 40)
             },
         ] {
-            let plain = engine
-                .generate(&prompt, &request, |_| ControlFlow::Continue(()))
-                .unwrap();
-            let fast = engine
-                .generate(
-                    &prompt,
-                    &GenerateRequest {
-                        speculation: spec,
-                        ..request.clone()
-                    },
-                    |_| ControlFlow::Continue(()),
-                )
-                .unwrap();
+            let (plain, fast) = plain_and_speculative(&engine, &prompt, &request, spec);
             assert_eq!(fast.token_ids, plain.token_ids, "{draft}");
             assert_eq!((fast.text, fast.finish_reason), (plain.text, plain.finish_reason));
             let stats = fast.speculation.unwrap();
@@ -415,10 +416,6 @@ fn draft_model_speculation_changes_passes_not_output() {
             }
         }
         drop(handle);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while engine.load_stats().kv.used_blocks != 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert_eq!(engine.load_stats().kv.used_blocks, 0);
+        wait_pool_empty(&engine);
     }
 }
