@@ -2,8 +2,9 @@
 //!
 //! candle's quantized kernels decode one token at about half the memory bandwidth for
 //! Q4_K and well below it for Q8_0, so on CPU the linear layers use these instead:
-//! weights repacked 16 rows at a time ([`q8`], [`q4`]) so that one 512-bit load feeds 16
-//! row accumulators, activations quantized to 8 bits in blocks of 32 ([`activation`]), and
+//! weights repacked 16 rows at a time (`q8`, `q4`) so that one 512-bit load feeds 16
+//! row accumulators, activations quantized to 8 bits (`activation`: one scale per block of
+//! 32 for q8_0, per super-block of up to 256 for q4k), and
 //! dot products on the integer units (AVX-512 VNNI, else AVX2, else portable code; picked
 //! at run time). [`PackedWeight::matmul_reference`] is the slow f32 twin the tests compare
 //! the kernels against.
@@ -47,7 +48,7 @@ pub struct Acts<'a, const T: usize> {
     pub sums: [&'a [i32]; T],
     /// Block `scale * sum` per token.
     pub scaled_sums: [&'a [f32]; T],
-    /// Paired block sums per token (see [`QuantizedRows::pair_sums`]).
+    /// Paired block sums per token (see `QuantizedRows::pair_sums`).
     pub pair_sums: [&'a [i32]; T],
     /// Block `-128 * sum` per token.
     pub offsets: [&'a [i32]; T],
