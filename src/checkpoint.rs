@@ -166,11 +166,17 @@ impl Checkpoint {
             ComputeDType::Bf16 => matches!(t, GgmlDType::BF16),
             _ => false,
         };
-        let (same, changed): (Vec<_>, Vec<_>) = types.iter().map(|(t, _)| *t).partition(exact);
+        // Q4_K blocks go into q4k as stored where a layer packs to q4k and its rows are whole
+        // 256-wide blocks; elsewhere (Q8_0 layers of q4k_m, other widths) they are converted.
+        let partly = |t: &GgmlDType| matches!(dtype, ComputeDType::Q4K | ComputeDType::Q4KM) && *t == GgmlDType::Q4K;
+        let (same, changed): (Vec<_>, Vec<_>) = types.iter().map(|(t, _)| *t).filter(|t| !partly(t)).partition(exact);
         let name = |v: &[GgmlDType]| v.iter().map(|t| format!("{t:?}")).collect::<Vec<_>>().join(", ");
         let mut note = format!("GGUF matrices: {}", listed.join(", "));
         if !same.is_empty() {
             note.push_str(&format!("; {} kept as stored", name(&same)));
+        }
+        if types.iter().any(|(t, _)| partly(t)) {
+            note.push_str("; Q4K kept as stored in 4-bit layers of whole 256-wide blocks");
         }
         if !changed.is_empty() {
             note.push_str(&format!("; {} dequantized and converted to {dtype}", name(&changed)));

@@ -342,10 +342,11 @@ impl<'a> RawTensor<'a> {
         }
     }
 
-    /// For a Q8_0 tensor: writes the stored blocks (34 bytes each: f16 scale, 32 `i8`) of
-    /// rows `first..first + dst.len() / row bytes` into `dst`; `false` for other kinds.
-    pub fn q8_0_rows(&self, first: usize, dst: &mut [u8]) -> bool {
-        if self.kind != Kind::Ggml(GgmlDType::Q8_0) {
+    /// For a tensor of llama.cpp blocks of type `dtype`: writes the stored blocks of rows
+    /// `first..first + dst.len() / row bytes` into `dst` (Q8_0: 34 bytes per 32 weights,
+    /// Q4_K: 144 per 256); `false` for other kinds.
+    pub fn block_rows(&self, dtype: GgmlDType, first: usize, dst: &mut [u8]) -> bool {
+        if self.kind != Kind::Ggml(dtype) {
             return false;
         }
         let n = self.row_bytes();

@@ -205,8 +205,9 @@ fn rope_of(cfg: &LlamaConfig, weights: &Weights) -> Result<Rope> {
     })
 }
 
-/// Packs a stored matrix into `format`: llama.cpp Q8_0 blocks into Q8_0 as they are,
-/// anything else through f32 rows. Refuses NaN or infinite weights (quantizing would
+/// Packs a stored matrix into `format`: llama.cpp Q8_0 blocks into Q8_0 and Q4_K blocks
+/// into q4k as they are (when the rows are whole 256-wide blocks), anything else through f32
+/// rows. Refuses NaN or infinite weights (quantizing would
 /// hide them as plausible numbers).
 fn pack_raw(
     raw: &RawTensor<'_>,
@@ -221,10 +222,20 @@ fn pack_raw(
     };
     let packed = if format == PackedFormat::Q8_0 && raw.kind() == Kind::Ggml(GgmlDType::Q8_0) {
         PackedWeight::pack_q8_0_blocks(rows, cols, |first, dst| {
-            raw.q8_0_rows(first, dst);
+            raw.block_rows(GgmlDType::Q8_0, first, dst);
             let finite = dst
                 .chunks_exact(34)
                 .all(|b| half::f16::from_le_bytes([b[0], b[1]]).is_finite());
+            if !finite {
+                fail("holds NaN or infinite scales".into());
+            }
+        })
+    } else if format == PackedFormat::Q4K && raw.kind() == Kind::Ggml(GgmlDType::Q4K) && cols.is_multiple_of(256) {
+        PackedWeight::pack_q4k_blocks(rows, cols, |first, dst| {
+            raw.block_rows(GgmlDType::Q4K, first, dst);
+            let finite = dst.chunks_exact(144).all(|b| {
+                half::f16::from_le_bytes([b[0], b[1]]).is_finite() && half::f16::from_le_bytes([b[2], b[3]]).is_finite()
+            });
             if !finite {
                 fail("holds NaN or infinite scales".into());
             }

@@ -158,7 +158,21 @@ impl PackedWeight {
         })
     }
 
-    /// The packing loop shared by both sources: row groups in parallel, each read by
+    /// Packs a Q4_K matrix from llama.cpp's blocks as stored, keeping their numbers (see
+    /// `q4::pack_group_blocks`): `fill(first, dst)` writes the blocks of rows `first..` (a
+    /// whole number of rows, at most 16; 144 bytes per 256 columns) into `dst`. `None`
+    /// unless `cols` is a multiple of 256.
+    pub fn pack_q4k_blocks(rows: usize, cols: usize, fill: impl Fn(usize, &mut [u8]) + Sync) -> Option<Self> {
+        if !cols.is_multiple_of(256) || q4::sub_blocks(cols) != 8 {
+            return None;
+        }
+        let row_bytes = cols / 256 * q4::GGML_BLOCK;
+        Self::pack_groups(rows, cols, PackedFormat::Q4K, row_bytes, fill, |buf, lines, meta| {
+            q4::pack_group_blocks(buf, cols, lines, meta)
+        })
+    }
+
+    /// The packing loop shared by every source: row groups in parallel, each read by
     /// `fill(first, dst)` into a buffer of 16 rows of `per_row` values (rows past the
     /// matrix zero) and packed by `pack(buffer, lines, meta)`.
     fn pack_groups<T: Copy + Default + Send>(

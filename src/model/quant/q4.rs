@@ -105,6 +105,54 @@ pub fn pack_group(w: &[f32], cols: usize, lines: &mut [Line], meta: &mut [u8]) {
     }
 }
 
+/// Bytes of one llama.cpp Q4_K block (256 weights): f16 `d`, f16 `dmin`, 12 bytes of
+/// packed 6-bit scales and minimums, 128 bytes of 4-bit levels.
+pub const GGML_BLOCK: usize = 144;
+
+/// The 6-bit `(scale, min)` of sub-block `j` from a Q4_K block's 12 packed bytes (as
+/// llama.cpp stores them: sub-blocks 0-3 in the low 6 bits of bytes 0-7, 4-7 split).
+fn ggml_scale_min(packed: &[u8], j: usize) -> (u8, u8) {
+    if j < 4 {
+        (packed[j] & 63, packed[j + 4] & 63)
+    } else {
+        (
+            (packed[j + 4] & 15) | ((packed[j - 4] >> 6) << 4),
+            (packed[j + 4] >> 4) | ((packed[j] >> 6) << 4),
+        )
+    }
+}
+
+/// One group of 16 rows stored as llama.cpp Q4_K blocks (`blocks`: each row's `cols / 256`
+/// blocks of [`GGML_BLOCK`] bytes, row after row; `cols` a multiple of 256) repacked with
+/// their numbers kept: `d`, `dmin`, the 6-bit scales and minimums and the 4-bit levels are
+/// copied, so every weight is the value llama.cpp computes, `d * sc * q - dmin * m`.
+pub fn pack_group_blocks(blocks: &[u8], cols: usize, lines: &mut [Line], meta: &mut [u8]) {
+    const SUB: usize = 8;
+    let (nb, mlen) = (cols / (SUB * BLOCK), meta_len(SUB));
+    for s in 0..nb {
+        let m = &mut meta[s * mlen..(s + 1) * mlen];
+        for i in 0..GROUP {
+            let src = &blocks[(i * nb + s) * GGML_BLOCK..(i * nb + s + 1) * GGML_BLOCK];
+            m[2 * i..2 * i + 2].copy_from_slice(&src[0..2]);
+            m[2 * GROUP + 2 * i..2 * GROUP + 2 * i + 2].copy_from_slice(&src[2..4]);
+            let (packed, qs) = (&src[4..16], &src[16..]);
+            for j in 0..SUB {
+                let (sc, mn) = ggml_scale_min(packed, j);
+                m[4 * GROUP + j * 2 * GROUP + i] = sc;
+                m[4 * GROUP + j * 2 * GROUP + GROUP + i] = mn;
+                // Sub-blocks 2c and 2c + 1 are the low and high nibbles of bytes 32c..32c + 32.
+                let tile = &mut lines[(s * SUB + j) * LINES..(s * SUB + j + 1) * LINES];
+                for k in 0..BLOCK {
+                    let byte = qs[32 * (j / 2) + k];
+                    let q = if j % 2 == 0 { byte & 15 } else { byte >> 4 };
+                    let (line, t, high) = (k / 8, k % 4, k % 8 >= 4);
+                    tile[line].0[i * 4 + t] |= if high { q << 4 } else { q };
+                }
+            }
+        }
+    }
+}
+
 /// The per-row `(d, dmin)` of super-block meta `m` and the `(sc, mn)` of sub-block `j`.
 fn row_params(m: &[u8], i: usize, j: usize) -> (f32, f32, f32, f32) {
     let h = |o: usize| f16::from_bits(u16::from_le_bytes([m[o], m[o + 1]])).to_f32();

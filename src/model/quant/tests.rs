@@ -185,3 +185,40 @@ fn packing_row_by_row_equals_packing_a_slice() {
         assert!((0..rows).all(|r| a.row(r) == b.row(r)));
     }
 }
+
+#[test]
+fn q4_k_blocks_keep_llama_cpp_numbers() {
+    use candle_core::{quantized::GgmlDType, quantized::QTensor, Device, Tensor};
+    // 37 rows (not whole groups), two super-blocks per row; scales above 31 exercise the
+    // split 6-bit encoding of sub-blocks 4-7.
+    let (rows, cols) = (37, 512);
+    let w: Vec<f32> = values(rows * cols, 91)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v * (1.0 + (i / 32 % 7) as f32))
+        .collect();
+    let t = Tensor::from_slice(&w, (rows, cols), &Device::Cpu).unwrap();
+    let q = QTensor::quantize(&t, GgmlDType::Q4K).unwrap();
+    let bytes = q.data().unwrap().to_vec();
+    let want: Vec<f32> = q
+        .dequantize(&Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let row_bytes = cols / 256 * 144;
+    assert_eq!(bytes.len(), rows * row_bytes);
+    let p = PackedWeight::pack_q4k_blocks(rows, cols, |first, dst| {
+        dst.copy_from_slice(&bytes[first * row_bytes..first * row_bytes + dst.len()])
+    })
+    .unwrap();
+    for r in 0..rows {
+        assert_eq!(p.row(r), want[r * cols..(r + 1) * cols], "row {r}");
+    }
+    // The kernels agree with the dequantized weights as for any packed matrix.
+    let x = values(5 * cols, 3);
+    let err = rel_err(&p.matmul(&x, 5).unwrap(), &p.matmul_reference(&x, 5));
+    assert!(err < 0.02, "{err}");
+    assert!(PackedWeight::pack_q4k_blocks(rows, 320, |_, _| {}).is_none());
+}
