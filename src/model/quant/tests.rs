@@ -112,19 +112,30 @@ fn q4k_super_blocks_follow_the_row_length() {
     assert_eq!(q4::sub_blocks(384), 4);
 }
 
-/// Relative RMS error of candle's (llama.cpp's) Q4_K / Q8_0 on the same weights.
-fn ggml_error(w: &[f32], rows: usize, cols: usize, dtype: candle_core::quantized::GgmlDType) -> f64 {
+/// `w: [rows, cols]` quantized by candle (llama.cpp's formats): its stored block bytes and
+/// its dequantized values.
+fn ggml_round_trip(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    dtype: candle_core::quantized::GgmlDType,
+) -> (Vec<u8>, Vec<f32>) {
     use candle_core::{quantized::QTensor, Device, Tensor};
     let t = Tensor::from_slice(w, (rows, cols), &Device::Cpu).unwrap();
-    let back: Vec<f32> = QTensor::quantize(&t, dtype)
-        .unwrap()
+    let q = QTensor::quantize(&t, dtype).unwrap();
+    let values = q
         .dequantize(&Device::Cpu)
         .unwrap()
         .flatten_all()
         .unwrap()
         .to_vec1()
         .unwrap();
-    rms_rel(&back, w)
+    (q.data().unwrap().to_vec(), values)
+}
+
+/// Relative RMS error of candle's (llama.cpp's) Q4_K / Q8_0 on the same weights.
+fn ggml_error(w: &[f32], rows: usize, cols: usize, dtype: candle_core::quantized::GgmlDType) -> f64 {
+    rms_rel(&ggml_round_trip(w, rows, cols, dtype).1, w)
 }
 
 fn rms_rel(a: &[f32], b: &[f32]) -> f64 {
@@ -188,7 +199,7 @@ fn packing_row_by_row_equals_packing_a_slice() {
 
 #[test]
 fn q4_k_blocks_keep_llama_cpp_numbers() {
-    use candle_core::{quantized::GgmlDType, quantized::QTensor, Device, Tensor};
+    use candle_core::quantized::GgmlDType;
     // 37 rows (not whole groups), two super-blocks per row; scales above 31 exercise the
     // split 6-bit encoding of sub-blocks 4-7.
     let (rows, cols) = (37, 512);
@@ -197,16 +208,7 @@ fn q4_k_blocks_keep_llama_cpp_numbers() {
         .enumerate()
         .map(|(i, v)| v * (1.0 + (i / 32 % 7) as f32))
         .collect();
-    let t = Tensor::from_slice(&w, (rows, cols), &Device::Cpu).unwrap();
-    let q = QTensor::quantize(&t, GgmlDType::Q4K).unwrap();
-    let bytes = q.data().unwrap().to_vec();
-    let want: Vec<f32> = q
-        .dequantize(&Device::Cpu)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let (bytes, want) = ggml_round_trip(&w, rows, cols, GgmlDType::Q4K);
     let row_bytes = cols / 256 * 144;
     assert_eq!(bytes.len(), rows * row_bytes);
     let p = PackedWeight::pack_q4k_blocks(rows, cols, |first, dst| {
