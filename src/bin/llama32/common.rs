@@ -34,6 +34,14 @@ pub fn load_engine(a: &ModelArgs, parallel: Option<usize>) -> anyhow::Result<Eng
     Ok(engine)
 }
 
+/// Says so when `--spec` was asked of a backend that does not speculate (the candle one:
+/// f32, bf16, GPUs), where requests decode one token per pass instead.
+pub fn warn_if_no_speculation(engine: &Engine, asked: bool) {
+    if asked && !engine.is_batched() {
+        eprintln!("warning: --spec is ignored here: speculation runs on the packed CPU formats (q8_0, q4k, q4k_m), not on this model's candle backend");
+    }
+}
+
 /// `--spec` as a library value.
 pub fn speculation(kind: &str, n: usize, k: usize) -> llama32::Result<Option<Speculation>> {
     match kind {

@@ -84,6 +84,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     let request = request(&a.sampling, a.model.ctx_size)?;
     let engine = load_engine(&a.model, None)?;
+    common::warn_if_no_speculation(&engine, request.speculation.is_some());
     let interrupt = Interrupt::install();
     let mut stream = Streamer::new();
     let out = engine.generate(&a.prompt, &request, |piece| {
