@@ -21,15 +21,53 @@ pub const TILE: usize = GROUP * BLOCK;
 const LINES: usize = TILE / 64;
 
 /// One group of 16 rows (`w: [16, cols]`, row-major) quantized into `lines` (`cols / 32 * 8`)
-/// and `scales` (`cols / 32 * 16` f16 as little-endian bytes).
+/// and `scales` (`cols / 32 * 16` f16 as little-endian bytes). Written so that the compiler
+/// vectorizes it (packing a model quantizes every weight): the rounded value is read from
+/// the float's bits, with no float-to-integer conversion; the same numbers as
+/// [`pack_group_reference`].
 pub fn pack_group(w: &[f32], cols: usize, lines: &mut [Line], scales: &mut [u8]) {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: its low mantissa byte holds the integer.
+    for b in 0..cols / BLOCK {
+        let tile = &mut lines[b * LINES..(b + 1) * LINES];
+        for i in 0..GROUP {
+            let Some(src) = w.get(i * cols + b * BLOCK..i * cols + (b + 1) * BLOCK) else {
+                return;
+            };
+            let (d, inv) = block_scale(src);
+            let at = 2 * (b * GROUP + i);
+            scales[at..at + 2].copy_from_slice(&d.to_bits().to_le_bytes());
+            let mut q = [0u8; BLOCK];
+            for (q, &v) in q.iter_mut().zip(src) {
+                let x = v * inv;
+                // A NaN becomes 0, as `as i32` makes it in the reference.
+                let x = if x.is_nan() { 0.0 } else { x.clamp(-127.0, 127.0) };
+                // `(x + MAGIC)` has the rounded integer (ties to even) in its low bits, and
+                // MAGIC's low byte is 0: the low byte is `q` as two's complement.
+                *q = ((x + MAGIC).to_bits() as u8).wrapping_add(128);
+            }
+            for (line, four) in tile.iter_mut().zip(q.chunks_exact(4)) {
+                line.0[i * 4..i * 4 + 4].copy_from_slice(four);
+            }
+        }
+    }
+}
+
+/// A block's f16 scale (`amax / 127`) and the reciprocal its values are multiplied by.
+fn block_scale(src: &[f32]) -> (f16, f32) {
+    let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = f16::from_f32(amax / 127.0);
+    let inv = if d.to_f32() > 0.0 { 1.0 / d.to_f32() } else { 0.0 };
+    (d, inv)
+}
+
+/// Slow, obviously correct twin of [`pack_group`].
+#[cfg(test)]
+pub fn pack_group_reference(w: &[f32], cols: usize, lines: &mut [Line], scales: &mut [u8]) {
     for b in 0..cols / BLOCK {
         let tile = &mut lines[b * LINES..(b + 1) * LINES];
         for i in 0..GROUP {
             let src = &w[i * cols + b * BLOCK..i * cols + (b + 1) * BLOCK];
-            let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = f16::from_f32(amax / 127.0);
-            let inv = if d.to_f32() > 0.0 { 1.0 / d.to_f32() } else { 0.0 };
+            let (d, inv) = block_scale(src);
             let at = 2 * (b * GROUP + i);
             scales[at..at + 2].copy_from_slice(&d.to_bits().to_le_bytes());
             for (k, &v) in src.iter().enumerate() {

@@ -224,3 +224,29 @@ fn q4_k_blocks_keep_llama_cpp_numbers() {
     assert!(err < 0.02, "{err}");
     assert!(PackedWeight::pack_q4k_blocks(rows, 320, |_, _| {}).is_none());
 }
+
+#[test]
+fn fast_q8_0_packing_equals_the_reference() {
+    let cols = 128;
+    let mut w = values(GROUP * cols, 21);
+    // Ties at the scale step (x.5 after scaling), a block of zeros, tiny and huge values,
+    // NaN and infinities: every byte and scale must match the reference's.
+    for (k, v) in w.iter_mut().take(32).enumerate() {
+        *v = (k as f32 - 16.0) + 0.5;
+    }
+    w[32..64].iter_mut().for_each(|v| *v = 0.0);
+    w[64..96]
+        .iter_mut()
+        .enumerate()
+        .for_each(|(k, v)| *v = (k as f32) * 1e-30);
+    w[100] = f32::NAN;
+    w[140] = f32::INFINITY;
+    w[170] = -1e30;
+    let blocks = cols / 32;
+    let (mut a, mut b) = (vec![Line([0; 64]); blocks * 8], vec![Line([0; 64]); blocks * 8]);
+    let (mut sa, mut sb) = (vec![0u8; blocks * GROUP * 2], vec![0u8; blocks * GROUP * 2]);
+    q8::pack_group(&w, cols, &mut a, &mut sa);
+    q8::pack_group_reference(&w, cols, &mut b, &mut sb);
+    assert_eq!(sa, sb);
+    assert!(a.iter().zip(&b).all(|(x, y)| x.0 == y.0));
+}
