@@ -250,3 +250,26 @@ fn fast_q8_0_packing_equals_the_reference() {
     assert_eq!(sa, sb);
     assert!(a.iter().zip(&b).all(|(x, y)| x.0 == y.0));
 }
+
+#[test]
+fn fast_q4k_packing_equals_the_reference() {
+    for cols in [256, 96] {
+        let mut w = values(GROUP * cols, 33);
+        w[..32].iter_mut().for_each(|v| *v = 0.25); // a constant sub-block
+        w[40] = f32::NAN;
+        w[cols + 7] = 1e30;
+        w[2 * cols..2 * cols + 32]
+            .iter_mut()
+            .enumerate()
+            .for_each(|(k, v)| *v = k as f32 * 1e-30);
+        let sub = q4::sub_blocks(cols);
+        let lines = cols / 32 * 4;
+        let meta = cols / 32 / sub * q4::meta_len(sub);
+        let (mut a, mut b) = (vec![Line([0; 64]); lines], vec![Line([0; 64]); lines]);
+        let (mut ma, mut mb) = (vec![0u8; meta], vec![0u8; meta]);
+        q4::pack_group(&w, cols, &mut a, &mut ma);
+        q4::pack_group_reference(&w, cols, &mut b, &mut mb);
+        assert_eq!(ma, mb, "{cols} columns");
+        assert!(a.iter().zip(&b).all(|(x, y)| x.0 == y.0), "{cols} columns");
+    }
+}
