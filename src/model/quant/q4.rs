@@ -37,7 +37,7 @@ pub fn meta_len(sub: usize) -> usize {
 
 /// Scale and minimum (as a non-negative offset) of one sub-block, refined by least squares.
 /// The levels are computed for the whole sub-block first (the divisions vectorize), then
-/// summed in order: the same numbers as [`fit_sub_block_reference`].
+/// summed in order: the same numbers as computing each level inside the sum.
 fn fit_sub_block(w: &[f32]) -> (f32, f32) {
     let (lo, hi) = w.iter().fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
     if hi <= lo {
@@ -94,6 +94,16 @@ fn put_levels(chunk: &[f32], step: f32, off: f32, i: usize, tile: &mut [Line]) {
 /// One group of 16 rows (`w: [16, cols]`) quantized into `lines` (`cols / 32 * 4`) and
 /// `meta` (`cols / 32 / sub` super-blocks of [`meta_len`] bytes).
 pub fn pack_group(w: &[f32], cols: usize, lines: &mut [Line], meta: &mut [u8]) {
+    pack_group_with(w, cols, lines, meta, fit_sub_block, put_levels);
+}
+
+/// Fits one sub-block's scale and minimum.
+type Fit = fn(&[f32]) -> (f32, f32);
+/// Writes one sub-block's levels (values, step, offset, row, tile).
+type PutLevels = fn(&[f32], f32, f32, usize, &mut [Line]);
+
+/// [`pack_group`] with its two inner steps given.
+fn pack_group_with(w: &[f32], cols: usize, lines: &mut [Line], meta: &mut [u8], fit: Fit, put: PutLevels) {
     let sub = sub_blocks(cols);
     let mlen = meta_len(sub);
     let mut fits = Vec::with_capacity(sub);
@@ -102,7 +112,7 @@ pub fn pack_group(w: &[f32], cols: usize, lines: &mut [Line], meta: &mut [u8]) {
         for i in 0..GROUP {
             let row = &w[i * cols + s * sub * BLOCK..i * cols + (s + 1) * sub * BLOCK];
             fits.clear();
-            fits.extend(row.chunks(BLOCK).map(fit_sub_block));
+            fits.extend(row.chunks(BLOCK).map(fit));
             let dmax = fits.iter().fold(0f32, |a, f| a.max(f.0));
             let mmax = fits.iter().fold(0f32, |a, f| a.max(f.1));
             let d = f16::from_f32(dmax / 255.0);
@@ -117,80 +127,31 @@ pub fn pack_group(w: &[f32], cols: usize, lines: &mut [Line], meta: &mut [u8]) {
                 m[4 * GROUP + j * 2 * GROUP + GROUP + i] = mn;
                 let (step, off) = (d.to_f32() * sc as f32, dmin.to_f32() * mn as f32);
                 let tile = &mut lines[(s * sub + j) * LINES..(s * sub + j + 1) * LINES];
-                put_levels(chunk, step, off, i, tile);
+                put(chunk, step, off, i, tile);
             }
         }
     }
 }
 
-/// Slow, obviously correct twin of [`fit_sub_block`].
-#[cfg(test)]
-fn fit_sub_block_reference(w: &[f32]) -> (f32, f32) {
-    let (lo, hi) = w.iter().fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-    if hi <= lo {
-        return (0.0, -lo);
-    }
-    let (mut scale, mut min) = ((hi - lo) / 15.0, lo);
-    for _ in 0..2 {
-        // Fix the levels, then solve for the (scale, min) minimising the squared error.
-        let (mut n, mut sq, mut sqq, mut sw, mut sqw) = (0f32, 0f32, 0f32, 0f32, 0f32);
-        for &v in w {
-            let q = super::round_clamped((v - min) / scale, 0.0, 15.0);
-            n += 1.0;
-            sq += q;
-            sqq += q * q;
-            sw += v;
-            sqw += q * v;
-        }
-        let det = n * sqq - sq * sq;
-        if det <= 0.0 {
-            break;
-        }
-        let s = (n * sqw - sq * sw) / det;
-        let m = (sw - s * sq) / n;
-        if s.is_nan() || s <= 0.0 || m > 0.0 {
-            break;
-        }
-        (scale, min) = (s, m);
-    }
-    (scale, -min)
-}
-
-/// Slow, obviously correct twin of [`pack_group`].
+/// Slow, obviously correct twin of [`pack_group`]: the same walk over super-blocks with
+/// the scalar level loop (the fit differs from the one before vectorizing only in keeping
+/// the levels in an array between computing and summing them, in the same order).
 #[cfg(test)]
 pub fn pack_group_reference(w: &[f32], cols: usize, lines: &mut [Line], meta: &mut [u8]) {
-    let sub = sub_blocks(cols);
-    let mlen = meta_len(sub);
-    for s in 0..cols / BLOCK / sub {
-        let m = &mut meta[s * mlen..(s + 1) * mlen];
-        for i in 0..GROUP {
-            let row = &w[i * cols + s * sub * BLOCK..i * cols + (s + 1) * sub * BLOCK];
-            let fits: Vec<(f32, f32)> = row.chunks(BLOCK).map(fit_sub_block_reference).collect();
-            let dmax = fits.iter().fold(0f32, |a, f| a.max(f.0));
-            let mmax = fits.iter().fold(0f32, |a, f| a.max(f.1));
-            let d = f16::from_f32(dmax / 255.0);
-            let dmin = f16::from_f32(mmax / 255.0);
-            m[2 * i..2 * i + 2].copy_from_slice(&d.to_bits().to_le_bytes());
-            m[2 * GROUP + 2 * i..2 * GROUP + 2 * i + 2].copy_from_slice(&dmin.to_bits().to_le_bytes());
-            for (j, (&(scale, min), chunk)) in fits.iter().zip(row.chunks(BLOCK)).enumerate() {
-                let ratio = |v: f32, unit: f16| if unit.to_f32() > 0.0 { v / unit.to_f32() } else { 0.0 };
-                let sc = super::round_clamped(ratio(scale, d), 0.0, 255.0) as u8;
-                let mn = super::round_clamped(ratio(min, dmin), 0.0, 255.0) as u8;
-                m[4 * GROUP + j * 2 * GROUP + i] = sc;
-                m[4 * GROUP + j * 2 * GROUP + GROUP + i] = mn;
-                let (step, off) = (d.to_f32() * sc as f32, dmin.to_f32() * mn as f32);
-                let tile = &mut lines[(s * sub + j) * LINES..(s * sub + j + 1) * LINES];
-                for (k, &v) in chunk.iter().enumerate() {
-                    let q = if step > 0.0 {
-                        super::round_clamped((v + off) / step, 0.0, 15.0) as u8
-                    } else {
-                        0
-                    };
-                    let (line, t, high) = (k / 8, k % 4, k % 8 >= 4);
-                    tile[line].0[i * 4 + t] |= if high { q << 4 } else { q };
-                }
-            }
-        }
+    pack_group_with(w, cols, lines, meta, fit_sub_block, put_levels_reference);
+}
+
+/// Slow, obviously correct twin of [`put_levels`].
+#[cfg(test)]
+fn put_levels_reference(chunk: &[f32], step: f32, off: f32, i: usize, tile: &mut [Line]) {
+    for (k, &v) in chunk.iter().enumerate() {
+        let q = if step > 0.0 {
+            super::round_clamped((v + off) / step, 0.0, 15.0) as u8
+        } else {
+            0
+        };
+        let (line, t, high) = (k / 8, k % 4, k % 8 >= 4);
+        tile[line].0[i * 4 + t] |= if high { q << 4 } else { q };
     }
 }
 
