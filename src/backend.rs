@@ -83,18 +83,20 @@ impl Backend {
                 idle: Vec::new(),
             };
         }
-        let c = model.config();
-        let layout = KvLayout {
-            layers: c.num_hidden_layers,
-            kv_heads: c.num_key_value_heads,
-            head_dim: c.head_dim,
-            block_size: DEFAULT_BLOCK_SIZE,
-        };
+        let layout = pool_layout(&model);
         let blocks = layout.blocks_in(kv_bytes, kv_dtype);
         Self::Paged {
             model,
             pool: BlockPool::new(layout, blocks, kv_dtype),
         }
+    }
+
+    /// [`Backend::new`] with a pool that holds `positions` positions (one sequence's, as a
+    /// draft model's own backend).
+    pub fn for_positions(model: Arc<Llama>, positions: usize, kv_dtype: KvDType, prefill_chunk: usize) -> Self {
+        let layout = pool_layout(&model);
+        let blocks = positions.div_ceil(layout.block_size) + 1;
+        Self::new(model, (blocks * layout.block_bytes(kv_dtype), kv_dtype), prefill_chunk)
     }
 
     /// True for the batched paged backend.
@@ -187,10 +189,15 @@ impl Backend {
     }
 
     /// Forgets the positions of `kv` from `len` on (speculated tokens that were not
-    /// accepted). Only the paged backend speculates; the candle one ignores it.
+    /// accepted).
     pub fn truncate(&mut self, kv: &mut SeqKv, len: usize) {
-        if let (Self::Paged { pool, .. }, SeqKv::Paged(t)) = (self, kv) {
-            pool.truncate(t, len);
+        match (self, kv) {
+            (Self::Paged { pool, .. }, SeqKv::Paged(t)) => pool.truncate(t, len),
+            (Self::Candle { .. }, SeqKv::Candle(cache, fed)) => {
+                cache.truncate(len);
+                fed.truncate(len);
+            }
+            _ => {}
         }
     }
 
@@ -253,6 +260,17 @@ impl Backend {
                 Ok(out)
             }
         }
+    }
+}
+
+/// The pool shape of `model`'s keys and values.
+fn pool_layout(model: &Llama) -> KvLayout {
+    let c = model.config();
+    KvLayout {
+        layers: c.num_hidden_layers,
+        kv_heads: c.num_key_value_heads,
+        head_dim: c.head_dim,
+        block_size: DEFAULT_BLOCK_SIZE,
     }
 }
 

@@ -12,8 +12,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::backend::{Backend, SeqKv, Work};
 use crate::error::{Error, Result};
-use crate::model::kv_cache::KvCache;
+use crate::kv::KvDType;
 use crate::model::Llama;
 
 /// How a request speculates.
@@ -94,45 +95,67 @@ pub struct Speculator {
 #[derive(Debug)]
 enum Source {
     Ngram { n: usize },
-    Draft(Drafter),
+    Draft(Box<Drafter>),
 }
 
-/// A draft model with its own KV cache for one sequence.
-#[derive(Debug)]
+/// A draft model with keys and values of its own for one sequence, on the backend the
+/// model runs on (the paged one for packed weights: its prompt runs at prefill speed).
 struct Drafter {
-    model: Arc<Llama>,
-    cache: KvCache,
-    /// The tokens whose keys and values `cache` holds.
+    backend: Backend,
+    kv: SeqKv,
+    /// The tokens whose keys and values `kv` holds.
     fed: Vec<u32>,
 }
 
+impl std::fmt::Debug for Drafter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Drafter").field("fed", &self.fed.len()).finish()
+    }
+}
+
 impl Drafter {
-    /// The draft model's greedy continuation of `tokens`, `n` tokens long. The cache is
-    /// first rolled back to the longest prefix it shares with `tokens` (proposals that
-    /// were not kept leave it), and only the rest is run.
+    /// A drafter for sequences of up to `ctx` positions.
+    fn new(model: Arc<Llama>, ctx: usize) -> Self {
+        let mut backend = Backend::for_positions(model, ctx, KvDType::F16, 512);
+        let kv = backend.start(&[], ctx);
+        Self {
+            backend,
+            kv,
+            fed: Vec::new(),
+        }
+    }
+
+    /// The draft model's greedy continuation of `tokens`, up to `n` tokens long. Its keys
+    /// and values are first rolled back to the longest prefix they share with `tokens`
+    /// (proposals that were not kept leave it), and only the rest is run.
     fn propose(&mut self, tokens: &[u32], n: usize) -> Result<Vec<u32>> {
         let common = self.fed.iter().zip(tokens).take_while(|(a, b)| a == b).count();
         // At least the last token is run, for its logits.
         let keep = common.min(tokens.len().saturating_sub(1));
-        self.cache.truncate(keep);
+        self.backend.truncate(&mut self.kv, keep);
         self.fed.truncate(keep);
-        let mut logits = self.model.forward(&tokens[keep..], &mut self.cache, 512)?;
         self.fed.extend_from_slice(&tokens[keep..]);
+        let mut run = self.fed.len() - keep;
         let mut out = Vec::with_capacity(n);
-        while out.len() < n {
-            let row: Vec<f32> = logits.to_vec1()?;
+        while out.len() < n && self.backend.reserve(&mut self.kv, run) {
+            let work = Work {
+                kv: &mut self.kv,
+                tokens: &self.fed,
+                n: run,
+                logits: 1,
+            };
+            let logits = self.backend.forward(&mut [work])?;
+            let Some(row) = logits.first() else { break };
             let best = row
                 .iter()
                 .enumerate()
-                .fold(0, |b, (i, x)| if *x > row[b] { i } else { b });
-            out.push(best as u32);
-            if out.len() < n && self.cache.len() < self.cache.max_len() {
-                logits = self.model.forward(&[best as u32], &mut self.cache, 1)?;
-                self.fed.push(best as u32);
-            } else {
-                break;
-            }
+                .fold(0, |b, (i, x)| if *x > row[b] { i } else { b }) as u32;
+            out.push(best);
+            self.fed.push(best);
+            run = 1;
         }
+        // The last proposal was not run: its keys and values are not held.
+        self.fed.truncate(Backend::computed(&self.kv));
         Ok(out)
     }
 }
@@ -148,13 +171,7 @@ impl Speculator {
                     name: "spec",
                     reason: "draft speculation needs a draft model loaded with the engine (--draft-model)".into(),
                 })?;
-                let cache = model.new_cache(ctx);
-                let drafter = Drafter {
-                    model,
-                    cache,
-                    fed: Vec::new(),
-                };
-                (Source::Draft(drafter), k)
+                (Source::Draft(Box::new(Drafter::new(model, ctx))), k)
             }
         };
         let k = k.max(1);
