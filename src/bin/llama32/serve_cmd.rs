@@ -60,7 +60,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         .name("llama32-server".into())
         .spawn(move || server.run())?;
     let engine = Arc::new(load_engine(&a.model, a.parallel)?);
-    crate::common::warn_if_no_speculation(&engine, a.spec != "none");
+    crate::common::warn_if_no_speculation(&engine, config.speculation.is_some());
     handle.ready(engine.clone())?;
     if engine.chat_template().is_none() {
         eprintln!(

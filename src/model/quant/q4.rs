@@ -84,6 +84,13 @@ fn put_levels(chunk: &[f32], step: f32, off: f32, i: usize, tile: &mut [Line]) {
             *q = if x.is_nan() { 0 } else { (x + MAGIC).to_bits() as u8 };
         }
     }
+    put_nibbles(&q, i, tile);
+}
+
+/// Writes the 32 levels `q` (each in `[0, 15]`) of one sub-block into its 4 lines at row
+/// `i`: line `j` gets levels `8j + t` in the low and `8j + 4 + t` in the high nibble of
+/// byte `4i + t`.
+fn put_nibbles(q: &[u8; BLOCK], i: usize, tile: &mut [Line]) {
     for (j, line) in tile.iter_mut().enumerate().take(BLOCK / 8) {
         for t in 0..4 {
             line.0[i * 4 + t] |= q[8 * j + t] | (q[8 * j + 4 + t] << 4);
@@ -192,12 +199,15 @@ pub fn pack_group_blocks(blocks: &[u8], cols: usize, lines: &mut [Line], meta: &
                 m[4 * GROUP + j * 2 * GROUP + GROUP + i] = mn;
                 // Sub-blocks 2c and 2c + 1 are the low and high nibbles of bytes 32c..32c + 32.
                 let tile = &mut lines[(s * SUB + j) * LINES..(s * SUB + j + 1) * LINES];
-                for k in 0..BLOCK {
+                let q: [u8; BLOCK] = std::array::from_fn(|k| {
                     let byte = qs[32 * (j / 2) + k];
-                    let q = if j % 2 == 0 { byte & 15 } else { byte >> 4 };
-                    let (line, t, high) = (k / 8, k % 4, k % 8 >= 4);
-                    tile[line].0[i * 4 + t] |= if high { q << 4 } else { q };
-                }
+                    if j % 2 == 0 {
+                        byte & 15
+                    } else {
+                        byte >> 4
+                    }
+                });
+                put_nibbles(&q, i, tile);
             }
         }
     }

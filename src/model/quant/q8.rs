@@ -30,9 +30,7 @@ pub fn pack_group(w: &[f32], cols: usize, lines: &mut [Line], scales: &mut [u8])
     for b in 0..cols / BLOCK {
         let tile = &mut lines[b * LINES..(b + 1) * LINES];
         for i in 0..GROUP {
-            let Some(src) = w.get(i * cols + b * BLOCK..i * cols + (b + 1) * BLOCK) else {
-                return;
-            };
+            let src = &w[i * cols + b * BLOCK..i * cols + (b + 1) * BLOCK];
             let (d, inv) = block_scale(src);
             let at = 2 * (b * GROUP + i);
             scales[at..at + 2].copy_from_slice(&d.to_bits().to_le_bytes());
