@@ -481,6 +481,11 @@ fn tokenizer_metadata_we_cannot_rebuild_is_refused_by_name() {
             Box::new(set("tokenizer.ggml.tokens", Value::U32(3))),
             "tokenizer.ggml.tokens",
         ),
+        // GGUF arrays hold one type: a token list of numbers.
+        (
+            Box::new(set("tokenizer.ggml.tokens", Value::Array(vec![Value::U32(1); 3]))),
+            "non-string",
+        ),
     ];
     for (i, (edit, needle)) in cases.into_iter().enumerate() {
         let file = dir.path().join(format!("tok{i}.gguf"));
@@ -494,6 +499,17 @@ fn tokenizer_metadata_we_cannot_rebuild_is_refused_by_name() {
             msg.contains(&format!("tok{i}.gguf")) && msg.contains(needle),
             "{needle}: {msg}"
         );
+    }
+    // A bos_token_id past the token list is no crash: the load goes on or names the problem.
+    let file = dir.path().join("bos-out-of-range.gguf");
+    write_gguf_edited(
+        "tied-bf16-llama3",
+        GgmlDType::F32,
+        &file,
+        set("tokenizer.ggml.bos_token_id", Value::U32(u32::MAX)),
+    );
+    if let Err(e) = Engine::load(&file, &LoadOptions::default()) {
+        assert!(e.to_string().contains("bos-out-of-range.gguf"), "{e}");
     }
     // A tokenizer.json beside the file is used instead of the metadata it cannot rebuild.
     let file = dir.path().join("tok0.gguf");
