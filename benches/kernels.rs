@@ -5,8 +5,8 @@
 
 use std::time::Instant;
 
-use llama32::model::quant::{Isa, PackedFormat, PackedWeight};
-use llama32::model::spare::Spare;
+use llama32::backend::cpu::quant::{Isa, PackedFormat, PackedWeight};
+use llama32::backend::cpu::spare::Spare;
 
 fn main() {
     let shapes = [

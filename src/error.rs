@@ -137,9 +137,10 @@ pub enum Error {
         layer: usize,
     },
 
-    /// The KV pool cannot hold what is asked of it.
-    #[error("KV cache pool: {0}")]
-    KvPool(String),
+    /// A broken internal contract between the engine's parts: a bug, reported instead of a
+    /// panic.
+    #[error("internal error: {0}")]
+    Internal(String),
 
     /// The engine's scheduler is gone (it stopped after an internal error).
     #[error("the engine has stopped")]

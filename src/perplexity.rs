@@ -4,15 +4,21 @@
 //! (the same checkpoint in another format, usually f32), also the mean KL divergence of
 //! this model's next-token distribution from the base's and how often their top tokens
 //! agree: how faithful a quantized format is.
+//!
+//! Every window runs through an [`Engine::session`]: the forward pass and KV format that
+//! requests use (the CPU backend's paged pool, f16 keys and values unless the engine was
+//! loaded with another `kv_dtype`), so the figures are those of what is served.
 
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::model::Llama;
+use crate::engine::Engine;
 
 /// What [`perplexity`] measured.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Report {
+    /// How keys and values were stored (`f16`, `f32`).
+    pub kv_dtype: String,
     /// Tokens scored.
     pub tokens: usize,
     /// Windows run.
@@ -57,16 +63,16 @@ struct Sums {
     agree: usize,
 }
 
-/// The perplexity of `model` on `tokens` (BOS not included) in windows of `ctx` tokens, at
+/// The perplexity of `engine`'s model on `tokens` (BOS not included) in windows of `ctx` tokens, at
 /// most `max_windows`, each starting with `bos` when the model's tokenizer adds one (as
 /// llama-perplexity does); `base` adds KL divergence and top-1 agreement.
 pub fn perplexity(
-    model: &Llama,
+    engine: &Engine,
     tokens: &[u32],
     bos: Option<u32>,
     ctx: usize,
     max_windows: usize,
-    base: Option<&Llama>,
+    base: Option<&Engine>,
 ) -> Result<Report> {
     if ctx < 4 {
         return Err(Error::InvalidParameter {
@@ -74,7 +80,7 @@ pub fn perplexity(
             reason: "must be at least 4".into(),
         });
     }
-    let vocab = model.config().vocab_size;
+    let vocab = engine.config().vocab_size;
     if base.is_some_and(|b| b.config().vocab_size != vocab) {
         return Err(Error::InvalidParameter {
             name: "kl-base",
@@ -94,20 +100,20 @@ pub fn perplexity(
     for w in 0..windows {
         let mut ids: Vec<u32> = bos.into_iter().collect();
         ids.extend_from_slice(&tokens[w * per_window..(w + 1) * per_window]);
-        let logits = model.forward_all(&ids, &mut model.new_cache(ctx), 512)?;
+        let logits = engine.session(ctx, None)?.run(&ids, ids.len())?;
         let base_logits = match base {
-            Some(b) => Some(b.forward_all(&ids, &mut b.new_cache(ctx), 512)?),
+            Some(b) => Some(b.session(ctx, None)?.run(&ids, ids.len())?),
             None => None,
         };
         for i in first..ctx - 1 {
             let next = ids[i + 1] as usize;
-            let lp = log_softmax(&logits[i * vocab..(i + 1) * vocab]);
+            let lp = log_softmax(&logits[i]);
             let nll = -lp[next];
             s.n += 1;
             s.nll += nll;
             s.nll_sq += nll * nll;
             if let Some(bl) = &base_logits {
-                let bp = log_softmax(&bl[i * vocab..(i + 1) * vocab]);
+                let bp = log_softmax(&bl[i]);
                 s.base_nll -= bp[next];
                 s.kl += bp.iter().zip(&lp).map(|(&b, &q)| b.exp() * (b - q)).sum::<f64>();
                 s.agree += usize::from(argmax(&bp) == argmax(&lp));
@@ -120,6 +126,7 @@ pub fn perplexity(
     let stderr = (var / (n - 1.0).max(1.0)).sqrt();
     let ppl = mean.exp();
     Ok(Report {
+        kv_dtype: engine.kv_dtype().to_string(),
         tokens: s.n,
         windows,
         perplexity: ppl,

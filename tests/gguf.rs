@@ -253,7 +253,12 @@ fn q8_0_gguf_keeps_its_numbers_and_follows_in_situ_q8_0() {
     let file = dir.path().join("model-q8_0.gguf");
     write_gguf(name, GgmlDType::Q8_0, &file);
     // Without --dtype a Q8_0 file runs as q8_0 on the CPU, its blocks kept as stored.
-    let gguf = Engine::load(&file, &LoadOptions::default()).unwrap();
+    // f32 keys and values: the comparison is of the weights alone.
+    let exact_kv = LoadOptions {
+        kv_dtype: Some(llama32::kv::KvDType::F32),
+        ..Default::default()
+    };
+    let gguf = Engine::load(&file, &exact_kv).unwrap();
     assert_eq!(gguf.dtype(), ComputeDType::Q8_0);
     let note = gguf.conversion_note().unwrap();
     assert!(note.contains("Q8_0 kept as stored"), "{note}");
@@ -263,13 +268,20 @@ fn q8_0_gguf_keeps_its_numbers_and_follows_in_situ_q8_0() {
     // fixture's peaked logits make both large; a wrong scale or row order would make KL
     // explode and top-1 agreement vanish). The stored numbers themselves are checked
     // exactly in the library's unit tests.
-    let st = load(&fixture(name), ComputeDType::Q8_0);
+    let st = Engine::load(
+        &fixture(name),
+        &LoadOptions {
+            dtype: Some(ComputeDType::Q8_0),
+            ..exact_kv
+        },
+    )
+    .unwrap();
     let f32 = load(&fixture(name), ComputeDType::F32);
     let text = "The quick brown fox jumps over the lazy dog while the farmer counts his sheep, \
                 one by one, until the sun sets behind the hills and the evening bells ring out.";
     let ids = st.tokenize(text).unwrap();
     let kl = |a: &Engine, b: &Engine| {
-        let r = llama32::perplexity::perplexity(a.model(), &ids[1..], Some(ids[0]), 16, 2, Some(b.model())).unwrap();
+        let r = llama32::perplexity::perplexity(a, &ids[1..], Some(ids[0]), 16, 2, Some(b)).unwrap();
         (r.mean_kl.unwrap(), r.top1_agreement.unwrap())
     };
     let (kl_files, top1_files) = kl(&gguf, &st);

@@ -25,13 +25,7 @@ fn logits_and_greedy_tokens_match_transformers() {
             let ids = engine.tokenize(&case.text).unwrap();
             assert_eq!(ids, case.prompt_ids, "{name}/{}: prompt ids", case.name);
 
-            let mut cache = engine.model().new_cache(ids.len() + 1);
-            let logits: Vec<f32> = engine
-                .model()
-                .forward(&ids, &mut cache, 512)
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let logits = last_logits(&engine, &ids);
             let diff = rel_max_diff(&logits, &expected_logits(name, &case.name));
             println!(
                 "{name}/{}: {} prompt tokens, max |logit diff| / max |logit| = {diff:.2e}",
@@ -86,13 +80,7 @@ fn sixteen_bit_compute_stays_close_to_f32() {
             ..Default::default()
         };
         let engine = Engine::load(&fixture(name), &opts).unwrap();
-        let mut cache = engine.model().new_cache(64);
-        let logits: Vec<f32> = engine
-            .model()
-            .forward(&case.prompt_ids, &mut cache, 512)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let logits = last_logits(&engine, &case.prompt_ids);
         let diff = rel_max_diff(&logits, &reference);
         println!("{name}/{dtype}: max |logit diff| / max |logit| = {diff:.2e}");
         assert!(diff < tol, "{dtype}: {diff:e}");

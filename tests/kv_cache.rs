@@ -4,69 +4,71 @@
 mod common;
 
 use common::*;
-use llama32::{ComputeDType, Engine, LoadOptions};
+use llama32::{BackendKind, ComputeDType, Engine, LoadOptions};
 
+/// The last logits of `ids` run in pieces of `chunk` through one session.
 fn logits(engine: &Engine, ids: &[u32], chunk: usize) -> Vec<f32> {
-    let mut cache = engine.model().new_cache(4096);
-    engine
-        .model()
-        .forward(ids, &mut cache, chunk)
-        .unwrap()
-        .to_vec1()
-        .unwrap()
+    let mut session = engine.session(4096, None).unwrap();
+    let mut last = Vec::new();
+    for piece in ids.chunks(chunk) {
+        last = session.run(piece, 1).unwrap().pop().unwrap();
+    }
+    last
+}
+
+fn f32_on(backend: BackendKind) -> LoadOptions {
+    LoadOptions {
+        dtype: Some(ComputeDType::F32),
+        backend,
+        ..Default::default()
+    }
 }
 
 #[test]
 fn decoding_one_token_at_a_time_equals_one_prefill() {
-    for name in FIXTURES {
-        let opts = LoadOptions {
-            dtype: Some(ComputeDType::F32),
-            ..Default::default()
-        };
-        let engine = Engine::load(&fixture(name), &opts).unwrap();
-        let case = &expected(name).prompts[0];
-        let ids: Vec<u32> = case.prompt_ids.iter().chain(&case.greedy_ids).copied().collect();
-        let full = logits(&engine, &ids, 4096);
-        let one_by_one = logits(&engine, &ids, 1);
-        let chunked = logits(&engine, &ids, 7);
-        let d1 = rel_max_diff(&one_by_one, &full);
-        let d2 = rel_max_diff(&chunked, &full);
-        println!(
-            "{name}: {} tokens, one-by-one {d1:.2e}, chunks of 7 {d2:.2e}",
-            ids.len()
-        );
-        assert!(d1 < 1e-5 && d2 < 1e-5, "{name}: {d1:e} {d2:e}");
+    for backend in [BackendKind::Auto, BackendKind::Candle] {
+        for name in FIXTURES {
+            let engine = Engine::load(&fixture(name), &f32_on(backend)).unwrap();
+            let case = &expected(name).prompts[0];
+            let ids: Vec<u32> = case.prompt_ids.iter().chain(&case.greedy_ids).copied().collect();
+            let full = logits(&engine, &ids, 4096);
+            let one_by_one = logits(&engine, &ids, 1);
+            let chunked = logits(&engine, &ids, 7);
+            let d1 = rel_max_diff(&one_by_one, &full);
+            let d2 = rel_max_diff(&chunked, &full);
+            println!(
+                "{backend:?} {name}: {} tokens, one-by-one {d1:.2e}, chunks of 7 {d2:.2e}",
+                ids.len()
+            );
+            assert!(d1 < 1e-5 && d2 < 1e-5, "{backend:?} {name}: {d1:e} {d2:e}");
+        }
     }
 }
 
 #[test]
 fn rolling_back_to_a_prefix_reuses_the_cache() {
-    let opts = LoadOptions {
-        dtype: Some(ComputeDType::F32),
-        ..Default::default()
-    };
-    let engine = Engine::load(&fixture("tied-bf16-llama3"), &opts).unwrap();
-    let ids = expected("tied-bf16-llama3").prompts[0].prompt_ids.clone();
-    let model = engine.model();
-    let mut cache = model.new_cache(4096);
-    model.forward(&ids, &mut cache, 512).unwrap();
-    // Go back to 5 tokens, then continue with a different suffix.
-    cache.truncate(5);
-    let other = [ids[..5].to_vec(), vec![1000, 2000, 3000]].concat();
-    let reused: Vec<f32> = model.forward(&other[5..], &mut cache, 512).unwrap().to_vec1().unwrap();
-    let fresh = logits(&engine, &other, 512);
-    assert!(rel_max_diff(&reused, &fresh) < 1e-5);
-    assert_eq!(cache.len(), 8);
+    for backend in [BackendKind::Auto, BackendKind::Candle] {
+        let engine = Engine::load(&fixture("tied-bf16-llama3"), &f32_on(backend)).unwrap();
+        let ids = expected("tied-bf16-llama3").prompts[0].prompt_ids.clone();
+        let mut session = engine.session(4096, None).unwrap();
+        session.run(&ids, 1).unwrap();
+        // Go back to 5 tokens, then continue with a different suffix.
+        session.truncate(5);
+        let other = [ids[..5].to_vec(), vec![1000, 2000, 3000]].concat();
+        let reused = session.run(&other[5..], 1).unwrap().pop().unwrap();
+        let fresh = logits(&engine, &other, 512);
+        assert!(rel_max_diff(&reused, &fresh) < 1e-5, "{backend:?}");
+        assert_eq!(session.len(), 8);
+    }
 }
 
 #[test]
 fn a_next_turn_prefills_only_what_is_new() {
     use llama32::{GenerateRequest, SamplingParams};
     use std::ops::ControlFlow;
-    let opts = LoadOptions {
-        dtype: Some(ComputeDType::F32),
-        ..Default::default()
-    };
+    // The candle backend keeps finished caches whole for the next turn; the CPU backend's
+    // prefix cache keeps whole blocks (see tests/scheduler.rs).
+    let opts = f32_on(BackendKind::Candle);
     let engine = Engine::load(&fixture("tied-f32-mha"), &opts).unwrap();
     let request = GenerateRequest {
         max_tokens: 8,

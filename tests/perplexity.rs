@@ -1,9 +1,11 @@
 //! Perplexity, KL divergence and top-1 agreement (`llama32::perplexity`) against a slow,
-//! obviously correct reference: one token at a time through `Llama::forward`.
+//! obviously correct reference: one token at a time through a session, and the KV format
+//! in effect reported and honoured.
 
 mod common;
 
 use common::{expected, fixture};
+use llama32::kv::KvDType;
 use llama32::{ComputeDType, Engine, LoadOptions};
 
 fn load(dtype: ComputeDType) -> Engine {
@@ -21,22 +23,18 @@ fn perplexity_matches_a_token_by_token_reference() {
     let ids = engine.tokenize(text).unwrap();
     let (bos, body) = (ids[0], &ids[1..]);
     let ctx = 64;
-    let report = llama32::perplexity::perplexity(engine.model(), body, Some(bos), ctx, 2, None).unwrap();
+    let report = llama32::perplexity::perplexity(&engine, body, Some(bos), ctx, 2, None).unwrap();
+    assert_eq!(report.kv_dtype, "f32", "f32 weights keep f32 keys and values by default");
     assert_eq!((report.windows, report.tokens), (2, 2 * (ctx - 1 - ctx / 2)));
     // Reference: the same windows, one token at a time.
-    let model = engine.model();
-    let vocab = model.config().vocab_size;
+    let vocab = engine.config().vocab_size;
     let mut nll = 0.0f64;
     for w in 0..2 {
         let mut window = vec![bos];
         window.extend_from_slice(&body[w * (ctx - 1)..(w + 1) * (ctx - 1)]);
-        let mut cache = model.new_cache(ctx);
+        let mut session = engine.session(ctx, None).unwrap();
         for i in 0..ctx - 1 {
-            let logits: Vec<f32> = model
-                .forward(&window[i..i + 1], &mut cache, 1)
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let logits = session.run(&window[i..i + 1], 1).unwrap().pop().unwrap();
             assert_eq!(logits.len(), vocab);
             if i >= ctx / 2 {
                 let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
@@ -53,13 +51,38 @@ fn perplexity_matches_a_token_by_token_reference() {
     );
 
     // Against itself: no divergence. A quantized copy: a small one, and mostly the same top token.
-    let same = llama32::perplexity::perplexity(model, body, Some(bos), ctx, 2, Some(model)).unwrap();
+    let same = llama32::perplexity::perplexity(&engine, body, Some(bos), ctx, 2, Some(&engine)).unwrap();
     assert!(same.mean_kl.unwrap().abs() < 1e-9 && same.top1_agreement == Some(1.0));
     let q8 = load(ComputeDType::Q8_0);
-    let against = llama32::perplexity::perplexity(q8.model(), body, Some(bos), ctx, 2, Some(model)).unwrap();
+    let against = llama32::perplexity::perplexity(&q8, body, Some(bos), ctx, 2, Some(&engine)).unwrap();
     let kl = against.mean_kl.unwrap();
     assert!(kl > 0.0 && kl < 0.05, "{kl}");
     assert!((against.base_perplexity.unwrap() / report.perplexity - 1.0).abs() < 1e-9);
     // Too short a text is an error naming the file.
-    assert!(llama32::perplexity::perplexity(model, &body[..10], Some(bos), ctx, 2, None).is_err());
+    assert!(llama32::perplexity::perplexity(&engine, &body[..10], Some(bos), ctx, 2, None).is_err());
+}
+
+#[test]
+fn the_kv_format_is_honoured_and_each_figure_reproducible() {
+    let load_kv = |kv: KvDType| {
+        let opts = LoadOptions {
+            dtype: Some(ComputeDType::Q8_0),
+            kv_dtype: Some(kv),
+            ..Default::default()
+        };
+        Engine::load(&fixture("tied-bf16-llama3"), &opts).unwrap()
+    };
+    let text = &expected("tied-bf16-llama3").prompts[1].text;
+    let (f16, f32) = (load_kv(KvDType::F16), load_kv(KvDType::F32));
+    let ids = f16.tokenize(text).unwrap();
+    let (bos, body) = (ids[0], &ids[1..]);
+    let run = |e: &Engine| llama32::perplexity::perplexity(e, body, Some(bos), 64, 2, None).unwrap();
+    let (a, b) = (run(&f16), run(&f16));
+    let (c, d) = (run(&f32), run(&f32));
+    assert_eq!((a.kv_dtype.as_str(), c.kv_dtype.as_str()), ("f16", "f32"));
+    assert_eq!(a.perplexity, b.perplexity, "f16 KV is reproducible");
+    assert_eq!(c.perplexity, d.perplexity, "f32 KV is reproducible");
+    assert_ne!(a.perplexity, c.perplexity, "the KV format changes the figure");
+    // (A random-weight fixture: perplexities near 1e10, and f16 keys move them by a few %.)
+    assert!((a.perplexity / c.perplexity - 1.0).abs() < 0.1, "{} vs {}", a.perplexity, c.perplexity);
 }

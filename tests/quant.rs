@@ -15,11 +15,10 @@ fn log_softmax(x: &[f32]) -> Vec<f64> {
 
 /// Logits after every prefix of `prompt ++ greedy`, one decode step at a time.
 fn logits_along(engine: &Engine, prompt: &[u32], greedy: &[u32]) -> Vec<Vec<f32>> {
-    let model = engine.model();
-    let mut cache = model.new_cache(prompt.len() + greedy.len() + 1);
-    let mut rows = vec![model.forward(prompt, &mut cache, 512).unwrap().to_vec1().unwrap()];
+    let mut session = engine.session(prompt.len() + greedy.len() + 1, None).unwrap();
+    let mut rows = session.run(prompt, 1).unwrap();
     for &t in &greedy[..greedy.len() - 1] {
-        rows.push(model.forward(&[t], &mut cache, 1).unwrap().to_vec1().unwrap());
+        rows.extend(session.run(&[t], 1).unwrap());
     }
     rows
 }

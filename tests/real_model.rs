@@ -6,6 +6,8 @@
 //! candle-transformers' `quantized_llama` is a second, independent reference that runs
 //! the file's Q4_1 blocks natively.
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -128,10 +130,7 @@ fn the_chat_command_answers_from_the_gguf_file() {
 
 /// Log-probabilities of every next token of `ids` under `engine` (one pass).
 fn next_token_logits(engine: &Engine, ids: &[u32]) -> Vec<Vec<f32>> {
-    let model = engine.model();
-    let mut cache = model.new_cache(ids.len());
-    let flat = model.forward_all(ids, &mut cache, 512).unwrap();
-    flat.chunks(model.config().vocab_size).map(<[f32]>::to_vec).collect()
+    common::all_logits(engine, ids)
 }
 
 fn argmax(v: &[f32]) -> usize {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::Device;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendKind, Model, Session};
 use crate::chat::{encode_conversation, ChatTemplate, Message, RenderOptions, Tool};
 use crate::checkpoint::Checkpoint;
 use crate::config::{GenerationConfig, LlamaConfig};
@@ -26,7 +26,7 @@ use crate::constraint::Grammars;
 use crate::device::{check_dtype, ComputeDType, DeviceKind};
 use crate::error::{Error, Result};
 use crate::kv::KvDType;
-use crate::model::{Llama, DEFAULT_PREFILL_CHUNK};
+
 use crate::sampler::{Sampler, StopMatcher, MAX_TOP_LOGPROBS};
 use crate::tokenizer::Tokenizer;
 pub use request::{Event, FinishReason, GenerateRequest, Generation, Handle, Timings};
@@ -34,6 +34,10 @@ pub use scheduler::{Load, SchedulerConfig};
 use sequence::{Parts, Sequence};
 use speculate::Speculator;
 pub use speculate::{SpecStats, Speculation};
+
+/// Prompt tokens computed per step when no budget is given (and per pass on the candle
+/// backend).
+pub const DEFAULT_PREFILL_CHUNK: usize = 512;
 
 /// KV memory of the paged backend when none is given: enough for `parallel` sequences of
 /// the whole context window, at most this much.
@@ -50,8 +54,11 @@ pub struct LoadOptions {
     pub parallel: Option<usize>,
     /// Bytes of the paged KV pool (`None`: [`DEFAULT_KV_MEMORY`] at most).
     pub kv_memory: Option<usize>,
-    /// How the paged KV pool stores keys and values (f16 by default; f32 is exact).
-    pub kv_dtype: KvDType,
+    /// How the paged KV pool stores keys and values (`None`: f32 for the f32 format,
+    /// which is exact, f16 otherwise).
+    pub kv_dtype: Option<KvDType>,
+    /// Which backend runs the model (the CPU backend wherever it can, by default).
+    pub backend: BackendKind,
     /// Prompt tokens computed per step, shared by waiting prompts (`None`: 512). Smaller
     /// keeps running streams smoother while long prompts arrive.
     pub prefill_budget: Option<usize>,
@@ -67,7 +74,9 @@ pub struct LoadOptions {
 /// Share it between threads (`Arc<Engine>`): requests from all of them run together.
 pub struct Engine {
     dir: PathBuf,
-    model: Arc<Llama>,
+    model: Model,
+    kv_dtype: KvDType,
+    candle_device: Device,
     tokenizer: Tokenizer,
     chat_template: Option<ChatTemplate>,
     generation_config: GenerationConfig,
@@ -85,7 +94,7 @@ pub struct Engine {
     /// What loading did to stored GGUF weights.
     conversion: Option<String>,
     /// The draft model for [`Speculation::Draft`].
-    draft: Option<Arc<Llama>>,
+    draft: Option<Model>,
 }
 
 impl Engine {
@@ -107,7 +116,11 @@ impl Engine {
             weights,
             ..
         } = ckpt;
-        let model = Arc::new(Llama::load(&config, &weights, dtype, &device)?);
+        let model = Model::load(&config, &weights, dtype, &device, options.backend)?;
+        let kv_dtype = options.kv_dtype.unwrap_or(match dtype {
+            ComputeDType::F32 => KvDType::F32,
+            _ => KvDType::F16,
+        });
         drop(weights);
         let draft = match &options.draft_model {
             Some(path) => Some(load_draft(path, options, &device, config.vocab_size)?),
@@ -124,8 +137,8 @@ impl Engine {
                 reason: format!("{bad} is outside the vocabulary ({})", config.vocab_size),
             });
         }
-        let (backend, parallel) = make_backend(&model, options)?;
-        let (paged, max_positions) = (backend.is_paged(), backend.max_positions());
+        let (backend, parallel) = make_backend(&model, options, kv_dtype)?;
+        let (paged, max_positions) = (backend.is_cpu(), backend.max_positions());
         let (inbox, rx) = mpsc::channel();
         let load = Arc::new(Mutex::new(Load::default()));
         let sched = scheduler::Scheduler::new(
@@ -144,6 +157,8 @@ impl Engine {
         Ok(Self {
             dir: dir.to_path_buf(),
             model,
+            kv_dtype,
+            candle_device: device,
             tokenizer,
             chat_template,
             generation_config,
@@ -231,9 +246,23 @@ impl Engine {
         encode_conversation(template, &self.tokenizer, messages, tools, options)
     }
 
-    /// The model (for callers that drive the KV cache themselves).
-    pub fn model(&self) -> &Llama {
-        &self.model
+    /// One sequence of at most `ctx` positions on a backend of its own, driven directly
+    /// (scoring text, perplexity): the forward pass requests use, keys and values in
+    /// `kv_dtype` (`None`: the engine's).
+    pub fn session(&self, ctx: usize, kv_dtype: Option<KvDType>) -> Result<Session> {
+        let max = self.config().max_position_embeddings;
+        if ctx == 0 || ctx > max {
+            return Err(Error::InvalidParameter {
+                name: "ctx-size",
+                reason: format!("{ctx} is outside 1..={max} (the model's max_position_embeddings)"),
+            });
+        }
+        Ok(Session::new(&self.model, ctx, kv_dtype.unwrap_or(self.kv_dtype), DEFAULT_PREFILL_CHUNK))
+    }
+
+    /// How keys and values are stored on the CPU backend.
+    pub fn kv_dtype(&self) -> KvDType {
+        self.kv_dtype
     }
 
     /// Ids that end generation (from `config.json` and `generation_config.json`).
@@ -253,7 +282,7 @@ impl Engine {
 
     /// The candle device in use.
     pub fn candle_device(&self) -> &Device {
-        self.model.device()
+        &self.candle_device
     }
 
     /// How long [`Engine::load`] took.
@@ -384,7 +413,7 @@ impl Engine {
             start,
             logprobs: request.logprobs,
             speculation: match request.speculation.filter(|_| self.paged) {
-                Some(spec) => Some(Speculator::new(spec, self.draft.clone(), ctx)?),
+                Some(spec) => Some(Speculator::new(spec, self.draft.as_ref(), ctx)?),
                 None => None,
             },
             constraint: match &request.constraint {
@@ -396,7 +425,7 @@ impl Engine {
 }
 
 /// The draft model at `path`, which must share the target's vocabulary.
-fn load_draft(path: &Path, options: &LoadOptions, device: &Device, vocab: usize) -> Result<Arc<Llama>> {
+fn load_draft(path: &Path, options: &LoadOptions, device: &Device, vocab: usize) -> Result<Model> {
     let ckpt = Checkpoint::open(path)?;
     if ckpt.config.vocab_size != vocab {
         return Err(Error::InvalidParameter {
@@ -412,11 +441,11 @@ fn load_draft(path: &Path, options: &LoadOptions, device: &Device, vocab: usize)
         .draft_dtype
         .unwrap_or_else(|| ckpt.default_dtype(options.device));
     check_dtype(device, options.device, dtype)?;
-    Ok(Arc::new(Llama::load(&ckpt.config, &ckpt.weights, dtype, device)?))
+    Model::load(&ckpt.config, &ckpt.weights, dtype, device, options.backend)
 }
 
 /// The backend for `model` and the number of sequences it runs together.
-fn make_backend(model: &Arc<Llama>, options: &LoadOptions) -> Result<(Backend, usize)> {
+fn make_backend(model: &Model, options: &LoadOptions, kv_dtype: KvDType) -> Result<(Backend, usize)> {
     if options.parallel == Some(0) {
         return Err(Error::InvalidParameter {
             name: "parallel",
@@ -424,8 +453,8 @@ fn make_backend(model: &Arc<Llama>, options: &LoadOptions) -> Result<(Backend, u
         });
     }
     let c = model.config();
-    let per_position = 2 * c.num_hidden_layers * c.kv_dim() * options.kv_dtype.size();
-    let batched = model.runs_batched() && model.has_packed_layers();
+    let per_position = 2 * c.num_hidden_layers * c.kv_dim() * kv_dtype.size();
+    let batched = model.is_cpu();
     let parallel = options.parallel.unwrap_or(if batched { 8 } else { 4 });
     let wanted = c
         .max_position_embeddings
@@ -442,7 +471,7 @@ fn make_backend(model: &Arc<Llama>, options: &LoadOptions) -> Result<(Backend, u
         });
     }
     Ok((
-        Backend::new(model.clone(), (kv_bytes, options.kv_dtype), DEFAULT_PREFILL_CHUNK),
+        model.backend(kv_bytes, kv_dtype, DEFAULT_PREFILL_CHUNK),
         parallel,
     ))
 }

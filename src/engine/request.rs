@@ -12,7 +12,6 @@ use serde::Serialize;
 use super::speculate::{SpecStats, Speculation};
 use crate::constraint::Constraint;
 use crate::error::{Error, Result};
-use crate::model::DEFAULT_PREFILL_CHUNK;
 use crate::sampler::SamplingParams;
 use crate::sampler::TokenLogprob;
 
@@ -28,9 +27,6 @@ pub struct GenerateRequest {
     /// Context window in tokens (prompt + output) of this request; `None` uses the
     /// engine's.
     pub ctx_size: Option<usize>,
-    /// Prompt tokens per forward pass during prefill on the candle backend (the paged
-    /// backend shares its own per-step budget between prompts).
-    pub prefill_chunk: usize,
     /// Report each generated token's log-probability with this many most likely
     /// alternatives (0 to 20); `None`: no log-probabilities.
     pub logprobs: Option<usize>,
@@ -47,7 +43,6 @@ impl Default for GenerateRequest {
             sampling: SamplingParams::default(),
             stop: Vec::new(),
             ctx_size: None,
-            prefill_chunk: DEFAULT_PREFILL_CHUNK,
             logprobs: None,
             constraint: None,
             speculation: None,

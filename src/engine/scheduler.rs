@@ -113,19 +113,18 @@ impl Scheduler {
     fn admit(&mut self) {
         while self.running.len() < self.config.max_running.max(1) {
             let Some(seq) = self.waiting.front() else { break };
-            if self.backend.is_paged() && self.shares_a_prefill(seq) {
+            if self.backend.is_cpu() && self.shares_a_prefill(seq) {
                 break;
             }
             let kv = self.backend.start(&seq.tokens, seq.ctx);
-            let need = self
-                .backend
-                .blocks_needed(&kv, seq.tokens.len() - Backend::computed(&kv));
+            let computed = self.backend.positions(kv).0;
+            let need = self.backend.blocks_needed(kv, seq.tokens.len() - computed);
             if need > self.backend.available() && !self.running.is_empty() {
                 self.backend.release(kv, &seq.tokens);
                 break;
             }
             let Some(mut seq) = self.waiting.pop_front() else { break };
-            seq.admit(kv);
+            seq.admit(kv, self.backend.positions(kv));
             self.running.push(seq);
         }
     }
@@ -150,7 +149,7 @@ impl Scheduler {
                 .running
                 .iter()
                 .filter(|s| s.pending() == 1)
-                .filter_map(|s| s.kv.as_ref().map(|kv| self.backend.blocks_needed(kv, 1)))
+                .filter_map(|s| s.kv.map(|kv| self.backend.blocks_needed(kv, 1)))
                 .sum();
             if need <= self.backend.available() || self.running.is_empty() {
                 return;
@@ -169,6 +168,7 @@ impl Scheduler {
         if let Some(kv) = seq.kv.take() {
             self.backend.release(kv, &seq.tokens);
         }
+        seq.computed = 0;
         self.waiting.push_front(seq);
     }
 
@@ -190,7 +190,7 @@ impl Scheduler {
             if n == 0 {
                 continue;
             }
-            let Some(kv) = seq.kv.as_mut() else { continue };
+            let Some(kv) = seq.kv else { continue };
             if !self.backend.reserve(kv, n) {
                 seq.take_draft();
                 continue;
@@ -217,19 +217,26 @@ impl Scheduler {
             let mut work = Vec::with_capacity(plan.len());
             for &(i, n, logits) in &plan {
                 let Some(seq) = kvs[i].take() else { continue };
-                let Some(kv) = seq.kv.as_mut() else { continue };
+                let Some(kv) = seq.kv else { continue };
                 work.push(Work {
-                    kv,
+                    seq: kv,
                     tokens: &seq.tokens,
                     n,
                     logits,
                 });
             }
-            self.backend.forward(&mut work)
+            self.backend.forward(&work)
         };
         self.steps += 1;
         match result {
-            Ok(logits) => self.sample(&plan, logits),
+            Ok(logits) => {
+                for &(i, n, _) in &plan {
+                    if let Some(seq) = self.running.get_mut(i) {
+                        seq.computed += n;
+                    }
+                }
+                self.sample(&plan, logits)
+            }
             Err(e) => self.fail_all(&plan, e),
         }
     }
@@ -290,8 +297,9 @@ impl Scheduler {
             accepted += 1;
         }
         if !draft.is_empty() {
-            if let Some(kv) = seq.kv.as_mut() {
+            if let Some(kv) = seq.kv {
                 self.backend.truncate(kv, base + accepted);
+                seq.computed = seq.computed.min(base + accepted);
             }
             seq.record_speculation(draft.len(), accepted);
         }
@@ -307,7 +315,7 @@ impl Scheduler {
             let seq = self.running.remove(i);
             let e = first
                 .take()
-                .unwrap_or_else(|| Error::Candle(candle_core::Error::Msg(message.clone())));
+                .unwrap_or_else(|| Error::Internal(message.clone()));
             self.end_with_error(seq, e);
         }
     }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::request::{Event, FinishReason, Generation, Timings};
 use super::speculate::Speculator;
-use crate::backend::{Backend, SeqKv};
+use crate::backend::SeqId;
 use crate::constraint::ConstraintState;
 use crate::error::Result;
 use crate::sampler::{token_logprob, Sampler, StopMatcher, TokenLogprob};
@@ -25,7 +25,9 @@ pub struct Sequence {
     /// Context window: positions this sequence may hold.
     pub ctx: usize,
     /// Keys and values, while admitted.
-    pub kv: Option<SeqKv>,
+    pub kv: Option<SeqId>,
+    /// Positions of `tokens` whose keys and values the backend holds.
+    pub computed: usize,
     sampler: Sampler,
     stop: StopMatcher,
     stream: TextStream,
@@ -90,6 +92,7 @@ impl Sequence {
             max_tokens: p.max_tokens,
             ctx: p.ctx,
             kv: None,
+            computed: 0,
             sampler: p.sampler,
             stop: p.stop,
             stream: p.stream,
@@ -116,8 +119,7 @@ impl Sequence {
 
     /// Tokens not yet computed.
     pub fn pending(&self) -> usize {
-        let computed = self.kv.as_ref().map_or(0, Backend::computed);
-        self.tokens.len() - computed
+        self.tokens.len().saturating_sub(self.computed)
     }
 
     /// Generated tokens so far.
@@ -126,12 +128,15 @@ impl Sequence {
     }
 
     /// Takes its keys and values (the first admission also fixes the cached count).
-    pub fn admit(&mut self, kv: SeqKv) {
+    /// `(computed, cached)` are the positions its backend holds already, and how many of
+    /// them came from a cache.
+    pub fn admit(&mut self, kv: SeqId, (computed, cached): (usize, usize)) {
         if self.admitted.is_none() {
             self.admitted = Some(Instant::now());
-            self.cached = Backend::cached(&kv).min(self.prompt_len);
+            self.cached = cached.min(self.prompt_len);
         }
         self.kv = Some(kv);
+        self.computed = computed;
     }
 
     /// Appends proposed tokens for this step (after the pending one) and returns how many;

@@ -8,14 +8,11 @@
 //! draft distribution: output is exactly that of plain decoding, for greedy and seeded
 //! sampling alike; only the number of passes changes.
 
-use std::sync::Arc;
-
 use serde::Serialize;
 
-use crate::backend::{Backend, SeqKv, Work};
+use crate::backend::{Model, Session};
 use crate::error::{Error, Result};
 use crate::kv::KvDType;
-use crate::model::Llama;
 
 /// How a request speculates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,30 +95,24 @@ enum Source {
     Draft(Box<Drafter>),
 }
 
-/// A draft model with keys and values of its own for one sequence, on the backend the
-/// model runs on (the paged one for packed weights: its prompt runs at prefill speed).
+/// A draft model with keys and values of its own for one sequence, in a [`Session`] on
+/// the backend the model runs on (the CPU one for packed weights: its prompt runs at
+/// prefill speed).
 struct Drafter {
-    backend: Backend,
-    kv: SeqKv,
-    /// The tokens whose keys and values `kv` holds.
-    fed: Vec<u32>,
+    session: Session,
 }
 
 impl std::fmt::Debug for Drafter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Drafter").field("fed", &self.fed.len()).finish()
+        f.debug_struct("Drafter").field("fed", &self.session.len()).finish()
     }
 }
 
 impl Drafter {
     /// A drafter for sequences of up to `ctx` positions.
-    fn new(model: Arc<Llama>, ctx: usize) -> Self {
-        let mut backend = Backend::for_positions(model, ctx, KvDType::F16, 512);
-        let kv = backend.start(&[], ctx);
+    fn new(model: &Model, ctx: usize) -> Self {
         Self {
-            backend,
-            kv,
-            fed: Vec::new(),
+            session: Session::new(model, ctx, KvDType::F16, 512),
         }
     }
 
@@ -129,33 +120,25 @@ impl Drafter {
     /// and values are first rolled back to the longest prefix they share with `tokens`
     /// (proposals that were not kept leave it), and only the rest is run.
     fn propose(&mut self, tokens: &[u32], n: usize) -> Result<Vec<u32>> {
-        let common = self.fed.iter().zip(tokens).take_while(|(a, b)| a == b).count();
+        let fed = self.session.tokens();
+        let common = fed.iter().zip(tokens).take_while(|(a, b)| a == b).count();
         // At least the last token is run, for its logits.
         let keep = common.min(tokens.len().saturating_sub(1));
-        self.backend.truncate(&mut self.kv, keep);
-        self.fed.truncate(keep);
-        self.fed.extend_from_slice(&tokens[keep..]);
-        let mut run = self.fed.len() - keep;
+        self.session.truncate(keep);
         let mut out = Vec::with_capacity(n);
-        while out.len() < n && self.backend.reserve(&mut self.kv, run) {
-            let work = Work {
-                kv: &mut self.kv,
-                tokens: &self.fed,
-                n: run,
-                logits: 1,
-            };
-            let logits = self.backend.forward(&mut [work])?;
+        let mut next = &tokens[keep..];
+        let mut last = [0u32; 1];
+        while out.len() < n && self.session.room() >= next.len() {
+            let logits = self.session.run(next, 1)?;
             let Some(row) = logits.first() else { break };
             let best = row
                 .iter()
                 .enumerate()
                 .fold(0, |b, (i, x)| if *x > row[b] { i } else { b }) as u32;
             out.push(best);
-            self.fed.push(best);
-            run = 1;
+            last[0] = best;
+            next = &last;
         }
-        // The last proposal was not run: its keys and values are not held.
-        self.fed.truncate(Backend::computed(&self.kv));
         Ok(out)
     }
 }
@@ -163,7 +146,7 @@ impl Drafter {
 impl Speculator {
     /// A speculator for `spec`; a draft model speculation needs `draft` (the engine's draft
     /// model) and keeps a KV cache of up to `ctx` positions for it.
-    pub fn new(spec: Speculation, draft: Option<Arc<Llama>>, ctx: usize) -> Result<Self> {
+    pub(crate) fn new(spec: Speculation, draft: Option<&Model>, ctx: usize) -> Result<Self> {
         let (source, k) = match spec {
             Speculation::Ngram { n, k } => (Source::Ngram { n: n.max(1) }, k),
             Speculation::Draft { k } => {

@@ -40,6 +40,15 @@ impl KvDType {
     }
 }
 
+impl std::fmt::Display for KvDType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F16 => "f16",
+            Self::F32 => "f32",
+        })
+    }
+}
+
 impl std::str::FromStr for KvDType {
     type Err = crate::Error;
 

@@ -1,13 +1,10 @@
 //! Rotary position embeddings (RoPE), including Llama 3's `llama3` frequency scaling.
 //!
-//! Frequencies and cos/sin tables are always computed in f32, whatever the compute dtype
+//! Frequencies and angles are always computed in f32, whatever the compute dtype
 //! (bf16-rounded frequencies change greedy tokens within a few steps), and only for the
 //! positions a forward pass uses.
 
-use candle_core::{DType, Device, Tensor};
-
 use crate::config::{Llama3RopeScaling, LlamaConfig};
-use crate::error::Result;
 
 /// Per-pair inverse frequencies of one attention head.
 #[derive(Debug, Clone)]
@@ -49,30 +46,12 @@ impl Rope {
         &self.inv_freq
     }
 
-    /// `(cos, sin)` of position `pos` (each `head_dim / 2` long), as in [`Rope::tables`].
+    /// `(cos, sin)` of position `pos` (each `head_dim / 2` long), in f32.
     pub fn angles(&self, pos: usize) -> (Vec<f32>, Vec<f32>) {
         self.inv_freq
             .iter()
             .map(|&f| ((pos as f32 * f).cos(), (pos as f32 * f).sin()))
             .unzip()
-    }
-
-    /// `(cos, sin)` tables of shape `[len, head_dim / 2]` for positions `start..start+len`,
-    /// computed in f32 and then cast to `dtype`.
-    pub fn tables(&self, start: usize, len: usize, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
-        let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(len * half);
-        let mut sin = Vec::with_capacity(len * half);
-        for pos in start..start + len {
-            for &f in &self.inv_freq {
-                let angle = pos as f32 * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-        }
-        let cos = Tensor::from_vec(cos, (len, half), device)?.to_dtype(dtype)?;
-        let sin = Tensor::from_vec(sin, (len, half), device)?.to_dtype(dtype)?;
-        Ok((cos, sin))
     }
 }
 
@@ -90,22 +69,6 @@ fn llama3_scale(inv_freq: f32, s: &Llama3RopeScaling) -> f32 {
         let smooth = (old_ctx / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
         (1.0 - smooth) * inv_freq / s.factor + smooth * inv_freq
     }
-}
-
-/// Applies RoPE in the "rotate half" layout of HF Llama to `x: [heads, len, head_dim]`.
-pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let x = x.unsqueeze(0)?.contiguous()?;
-    Ok(candle_nn::rotary_emb::rope(&x, cos, sin)?.squeeze(0)?)
-}
-
-/// Slow, obviously correct twin of [`apply`]: `x * cos + rotate_half(x) * sin`.
-pub fn apply_slow(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let d = x.dim(2)?;
-    let (x1, x2) = (x.narrow(2, 0, d / 2)?, x.narrow(2, d / 2, d / 2)?);
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], 2)?;
-    let cos = Tensor::cat(&[cos, cos], 1)?.unsqueeze(0)?;
-    let sin = Tensor::cat(&[sin, sin], 1)?.unsqueeze(0)?;
-    Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
 }
 
 #[cfg(test)]
@@ -158,16 +121,5 @@ mod tests {
             }
         }
         assert_eq!(seen, [true; 3], "head_dim 16 covers all three bands");
-    }
-
-    #[test]
-    fn fast_rope_matches_slow_rope() {
-        let rope = Rope::new(&cfg(Some(LLAMA32)));
-        let dev = Device::Cpu;
-        let x = Tensor::randn(0f32, 1.0, (3, 5, 16), &dev).unwrap();
-        let (cos, sin) = rope.tables(7, 5, DType::F32, &dev).unwrap();
-        let fast = apply(&x, &cos, &sin).unwrap();
-        let slow = apply_slow(&x, &cos, &sin).unwrap();
-        assert!(crate::model::testutil::max_abs_diff(&fast, &slow) < 1e-6);
     }
 }

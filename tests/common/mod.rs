@@ -61,3 +61,18 @@ pub fn copy_fixture(name: &str) -> tempfile::TempDir {
     }
     dir
 }
+
+/// The logits of every next token after each of `ids` (one row per token), through a
+/// session on `engine`: the forward pass requests use.
+#[allow(dead_code)]
+pub fn all_logits(engine: &llama32::Engine, ids: &[u32]) -> Vec<Vec<f32>> {
+    let mut session = engine.session(ids.len().max(1), None).unwrap();
+    session.run(ids, ids.len()).unwrap()
+}
+
+/// The logits after the last of `ids`.
+#[allow(dead_code)]
+pub fn last_logits(engine: &llama32::Engine, ids: &[u32]) -> Vec<f32> {
+    let mut session = engine.session(ids.len().max(1), None).unwrap();
+    session.run(ids, 1).unwrap().pop().unwrap()
+}

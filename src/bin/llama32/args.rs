@@ -100,9 +100,10 @@ pub struct ModelArgs {
     /// of every parallel sequence, at most 4096).
     #[arg(long)]
     pub kv_memory: Option<usize>,
-    /// How the KV cache stores keys and values on CPU: f16 (half the memory) or f32 (exact).
-    #[arg(long, default_value = "f16")]
-    pub kv_dtype: String,
+    /// How the KV cache stores keys and values on CPU: f16 (half the memory) or f32 (exact;
+    /// the default with --dtype f32, f16 otherwise).
+    #[arg(long)]
+    pub kv_dtype: Option<String>,
     /// A smaller model with the same tokenizer, for --spec draft (a checkpoint like --model).
     #[arg(long)]
     pub draft_model: Option<PathBuf>,
@@ -174,9 +175,6 @@ pub struct SamplingArgs {
     /// Constrain the answer to match this regular expression.
     #[arg(long, value_name = "RE", group = "constraint")]
     pub regex: Option<String>,
-    /// Prompt tokens per prefill forward pass.
-    #[arg(long, default_value_t = llama32::model::DEFAULT_PREFILL_CHUNK, hide = true)]
-    pub prefill_chunk: usize,
 }
 
 /// `llama32 generate`.

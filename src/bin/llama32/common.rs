@@ -20,7 +20,8 @@ pub fn load_engine(a: &ModelArgs, parallel: Option<usize>) -> anyhow::Result<Eng
         parallel,
         kv_memory: a.kv_memory.map(|mib| mib.saturating_mul(1 << 20)),
         prefill_budget: None,
-        kv_dtype: a.kv_dtype.parse()?,
+        kv_dtype: a.kv_dtype.as_deref().map(str::parse).transpose()?,
+        backend: Default::default(),
         draft_model: match &a.draft_model {
             Some(p) => Some(crate::hub_cmd::resolve_model_path(p)?),
             None => None,
@@ -112,7 +113,6 @@ pub fn request(a: &SamplingArgs, ctx_size: Option<usize>) -> llama32::Result<Gen
         },
         stop: a.stop.clone(),
         ctx_size,
-        prefill_chunk: a.prefill_chunk,
         logprobs: a.logprobs,
         constraint: constraint(a)?,
         speculation: speculation(&a.spec, a.spec_n, a.spec_k)?,

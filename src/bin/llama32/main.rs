@@ -119,6 +119,8 @@ fn perplexity(a: args::PerplexityArgs) -> anyhow::Result<ExitCode> {
         (dtype, path) => {
             let mut model = args::ModelArgs {
                 dtype: Some(dtype.clone().unwrap_or_else(|| "f32".into())),
+                // The base is the reference: its format's own KV default (f32 for f32).
+                kv_dtype: None,
                 ..a.model.clone()
             };
             if let Some(p) = path {
@@ -145,16 +147,16 @@ fn perplexity(a: args::PerplexityArgs) -> anyhow::Result<ExitCode> {
         Some(b) => tokens.strip_prefix(&[b]).unwrap_or(&tokens),
         None => &tokens[..],
     };
-    let base_model = base.as_ref().map(|b| b.model());
-    let report = llama32::perplexity::perplexity(engine.model(), body, bos, a.ctx, a.chunks, base_model)?;
+    let report = llama32::perplexity::perplexity(&engine, body, bos, a.ctx, a.chunks, base.as_ref())?;
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{} {}: perplexity {:.4} +/- {:.4} over {} tokens ({} windows of {})",
+        "{} {} ({} KV): perplexity {:.4} +/- {:.4} over {} tokens ({} windows of {})",
         engine.device(),
         engine.dtype(),
+        report.kv_dtype,
         report.perplexity,
         report.perplexity_stderr,
         report.tokens,

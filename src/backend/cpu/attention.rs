@@ -131,7 +131,7 @@ unsafe fn tile_avx2(t: &Tile) -> Vec<f32> {
 }
 
 #[cfg(target_arch = "x86_64")]
-use super::paged_f16::Avx512;
+use super::attention_f16::Avx512;
 
 /// Never present off x86: the in-place kernels do not exist there.
 #[cfg(not(target_arch = "x86_64"))]
@@ -142,7 +142,7 @@ enum Avx512 {}
 #[inline(always)]
 fn dots_in_place(cpu: Avx512, group: usize, qr: &[f32], kt: &[u16], stride: usize, out: &mut [[f32; LANES]]) {
     #[cfg(target_arch = "x86_64")]
-    super::paged_f16::dots(cpu, group, qr, kt, stride, out);
+    super::attention_f16::dots(cpu, group, qr, kt, stride, out);
     #[cfg(not(target_arch = "x86_64"))]
     match cpu {}
 }
@@ -151,7 +151,7 @@ fn dots_in_place(cpu: Avx512, group: usize, qr: &[f32], kt: &[u16], stride: usiz
 #[inline(always)]
 fn axpys_in_place(cpu: Avx512, group: usize, scores: (&[f32], usize, usize), m: usize, v: &[u16], orow: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    super::paged_f16::axpys(cpu, group, scores, m, v, orow);
+    super::attention_f16::axpys(cpu, group, scores, m, v, orow);
     #[cfg(not(target_arch = "x86_64"))]
     match cpu {}
 }

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::{Error, Result};
 
 /// Positions added to the capacity each time a layer's buffer is full.
-pub const GROW_CHUNK: usize = 256;
+pub(crate) const GROW_CHUNK: usize = 256;
 
 #[derive(Debug, Clone)]
 struct LayerCache {
@@ -20,7 +20,7 @@ struct LayerCache {
 
 /// Key/value cache for every layer of one sequence.
 #[derive(Debug, Clone)]
-pub struct KvCache {
+pub(crate) struct KvCache {
     layers: Vec<Option<LayerCache>>,
     len: usize,
     max_len: usize,
@@ -53,22 +53,9 @@ impl KvCache {
     }
 
     /// Number of positions cached (the position of the next token).
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True when nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The most positions this cache accepts.
-    pub fn max_len(&self) -> usize {
-        self.max_len
-    }
-
     /// Positions currently allocated per layer.
-    pub fn capacity(&self) -> usize {
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
         self.layers
             .iter()
             .flatten()
@@ -77,14 +64,18 @@ impl KvCache {
             .unwrap_or(0)
     }
 
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The most positions this cache accepts.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
     /// Forgets every position from `len` on, keeping the prefix (and the allocation).
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
-    }
-
-    /// Forgets everything.
-    pub fn clear(&mut self) {
-        self.truncate(0);
     }
 
     /// Checks that `n` more positions fit.

@@ -3,16 +3,16 @@
 //! Query heads are grouped by the key/value head they share, so attention runs as one
 //! batched matmul per KV head without materialising repeated K/V heads.
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 
 use crate::error::Result;
-use crate::model::kv_cache::KvCache;
-use crate::model::linear::Linear;
-use crate::model::rope;
+use super::kv_cache::KvCache;
+use super::linear::Linear;
+use super::rope;
 
 /// One layer's attention projections and head layout.
 #[derive(Debug, Clone)]
-pub struct Attention {
+pub(crate) struct Attention {
     /// `[heads * head_dim, hidden]`
     pub q: Linear,
     /// `[kv_heads * head_dim, hidden]`
@@ -30,7 +30,7 @@ pub struct Attention {
 }
 
 /// Inputs shared by all layers of one forward pass.
-pub struct Step<'a> {
+pub(crate) struct Step<'a> {
     /// Cosine table for the new positions, `[n, head_dim / 2]`.
     pub cos: &'a Tensor,
     /// Sine table for the new positions.
@@ -83,6 +83,7 @@ pub fn grouped_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tenso
     let probs = candle_nn::ops::softmax_last_dim(&scores)?;
     Ok(probs.matmul(&v.contiguous()?)?.reshape((heads, n, d))?)
 }
+#[cfg(test)]
 
 /// Slow twin of [`grouped_attention`]: repeats KV heads explicitly and uses a plain softmax.
 pub fn grouped_attention_slow(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
@@ -95,7 +96,7 @@ pub fn grouped_attention_slow(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&
         if let Some(m) = mask {
             s = (s + m)?;
         }
-        let p = candle_nn::ops::softmax(&s, D::Minus1)?;
+        let p = candle_nn::ops::softmax(&s, candle_core::D::Minus1)?;
         outs.push(p.matmul(&vh.contiguous()?)?);
     }
     Ok(Tensor::stack(&outs, 0)?)
@@ -127,7 +128,7 @@ mod tests {
                 let m = (n > 1).then_some(&mask);
                 let fast = grouped_attention(&q, &k, &v, m).unwrap();
                 let slow = grouped_attention_slow(&q, &k, &v, m).unwrap();
-                let d = crate::model::testutil::max_abs_diff(&fast, &slow);
+                let d = crate::backend::testutil::max_abs_diff(&fast, &slow);
                 assert!(d < 1e-5, "heads {heads} kv {kv} n {n}");
             }
         }

@@ -1,0 +1,138 @@
+//! The Llama weights in the CPU backend's form: embedding rows, norm weights and rotary
+//! frequencies as plain vectors, every linear layer packed (q8_0, q4k) or dense f32.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device};
+use half::{bf16, f16};
+
+use super::linear::{pack_raw, CpuLinear};
+use super::quant::PackedFormat;
+use crate::config::LlamaConfig;
+use crate::device::ComputeDType;
+use crate::error::Result;
+use crate::model::rope::Rope;
+use crate::model::{self, LayerTensors, Proj};
+use crate::weights::{Kind, Weights};
+
+/// The token embedding table, in its storage precision where that is 16-bit (rows are
+/// read one token at a time, so converting them as they are read is free).
+#[derive(Debug)]
+pub(crate) enum Embedding {
+    /// f32 rows.
+    F32(Vec<f32>),
+    /// bf16 rows.
+    Bf16(Vec<bf16>),
+    /// f16 rows.
+    F16(Vec<f16>),
+}
+
+impl Embedding {
+    /// Appends row `id` (of `width` values) as f32 to `out`.
+    pub fn push_row(&self, id: usize, width: usize, out: &mut Vec<f32>) {
+        let range = id * width..(id + 1) * width;
+        match self {
+            Self::F32(v) => out.extend_from_slice(&v[range]),
+            Self::Bf16(v) => out.extend(v[range].iter().map(|x| x.to_f32())),
+            Self::F16(v) => out.extend(v[range].iter().map(|x| x.to_f32())),
+        }
+    }
+}
+
+/// One decoder layer.
+#[derive(Debug)]
+pub(crate) struct Layer {
+    pub input_norm: Vec<f32>,
+    pub q: CpuLinear,
+    pub k: CpuLinear,
+    pub v: CpuLinear,
+    pub o: CpuLinear,
+    pub post_attn_norm: Vec<f32>,
+    pub gate: CpuLinear,
+    pub up: CpuLinear,
+    pub down: CpuLinear,
+}
+
+/// A Llama model loaded for the CPU backend.
+#[derive(Debug)]
+pub(crate) struct CpuModel {
+    pub config: LlamaConfig,
+    pub embed: Embedding,
+    pub layers: Vec<Layer>,
+    pub norm: Vec<f32>,
+    pub lm_head: CpuLinear,
+    pub rope: Rope,
+}
+
+impl CpuModel {
+    /// Loads every tensor of `cfg` from `weights`: linear layers packed straight from the
+    /// stored bytes for the quantized formats (16 rows at a time, no f32 copy of a matrix),
+    /// dense f32 for [`ComputeDType::F32`]. All names and shapes are checked first.
+    pub fn load(cfg: &LlamaConfig, weights: &Weights, format: ComputeDType) -> Result<Self> {
+        model::check_tensors(cfg, weights)?;
+        let h = cfg.hidden_size;
+        let linear = |p: &Proj| load_linear(weights, p, format);
+        let norm = |name: &str| model::read_f32(weights, name, &[h]);
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let t = LayerTensors::of(cfg, l);
+            layers.push(Layer {
+                input_norm: norm(&t.input_norm)?,
+                q: linear(&t.q)?,
+                k: linear(&t.k)?,
+                v: linear(&t.v)?,
+                o: linear(&t.o)?,
+                post_attn_norm: norm(&t.post_attn_norm)?,
+                gate: linear(&t.gate)?,
+                up: linear(&t.up)?,
+                down: linear(&t.down)?,
+            });
+        }
+        Ok(Self {
+            config: cfg.clone(),
+            embed: load_embedding(cfg, weights, format)?,
+            layers,
+            norm: norm(model::FINAL_NORM)?,
+            lm_head: linear(&model::output_proj(cfg))?,
+            rope: model::rope_of(cfg, weights)?,
+        })
+    }
+}
+
+/// One projection: packed in the format `format` gives its role, else dense f32.
+fn load_linear(weights: &Weights, p: &Proj, format: ComputeDType) -> Result<CpuLinear> {
+    if let Some(q) = format.quant_for(p.role) {
+        let raw = weights.raw(&p.name, &[p.rows, p.cols])?;
+        let packed = pack_raw(&raw, p.rows, p.cols, PackedFormat::from(q))
+            .map_err(|reason| model::bad_tensor(weights, &p.name, reason))?;
+        if let Some(packed) = packed {
+            return Ok(CpuLinear::Packed(Arc::new(packed)));
+        }
+    }
+    Ok(CpuLinear::Dense {
+        w: Arc::new(model::read_f32(weights, &p.name, &[p.rows, p.cols])?),
+        rows: p.rows,
+        cols: p.cols,
+    })
+}
+
+/// The embedding table: kept 16-bit when stored so (exact), or beside quantized layers
+/// when its stored blocks are quantized (as the candle backend does).
+fn load_embedding(cfg: &LlamaConfig, weights: &Weights, format: ComputeDType) -> Result<Embedding> {
+    let shape = [cfg.vocab_size, cfg.hidden_size];
+    let stored_16_bit = matches!(
+        weights.raw(model::EMBED, &shape)?.kind(),
+        Kind::Float(DType::BF16 | DType::F16)
+    );
+    let keep_16_bit = stored_16_bit || format.quant().is_some();
+    Ok(match weights.storage_dtype().filter(|_| keep_16_bit) {
+        Some(d @ (DType::BF16 | DType::F16)) => {
+            let t = weights.get(model::EMBED, &shape, d, &Device::Cpu)?.flatten_all()?;
+            match d {
+                DType::BF16 => Embedding::Bf16(t.to_vec1()?),
+                _ => Embedding::F16(t.to_vec1()?),
+            }
+        }
+        _ => Embedding::F32(model::read_f32(weights, model::EMBED, &shape)?),
+    })
+}
