@@ -51,10 +51,10 @@ pub mod synthetic;
 pub mod tokenizer;
 pub mod weights;
 
+pub use backend::{BackendKind, Session};
 pub use chat::{ChatRequest, ChatTemplate, Conversation, Message, RenderOptions, Turn};
 pub use config::{GenerationConfig, LlamaConfig};
 pub use device::{ComputeDType, DeviceKind};
-pub use backend::{BackendKind, Session};
 pub use engine::{Engine, Event, FinishReason, GenerateRequest, Generation, Handle, LoadOptions, Timings};
 pub use error::{Error, Result};
 pub use sampler::{ResolvedSampling, Sampler, SamplingParams, StopMatcher, TokenLogprob};

@@ -11,8 +11,8 @@
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
 use crate::engine::Engine;
+use crate::error::{Error, Result};
 
 /// What [`perplexity`] measured.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]

@@ -297,6 +297,20 @@ impl<'a> RawTensor<'a> {
         self.kind
     }
 
+    /// The stored little-endian 16-bit values, in HF row order, when the tensor is stored
+    /// as bf16 or f16 (`None` otherwise).
+    pub(crate) fn halves(&self) -> Option<Vec<u16>> {
+        match (self.kind, self.rope_rows) {
+            (Kind::Float(DType::BF16 | DType::F16), None) => Some(
+                self.bytes
+                    .chunks_exact(2)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                    .collect(),
+            ),
+            _ => None,
+        }
+    }
+
     /// Bytes of one stored row.
     fn row_bytes(&self) -> usize {
         match self.kind {

@@ -24,7 +24,10 @@ fn perplexity_matches_a_token_by_token_reference() {
     let (bos, body) = (ids[0], &ids[1..]);
     let ctx = 64;
     let report = llama32::perplexity::perplexity(&engine, body, Some(bos), ctx, 2, None).unwrap();
-    assert_eq!(report.kv_dtype, "f32", "f32 weights keep f32 keys and values by default");
+    assert_eq!(
+        report.kv_dtype, "f32",
+        "f32 weights keep f32 keys and values by default"
+    );
     assert_eq!((report.windows, report.tokens), (2, 2 * (ctx - 1 - ctx / 2)));
     // Reference: the same windows, one token at a time.
     let vocab = engine.config().vocab_size;
@@ -84,5 +87,10 @@ fn the_kv_format_is_honoured_and_each_figure_reproducible() {
     assert_eq!(c.perplexity, d.perplexity, "f32 KV is reproducible");
     assert_ne!(a.perplexity, c.perplexity, "the KV format changes the figure");
     // (A random-weight fixture: perplexities near 1e10, and f16 keys move them by a few %.)
-    assert!((a.perplexity / c.perplexity - 1.0).abs() < 0.1, "{} vs {}", a.perplexity, c.perplexity);
+    assert!(
+        (a.perplexity / c.perplexity - 1.0).abs() < 0.1,
+        "{} vs {}",
+        a.perplexity,
+        c.perplexity
+    );
 }

@@ -67,11 +67,18 @@ impl<T> Slab<T> {
     }
 
     fn get_mut(&mut self, id: SeqId) -> Result<&mut T> {
-        self.slots.get_mut(id.0).and_then(Option::as_mut).ok_or_else(|| unknown(id))
+        self.slots
+            .get_mut(id.0)
+            .and_then(Option::as_mut)
+            .ok_or_else(|| unknown(id))
     }
 
     fn remove(&mut self, id: SeqId) -> Result<T> {
-        let item = self.slots.get_mut(id.0).and_then(Option::take).ok_or_else(|| unknown(id))?;
+        let item = self
+            .slots
+            .get_mut(id.0)
+            .and_then(Option::take)
+            .ok_or_else(|| unknown(id))?;
         self.free.push(id.0);
         Ok(item)
     }

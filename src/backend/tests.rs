@@ -12,7 +12,9 @@ fn model(dtype: ComputeDType) -> Model {
 }
 
 fn prompt(len: usize, salt: u32) -> Vec<u32> {
-    (0..len as u32).map(|i| (i * 7919 + salt * 104729) % 120_000 + 100).collect()
+    (0..len as u32)
+        .map(|i| (i * 7919 + salt * 104729) % 120_000 + 100)
+        .collect()
 }
 
 /// Runs all of `tokens` for `seq` in pieces of `chunk`; the last logits.
@@ -26,7 +28,12 @@ fn run(b: &mut Backend, seq: SeqId, tokens: &[u32], chunk: usize) -> Vec<f32> {
         let n = chunk.min(tokens.len() - done);
         assert!(b.reserve(seq, n));
         let want = usize::from(done + n == tokens.len());
-        let work = Work { seq, tokens, n, logits: want };
+        let work = Work {
+            seq,
+            tokens,
+            n,
+            logits: want,
+        };
         if let Some(row) = b.forward(&[work]).unwrap().pop() {
             last = row;
         }
@@ -76,8 +83,18 @@ fn one_token_steps_and_batched_steps_are_the_same_forward() {
     ta.push(42);
     assert!(together.reserve(sa, 1) && together.reserve(sc, tc.len()));
     let step = [
-        Work { seq: sa, tokens: &ta, n: 1, logits: 1 },
-        Work { seq: sc, tokens: &tc, n: tc.len(), logits: 0 },
+        Work {
+            seq: sa,
+            tokens: &ta,
+            n: 1,
+            logits: 1,
+        },
+        Work {
+            seq: sc,
+            tokens: &tc,
+            n: tc.len(),
+            logits: 0,
+        },
     ];
     let rows = together.forward(&step).unwrap();
     assert_eq!(rows.len(), 1);

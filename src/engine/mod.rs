@@ -257,7 +257,12 @@ impl Engine {
                 reason: format!("{ctx} is outside 1..={max} (the model's max_position_embeddings)"),
             });
         }
-        Ok(Session::new(&self.model, ctx, kv_dtype.unwrap_or(self.kv_dtype), DEFAULT_PREFILL_CHUNK))
+        Ok(Session::new(
+            &self.model,
+            ctx,
+            kv_dtype.unwrap_or(self.kv_dtype),
+            DEFAULT_PREFILL_CHUNK,
+        ))
     }
 
     /// How keys and values are stored on the CPU backend.
@@ -470,8 +475,5 @@ fn make_backend(model: &Model, options: &LoadOptions, kv_dtype: KvDType) -> Resu
             ),
         });
     }
-    Ok((
-        model.backend(kv_bytes, kv_dtype, DEFAULT_PREFILL_CHUNK),
-        parallel,
-    ))
+    Ok((model.backend(kv_bytes, kv_dtype, DEFAULT_PREFILL_CHUNK), parallel))
 }

@@ -313,9 +313,7 @@ impl Scheduler {
         let mut first = Some(error);
         for i in failed {
             let seq = self.running.remove(i);
-            let e = first
-                .take()
-                .unwrap_or_else(|| Error::Internal(message.clone()));
+            let e = first.take().unwrap_or_else(|| Error::Internal(message.clone()));
             self.end_with_error(seq, e);
         }
     }

@@ -114,7 +114,8 @@ pub(crate) fn check_tensors(cfg: &LlamaConfig, weights: &Weights) -> Result<()> 
 pub(crate) fn read_f32(weights: &Weights, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
     let raw = weights.raw(name, shape)?;
     let mut out = vec![0f32; shape.iter().product()];
-    raw.read_f32(0, &mut out).map_err(|reason| bad_tensor(weights, name, reason))?;
+    raw.read_f32(0, &mut out)
+        .map_err(|reason| bad_tensor(weights, name, reason))?;
     Ok(out)
 }
 

@@ -5,10 +5,10 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::error::Result;
 use super::kv_cache::KvCache;
 use super::linear::Linear;
 use super::rope;
+use crate::error::Result;
 
 /// One layer's attention projections and head layout.
 #[derive(Debug, Clone)]

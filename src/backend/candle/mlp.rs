@@ -2,8 +2,8 @@
 
 use candle_core::Tensor;
 
-use crate::error::Result;
 use super::linear::Linear;
+use crate::error::Result;
 
 /// Llama's gated MLP.
 #[derive(Debug, Clone)]

@@ -14,7 +14,7 @@ mod rope;
 
 use std::sync::Arc;
 
-use super::{Slab, SeqId, Work};
+use super::{SeqId, Slab, Work};
 use crate::error::Result;
 use kv_cache::KvCache;
 use model::CandleModel;

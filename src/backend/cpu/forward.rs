@@ -57,14 +57,21 @@ impl CpuModel {
         let mut rows = Vec::new();
         for (c, chunk) in chunks.iter().enumerate() {
             if chunk.table.len() + chunk.tokens.len() > chunk.table.blocks().len() * pool.layout().block_size {
-                return Err(Error::Internal("a batch chunk has no room reserved in the KV pool".into()));
+                return Err(Error::Internal(
+                    "a batch chunk has no room reserved in the KV pool".into(),
+                ));
             }
             crate::backend::check_vocab(chunk.tokens, self.config.vocab_size)?;
             for (i, &t) in chunk.tokens.iter().enumerate() {
                 let pos = chunk.table.len() + i;
                 let (cos, sin) = self.rope.angles(pos);
                 ids.push(t);
-                rows.push(Row { chunk: c, pos, cos, sin });
+                rows.push(Row {
+                    chunk: c,
+                    pos,
+                    cos,
+                    sin,
+                });
             }
         }
         if rows.is_empty() {
@@ -85,7 +92,7 @@ impl CpuModel {
         let hidden = cfg.hidden_size;
         let mut x = Vec::with_capacity(ids.len() * hidden);
         for &t in ids {
-            self.embed.push_row(t as usize, hidden, &mut x);
+            self.embed.push_row(t as usize, hidden, &self.lm_head, &mut x);
         }
         for (l, layer) in self.layers.iter().enumerate() {
             self.attention_block(step, l, layer, &mut x)?;
@@ -150,7 +157,12 @@ impl CpuModel {
     fn mlp_block(&self, step: &mut Step, l: usize, layer: &Layer, x: &mut [f32]) -> Result<()> {
         let n = step.rows.len();
         let sp = &mut step.spare;
-        let h = rms_norm_rows(x, &layer.post_attn_norm, self.config.rms_norm_eps as f32, sp.empty(x.len()));
+        let h = rms_norm_rows(
+            x,
+            &layer.post_attn_norm,
+            self.config.rms_norm_eps as f32,
+            sp.empty(x.len()),
+        );
         check_finite(&h, l)?;
         let [mut gate, up] = two(CpuLinear::forward_rows(&[&layer.gate, &layer.up], &h, n, sp)?)?;
         sp.give(h);
@@ -178,13 +190,16 @@ fn check_finite(x: &[f32], layer: usize) -> Result<()> {
 }
 
 fn single(mut outs: Vec<Vec<f32>>) -> Result<Vec<f32>> {
-    outs.pop().ok_or_else(|| Error::Internal("missing matmul output".into()))
+    outs.pop()
+        .ok_or_else(|| Error::Internal("missing matmul output".into()))
 }
 
 fn two(outs: Vec<Vec<f32>>) -> Result<[Vec<f32>; 2]> {
-    outs.try_into().map_err(|_| Error::Internal("gate/up projection count".into()))
+    outs.try_into()
+        .map_err(|_| Error::Internal("gate/up projection count".into()))
 }
 
 fn three(outs: Vec<Vec<f32>>) -> Result<[Vec<f32>; 3]> {
-    outs.try_into().map_err(|_| Error::Internal("q/k/v projection count".into()))
+    outs.try_into()
+        .map_err(|_| Error::Internal("q/k/v projection count".into()))
 }

@@ -55,7 +55,10 @@ impl CpuLinear {
             Self::Packed(p) => p.matmul(x, m),
             Self::Dense { w, rows, cols } => {
                 if x.len() != m * cols {
-                    return Err(Error::Internal(format!("a {m}-row input of {} values for {cols} columns", x.len())));
+                    return Err(Error::Internal(format!(
+                        "a {m}-row input of {} values for {cols} columns",
+                        x.len()
+                    )));
                 }
                 Ok(match m < GEMM_ROWS {
                     true => x.chunks(*cols).flat_map(|row| gemv(w, row)).collect(),

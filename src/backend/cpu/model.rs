@@ -25,16 +25,22 @@ pub(crate) enum Embedding {
     Bf16(Vec<bf16>),
     /// f16 rows.
     F16(Vec<f16>),
+    /// The rows of the tied output projection (dense f32).
+    Tied,
 }
 
 impl Embedding {
-    /// Appends row `id` (of `width` values) as f32 to `out`.
-    pub fn push_row(&self, id: usize, width: usize, out: &mut Vec<f32>) {
+    /// Appends row `id` (of `width` values) as f32 to `out`; `head` is the model's output
+    /// projection.
+    pub fn push_row(&self, id: usize, width: usize, head: &CpuLinear, out: &mut Vec<f32>) {
         let range = id * width..(id + 1) * width;
-        match self {
-            Self::F32(v) => out.extend_from_slice(&v[range]),
-            Self::Bf16(v) => out.extend(v[range].iter().map(|x| x.to_f32())),
-            Self::F16(v) => out.extend(v[range].iter().map(|x| x.to_f32())),
+        match (self, head) {
+            (Self::F32(v), _) => out.extend_from_slice(&v[range]),
+            (Self::Bf16(v), _) => out.extend(v[range].iter().map(|x| x.to_f32())),
+            (Self::F16(v), _) => out.extend(v[range].iter().map(|x| x.to_f32())),
+            (Self::Tied, CpuLinear::Dense { w, .. }) => out.extend_from_slice(&w[range]),
+            // Not made: `Tied` is only chosen with a dense head (see `load_embedding`).
+            (Self::Tied, CpuLinear::Packed(_)) => out.resize(out.len() + width, f32::NAN),
         }
     }
 }
@@ -88,12 +94,13 @@ impl CpuModel {
                 down: linear(&t.down)?,
             });
         }
+        let lm_head = linear(&model::output_proj(cfg))?;
         Ok(Self {
             config: cfg.clone(),
-            embed: load_embedding(cfg, weights, format)?,
+            embed: load_embedding(cfg, weights, format, &lm_head)?,
             layers,
             norm: norm(model::FINAL_NORM)?,
-            lm_head: linear(&model::output_proj(cfg))?,
+            lm_head,
             rope: model::rope_of(cfg, weights)?,
         })
     }
@@ -116,22 +123,26 @@ fn load_linear(weights: &Weights, p: &Proj, format: ComputeDType) -> Result<CpuL
     })
 }
 
-/// The embedding table: kept 16-bit when stored so (exact), or beside quantized layers
-/// when its stored blocks are quantized (as the candle backend does).
-fn load_embedding(cfg: &LlamaConfig, weights: &Weights, format: ComputeDType) -> Result<Embedding> {
+/// The embedding table: the dense f32 output projection's rows when tied to it (one copy);
+/// else kept 16-bit when stored so (exact), or beside quantized layers when its stored
+/// blocks are quantized (as the candle backend does); else f32.
+fn load_embedding(cfg: &LlamaConfig, weights: &Weights, format: ComputeDType, head: &CpuLinear) -> Result<Embedding> {
+    if cfg.tie_word_embeddings && matches!(head, CpuLinear::Dense { .. }) {
+        return Ok(Embedding::Tied);
+    }
     let shape = [cfg.vocab_size, cfg.hidden_size];
-    let stored_16_bit = matches!(
-        weights.raw(model::EMBED, &shape)?.kind(),
-        Kind::Float(DType::BF16 | DType::F16)
-    );
-    let keep_16_bit = stored_16_bit || format.quant().is_some();
-    Ok(match weights.storage_dtype().filter(|_| keep_16_bit) {
-        Some(d @ (DType::BF16 | DType::F16)) => {
-            let t = weights.get(model::EMBED, &shape, d, &Device::Cpu)?.flatten_all()?;
-            match d {
-                DType::BF16 => Embedding::Bf16(t.to_vec1()?),
-                _ => Embedding::F16(t.to_vec1()?),
-            }
+    let raw = weights.raw(model::EMBED, &shape)?;
+    match (raw.kind(), raw.halves()) {
+        (Kind::Float(DType::BF16), Some(h)) => {
+            return Ok(Embedding::Bf16(h.into_iter().map(bf16::from_bits).collect()))
+        }
+        (Kind::Float(DType::F16), Some(h)) => return Ok(Embedding::F16(h.into_iter().map(f16::from_bits).collect())),
+        _ => {}
+    }
+    Ok(match weights.storage_dtype().filter(|_| format.quant().is_some()) {
+        Some(DType::F16 | DType::BF16) => {
+            let t = weights.get(model::EMBED, &shape, DType::F16, &Device::Cpu)?;
+            Embedding::F16(t.flatten_all()?.to_vec1()?)
         }
         _ => Embedding::F32(model::read_f32(weights, model::EMBED, &shape)?),
     })

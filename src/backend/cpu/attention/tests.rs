@@ -1,6 +1,6 @@
 use super::*;
-use crate::kv::{BlockTable, KvDType, KvLayout};
 use crate::backend::candle::attention::{causal_mask, grouped_attention_slow};
+use crate::kv::{BlockTable, KvDType, KvLayout};
 use candle_core::{DType, Device, Tensor};
 
 /// Writes `len` random positions into a fresh sequence of `pool`; returns the table and
