@@ -3,12 +3,12 @@
 //! - [`cpu`]: our packed kernels (q8_0, q4k, q4k_m) and dense f32 on CPU slices; every
 //!   sequence's keys and values live in one paged pool with a prefix cache, and one call
 //!   runs all sequences' rows together.
-//! - [`candle`]: candle ops (CUDA, Metal, 16-bit CPU, candle's quantized kernels where
+//! - `candle`: candle ops (CUDA, Metal, 16-bit CPU, candle's quantized kernels where
 //!   ours do not run, and the f32 reference the parity tests hold to transformers); each
 //!   sequence has its own cache and runs in turn.
 //!
 //! A sequence's keys and values live inside the backend that started it, named by a
-//! [`SeqId`]: a sequence cannot be handed to a backend of the other kind.
+//! `SeqId`: a sequence cannot be handed to a backend of the other kind.
 
 pub(crate) mod candle;
 pub mod cpu;
@@ -183,6 +183,8 @@ impl Model {
 }
 
 /// The forward-pass engine of a loaded model and the keys and values of its sequences.
+// One per engine (or session): the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Backend {
     /// Packed or f32 CPU kernels over a paged KV pool.
     Cpu(cpu::CpuBackend),

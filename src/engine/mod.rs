@@ -1,5 +1,5 @@
 //! The generation engine: a checkpoint directory -> a loaded model, tokenizer and
-//! [`Backend`], served by one scheduler thread that runs every request's tokens together.
+//! backend (`crate::backend`), served by one scheduler thread that runs every request's tokens together.
 //!
 //! [`Engine::submit`] validates a request once and hands it to the scheduler; the returned
 //! [`Handle`] receives its [`Event`]s. [`Engine::generate`] is the synchronous wrapper.

@@ -1,6 +1,6 @@
 //! Llama's shape: the tensors a checkpoint must hold, their names, shapes and roles, and
 //! the rotary frequencies. No compute happens here: each backend
-//! ([`crate::backend::cpu`], [`crate::backend::candle`]) loads these tensors into its own
+//! ([`crate::backend::cpu`], `backend::candle`) loads these tensors into its own
 //! form and runs its own forward pass.
 
 pub mod rope;

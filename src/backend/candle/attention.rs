@@ -83,8 +83,8 @@ pub fn grouped_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tenso
     let probs = candle_nn::ops::softmax_last_dim(&scores)?;
     Ok(probs.matmul(&v.contiguous()?)?.reshape((heads, n, d))?)
 }
-#[cfg(test)]
 
+#[cfg(test)]
 /// Slow twin of [`grouped_attention`]: repeats KV heads explicitly and uses a plain softmax.
 pub fn grouped_attention_slow(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     let (heads, _, d) = q.dims3()?;

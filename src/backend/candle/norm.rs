@@ -24,8 +24,8 @@ impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)?)
     }
-    #[cfg(test)]
 
+    #[cfg(test)]
     /// Slow twin of [`RmsNorm::forward`]: `w * x / sqrt(mean(x^2) + eps)` in f32.
     pub fn forward_slow(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();

@@ -29,8 +29,8 @@ pub(crate) fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let x = x.unsqueeze(0)?.contiguous()?;
     Ok(candle_nn::rotary_emb::rope(&x, cos, sin)?.squeeze(0)?)
 }
-#[cfg(test)]
 
+#[cfg(test)]
 /// Slow, obviously correct twin of [`apply`]: `x * cos + rotate_half(x) * sin`.
 pub(crate) fn apply_slow(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let d = x.dim(2)?;

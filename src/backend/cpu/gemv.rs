@@ -43,8 +43,8 @@ pub fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
     }
     acc.iter().sum::<f32>() + tail
 }
-#[cfg(test)]
 
+#[cfg(test)]
 /// Slow, obviously correct twin: the textbook sum in f64.
 pub fn dot_slow(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
