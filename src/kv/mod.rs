@@ -1,23 +1,18 @@
-//! The paged key/value pool: one memory budget for every sequence, in fixed-size blocks.
+//! Block bookkeeping for the paged key/value pool: one memory budget for every sequence,
+//! in fixed-size blocks. The bytes themselves live in the backend that computes them
+//! (`backend::cpu::kv_store`); this module only says which block holds what.
 //!
-//! Each layer keeps one value buffer of `blocks x [kv_heads, block_size, head_dim]` and one
-//! key buffer of `blocks x [kv_heads, head_dim, block_size]` (keys transposed, so that
-//! attention scores a block's positions in vector lanes), in f16 (the default, as llama.cpp keeps its cache: half the memory
-//! and half the bytes read per token at long context) or f32 (exact). A sequence owns a [`BlockTable`]: the blocks holding its
-//! positions in order, so growing it never copies the cache. Full blocks are registered in
-//! the [`prefix`] cache under a hash of every token up to their end: a later sequence whose
-//! prompt starts with the same tokens shares them (reference counted) instead of computing
-//! them again, and blocks no sequence uses any more stay cached until the least recently
-//! used is taken for new positions.
-//!
-//! The buffers are allocated zeroed at once (`calloc`): the operating system commits their
-//! pages when they are first written, so resident memory follows what is in use.
+//! A sequence owns a [`BlockTable`]: the blocks holding its positions in order, so growing
+//! it never copies the cache. Full blocks are registered in the [`prefix`] cache under a
+//! hash of every token up to their end: a later sequence whose prompt starts with the same
+//! tokens shares them (reference counted) instead of computing them again, and blocks no
+//! sequence uses any more stay cached until the least recently used is taken for new
+//! positions. Where positions must move (a partly filled cached block continued by another
+//! sequence, a rollback into a shared block), the pool returns a [`BlockCopy`] for the
+//! storage to carry out before anything else is allocated.
 
 pub mod prefix;
-mod widen;
 
-use half::f16;
-use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use prefix::PrefixCache;
 
 /// How keys and values are stored.
@@ -60,74 +55,6 @@ impl std::str::FromStr for KvDType {
                 name: "kv-dtype",
                 reason: format!("`{s}` is not f16 or f32"),
             }),
-        }
-    }
-}
-
-/// Keys or values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Part {
-    /// Keys.
-    Keys,
-    /// Values.
-    Values,
-}
-
-/// One layer's keys or values for every block. f16 values are kept as their bits in a
-/// `u16` vector: zeroed integer vectors come from `calloc`, so untouched blocks cost no
-/// resident memory (a `vec![f16::ZERO; n]` would write every element).
-enum Store {
-    F16(Vec<u16>),
-    F32(Vec<f32>),
-}
-
-impl Store {
-    fn new(dtype: KvDType, len: usize) -> Self {
-        match dtype {
-            KvDType::F16 => Self::F16(vec![0u16; len]),
-            KvDType::F32 => Self::F32(vec![0f32; len]),
-        }
-    }
-
-    fn set(&mut self, at: usize, v: f32) {
-        match self {
-            Self::F16(d) => d[at] = f16::from_f32(v).to_bits(),
-            Self::F32(d) => d[at] = v,
-        }
-    }
-
-    fn write(&mut self, at: usize, src: &[f32]) {
-        match self {
-            Self::F16(d) => d[at..at + src.len()]
-                .reinterpret_cast_mut::<f16>()
-                .convert_from_f32_slice(src),
-            Self::F32(d) => d[at..at + src.len()].copy_from_slice(src),
-        }
-    }
-
-    fn copy_within(&mut self, from: usize, len: usize, to: usize) {
-        match self {
-            Self::F16(d) => d.copy_within(from..from + len, to),
-            Self::F32(d) => d.copy_within(from..from + len, to),
-        }
-    }
-
-    /// Asks the memory system for values `at..at + len` ahead of their use (a hint).
-    fn prefetch(&self, at: usize, len: usize) {
-        match self {
-            Self::F16(d) => widen::prefetch(&d[at..at + len]),
-            Self::F32(d) => widen::prefetch(&d[at..at + len]),
-        }
-    }
-
-    /// `len` values from `at` as f32: borrowed, or converted into `scratch`.
-    fn read<'a>(&'a self, at: usize, len: usize, scratch: &'a mut [f32]) -> &'a [f32] {
-        match self {
-            Self::F32(d) => &d[at..at + len],
-            Self::F16(d) => {
-                widen::widen(&d[at..at + len], &mut scratch[..len]);
-                &scratch[..len]
-            }
         }
     }
 }
@@ -212,12 +139,21 @@ impl BlockTable {
     }
 }
 
-/// Keys and values of all sequences, in blocks.
+/// Positions to copy from one block to another, in every layer, keys and values: the first
+/// `positions` of `from` into the start of `to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockCopy {
+    /// The block copied from.
+    pub from: BlockId,
+    /// The block copied into.
+    pub to: BlockId,
+    /// Leading positions copied.
+    pub positions: usize,
+}
+
+/// Which blocks every sequence holds, and which are cached.
 pub struct BlockPool {
     layout: KvLayout,
-    dtype: KvDType,
-    keys: Vec<Store>,
-    values: Vec<Store>,
     refs: Vec<u32>,
     /// Blocks holding nothing cached.
     free: Vec<BlockId>,
@@ -225,17 +161,11 @@ pub struct BlockPool {
 }
 
 impl BlockPool {
-    /// A pool of `blocks` blocks (at least one) storing `dtype`.
-    pub fn new(layout: KvLayout, blocks: usize, dtype: KvDType) -> Self {
+    /// A pool of `blocks` blocks (at least one).
+    pub fn new(layout: KvLayout, blocks: usize) -> Self {
         let blocks = blocks.max(1);
-        let len = blocks * layout.block_len();
         Self {
             layout,
-            dtype,
-            keys: (0..layout.layers)
-                .map(|_| Store::new(dtype, blocks * layout.key_block_len()))
-                .collect(),
-            values: (0..layout.layers).map(|_| Store::new(dtype, len)).collect(),
             refs: vec![0; blocks],
             free: (0..blocks as BlockId).rev().collect(),
             cache: PrefixCache::new(blocks),
@@ -245,11 +175,6 @@ impl BlockPool {
     /// The pool's shape.
     pub fn layout(&self) -> KvLayout {
         self.layout
-    }
-
-    /// How values are stored.
-    pub fn dtype(&self) -> KvDType {
-        self.dtype
     }
 
     /// Blocks in the pool.
@@ -274,8 +199,8 @@ impl BlockPool {
 
     /// A new sequence whose tokens will start with `prompt`: the longest run of `prompt`'s
     /// full blocks found in the prefix cache is shared, leaving at least the last token
-    /// to compute (its logits are needed).
-    pub fn start(&mut self, prompt: &[u32]) -> BlockTable {
+    /// to compute (its logits are needed). The copy, if any, must be carried out now.
+    pub fn start(&mut self, prompt: &[u32]) -> (BlockTable, Option<BlockCopy>) {
         let bs = self.layout.block_size;
         let usable = prompt.len().saturating_sub(1) / bs;
         let mut table = BlockTable::default();
@@ -291,35 +216,26 @@ impl BlockPool {
         }
         table.len = table.blocks.len() * bs;
         let rest = prompt.len().saturating_sub(1).saturating_sub(table.len);
-        if let Some((from, common)) = self.cache.find_partial(parent, &prompt[table.len..table.len + rest]) {
-            self.copy_partial(&mut table, from, common);
-        }
+        let copy = match self.cache.find_partial(parent, &prompt[table.len..table.len + rest]) {
+            Some((from, common)) => self.copy_partial(&mut table, from, common),
+            None => None,
+        };
         table.cached = table.len;
-        table
+        (table, copy)
     }
 
     /// Starts a new block of `table` with the first `n` positions of the cached partial
-    /// block `from` (the same tokens after the same prefix: the same keys and values).
-    fn copy_partial(&mut self, table: &mut BlockTable, from: BlockId, n: usize) {
+    /// block `from` (the same tokens after the same prefix: the same keys and values); the
+    /// copy for the storage to make, `None` when no block was free.
+    fn copy_partial(&mut self, table: &mut BlockTable, from: BlockId, n: usize) -> Option<BlockCopy> {
         self.take(from);
-        if let Some(to) = self.alloc() {
-            let l = self.layout;
-            let (src, dst) = (from as usize * l.block_len(), to as usize * l.block_len());
-            let (ksrc, kdst) = (from as usize * l.key_block_len(), to as usize * l.key_block_len());
-            for layer in 0..l.layers {
-                for h in 0..l.kv_heads {
-                    let at = h * l.block_size * l.head_dim;
-                    self.values[layer].copy_within(src + at, n * l.head_dim, dst + at);
-                    for i in 0..l.head_dim {
-                        let at = (h * l.head_dim + i) * l.padded();
-                        self.keys[layer].copy_within(ksrc + at, n, kdst + at);
-                    }
-                }
-            }
+        let copy = self.alloc().map(|to| {
             table.blocks.push(to);
             table.len += n;
-        }
+            BlockCopy { from, to, positions: n }
+        });
         self.release_block(from);
+        copy
     }
 
     /// Makes room for `n` more positions of `table`; false (and nothing taken) when the
@@ -357,10 +273,10 @@ impl BlockPool {
     /// when the block that holds position `len - 1` was already full (and so entered the
     /// prefix cache under its tokens), its kept positions move to a private copy so that
     /// new positions never overwrite a cached block. Positions a failed copy could not keep
-    /// are simply computed again.
-    pub fn truncate(&mut self, table: &mut BlockTable, len: usize) {
+    /// are simply computed again. The copy, if any, must be carried out now.
+    pub fn truncate(&mut self, table: &mut BlockTable, len: usize) -> Option<BlockCopy> {
         if len >= table.len {
-            return;
+            return None;
         }
         let bs = self.layout.block_size;
         let keep = self.blocks_for(len);
@@ -371,17 +287,19 @@ impl BlockPool {
         }
         let full = len / bs;
         table.len = len;
+        let mut copy = None;
         if table.hashes.len() > full {
             table.hashes.truncate(full);
             if !len.is_multiple_of(bs) {
                 if let Some(shared) = table.blocks.pop() {
                     table.len = full * bs;
-                    self.copy_partial(table, shared, len % bs);
+                    copy = self.copy_partial(table, shared, len % bs);
                     self.release_block(shared);
                 }
             }
         }
         table.cached = table.cached.min(table.len);
+        copy
     }
 
     /// Gives back every block of `table`, the last first, so that the least recently used
@@ -433,74 +351,6 @@ impl BlockPool {
     pub fn locate(&self, table: &BlockTable, pos: usize) -> (BlockId, usize) {
         let bs = self.layout.block_size;
         (table.blocks[pos / bs], pos % bs)
-    }
-
-    /// Writes the key and value `[kv_heads * head_dim]` of `pos` in `layer`.
-    pub fn write(&mut self, layer: usize, table: &BlockTable, pos: usize, k: &[f32], v: &[f32]) {
-        let (block, slot) = self.locate(table, pos);
-        let l = self.layout;
-        let (base, kbase) = (block as usize * l.block_len(), block as usize * l.key_block_len());
-        for h in 0..l.kv_heads {
-            let at = base + (h * l.block_size + slot) * l.head_dim;
-            self.values[layer].write(at, &v[h * l.head_dim..(h + 1) * l.head_dim]);
-            for i in 0..l.head_dim {
-                let at = kbase + (h * l.head_dim + i) * l.padded() + slot;
-                self.keys[layer].set(at, k[h * l.head_dim + i]);
-            }
-        }
-    }
-
-    /// Asks the memory system for what [`Self::head_block`] of `block` will read (a hint,
-    /// given while the previous block is being used).
-    pub fn prefetch_head_block(&self, (layer, part): (usize, Part), block: BlockId, head: usize) {
-        let (store, at, len) = self.head_span((layer, part), block, head, self.layout.block_size);
-        store.prefetch(at, len)
-    }
-
-    /// [`Self::head_block`]'s values as the f16 bits the pool holds; `None` for an f32 pool.
-    pub fn head_block_bits(
-        &self,
-        (layer, part): (usize, Part),
-        block: BlockId,
-        head: usize,
-        n: usize,
-    ) -> Option<&[u16]> {
-        match self.head_span((layer, part), block, head, n) {
-            (Store::F16(d), at, len) => Some(&d[at..at + len]),
-            (Store::F32(_), ..) => None,
-        }
-    }
-
-    /// One block of KV head `head` in `layer` as f32: values of its first `n` positions,
-    /// `[n, head_dim]`; keys of all its positions transposed, `[head_dim, padded]` (see
-    /// [`KvLayout::padded`]). Borrowed from an f32 pool, converted into `scratch` (long
-    /// enough for either) from an f16 one.
-    pub fn head_block<'a>(
-        &'a self,
-        (layer, part): (usize, Part),
-        block: BlockId,
-        head: usize,
-        n: usize,
-        scratch: &'a mut [f32],
-    ) -> &'a [f32] {
-        let (store, at, len) = self.head_span((layer, part), block, head, n);
-        store.read(at, len, scratch)
-    }
-
-    /// Where one block of KV head `head` lies: its store, offset and length (keys: the whole
-    /// transposed `[head_dim, padded]` tile; values: the first `n` positions).
-    fn head_span(&self, (layer, part): (usize, Part), block: BlockId, head: usize, n: usize) -> (&Store, usize, usize) {
-        let l = self.layout;
-        match part {
-            Part::Keys => {
-                let len = l.head_dim * l.padded();
-                (&self.keys[layer], block as usize * l.key_block_len() + head * len, len)
-            }
-            Part::Values => {
-                let at = block as usize * l.block_len() + head * l.block_size * l.head_dim;
-                (&self.values[layer], at, n * l.head_dim)
-            }
-        }
     }
 }
 

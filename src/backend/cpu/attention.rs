@@ -1,4 +1,4 @@
-//! Attention of batch rows over keys and values in the paged [`BlockPool`].
+//! Attention of batch rows over keys and values in the paged pool's [`KvStore`].
 //!
 //! One task is a tile of consecutive rows of one sequence (a prompt chunk, or one decoding
 //! token) and one key/value head: each block of cached keys and values is converted once
@@ -13,7 +13,8 @@
 
 use rayon::prelude::*;
 
-use crate::kv::{BlockId, BlockPool, KvDType, Part};
+use super::kv_store::{KvStore, Part};
+use crate::kv::{BlockId, KvDType};
 
 /// What one row attends to: the first `len` positions of a sequence's blocks.
 pub struct AttnRow<'a> {
@@ -34,14 +35,7 @@ const LANES: usize = 16;
 
 /// `q: [rows, heads * head_dim]` (rotated) -> `[rows, heads * head_dim]`, each row over its
 /// sequence's cached positions in `layer`, written into `out`'s buffer.
-pub fn attend_rows(
-    pool: &BlockPool,
-    layer: usize,
-    q: &[f32],
-    rows: &[AttnRow],
-    heads: usize,
-    out: Vec<f32>,
-) -> Vec<f32> {
+pub fn attend_rows(pool: &KvStore, layer: usize, q: &[f32], rows: &[AttnRow], heads: usize, out: Vec<f32>) -> Vec<f32> {
     let l = pool.layout();
     let group = heads / l.kv_heads.max(1);
     let width = group * l.head_dim;
@@ -89,7 +83,7 @@ pub fn attend_rows(
 
 /// Rows of one sequence and one KV head of one layer.
 struct Tile<'a> {
-    pool: &'a BlockPool,
+    pool: &'a KvStore,
     layer: usize,
     kv: usize,
     rows: &'a [AttnRow<'a>],

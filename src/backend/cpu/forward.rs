@@ -1,5 +1,5 @@
 //! The CPU backend's one forward pass: many sequences at once, on slices, with keys and
-//! values in the paged [`BlockPool`].
+//! values in the paged [`KvPool`].
 //!
 //! Every row of the batch is one token of some sequence: the next token of each decoding
 //! sequence and chunks of prompts alike. The matmuls take all rows together, so the weights
@@ -14,16 +14,17 @@
 use rayon::prelude::*;
 
 use super::attention::{attend_rows, AttnRow};
+use super::kv_store::KvPool;
 use super::linear::CpuLinear;
 use super::model::{CpuModel, Layer};
 use super::rows::{add_assign, rms_norm_rows, rotate, silu_mul_rows};
 use super::spare::Spare;
 use crate::error::{Error, Result};
-use crate::kv::{BlockPool, BlockTable};
+use crate::kv::BlockTable;
 
 /// Work for one sequence in a step.
 pub(crate) struct BatchChunk<'a> {
-    /// The sequence's blocks, reserved for `tokens` (see [`BlockPool::reserve`]).
+    /// The sequence's blocks, reserved for `tokens` (see [`KvPool::reserve`]).
     pub table: &'a BlockTable,
     /// Tokens to run, at positions `table.len()..`.
     pub tokens: &'a [u32],
@@ -42,7 +43,7 @@ struct Row {
 
 /// What every layer of one step reads.
 struct Step<'a> {
-    pool: &'a mut BlockPool,
+    pool: &'a mut KvPool,
     chunks: &'a [BatchChunk<'a>],
     rows: &'a [Row],
     spare: Spare,
@@ -52,11 +53,11 @@ impl CpuModel {
     /// Runs every chunk's tokens, writing their keys and values into `pool`, and returns the
     /// f32 logits of the last `logits` tokens of each chunk, one row each, in order. The
     /// caller commits the positions to the tables afterwards.
-    pub fn forward(&self, pool: &mut BlockPool, chunks: &[BatchChunk]) -> Result<Vec<Vec<f32>>> {
+    pub fn forward(&self, pool: &mut KvPool, chunks: &[BatchChunk]) -> Result<Vec<Vec<f32>>> {
         let mut ids = Vec::new();
         let mut rows = Vec::new();
         for (c, chunk) in chunks.iter().enumerate() {
-            if chunk.table.len() + chunk.tokens.len() > chunk.table.blocks().len() * pool.layout().block_size {
+            if chunk.table.len() + chunk.tokens.len() > chunk.table.blocks().len() * pool.store().layout().block_size {
                 return Err(Error::Internal(
                     "a batch chunk has no room reserved in the KV pool".into(),
                 ));
@@ -143,7 +144,14 @@ impl CpuModel {
                 len: row.pos + 1,
             })
             .collect();
-        let out = attend_rows(step.pool, l, &q, &attn_rows, cfg.num_attention_heads, sp.empty(q.len()));
+        let out = attend_rows(
+            step.pool.store(),
+            l,
+            &q,
+            &attn_rows,
+            cfg.num_attention_heads,
+            sp.empty(q.len()),
+        );
         sp.give(q);
         check_finite(&out, l)?;
         let o = single(CpuLinear::forward_rows(&[&layer.o], &out, n, sp)?)?;

@@ -1,6 +1,7 @@
 //! The CPU backend: every linear layer packed (q8_0, q4k, q4k_m: our integer kernels) or
 //! dense f32, one forward pass over all running sequences per step, keys and values in one
-//! paged [`BlockPool`] with a prefix cache.
+//! paged pool with a prefix cache (`kv_store::KvPool`: the bookkeeping of
+//! [`crate::kv`] and the bytes of `kv_store`).
 //!
 //! This folder is the only place with `unsafe` code: the SIMD kernels of `quant/`, the
 //! f16 attention kernels and the one GEMM call, each block with its SAFETY note.
@@ -13,6 +14,7 @@ mod attention;
 mod attention_f16;
 mod forward;
 mod gemv;
+mod kv_store;
 mod linear;
 pub(crate) mod model;
 #[doc(hidden)]
@@ -20,19 +22,21 @@ pub mod quant;
 mod rows;
 #[doc(hidden)]
 pub mod spare;
+mod widen;
 
 use std::sync::Arc;
 
 use super::{KvUsage, SeqId, Slab, Work};
 use crate::error::{Error, Result};
-use crate::kv::{BlockPool, BlockTable, KvDType, KvLayout, DEFAULT_BLOCK_SIZE};
+use crate::kv::{BlockTable, KvDType, KvLayout, DEFAULT_BLOCK_SIZE};
 use forward::BatchChunk;
+use kv_store::KvPool;
 use model::CpuModel;
 
 /// The CPU model, the pool and the block tables of its sequences.
 pub(crate) struct CpuBackend {
     model: Arc<CpuModel>,
-    pool: BlockPool,
+    pool: KvPool,
     seqs: Slab<BlockTable>,
 }
 
@@ -43,22 +47,22 @@ impl CpuBackend {
         let blocks = layout.blocks_in(kv_bytes, kv_dtype);
         Self {
             model,
-            pool: BlockPool::new(layout, blocks, kv_dtype),
+            pool: KvPool::new(layout, blocks, kv_dtype),
             seqs: Slab::default(),
         }
     }
 
     /// Most positions one sequence can hold.
     pub fn max_positions(&self) -> usize {
-        self.pool.capacity() * self.pool.layout().block_size
+        self.pool.blocks().capacity() * self.pool.blocks().layout().block_size
     }
 
     /// Blocks in use and in all.
     pub fn usage(&self) -> KvUsage {
         KvUsage {
-            used_blocks: self.pool.used(),
-            total_blocks: self.pool.capacity(),
-            block_size: self.pool.layout().block_size,
+            used_blocks: self.pool.blocks().used(),
+            total_blocks: self.pool.blocks().capacity(),
+            block_size: self.pool.blocks().layout().block_size,
         }
     }
 
@@ -77,12 +81,16 @@ impl CpuBackend {
     /// Blocks that `n` more positions of `id` would take beyond what it holds.
     pub fn blocks_needed(&self, id: SeqId, n: usize) -> Result<usize> {
         let t = self.seqs.get(id)?;
-        Ok(self.pool.blocks_for(t.len() + n).saturating_sub(t.blocks().len()))
+        Ok(self
+            .pool
+            .blocks()
+            .blocks_for(t.len() + n)
+            .saturating_sub(t.blocks().len()))
     }
 
     /// Blocks that can be given out now.
     pub fn available(&self) -> usize {
-        self.pool.available()
+        self.pool.blocks().available()
     }
 
     /// Makes room for `n` more positions of `id`; false when the pool is short.

@@ -1,3 +1,4 @@
+use super::super::kv_store::KvPool;
 use super::*;
 use crate::backend::candle::attention::{causal_mask, grouped_attention_slow};
 use crate::kv::{BlockTable, KvDType, KvLayout};
@@ -5,8 +6,8 @@ use candle_core::{DType, Device, Tensor};
 
 /// Writes `len` random positions into a fresh sequence of `pool`; returns the table and
 /// the keys and values as `[kv_heads, len, d]` tensors.
-fn fill(pool: &mut BlockPool, len: usize) -> (BlockTable, Tensor, Tensor) {
-    let l = pool.layout();
+fn fill(pool: &mut KvPool, len: usize) -> (BlockTable, Tensor, Tensor) {
+    let l = pool.store().layout();
     let mut t = pool.start(&[]);
     assert!(pool.reserve(&mut t, len));
     let k = Tensor::randn(0f32, 1.0, (len, l.kv_heads * l.head_dim), &Device::Cpu).unwrap();
@@ -60,7 +61,7 @@ fn paged_attention_matches_the_straightforward_one() {
             head_dim: d,
             block_size: 16,
         };
-        let mut pool = BlockPool::new(layout, 8, dtype);
+        let mut pool = KvPool::new(layout, 8, dtype);
         let (table, k, v) = fill(&mut pool, len);
         // The last `n` positions as queries, causal.
         let q = Tensor::randn(0f32, 1.0, (n, heads * d), &Device::Cpu).unwrap();
@@ -71,7 +72,7 @@ fn paged_attention_matches_the_straightforward_one() {
             })
             .collect();
         let got = attend_rows(
-            &pool,
+            pool.store(),
             0,
             &q.flatten_all().unwrap().to_vec1().unwrap(),
             &rows,
@@ -119,7 +120,7 @@ fn f16_in_place_equals_converted_blocks() {
                 head_dim: d,
                 block_size: 16,
             };
-            let mut pool = BlockPool::new(layout, 8, KvDType::F16);
+            let mut pool = KvPool::new(layout, 8, KvDType::F16);
             let (table, _, _) = fill(&mut pool, len);
             let q: Vec<f32> = Tensor::randn(0f32, 1.0, (n * heads * d,), &Device::Cpu)
                 .unwrap()
@@ -133,7 +134,7 @@ fn f16_in_place_equals_converted_blocks() {
                 .collect();
             for kv in 0..kv_heads {
                 let t = Tile {
-                    pool: &pool,
+                    pool: pool.store(),
                     layer: 0,
                     kv,
                     rows: &rows,

@@ -1,0 +1,269 @@
+//! The bytes of the paged KV pool: for every layer one value buffer of
+//! `blocks x [kv_heads, block_size, head_dim]` and one key buffer of
+//! `blocks x [kv_heads, head_dim, padded]` (keys transposed, so that attention scores a
+//! block's positions in vector lanes), in f16 (the default, as llama.cpp keeps its cache:
+//! half the memory and half the bytes read per token at long context) or f32 (exact).
+//! Which block belongs to whom is [`crate::kv::BlockPool`]'s business; [`KvPool`] holds both.
+//!
+//! The buffers are allocated zeroed at once (`calloc`): the operating system commits their
+//! pages when they are first written, so resident memory follows what is in use.
+
+use half::f16;
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+
+use super::widen;
+use crate::kv::{BlockCopy, BlockId, BlockPool, BlockTable, KvDType, KvLayout};
+
+/// Keys or values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Part {
+    /// Keys.
+    Keys,
+    /// Values.
+    Values,
+}
+
+/// One layer's keys or values for every block. f16 values are kept as their bits in a
+/// `u16` vector: zeroed integer vectors come from `calloc`, so untouched blocks cost no
+/// resident memory (a `vec![f16::ZERO; n]` would write every element).
+pub(crate) enum Store {
+    F16(Vec<u16>),
+    F32(Vec<f32>),
+}
+
+impl Store {
+    fn new(dtype: KvDType, len: usize) -> Self {
+        match dtype {
+            KvDType::F16 => Self::F16(vec![0u16; len]),
+            KvDType::F32 => Self::F32(vec![0f32; len]),
+        }
+    }
+
+    fn set(&mut self, at: usize, v: f32) {
+        match self {
+            Self::F16(d) => d[at] = f16::from_f32(v).to_bits(),
+            Self::F32(d) => d[at] = v,
+        }
+    }
+
+    fn write(&mut self, at: usize, src: &[f32]) {
+        match self {
+            Self::F16(d) => d[at..at + src.len()]
+                .reinterpret_cast_mut::<f16>()
+                .convert_from_f32_slice(src),
+            Self::F32(d) => d[at..at + src.len()].copy_from_slice(src),
+        }
+    }
+
+    fn copy_within(&mut self, from: usize, len: usize, to: usize) {
+        match self {
+            Self::F16(d) => d.copy_within(from..from + len, to),
+            Self::F32(d) => d.copy_within(from..from + len, to),
+        }
+    }
+
+    /// Asks the memory system for values `at..at + len` ahead of their use (a hint).
+    fn prefetch(&self, at: usize, len: usize) {
+        match self {
+            Self::F16(d) => widen::prefetch(&d[at..at + len]),
+            Self::F32(d) => widen::prefetch(&d[at..at + len]),
+        }
+    }
+
+    /// `len` values from `at` as f32: borrowed, or converted into `scratch`.
+    fn read<'a>(&'a self, at: usize, len: usize, scratch: &'a mut [f32]) -> &'a [f32] {
+        match self {
+            Self::F32(d) => &d[at..at + len],
+            Self::F16(d) => {
+                widen::widen(&d[at..at + len], &mut scratch[..len]);
+                &scratch[..len]
+            }
+        }
+    }
+}
+
+/// The stored keys and values of every block.
+pub(crate) struct KvStore {
+    layout: KvLayout,
+    dtype: KvDType,
+    keys: Vec<Store>,
+    values: Vec<Store>,
+}
+
+impl KvStore {
+    /// Zeroed storage for `blocks` blocks of `layout` in `dtype`.
+    pub fn new(layout: KvLayout, blocks: usize, dtype: KvDType) -> Self {
+        let blocks = blocks.max(1);
+        Self {
+            layout,
+            dtype,
+            keys: (0..layout.layers)
+                .map(|_| Store::new(dtype, blocks * layout.key_block_len()))
+                .collect(),
+            values: (0..layout.layers)
+                .map(|_| Store::new(dtype, blocks * layout.block_len()))
+                .collect(),
+        }
+    }
+
+    /// The shape.
+    pub fn layout(&self) -> KvLayout {
+        self.layout
+    }
+
+    /// How values are stored.
+    pub fn dtype(&self) -> KvDType {
+        self.dtype
+    }
+
+    /// Carries out a copy the bookkeeping asked for.
+    pub fn copy(&mut self, c: BlockCopy) {
+        let l = self.layout;
+        let (src, dst) = (c.from as usize * l.block_len(), c.to as usize * l.block_len());
+        let (ksrc, kdst) = (c.from as usize * l.key_block_len(), c.to as usize * l.key_block_len());
+        for layer in 0..l.layers {
+            for h in 0..l.kv_heads {
+                let at = h * l.block_size * l.head_dim;
+                self.values[layer].copy_within(src + at, c.positions * l.head_dim, dst + at);
+                for i in 0..l.head_dim {
+                    let at = (h * l.head_dim + i) * l.padded();
+                    self.keys[layer].copy_within(ksrc + at, c.positions, kdst + at);
+                }
+            }
+        }
+    }
+
+    /// Writes the key and value `[kv_heads * head_dim]` of `slot` of `block` in `layer`.
+    pub fn write(&mut self, layer: usize, (block, slot): (BlockId, usize), k: &[f32], v: &[f32]) {
+        let l = self.layout;
+        let (base, kbase) = (block as usize * l.block_len(), block as usize * l.key_block_len());
+        for h in 0..l.kv_heads {
+            let at = base + (h * l.block_size + slot) * l.head_dim;
+            self.values[layer].write(at, &v[h * l.head_dim..(h + 1) * l.head_dim]);
+            for i in 0..l.head_dim {
+                let at = kbase + (h * l.head_dim + i) * l.padded() + slot;
+                self.keys[layer].set(at, k[h * l.head_dim + i]);
+            }
+        }
+    }
+
+    /// Asks the memory system for what [`Self::head_block`] of `block` will read (a hint,
+    /// given while the previous block is being used).
+    pub fn prefetch_head_block(&self, (layer, part): (usize, Part), block: BlockId, head: usize) {
+        let (store, at, len) = self.head_span((layer, part), block, head, self.layout.block_size);
+        store.prefetch(at, len)
+    }
+
+    /// [`Self::head_block`]'s values as the f16 bits the pool holds; `None` for f32 storage.
+    pub fn head_block_bits(
+        &self,
+        (layer, part): (usize, Part),
+        block: BlockId,
+        head: usize,
+        n: usize,
+    ) -> Option<&[u16]> {
+        match self.head_span((layer, part), block, head, n) {
+            (Store::F16(d), at, len) => Some(&d[at..at + len]),
+            (Store::F32(_), ..) => None,
+        }
+    }
+
+    /// One block of KV head `head` in `layer` as f32: values of its first `n` positions,
+    /// `[n, head_dim]`; keys of all its positions transposed, `[head_dim, padded]` (see
+    /// [`KvLayout::padded`]). Borrowed from f32 storage, converted into `scratch` (long
+    /// enough for either) from f16.
+    pub fn head_block<'a>(
+        &'a self,
+        (layer, part): (usize, Part),
+        block: BlockId,
+        head: usize,
+        n: usize,
+        scratch: &'a mut [f32],
+    ) -> &'a [f32] {
+        let (store, at, len) = self.head_span((layer, part), block, head, n);
+        store.read(at, len, scratch)
+    }
+
+    /// Where one block of KV head `head` lies: its store, offset and length (keys: the whole
+    /// transposed `[head_dim, padded]` tile; values: the first `n` positions).
+    fn head_span(&self, (layer, part): (usize, Part), block: BlockId, head: usize, n: usize) -> (&Store, usize, usize) {
+        let l = self.layout;
+        match part {
+            Part::Keys => {
+                let len = l.head_dim * l.padded();
+                (&self.keys[layer], block as usize * l.key_block_len() + head * len, len)
+            }
+            Part::Values => {
+                let at = block as usize * l.block_len() + head * l.block_size * l.head_dim;
+                (&self.values[layer], at, n * l.head_dim)
+            }
+        }
+    }
+}
+
+/// The CPU backend's KV pool: the block bookkeeping and the bytes, kept in step (every copy
+/// the bookkeeping asks for is made before it returns).
+pub(crate) struct KvPool {
+    blocks: BlockPool,
+    store: KvStore,
+}
+
+impl KvPool {
+    /// A pool of `blocks` blocks of `layout` storing `dtype`.
+    pub fn new(layout: KvLayout, blocks: usize, dtype: KvDType) -> Self {
+        Self {
+            blocks: BlockPool::new(layout, blocks),
+            store: KvStore::new(layout, blocks, dtype),
+        }
+    }
+
+    /// The bookkeeping.
+    pub fn blocks(&self) -> &BlockPool {
+        &self.blocks
+    }
+
+    /// The bytes.
+    pub fn store(&self) -> &KvStore {
+        &self.store
+    }
+
+    /// [`BlockPool::start`], with its copy made.
+    pub fn start(&mut self, prompt: &[u32]) -> BlockTable {
+        let (table, copy) = self.blocks.start(prompt);
+        if let Some(c) = copy {
+            self.store.copy(c);
+        }
+        table
+    }
+
+    /// [`BlockPool::reserve`].
+    pub fn reserve(&mut self, table: &mut BlockTable, n: usize) -> bool {
+        self.blocks.reserve(table, n)
+    }
+
+    /// [`BlockPool::commit`].
+    pub fn commit(&mut self, table: &mut BlockTable, tokens: &[u32], n: usize) {
+        self.blocks.commit(table, tokens, n)
+    }
+
+    /// [`BlockPool::truncate`], with its copy made.
+    pub fn truncate(&mut self, table: &mut BlockTable, len: usize) {
+        if let Some(c) = self.blocks.truncate(table, len) {
+            self.store.copy(c);
+        }
+    }
+
+    /// [`BlockPool::release`].
+    pub fn release(&mut self, table: BlockTable, tokens: &[u32]) {
+        self.blocks.release(table, tokens)
+    }
+
+    /// Writes the key and value of position `pos` of `table` in `layer`.
+    pub fn write(&mut self, layer: usize, table: &BlockTable, pos: usize, k: &[f32], v: &[f32]) {
+        let at = self.blocks.locate(table, pos);
+        self.store.write(layer, at, k, v)
+    }
+}
+
+#[cfg(test)]
+mod tests;

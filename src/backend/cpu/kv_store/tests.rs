@@ -1,0 +1,96 @@
+use super::*;
+
+fn pool(blocks: usize) -> KvPool {
+    let layout = KvLayout {
+        layers: 2,
+        kv_heads: 2,
+        head_dim: 4,
+        block_size: 4,
+    };
+    KvPool::new(layout, blocks, KvDType::F32)
+}
+
+/// Runs `tokens` into a new sequence as if computed; returns its table.
+fn run(p: &mut KvPool, tokens: &[u32]) -> BlockTable {
+    let mut t = p.start(tokens);
+    let n = tokens.len() - t.len();
+    assert!(p.reserve(&mut t, n));
+    p.commit(&mut t, tokens, n);
+    t
+}
+
+#[test]
+fn writes_land_in_the_sequence_s_blocks() {
+    let mut p = pool(4);
+    let mut t = p.start(&[1, 2, 3, 4, 5]);
+    assert!(p.reserve(&mut t, 5));
+    let k: Vec<f32> = (0..8).map(|i| i as f32).collect();
+    let v: Vec<f32> = (0..8).map(|i| -(i as f32)).collect();
+    p.write(1, &t, 4, &k, &v);
+    let (block, slot) = p.blocks().locate(&t, 4);
+    assert_eq!(slot, 0);
+    let mut scratch = vec![0f32; 64];
+    let keys = p
+        .store()
+        .head_block((1, Part::Keys), block, 1, slot + 1, &mut scratch)
+        .to_vec();
+    let padded = p.store().layout().padded();
+    let key: Vec<f32> = (0..4).map(|i| keys[i * padded + slot]).collect();
+    assert_eq!(key, &k[4..8]);
+    let values = p
+        .store()
+        .head_block((1, Part::Values), block, 1, slot + 1, &mut scratch);
+    assert_eq!(&values[slot * 4..slot * 4 + 4], &v[4..8]);
+    p.release(t, &[]);
+}
+
+#[test]
+fn a_partly_filled_last_block_is_copied_for_a_prompt_that_continues_it() {
+    let mut p = pool(8);
+    let a: Vec<u32> = (0..6).collect(); // one full block, then 2 positions
+    let ta = run(&mut p, &a);
+    let k: Vec<f32> = (0..8).map(|i| i as f32 + 0.5).collect();
+    p.write(0, &ta, 5, &k, &k);
+    p.release(ta, &a);
+    // The next turn: the same 6 tokens and more.
+    let b: Vec<u32> = (0..6).chain([50, 51]).collect();
+    let tb = p.start(&b);
+    assert_eq!(tb.cached(), 6);
+    let (block, slot) = p.blocks().locate(&tb, 5);
+    let mut scratch = vec![0f32; 64];
+    let keys = p.store().head_block((0, Part::Keys), block, 0, slot + 1, &mut scratch);
+    let padded = p.store().layout().padded();
+    let key: Vec<f32> = (0..4).map(|i| keys[i * padded + slot]).collect();
+    assert_eq!(key, &k[..4], "position 5 copied");
+    p.release(tb, &b);
+    // A prompt diverging inside the partial block copies only what it shares.
+    let c: Vec<u32> = vec![0, 1, 2, 3, 4, 77, 78];
+    let tc = p.start(&c);
+    assert_eq!(tc.cached(), 5);
+    p.release(tc, &c);
+    assert_eq!(p.blocks().used(), 0);
+}
+
+#[test]
+fn an_f16_pool_stores_half_precision() {
+    let layout = KvLayout {
+        layers: 1,
+        kv_heads: 1,
+        head_dim: 4,
+        block_size: 4,
+    };
+    let mut p = KvPool::new(layout, 2, KvDType::F16);
+    let mut t = p.start(&[1]);
+    assert!(p.reserve(&mut t, 1));
+    let k = [1.0f32, 0.1, -2.5, 65504.0];
+    p.write(0, &t, 0, &k, &k);
+    let mut scratch = vec![0f32; 64];
+    let got = p
+        .store()
+        .head_block((0, Part::Values), t.blocks()[0], 0, 1, &mut scratch);
+    for (g, w) in got.iter().zip(k) {
+        assert_eq!(*g, half::f16::from_f32(w).to_f32());
+    }
+    assert_eq!(layout.block_bytes(KvDType::F16) * 2, layout.block_bytes(KvDType::F32));
+    p.release(t, &[1]);
+}
