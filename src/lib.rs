@@ -28,6 +28,7 @@
 //! as structs, text goes out through callbacks and return values.
 
 #![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod backend;
 pub mod bench;

@@ -88,20 +88,24 @@ unsafe fn group_axpys<const G: usize>(
 
 /// [`group_dots`] for a group of 2 to 4 query heads (groups of 1 sum in another order).
 pub fn dots(_: Avx512, group: usize, qr: &[f32], kt: &[u16], stride: usize, out: &mut [[f32; LANES]]) {
-    // SAFETY (all three): the token proves the CPU supports AVX-512F.
     match group {
+        // SAFETY: the `Avx512` token proves the CPU supports AVX-512F.
         2 => unsafe { group_dots::<2>(qr, kt, stride, out) },
+        // SAFETY: the `Avx512` token proves the CPU supports AVX-512F.
         3 => unsafe { group_dots::<3>(qr, kt, stride, out) },
+        // SAFETY: the `Avx512` token proves the CPU supports AVX-512F.
         _ => unsafe { group_dots::<4>(qr, kt, stride, out) },
     }
 }
 
 /// [`group_axpys`] for a group of 2 to 4 query heads.
 pub fn axpys(_: Avx512, group: usize, scores: (&[f32], usize, usize), m: usize, v: &[u16], orow: &mut [f32]) {
-    // SAFETY (all three): the token proves the CPU supports AVX-512F.
     match group {
+        // SAFETY: the `Avx512` token proves the CPU supports AVX-512F.
         2 => unsafe { group_axpys::<2>(scores, m, v, orow) },
+        // SAFETY: the `Avx512` token proves the CPU supports AVX-512F.
         3 => unsafe { group_axpys::<3>(scores, m, v, orow) },
+        // SAFETY: the `Avx512` token proves the CPU supports AVX-512F.
         _ => unsafe { group_axpys::<4>(scores, m, v, orow) },
     }
 }

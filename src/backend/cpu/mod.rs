@@ -6,6 +6,8 @@
 //! This folder is the only place with `unsafe` code: the SIMD kernels of `quant/`, the
 //! f16 attention kernels and the one GEMM call, each block with its SAFETY note.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 #[macro_use]
 mod isa;
 

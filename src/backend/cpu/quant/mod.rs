@@ -421,14 +421,17 @@ impl PackedWeight {
             // `Isa::detect`).
             (PackedFormat::Q8_0, Isa::Avx512) => unsafe { q8::group_dot_avx512(lines, meta, &a, &mut res) },
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: `isa` is one this CPU supports (the caller's contract, checked by `Isa::detect`).
             (PackedFormat::Q8_0, Isa::Avx2) => unsafe { q8::group_dot_avx2(lines, meta, &a, &mut res) },
             (PackedFormat::Q8_0, _) => q8::group_dot_portable(lines, meta, &a, &mut res),
             #[cfg(target_arch = "x86_64")]
             // The kernel takes one activation scale per super-block (checked here).
+            // SAFETY: `isa` is one this CPU supports (the caller's contract, checked by `Isa::detect`).
             (PackedFormat::Q4K, Isa::Avx512) if acts.span == sub * BLOCK => unsafe {
                 q4::group_dot_avx512(lines, meta, sub, &a, &mut res)
             },
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: `isa` is one this CPU supports (the caller's contract, checked by `Isa::detect`).
             (PackedFormat::Q4K, Isa::Avx2) => unsafe { q4::group_dot_avx2(lines, meta, sub, &a, &mut res) },
             (PackedFormat::Q4K, _) => q4::group_dot_portable(lines, meta, sub, &a, &mut res),
         }
@@ -476,6 +479,7 @@ struct Stripes {
 // SAFETY: tasks only write through `Stripes::write` to the stripes of the groups they own,
 // which never overlap, while the buffer outlives the parallel loop.
 unsafe impl Send for Stripes {}
+// SAFETY: as for `Send` just above: disjoint writes, a buffer that outlives the loop.
 unsafe impl Sync for Stripes {}
 
 impl Stripes {

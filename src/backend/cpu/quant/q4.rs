@@ -302,6 +302,7 @@ pub unsafe fn group_dot_avx512<const T: usize>(
     for s in 0..supers {
         // SAFETY (all loads below): in bounds of `lines`, `meta` and the activations as
         // checked above; lines are 64-byte aligned.
+        // SAFETY: in bounds of `lines`, `meta` and the activations, as checked on entry.
         let m = unsafe { meta.as_ptr().add(s * mlen) };
         let mut sum = [_mm512_setzero_ps(); T];
         for j in 0..sub {
@@ -316,16 +317,20 @@ pub unsafe fn group_dot_avx512<const T: usize>(
             }
             let mut acc = [_mm512_setzero_si512(); T];
             for l in 0..LINES {
+                // SAFETY: in bounds of `lines`, `meta` and the activations, as checked on entry.
                 let v = unsafe { _mm512_load_si512(base.add(b * LINES + l)) };
                 let lo = _mm512_and_si512(v, nib);
                 let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib);
                 for t in 0..T {
+                    // SAFETY: in bounds of `lines`, `meta` and the activations, as checked on entry.
                     let p = unsafe { a.qs[t].as_ptr().add(b * BLOCK + 8 * l) as *const i32 };
+                    // SAFETY: in bounds of `lines`, `meta` and the activations, as checked on entry.
                     let (x0, x1) = unsafe { (p.read_unaligned(), p.add(1).read_unaligned()) };
                     acc[t] = _mm512_dpbusd_epi32(acc[t], lo, _mm512_set1_epi32(x0));
                     acc[t] = _mm512_dpbusd_epi32(acc[t], hi, _mm512_set1_epi32(x1));
                 }
             }
+            // SAFETY: in bounds of `lines`, `meta` and the activations, as checked on entry.
             let sc = unsafe { _mm_loadu_si128(m.add(4 * GROUP + j * 2 * GROUP) as *const __m128i) };
             let sc = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(sc));
             for t in 0..T {
@@ -334,10 +339,13 @@ pub unsafe fn group_dot_avx512<const T: usize>(
         }
         // The minimums: per row, sum over sub-blocks of mn * (activation block sum).
         let mut mins = [_mm512_setzero_si512(); T];
+        // SAFETY: in bounds of `lines`, `meta` and the activations, as checked on entry.
         let mn_at = unsafe { m.add(4 * GROUP + GROUP) };
         for p in 0..pairs {
+            // SAFETY: in bounds of `lines`, `meta` and the activations, as checked on entry.
             let low = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(mn_at.add(2 * p * 2 * GROUP) as *const __m128i) });
             let high = match 2 * p + 1 < sub {
+                // SAFETY: in bounds of `lines`, `meta` and the activations, as checked on entry.
                 true => _mm512_cvtepu8_epi32(unsafe {
                     _mm_loadu_si128(mn_at.add((2 * p + 1) * 2 * GROUP) as *const __m128i)
                 }),
@@ -345,13 +353,17 @@ pub unsafe fn group_dot_avx512<const T: usize>(
             };
             let both = _mm512_or_si512(low, _mm512_slli_epi32::<16>(high));
             for t in 0..T {
+                // SAFETY: in bounds of `lines`, `meta` and the activations, as checked on entry.
                 let x = unsafe { *a.pair_sums[t].get_unchecked(s * pairs + p) };
                 mins[t] = _mm512_dpwssd_epi32(mins[t], both, _mm512_set1_epi32(x));
             }
         }
+        // SAFETY: in bounds of `lines`, `meta` and the activations, as checked on entry.
         let d = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(m as *const __m256i) });
+        // SAFETY: in bounds of `lines`, `meta` and the activations, as checked on entry.
         let dmin = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(m.add(2 * GROUP) as *const __m256i) });
         for t in 0..T {
+            // SAFETY: in bounds of `lines`, `meta` and the activations, as checked on entry.
             let da = _mm512_set1_ps(unsafe { *a.scales[t].get_unchecked(s * sub) });
             y[t] = _mm512_fmadd_ps(sum[t], _mm512_mul_ps(d, da), y[t]);
             y[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins[t]), _mm512_mul_ps(dmin, da), y[t]);
@@ -360,6 +372,7 @@ pub unsafe fn group_dot_avx512<const T: usize>(
     for t in 0..T {
         // SAFETY: `out[t]` holds 16 f32.
         let prev = unsafe { _mm512_loadu_ps(out[t].as_ptr()) };
+        // SAFETY: in bounds of `lines`, `meta` and the activations, as checked on entry.
         unsafe { _mm512_storeu_ps(out[t].as_mut_ptr(), _mm512_add_ps(prev, y[t])) };
     }
 }
@@ -385,27 +398,37 @@ pub unsafe fn group_dot_avx2<const T: usize>(
     let ones = _mm256_set1_epi16(1);
     for half in 0..2 {
         let mut y = [_mm256_setzero_ps(); T];
+        // SAFETY: in bounds of `lines`, `meta` and the activations, as checked on entry.
         let base = unsafe { (lines.as_ptr() as *const __m256i).add(half) };
         for b in 0..blocks {
             // SAFETY (all loads below): in bounds as in the AVX-512 kernel.
+            // SAFETY: in bounds of `lines`, `meta` and the activations, as checked on entry.
             let m = unsafe { meta.as_ptr().add(b / sub * mlen) };
+            // SAFETY: in bounds of `lines`, `meta` and the activations, as checked on entry.
             let d = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(m.add(16 * half) as *const __m128i) });
+            // SAFETY: in bounds of `lines`, `meta` and the activations, as checked on entry.
             let dmin = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(m.add(2 * GROUP + 16 * half) as *const __m128i) });
             let mut acc = [_mm256_setzero_si256(); T];
             for j in 0..LINES {
+                // SAFETY: in bounds of `lines`, `meta` and the activations, as checked on entry.
                 let v = unsafe { _mm256_load_si256(base.add(2 * (b * LINES + j))) };
                 let lo = _mm256_and_si256(v, nib);
                 let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nib);
                 for t in 0..T {
+                    // SAFETY: in bounds of `lines`, `meta` and the activations, as checked on entry.
                     let p = unsafe { a.qs[t].as_ptr().add(b * BLOCK + 8 * j) as *const i32 };
+                    // SAFETY: in bounds of `lines`, `meta` and the activations, as checked on entry.
                     let (x0, x1) = unsafe { (p.read_unaligned(), p.add(1).read_unaligned()) };
                     let s0 = _mm256_maddubs_epi16(lo, _mm256_set1_epi32(x0));
                     let s1 = _mm256_maddubs_epi16(hi, _mm256_set1_epi32(x1));
                     acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(_mm256_add_epi16(s0, s1), ones));
                 }
             }
+            // SAFETY: in bounds of `lines`, `meta` and the activations, as checked on entry.
             let sm = unsafe { m.add(4 * GROUP + (b % sub) * 2 * GROUP + 8 * half) };
+            // SAFETY: in bounds of `lines`, `meta` and the activations, as checked on entry.
             let sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(sm as *const __m128i) }));
+            // SAFETY: in bounds of `lines`, `meta` and the activations, as checked on entry.
             let mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(unsafe {
                 _mm_loadl_epi64(sm.add(GROUP) as *const __m128i)
             }));

@@ -167,12 +167,14 @@ pub unsafe fn group_dot_avx512<const T: usize>(
         for t in 0..T {
             // SAFETY (here and below): every activation array holds `blocks` blocks (checked
             // above, guaranteed by the caller).
+            // SAFETY: in bounds of `lines`, `meta` and the activations, as checked on entry.
             acc[t] = _mm512_set1_epi32(unsafe { *a.offsets[t].get_unchecked(b) });
         }
         for j in 0..LINES {
             // SAFETY: `b * LINES + j < lines.len()`; lines are 64-byte aligned.
             let w = unsafe { _mm512_load_si512(base.add(b * LINES + j)) };
             for t in 0..T {
+                // SAFETY: in bounds of `lines`, `meta` and the activations, as checked on entry.
                 let x = unsafe { (a.qs[t].as_ptr().add(b * BLOCK + 4 * j) as *const i32).read_unaligned() };
                 acc[t] = _mm512_dpbusd_epi32(acc[t], w, _mm512_set1_epi32(x));
             }
@@ -180,6 +182,7 @@ pub unsafe fn group_dot_avx512<const T: usize>(
         // SAFETY: 16 scales per block (checked above).
         let d = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(scales.as_ptr().add(2 * b * GROUP) as *const __m256i) });
         for t in 0..T {
+            // SAFETY: in bounds of `lines`, `meta` and the activations, as checked on entry.
             let s = _mm512_mul_ps(d, _mm512_set1_ps(unsafe { *a.scales[t].get_unchecked(b) }));
             y[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[t]), s, y[t]);
         }
@@ -187,6 +190,7 @@ pub unsafe fn group_dot_avx512<const T: usize>(
     for t in 0..T {
         // SAFETY: `out[t]` holds 16 f32.
         let prev = unsafe { _mm512_loadu_ps(out[t].as_ptr()) };
+        // SAFETY: in bounds of `lines`, `meta` and the activations, as checked on entry.
         unsafe { _mm512_storeu_ps(out[t].as_mut_ptr(), _mm512_add_ps(prev, y[t])) };
     }
 }
@@ -206,7 +210,8 @@ pub unsafe fn group_dot_avx2<const T: usize>(lines: &[Line], scales: &[u8], a: &
     let flip = _mm256_set1_epi8(-128);
     for half in 0..2 {
         let mut y = [_mm256_setzero_ps(); T];
-        let base = (lines.as_ptr() as *const __m256i).add(half);
+        // SAFETY: `half` is 0 or 1, inside the first line of 64 bytes.
+        let base = unsafe { (lines.as_ptr() as *const __m256i).add(half) };
         for b in 0..blocks {
             let mut acc = [_mm256_setzero_si256(); T];
             for j in 0..LINES {
