@@ -38,11 +38,51 @@ fn compact(mut schema: Json) -> Json {
     schema
 }
 
+/// Closes every object schema that does not say whether other keys are allowed
+/// (`additionalProperties` missing counts as `false`), as llama.cpp's schema converter and
+/// OpenAI's strict mode do: pydantic, zod and tool schemas omit it, and an open object lets
+/// a model add keys until it runs out of tokens. Subschemas are visited by keyword.
+fn close_objects(schema: &mut Json) {
+    let Json::Object(map) = schema else { return };
+    let is_object = map.get("type").is_some_and(|t| t == "object") || map.contains_key("properties");
+    if is_object && !map.contains_key("additionalProperties") {
+        map.insert("additionalProperties".into(), Json::Bool(false));
+    }
+    for (key, value) in map.iter_mut() {
+        match key.as_str() {
+            "properties" | "patternProperties" | "$defs" | "definitions" | "dependentSchemas" => {
+                if let Json::Object(subs) = value {
+                    subs.values_mut().for_each(close_objects);
+                }
+            }
+            "items" | "prefixItems" | "anyOf" | "oneOf" | "allOf" => match value {
+                Json::Array(subs) => subs.iter_mut().for_each(close_objects),
+                other => close_objects(other),
+            },
+            "additionalProperties"
+            | "not"
+            | "if"
+            | "then"
+            | "else"
+            | "contains"
+            | "propertyNames"
+            | "unevaluatedProperties"
+            | "unevaluatedItems"
+            | "additionalItems" => close_objects(value),
+            _ => {}
+        }
+    }
+}
+
 impl Constraint {
     fn grammar(&self) -> TopLevelGrammar {
         match self {
             Constraint::JsonObject => TopLevelGrammar::from_json_schema(compact(json!({"type": "object"}))),
-            Constraint::JsonSchema(schema) => TopLevelGrammar::from_json_schema(compact(schema.clone())),
+            Constraint::JsonSchema(schema) => {
+                let mut schema = schema.clone();
+                close_objects(&mut schema);
+                TopLevelGrammar::from_json_schema(compact(schema))
+            }
             Constraint::Regex(rx) => TopLevelGrammar::from_regex(rx),
             Constraint::Lark(lark) => TopLevelGrammar::from_lark(lark.clone()),
         }
@@ -178,5 +218,31 @@ mod tests {
         state.consume(seven, 1).unwrap();
         state.compute(2).unwrap();
         assert!(state.allows(128009) && !state.allows(seven));
+    }
+
+    #[test]
+    fn objects_without_additional_properties_are_closed_at_every_depth() {
+        let mut schema = json!({
+            "type": "object",
+            "properties": {
+                "a": {"type": "object", "properties": {"x": {"type": "integer"}}},
+                "properties": {"type": "string"},
+                "open": {"type": "object", "additionalProperties": true},
+                "list": {"type": "array", "items": {"$ref": "#/$defs/Item"}}
+            },
+            "$defs": {"Item": {"properties": {"y": {"type": "string"}}}},
+            "anyOf": [{"type": "object"}]
+        });
+        close_objects(&mut schema);
+        assert_eq!(schema["additionalProperties"], false);
+        assert_eq!(schema["properties"]["a"]["additionalProperties"], false);
+        assert_eq!(schema["properties"]["open"]["additionalProperties"], true);
+        assert_eq!(schema["$defs"]["Item"]["additionalProperties"], false);
+        assert_eq!(schema["anyOf"][0]["additionalProperties"], false);
+        assert!(schema["properties"]["properties"].get("additionalProperties").is_none());
+        assert!(
+            schema["properties"].get("additionalProperties").is_none(),
+            "a properties map is not a schema"
+        );
     }
 }

@@ -255,7 +255,7 @@ fn q8_0_gguf_keeps_its_numbers_and_follows_in_situ_q8_0() {
     // Without --dtype a Q8_0 file runs as q8_0 on the CPU, its blocks kept as stored.
     // f32 keys and values: the comparison is of the weights alone.
     let exact_kv = LoadOptions {
-        kv_dtype: Some(llama32::kv::KvDType::F32),
+        kv_dtype: Some(llama32::KvDType::F32),
         ..Default::default()
     };
     let gguf = Engine::load(&file, &exact_kv).unwrap();

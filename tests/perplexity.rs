@@ -5,7 +5,7 @@
 mod common;
 
 use common::{expected, fixture};
-use llama32::kv::KvDType;
+use llama32::KvDType;
 use llama32::{ComputeDType, Engine, LoadOptions};
 
 fn load(dtype: ComputeDType) -> Engine {

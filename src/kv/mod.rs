@@ -123,11 +123,6 @@ impl BlockTable {
         self.len
     }
 
-    /// True when no position is computed.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Positions that came from the prefix cache.
     pub fn cached(&self) -> usize {
         self.cached

@@ -1,7 +1,7 @@
 //! The CPU backend: every linear layer packed (q8_0, q4k, q4k_m: our integer kernels) or
 //! dense f32, one forward pass over all running sequences per step, keys and values in one
 //! paged pool with a prefix cache (`kv_store::KvPool`: the bookkeeping of
-//! [`crate::kv`] and the bytes of `kv_store`).
+//! `crate::kv` and the bytes of `kv_store`).
 //!
 //! This folder is the only place with `unsafe` code: the SIMD kernels of `quant/`, the
 //! f16 attention kernels and the one GEMM call, each block with its SAFETY note.
