@@ -419,3 +419,54 @@ fn draft_model_speculation_changes_passes_not_output() {
         wait_pool_empty(&engine);
     }
 }
+
+#[test]
+fn concurrent_draft_speculation_drafts_together_and_changes_no_answer() {
+    use llama32::engine::Speculation;
+    let engine = engine(LoadOptions {
+        draft_model: Some(fixture(MODEL)),
+        ..q8()
+    });
+    let prompts = [
+        "one two three four five six seven eight nine ten ".repeat(3),
+        "alpha beta gamma delta ".repeat(4),
+        "red green blue ".repeat(5),
+        "the cat sat on the mat and ".repeat(2),
+    ];
+    let requests: Vec<GenerateRequest> = (0..prompts.len())
+        .map(|i| match i % 2 {
+            0 => GenerateRequest {
+                max_tokens: 24,
+                sampling: SamplingParams::greedy(),
+                ..Default::default()
+            },
+            _ => sampled(20 + i as u64, 24),
+        })
+        .collect();
+    let plain: Vec<Generation> = prompts
+        .iter()
+        .zip(&requests)
+        .map(|(p, r)| engine.generate(p, r, |_| ControlFlow::Continue(())).unwrap())
+        .collect();
+    // All four at once: their drafts run in the same draft passes.
+    let handles: Vec<_> = prompts
+        .iter()
+        .zip(&requests)
+        .map(|(p, r)| {
+            let fast = GenerateRequest {
+                speculation: Some(Speculation::Draft { k: 4 }),
+                ..r.clone()
+            };
+            engine
+                .submit(engine.tokenize(p).unwrap(), &fast, Instant::now())
+                .unwrap()
+        })
+        .collect();
+    for (handle, plain) in handles.into_iter().zip(&plain) {
+        let fast = handle.wait(|_| ControlFlow::Continue(())).unwrap();
+        assert_eq!(fast.token_ids, plain.token_ids);
+        let stats = fast.speculation.unwrap();
+        assert!(stats.drafted > 0 && stats.accepted > 0, "{stats:?}");
+    }
+    wait_pool_empty(&engine);
+}

@@ -4,6 +4,7 @@
 //! [`Engine::submit`] validates a request once and hands it to the scheduler; the returned
 //! [`Handle`] receives its [`Event`]s. [`Engine::generate`] is the synchronous wrapper.
 
+mod draft;
 pub mod request;
 mod scheduler;
 mod sequence;
@@ -93,8 +94,8 @@ pub struct Engine {
     grammars: Mutex<Option<Arc<Grammars>>>,
     /// What loading did to stored GGUF weights.
     conversion: Option<String>,
-    /// The draft model for [`Speculation::Draft`].
-    draft: Option<Model>,
+    /// A draft model for [`Speculation::Draft`] runs in the scheduler.
+    has_draft: bool,
 }
 
 impl Engine {
@@ -141,8 +142,14 @@ impl Engine {
         let (paged, max_positions) = (backend.is_cpu(), backend.max_positions());
         let (inbox, rx) = mpsc::channel();
         let load = Arc::new(Mutex::new(Load::default()));
+        let has_draft = draft.is_some();
+        let drafter = draft.map(|m| {
+            let bytes = draft_pool_bytes(m.config(), parallel);
+            draft::DraftRunner::new(m.backend(bytes, KvDType::F16, DEFAULT_PREFILL_CHUNK))
+        });
         let sched = scheduler::Scheduler::new(
             backend,
+            drafter,
             SchedulerConfig {
                 max_running: parallel,
                 prefill_budget: options.prefill_budget.unwrap_or(DEFAULT_PREFILL_CHUNK).max(1),
@@ -173,7 +180,7 @@ impl Engine {
             parallel,
             grammars: Mutex::new(None),
             conversion,
-            draft,
+            has_draft,
         })
     }
 
@@ -418,7 +425,7 @@ impl Engine {
             start,
             logprobs: request.logprobs,
             speculation: match request.speculation.filter(|_| self.paged) {
-                Some(spec) => Some(Speculator::new(spec, self.draft.as_ref(), ctx)?),
+                Some(spec) => Some(Speculator::new(spec, self.has_draft)?),
                 None => None,
             },
             constraint: match &request.constraint {
@@ -447,6 +454,16 @@ fn load_draft(path: &Path, options: &LoadOptions, device: &Device, vocab: usize)
         .unwrap_or_else(|| ckpt.default_dtype(options.device));
     check_dtype(device, options.device, dtype)?;
     Model::load(&ckpt.config, &ckpt.weights, dtype, device, options.backend)
+}
+
+/// The draft model's pool: every parallel sequence's whole context in f16, at most
+/// [`DEFAULT_KV_MEMORY`] (its pages are committed only as positions are written).
+fn draft_pool_bytes(c: &LlamaConfig, parallel: usize) -> usize {
+    let per_position = 2 * c.num_hidden_layers * c.kv_dim() * KvDType::F16.size();
+    c.max_position_embeddings
+        .saturating_mul(parallel)
+        .saturating_mul(per_position)
+        .min(DEFAULT_KV_MEMORY)
 }
 
 /// The backend for `model` and the number of sequences it runs together.

@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 
+use super::draft::{Ask, DraftRunner};
 use super::request::FinishReason;
 use super::sequence::{Next, Sequence};
 use crate::backend::{Backend, KvUsage, Work};
@@ -41,6 +42,8 @@ pub struct Load {
 
 pub(crate) struct Scheduler {
     backend: Backend,
+    /// The draft model, proposing for every draft-speculating sequence in one pass a round.
+    drafter: Option<DraftRunner>,
     config: SchedulerConfig,
     inbox: Receiver<Sequence>,
     waiting: VecDeque<Sequence>,
@@ -52,12 +55,14 @@ pub(crate) struct Scheduler {
 impl Scheduler {
     pub(crate) fn new(
         backend: Backend,
+        drafter: Option<DraftRunner>,
         config: SchedulerConfig,
         inbox: Receiver<Sequence>,
         load: Arc<Mutex<Load>>,
     ) -> Self {
         Self {
             backend,
+            drafter,
             config,
             inbox,
             waiting: VecDeque::new(),
@@ -172,9 +177,37 @@ impl Scheduler {
         self.waiting.push_front(seq);
     }
 
+    /// Runs the draft model for every decoding sequence that speculates with it: its
+    /// proposals wait in each sequence for [`Sequence::draft`]. A failure stops those
+    /// sequences' speculation (plain decoding goes on).
+    fn draft_all(&mut self) {
+        let Some(drafter) = self.drafter.as_mut() else { return };
+        let mut asks: Vec<Ask> = self.running.iter_mut().filter_map(Sequence::draft_ask).collect();
+        if asks.is_empty() || drafter.propose(&mut asks).is_ok() {
+            return;
+        }
+        drop(asks);
+        for seq in &mut self.running {
+            if seq.pending() == 1 {
+                if let Some(spec) = seq.speculator_mut() {
+                    spec.stop();
+                }
+            }
+        }
+    }
+
+    /// Frees `seq`'s draft-model keys and values.
+    fn release_draft(&mut self, seq: &mut Sequence) {
+        let state = seq.speculator_mut().and_then(|s| s.draft_state());
+        if let (Some(drafter), Some(state)) = (self.drafter.as_mut(), state) {
+            drafter.release(state);
+        }
+    }
+
     /// One forward pass over the running sequences, then sampling.
     fn step(&mut self) {
         self.make_room_for_decodes();
+        self.draft_all();
         // (sequence, tokens to run, rows of logits wanted)
         let mut plan: Vec<(usize, usize, usize)> = Vec::new();
         let mut budget = self.config.prefill_budget.max(1);
@@ -321,6 +354,7 @@ impl Scheduler {
     /// Frees `seq`'s memory and publishes the load before the client hears it has ended,
     /// so that a caller reading [`Load`] after its request finished sees the memory free.
     fn end(&mut self, mut seq: Sequence, reason: FinishReason) {
+        self.release_draft(&mut seq);
         if let Some(kv) = seq.kv.take() {
             self.backend.release(kv, &seq.tokens);
             self.publish();
@@ -329,6 +363,7 @@ impl Scheduler {
     }
 
     fn end_with_error(&mut self, mut seq: Sequence, error: Error) {
+        self.release_draft(&mut seq);
         if let Some(kv) = seq.kv.take() {
             self.backend.release(kv, &seq.tokens);
             self.publish();

@@ -6,6 +6,7 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::draft::Ask;
 use super::request::{Event, FinishReason, Generation, Timings};
 use super::speculate::Speculator;
 use crate::backend::SeqId;
@@ -142,11 +143,10 @@ impl Sequence {
     /// Appends proposed tokens for this step (after the pending one) and returns how many;
     /// none without speculation or when nothing matches.
     pub fn draft(&mut self) -> usize {
+        let room = self.draft_room();
         let Some(spec) = self.speculator.as_mut() else {
             return 0;
         };
-        let left = self.max_tokens.saturating_sub(self.tokens.len() - self.prompt_len + 1);
-        let room = left.min(self.ctx.saturating_sub(self.tokens.len()));
         if room == 0 {
             return 0;
         }
@@ -154,6 +154,33 @@ impl Sequence {
         self.drafted = draft.len();
         self.tokens.extend(draft);
         self.drafted
+    }
+
+    /// What this sequence asks of the draft model this step: it is decoding (one token
+    /// pending) with a draft-model speculator that will propose.
+    pub(crate) fn draft_ask(&mut self) -> Option<Ask<'_>> {
+        if self.pending() != 1 {
+            return None;
+        }
+        let room = self.draft_room();
+        let (state, width) = self.speculator.as_mut()?.draft_ask(room)?;
+        Some(Ask {
+            state,
+            tokens: &self.tokens,
+            width,
+            ctx: self.ctx,
+        })
+    }
+
+    /// The speculator, if any.
+    pub(crate) fn speculator_mut(&mut self) -> Option<&mut Speculator> {
+        self.speculator.as_mut()
+    }
+
+    /// Tokens that may still be proposed: what is left of `max_tokens` and the context.
+    fn draft_room(&self) -> usize {
+        let left = self.max_tokens.saturating_sub(self.tokens.len() - self.prompt_len + 1);
+        left.min(self.ctx.saturating_sub(self.tokens.len()))
     }
 
     /// Takes this step's proposed tokens back out of `tokens`.

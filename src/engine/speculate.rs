@@ -10,9 +10,8 @@
 
 use serde::Serialize;
 
-use crate::backend::{Model, Session};
+use super::draft::DraftState;
 use crate::error::{Error, Result};
-use crate::kv::KvDType;
 
 /// How a request speculates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,70 +90,25 @@ pub struct Speculator {
 
 #[derive(Debug)]
 enum Source {
-    Ngram { n: usize },
-    Draft(Box<Drafter>),
-}
-
-/// A draft model with keys and values of its own for one sequence, in a [`Session`] on
-/// the backend the model runs on (the CPU one for packed weights: its prompt runs at
-/// prefill speed).
-struct Drafter {
-    session: Session,
-}
-
-impl std::fmt::Debug for Drafter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Drafter").field("fed", &self.session.len()).finish()
-    }
-}
-
-impl Drafter {
-    /// A drafter for sequences of up to `ctx` positions.
-    fn new(model: &Model, ctx: usize) -> Self {
-        Self {
-            session: Session::new(model, ctx, KvDType::F16, 512),
-        }
-    }
-
-    /// The draft model's greedy continuation of `tokens`, up to `n` tokens long. Its keys
-    /// and values are first rolled back to the longest prefix they share with `tokens`
-    /// (proposals that were not kept leave it), and only the rest is run.
-    fn propose(&mut self, tokens: &[u32], n: usize) -> Result<Vec<u32>> {
-        let fed = self.session.tokens();
-        let common = fed.iter().zip(tokens).take_while(|(a, b)| a == b).count();
-        // At least the last token is run, for its logits.
-        let keep = common.min(tokens.len().saturating_sub(1));
-        self.session.truncate(keep);
-        let mut out = Vec::with_capacity(n);
-        let mut next = &tokens[keep..];
-        let mut last = [0u32; 1];
-        while out.len() < n && self.session.room() >= next.len() {
-            let logits = self.session.run(next, 1)?;
-            let Some(row) = logits.first() else { break };
-            let best = row
-                .iter()
-                .enumerate()
-                .fold(0, |b, (i, x)| if *x > row[b] { i } else { b }) as u32;
-            out.push(best);
-            last[0] = best;
-            next = &last;
-        }
-        Ok(out)
-    }
+    Ngram {
+        n: usize,
+    },
+    /// Proposals come from the scheduler's draft model (see [`super::draft`]).
+    Draft(DraftState),
 }
 
 impl Speculator {
-    /// A speculator for `spec`; a draft model speculation needs `draft` (the engine's draft
-    /// model) and keeps a KV cache of up to `ctx` positions for it.
-    pub(crate) fn new(spec: Speculation, draft: Option<&Model>, ctx: usize) -> Result<Self> {
+    /// A speculator for `spec`; a draft model speculation needs a draft model loaded with
+    /// the engine (`has_draft`).
+    pub(crate) fn new(spec: Speculation, has_draft: bool) -> Result<Self> {
         let (source, k) = match spec {
             Speculation::Ngram { n, k } => (Source::Ngram { n: n.max(1) }, k),
-            Speculation::Draft { k } => {
-                let model = draft.ok_or_else(|| Error::InvalidParameter {
+            Speculation::Draft { k } if has_draft => (Source::Draft(DraftState::default()), k),
+            Speculation::Draft { .. } => {
+                return Err(Error::InvalidParameter {
                     name: "spec",
                     reason: "draft speculation needs a draft model loaded with the engine (--draft-model)".into(),
-                })?;
-                (Source::Draft(Box::new(Drafter::new(model, ctx))), k)
+                })
             }
         };
         let k = k.max(1);
@@ -168,8 +122,31 @@ impl Speculator {
         })
     }
 
-    /// Tokens to propose after `tokens`, at most `room`. A draft model that fails stops
-    /// proposing for this sequence (plain decoding goes on).
+    /// For a draft-model speculator that will propose this step, its state and how many
+    /// tokens to ask of the draft model (at most `room`).
+    pub(crate) fn draft_ask(&mut self, room: usize) -> Option<(&mut DraftState, usize)> {
+        let width = self.width.min(room);
+        match &mut self.source {
+            Source::Draft(d) if self.cooldown == 0 && width > 0 => Some((d, width)),
+            _ => None,
+        }
+    }
+
+    /// The draft model's state, for a draft-model speculator.
+    pub(crate) fn draft_state(&mut self) -> Option<&mut DraftState> {
+        match &mut self.source {
+            Source::Draft(d) => Some(d),
+            Source::Ngram { .. } => None,
+        }
+    }
+
+    /// Stops proposing for this sequence (its draft model failed; plain decoding goes on).
+    pub(crate) fn stop(&mut self) {
+        self.cooldown = usize::MAX;
+    }
+
+    /// Tokens to propose after `tokens`, at most `room` (a draft model's are those it made
+    /// this step for these tokens).
     pub fn propose(&mut self, tokens: &[u32], room: usize) -> Vec<u32> {
         if self.cooldown > 0 {
             self.cooldown -= 1;
@@ -178,10 +155,7 @@ impl Speculator {
         let width = self.width.min(room);
         let mut draft = match &mut self.source {
             Source::Ngram { n } => ngram_draft(tokens, *n, width),
-            Source::Draft(d) => d.propose(tokens, width).unwrap_or_else(|_| {
-                self.cooldown = usize::MAX;
-                Vec::new()
-            }),
+            Source::Draft(d) => d.take(tokens.len()),
         };
         draft.truncate(room);
         draft
@@ -234,7 +208,7 @@ mod tests {
 
     #[test]
     fn adapts_the_width() {
-        let mut s = Speculator::new(Speculation::Ngram { n: 3, k: 8 }, None, 64).unwrap();
+        let mut s = Speculator::new(Speculation::Ngram { n: 3, k: 8 }, false).unwrap();
         s.record(4, 4);
         assert_eq!(s.width, 6);
         for _ in 0..3 {
