@@ -127,40 +127,9 @@ impl Engine {
             Some(path) => Some(load_draft(path, options, &device, config.vocab_size)?),
             None => None,
         };
-        let mut eos_ids = config.eos_token_ids.clone();
-        eos_ids.extend(&generation_config.eos_token_ids);
-        eos_ids.sort_unstable();
-        eos_ids.dedup();
-        if let Some(&bad) = eos_ids.iter().find(|&&id| id as usize >= config.vocab_size) {
-            return Err(Error::InvalidConfig {
-                path: dir.join("generation_config.json"),
-                field: "eos_token_id".into(),
-                reason: format!("{bad} is outside the vocabulary ({})", config.vocab_size),
-            });
-        }
-        let (backend, parallel) = make_backend(&model, options, kv_dtype)?;
-        let (paged, max_positions) = (backend.is_cpu(), backend.max_positions());
-        let (inbox, rx) = mpsc::channel();
-        let load = Arc::new(Mutex::new(Load::default()));
+        let eos_ids = stop_ids(dir, &config, &generation_config)?;
         let has_draft = draft.is_some();
-        let drafter = draft.map(|m| {
-            let bytes = draft_pool_bytes(m.config(), parallel);
-            draft::DraftRunner::new(m.backend(bytes, KvDType::F16, DEFAULT_PREFILL_CHUNK))
-        });
-        let sched = scheduler::Scheduler::new(
-            backend,
-            drafter,
-            SchedulerConfig {
-                max_running: parallel,
-                prefill_budget: options.prefill_budget.unwrap_or(DEFAULT_PREFILL_CHUNK).max(1),
-            },
-            rx,
-            load.clone(),
-        );
-        std::thread::Builder::new()
-            .name("llama32-scheduler".into())
-            .spawn(move || sched.run())
-            .map_err(|e| Error::Unsupported(format!("cannot start the scheduler thread: {e}")))?;
+        let started = start_scheduler(&model, draft, options, kv_dtype)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             model,
@@ -169,15 +138,15 @@ impl Engine {
             tokenizer,
             chat_template,
             generation_config,
-            eos_ids: eos_ids.into(),
+            eos_ids,
             dtype,
             device: options.device,
             load_time: start.elapsed(),
-            inbox,
-            load,
-            max_positions,
-            paged,
-            parallel,
+            inbox: started.inbox,
+            load: started.load,
+            max_positions: started.max_positions,
+            paged: started.paged,
+            parallel: started.parallel,
             grammars: Mutex::new(None),
             conversion,
             has_draft,
@@ -434,6 +403,61 @@ impl Engine {
             },
         })
     }
+}
+
+/// The ids that end generation: `config.json`'s and `generation_config.json`'s, each
+/// inside the vocabulary.
+fn stop_ids(dir: &Path, config: &LlamaConfig, generation: &GenerationConfig) -> Result<Arc<[u32]>> {
+    let mut eos_ids = config.eos_token_ids.clone();
+    eos_ids.extend(&generation.eos_token_ids);
+    eos_ids.sort_unstable();
+    eos_ids.dedup();
+    if let Some(&bad) = eos_ids.iter().find(|&&id| id as usize >= config.vocab_size) {
+        return Err(Error::InvalidConfig {
+            path: dir.join("generation_config.json"),
+            field: "eos_token_id".into(),
+            reason: format!("{bad} is outside the vocabulary ({})", config.vocab_size),
+        });
+    }
+    Ok(eos_ids.into())
+}
+
+/// A running scheduler thread and what the engine keeps of it.
+struct Started {
+    inbox: Sender<Sequence>,
+    load: Arc<Mutex<Load>>,
+    max_positions: Option<usize>,
+    paged: bool,
+    parallel: usize,
+}
+
+/// Makes the backend (and the draft model's) for `model` and starts the scheduler thread
+/// that owns them.
+fn start_scheduler(model: &Model, draft: Option<Model>, options: &LoadOptions, kv_dtype: KvDType) -> Result<Started> {
+    let (backend, parallel) = make_backend(model, options, kv_dtype)?;
+    let (paged, max_positions) = (backend.is_cpu(), backend.max_positions());
+    let (inbox, rx) = mpsc::channel();
+    let load = Arc::new(Mutex::new(Load::default()));
+    let drafter = draft.map(|m| {
+        let bytes = draft_pool_bytes(m.config(), parallel);
+        draft::DraftRunner::new(m.backend(bytes, KvDType::F16, DEFAULT_PREFILL_CHUNK))
+    });
+    let config = SchedulerConfig {
+        max_running: parallel,
+        prefill_budget: options.prefill_budget.unwrap_or(DEFAULT_PREFILL_CHUNK).max(1),
+    };
+    let sched = scheduler::Scheduler::new(backend, drafter, config, rx, load.clone());
+    std::thread::Builder::new()
+        .name("llama32-scheduler".into())
+        .spawn(move || sched.run())
+        .map_err(|e| Error::Unsupported(format!("cannot start the scheduler thread: {e}")))?;
+    Ok(Started {
+        inbox,
+        load,
+        max_positions,
+        paged,
+        parallel,
+    })
 }
 
 /// The draft model at `path`, which must share the target's vocabulary.
