@@ -6,11 +6,10 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value as Json};
-use tokio::sync::mpsc;
 
 use super::api::{
     chat_message, new_id, tool_call_constraint, usage, ChatParams, CommonParams, CompletionParams, Prompt, ToolChoice,
@@ -24,37 +23,30 @@ use crate::engine::{Event, FinishReason, GenerateRequest, Generation, Handle};
 use crate::error::Error;
 use crate::sampler::StopMatcher;
 
-/// How long the bridge waits for an event before checking that the request is still wanted.
-const POLL: Duration = Duration::from_millis(50);
+/// The events of a request's choices, choice after choice, awaited from the engine's
+/// handles (no thread, no polling). Dropping it drops the handles, which cancels the
+/// sequences (the client left, the server is ending answers).
+pub(super) struct Choices {
+    handles: Vec<Handle>,
+    current: usize,
+}
 
-/// One event of choice `index`.
-pub(super) type Indexed = (usize, Event);
+impl Choices {
+    pub(super) fn new(handles: Vec<Handle>) -> Self {
+        Self { handles, current: 0 }
+    }
 
-/// Forwards the events of `handles`, choice after choice, from a blocking thread into an
-/// async channel. When the receiver is dropped (the client left, the server is ending
-/// answers), the thread ends and drops the handles, which cancels their sequences.
-fn bridge(handles: Vec<Handle>) -> mpsc::Receiver<Indexed> {
-    let (tx, rx) = mpsc::channel(256);
-    tokio::task::spawn_blocking(move || {
-        for (i, handle) in handles.iter().enumerate() {
-            loop {
-                let event = match handle.recv_timeout(POLL) {
-                    Ok(Some(event)) => event,
-                    Ok(None) => Event::Error(Error::EngineStopped),
-                    Err(()) if tx.is_closed() => return,
-                    Err(()) => continue,
-                };
-                let last = matches!(event, Event::Done(_) | Event::Error(_));
-                if tx.blocking_send((i, event)).is_err() {
-                    return;
-                }
-                if last {
-                    break;
-                }
-            }
+    /// The next event and the choice it belongs to; `None` once every choice has ended.
+    /// A choice whose handle closes without an end reports [`Error::EngineStopped`].
+    pub(super) async fn recv(&mut self) -> Option<(usize, Event)> {
+        let handle = self.handles.get(self.current)?;
+        let event = handle.recv_async().await.unwrap_or(Event::Error(Error::EngineStopped));
+        let index = self.current;
+        if matches!(event, Event::Done(_) | Event::Error(_)) {
+            self.current += 1;
         }
-    });
-    rx
+        Some((index, event))
+    }
 }
 
 /// A generation request counted against the server's capacity until dropped.
@@ -351,7 +343,7 @@ pub(super) async fn execute(state: Arc<State>, plan: Plan, report: Report) -> Re
         })
         .collect();
     let events = match handles {
-        Ok(handles) => bridge(handles),
+        Ok(handles) => Choices::new(handles),
         Err(e) => {
             let mut e = ApiError::from(e);
             if e.param.as_deref() == Some("constraint") {
@@ -376,7 +368,7 @@ pub(super) fn self_reported(mut response: Response) -> Response {
     response
 }
 
-async fn whole(state: &State, plan: &Plan, mut events: mpsc::Receiver<Indexed>, report: Report) -> Response {
+async fn whole(state: &State, plan: &Plan, mut events: Choices, report: Report) -> Response {
     let model = &state.config.model_ids[0];
     let mut generations: Vec<Generation> = Vec::with_capacity(plan.n);
     let mut clock = TokenClock::new(report.start());

@@ -9,11 +9,10 @@ use std::sync::Arc;
 use axum::response::sse::Event as SseEvent;
 use axum::response::Response;
 use serde_json::{json, Value as Json};
-use tokio::sync::mpsc;
 
 use super::anthropic::{error_body, stop_reason, tool_use_id, usage};
 use super::error::ApiError;
-use super::generate::{Admission, Indexed, Kind, Plan, TokenClock, ToolHold};
+use super::generate::{Admission, Choices, Kind, Plan, TokenClock, ToolHold};
 use super::routes::{Report, CLIENT_GONE};
 use super::stream::{event_stream, next_event, Out, Stop};
 use super::State;
@@ -24,7 +23,7 @@ use crate::engine::{Event, FinishReason, Generation};
 pub(super) fn respond(
     state: Arc<State>,
     plan: Plan,
-    events: mpsc::Receiver<Indexed>,
+    events: Choices,
     admission: Admission,
     report: Report,
 ) -> Response {
@@ -54,7 +53,7 @@ struct Writer<'a> {
 
 impl Writer<'_> {
     /// Sends the whole stream; (status to log, generated tokens, cached prompt tokens).
-    async fn run(&mut self, mut events: mpsc::Receiver<Indexed>) -> (u16, usize, usize) {
+    async fn run(&mut self, mut events: Choices) -> (u16, usize, usize) {
         let result = self.message(&mut events).await;
         drop(events);
         match result {
@@ -72,11 +71,11 @@ impl Writer<'_> {
         self.out.send(Ok(event)).await.map_err(|_| Stop::Gone)
     }
 
-    async fn next(&self, events: &mut mpsc::Receiver<Indexed>) -> Result<Event, Stop> {
+    async fn next(&self, events: &mut Choices) -> Result<Event, Stop> {
         next_event(self.state, &self.out, events).await
     }
 
-    async fn message(&mut self, events: &mut mpsc::Receiver<Indexed>) -> Result<Generation, Stop> {
+    async fn message(&mut self, events: &mut Choices) -> Result<Generation, Stop> {
         let model = &self.state.config.model_ids[0];
         let start = json!({"type": "message_start", "message": {
             "id": self.plan.id, "type": "message", "role": "assistant", "model": model, "content": [],

@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::api::{tool_call_json, usage};
 use super::error::ApiError;
-use super::generate::{aborting, finish_name, self_reported, Admission, Indexed, Kind, Plan, TokenClock, ToolHold};
+use super::generate::{aborting, finish_name, self_reported, Admission, Choices, Kind, Plan, TokenClock, ToolHold};
 use super::routes::{Report, CLIENT_GONE};
 use super::{logprobs, State};
 use crate::chat::parse_tool_call;
@@ -53,7 +53,7 @@ where
 
 /// The next engine event of a stream, or why it must stop: the engine ended without one,
 /// the client went away (`out` closed), or the server is ending running answers.
-pub(super) async fn next_event(state: &State, out: &Out, events: &mut mpsc::Receiver<Indexed>) -> Result<Event, Stop> {
+pub(super) async fn next_event(state: &State, out: &Out, events: &mut Choices) -> Result<Event, Stop> {
     tokio::select! {
         event = events.recv() => match event {
             Some((_, event)) => Ok(event),
@@ -68,7 +68,7 @@ pub(super) async fn next_event(state: &State, out: &Out, events: &mut mpsc::Rece
 pub(super) fn respond(
     state: Arc<State>,
     plan: Plan,
-    events: mpsc::Receiver<Indexed>,
+    events: Choices,
     admission: Admission,
     report: Report,
 ) -> Response {
@@ -103,7 +103,7 @@ struct Writer<'a> {
 
 impl Writer<'_> {
     /// Sends the whole stream; the status to log.
-    async fn run(&mut self, mut events: mpsc::Receiver<Indexed>) -> u16 {
+    async fn run(&mut self, mut events: Choices) -> u16 {
         let result = self.choices(&mut events).await;
         drop(events);
         let status = match result {
@@ -169,11 +169,11 @@ impl Writer<'_> {
     }
 
     /// The next event, or why the stream must stop.
-    async fn next(&self, events: &mut mpsc::Receiver<Indexed>) -> Result<Event, Stop> {
+    async fn next(&self, events: &mut Choices) -> Result<Event, Stop> {
         next_event(self.state, &self.out, events).await
     }
 
-    async fn choices(&mut self, events: &mut mpsc::Receiver<Indexed>) -> Result<(), Stop> {
+    async fn choices(&mut self, events: &mut Choices) -> Result<(), Stop> {
         let mut clock = TokenClock::new(self.plan.start);
         for i in 0..self.plan.n {
             let first = match &self.plan.kind {
