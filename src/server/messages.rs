@@ -10,13 +10,14 @@ use axum::response::sse::Event as SseEvent;
 use axum::response::Response;
 use serde_json::{json, Value as Json};
 
-use super::anthropic::{error_body, stop_reason, tool_use_id, usage};
+use super::anthropic::response::{error_body, stop_reason, tool_use_id, usage};
 use super::error::ApiError;
-use super::generate::{Admission, Choices, Kind, Plan, TokenClock, ToolHold};
-use super::routes::{Report, CLIENT_GONE};
-use super::stream::{event_stream, next_event, Out, Stop};
+use super::events::{Admission, Choices, TokenClock, ToolHold};
+use super::plan::{Kind, Plan};
+use super::report::{Report, CLIENT_GONE};
+use super::sse::{event_stream, next_event, Out, Stop};
 use super::State;
-use crate::chat::parse_tool_call;
+use crate::chat::{parse_tool_call, ParsedToolCall};
 use crate::engine::{Event, FinishReason, Generation};
 
 /// Starts the event stream of an admitted Messages request.
@@ -103,25 +104,7 @@ impl Writer<'_> {
         };
         let reason = match call {
             Some(call) => {
-                self.close_text().await?;
-                let index = self.blocks;
-                let block = json!({"type": "tool_use", "id": tool_use_id(), "name": call.name, "input": {}});
-                self.send(
-                    "content_block_start",
-                    json!({"type": "content_block_start", "index": index, "content_block": block}),
-                )
-                .await?;
-                let delta = json!({"type": "input_json_delta", "partial_json": call.arguments.to_string()});
-                self.send(
-                    "content_block_delta",
-                    json!({"type": "content_block_delta", "index": index, "delta": delta}),
-                )
-                .await?;
-                self.send(
-                    "content_block_stop",
-                    json!({"type": "content_block_stop", "index": index}),
-                )
-                .await?;
+                self.tool_use(call).await?;
                 "tool_use"
             }
             None => {
@@ -139,6 +122,29 @@ impl Writer<'_> {
         self.send("message_delta", delta).await?;
         self.send("message_stop", json!({"type": "message_stop"})).await?;
         Ok(generation)
+    }
+
+    /// Sends a tool call as a `tool_use` block (after closing the text block, if open).
+    async fn tool_use(&mut self, call: ParsedToolCall) -> Result<(), Stop> {
+        self.close_text().await?;
+        let index = self.blocks;
+        let block = json!({"type": "tool_use", "id": tool_use_id(), "name": call.name, "input": {}});
+        self.send(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": index, "content_block": block}),
+        )
+        .await?;
+        let delta = json!({"type": "input_json_delta", "partial_json": call.arguments.to_string()});
+        self.send(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": index, "delta": delta}),
+        )
+        .await?;
+        self.send(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": index}),
+        )
+        .await
     }
 
     async fn open_text(&mut self) -> Result<(), Stop> {
