@@ -146,8 +146,15 @@ fn parse_message(i: usize, mut json: Json) -> Result<Message> {
     if let Json::Object(obj) = &mut json {
         obj.retain(|_, v| !v.is_null());
     }
-    let mut m: Message =
-        serde_json::from_value(json).map_err(|e| invalid("messages", format!("messages[{i}]: {e}")))?;
+    let m: Message = serde_json::from_value(json).map_err(|e| invalid("messages", format!("messages[{i}]: {e}")))?;
+    check_message(i, m)
+}
+
+/// Checks message `i` of a conversation read by other means (a server's request types) as
+/// [`parse_request`] does: a known role (`developer` read as `system`), text content parts
+/// joined, no empty content where it is needed, tool call arguments given as a JSON string
+/// parsed.
+pub fn check_message(i: usize, mut m: Message) -> Result<Message> {
     // OpenAI's newer name for the system message (what current SDKs and agents send).
     if m.role == "developer" {
         m.role = "system".into();

@@ -341,7 +341,7 @@ impl Engine {
     /// handle while other requests run alongside. `start` is when the request began.
     pub fn submit(&self, prompt: Vec<u32>, request: &GenerateRequest, start: Instant) -> Result<Handle> {
         let parts = self.parts(prompt, request, start)?;
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = flume::unbounded();
         let cancel = Arc::new(AtomicBool::new(false));
         let seq = Sequence::new(parts, tx, cancel.clone());
         self.inbox.send(seq).map_err(|_| Error::EngineStopped)?;

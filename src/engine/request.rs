@@ -3,7 +3,6 @@
 
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -124,15 +123,16 @@ pub enum Event {
     Error(Error),
 }
 
-/// A submitted request: receives its [`Event`]s. Dropping it cancels the request, which
-/// stops at the engine's next step and frees its memory.
+/// A submitted request: receives its [`Event`]s, blocking ([`Handle::recv`], iteration) or
+/// awaited ([`Handle::recv_async`], on any async runtime). Dropping it cancels the request,
+/// which stops at the engine's next step and frees its memory.
 pub struct Handle {
-    events: Receiver<Event>,
+    events: flume::Receiver<Event>,
     cancel: Arc<AtomicBool>,
 }
 
 impl Handle {
-    pub(crate) fn new(events: Receiver<Event>, cancel: Arc<AtomicBool>) -> Self {
+    pub(crate) fn new(events: flume::Receiver<Event>, cancel: Arc<AtomicBool>) -> Self {
         Self { events, cancel }
     }
 
@@ -153,9 +153,15 @@ impl Handle {
     pub fn recv_timeout(&self, timeout: Duration) -> std::result::Result<Option<Event>, ()> {
         match self.events.recv_timeout(timeout) {
             Ok(e) => Ok(Some(e)),
-            Err(RecvTimeoutError::Disconnected) => Ok(None),
-            Err(RecvTimeoutError::Timeout) => Err(()),
+            Err(flume::RecvTimeoutError::Disconnected) => Ok(None),
+            Err(flume::RecvTimeoutError::Timeout) => Err(()),
         }
+    }
+
+    /// The next event, awaited without blocking a thread; `None` once the request has
+    /// ended. Dropping the future before it completes loses no event.
+    pub async fn recv_async(&self) -> Option<Event> {
+        self.events.recv_async().await.ok()
     }
 
     /// Waits for the end, handing each new piece of text to `on_text` (pieces concatenate

@@ -2,7 +2,6 @@
 //! decoder, and where its events go. The scheduler moves it; it never runs the model.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -34,7 +33,7 @@ pub struct Sequence {
     stream: TextStream,
     text: String,
     eos: Arc<[u32]>,
-    events: Sender<Event>,
+    events: flume::Sender<Event>,
     cancel: Arc<AtomicBool>,
     /// When the request began.
     pub start: Instant,
@@ -86,7 +85,7 @@ pub struct Parts {
 
 impl Sequence {
     /// A waiting sequence sending its events to `events`.
-    pub fn new(p: Parts, events: Sender<Event>, cancel: Arc<AtomicBool>) -> Self {
+    pub fn new(p: Parts, events: flume::Sender<Event>, cancel: Arc<AtomicBool>) -> Self {
         Self {
             prompt_len: p.prompt.len(),
             tokens: p.prompt,

@@ -9,22 +9,22 @@ use std::sync::Arc;
 use axum::response::sse::Event as SseEvent;
 use axum::response::Response;
 use serde_json::{json, Value as Json};
-use tokio::sync::mpsc;
 
-use super::anthropic::{error_body, stop_reason, tool_use_id, usage};
+use super::anthropic::response::{error_body, stop_reason, tool_use_id, usage};
 use super::error::ApiError;
-use super::generate::{Admission, Indexed, Kind, Plan, TokenClock, ToolHold};
-use super::routes::{Report, CLIENT_GONE};
-use super::stream::{event_stream, next_event, Out, Stop};
+use super::events::{Admission, Choices, TokenClock, ToolHold};
+use super::plan::{Kind, Plan};
+use super::report::{Report, CLIENT_GONE};
+use super::sse::{event_stream, next_event, Out, Stop};
 use super::State;
-use crate::chat::parse_tool_call;
+use crate::chat::{parse_tool_call, ParsedToolCall};
 use crate::engine::{Event, FinishReason, Generation};
 
 /// Starts the event stream of an admitted Messages request.
 pub(super) fn respond(
     state: Arc<State>,
     plan: Plan,
-    events: mpsc::Receiver<Indexed>,
+    events: Choices,
     admission: Admission,
     report: Report,
 ) -> Response {
@@ -54,7 +54,7 @@ struct Writer<'a> {
 
 impl Writer<'_> {
     /// Sends the whole stream; (status to log, generated tokens, cached prompt tokens).
-    async fn run(&mut self, mut events: mpsc::Receiver<Indexed>) -> (u16, usize, usize) {
+    async fn run(&mut self, mut events: Choices) -> (u16, usize, usize) {
         let result = self.message(&mut events).await;
         drop(events);
         match result {
@@ -72,11 +72,11 @@ impl Writer<'_> {
         self.out.send(Ok(event)).await.map_err(|_| Stop::Gone)
     }
 
-    async fn next(&self, events: &mut mpsc::Receiver<Indexed>) -> Result<Event, Stop> {
+    async fn next(&self, events: &mut Choices) -> Result<Event, Stop> {
         next_event(self.state, &self.out, events).await
     }
 
-    async fn message(&mut self, events: &mut mpsc::Receiver<Indexed>) -> Result<Generation, Stop> {
+    async fn message(&mut self, events: &mut Choices) -> Result<Generation, Stop> {
         let model = &self.state.config.model_ids[0];
         let start = json!({"type": "message_start", "message": {
             "id": self.plan.id, "type": "message", "role": "assistant", "model": model, "content": [],
@@ -104,25 +104,7 @@ impl Writer<'_> {
         };
         let reason = match call {
             Some(call) => {
-                self.close_text().await?;
-                let index = self.blocks;
-                let block = json!({"type": "tool_use", "id": tool_use_id(), "name": call.name, "input": {}});
-                self.send(
-                    "content_block_start",
-                    json!({"type": "content_block_start", "index": index, "content_block": block}),
-                )
-                .await?;
-                let delta = json!({"type": "input_json_delta", "partial_json": call.arguments.to_string()});
-                self.send(
-                    "content_block_delta",
-                    json!({"type": "content_block_delta", "index": index, "delta": delta}),
-                )
-                .await?;
-                self.send(
-                    "content_block_stop",
-                    json!({"type": "content_block_stop", "index": index}),
-                )
-                .await?;
+                self.tool_use(call).await?;
                 "tool_use"
             }
             None => {
@@ -140,6 +122,29 @@ impl Writer<'_> {
         self.send("message_delta", delta).await?;
         self.send("message_stop", json!({"type": "message_stop"})).await?;
         Ok(generation)
+    }
+
+    /// Sends a tool call as a `tool_use` block (after closing the text block, if open).
+    async fn tool_use(&mut self, call: ParsedToolCall) -> Result<(), Stop> {
+        self.close_text().await?;
+        let index = self.blocks;
+        let block = json!({"type": "tool_use", "id": tool_use_id(), "name": call.name, "input": {}});
+        self.send(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": index, "content_block": block}),
+        )
+        .await?;
+        let delta = json!({"type": "input_json_delta", "partial_json": call.arguments.to_string()});
+        self.send(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": index, "delta": delta}),
+        )
+        .await?;
+        self.send(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": index}),
+        )
+        .await
     }
 
     async fn open_text(&mut self) -> Result<(), Stop> {

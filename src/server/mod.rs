@@ -13,15 +13,21 @@
 //! its own Prometheus registry (`GET /metrics`), holding no global state.
 
 mod anthropic;
-pub mod api;
+mod body;
 pub mod error;
+mod events;
 mod generate;
+mod handlers;
 mod listener;
-mod logprobs;
 mod messages;
 mod metrics;
+mod openai;
+mod params;
+mod plan;
 mod playground;
+mod report;
 mod routes;
+mod sse;
 mod stream;
 
 use std::fmt;

@@ -1,47 +1,36 @@
 //! The router: strict requests, CORS, authentication, the request log, `/health`,
 //! `/metrics`, `/v1/models` and the two generation endpoints.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Path, Request, State as AxumState};
+use axum::extract::{Path, Request, State as AxumState};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use http_body_util::BodyExt;
 use serde_json::json;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
-use super::api::{unix_now, ChatParams, CompletionParams};
 use super::error::ApiError;
-use super::generate::{self, Plan};
-use super::{Phase, State};
+use super::report::{Report, SelfReported};
+use super::{handlers, Phase, State};
 
 type Shared = AxumState<Arc<State>>;
-
-/// Status logged when the client went away before its answer was complete (as nginx does).
-pub(super) const CLIENT_GONE: u16 = 499;
-
-/// Most bytes read and thrown away from a body that is over the limit, so that the client
-/// sees the 413 instead of a reset connection.
-const DRAIN_LIMIT: usize = 64 << 20;
 
 /// Builds the application.
 pub(super) fn router(state: Arc<State>) -> Router {
     let api = Router::new()
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))
-        .route("/v1/chat/completions", post(chat))
-        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(handlers::chat))
+        .route("/v1/completions", post(handlers::completions))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     let anthropic = Router::new()
-        .route("/v1/messages", post(messages))
-        .route("/v1/messages/count_tokens", post(count_tokens))
+        .route("/v1/messages", post(handlers::messages))
+        .route("/v1/messages/count_tokens", post(handlers::count_tokens))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
         .route_layer(middleware::from_fn(super::anthropic::anthropic_errors));
     let mut app = Router::new()
@@ -117,27 +106,6 @@ async fn require_key(AxumState(state): Shared, request: Request, next: Next) -> 
     }
 }
 
-/// Marks a response whose request is reported by its handler (with token counts, once
-/// the answer is complete).
-#[derive(Clone, Copy)]
-pub(super) struct SelfReported;
-
-/// The route label of a path (bounded, for metrics).
-fn route_label(path: &str) -> &'static str {
-    match path {
-        "/health" => "health",
-        "/metrics" => "metrics",
-        "/v1/models" => "models",
-        "/v1/chat/completions" => "chat_completions",
-        "/v1/completions" => "completions",
-        "/v1/messages" => "messages",
-        "/v1/messages/count_tokens" => "count_tokens",
-        "/" | "/playground.js" | "/playground.css" => "playground",
-        p if p.starts_with("/v1/models/") => "model",
-        _ => "other",
-    }
-}
-
 async fn log_request(AxumState(state): Shared, request: Request, next: Next) -> Response {
     let report = Report::new(&request);
     let response = next.run(request).await;
@@ -147,80 +115,6 @@ async fn log_request(AxumState(state): Shared, request: Request, next: Next) -> 
         report.finish(&state, response.status().as_u16(), (0, 0, 0));
     }
     response
-}
-
-/// One request's log line and metrics; a report dropped before it finished (the client
-/// went away and the handler was dropped) is logged as 499.
-pub(super) struct Report {
-    peer: Option<SocketAddr>,
-    method: String,
-    path: String,
-    start: Instant,
-    state: Option<Arc<State>>,
-}
-
-impl Report {
-    fn new(request: &Request) -> Self {
-        Self {
-            peer: request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0),
-            method: request.method().to_string(),
-            path: request.uri().path().to_string(),
-            start: Instant::now(),
-            state: None,
-        }
-    }
-
-    /// Logs 499 unless finished first.
-    fn armed(mut self, state: &Arc<State>) -> Self {
-        self.state = Some(state.clone());
-        self
-    }
-
-    fn disarm(mut self) {
-        self.state = None;
-    }
-
-    /// When the request started.
-    pub(super) fn start(&self) -> Instant {
-        self.start
-    }
-
-    /// Logs and counts the request: status, then (prompt, completion, cached) tokens.
-    pub(super) fn finish(mut self, state: &State, status: u16, (prompt, completion, cached): (usize, usize, usize)) {
-        self.state = None;
-        self.emit(state, status, (prompt, completion, cached));
-    }
-
-    fn emit(&self, state: &State, status: u16, (prompt, completion, cached): (usize, usize, usize)) {
-        let seconds = self.start.elapsed().as_secs_f64();
-        state.metrics.request(route_label(&self.path), status, seconds);
-        if prompt + completion > 0 {
-            state.metrics.tokens(prompt, completion, cached);
-        }
-        let peer = self.peer.map_or_else(|| "-".to_string(), |p| p.to_string());
-        tracing::info!(
-            target: "llama32::request",
-            peer = %peer,
-            method = %self.method,
-            path = %self.path,
-            status,
-            prompt_tokens = prompt,
-            completion_tokens = completion,
-            duration_ms = (seconds * 1e3).round() as u64,
-            "{} {} {}",
-            self.method,
-            self.path,
-            status
-        );
-    }
-}
-
-impl Drop for Report {
-    fn drop(&mut self) {
-        if let Some(state) = self.state.take() {
-            self.emit(&state, CLIENT_GONE, (0, 0, 0));
-        }
-    }
 }
 
 async fn health(AxumState(state): Shared) -> Response {
@@ -278,114 +172,4 @@ async fn no_route(method: Method, uri: axum::http::Uri) -> Response {
 
 async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
     ApiError::method_not_allowed(method.as_str(), uri.path()).into_response()
-}
-
-/// Reads a body of at most `max_body_bytes` within `request_timeout` (413, 408).
-async fn read_body(state: &State, body: Body) -> Result<Bytes, ApiError> {
-    let limit = state.config.max_body_bytes;
-    let read = async {
-        let mut body = body;
-        let mut bytes = Vec::new();
-        let mut seen = 0usize;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| ApiError::status(400, format!("Could not read the request body: {e}")))?;
-            let Ok(data) = frame.into_data() else { continue };
-            seen = seen.saturating_add(data.len());
-            if seen > DRAIN_LIMIT {
-                break;
-            }
-            if seen <= limit {
-                bytes.extend_from_slice(&data);
-            }
-        }
-        match seen > limit {
-            true => Err(ApiError::too_large(limit)),
-            false => Ok(Bytes::from(bytes)),
-        }
-    };
-    match tokio::time::timeout(state.config.request_timeout, read).await {
-        Ok(result) => result,
-        Err(_) => Err(ApiError::status(408, "The request body did not arrive in time")),
-    }
-}
-
-/// What both generation endpoints do before the answer: readiness, body, parsing, plan.
-async fn prepare(
-    state: &Arc<State>,
-    request: Request,
-    plan: impl FnOnce(&Arc<State>, &Bytes) -> Result<Plan, ApiError>,
-) -> Result<(Plan, Report), (ApiError, Report)> {
-    let report = Report::new(&request).armed(state);
-    if state.ready.get().is_none() {
-        return Err((ApiError::loading(), report));
-    }
-    if *state.phase.borrow() != Phase::Serving {
-        return Err((ApiError::shutting_down(), report));
-    }
-    let announced = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|n| n > state.config.max_body_bytes as u64) {
-        return Err((ApiError::too_large(state.config.max_body_bytes), report));
-    }
-    let body = match read_body(state, request.into_body()).await {
-        Ok(body) => body,
-        Err(e) => return Err((e, report)),
-    };
-    match plan(state, &body) {
-        Ok(plan) => Ok((plan, report)),
-        Err(e) => Err((e, report)),
-    }
-}
-
-async fn generation(state: Arc<State>, prepared: Result<(Plan, Report), (ApiError, Report)>) -> Response {
-    match prepared {
-        Ok((plan, report)) => generate::execute(state, plan, report).await,
-        Err((error, report)) => {
-            report.finish(&state, error.status, (0, 0, 0));
-            let mut response = error.into_response();
-            response.extensions_mut().insert(SelfReported);
-            response
-        }
-    }
-}
-
-async fn chat(AxumState(state): Shared, request: Request) -> Response {
-    let prepared = prepare(&state, request, |state, body| {
-        Plan::chat(state, ChatParams::parse(body)?, unix_now())
-    })
-    .await;
-    generation(state, prepared).await
-}
-
-async fn completions(AxumState(state): Shared, request: Request) -> Response {
-    let prepared = prepare(&state, request, |state, body| {
-        Plan::completion(state, CompletionParams::parse(body)?, unix_now())
-    })
-    .await;
-    generation(state, prepared).await
-}
-
-async fn messages(AxumState(state): Shared, request: Request) -> Response {
-    let prepared = prepare(&state, request, |state, body| {
-        Plan::messages(state, super::anthropic::parse(body, true)?, unix_now())
-    })
-    .await;
-    generation(state, prepared).await
-}
-
-/// `POST /v1/messages/count_tokens`: the prompt tokens the same body would use.
-async fn count_tokens(AxumState(state): Shared, request: Request) -> Response {
-    let counted = async {
-        let ready = super::generate::ready(&state)?;
-        let body = read_body(&state, request.into_body()).await?;
-        let params = super::anthropic::parse(&body, false)?;
-        Ok::<_, ApiError>(super::generate::chat_prompt(ready, &params)?.len())
-    };
-    match counted.await {
-        Ok(n) => Json(json!({"input_tokens": n})).into_response(),
-        Err(e) => e.into_response(),
-    }
 }

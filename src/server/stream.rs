@@ -4,71 +4,29 @@
 //! the task ends and the request's sequences are cancelled. When the server ends running
 //! answers (shutdown grace over) the stream gets an error event and `[DONE]`.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::response::sse::Event as SseEvent;
+use axum::response::Response;
 use serde_json::{json, Value as Json};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
-use super::api::{tool_call_json, usage};
 use super::error::ApiError;
-use super::generate::{aborting, finish_name, self_reported, Admission, Indexed, Kind, Plan, TokenClock, ToolHold};
-use super::routes::{Report, CLIENT_GONE};
-use super::{logprobs, State};
+use super::events::{Admission, Choices, TokenClock, ToolHold};
+use super::openai::logprobs;
+use super::openai::response::{envelope, last_piece, text_piece, tool_call_json, usage};
+use super::plan::{finish_name, Kind, Plan};
+use super::report::{Report, CLIENT_GONE};
+use super::sse::{event_stream, next_event, Out, Stop};
+use super::State;
 use crate::chat::parse_tool_call;
 use crate::engine::{Event, Generation};
-use crate::error::Error;
 use crate::sampler::TokenLogprob;
-
-/// Where a stream's events go (the response body reads the other end).
-pub(super) type Out = mpsc::Sender<Result<SseEvent, Infallible>>;
-
-/// What ended a stream early.
-pub(super) enum Stop {
-    /// The client went away.
-    Gone,
-    /// An error to send as the last event.
-    Failed(ApiError),
-}
-
-/// Spawns `write` with the sending end of an event stream and answers with the stream
-/// (with `:` keep-alive comments while nothing comes).
-pub(super) fn event_stream<F, Fut>(state: &State, write: F) -> Response
-where
-    F: FnOnce(Out) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (out, body) = mpsc::channel(64);
-    tokio::spawn(write(out));
-    let keep_alive = KeepAlive::new().interval(state.config.keep_alive_interval).text("");
-    self_reported(
-        Sse::new(ReceiverStream::new(body))
-            .keep_alive(keep_alive)
-            .into_response(),
-    )
-}
-
-/// The next engine event of a stream, or why it must stop: the engine ended without one,
-/// the client went away (`out` closed), or the server is ending running answers.
-pub(super) async fn next_event(state: &State, out: &Out, events: &mut mpsc::Receiver<Indexed>) -> Result<Event, Stop> {
-    tokio::select! {
-        event = events.recv() => match event {
-            Some((_, event)) => Ok(event),
-            None => Err(Stop::Failed(ApiError::from(Error::EngineStopped))),
-        },
-        _ = out.closed() => Err(Stop::Gone),
-        _ = aborting(state) => Err(Stop::Failed(ApiError::shutting_down())),
-    }
-}
 
 /// Starts the event stream of an admitted request.
 pub(super) fn respond(
     state: Arc<State>,
     plan: Plan,
-    events: mpsc::Receiver<Indexed>,
+    events: Choices,
     admission: Admission,
     report: Report,
 ) -> Response {
@@ -103,7 +61,7 @@ struct Writer<'a> {
 
 impl Writer<'_> {
     /// Sends the whole stream; the status to log.
-    async fn run(&mut self, mut events: mpsc::Receiver<Indexed>) -> u16 {
+    async fn run(&mut self, mut events: Choices) -> u16 {
         let result = self.choices(&mut events).await;
         drop(events);
         let status = match result {
@@ -131,9 +89,7 @@ impl Writer<'_> {
     }
 
     async fn chunk(&self, choice: Json) -> Result<(), Stop> {
-        let mut chunk = self
-            .plan
-            .envelope(&self.state.config.model_ids[0], true, json!([choice]));
+        let mut chunk = envelope(self.plan, &self.state.config.model_ids[0], true, json!([choice]));
         if self.plan.include_usage {
             chunk["usage"] = Json::Null;
         }
@@ -148,10 +104,7 @@ impl Writer<'_> {
     }
 
     fn piece(&self, i: usize, text: &str) -> Json {
-        match self.is_chat() {
-            true => json!({"index": i, "delta": {"content": text}, "logprobs": null, "finish_reason": null}),
-            false => json!({"index": i, "text": text, "logprobs": null, "finish_reason": null}),
-        }
+        text_piece(self.is_chat(), i, text)
     }
 
     /// Attaches the log-probabilities of the tokens whose text `choice` carries.
@@ -169,11 +122,11 @@ impl Writer<'_> {
     }
 
     /// The next event, or why the stream must stop.
-    async fn next(&self, events: &mut mpsc::Receiver<Indexed>) -> Result<Event, Stop> {
+    async fn next(&self, events: &mut Choices) -> Result<Event, Stop> {
         next_event(self.state, &self.out, events).await
     }
 
-    async fn choices(&mut self, events: &mut mpsc::Receiver<Indexed>) -> Result<(), Stop> {
+    async fn choices(&mut self, events: &mut Choices) -> Result<(), Stop> {
         let mut clock = TokenClock::new(self.plan.start);
         for i in 0..self.plan.n {
             let first = match &self.plan.kind {
@@ -206,7 +159,7 @@ impl Writer<'_> {
             self.finish_choice(i, hold, &generation).await?;
         }
         if self.plan.include_usage {
-            let mut chunk = self.plan.envelope(&self.state.config.model_ids[0], true, json!([]));
+            let mut chunk = envelope(self.plan, &self.state.config.model_ids[0], true, json!([]));
             chunk["usage"] = usage(self.plan.prompt.len(), self.completion_tokens, self.cached_tokens);
             if !self.send(chunk).await {
                 return Err(Stop::Gone);
@@ -254,11 +207,7 @@ impl Writer<'_> {
             }
             None => {}
         }
-        let last = match self.is_chat() {
-            true => json!({"index": i, "delta": {}, "logprobs": null, "finish_reason": reason}),
-            false => json!({"index": i, "text": "", "logprobs": null, "finish_reason": reason}),
-        };
-        let last = self.with_logprobs(last, 0);
+        let last = self.with_logprobs(last_piece(self.is_chat(), i, reason), 0);
         self.chunk(last).await
     }
 }

@@ -15,7 +15,7 @@ fn entry(tok: &Tokenizer, id: u32, logprob: f32) -> Json {
 }
 
 /// A chat choice's `logprobs` for these tokens.
-pub(super) fn chat(tok: &Tokenizer, list: &[TokenLogprob]) -> Json {
+pub(in crate::server) fn chat(tok: &Tokenizer, list: &[TokenLogprob]) -> Json {
     let content: Vec<Json> = list
         .iter()
         .map(|t| {
@@ -29,7 +29,7 @@ pub(super) fn chat(tok: &Tokenizer, list: &[TokenLogprob]) -> Json {
 
 /// A completion choice's `logprobs` for these tokens; `offset` is where their text starts
 /// in the choice's text (after an echoed prompt).
-pub(super) fn completion(tok: &Tokenizer, list: &[TokenLogprob], offset: usize) -> Json {
+pub(in crate::server) fn completion(tok: &Tokenizer, list: &[TokenLogprob], offset: usize) -> Json {
     let (mut tokens, mut values, mut tops, mut offsets) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut at = offset;
     for t in list {

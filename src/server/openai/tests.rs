@@ -1,12 +1,26 @@
-use super::*;
+use serde_json::{json, Value as Json};
+
+use super::request::{ChatRequest, CompletionRequest};
+use super::response::chat_message;
+use crate::server::body::parse;
+use crate::server::error::ApiError;
+use crate::server::params::{ChatParams, CompletionParams, Prompt};
+
+fn chat(body: &[u8]) -> Result<ChatParams, ApiError> {
+    parse::<ChatRequest>(body)?.into_params()
+}
+
+fn completion(body: &[u8]) -> Result<CompletionParams, ApiError> {
+    parse::<CompletionRequest>(body)?.into_params()
+}
 
 fn err(body: &str) -> ApiError {
-    ChatParams::parse(body.as_bytes()).unwrap_err()
+    chat(body.as_bytes()).unwrap_err()
 }
 
 #[test]
 fn reads_every_parameter() {
-    let p = ChatParams::parse(
+    let p = chat(
         br#"{"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0, "top_p": 0.5,
         "top_k": 4, "min_p": 0.1, "repetition_penalty": 1.1, "frequency_penalty": 0.2, "presence_penalty": 0.3,
         "seed": 7, "logit_bias": {"42": -100}, "max_completion_tokens": 9, "max_tokens": 3, "stop": "x", "n": 2,
@@ -48,6 +62,20 @@ fn wrong_types_name_the_parameter() {
             .as_deref(),
         Some("messages")
     );
+    let e = err(
+        r#"{"messages": [{"role": "user", "content": "hi", "tool_calls": [{"function": {"name": 5, "arguments": {}}}]}]}"#,
+    );
+    assert_eq!(e.param.as_deref(), Some("messages[0].tool_calls[0].function.name"));
+    assert_eq!(
+        e.message,
+        "Invalid type for `messages[0].tool_calls[0].function.name`: expected a string"
+    );
+    assert_eq!(
+        err(r#"{"messages": [{"role": "user", "content": "hi"}], "stream_options": {"include_usage": 1}}"#)
+            .param
+            .as_deref(),
+        Some("stream_options.include_usage")
+    );
     assert_eq!(err("[1, 2]").code, Some("invalid_json"));
     assert_eq!(err("{nope").code, Some("invalid_json"));
 }
@@ -78,12 +106,12 @@ fn tool_call_answers_become_tool_calls() {
 
 #[test]
 fn completion_prompts() {
-    let p = CompletionParams::parse(br#"{"prompt": ["Once"], "max_tokens": null}"#).unwrap();
+    let p = completion(br#"{"prompt": ["Once"], "max_tokens": null}"#).unwrap();
     assert_eq!((p.prompt, p.common.max_tokens), (Prompt::Text("Once".into()), Some(16)));
-    let p = CompletionParams::parse(br#"{"prompt": [128000, 9906]}"#).unwrap();
+    let p = completion(br#"{"prompt": [128000, 9906]}"#).unwrap();
     assert_eq!(p.prompt, Prompt::Tokens(vec![128000, 9906]));
-    let e = CompletionParams::parse(br#"{"prompt": ["a", "b"]}"#).unwrap_err();
+    let e = completion(br#"{"prompt": ["a", "b"]}"#).unwrap_err();
     assert_eq!(e.param.as_deref(), Some("prompt"));
-    let e = CompletionParams::parse(br#"{"prompt": {"x": 1}}"#).unwrap_err();
+    let e = completion(br#"{"prompt": {"x": 1}}"#).unwrap_err();
     assert_eq!(e.param.as_deref(), Some("prompt"));
 }

@@ -1,0 +1,281 @@
+//! The bodies of `POST /v1/messages` and `POST /v1/messages/count_tokens` as serde types,
+//! and their one conversion into the validated chat request: system text, turns (text,
+//! `tool_use`, `tool_result` blocks), tools and `tool_choice` become the engine's messages
+//! and tools directly. The sampling fields keep OpenAI's names (`stop_sequences` is
+//! Anthropic's `stop`); fields this server does not know are ignored.
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::{json, Map, Value as Json};
+
+use crate::chat::{check_message, FunctionCall, Message, Tool, ToolCall};
+use crate::server::body::{generation_body, Stop};
+use crate::server::error::ApiError;
+use crate::server::params::{check_tool_choice, ChatParams, CommonParams, ToolChoice};
+
+/// `system`: a string or text blocks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged, expecting = "expected a string or an array of text blocks")]
+enum System {
+    Text(String),
+    Blocks(Vec<TextBlock>),
+}
+
+/// A `{"type": "text", "text": ...}` block.
+#[derive(Debug, Clone, Deserialize)]
+struct TextBlock {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    text: Option<String>,
+}
+
+/// One turn of the conversation.
+#[derive(Debug, Clone, Deserialize)]
+struct Turn {
+    role: Option<String>,
+    content: Option<Content>,
+}
+
+/// A turn's content: a string or content blocks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged, expecting = "expected a string or an array of blocks")]
+enum Content {
+    Text(String),
+    Blocks(Vec<Block>),
+}
+
+/// A content block: `text`, `tool_use` (assistant) or `tool_result` (user).
+#[derive(Debug, Clone, Deserialize)]
+struct Block {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    text: Option<String>,
+    id: Option<String>,
+    name: Option<String>,
+    input: Option<Json>,
+    tool_use_id: Option<String>,
+    content: Option<ResultContent>,
+}
+
+/// A `tool_result`'s content: a string or text blocks (anything else reads as empty).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum ResultContent {
+    Text(String),
+    Blocks(Vec<TextBlock>),
+    Other(IgnoredAny),
+}
+
+/// A tool: name, description and the JSON Schema of its input.
+#[derive(Debug, Clone, Deserialize)]
+struct ToolDef {
+    name: Option<String>,
+    description: Option<Json>,
+    input_schema: Option<Json>,
+}
+
+/// `tool_choice`: `{"type": "auto" | "any" | "none" | "tool", "name": ...}`.
+#[derive(Debug, Clone, Deserialize)]
+struct ToolChoiceDef {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    name: Option<String>,
+}
+
+generation_body! {
+    /// A `POST /v1/messages` (or `count_tokens`) body.
+    pub(crate) struct MessagesRequest {
+        system: Option<System>,
+        messages: Option<Vec<Turn>>,
+        tools: Option<Vec<ToolDef>>,
+        tool_choice: Option<ToolChoiceDef>,
+        stop_sequences: Option<Stop>,
+    }
+}
+
+impl MessagesRequest {
+    /// Validates the request; `max_tokens` is required for a message, not for counting.
+    pub(crate) fn into_params(mut self, need_max_tokens: bool) -> Result<ChatParams, ApiError> {
+        let mut messages = Vec::new();
+        match self.system.take() {
+            None => {}
+            Some(System::Text(s)) => messages.push(Message::text("system", s)),
+            Some(System::Blocks(blocks)) => messages.push(Message::text("system", block_text("system", &blocks)?)),
+        }
+        let turns = match self.messages.take() {
+            Some(turns) if !turns.is_empty() => turns,
+            Some(_) => return Err(ApiError::invalid("messages", "`messages` must not be empty")),
+            None => return Err(ApiError::invalid("messages", "messages: Field required")),
+        };
+        for (i, turn) in turns.into_iter().enumerate() {
+            convert_turn(i, turn, &mut messages)?;
+        }
+        let tools = match self.tools.take() {
+            None => None,
+            Some(tools) => Some(
+                tools
+                    .into_iter()
+                    .enumerate()
+                    .map(convert_tool)
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        let tool_choice = convert_tool_choice(self.tool_choice.take())?;
+        let messages = messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| check_message(i, m))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tools = tools.filter(|t| !t.is_empty());
+        check_tool_choice(tools.as_deref(), &tool_choice)?;
+        let mut fields = self.sampling_fields();
+        if let Some(stop) = self.stop_sequences.take() {
+            fields.stop = Some(stop);
+        }
+        let common = CommonParams::new(fields, None)?;
+        if need_max_tokens && common.max_tokens.is_none() {
+            return Err(ApiError::invalid("max_tokens", "max_tokens: Field required"));
+        }
+        if common.n != 1 {
+            return Err(ApiError::invalid("n", "the Messages API answers one message"));
+        }
+        Ok(ChatParams {
+            common,
+            messages,
+            tools,
+            tool_choice,
+            constraint: None,
+        })
+    }
+}
+
+/// The text of text blocks (`name` is the parameter reported).
+fn block_text(name: &str, blocks: &[TextBlock]) -> Result<String, ApiError> {
+    let mut text = String::new();
+    for block in blocks {
+        match (block.kind.as_deref(), &block.text) {
+            (Some("text"), Some(t)) => text.push_str(t),
+            (Some(other), _) if other != "text" => {
+                return Err(ApiError::invalid(
+                    name,
+                    format!("content blocks of type `{other}` are not supported here"),
+                ))
+            }
+            _ => return Err(ApiError::invalid(name, "a text block needs a string `text`")),
+        }
+    }
+    Ok(text)
+}
+
+/// One turn as the engine's messages: a user turn's tool results become `tool` messages;
+/// an assistant turn's `tool_use` blocks become its tool calls.
+fn convert_turn(i: usize, turn: Turn, out: &mut Vec<Message>) -> Result<(), ApiError> {
+    let name = format!("messages[{i}]");
+    let role = match turn.role.as_deref() {
+        Some(r @ ("user" | "assistant")) => r.to_string(),
+        _ => {
+            return Err(ApiError::invalid(
+                "messages",
+                format!("{name}.role must be `user` or `assistant`"),
+            ))
+        }
+    };
+    let blocks = match turn.content {
+        Some(Content::Text(s)) => {
+            out.push(Message::text(&role, s));
+            return Ok(());
+        }
+        Some(Content::Blocks(blocks)) => blocks,
+        None => {
+            return Err(ApiError::invalid(
+                "messages",
+                format!("{name}.content must be a string or an array of blocks"),
+            ))
+        }
+    };
+    let (mut text, mut calls) = (String::new(), Vec::new());
+    for block in blocks {
+        match block.kind.as_deref() {
+            Some("text") => text.push_str(block.text.as_deref().unwrap_or_default()),
+            Some("tool_use") if role == "assistant" => calls.push(tool_call(&name, block)?),
+            Some("tool_result") if role == "user" => {
+                let content = match &block.content {
+                    Some(ResultContent::Text(s)) => s.clone(),
+                    Some(ResultContent::Blocks(parts)) => block_text("messages", parts)?,
+                    Some(ResultContent::Other(_)) | None => String::new(),
+                };
+                let mut message = Message::text("tool", content);
+                message.tool_call_id = block.tool_use_id;
+                out.push(message);
+            }
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "messages",
+                    format!("{name}: content blocks of type `{other}` are not supported for role `{role}`"),
+                ))
+            }
+            None => {
+                return Err(ApiError::invalid(
+                    "messages",
+                    format!("{name}: a content block has no `type`"),
+                ))
+            }
+        }
+    }
+    if !text.is_empty() || !calls.is_empty() {
+        let mut message = Message::text(&role, text);
+        message.tool_calls = calls;
+        out.push(message);
+    }
+    Ok(())
+}
+
+/// A `tool_use` block as the assistant's tool call.
+fn tool_call(turn: &str, block: Block) -> Result<ToolCall, ApiError> {
+    let Some(name) = block.name else {
+        return Err(ApiError::invalid(
+            "messages",
+            format!("{turn}: a `tool_use` block needs a `name`"),
+        ));
+    };
+    Ok(ToolCall {
+        kind: "function".into(),
+        function: FunctionCall {
+            name,
+            arguments: block.input.unwrap_or_else(|| json!({})),
+        },
+        id: block.id,
+    })
+}
+
+/// A tool in the shape the chat template reads (OpenAI's).
+fn convert_tool((i, tool): (usize, ToolDef)) -> Result<Tool, ApiError> {
+    let Some(name) = tool.name else {
+        return Err(ApiError::invalid("tools", format!("tools[{i}].name is missing")));
+    };
+    let mut function = Map::new();
+    function.insert("name".into(), json!(name));
+    if let Some(d) = tool.description {
+        function.insert("description".into(), d);
+    }
+    let schema = tool.input_schema.unwrap_or_else(|| json!({"type": "object"}));
+    function.insert("parameters".into(), schema);
+    Ok(json!({"type": "function", "function": function}))
+}
+
+fn convert_tool_choice(choice: Option<ToolChoiceDef>) -> Result<ToolChoice, ApiError> {
+    let Some(choice) = choice else {
+        return Ok(ToolChoice::Auto);
+    };
+    match (choice.kind.as_deref(), choice.name) {
+        (Some("auto"), _) => Ok(ToolChoice::Auto),
+        (Some("none"), _) => Ok(ToolChoice::None),
+        (Some("any"), _) => Ok(ToolChoice::Required),
+        (Some("tool"), Some(name)) => Ok(ToolChoice::Function(name)),
+        (Some("tool"), None) => Err(ApiError::invalid("tool_choice", "`tool_choice.name` is missing")),
+        _ => Err(ApiError::invalid(
+            "tool_choice",
+            "`tool_choice.type` must be auto, any, tool or none",
+        )),
+    }
+}

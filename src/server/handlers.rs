@@ -1,0 +1,140 @@
+//! The generation endpoints: read the body (size and time limits), parse it into its
+//! API's wire type, convert it into a plan, and run it.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State as AxumState};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use http_body_util::BodyExt;
+use serde_json::json;
+
+use super::anthropic::MessagesRequest;
+use super::body::parse as parse_body;
+use super::error::ApiError;
+use super::generate;
+use super::openai::{ChatRequest, CompletionRequest};
+use super::params::unix_now;
+use super::plan::{self, Plan};
+use super::report::{self_reported, Report};
+use super::{Phase, State};
+
+type Shared = AxumState<Arc<State>>;
+
+/// Most bytes read and thrown away from a body that is over the limit, so that the client
+/// sees the 413 instead of a reset connection.
+const DRAIN_LIMIT: usize = 64 << 20;
+
+/// Reads a body of at most `max_body_bytes` within `request_timeout` (413, 408).
+async fn read_body(state: &State, body: Body) -> Result<Bytes, ApiError> {
+    let limit = state.config.max_body_bytes;
+    let read = async {
+        let mut body = body;
+        let mut bytes = Vec::new();
+        let mut seen = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ApiError::status(400, format!("Could not read the request body: {e}")))?;
+            let Ok(data) = frame.into_data() else { continue };
+            seen = seen.saturating_add(data.len());
+            if seen > DRAIN_LIMIT {
+                break;
+            }
+            if seen <= limit {
+                bytes.extend_from_slice(&data);
+            }
+        }
+        match seen > limit {
+            true => Err(ApiError::too_large(limit)),
+            false => Ok(Bytes::from(bytes)),
+        }
+    };
+    match tokio::time::timeout(state.config.request_timeout, read).await {
+        Ok(result) => result,
+        Err(_) => Err(ApiError::status(408, "The request body did not arrive in time")),
+    }
+}
+
+/// What both generation endpoints do before the answer: readiness, body, parsing, plan.
+async fn prepare(
+    state: &Arc<State>,
+    request: Request,
+    plan: impl FnOnce(&Arc<State>, &Bytes) -> Result<Plan, ApiError>,
+) -> Result<(Plan, Report), (ApiError, Report)> {
+    let report = Report::new(&request).armed(state);
+    if state.ready.get().is_none() {
+        return Err((ApiError::loading(), report));
+    }
+    if *state.phase.borrow() != Phase::Serving {
+        return Err((ApiError::shutting_down(), report));
+    }
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > state.config.max_body_bytes as u64) {
+        return Err((ApiError::too_large(state.config.max_body_bytes), report));
+    }
+    let body = match read_body(state, request.into_body()).await {
+        Ok(body) => body,
+        Err(e) => return Err((e, report)),
+    };
+    match plan(state, &body) {
+        Ok(plan) => Ok((plan, report)),
+        Err(e) => Err((e, report)),
+    }
+}
+
+async fn generation(state: Arc<State>, prepared: Result<(Plan, Report), (ApiError, Report)>) -> Response {
+    match prepared {
+        Ok((plan, report)) => generate::execute(state, plan, report).await,
+        Err((error, report)) => {
+            report.finish(&state, error.status, (0, 0, 0));
+            self_reported(error.into_response())
+        }
+    }
+}
+
+pub(super) async fn chat(AxumState(state): Shared, request: Request) -> Response {
+    let prepared = prepare(&state, request, |state, body| {
+        Plan::chat(state, parse_body::<ChatRequest>(body)?.into_params()?, unix_now())
+    })
+    .await;
+    generation(state, prepared).await
+}
+
+pub(super) async fn completions(AxumState(state): Shared, request: Request) -> Response {
+    let prepared = prepare(&state, request, |state, body| {
+        Plan::completion(state, parse_body::<CompletionRequest>(body)?.into_params()?, unix_now())
+    })
+    .await;
+    generation(state, prepared).await
+}
+
+pub(super) async fn messages(AxumState(state): Shared, request: Request) -> Response {
+    let prepared = prepare(&state, request, |state, body| {
+        Plan::messages(
+            state,
+            parse_body::<MessagesRequest>(body)?.into_params(true)?,
+            unix_now(),
+        )
+    })
+    .await;
+    generation(state, prepared).await
+}
+
+/// `POST /v1/messages/count_tokens`: the prompt tokens the same body would use.
+pub(super) async fn count_tokens(AxumState(state): Shared, request: Request) -> Response {
+    let counted = async {
+        let ready = plan::ready(&state)?;
+        let body = read_body(&state, request.into_body()).await?;
+        let params = parse_body::<MessagesRequest>(&body)?.into_params(false)?;
+        Ok::<_, ApiError>(plan::chat_prompt(ready, &params)?.len())
+    };
+    match counted.await {
+        Ok(n) => Json(json!({"input_tokens": n})).into_response(),
+        Err(e) => e.into_response(),
+    }
+}

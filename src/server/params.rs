@@ -1,0 +1,181 @@
+//! A generation request as both APIs mean it, validated: what each API's wire types
+//! (OpenAI's, Anthropic's) are read into, and what the plan is made of.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value as Json};
+
+use super::body::{Int, SamplingFields};
+use super::error::ApiError;
+use crate::chat::{Message, Tool};
+use crate::constraint::Constraint;
+use crate::sampler::SamplingParams;
+
+/// Most choices one request may ask for.
+pub(super) const MAX_N: usize = 16;
+
+/// What every generation request has: model, sampling, length, stop, n, streaming.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct CommonParams {
+    /// The `model` asked for.
+    pub(super) model: Option<String>,
+    /// Sampling parameters (unset ones take the model's defaults).
+    pub(super) sampling: SamplingParams,
+    /// `max_tokens` / `max_completion_tokens`.
+    pub(super) max_tokens: Option<usize>,
+    /// Stop strings.
+    pub(super) stop: Vec<String>,
+    /// Choices to generate.
+    pub(super) n: usize,
+    /// Server-sent events.
+    pub(super) stream: bool,
+    /// A last chunk with `usage`.
+    pub(super) include_usage: bool,
+    /// Log-probabilities with this many alternatives per token.
+    pub(super) logprobs: Option<usize>,
+}
+
+impl CommonParams {
+    /// Validates the shared fields; `max_completion_tokens` (chat) wins over `max_tokens`.
+    pub(super) fn new(f: SamplingFields, max_completion_tokens: Option<Int>) -> Result<Self, ApiError> {
+        let mut logit_bias = BTreeMap::new();
+        for (key, value) in f.logit_bias.unwrap_or_default() {
+            let id: u32 = key
+                .trim()
+                .parse()
+                .map_err(|_| ApiError::invalid("logit_bias", format!("`logit_bias` key `{key}` is not a token id")))?;
+            let bias = value
+                .as_f64()
+                .ok_or_else(|| ApiError::invalid("logit_bias", format!("`logit_bias[{key}]` must be a number")))?;
+            logit_bias.insert(id, bias as f32);
+        }
+        let num = |v: Option<super::body::Num>| v.map(|v| v.0);
+        let sampling = SamplingParams {
+            temperature: num(f.temperature),
+            top_p: num(f.top_p),
+            // vLLM's "-1 disables top_k" is accepted too.
+            top_k: f.top_k.map(|k| if k.0 == -1 { 0 } else { k.0 }),
+            min_p: num(f.min_p),
+            repetition_penalty: num(f.repetition_penalty),
+            frequency_penalty: num(f.frequency_penalty),
+            presence_penalty: num(f.presence_penalty),
+            seed: f.seed.map(|s| s.0 as u64),
+            logit_bias,
+        };
+        let mut max_tokens = f.max_tokens.map(|m| m.count("max_tokens", 1)).transpose()?;
+        if let Some(m) = max_completion_tokens {
+            max_tokens = Some(m.count("max_completion_tokens", 1)?);
+        }
+        let n = f.n.map(|n| n.count("n", 1)).transpose()?.unwrap_or(1);
+        if n > MAX_N {
+            return Err(ApiError::invalid("n", format!("`n` must be <= {MAX_N}, got {n}")));
+        }
+        Ok(Self {
+            model: f.model,
+            sampling,
+            max_tokens,
+            stop: f.stop.map(Vec::from).unwrap_or_default(),
+            n,
+            stream: f.stream.unwrap_or(false),
+            include_usage: f.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
+            logprobs: None,
+        })
+    }
+}
+
+/// `tool_choice`.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum ToolChoice {
+    /// The model may answer with a tool call (the default when tools are given).
+    Auto,
+    /// The answer is never read as a tool call.
+    None,
+    /// A tool call is wanted (forced with a grammar).
+    Required,
+    /// A call of the named function is wanted (likewise).
+    Function(String),
+}
+
+/// A validated chat request (an OpenAI chat completion or an Anthropic message).
+#[derive(Debug, Clone)]
+pub(super) struct ChatParams {
+    /// Shared fields.
+    pub(super) common: CommonParams,
+    /// The conversation.
+    pub(super) messages: Vec<Message>,
+    /// Tools offered.
+    pub(super) tools: Option<Vec<Tool>>,
+    /// `tool_choice`.
+    pub(super) tool_choice: ToolChoice,
+    /// `response_format` as a grammar.
+    pub(super) constraint: Option<Constraint>,
+}
+
+impl ChatParams {
+    /// True when the answer should be read as a possible tool call.
+    pub(super) fn tools_active(&self) -> bool {
+        self.tools.is_some() && self.tool_choice != ToolChoice::None
+    }
+}
+
+/// Checks that a `tool_choice` asking for a tool has tools to choose from.
+pub(super) fn check_tool_choice(tools: Option<&[Tool]>, choice: &ToolChoice) -> Result<(), ApiError> {
+    match (tools, choice) {
+        (None, ToolChoice::Required | ToolChoice::Function(_)) => {
+            Err(ApiError::invalid("tool_choice", "`tool_choice` needs `tools`"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The grammar that forces a Llama 3.2 JSON tool call (`{"name": ..., "parameters": ...}`)
+/// to one of `tools` (or to the one named), its parameters valid against the tool's schema.
+pub(super) fn tool_call_constraint(tools: &[Tool], only: Option<&str>) -> Constraint {
+    let calls: Vec<Json> = tools
+        .iter()
+        .filter(|t| only.is_none_or(|name| t["function"]["name"].as_str() == Some(name)))
+        .map(|t| {
+            let params = match &t["function"]["parameters"] {
+                p @ Json::Object(_) => p.clone(),
+                _ => json!({"type": "object"}),
+            };
+            json!({"type": "object", "properties": {"name": {"const": t["function"]["name"]}, "parameters": params},
+                   "required": ["name", "parameters"], "additionalProperties": false})
+        })
+        .collect();
+    Constraint::JsonSchema(json!({"anyOf": calls}))
+}
+
+/// The prompt of a text completion.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Prompt {
+    /// Text (tokenized with one BOS).
+    Text(String),
+    /// Token ids, used as they are.
+    Tokens(Vec<u32>),
+}
+
+/// A validated text completion request.
+#[derive(Debug, Clone)]
+pub(super) struct CompletionParams {
+    /// Shared fields.
+    pub(super) common: CommonParams,
+    /// The prompt.
+    pub(super) prompt: Prompt,
+    /// Prepend the prompt to the answer.
+    pub(super) echo: bool,
+    /// `response_format` / `guided_*` as a grammar.
+    pub(super) constraint: Option<Constraint>,
+}
+
+/// A random id with a prefix (`chatcmpl-...`, `cmpl-...`, `call_...`, `msg_...`).
+pub(super) fn new_id(prefix: &str) -> String {
+    format!("{prefix}{:024x}", rand::random::<u128>() >> 32)
+}
+
+/// Seconds since the Unix epoch.
+pub(super) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,59 @@
+//! What both APIs' event streams share: the channel the response body reads, the task
+//! that writes it (with `:` keep-alive comments while nothing comes), and the next engine
+//! event or why the stream must stop (the engine ended, the client left, the server is
+//! ending running answers).
+
+use std::convert::Infallible;
+
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::error::ApiError;
+use super::events::{aborting, Choices};
+use super::report::self_reported;
+use super::State;
+use crate::engine::Event;
+use crate::error::Error;
+
+/// Where a stream's events go (the response body reads the other end).
+pub(super) type Out = mpsc::Sender<Result<SseEvent, Infallible>>;
+
+/// What ended a stream early.
+pub(super) enum Stop {
+    /// The client went away.
+    Gone,
+    /// An error to send as the last event.
+    Failed(ApiError),
+}
+
+/// Spawns `write` with the sending end of an event stream and answers with the stream
+/// (with `:` keep-alive comments while nothing comes).
+pub(super) fn event_stream<F, Fut>(state: &State, write: F) -> Response
+where
+    F: FnOnce(Out) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (out, body) = mpsc::channel(64);
+    tokio::spawn(write(out));
+    let keep_alive = KeepAlive::new().interval(state.config.keep_alive_interval).text("");
+    self_reported(
+        Sse::new(ReceiverStream::new(body))
+            .keep_alive(keep_alive)
+            .into_response(),
+    )
+}
+
+/// The next engine event of a stream, or why it must stop: the engine ended without one,
+/// the client went away (`out` closed), or the server is ending running answers.
+pub(super) async fn next_event(state: &State, out: &Out, events: &mut Choices) -> Result<Event, Stop> {
+    tokio::select! {
+        event = events.recv() => match event {
+            Some((_, event)) => Ok(event),
+            None => Err(Stop::Failed(ApiError::from(Error::EngineStopped))),
+        },
+        _ = out.closed() => Err(Stop::Gone),
+        _ = aborting(state) => Err(Stop::Failed(ApiError::shutting_down())),
+    }
+}
