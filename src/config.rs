@@ -213,39 +213,10 @@ impl Validator<'_> {
     }
 
     fn validate(&self, raw: RawConfig) -> Result<LlamaConfig> {
-        // Only the Llama architecture runs here (Llama 3.x, its fine-tunes, SmolLM...).
-        if let Some(kind) = raw.model_type.as_deref().filter(|k| *k != "llama") {
-            return Err(self.err("model_type", format!("`{kind}` is not supported (only `llama`)")));
-        }
-        if let Some(arch) = raw.architectures.iter().find(|a| *a != "LlamaForCausalLM") {
-            return Err(self.err(
-                "architectures",
-                format!("`{arch}` is not supported (only LlamaForCausalLM)"),
-            ));
-        }
+        self.check_kind(&raw)?;
         // Beyond these, the file is broken or hostile (Llama 3.2 3B: 28 layers, 3072 wide).
         let hidden_size = self.positive("hidden_size", raw.hidden_size)?;
-        let heads = self.positive("num_attention_heads", raw.num_attention_heads)?;
-        let kv_heads = self.positive("num_key_value_heads", Some(raw.num_key_value_heads.unwrap_or(heads)))?;
-        if heads % kv_heads != 0 {
-            return Err(self.err(
-                "num_key_value_heads",
-                format!("{kv_heads} does not divide num_attention_heads = {heads}"),
-            ));
-        }
-        let head_dim = match raw.head_dim {
-            Some(d) => self.positive("head_dim", Some(d))?,
-            None if hidden_size % heads != 0 => {
-                return Err(self.err(
-                    "num_attention_heads",
-                    format!("{heads} does not divide hidden_size = {hidden_size} and no head_dim is given"),
-                ))
-            }
-            None => hidden_size / heads,
-        };
-        if head_dim % 2 != 0 {
-            return Err(self.err("head_dim", format!("{head_dim} must be even for RoPE")));
-        }
+        let (heads, kv_heads, head_dim) = self.heads(&raw, hidden_size)?;
         if !(raw.rms_norm_eps.is_finite() && raw.rms_norm_eps > 0.0) {
             return Err(self.err("rms_norm_eps", "must be a positive finite number"));
         }
@@ -253,25 +224,7 @@ impl Validator<'_> {
         if !(rope_theta.is_finite() && rope_theta > 0.0) {
             return Err(self.err("rope_theta", "must be a positive finite number"));
         }
-        if let Some(act) = raw.hidden_act.as_deref().filter(|a| *a != "silu") {
-            return Err(self.err("hidden_act", format!("`{act}` is not supported (only silu)")));
-        }
-        if raw.attention_bias || raw.mlp_bias {
-            return Err(self.err("attention_bias", "biases are not supported by Llama 3.2"));
-        }
-        if raw.max_position_embeddings == 0 {
-            return Err(self.err("max_position_embeddings", "must be greater than zero"));
-        }
-        let limit = size_limit("max_position_embeddings");
-        if raw.max_position_embeddings > limit {
-            return Err(self.err(
-                "max_position_embeddings",
-                format!(
-                    "{} is larger than any supported model ({limit})",
-                    raw.max_position_embeddings
-                ),
-            ));
-        }
+        self.check_positions(&raw)?;
         let vocab_size = self.positive("vocab_size", raw.vocab_size)?;
         if let Some(id) = raw.bos_token_id.filter(|&id| id as usize >= vocab_size) {
             return Err(self.err("bos_token_id", format!("{id} is outside the vocabulary ({vocab_size})")));
@@ -292,6 +245,71 @@ impl Validator<'_> {
             bos_token_id: raw.bos_token_id,
             eos_token_ids: raw.eos_token_ids,
         })
+    }
+
+    /// Only the Llama architecture runs here (Llama 3.x, its fine-tunes, SmolLM...), with
+    /// SiLU and no biases.
+    fn check_kind(&self, raw: &RawConfig) -> Result<()> {
+        if let Some(kind) = raw.model_type.as_deref().filter(|k| *k != "llama") {
+            return Err(self.err("model_type", format!("`{kind}` is not supported (only `llama`)")));
+        }
+        if let Some(arch) = raw.architectures.iter().find(|a| *a != "LlamaForCausalLM") {
+            return Err(self.err(
+                "architectures",
+                format!("`{arch}` is not supported (only LlamaForCausalLM)"),
+            ));
+        }
+        if let Some(act) = raw.hidden_act.as_deref().filter(|a| *a != "silu") {
+            return Err(self.err("hidden_act", format!("`{act}` is not supported (only silu)")));
+        }
+        if raw.attention_bias || raw.mlp_bias {
+            return Err(self.err("attention_bias", "biases are not supported by Llama 3.2"));
+        }
+        Ok(())
+    }
+
+    /// Attention heads, key/value heads and the head width, each consistent with the others.
+    fn heads(&self, raw: &RawConfig, hidden_size: usize) -> Result<(usize, usize, usize)> {
+        let heads = self.positive("num_attention_heads", raw.num_attention_heads)?;
+        let kv_heads = self.positive("num_key_value_heads", Some(raw.num_key_value_heads.unwrap_or(heads)))?;
+        if !heads.is_multiple_of(kv_heads) {
+            return Err(self.err(
+                "num_key_value_heads",
+                format!("{kv_heads} does not divide num_attention_heads = {heads}"),
+            ));
+        }
+        let head_dim = match raw.head_dim {
+            Some(d) => self.positive("head_dim", Some(d))?,
+            None if !hidden_size.is_multiple_of(heads) => {
+                return Err(self.err(
+                    "num_attention_heads",
+                    format!("{heads} does not divide hidden_size = {hidden_size} and no head_dim is given"),
+                ))
+            }
+            None => hidden_size / heads,
+        };
+        if !head_dim.is_multiple_of(2) {
+            return Err(self.err("head_dim", format!("{head_dim} must be even for RoPE")));
+        }
+        Ok((heads, kv_heads, head_dim))
+    }
+
+    /// `max_position_embeddings` within 1..=the size limit.
+    fn check_positions(&self, raw: &RawConfig) -> Result<()> {
+        if raw.max_position_embeddings == 0 {
+            return Err(self.err("max_position_embeddings", "must be greater than zero"));
+        }
+        let limit = size_limit("max_position_embeddings");
+        if raw.max_position_embeddings > limit {
+            return Err(self.err(
+                "max_position_embeddings",
+                format!(
+                    "{} is larger than any supported model ({limit})",
+                    raw.max_position_embeddings
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// `rope_theta` and the scaling, from the classic fields or from `rope_parameters`.

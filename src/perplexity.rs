@@ -63,6 +63,34 @@ struct Sums {
     agree: usize,
 }
 
+impl Sums {
+    /// Runs one window `ids` and adds the positions from `first` on (each scored by the
+    /// token after it).
+    fn window(&mut self, engine: &Engine, base: Option<&Engine>, ids: &[u32], first: usize) -> Result<()> {
+        let ctx = ids.len();
+        let logits = engine.session(ctx, None)?.run(ids, ctx)?;
+        let base_logits = match base {
+            Some(b) => Some(b.session(ctx, None)?.run(ids, ctx)?),
+            None => None,
+        };
+        for i in first..ctx - 1 {
+            let next = ids[i + 1] as usize;
+            let lp = log_softmax(&logits[i]);
+            let nll = -lp[next];
+            self.n += 1;
+            self.nll += nll;
+            self.nll_sq += nll * nll;
+            if let Some(bl) = &base_logits {
+                let bp = log_softmax(&bl[i]);
+                self.base_nll -= bp[next];
+                self.kl += bp.iter().zip(&lp).map(|(&b, &q)| b.exp() * (b - q)).sum::<f64>();
+                self.agree += usize::from(argmax(&bp) == argmax(&lp));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The perplexity of `engine`'s model on `tokens` (BOS not included) in windows of `ctx` tokens, at
 /// most `max_windows`, each starting with `bos` when the model's tokenizer adds one (as
 /// llama-perplexity does); `base` adds KL divergence and top-1 agreement.
@@ -100,25 +128,7 @@ pub fn perplexity(
     for w in 0..windows {
         let mut ids: Vec<u32> = bos.into_iter().collect();
         ids.extend_from_slice(&tokens[w * per_window..(w + 1) * per_window]);
-        let logits = engine.session(ctx, None)?.run(&ids, ids.len())?;
-        let base_logits = match base {
-            Some(b) => Some(b.session(ctx, None)?.run(&ids, ids.len())?),
-            None => None,
-        };
-        for i in first..ctx - 1 {
-            let next = ids[i + 1] as usize;
-            let lp = log_softmax(&logits[i]);
-            let nll = -lp[next];
-            s.n += 1;
-            s.nll += nll;
-            s.nll_sq += nll * nll;
-            if let Some(bl) = &base_logits {
-                let bp = log_softmax(&bl[i]);
-                s.base_nll -= bp[next];
-                s.kl += bp.iter().zip(&lp).map(|(&b, &q)| b.exp() * (b - q)).sum::<f64>();
-                s.agree += usize::from(argmax(&bp) == argmax(&lp));
-            }
-        }
+        s.window(engine, base, &ids, first)?;
     }
     let n = s.n as f64;
     let mean = s.nll / n;

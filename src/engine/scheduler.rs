@@ -208,8 +208,48 @@ impl Scheduler {
     fn step(&mut self) {
         self.make_room_for_decodes();
         self.draft_all();
-        // (sequence, tokens to run, rows of logits wanted)
-        let mut plan: Vec<(usize, usize, usize)> = Vec::new();
+        let plan = self.plan();
+        if plan.is_empty() {
+            if !self.running.is_empty() {
+                // Nothing could run (the pool is held by sequences waiting for more):
+                // give the newest back to the queue so that the others can go on.
+                self.make_room_by_preempting();
+            }
+            return;
+        }
+        let work: Vec<Work> = plan
+            .iter()
+            .filter_map(|&(i, n, logits)| {
+                let seq = self.running.get(i)?;
+                Some(Work {
+                    seq: seq.kv?,
+                    tokens: &seq.tokens,
+                    n,
+                    logits,
+                })
+            })
+            .collect();
+        let result = self.backend.forward(&work);
+        drop(work);
+        self.steps += 1;
+        match result {
+            Ok(logits) => {
+                for &(i, n, _) in &plan {
+                    if let Some(seq) = self.running.get_mut(i) {
+                        seq.computed += n;
+                    }
+                }
+                self.sample(&plan, logits)
+            }
+            Err(e) => self.fail_all(&plan, e),
+        }
+    }
+
+    /// What this step runs, with room reserved: (sequence, tokens to run, rows of logits
+    /// wanted) for every decoding sequence (its next token and any proposal to verify) and
+    /// prompt chunks up to the prefill budget.
+    fn plan(&mut self) -> Vec<(usize, usize, usize)> {
+        let mut plan = Vec::new();
         let mut budget = self.config.prefill_budget.max(1);
         for (i, seq) in self.running.iter_mut().enumerate() {
             let pending = seq.pending();
@@ -220,10 +260,7 @@ impl Scheduler {
                 1 => 1 + drafted,
                 _ => pending.min(budget),
             };
-            if n == 0 {
-                continue;
-            }
-            let Some(kv) = seq.kv else { continue };
+            let Some(kv) = seq.kv.filter(|_| n > 0) else { continue };
             if !self.backend.reserve(kv, n) {
                 seq.take_draft();
                 continue;
@@ -237,41 +274,7 @@ impl Scheduler {
             };
             plan.push((i, n, rows));
         }
-        if plan.is_empty() {
-            if !self.running.is_empty() {
-                // Nothing could run (the pool is held by sequences waiting for more):
-                // give the newest back to the queue so that the others can go on.
-                self.make_room_by_preempting();
-            }
-            return;
-        }
-        let result = {
-            let mut kvs: Vec<Option<&mut Sequence>> = self.running.iter_mut().map(Some).collect();
-            let mut work = Vec::with_capacity(plan.len());
-            for &(i, n, logits) in &plan {
-                let Some(seq) = kvs[i].take() else { continue };
-                let Some(kv) = seq.kv else { continue };
-                work.push(Work {
-                    seq: kv,
-                    tokens: &seq.tokens,
-                    n,
-                    logits,
-                });
-            }
-            self.backend.forward(&work)
-        };
-        self.steps += 1;
-        match result {
-            Ok(logits) => {
-                for &(i, n, _) in &plan {
-                    if let Some(seq) = self.running.get_mut(i) {
-                        seq.computed += n;
-                    }
-                }
-                self.sample(&plan, logits)
-            }
-            Err(e) => self.fail_all(&plan, e),
-        }
+        plan
     }
 
     fn make_room_by_preempting(&mut self) {

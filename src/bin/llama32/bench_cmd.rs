@@ -35,6 +35,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
             })?;
         return speculation(&a, device, &dtypes, spec);
     }
+    plain(&a, device, &dtypes)
+}
+
+/// `llama32 bench`: load, prefill, decode and chat TTFT per weight format.
+fn plain(a: &BenchArgs, device: llama32::DeviceKind, dtypes: &[ComputeDType]) -> anyhow::Result<ExitCode> {
     let config = BenchConfig {
         pp: a.pp,
         tg: a.tg,
@@ -53,7 +58,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         writeln!(out, "{}", table_header(&config))?;
     }
     let mut all = Vec::new();
-    for dtype in dtypes {
+    for &dtype in dtypes {
         reset_peak_rss();
         let r = llama32::bench::run(&a.model, device, dtype, &config)?;
         let peak = peak_rss_mib();

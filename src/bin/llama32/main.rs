@@ -114,29 +114,7 @@ fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
 fn perplexity(a: args::PerplexityArgs) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
     let engine = load_engine(&a.model, Some(1))?;
-    let base = match (&a.kl_base, &a.kl_base_model) {
-        (None, None) => None,
-        (dtype, path) => {
-            let mut model = args::ModelArgs {
-                dtype: Some(dtype.clone().unwrap_or_else(|| "f32".into())),
-                // The base is the reference: its format's own KV default (f32 for f32).
-                kv_dtype: None,
-                ..a.model.clone()
-            };
-            if let Some(p) = path {
-                model.model = hub_cmd::resolve_model_path(p)?;
-            }
-            let base = load_engine(&model, Some(1))?;
-            if base.config().vocab_size != engine.config().vocab_size {
-                anyhow::bail!(
-                    "--kl-base-model has another vocabulary ({} vs {} tokens)",
-                    base.config().vocab_size,
-                    engine.config().vocab_size
-                );
-            }
-            Some(base)
-        }
-    };
+    let base = kl_base(&a, &engine)?;
     let tokens = engine.tokenize(&text)?;
     // Windows start with BOS when the tokenizer adds one (SmolLM2's does not).
     let bos = engine
@@ -173,6 +151,33 @@ fn perplexity(a: args::PerplexityArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The base model of `--kl-base` / `--kl-base-model`, loaded and checked against `engine`.
+fn kl_base(a: &args::PerplexityArgs, engine: &llama32::Engine) -> anyhow::Result<Option<llama32::Engine>> {
+    Ok(match (&a.kl_base, &a.kl_base_model) {
+        (None, None) => None,
+        (dtype, path) => {
+            let mut model = args::ModelArgs {
+                dtype: Some(dtype.clone().unwrap_or_else(|| "f32".into())),
+                // The base is the reference: its format's own KV default (f32 for f32).
+                kv_dtype: None,
+                ..a.model.clone()
+            };
+            if let Some(p) = path {
+                model.model = hub_cmd::resolve_model_path(p)?;
+            }
+            let base = load_engine(&model, Some(1))?;
+            if base.config().vocab_size != engine.config().vocab_size {
+                anyhow::bail!(
+                    "--kl-base-model has another vocabulary ({} vs {} tokens)",
+                    base.config().vocab_size,
+                    engine.config().vocab_size
+                );
+            }
+            Some(base)
+        }
+    })
 }
 
 fn synthetic(a: args::SyntheticArgs) -> anyhow::Result<ExitCode> {

@@ -25,26 +25,7 @@ fn init_log(format: LogFormat) {
 /// Runs `llama32 serve` until the process is asked to stop.
 pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
     init_log(a.log_format);
-    let api_key = a
-        .api_key
-        .clone()
-        .or_else(|| std::env::var("LLAMA32_API_KEY").ok())
-        .filter(|k| !k.is_empty());
-    let config = ServerConfig {
-        model_ids: a.served_model_name.clone(),
-        api_key,
-        queue: a.queue,
-        ctx_size: a.model.ctx_size,
-        max_body_bytes: a.max_body,
-        request_timeout: Duration::from_secs(a.request_timeout.max(1)),
-        max_connections: a.max_connections,
-        cors_origins: a.cors.clone(),
-        shutdown_grace: Duration::from_secs(a.shutdown_grace),
-        playground: !a.no_playground,
-        special_tokens_in_content: a.special_tokens_in_content,
-        speculation: crate::common::speculation(&a.spec, 3, a.spec_k)?,
-        ..ServerConfig::default()
-    };
+    let config = server_config(&a)?;
     let host = if a.host.contains(':') && !a.host.starts_with('[') {
         format!("[{}]", a.host)
     } else {
@@ -62,6 +43,42 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let engine = Arc::new(load_engine(&a.model, a.parallel)?);
     crate::common::warn_if_no_speculation(&engine, config.speculation.is_some());
     handle.ready(engine.clone())?;
+    announce(&engine, &config);
+    eprintln!("ready on http://{addr}");
+    match serving.join() {
+        Ok(result) => result?,
+        Err(_) => anyhow::bail!("the server thread panicked"),
+    }
+    eprintln!("shut down");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The server's configuration from the flags (and `LLAMA32_API_KEY`).
+fn server_config(a: &ServeArgs) -> anyhow::Result<ServerConfig> {
+    let api_key = a
+        .api_key
+        .clone()
+        .or_else(|| std::env::var("LLAMA32_API_KEY").ok())
+        .filter(|k| !k.is_empty());
+    Ok(ServerConfig {
+        model_ids: a.served_model_name.clone(),
+        api_key,
+        queue: a.queue,
+        ctx_size: a.model.ctx_size,
+        max_body_bytes: a.max_body,
+        request_timeout: Duration::from_secs(a.request_timeout.max(1)),
+        max_connections: a.max_connections,
+        cors_origins: a.cors.clone(),
+        shutdown_grace: Duration::from_secs(a.shutdown_grace),
+        playground: !a.no_playground,
+        special_tokens_in_content: a.special_tokens_in_content,
+        speculation: crate::common::speculation(&a.spec, 3, a.spec_k)?,
+        ..ServerConfig::default()
+    })
+}
+
+/// Warns of a missing chat template, warms the grammar compiler, prints the summary line.
+fn announce(engine: &Arc<llama32::Engine>, config: &ServerConfig) {
     if engine.chat_template().is_none() {
         eprintln!(
             "warning: {} has no chat template: /v1/chat/completions and /v1/messages will answer 400; /v1/completions works",
@@ -87,11 +104,4 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         config.queue,
         engine.load_time().as_secs_f64() * 1e3
     );
-    eprintln!("ready on http://{addr}");
-    match serving.join() {
-        Ok(result) => result?,
-        Err(_) => anyhow::bail!("the server thread panicked"),
-    }
-    eprintln!("shut down");
-    Ok(ExitCode::SUCCESS)
 }
