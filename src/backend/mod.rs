@@ -1,9 +1,10 @@
 //! Where forward passes run, chosen once at load.
 //!
-//! - [`cpu`]: our packed kernels (q8_0, q4k, q4k_m) and dense f32 on CPU slices; every
+//! - [`cpu`]: our packed kernels (q8_0, q4k, q4k_m) and dense f32 / bf16 / f16 weights
+//!   (f32 activations) on CPU slices; every
 //!   sequence's keys and values live in one paged pool with a prefix cache, and one call
 //!   runs all sequences' rows together.
-//! - `candle`: candle ops (CUDA, Metal, 16-bit CPU, candle's quantized kernels where
+//! - `candle`: candle ops (CUDA, Metal, candle's quantized kernels where
 //!   ours do not run, and the f32 reference the parity tests hold to transformers); each
 //!   sequence has its own cache and runs in turn.
 //!
@@ -114,8 +115,8 @@ pub struct KvUsage {
 /// Which backend runs a model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum BackendKind {
-    /// The CPU backend where it can run the format (f32, or the packed formats on x86 with
-    /// AVX2 or AVX-512), candle otherwise.
+    /// The CPU backend where it can run the format (f32, bf16, f16, or the packed formats on
+    /// x86 with AVX2 or AVX-512), candle otherwise.
     #[default]
     Auto,
     /// candle ops, always (the f32 reference on CPU).
@@ -142,7 +143,8 @@ impl Model {
         kind: BackendKind,
     ) -> Result<Self> {
         let packed_here = format.quant().is_some() && cpu::quant::Isa::detect() != cpu::quant::Isa::Portable;
-        let on_cpu = device.is_cpu() && kind == BackendKind::Auto && (format == ComputeDType::F32 || packed_here);
+        let dense = matches!(format, ComputeDType::F32 | ComputeDType::Bf16 | ComputeDType::F16);
+        let on_cpu = device.is_cpu() && kind == BackendKind::Auto && (dense || packed_here);
         Ok(match on_cpu {
             true => Self::Cpu(Arc::new(CpuModel::load(cfg, weights, format)?)),
             false => Self::Candle(Arc::new(CandleModel::load(cfg, weights, format, device)?)),

@@ -271,8 +271,8 @@ impl Engine {
         self.load_time
     }
 
-    /// True when requests run batched on the paged CPU backend (packed weights); false on
-    /// the candle backend (GPUs, and the exact f32 path).
+    /// True when requests run batched on the paged CPU backend (f32, bf16, f16 and packed
+    /// weights); false on the candle backend (GPUs, `BackendKind::Candle`).
     pub fn is_batched(&self) -> bool {
         self.paged
     }

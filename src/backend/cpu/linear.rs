@@ -7,6 +7,7 @@ use std::sync::Arc;
 use candle_core::quantized::GgmlDType;
 
 use super::gemv::gemv;
+use super::half_rows::{gemv_half, widen_rows, HalfKind, GEMM_BLOCK_ROWS};
 use super::quant::{PackedFormat, PackedWeight};
 use super::spare::Spare;
 use crate::error::{Error, Result};
@@ -17,6 +18,17 @@ use crate::weights::{Kind, RawTensor};
 pub(crate) enum CpuLinear {
     /// Our packed formats.
     Packed(Arc<PackedWeight>),
+    /// Row-major 16-bit `[rows, cols]` (bf16 or f16), widened as read.
+    Half {
+        /// The weights' bits.
+        w: Arc<Vec<u16>>,
+        /// Their encoding.
+        kind: HalfKind,
+        /// Output width.
+        rows: usize,
+        /// Input width.
+        cols: usize,
+    },
     /// Row-major f32 `[rows, cols]`.
     Dense {
         /// The weights.
@@ -40,7 +52,7 @@ impl CpuLinear {
             .iter()
             .map(|l| match l {
                 Self::Packed(p) => Some(p.as_ref()),
-                Self::Dense { .. } => None,
+                Self::Dense { .. } | Self::Half { .. } => None,
             })
             .collect();
         if let Some(ps) = packed {
@@ -65,6 +77,18 @@ impl CpuLinear {
                     false => gemm_rows(w, *rows, *cols, x, m),
                 })
             }
+            Self::Half { w, kind, rows, cols } => {
+                if x.len() != m * cols {
+                    return Err(Error::Internal(format!(
+                        "a {m}-row input of {} values for {cols} columns",
+                        x.len()
+                    )));
+                }
+                Ok(match m < GEMM_ROWS {
+                    true => x.chunks(*cols).flat_map(|row| gemv_half(w, *kind, row)).collect(),
+                    false => gemm_half(w, *kind, (*rows, *cols), x, m),
+                })
+            }
         }
     }
 }
@@ -72,22 +96,45 @@ impl CpuLinear {
 /// `x: [m, k] W^T` for `w: [n, k]`, both row-major, with the `gemm` crate.
 fn gemm_rows(w: &[f32], n: usize, k: usize, x: &[f32], m: usize) -> Vec<f32> {
     let mut y = vec![0f32; m * n];
-    if m == 0 || n == 0 || k == 0 || w.len() < n * k || x.len() < m * k {
-        return y;
+    gemm_into(w, n, k, x, m, (&mut y, n));
+    y
+}
+
+/// `x: [m, k] W^T` for 16-bit `w: [n, k]`: blocks of rows widened to f32, each one GEMM
+/// into its columns of the output.
+fn gemm_half(w: &[u16], kind: HalfKind, (n, k): (usize, usize), x: &[f32], m: usize) -> Vec<f32> {
+    let mut y = vec![0f32; m * n];
+    let mut block = Vec::new();
+    for first in (0..n).step_by(GEMM_BLOCK_ROWS) {
+        let rows = GEMM_BLOCK_ROWS.min(n - first);
+        block.resize(rows * k, 0.0);
+        widen_rows(w, kind, k, first, &mut block);
+        gemm_into(&block, rows, k, x, m, (&mut y[first..], n));
+    }
+    y
+}
+
+/// Writes `x: [m, k] W^T` for `w: [n, k]` into `dst`, whose rows are `stride` apart (the
+/// first `n` values of each row are written).
+fn gemm_into(w: &[f32], n: usize, k: usize, x: &[f32], m: usize, (dst, stride): (&mut [f32], usize)) {
+    let fits = m == 0 || dst.len() >= (m - 1) * stride + n;
+    if m == 0 || n == 0 || k == 0 || w.len() < n * k || x.len() < m * k || !fits || stride < n {
+        return;
     }
     let threads = rayon::current_num_threads();
-    // SAFETY: `y` holds m * n values written with strides (1, n); `x` holds at least m * k
-    // values read with strides (1, k); `w` holds at least n * k values read as the k x n
-    // matrix W^T with strides (row 1, column k): every index stays inside its slice (checked
-    // just above). `read_dst` is false, so `y`'s initial values are not read.
+    // SAFETY: `dst` holds at least (m - 1) * stride + n values, written with strides
+    // (column 1, row `stride`); `x` holds at least m * k values read with strides (1, k); `w`
+    // holds at least n * k values read as the k x n matrix W^T with strides (row 1, column
+    // k): every index stays inside its slice (checked just above). `read_dst` is false, so
+    // `dst`'s initial values are not read.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            y.as_mut_ptr(),
+            dst.as_mut_ptr(),
             1,
-            n as isize,
+            stride as isize,
             false,
             x.as_ptr(),
             1,
@@ -103,7 +150,6 @@ fn gemm_rows(w: &[f32], n: usize, k: usize, x: &[f32], m: usize) -> Vec<f32> {
             gemm::Parallelism::Rayon(threads),
         );
     }
-    y
 }
 
 /// Packs a stored matrix into `format`: llama.cpp Q8_0 blocks into Q8_0 and Q4_K blocks
@@ -169,6 +215,39 @@ mod tests {
             assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{g} vs {w}");
         }
         assert!(dense.forward_one(&x[1..], m).is_err());
+    }
+
+    #[test]
+    fn half_layers_equal_the_dense_layer_of_their_values() {
+        let (n, k, m) = (1100, 64, 3);
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.1).collect();
+        for kind in [HalfKind::Bf16, HalfKind::F16] {
+            let bits = kind.encode(&w);
+            let mut wide = vec![0f32; n * k];
+            widen_rows(&bits, kind, k, 0, &mut wide);
+            let dense = CpuLinear::Dense {
+                w: Arc::new(wide),
+                rows: n,
+                cols: k,
+            };
+            let half = CpuLinear::Half {
+                w: Arc::new(bits),
+                kind,
+                rows: n,
+                cols: k,
+            };
+            // One row: the same GEMV, bit for bit. Prompt rows: GEMMs over blocks of rows,
+            // equal to rounding.
+            assert_eq!(
+                half.forward_one(&x[..k], 1).unwrap(),
+                dense.forward_one(&x[..k], 1).unwrap()
+            );
+            let (got, want) = (half.forward_one(&x, m).unwrap(), dense.forward_one(&x, m).unwrap());
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{kind:?}: {g} vs {w}");
+            }
+        }
     }
 }
 

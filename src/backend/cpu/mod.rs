@@ -16,6 +16,7 @@ mod attention;
 mod attention_f16;
 mod forward;
 mod gemv;
+mod half_rows;
 mod kv_store;
 mod linear;
 pub(crate) mod model;

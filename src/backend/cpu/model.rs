@@ -6,6 +6,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 use half::{bf16, f16};
 
+use super::half_rows::HalfKind;
 use super::linear::{pack_raw, CpuLinear};
 use super::quant::PackedFormat;
 use crate::config::LlamaConfig;
@@ -13,7 +14,7 @@ use crate::device::ComputeDType;
 use crate::error::Result;
 use crate::model::rope::Rope;
 use crate::model::{self, LayerTensors, Proj};
-use crate::weights::{Kind, Weights};
+use crate::weights::{Kind, RawTensor, Weights};
 
 /// The token embedding table, in its storage precision where that is 16-bit (rows are
 /// read one token at a time, so converting them as they are read is free).
@@ -25,7 +26,7 @@ pub(crate) enum Embedding {
     Bf16(Vec<bf16>),
     /// f16 rows.
     F16(Vec<f16>),
-    /// The rows of the tied output projection (dense f32).
+    /// The rows of the tied output projection (dense f32 or 16-bit).
     Tied,
 }
 
@@ -39,6 +40,11 @@ impl Embedding {
             (Self::Bf16(v), _) => out.extend(v[range].iter().map(|x| x.to_f32())),
             (Self::F16(v), _) => out.extend(v[range].iter().map(|x| x.to_f32())),
             (Self::Tied, CpuLinear::Dense { w, .. }) => out.extend_from_slice(&w[range]),
+            (Self::Tied, CpuLinear::Half { w, kind, .. }) => {
+                let at = out.len();
+                out.resize(at + width, 0.0);
+                kind.widen(&w[range], &mut out[at..]);
+            }
             // Not made: `Tied` is only chosen with a dense head (see `load_embedding`).
             (Self::Tied, CpuLinear::Packed(_)) => out.resize(out.len() + width, f32::NAN),
         }
@@ -73,7 +79,8 @@ pub(crate) struct CpuModel {
 impl CpuModel {
     /// Loads every tensor of `cfg` from `weights`: linear layers packed straight from the
     /// stored bytes for the quantized formats (16 rows at a time, no f32 copy of a matrix),
-    /// dense f32 for [`ComputeDType::F32`]. All names and shapes are checked first.
+    /// dense f32 for [`ComputeDType::F32`], dense 16-bit for bf16 and f16 (kept as stored
+    /// when the checkpoint has that dtype). All names and shapes are checked first.
     pub fn load(cfg: &LlamaConfig, weights: &Weights, format: ComputeDType) -> Result<Self> {
         model::check_tensors(cfg, weights)?;
         let h = cfg.hidden_size;
@@ -116,18 +123,62 @@ fn load_linear(weights: &Weights, p: &Proj, format: ComputeDType) -> Result<CpuL
             return Ok(CpuLinear::Packed(Arc::new(packed)));
         }
     }
-    Ok(CpuLinear::Dense {
-        w: Arc::new(model::read_f32(weights, &p.name, &[p.rows, p.cols])?),
-        rows: p.rows,
-        cols: p.cols,
+    let kind = match format {
+        ComputeDType::Bf16 => Some(HalfKind::Bf16),
+        ComputeDType::F16 => Some(HalfKind::F16),
+        _ => None,
+    };
+    let shape = [p.rows, p.cols];
+    let (rows, cols) = (p.rows, p.cols);
+    Ok(match kind {
+        Some(kind) => {
+            let raw = weights.raw(&p.name, &shape)?;
+            let stored = match (raw.kind(), kind) {
+                (Kind::Float(DType::BF16), HalfKind::Bf16) | (Kind::Float(DType::F16), HalfKind::F16) => raw.halves(),
+                _ => None,
+            };
+            let w = match stored {
+                Some(bits) => bits,
+                None => encode_rows(&raw, kind, (rows, cols)).map_err(|e| model::bad_tensor(weights, &p.name, e))?,
+            };
+            CpuLinear::Half {
+                w: Arc::new(w),
+                kind,
+                rows,
+                cols,
+            }
+        }
+        None => CpuLinear::Dense {
+            w: Arc::new(model::read_f32(weights, &p.name, &shape)?),
+            rows,
+            cols,
+        },
     })
 }
 
-/// The embedding table: the dense f32 output projection's rows when tied to it (one copy);
+/// A stored matrix in another dtype as 16-bit `kind`, a block of rows at a time (no f32
+/// copy of the whole matrix).
+fn encode_rows(
+    raw: &RawTensor<'_>,
+    kind: HalfKind,
+    (rows, cols): (usize, usize),
+) -> std::result::Result<Vec<u16>, String> {
+    const BLOCK: usize = 256;
+    let mut out = Vec::with_capacity(rows * cols);
+    let mut buf = vec![0f32; BLOCK * cols];
+    for first in (0..rows).step_by(BLOCK) {
+        let n = BLOCK.min(rows - first) * cols;
+        raw.read_f32(first * cols, &mut buf[..n])?;
+        out.extend(kind.encode(&buf[..n]));
+    }
+    Ok(out)
+}
+
+/// The embedding table: the dense output projection's rows when tied to it (one copy);
 /// else kept 16-bit when stored so (exact), or beside quantized layers when its stored
 /// blocks are quantized (as the candle backend does); else f32.
 fn load_embedding(cfg: &LlamaConfig, weights: &Weights, format: ComputeDType, head: &CpuLinear) -> Result<Embedding> {
-    if cfg.tie_word_embeddings && matches!(head, CpuLinear::Dense { .. }) {
+    if cfg.tie_word_embeddings && matches!(head, CpuLinear::Dense { .. } | CpuLinear::Half { .. }) {
         return Ok(Embedding::Tied);
     }
     let shape = [cfg.vocab_size, cfg.hidden_size];

@@ -36,10 +36,10 @@ pub fn load_engine(a: &ModelArgs, parallel: Option<usize>) -> anyhow::Result<Eng
 }
 
 /// Says so when `--spec` was asked of a backend that does not speculate (the candle one:
-/// f32, bf16, GPUs), where requests decode one token per pass instead.
+/// GPUs, and packed formats on CPUs without AVX2), where requests decode one token per pass.
 pub fn warn_if_no_speculation(engine: &Engine, asked: bool) {
     if asked && !engine.is_batched() {
-        eprintln!("warning: --spec is ignored here: speculation runs on the CPU backend (f32, q8_0, q4k, q4k_m), not on this model's candle backend");
+        eprintln!("warning: --spec is ignored here: speculation runs on the CPU backend (f32, bf16, f16, q8_0, q4k, q4k_m), not on this model's candle backend");
     }
 }
 
