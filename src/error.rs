@@ -101,8 +101,8 @@ pub enum Error {
     #[error("chat template: {0}")]
     Template(String),
 
-    /// The prompt does not fit the context window.
-    #[error("the prompt has {tokens} tokens but the context window is {limit} tokens")]
+    /// The prompt does not fit the context window with room for one generated token.
+    #[error("the prompt has {tokens} tokens but the context window is {limit} tokens (room for at least one generated token is needed)")]
     PromptTooLong {
         /// Prompt length in tokens.
         tokens: usize,

@@ -310,3 +310,22 @@ fn other_architectures_are_refused_by_name() {
         }
     }
 }
+
+#[test]
+fn a_prompt_that_fills_the_context_is_too_long_for_every_caller() {
+    let engine = llama32::Engine::load(&common::fixture(SMALL), &llama32::LoadOptions::default()).unwrap();
+    let ids: Vec<u32> = (0..16).map(|i| 100 + i).collect();
+    let request = |ctx| llama32::GenerateRequest {
+        max_tokens: 4,
+        ctx_size: Some(ctx),
+        ..Default::default()
+    };
+    let full = engine.submit(ids.clone(), &request(16), std::time::Instant::now());
+    assert!(matches!(
+        full,
+        Err(llama32::Error::PromptTooLong { tokens: 16, limit: 16 })
+    ));
+    let room = engine.submit(ids, &request(17), std::time::Instant::now()).unwrap();
+    let out = room.wait(|_| std::ops::ControlFlow::Continue(())).unwrap();
+    assert_eq!(out.token_ids.len(), 1, "one position left: one token");
+}

@@ -352,9 +352,13 @@ impl Session {
     /// returns the f32 logits of the last `logits` of them, one row each.
     pub fn run(&mut self, tokens: &[u32], logits: usize) -> Result<Vec<Vec<f32>>> {
         if self.tokens.len() + tokens.len() > self.ctx {
-            return Err(Error::PromptTooLong {
-                tokens: self.tokens.len() + tokens.len(),
-                limit: self.ctx,
+            return Err(Error::InvalidParameter {
+                name: "ctx-size",
+                reason: format!(
+                    "{} positions do not fit the session's {}",
+                    self.tokens.len() + tokens.len(),
+                    self.ctx
+                ),
             });
         }
         let first_wanted = tokens.len() - logits.min(tokens.len());

@@ -363,7 +363,9 @@ impl Engine {
             });
         }
         let ctx = self.context_window(request.ctx_size)?;
-        if prompt.len() > ctx {
+        // One rule for every caller (the server checks the same before planning): a prompt
+        // must leave room for at least one generated token.
+        if prompt.len() >= ctx {
             return Err(Error::PromptTooLong {
                 tokens: prompt.len(),
                 limit: ctx,

@@ -237,7 +237,7 @@ impl Sequence {
         if step.stopped {
             return Ok(Next::Finish(FinishReason::Stop));
         }
-        if self.generated() >= self.max_tokens || self.tokens.len() > self.ctx {
+        if self.generated() >= self.max_tokens || self.tokens.len() >= self.ctx {
             return Ok(Next::Finish(FinishReason::Length));
         }
         Ok(Next::Continue)
