@@ -251,3 +251,49 @@ fn bench_measures_speculation_and_batches() {
     assert_eq!(rows[1]["row"]["batch"], 3);
     assert!(rows[1]["row"]["s_tg"].as_f64().unwrap() > 0.0, "{v}");
 }
+
+#[test]
+fn synthetic_refuses_a_folder_that_is_not_empty() {
+    // A model folder, as a user might point --out at by mistake: nothing is touched.
+    let dir = copy_fixture("tied-f32-mha");
+    let before = std::fs::read(dir.path().join("model.safetensors")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_llama32"))
+        .args(["synthetic", "--out", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("not empty") && stderr.contains("--force"), "{stderr}");
+    assert_eq!(std::fs::read(dir.path().join("model.safetensors")).unwrap(), before);
+}
+
+#[test]
+fn seed_minus_one_means_random_and_other_negatives_are_refused() {
+    let a = generate_json(
+        "tests/fixtures/tied-f32-mha",
+        "Hi",
+        &["--seed", "-1", "--temperature", "1"],
+    );
+    let b = generate_json(
+        "tests/fixtures/tied-f32-mha",
+        "Hi",
+        &["--seed", "-1", "--temperature", "1"],
+    );
+    assert_ne!(a["seed"], b["seed"], "a random seed each run, reported");
+    let out = Command::new(env!("CARGO_BIN_EXE_llama32"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "generate",
+            "--model",
+            "tests/fixtures/tied-f32-mha",
+            "--prompt",
+            "Hi",
+            "--seed",
+            "-5",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("-1 for a random one"), "{stderr}");
+}

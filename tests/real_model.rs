@@ -186,3 +186,28 @@ fn candle_transformers_runs_the_same_file_to_the_same_tokens() {
         assert!(agree >= floor, "{dtype}: {agree}");
     }
 }
+
+/// The bench prompts come from the model's own tokenizer: SmolLM2's 49,152-token
+/// vocabulary runs (Llama 3's ids would be outside it).
+#[test]
+fn bench_runs_on_a_vocabulary_that_is_not_llama_3s() {
+    let Some((path, _)) = real() else { return };
+    for extra in [
+        &["-p", "16", "-n", "2"][..],
+        &["--batched", "1,2", "-p", "8", "-n", "2"][..],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_llama32"))
+            .args(["bench", "--model"])
+            .arg(&path)
+            .args(["--dtypes", "q8_0", "-r", "1"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("q8_0"));
+    }
+}

@@ -89,14 +89,34 @@ pub struct BenchResult {
     pub chat_prompt_tokens: usize,
 }
 
-/// Deterministic pseudo-random prompt ids (BOS first), away from special tokens.
-fn prompt(n: usize, salt: u32) -> Vec<u32> {
-    let mut ids = vec![128000];
-    // The salt is spread over every bit, so different salts differ from the first token on
-    // (nothing shared through the prefix cache).
-    let mix = salt.wrapping_add(1).wrapping_mul(0x85eb_ca6b);
-    ids.extend((1..n as u32).map(|i| ((i.wrapping_mul(2_654_435_761) ^ mix) >> 8) % 120_000));
-    ids
+/// Words the bench prompts are made of (any vocabulary tokenizes them).
+const WORDS: [&str; 32] = [
+    "river", "stone", "light", "quiet", "market", "orange", "engine", "garden", "window", "silver", "winter", "paper",
+    "forest", "signal", "yellow", "bridge", "coffee", "planet", "number", "simple", "castle", "pocket", "rabbit",
+    "thunder", "violet", "harbor", "pencil", "meadow", "lantern", "copper", "saddle", "glacier",
+];
+
+/// A deterministic prompt of exactly `n` tokens (BOS first when the tokenizer adds one),
+/// tokenized by the model's own tokenizer from pseudo-random words: any vocabulary works,
+/// and different salts differ from the first word on (nothing shared through the prefix
+/// cache).
+fn prompt(engine: &Engine, n: usize, salt: u32) -> Result<Vec<u32>> {
+    let mut state = salt.wrapping_add(1).wrapping_mul(0x85eb_ca6b) | 1;
+    let mut text = String::new();
+    loop {
+        for _ in 0..n.max(1) {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            text.push_str(WORDS[(state >> 8) as usize % WORDS.len()]);
+            text.push(' ');
+        }
+        let mut ids = engine.tokenize(&text)?;
+        if ids.len() >= n {
+            ids.truncate(n.max(1));
+            return Ok(ids);
+        }
+    }
 }
 
 /// Loads `dir` in `dtype` `config.reps` times, then measures pp, tg and chat TTFT.
@@ -137,13 +157,13 @@ pub fn run(dir: &Path, device: DeviceKind, dtype: ComputeDType, config: &BenchCo
 
 fn pp_tg(engine: &Engine, config: &BenchConfig, salt: u32) -> Result<(f64, f64)> {
     // Prefill: a fresh prompt (the salt keeps it out of the prefix cache), one token out.
-    let ids = prompt(config.pp, salt);
+    let ids = prompt(engine, config.pp, salt)?;
     let g = engine.generate_from_ids(&ids, &no_eos_greedy(engine, 1), Instant::now(), |_| {
         ControlFlow::Continue(())
     })?;
     let pp = g.timings.prefill_tokens_per_s;
     // Decode like llama-bench's tg: from an almost empty context, `tg` tokens.
-    let one = prompt(1, salt + 1000);
+    let one = prompt(engine, 1, salt + 1000)?;
     let g = engine.generate_from_ids(&one, &no_eos_greedy(engine, config.tg + 1), Instant::now(), |_| {
         ControlFlow::Continue(())
     })?;
@@ -248,7 +268,7 @@ pub fn batched(engine: &Engine, pp: usize, tg: usize, batches: &[usize]) -> Resu
         let start = Instant::now();
         let handles: Vec<_> = (0..batch)
             .map(|i| {
-                let ids = prompt(pp, 10_000 + (round * 100 + i) as u32);
+                let ids = prompt(engine, pp, 10_000 + (round * 100 + i) as u32)?;
                 engine.submit(ids, &no_eos_greedy(engine, tg), start)
             })
             .collect::<Result<_>>()?;

@@ -79,6 +79,10 @@ pub struct SyntheticArgs {
     /// The tokenizer.json to copy in (default: the Llama 3.2 tokenizer of the test fixtures).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    /// Write into --out even when it is not empty (its config.json, tokenizer files and
+    /// model.safetensors are replaced).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Where the model is and how to run it.
@@ -139,9 +143,10 @@ pub struct SamplingArgs {
     /// Subtract this once a token occurs in the output, in [-2, 2].
     #[arg(long, allow_negative_numbers = true)]
     pub presence_penalty: Option<f32>,
-    /// RNG seed, for reproducible sampling (reported in --json when not given).
-    #[arg(long)]
-    pub seed: Option<u64>,
+    /// RNG seed, for reproducible sampling (reported in --json when not given); -1 means
+    /// a random one, as in llama.cpp.
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_seed)]
+    pub seed: Option<Seed>,
     /// Add BIAS (-100..100) to token ID's logit; -100 bans it. Repeatable: --logit-bias 1234=-100
     #[arg(long, value_name = "ID=BIAS", allow_hyphen_values = true)]
     pub logit_bias: Vec<String>,
@@ -361,4 +366,20 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line (for log shippers).
     Json,
+}
+
+/// `--seed`: a number, or -1 for a random one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seed(pub Option<u64>);
+
+fn parse_seed(s: &str) -> Result<Seed, String> {
+    match s.trim() {
+        "-1" => Ok(Seed(None)),
+        n => n.parse::<u64>().map(|v| Seed(Some(v))).map_err(|_| {
+            format!(
+                "`{n}` is not a seed: give a number from 0 to {}, or -1 for a random one",
+                u64::MAX
+            )
+        }),
+    }
 }

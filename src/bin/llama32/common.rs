@@ -108,7 +108,7 @@ pub fn request(a: &SamplingArgs, ctx_size: Option<usize>) -> llama32::Result<Gen
             repetition_penalty: a.repetition_penalty,
             frequency_penalty: a.frequency_penalty,
             presence_penalty: a.presence_penalty,
-            seed: a.seed,
+            seed: a.seed.and_then(|s| s.0),
             logit_bias,
         },
         stop: a.stop.clone(),

@@ -193,6 +193,17 @@ fn synthetic(a: args::SyntheticArgs) -> anyhow::Result<ExitCode> {
             .into())
         }
     };
+    let occupied = std::fs::read_dir(&a.out).is_ok_and(|mut entries| entries.next().is_some());
+    if occupied && !a.force {
+        return Err(llama32::Error::InvalidParameter {
+            name: "out",
+            reason: format!(
+                "{} is not empty (it may hold a model): choose another --out, or pass --force to overwrite it",
+                a.out.display()
+            ),
+        }
+        .into());
+    }
     let tokenizer = a.tokenizer.unwrap_or_else(|| {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tied-f32-mha/tokenizer.json")
     });
