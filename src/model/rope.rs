@@ -72,10 +72,11 @@ fn llama3_scale(inv_freq: f32, s: &Llama3RopeScaling) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn cfg(scaling: Option<Llama3RopeScaling>) -> LlamaConfig {
+    /// A small config with head_dim 16 (every RoPE band) and `scaling`.
+    pub(crate) fn cfg(scaling: Option<Llama3RopeScaling>) -> LlamaConfig {
         LlamaConfig {
             hidden_size: 64,
             intermediate_size: 64,

@@ -44,26 +44,10 @@ pub(crate) fn apply_slow(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tenso
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::LlamaConfig;
 
     #[test]
     fn fast_rope_matches_slow_rope() {
-        let cfg = LlamaConfig {
-            hidden_size: 64,
-            intermediate_size: 64,
-            num_hidden_layers: 1,
-            num_attention_heads: 4,
-            num_key_value_heads: 2,
-            head_dim: 16,
-            vocab_size: 10,
-            rms_norm_eps: 1e-5,
-            rope_theta: 500000.0,
-            rope_scaling: None,
-            max_position_embeddings: 131072,
-            tie_word_embeddings: true,
-            bos_token_id: None,
-            eos_token_ids: vec![],
-        };
+        let cfg = crate::model::rope::tests::cfg(None);
         let rope = Rope::new(&cfg);
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 1.0, (3, 5, 16), &dev).unwrap();

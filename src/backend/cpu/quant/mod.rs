@@ -495,4 +495,4 @@ impl Stripes {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

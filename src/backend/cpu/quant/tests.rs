@@ -114,7 +114,7 @@ fn q4k_super_blocks_follow_the_row_length() {
 
 /// `w: [rows, cols]` quantized by candle (llama.cpp's formats): its stored block bytes and
 /// its dequantized values.
-fn ggml_round_trip(
+pub(crate) fn ggml_round_trip(
     w: &[f32],
     rows: usize,
     cols: usize,
