@@ -11,6 +11,7 @@
 
 use serde::Serialize;
 
+use crate::backend::Session;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 
@@ -64,13 +65,17 @@ struct Sums {
 }
 
 impl Sums {
-    /// Runs one window `ids` and adds the positions from `first` on (each scored by the
-    /// token after it).
-    fn window(&mut self, engine: &Engine, base: Option<&Engine>, ids: &[u32], first: usize) -> Result<()> {
+    /// Runs one window `ids` in `session` (and `base`'s), emptied first, and adds the
+    /// positions from `first` on (each scored by the token after it).
+    fn window(&mut self, session: &mut Session, base: Option<&mut Session>, ids: &[u32], first: usize) -> Result<()> {
         let ctx = ids.len();
-        let logits = engine.session(ctx, None)?.run(ids, ctx)?;
+        session.truncate(0);
+        let logits = session.run(ids, ctx)?;
         let base_logits = match base {
-            Some(b) => Some(b.session(ctx, None)?.run(ids, ctx)?),
+            Some(b) => {
+                b.truncate(0);
+                Some(b.run(ids, ctx)?)
+            }
             None => None,
         };
         for i in first..ctx - 1 {
@@ -125,10 +130,13 @@ pub fn perplexity(
     }
     let first = ctx / 2;
     let mut s = Sums::default();
+    // One session each, emptied per window (one KV pool, not one per window).
+    let mut session = engine.session(ctx, None)?;
+    let mut base_session = base.map(|b| b.session(ctx, None)).transpose()?;
     for w in 0..windows {
         let mut ids: Vec<u32> = bos.into_iter().collect();
         ids.extend_from_slice(&tokens[w * per_window..(w + 1) * per_window]);
-        s.window(engine, base, &ids, first)?;
+        s.window(&mut session, base_session.as_mut(), &ids, first)?;
     }
     let n = s.n as f64;
     let mean = s.nll / n;

@@ -187,9 +187,10 @@ impl Scheduler {
             return;
         }
         drop(asks);
+        // Only the sequences that asked (draft-model speculators); n-gram ones go on.
         for seq in &mut self.running {
             if seq.pending() == 1 {
-                if let Some(spec) = seq.speculator_mut() {
+                if let Some(spec) = seq.speculator_mut().filter(|s| s.is_draft()) {
                     spec.stop();
                 }
             }

@@ -140,6 +140,11 @@ impl Speculator {
         }
     }
 
+    /// True for a draft-model speculator.
+    pub(crate) fn is_draft(&self) -> bool {
+        matches!(self.source, Source::Draft(_))
+    }
+
     /// Stops proposing for this sequence (its draft model failed; plain decoding goes on).
     pub(crate) fn stop(&mut self) {
         self.cooldown = usize::MAX;

@@ -70,7 +70,7 @@ fn dot_bf16_lanes(w: &[u16], x: &[f32]) -> f32 {
 /// Dot product of f16 bits `w` with `x`: converted in registers with F16C where the CPU
 /// has it (the same sums in the same order as [`dot`] of the widened row), else widened
 /// into `row` first.
-fn dot_f16(w: &[u16], x: &[f32], row: &mut [f32]) -> f32 {
+fn dot_f16(w: &[u16], x: &[f32], row: &mut Vec<f32>) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
         let f16c = std::arch::is_x86_feature_detected!("f16c");
@@ -79,6 +79,7 @@ fn dot_f16(w: &[u16], x: &[f32], row: &mut [f32]) -> f32 {
             return unsafe { dot_f16_f16c(w, x) };
         }
     }
+    row.resize(w.len(), 0.0);
     HalfKind::F16.widen(w, row);
     dot(row, x)
 }
@@ -126,7 +127,8 @@ pub(crate) fn gemv_half(w: &[u16], kind: HalfKind, x: &[f32]) -> Vec<f32> {
     let n = w.len().checked_div(k).unwrap_or(0);
     let mut y = vec![0f32; n];
     y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(task, out)| {
-        let mut row = vec![0f32; k];
+        // Only f16 without F16C widens into a buffer.
+        let mut row = Vec::new();
         let first = task * ROWS_PER_TASK;
         for (i, yi) in out.iter_mut().enumerate() {
             let bits = &w[(first + i) * k..(first + i + 1) * k];

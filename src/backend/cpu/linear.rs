@@ -66,30 +66,31 @@ impl CpuLinear {
         match self {
             Self::Packed(p) => p.matmul(x, m),
             Self::Dense { w, rows, cols } => {
-                if x.len() != m * cols {
-                    return Err(Error::Internal(format!(
-                        "a {m}-row input of {} values for {cols} columns",
-                        x.len()
-                    )));
-                }
+                check_width(x, m, *cols)?;
                 Ok(match m < GEMM_ROWS {
                     true => x.chunks(*cols).flat_map(|row| gemv(w, row)).collect(),
                     false => gemm_rows(w, *rows, *cols, x, m),
                 })
             }
             Self::Half { w, kind, rows, cols } => {
-                if x.len() != m * cols {
-                    return Err(Error::Internal(format!(
-                        "a {m}-row input of {} values for {cols} columns",
-                        x.len()
-                    )));
-                }
+                check_width(x, m, *cols)?;
                 Ok(match m < GEMM_ROWS {
                     true => x.chunks(*cols).flat_map(|row| gemv_half(w, *kind, row)).collect(),
                     false => gemm_half(w, *kind, (*rows, *cols), x, m),
                 })
             }
         }
+    }
+}
+
+/// Refuses an input that is not `m` rows of `cols` values (an internal contract).
+fn check_width(x: &[f32], m: usize, cols: usize) -> Result<()> {
+    match x.len() == m * cols {
+        true => Ok(()),
+        false => Err(Error::Internal(format!(
+            "a {m}-row input of {} values for {cols} columns",
+            x.len()
+        ))),
     }
 }
 
@@ -254,23 +255,13 @@ mod tests {
 #[cfg(test)]
 mod gguf_tests {
     use super::*;
-    use candle_core::quantized::QTensor;
-    use candle_core::{Device, Tensor};
 
+    /// Deterministic weights quantized by candle: stored bytes and dequantized values.
     fn stored(dtype: GgmlDType, rows: usize, cols: usize) -> (Vec<u8>, Vec<f32>) {
         let w: Vec<f32> = (0..rows * cols)
             .map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3)
             .collect();
-        let t = Tensor::from_vec(w, (rows, cols), &Device::Cpu).unwrap();
-        let q = QTensor::quantize(&t, dtype).unwrap();
-        let values = q
-            .dequantize(&Device::Cpu)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        (q.data().unwrap().to_vec(), values)
+        crate::backend::cpu::quant::tests::ggml_round_trip(&w, rows, cols, dtype)
     }
 
     #[test]

@@ -32,6 +32,16 @@ pub fn load_engine(a: &ModelArgs, parallel: Option<usize>) -> anyhow::Result<Eng
     if let Some(note) = engine.conversion_note() {
         eprintln!("[{note}]");
     }
+    if !engine.is_batched() {
+        // The candle backend keeps each sequence's cache in the compute dtype, grown as needed.
+        let given = [
+            ("--kv-dtype", a.kv_dtype.is_some()),
+            ("--kv-memory", a.kv_memory.is_some()),
+        ];
+        for (flag, _) in given.iter().filter(|(_, set)| *set) {
+            eprintln!("warning: {flag} is ignored here: it sets the CPU backend's KV pool, and this model runs on the candle backend");
+        }
+    }
     Ok(engine)
 }
 
