@@ -350,10 +350,10 @@ impl Engine {
 
     /// Checks everything about a request that can be checked before it runs.
     fn parts(&self, prompt: Vec<u32>, request: &GenerateRequest, start: Instant) -> Result<Parts> {
-        if request.max_tokens == 0 {
+        if request.max_tokens == 0 && request.prompt_logprobs.is_none() {
             return Err(Error::InvalidParameter {
                 name: "max-tokens",
-                reason: "must be at least 1".into(),
+                reason: "must be at least 1 (0 only when scoring the prompt)".into(),
             });
         }
         if prompt.is_empty() {
@@ -379,7 +379,7 @@ impl Engine {
             });
         }
         let resolved = request.sampling.resolve(&self.generation_config, vocab)?;
-        if request.logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
+        if request.logprobs.max(request.prompt_logprobs).is_some_and(|k| k > MAX_TOP_LOGPROBS) {
             return Err(Error::InvalidParameter {
                 name: "top_logprobs",
                 reason: format!("must be at most {MAX_TOP_LOGPROBS}"),
@@ -395,6 +395,7 @@ impl Engine {
             eos: self.eos_ids.clone(),
             start,
             logprobs: request.logprobs,
+            prompt_logprobs: request.prompt_logprobs,
             speculation: match request.speculation.filter(|_| self.paged) {
                 Some(spec) => Some(Speculator::new(spec, self.has_draft)?),
                 None => None,

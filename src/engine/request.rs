@@ -17,7 +17,7 @@ use crate::sampler::TokenLogprob;
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct GenerateRequest {
-    /// Most tokens to generate (>= 1).
+    /// Most tokens to generate (>= 1; 0 only with `prompt_logprobs`: score the prompt).
     pub max_tokens: usize,
     /// How to pick tokens (unset fields take the model's generation_config.json defaults).
     pub sampling: SamplingParams,
@@ -29,6 +29,9 @@ pub struct GenerateRequest {
     /// Report each generated token's log-probability with this many most likely
     /// alternatives (0 to 20); `None`: no log-probabilities.
     pub logprobs: Option<usize>,
+    /// Report each prompt token's log-probability (after the first) with this many most
+    /// likely alternatives; the prompt is then computed in full, not taken from the cache.
+    pub prompt_logprobs: Option<usize>,
     /// A grammar the answer must follow (JSON Schema, any JSON object, regex, Lark).
     pub constraint: Option<Constraint>,
     /// Speculative decoding (the paged CPU backend; the output is unchanged).
@@ -43,6 +46,7 @@ impl Default for GenerateRequest {
             stop: Vec::new(),
             ctx_size: None,
             logprobs: None,
+            prompt_logprobs: None,
             constraint: None,
             speculation: None,
         }
@@ -90,6 +94,9 @@ pub struct Generation {
     /// Per generated token (in `token_ids` order), when the request asked for them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub logprobs: Vec<TokenLogprob>,
+    /// Per prompt token after the first, when the request asked for them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub prompt_logprobs: Vec<TokenLogprob>,
     /// What speculation proposed and kept, when the request speculated.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub speculation: Option<SpecStats>,

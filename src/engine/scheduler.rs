@@ -18,6 +18,23 @@ use super::sequence::{Next, Sequence};
 use crate::backend::{Backend, KvUsage, Work};
 use crate::error::{Error, Result};
 
+/// Prompt tokens per step of a sequence whose prompt is scored: each asks for a row of
+/// logits (vocabulary-sized), so the chunk bounds that memory.
+const SCORED_CHUNK: usize = 64;
+
+/// One sequence's share of a step.
+#[derive(Debug, Clone, Copy)]
+struct Share {
+    /// Its index in `running`.
+    index: usize,
+    /// Tokens it runs.
+    n: usize,
+    /// Rows of logits it wants (the last `rows` of its tokens).
+    rows: usize,
+    /// Of those, the leading rows that score its prompt rather than pick a token.
+    scored: usize,
+}
+
 /// How the scheduler shares the machine.
 #[derive(Debug, Clone, Copy)]
 pub struct SchedulerConfig {
@@ -121,7 +138,12 @@ impl Scheduler {
             if self.backend.is_cpu() && self.shares_a_prefill(seq) {
                 break;
             }
-            let kv = self.backend.start(&seq.tokens, seq.ctx);
+            // A scored prompt is computed in full: cached positions have no logits.
+            let cacheable = match seq.scores_prompt() {
+                true => &seq.tokens[..0],
+                false => &seq.tokens[..],
+            };
+            let kv = self.backend.start(cacheable, seq.ctx);
             let computed = self.backend.positions(kv).0;
             let need = self.backend.blocks_needed(kv, seq.tokens.len() - computed);
             if need > self.backend.available() && !self.running.is_empty() {
@@ -220,13 +242,13 @@ impl Scheduler {
         }
         let work: Vec<Work> = plan
             .iter()
-            .filter_map(|&(i, n, logits)| {
-                let seq = self.running.get(i)?;
+            .filter_map(|share| {
+                let seq = self.running.get(share.index)?;
                 Some(Work {
                     seq: seq.kv?,
                     tokens: &seq.tokens,
-                    n,
-                    logits,
+                    n: share.n,
+                    logits: share.rows,
                 })
             })
             .collect();
@@ -235,9 +257,9 @@ impl Scheduler {
         self.steps += 1;
         match result {
             Ok(logits) => {
-                for &(i, n, _) in &plan {
-                    if let Some(seq) = self.running.get_mut(i) {
-                        seq.computed += n;
+                for share in &plan {
+                    if let Some(seq) = self.running.get_mut(share.index) {
+                        seq.computed += share.n;
                     }
                 }
                 self.sample(&plan, logits)
@@ -246,10 +268,9 @@ impl Scheduler {
         }
     }
 
-    /// What this step runs, with room reserved: (sequence, tokens to run, rows of logits
-    /// wanted) for every decoding sequence (its next token and any proposal to verify) and
-    /// prompt chunks up to the prefill budget.
-    fn plan(&mut self) -> Vec<(usize, usize, usize)> {
+    /// What this step runs, with room reserved: every decoding sequence (its next token
+    /// and any proposal to verify) and prompt chunks up to the prefill budget.
+    fn plan(&mut self) -> Vec<Share> {
         let mut plan = Vec::new();
         let mut budget = self.config.prefill_budget.max(1);
         for (i, seq) in self.running.iter_mut().enumerate() {
@@ -259,6 +280,7 @@ impl Scheduler {
             let n = match pending {
                 0 => continue,
                 1 => 1 + drafted,
+                _ if seq.scores_prompt() => pending.min(budget).min(SCORED_CHUNK),
                 _ => pending.min(budget),
             };
             let Some(kv) = seq.kv.filter(|_| n > 0) else { continue };
@@ -269,11 +291,21 @@ impl Scheduler {
             if pending > 1 {
                 budget -= n;
             }
-            let rows = match (drafted, n == pending + drafted) {
-                (0, wants) => usize::from(wants),
-                (d, _) => 1 + d,
+            let last = n == pending + drafted;
+            let scored = match seq.scores_prompt() && seq.computed < seq.prompt_len {
+                true => n - usize::from(last),
+                false => 0,
             };
-            plan.push((i, n, rows));
+            let rows = match drafted {
+                0 => usize::from(last) + scored,
+                d => 1 + d,
+            };
+            plan.push(Share {
+                index: i,
+                n,
+                rows,
+                scored,
+            });
         }
         plan
     }
@@ -286,16 +318,25 @@ impl Scheduler {
         }
     }
 
-    fn sample(&mut self, plan: &[(usize, usize, usize)], logits: Vec<Vec<f32>>) {
+    fn sample(&mut self, plan: &[Share], logits: Vec<Vec<f32>>) {
         let mut rows = logits.into_iter();
         let mut finished = Vec::new();
-        for &(i, _, wanted) in plan {
-            if wanted == 0 {
+        for share in plan {
+            let i = share.index;
+            if share.rows == 0 {
                 continue;
             }
-            let mine: Vec<Vec<f32>> = rows.by_ref().take(wanted).collect();
-            if mine.len() < wanted {
+            let mut mine: Vec<Vec<f32>> = rows.by_ref().take(share.rows).collect();
+            if mine.len() < share.rows {
                 break;
+            }
+            if let Some(seq) = self.running.get_mut(i).filter(|_| share.scored > 0) {
+                let first = seq.computed.saturating_sub(share.n);
+                seq.score_prompt(first, &mine[..share.scored]);
+                mine.drain(..share.scored);
+            }
+            if mine.is_empty() {
+                continue;
             }
             match self.verify(i, mine) {
                 Ok(Next::Continue) => {}
@@ -343,8 +384,8 @@ impl Scheduler {
         Ok(next)
     }
 
-    fn fail_all(&mut self, plan: &[(usize, usize, usize)], error: Error) {
-        let mut failed: Vec<usize> = plan.iter().map(|p| p.0).collect();
+    fn fail_all(&mut self, plan: &[Share], error: Error) {
+        let mut failed: Vec<usize> = plan.iter().map(|p| p.index).collect();
         failed.sort_unstable_by(|a, b| b.cmp(a));
         let message = error.to_string();
         let mut first = Some(error);

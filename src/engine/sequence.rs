@@ -43,6 +43,9 @@ pub struct Sequence {
     /// Alternatives per token when log-probabilities are wanted.
     logprobs: Option<usize>,
     logprob_list: Vec<TokenLogprob>,
+    /// Alternatives per prompt token when the prompt's log-probabilities are wanted.
+    prompt_logprobs: Option<usize>,
+    prompt_logprob_list: Vec<TokenLogprob>,
     constraint: Option<ConstraintState>,
     speculator: Option<Speculator>,
     /// Proposed tokens appended to `tokens` for the current step.
@@ -77,6 +80,8 @@ pub struct Parts {
     pub start: Instant,
     /// Alternatives per token when log-probabilities are wanted.
     pub logprobs: Option<usize>,
+    /// Alternatives per prompt token when the prompt's log-probabilities are wanted.
+    pub prompt_logprobs: Option<usize>,
     /// The compiled grammar, when the answer is constrained.
     pub constraint: Option<ConstraintState>,
     /// Speculative decoding, when asked for (ready to run: a draft model's state included).
@@ -106,6 +111,8 @@ impl Sequence {
             cached: 0,
             logprobs: p.logprobs,
             logprob_list: Vec::new(),
+            prompt_logprobs: p.prompt_logprobs,
+            prompt_logprob_list: Vec::new(),
             constraint: p.constraint,
             speculator: p.speculation,
             drafted: 0,
@@ -196,8 +203,32 @@ impl Sequence {
         }
     }
 
-    /// Samples the next token from `logits` and reports it.
+    /// True when the prompt's log-probabilities are wanted (so it is computed in full).
+    pub fn scores_prompt(&self) -> bool {
+        self.prompt_logprobs.is_some()
+    }
+
+    /// Scores prompt tokens from the logits `rows` of positions `first..`: row `j` gives
+    /// the log-probability of the token at `first + j + 1`. Positions scored already (a
+    /// preempted sequence computes its prompt again) are skipped.
+    pub fn score_prompt(&mut self, first: usize, rows: &[Vec<f32>]) {
+        let Some(k) = self.prompt_logprobs else { return };
+        for (j, row) in rows.iter().enumerate() {
+            let target = first + j + 1;
+            if target >= self.prompt_len || target != self.prompt_logprob_list.len() + 1 {
+                continue;
+            }
+            if let Some(&id) = self.tokens.get(target) {
+                self.prompt_logprob_list.push(token_logprob(row, id, k));
+            }
+        }
+    }
+
+    /// Samples the next token from `logits` and reports it (with `max_tokens` 0: ends).
     pub fn push(&mut self, logits: &[f32]) -> Result<Next> {
+        if self.max_tokens == 0 {
+            return Ok(Next::Finish(FinishReason::Length));
+        }
         let (prompt, generated) = self.tokens.split_at(self.prompt_len);
         let step = generated.len();
         let token = match &mut self.constraint {
@@ -267,6 +298,7 @@ impl Sequence {
             finish_reason: reason,
             stop_sequence: self.stop.matched().map(str::to_string),
             logprobs: std::mem::take(&mut self.logprob_list),
+            prompt_logprobs: std::mem::take(&mut self.prompt_logprob_list),
             speculation: self.speculator.as_ref().map(|s| s.stats),
             seed: self.sampler.seed(),
             timings: Timings {

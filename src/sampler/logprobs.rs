@@ -14,6 +14,8 @@ pub struct TokenLogprob {
     pub id: u32,
     /// Its natural-log probability.
     pub logprob: f32,
+    /// Its rank in the distribution: 1 + the number of tokens more likely than it.
+    pub rank: usize,
     /// The `k` most likely tokens and their log-probabilities, most likely first (ties to
     /// the lower id).
     pub top: Vec<(u32, f32)>,
@@ -47,8 +49,10 @@ pub fn token_logprob(logits: &[f32], chosen: u32, k: usize) -> TokenLogprob {
             top.truncate(k);
         }
     }
+    let chosen_logit = logits.get(chosen as usize).copied().unwrap_or(f32::NEG_INFINITY);
     TokenLogprob {
         id: chosen,
+        rank: 1 + logits.iter().filter(|&&l| l > chosen_logit).count(),
         logprob: lp(chosen as usize),
         top: top.into_iter().map(|(id, _)| (id, lp(id as usize))).collect(),
     }

@@ -40,6 +40,10 @@ fn field_error(path: &str, e: &serde_json::Error) -> ApiError {
     let text = text
         .strip_suffix(&format!(" at line {} column {}", e.line(), e.column()))
         .unwrap_or(&text);
+    // The path of an unknown field ends with its name.
+    if text.starts_with("unknown field `") {
+        return ApiError::invalid(path, format!("Unrecognized request argument supplied: {path}"));
+    }
     let expected = match text.strip_prefix("invalid type: ") {
         Some(rest) => rest.split_once(", expected ").map(|(_, x)| x),
         None => text.strip_prefix("expected "),
@@ -184,6 +188,7 @@ macro_rules! generation_body {
     ($(#[$attr:meta])* $vis:vis struct $name:ident { $($(#[$fattr:meta])* $field:ident: $ty:ty,)* }) => {
         $(#[$attr])*
         #[derive(Debug, Clone, Default, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
         $vis struct $name {
             $($(#[$fattr])* $field: $ty,)*
             model: Option<String>,
@@ -241,6 +246,22 @@ mod tests {
     }
 
     #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Strict {
+        #[allow(dead_code)]
+        n: Option<Int>,
+        #[allow(dead_code)]
+        items: Option<Vec<StrictItem>>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct StrictItem {
+        #[allow(dead_code)]
+        content: String,
+    }
+
+    #[derive(Debug, Deserialize)]
     struct Item {
         #[allow(dead_code)]
         content: String,
@@ -262,5 +283,8 @@ mod tests {
         assert_eq!(parse::<Body>(b"{} x").unwrap_err().code, Some("invalid_json"));
         let ok = parse::<Body>(br#" {"n": 2.0, "items": null, "other": [1]}"#).unwrap();
         assert!(ok.items.is_none());
+        let e = parse::<Strict>(br#"{"n": 1, "items": [{"content": "a", "extra": 1}]}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("items[0].extra"));
+        assert_eq!(e.message, "Unrecognized request argument supplied: items[0].extra");
     }
 }

@@ -79,6 +79,12 @@ async fn whole(state: &State, plan: &Plan, events: Choices, report: Report) -> R
                 .map(|(i, g)| openai_choice(state, plan, i, g));
             let mut body = envelope(plan, model, false, Json::Array(choices.collect()));
             body["usage"] = usage(plan.prompt.len(), completion_tokens, cached_tokens);
+            let tok = ready(state).ok().map(|r| r.engine.tokenizer());
+            if let (Kind::Chat { .. }, Some(_), Some(g), Some(tok)) =
+                (&plan.kind, plan.request.prompt_logprobs, generations.first(), tok)
+            {
+                body["prompt_logprobs"] = logprobs::prompt_vllm(tok, &plan.prompt, &g.prompt_logprobs);
+            }
             body
         }
     };
@@ -126,6 +132,9 @@ fn openai_choice(state: &State, plan: &Plan, i: usize, g: &Generation) -> Json {
     let tok = ready(state).ok().map(|r| r.engine.tokenizer());
     if let (Some(tok), Some(_)) = (tok, plan.request.logprobs) {
         c["logprobs"] = match &plan.kind {
+            Kind::Completion { echo: Some(_) } if plan.request.prompt_logprobs.is_some() => {
+                logprobs::completion_echoed(tok, &plan.prompt, &g.prompt_logprobs, &g.logprobs)
+            }
             Kind::Completion { echo } => logprobs::completion(tok, &g.logprobs, echo.as_ref().map_or(0, String::len)),
             _ => logprobs::chat(tok, &g.logprobs),
         };

@@ -33,6 +33,8 @@ pub(super) struct CommonParams {
     pub(super) include_usage: bool,
     /// Log-probabilities with this many alternatives per token.
     pub(super) logprobs: Option<usize>,
+    /// The prompt's log-probabilities with this many alternatives per token.
+    pub(super) prompt_logprobs: Option<usize>,
 }
 
 impl CommonParams {
@@ -79,6 +81,7 @@ impl CommonParams {
             stream: f.stream.unwrap_or(false),
             include_usage: f.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
             logprobs: None,
+            prompt_logprobs: None,
         })
     }
 }
@@ -107,8 +110,8 @@ pub(super) struct ChatParams {
     pub(super) tools: Option<Vec<Tool>>,
     /// `tool_choice`.
     pub(super) tool_choice: ToolChoice,
-    /// `response_format` as a grammar.
-    pub(super) constraint: Option<Constraint>,
+    /// `response_format` (or another grammar field) as a grammar, with the field's name.
+    pub(super) constraint: Option<(Constraint, &'static str)>,
 }
 
 impl ChatParams {
@@ -164,8 +167,8 @@ pub(super) struct CompletionParams {
     pub(super) prompt: Prompt,
     /// Prepend the prompt to the answer.
     pub(super) echo: bool,
-    /// `response_format` / `guided_*` as a grammar.
-    pub(super) constraint: Option<Constraint>,
+    /// `response_format` (or another grammar field) as a grammar, with the field's name.
+    pub(super) constraint: Option<(Constraint, &'static str)>,
 }
 
 /// A random id with a prefix (`chatcmpl-...`, `cmpl-...`, `call_...`, `msg_...`).

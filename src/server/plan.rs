@@ -96,7 +96,7 @@ impl Plan {
                 (ids, echo)
             }
         };
-        let constraint = p.constraint.map(|c| (c, "response_format"));
+        let constraint = p.constraint;
         let mut plan = Self::new(
             ready,
             Kind::Completion { echo },
@@ -151,6 +151,7 @@ impl Plan {
                 stop: common.stop,
                 ctx_size: Some(state.ctx),
                 logprobs: common.logprobs,
+                prompt_logprobs: common.prompt_logprobs,
                 speculation: state.speculation,
                 ..GenerateRequest::default()
             },
@@ -185,7 +186,7 @@ fn chat_constraint(p: &ChatParams) -> Option<(Constraint, &'static str)> {
     match (&p.tools, &p.tool_choice) {
         (Some(tools), ToolChoice::Required) => Some((tool_call_constraint(tools, None), "tool_choice")),
         (Some(tools), ToolChoice::Function(name)) => Some((tool_call_constraint(tools, Some(name)), "tool_choice")),
-        _ => p.constraint.clone().map(|c| (c, "response_format")),
+        _ => p.constraint.clone(),
     }
 }
 

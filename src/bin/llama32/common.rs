@@ -124,6 +124,7 @@ pub fn request(a: &SamplingArgs, ctx_size: Option<usize>) -> llama32::Result<Gen
         stop: a.stop.clone(),
         ctx_size,
         logprobs: a.logprobs,
+        prompt_logprobs: None,
         constraint: constraint(a)?,
         speculation: speculation(&a.spec, a.spec_n, a.spec_k)?,
     };

@@ -2,6 +2,7 @@
 //! serde types with their conversion into the validated request, and the answer objects
 //! (whole and as stream chunks).
 
+pub(super) mod grammar;
 pub(super) mod logprobs;
 mod request;
 pub(super) mod response;

@@ -1,13 +1,14 @@
 //! The request bodies of `POST /v1/chat/completions` and `POST /v1/completions` as serde
-//! types, and their one conversion each into the validated request (`params`).
-//! Fields this server does not know are ignored, as OpenAI's clients expect.
+//! types, and their one conversion each into the validated request (`params`). A field this
+//! server does not know is a 400 naming it (as OpenAI answers "Unrecognized request
+//! argument"); fields it accepts without effect are listed with why.
 
 use serde::de::IgnoredAny;
 use serde::Deserialize;
-use serde_json::Value as Json;
+use serde_json::{json, Map, Value as Json};
 
-use crate::chat::{check_message, parse_tools, Message, ToolCall};
-use crate::constraint::Constraint;
+use super::grammar::{take_grammar_fields, ResponseFormat, StructuredOutputs};
+use crate::chat::{check_message, Message, Tool, ToolCall};
 use crate::sampler::MAX_TOP_LOGPROBS;
 use crate::server::body::{generation_body, Int};
 use crate::server::error::ApiError;
@@ -15,46 +16,125 @@ use crate::server::params::{check_tool_choice, ChatParams, CommonParams, Complet
 
 /// One message of a chat request (a `null` field counts as absent).
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct ChatMessage {
     role: String,
-    content: Option<Json>,
+    content: Option<Content>,
     tool_calls: Option<Vec<ToolCall>>,
     tool_call_id: Option<String>,
+    /// A participant's name: Llama's templates have no place for it.
+    #[allow(dead_code)]
+    name: Option<String>,
+    /// What the SDKs send back of an earlier answer: never part of a prompt.
+    #[allow(dead_code)]
+    refusal: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    annotations: Option<IgnoredAny>,
+}
+
+/// A message's content: text, or content parts (only text parts are read).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged, expecting = "expected a string or an array of content parts")]
+enum Content {
+    Text(String),
+    Parts(Vec<Json>),
 }
 
 impl From<ChatMessage> for Message {
     fn from(m: ChatMessage) -> Self {
         Message {
             role: m.role,
-            content: m.content.unwrap_or(Json::Null),
+            content: match m.content {
+                None => Json::Null,
+                Some(Content::Text(s)) => Json::String(s),
+                Some(Content::Parts(p)) => Json::Array(p),
+            },
             tool_calls: m.tool_calls.unwrap_or_default(),
             tool_call_id: m.tool_call_id,
         }
     }
 }
 
-/// The grammar fields both endpoints read: OpenAI's `response_format`, vLLM's `guided_*`.
-#[derive(Debug, Clone, Default)]
-struct GrammarFields {
-    response_format: Option<Json>,
-    guided_json: Option<Json>,
-    guided_regex: Option<String>,
-    guided_grammar: Option<String>,
+/// A tool: `{"type": "function", "function": {...}}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ToolDef {
+    #[serde(rename = "type")]
+    #[allow(dead_code)]
+    kind: FunctionKind,
+    function: FunctionDef,
+}
+
+/// The only kind of tool there is here.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum FunctionKind {
+    /// A function the model may call.
+    Function,
+}
+
+/// A function's name, description and the JSON Schema of its parameters.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FunctionDef {
+    pub(crate) name: String,
+    pub(crate) description: Option<String>,
+    pub(crate) parameters: Option<Map<String, Json>>,
+    /// Forced calls always follow the schema; free ones are parsed as they come.
+    #[allow(dead_code)]
+    pub(crate) strict: Option<bool>,
+}
+
+impl FunctionDef {
+    /// The tool in the shape chat templates read.
+    pub(crate) fn into_tool(self) -> Tool {
+        let mut function = Map::new();
+        function.insert("name".into(), Json::String(self.name));
+        if let Some(d) = self.description {
+            function.insert("description".into(), Json::String(d));
+        }
+        let params = self.parameters.map_or_else(|| json!({"type": "object", "properties": {}}), Json::Object);
+        function.insert("parameters".into(), params);
+        json!({"type": "function", "function": function})
+    }
 }
 
 generation_body! {
     /// A `POST /v1/chat/completions` body.
     pub(crate) struct ChatRequest {
         messages: Option<Vec<ChatMessage>>,
-        tools: Option<Vec<Json>>,
+        tools: Option<Vec<ToolDef>>,
         tool_choice: Option<Json>,
-        response_format: Option<Json>,
+        response_format: Option<ResponseFormat>,
         guided_json: Option<Json>,
         guided_regex: Option<String>,
+        guided_choice: Option<Vec<String>>,
         guided_grammar: Option<String>,
+        structured_outputs: Option<StructuredOutputs>,
+        json_schema: Option<Json>,
+        grammar: Option<String>,
         logprobs: Option<bool>,
         top_logprobs: Option<Int>,
+        prompt_logprobs: Option<Int>,
         max_completion_tokens: Option<Int>,
+        /// At most one tool call is made per answer, which either value allows.
+        #[allow(dead_code)]
+        parallel_tool_calls: Option<bool>,
+        /// Stored chat completions are not served: `true` is refused.
+        store: Option<bool>,
+        /// Labels for the caller's own records (no effect on the answer).
+        #[allow(dead_code)]
+        user: Option<String>,
+        #[allow(dead_code)]
+        metadata: Option<Map<String, Json>>,
+        #[allow(dead_code)]
+        safety_identifier: Option<String>,
+        #[allow(dead_code)]
+        prompt_cache_key: Option<String>,
+        #[allow(dead_code)]
+        service_tier: Option<String>,
+        /// Text is the only modality: `["text"]`.
+        modalities: Option<Vec<String>>,
     }
 }
 
@@ -66,10 +146,17 @@ generation_body! {
         suffix: Option<IgnoredAny>,
         logprobs: Option<Json>,
         best_of: Option<Int>,
-        response_format: Option<Json>,
+        response_format: Option<ResponseFormat>,
         guided_json: Option<Json>,
         guided_regex: Option<String>,
+        guided_choice: Option<Vec<String>>,
         guided_grammar: Option<String>,
+        structured_outputs: Option<StructuredOutputs>,
+        json_schema: Option<Json>,
+        grammar: Option<String>,
+        /// A label for the caller's own records.
+        #[allow(dead_code)]
+        user: Option<String>,
     }
 }
 
@@ -81,33 +168,29 @@ impl ChatRequest {
             Some(m) if m.is_empty() => return Err(ApiError::invalid("messages", "`messages` must not be empty")),
             Some(m) => m,
         };
+        self.refuse_what_is_not_served()?;
         let tool_choice = tool_choice(self.tool_choice.take())?;
         let messages = messages
             .into_iter()
             .enumerate()
             .map(|(i, m)| check_message(i, m.into()))
             .collect::<Result<Vec<_>, _>>()?;
-        let tools = match self.tools.take() {
-            Some(tools) => Some(parse_tools(Json::Array(tools))?).filter(|t| !t.is_empty()),
-            None => None,
-        };
+        let tools = self.tools.take().map(|t| t.into_iter().map(|t| t.function.into_tool()).collect::<Vec<_>>());
+        let tools = tools.filter(|t| !t.is_empty());
         check_tool_choice(tools.as_deref(), &tool_choice)?;
-        if let (Some(tools), ToolChoice::Function(name)) = (&tools, &tool_choice) {
-            if !tools.iter().any(|t| t["function"]["name"].as_str() == Some(name)) {
-                return Err(ApiError::invalid("tool_choice", format!("no tool is named `{name}`")));
-            }
-        }
-        let constraint = GrammarFields {
-            response_format: self.response_format.take(),
-            guided_json: self.guided_json.take(),
-            guided_regex: self.guided_regex.take(),
-            guided_grammar: self.guided_grammar.take(),
-        }
-        .constraint()?;
+        let constraint = take_grammar_fields!(self).constraint()?;
         let logprobs = self.chat_logprobs()?;
+        let prompt_logprobs = prompt_logprobs(self.prompt_logprobs.take())?;
+        if prompt_logprobs.is_some() && self.stream == Some(true) {
+            return Err(ApiError::invalid(
+                "prompt_logprobs",
+                "`prompt_logprobs` are answered whole: drop `stream`",
+            ));
+        }
         let max_completion_tokens = self.max_completion_tokens.take();
         let mut common = CommonParams::new(self.sampling_fields(), max_completion_tokens)?;
         common.logprobs = logprobs;
+        common.prompt_logprobs = prompt_logprobs;
         Ok(ChatParams {
             common,
             messages,
@@ -115,6 +198,23 @@ impl ChatRequest {
             tool_choice,
             constraint,
         })
+    }
+
+    /// `store: true` and modalities other than text ask for what this server does not do.
+    fn refuse_what_is_not_served(&self) -> Result<(), ApiError> {
+        if self.store == Some(true) {
+            return Err(ApiError::invalid(
+                "store",
+                "stored chat completions are not served here (`store: true`); the Responses API stores answers",
+            ));
+        }
+        if let Some(m) = self.modalities.as_ref().filter(|m| m.iter().any(|m| m != "text")) {
+            return Err(ApiError::invalid(
+                "modalities",
+                format!("only the `text` modality is served, got {m:?}"),
+            ));
+        }
+        Ok(())
     }
 
     /// `logprobs` and `top_logprobs`: how many alternatives per token, when asked.
@@ -134,6 +234,18 @@ impl ChatRequest {
             ));
         }
         Ok(wanted.then_some(top.unwrap_or(0)))
+    }
+}
+
+/// vLLM's `prompt_logprobs`: alternatives per prompt token (0 to the top-logprobs limit).
+fn prompt_logprobs(k: Option<Int>) -> Result<Option<usize>, ApiError> {
+    let k = k.map(|k| k.count("prompt_logprobs", 0)).transpose()?;
+    match k {
+        Some(k) if k > MAX_TOP_LOGPROBS => Err(ApiError::invalid(
+            "prompt_logprobs",
+            format!("`prompt_logprobs` must be from 0 to {MAX_TOP_LOGPROBS}"),
+        )),
+        k => Ok(k),
     }
 }
 
@@ -164,40 +276,6 @@ fn tool_choice(choice: Option<Json>) -> Result<ToolChoice, ApiError> {
     }
 }
 
-impl GrammarFields {
-    /// `response_format` (OpenAI) or vLLM's `guided_json` / `guided_regex` /
-    /// `guided_grammar` as a grammar constraint.
-    fn constraint(self) -> Result<Option<Constraint>, ApiError> {
-        let bad = |m: &str| ApiError::invalid("response_format", m.to_string());
-        if let Some(format) = self.response_format {
-            return match format.get("type").and_then(Json::as_str) {
-                Some("text") => Ok(None),
-                Some("json_object") => Ok(Some(Constraint::JsonObject)),
-                Some("json_schema") => match format.get("json_schema").and_then(|s| s.get("schema")) {
-                    Some(schema @ (Json::Object(_) | Json::Bool(_))) => {
-                        Ok(Some(Constraint::JsonSchema(schema.clone())))
-                    }
-                    _ => Err(bad("`response_format.json_schema.schema` must be a JSON Schema object")),
-                },
-                _ => Err(bad("`response_format.type` must be text, json_object or json_schema")),
-            };
-        }
-        if let Some(schema) = self.guided_json {
-            let schema = match schema {
-                Json::String(s) => {
-                    serde_json::from_str(&s).map_err(|e| ApiError::invalid("guided_json", format!("not JSON: {e}")))?
-                }
-                other => other,
-            };
-            return Ok(Some(Constraint::JsonSchema(schema)));
-        }
-        if let Some(rx) = self.guided_regex {
-            return Ok(Some(Constraint::Regex(rx)));
-        }
-        Ok(self.guided_grammar.map(Constraint::Lark))
-    }
-}
-
 impl CompletionRequest {
     /// Validates the request.
     pub(crate) fn into_params(mut self) -> Result<CompletionParams, ApiError> {
@@ -223,15 +301,16 @@ impl CompletionRequest {
                 ))
             }
         };
-        let constraint = GrammarFields {
-            response_format: self.response_format.take(),
-            guided_json: self.guided_json.take(),
-            guided_regex: self.guided_regex.take(),
-            guided_grammar: self.guided_grammar.take(),
-        }
-        .constraint()?;
+        let constraint = take_grammar_fields!(self).constraint()?;
         let best_of = self.best_of.map(|b| b.count("best_of", 1)).transpose()?;
-        let mut common = CommonParams::new(self.sampling_fields(), None)?;
+        let echo = self.echo.unwrap_or(false);
+        let mut fields = self.sampling_fields();
+        // `max_tokens: 0` with `echo` scores the prompt only (evaluation harnesses).
+        let score_only = echo && fields.max_tokens.is_some_and(|m| m.0 == 0);
+        if score_only {
+            fields.max_tokens = None;
+        }
+        let mut common = CommonParams::new(fields, None)?;
         common.logprobs = logprobs;
         if best_of.is_some_and(|b| b != common.n) {
             return Err(ApiError::invalid(
@@ -239,12 +318,25 @@ impl CompletionRequest {
                 "`best_of` other than `n` is not supported",
             ));
         }
+        // The echoed prompt's log-probabilities come with the answer's.
+        if echo && (logprobs.is_some() || score_only) {
+            common.prompt_logprobs = Some(logprobs.unwrap_or(0));
+            if common.stream {
+                return Err(ApiError::invalid(
+                    "echo",
+                    "`echo` with `logprobs` or `max_tokens: 0` is answered whole: drop `stream`",
+                ));
+            }
+        }
         // OpenAI's completions default.
-        common.max_tokens.get_or_insert(16);
+        common.max_tokens = Some(match score_only {
+            true => 0,
+            false => common.max_tokens.unwrap_or(16),
+        });
         Ok(CompletionParams {
             common,
             prompt,
-            echo: self.echo.unwrap_or(false),
+            echo,
             constraint,
         })
     }

@@ -4,6 +4,8 @@
 //! may end. A grammar is compiled once per request (errors name the constraint) and its
 //! matcher lives with the sequence.
 
+mod gbnf;
+
 use std::sync::Arc;
 
 use llguidance::api::TopLevelGrammar;
@@ -13,6 +15,8 @@ use serde_json::{json, Value as Json};
 
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
+
+pub use gbnf::gbnf_to_lark;
 
 /// What the generated text must match.
 #[derive(Debug, Clone, PartialEq)]
