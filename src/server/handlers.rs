@@ -28,7 +28,7 @@ type Shared = AxumState<Arc<State>>;
 const DRAIN_LIMIT: usize = 64 << 20;
 
 /// Reads a body of at most `max_body_bytes` within `request_timeout` (413, 408).
-async fn read_body(state: &State, body: Body) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body(state: &State, body: Body) -> Result<Bytes, ApiError> {
     let limit = state.config.max_body_bytes;
     let read = async {
         let mut body = body;
@@ -131,7 +131,7 @@ pub(super) async fn count_tokens(AxumState(state): Shared, request: Request) -> 
         let ready = plan::ready(&state)?;
         let body = read_body(&state, request.into_body()).await?;
         let params = parse_body::<MessagesRequest>(&body)?.into_params(false)?;
-        Ok::<_, ApiError>(plan::chat_prompt(ready, &params)?.len())
+        Ok::<_, ApiError>(plan::chat_request_prompt(ready, &params)?.len())
     };
     match counted.await {
         Ok(n) => Json(json!({"input_tokens": n})).into_response(),

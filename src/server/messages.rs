@@ -118,7 +118,7 @@ impl Writer<'_> {
         };
         let delta = json!({"type": "message_delta",
             "delta": {"stop_reason": reason, "stop_sequence": generation.stop_sequence},
-            "usage": {"output_tokens": generation.completion_tokens}});
+            "usage": usage(generation.prompt_tokens, generation.completion_tokens, generation.cached_tokens)});
         self.send("message_delta", delta).await?;
         self.send("message_stop", json!({"type": "message_stop"})).await?;
         Ok(generation)

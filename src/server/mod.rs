@@ -29,6 +29,7 @@ mod report;
 mod routes;
 mod sse;
 mod stream;
+mod tokens;
 
 use std::fmt;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};

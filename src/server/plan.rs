@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::error::ApiError;
 use super::params::{new_id, tool_call_constraint, ChatParams, CommonParams, CompletionParams, Prompt, ToolChoice};
 use super::{Ready, State};
-use crate::chat::RenderOptions;
+use crate::chat::{Message, RenderOptions, Tool};
 use crate::constraint::Constraint;
 use crate::engine::{FinishReason, GenerateRequest};
 use crate::error::Error;
@@ -62,13 +62,13 @@ impl Plan {
         let start = Instant::now();
         let ready = ready(state)?;
         check_model(state, &p.common)?;
-        let prompt = chat_prompt(ready, &p)?;
+        let prompt = chat_request_prompt(ready, &p)?;
         let tools_active = p.tools_active();
         let (kind, prefix) = match anthropic {
             true => (Kind::Messages { tools_active }, "msg_"),
             false => (Kind::Chat { tools_active }, "chatcmpl-"),
         };
-        let constraint = chat_constraint(&p);
+        let constraint = chat_constraint(&p)?;
         let mut plan = Self::new(ready, kind, prompt, p.common, (prefix, created, start))?;
         plan.set_constraint(constraint);
         Ok(plan)
@@ -181,27 +181,39 @@ impl Plan {
 }
 
 /// A chat request's grammar and the parameter it came from: a forced tool call
-/// (`tool_choice` required or named), else `response_format`.
-fn chat_constraint(p: &ChatParams) -> Option<(Constraint, &'static str)> {
-    match (&p.tools, &p.tool_choice) {
-        (Some(tools), ToolChoice::Required) => Some((tool_call_constraint(tools, None), "tool_choice")),
-        (Some(tools), ToolChoice::Function(name)) => Some((tool_call_constraint(tools, Some(name)), "tool_choice")),
-        _ => p.constraint.clone(),
+/// (`tool_choice` required or named), or the format asked for; not both.
+fn chat_constraint(p: &ChatParams) -> Result<Option<(Constraint, &'static str)>, ApiError> {
+    let forced = match (&p.tools, &p.tool_choice) {
+        (Some(tools), ToolChoice::Required) => tool_call_constraint(tools, None),
+        (Some(tools), ToolChoice::Function(name)) => tool_call_constraint(tools, Some(name)),
+        _ => return Ok(p.constraint.clone()),
+    };
+    match &p.constraint {
+        Some((_, param)) => Err(ApiError::invalid(
+            *param,
+            format!("`tool_choice` forces a tool call, so `{param}` cannot shape the answer too"),
+        )),
+        None => Ok(Some((forced, "tool_choice"))),
     }
 }
 
 /// The prompt ids of a chat request; `tool_choice: none` leaves the tools out of the prompt.
-pub(super) fn chat_prompt(ready: &Ready, p: &ChatParams) -> Result<Vec<u32>, ApiError> {
+pub(super) fn chat_request_prompt(ready: &Ready, p: &ChatParams) -> Result<Vec<u32>, ApiError> {
+    let tools = match p.tool_choice {
+        ToolChoice::None => None,
+        _ => p.tools.as_deref(),
+    };
+    chat_prompt(ready, &p.messages, tools)
+}
+
+/// The prompt ids of a conversation, rendered with the generation prompt.
+pub(super) fn chat_prompt(ready: &Ready, messages: &[Message], tools: Option<&[Tool]>) -> Result<Vec<u32>, ApiError> {
     let options = RenderOptions {
         add_generation_prompt: true,
         date: None,
         content_as_text: !ready.special_tokens_in_content,
     };
-    let tools = match p.tool_choice {
-        ToolChoice::None => None,
-        _ => p.tools.as_deref(),
-    };
-    Ok(ready.engine.encode_chat(&p.messages, tools, &options)?)
+    Ok(ready.engine.encode_chat(messages, tools, &options)?)
 }
 
 pub(super) fn ready(state: &State) -> Result<&Ready, ApiError> {

@@ -27,6 +27,8 @@ pub(super) fn router(state: Arc<State>) -> Router {
         .route("/v1/models/{*id}", get(get_model))
         .route("/v1/chat/completions", post(handlers::chat))
         .route("/v1/completions", post(handlers::completions))
+        .route("/tokenize", post(super::tokens::tokenize))
+        .route("/detokenize", post(super::tokens::detokenize))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     let anthropic = Router::new()
         .route("/v1/messages", post(handlers::messages))

@@ -2,14 +2,18 @@
 //! and their one conversion into the validated chat request: system text, turns (text,
 //! `tool_use`, `tool_result` blocks), tools and `tool_choice` become the engine's messages
 //! and tools directly. The sampling fields keep OpenAI's names (`stop_sequences` is
-//! Anthropic's `stop`); fields this server does not know are ignored.
+//! Anthropic's `stop`); `output_config.format` is a JSON Schema constraint; `thinking` and
+//! `redacted_thinking` blocks of earlier turns are left out of the prompt (Llama does not
+//! think). A field this server does not know is a 400 naming it.
 
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::{json, Map, Value as Json};
 
 use crate::chat::{check_message, FunctionCall, Message, Tool, ToolCall};
+use crate::constraint::Constraint;
 use crate::server::body::{generation_body, Stop};
+use crate::server::openai::grammar::schema as openai_schema;
 use crate::server::error::ApiError;
 use crate::server::params::{check_tool_choice, ChatParams, CommonParams, ToolChoice};
 
@@ -70,16 +74,43 @@ enum ResultContent {
 #[derive(Debug, Clone, Deserialize)]
 struct ToolDef {
     name: Option<String>,
-    description: Option<Json>,
-    input_schema: Option<Json>,
+    description: Option<String>,
+    input_schema: Option<Map<String, Json>>,
 }
 
 /// `tool_choice`: `{"type": "auto" | "any" | "none" | "tool", "name": ...}`.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ToolChoiceDef {
     #[serde(rename = "type")]
     kind: Option<String>,
     name: Option<String>,
+    /// At most one tool call is made per answer, which either value allows.
+    #[allow(dead_code)]
+    disable_parallel_tool_use: Option<bool>,
+}
+
+/// `output_config`: the answer's format.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutputConfig {
+    format: Option<OutputFormat>,
+    /// Thinking effort: only `null` (Llama does not think).
+    effort: Option<String>,
+}
+
+/// `output_config.format`: `{"type": "json_schema", "schema": {...}}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum OutputFormat {
+    JsonSchema { schema: Json },
+}
+
+/// `thinking`: only `{"type": "disabled"}` (Llama does not think).
+#[derive(Debug, Clone, Deserialize)]
+struct ThinkingConfig {
+    #[serde(rename = "type")]
+    kind: String,
 }
 
 generation_body! {
@@ -90,6 +121,20 @@ generation_body! {
         tools: Option<Vec<ToolDef>>,
         tool_choice: Option<ToolChoiceDef>,
         stop_sequences: Option<Stop>,
+        output_config: Option<OutputConfig>,
+        thinking: Option<ThinkingConfig>,
+        /// Prompt caching is automatic (every prefix is cached).
+        #[allow(dead_code)]
+        cache_control: Option<Json>,
+        /// Labels for the caller's own records (no effect on the answer).
+        #[allow(dead_code)]
+        metadata: Option<Map<String, Json>>,
+        #[allow(dead_code)]
+        service_tier: Option<String>,
+        #[allow(dead_code)]
+        inference_geo: Option<String>,
+        #[allow(dead_code)]
+        user_profile_id: Option<String>,
     }
 }
 
@@ -132,6 +177,7 @@ impl MessagesRequest {
         if let Some(stop) = self.stop_sequences.take() {
             fields.stop = Some(stop);
         }
+        let constraint = self.constraint()?;
         let common = CommonParams::new(fields, None)?;
         if need_max_tokens && common.max_tokens.is_none() {
             return Err(ApiError::invalid("max_tokens", "max_tokens: Field required"));
@@ -144,8 +190,32 @@ impl MessagesRequest {
             messages,
             tools,
             tool_choice,
-            constraint: None,
+            constraint,
         })
+    }
+
+    /// `output_config.format` as a constraint; thinking asked for is a 400.
+    fn constraint(&mut self) -> Result<Option<(Constraint, &'static str)>, ApiError> {
+        if let Some(t) = self.thinking.take().filter(|t| t.kind != "disabled") {
+            return Err(ApiError::invalid(
+                "thinking",
+                format!("thinking `{}` is not available: Llama 3.2 does not think (use `disabled`)", t.kind),
+            ));
+        }
+        let Some(config) = self.output_config.take() else { return Ok(None) };
+        if let Some(effort) = config.effort {
+            return Err(ApiError::invalid(
+                "output_config.effort",
+                format!("effort `{effort}` is not available: Llama 3.2 does not think"),
+            ));
+        }
+        match config.format {
+            Some(OutputFormat::JsonSchema { schema }) => Ok(Some((
+                openai_schema("output_config.format.schema", schema)?,
+                "output_config",
+            ))),
+            None => Ok(None),
+        }
     }
 }
 
@@ -197,6 +267,8 @@ fn convert_turn(i: usize, turn: Turn, out: &mut Vec<Message>) -> Result<(), ApiE
     for block in blocks {
         match block.kind.as_deref() {
             Some("text") => text.push_str(block.text.as_deref().unwrap_or_default()),
+            // Earlier reasoning is not part of a Llama prompt.
+            Some("thinking" | "redacted_thinking") if role == "assistant" => {}
             Some("tool_use") if role == "assistant" => calls.push(tool_call(&name, block)?),
             Some("tool_result") if role == "user" => {
                 let content = match &block.content {
@@ -256,9 +328,9 @@ fn convert_tool((i, tool): (usize, ToolDef)) -> Result<Tool, ApiError> {
     let mut function = Map::new();
     function.insert("name".into(), json!(name));
     if let Some(d) = tool.description {
-        function.insert("description".into(), d);
+        function.insert("description".into(), Json::String(d));
     }
-    let schema = tool.input_schema.unwrap_or_else(|| json!({"type": "object"}));
+    let schema = tool.input_schema.map_or_else(|| json!({"type": "object"}), Json::Object);
     function.insert("parameters".into(), schema);
     Ok(json!({"type": "function", "function": function}))
 }

@@ -33,10 +33,11 @@ pub(in crate::server) fn content(g: &Generation, tools_active: bool) -> (Json, &
     (json!([{"type": "text", "text": g.text}]), reason)
 }
 
-/// `usage` of a message.
-pub(in crate::server) fn usage(input: usize, output: usize, cached: usize) -> Json {
-    json!({"input_tokens": input, "output_tokens": output, "cache_read_input_tokens": cached,
-           "cache_creation_input_tokens": 0})
+/// `usage` of a message in Anthropic's meaning: `input_tokens` are the prompt tokens not
+/// read from the cache (`prompt` counts them all), `cache_read_input_tokens` those read.
+pub(in crate::server) fn usage(prompt: usize, output: usize, cached: usize) -> Json {
+    json!({"input_tokens": prompt.saturating_sub(cached), "output_tokens": output,
+           "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0})
 }
 
 /// Anthropic's error `type` for an HTTP status.
