@@ -64,6 +64,15 @@ impl ApiError {
         }
     }
 
+    /// 404 for a stored object that is not there (`param` names what was asked for).
+    pub fn not_found(param: Option<&str>, message: impl Into<String>) -> Self {
+        Self {
+            param: param.map(str::to_string),
+            code: Some("not_found"),
+            ..Self::new(404, "invalid_request_error", message)
+        }
+    }
+
     /// 404 for a route that does not exist.
     pub fn no_route(method: &str, path: &str) -> Self {
         Self {

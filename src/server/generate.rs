@@ -16,7 +16,7 @@ use super::openai::logprobs;
 use super::openai::response::{choice, envelope, usage};
 use super::plan::{ready, Kind, Plan};
 use super::report::{self_reported, Report};
-use super::{messages, stream, State};
+use super::{messages, responses, stream, State};
 use crate::engine::{Event, Generation, Handle};
 use crate::error::Error;
 
@@ -54,6 +54,10 @@ pub(super) async fn execute(state: Arc<State>, plan: Plan, report: Report) -> Re
     };
     match (plan.stream, &plan.kind) {
         (true, Kind::Messages { .. }) => messages::respond(state.clone(), plan, events, admission, report),
+        (true, Kind::Responses(meta)) => {
+            let meta = (**meta).clone();
+            responses::stream::respond(state.clone(), plan, meta, events, admission, report)
+        }
         (true, _) => stream::respond(state.clone(), plan, events, admission, report),
         (false, _) => whole(&state, &plan, events, report).await,
     }
@@ -72,6 +76,15 @@ async fn whole(state: &State, plan: &Plan, events: Choices, report: Report) -> R
     let model = &state.config.model_ids[0];
     let body = match (&plan.kind, generations.first()) {
         (Kind::Messages { tools_active }, Some(g)) => message_body(&plan.id, model, g, *tools_active),
+        (Kind::Responses(meta), Some(g)) => {
+            let (body, item) = responses::response::finished((&plan.id, plan.created, model), meta, g);
+            if meta.store {
+                let mut conversation = meta.history.clone();
+                conversation.push(item.message());
+                state.responses.put(body.clone(), conversation);
+            }
+            body
+        }
         _ => {
             let choices = generations
                 .iter()

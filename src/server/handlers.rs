@@ -125,6 +125,14 @@ pub(super) async fn messages(AxumState(state): Shared, request: Request) -> Resp
     generation(state, prepared).await
 }
 
+pub(super) async fn responses(AxumState(state): Shared, request: Request) -> Response {
+    let prepared = prepare(&state, request, |state, body| {
+        Plan::responses(state, super::responses::read(state, body)?, unix_now())
+    })
+    .await;
+    generation(state, prepared).await
+}
+
 /// `POST /v1/messages/count_tokens`: the prompt tokens the same body would use.
 pub(super) async fn count_tokens(AxumState(state): Shared, request: Request) -> Response {
     let counted = async {

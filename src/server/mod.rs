@@ -26,6 +26,7 @@ mod params;
 mod plan;
 mod playground;
 mod report;
+mod responses;
 mod routes;
 mod sse;
 mod stream;
@@ -148,6 +149,8 @@ struct State {
     /// Generation requests in flight.
     in_flight: AtomicUsize,
     metrics: metrics::Metrics,
+    /// Stored Responses API answers.
+    responses: responses::ResponseStore,
     phase: watch::Receiver<Phase>,
 }
 
@@ -228,6 +231,7 @@ impl Server {
         let (phase_tx, phase) = watch::channel(Phase::Serving);
         let state = State {
             metrics: metrics::Metrics::new(),
+            responses: responses::ResponseStore::default(),
             config,
             ready: OnceLock::new(),
             in_flight: AtomicUsize::new(0),

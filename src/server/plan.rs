@@ -7,6 +7,8 @@ use std::time::Instant;
 
 use super::error::ApiError;
 use super::params::{new_id, tool_call_constraint, ChatParams, CommonParams, CompletionParams, Prompt, ToolChoice};
+use super::responses::response::Meta;
+use super::responses::ResponsesParams;
 use super::{Ready, State};
 use crate::chat::{Message, RenderOptions, Tool};
 use crate::constraint::Constraint;
@@ -20,8 +22,17 @@ pub(super) enum Kind {
     Chat { tools_active: bool },
     /// Anthropic message.
     Messages { tools_active: bool },
+    /// OpenAI Responses API answer.
+    Responses(Box<Meta>),
     /// OpenAI text completion.
     Completion { echo: Option<String> },
+}
+
+/// The API a conversation came through.
+enum Api {
+    Chat,
+    Messages,
+    Responses(Box<Meta>),
 }
 
 /// A request ready to run.
@@ -49,24 +60,36 @@ pub(super) fn finish_name(reason: FinishReason) -> &'static str {
 impl Plan {
     /// Renders the conversation and validates everything that can be checked before a slot is taken.
     pub(super) fn chat(state: &Arc<State>, p: ChatParams, created: u64) -> Result<Self, ApiError> {
-        Self::conversation(state, p, created, false)
+        Self::conversation(state, p, created, Api::Chat)
     }
 
     /// An Anthropic Messages request (read into a chat request).
     pub(super) fn messages(state: &Arc<State>, p: ChatParams, created: u64) -> Result<Self, ApiError> {
-        Self::conversation(state, p, created, true)
+        Self::conversation(state, p, created, Api::Messages)
     }
 
-    /// A chat request of either API (`anthropic` picks the answer's shape and id prefix).
-    fn conversation(state: &Arc<State>, p: ChatParams, created: u64, anthropic: bool) -> Result<Self, ApiError> {
+    /// A Responses API request (read into a chat request).
+    pub(super) fn responses(state: &Arc<State>, p: ResponsesParams, created: u64) -> Result<Self, ApiError> {
+        let meta = Meta {
+            echo: p.echo,
+            history: p.history,
+            store: p.store,
+            tools_active: p.chat.tools_active(),
+        };
+        Self::conversation(state, p.chat, created, Api::Responses(Box::new(meta)))
+    }
+
+    /// A chat request of any API (`api` picks the answer's shape and id prefix).
+    fn conversation(state: &Arc<State>, p: ChatParams, created: u64, api: Api) -> Result<Self, ApiError> {
         let start = Instant::now();
         let ready = ready(state)?;
         check_model(state, &p.common)?;
         let prompt = chat_request_prompt(ready, &p)?;
         let tools_active = p.tools_active();
-        let (kind, prefix) = match anthropic {
-            true => (Kind::Messages { tools_active }, "msg_"),
-            false => (Kind::Chat { tools_active }, "chatcmpl-"),
+        let (kind, prefix) = match api {
+            Api::Messages => (Kind::Messages { tools_active }, "msg_"),
+            Api::Chat => (Kind::Chat { tools_active }, "chatcmpl-"),
+            Api::Responses(meta) => (Kind::Responses(meta), "resp_"),
         };
         let constraint = chat_constraint(&p)?;
         let mut plan = Self::new(ready, kind, prompt, p.common, (prefix, created, start))?;

@@ -27,6 +27,12 @@ pub(super) fn router(state: Arc<State>) -> Router {
         .route("/v1/models/{*id}", get(get_model))
         .route("/v1/chat/completions", post(handlers::chat))
         .route("/v1/completions", post(handlers::completions))
+        .route("/v1/responses", post(handlers::responses))
+        .route("/v1/responses/input_tokens", post(super::responses::input_tokens))
+        .route(
+            "/v1/responses/{id}",
+            get(super::responses::retrieve).delete(super::responses::delete),
+        )
         .route("/tokenize", post(super::tokens::tokenize))
         .route("/detokenize", post(super::tokens::detokenize))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));

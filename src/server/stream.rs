@@ -130,7 +130,7 @@ impl Writer<'_> {
         let mut clock = TokenClock::new(self.plan.start);
         for i in 0..self.plan.n {
             let first = match &self.plan.kind {
-                Kind::Chat { .. } | Kind::Messages { .. } => {
+                Kind::Chat { .. } | Kind::Messages { .. } | Kind::Responses(_) => {
                     json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null})
                 }
                 Kind::Completion { echo: Some(text) } => self.piece(i, text),

@@ -9,4 +9,4 @@ pub(super) mod response;
 #[cfg(test)]
 mod tests;
 
-pub(super) use request::{ChatRequest, CompletionRequest};
+pub(super) use request::{ChatRequest, CompletionRequest, FunctionDef};

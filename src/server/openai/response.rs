@@ -54,6 +54,7 @@ fn object(plan: &Plan, chunk: bool) -> &'static str {
         (Kind::Chat { .. }, true) => "chat.completion.chunk",
         (Kind::Completion { .. }, _) => "text_completion",
         (Kind::Messages { .. }, _) => "message",
+        (Kind::Responses(_), _) => "response",
     }
 }
 
@@ -81,7 +82,7 @@ pub(in crate::server) fn choice(plan: &Plan, index: usize, g: &Generation) -> Js
             let text = format!("{}{}", echo.as_deref().unwrap_or(""), g.text);
             json!({"index": index, "text": text, "logprobs": null, "finish_reason": reason})
         }
-        Kind::Messages { .. } => Json::Null,
+        Kind::Messages { .. } | Kind::Responses(_) => Json::Null,
     }
 }
 

@@ -1,0 +1,203 @@
+//! A Responses API answer as its typed event stream: `response.created`,
+//! `response.in_progress`, then for a message `response.output_item.added`,
+//! `response.content_part.added`, `response.output_text.delta`s, `...output_text.done`,
+//! `...content_part.done`, `...output_item.done`; for a function call
+//! `response.output_item.added`, `response.function_call_arguments.delta`, `...done`,
+//! `...output_item.done`; then `response.completed` (or `response.incomplete`). Every
+//! event carries its `sequence_number`; a failure ends the stream with an `error` event.
+
+use std::sync::Arc;
+
+use axum::response::sse::Event as SseEvent;
+use axum::response::Response;
+use serde_json::{json, Value as Json};
+
+use super::response::{item_status, response, text_part, usage, Meta, Output, Status};
+use crate::chat::parse_tool_call;
+use crate::engine::{Event, FinishReason, Generation};
+use crate::server::error::ApiError;
+use crate::server::events::{Admission, Choices, TokenClock, ToolHold};
+use crate::server::plan::Plan;
+use crate::server::report::{Report, CLIENT_GONE};
+use crate::server::sse::{event_stream, next_event, Out, Stop};
+use crate::server::State;
+
+/// Starts the event stream of an admitted Responses request.
+pub(crate) fn respond(
+    state: Arc<State>,
+    plan: Plan,
+    meta: Meta,
+    events: Choices,
+    admission: Admission,
+    report: Report,
+) -> Response {
+    event_stream(&state.clone(), move |out| async move {
+        let mut writer = Writer {
+            state: &state,
+            plan: &plan,
+            meta: &meta,
+            out,
+            sequence: 0,
+            message: None,
+        };
+        let (status, completion, cached) = writer.run(events).await;
+        drop(admission);
+        report.finish(&state, status, (plan.prompt.len(), completion, cached));
+    })
+}
+
+struct Writer<'a> {
+    state: &'a State,
+    plan: &'a Plan,
+    meta: &'a Meta,
+    out: Out,
+    sequence: u64,
+    /// The open message item: its id and the text sent so far.
+    message: Option<(String, String)>,
+}
+
+impl Writer<'_> {
+    async fn run(&mut self, mut events: Choices) -> (u16, usize, usize) {
+        let result = self.answer(&mut events).await;
+        drop(events);
+        match result {
+            Ok(g) => (200, g.completion_tokens, g.cached_tokens),
+            Err(Stop::Gone) => (CLIENT_GONE, 0, 0),
+            Err(Stop::Failed(e)) => {
+                let body = json!({"code": e.code, "message": e.message, "param": e.param});
+                match self.send("error", body).await {
+                    Ok(()) => (e.status, 0, 0),
+                    Err(_) => (CLIENT_GONE, 0, 0),
+                }
+            }
+        }
+    }
+
+    /// Sends event `kind` with `fields` and the next sequence number.
+    async fn send(&mut self, kind: &'static str, mut fields: Json) -> Result<(), Stop> {
+        fields["type"] = json!(kind);
+        fields["sequence_number"] = json!(self.sequence);
+        self.sequence += 1;
+        let event = SseEvent::default().event(kind).data(fields.to_string());
+        self.out.send(Ok(event)).await.map_err(|_| Stop::Gone)
+    }
+
+    fn ids(&self) -> (&str, u64, &str) {
+        (&self.plan.id, self.plan.created, &self.state.config.model_ids[0])
+    }
+
+    async fn answer(&mut self, events: &mut Choices) -> Result<Generation, Stop> {
+        let start = response(self.ids(), self.meta, Status::InProgress, Vec::new(), Json::Null);
+        self.send("response.created", json!({"response": start})).await?;
+        self.send("response.in_progress", json!({"response": start})).await?;
+        let mut hold = ToolHold::new(self.meta.tools_active);
+        let mut clock = TokenClock::new(self.plan.start);
+        let generation = loop {
+            match next_event(self.state, &self.out, events).await? {
+                Event::Token { text, .. } => {
+                    clock.tick(self.state);
+                    self.text(&hold.push(&text)).await?;
+                }
+                Event::Text(text) => self.text(&hold.push(&text)).await?,
+                Event::Done(g) => break g,
+                Event::Error(e) => return Err(Stop::Failed(ApiError::from(e))),
+            }
+        };
+        let held = std::mem::take(&mut hold.held);
+        let call = match generation.finish_reason {
+            FinishReason::Stop if !held.is_empty() => parse_tool_call(&held),
+            _ => None,
+        };
+        let complete = generation.finish_reason != FinishReason::Length;
+        let item = match call {
+            Some(call) => self.function_call(Output::call(call.name, call.arguments.to_string())).await?,
+            None => {
+                self.text(&held).await?;
+                self.close_message(complete).await?
+            }
+        };
+        let usage = usage(generation.prompt_tokens, generation.completion_tokens, generation.cached_tokens);
+        let whole = response(
+            self.ids(),
+            self.meta,
+            Status::Done { complete },
+            vec![item.json(item_status(complete))],
+            usage,
+        );
+        if self.meta.store {
+            let mut conversation = self.meta.history.clone();
+            conversation.push(item.message());
+            self.state.responses.put(whole.clone(), conversation);
+        }
+        let last = match complete {
+            true => "response.completed",
+            false => "response.incomplete",
+        };
+        self.send(last, json!({"response": whole})).await?;
+        Ok(generation)
+    }
+
+    async fn open_message(&mut self) -> Result<(), Stop> {
+        let id = crate::server::params::new_id("msg_");
+        let item = json!({"type": "message", "id": id, "status": "in_progress", "role": "assistant", "content": []});
+        self.send("response.output_item.added", json!({"output_index": 0, "item": item}))
+            .await?;
+        let part = json!({"item_id": id, "output_index": 0, "content_index": 0, "part": text_part("")});
+        self.send("response.content_part.added", part).await?;
+        self.message = Some((id, String::new()));
+        Ok(())
+    }
+
+    async fn text(&mut self, text: &str) -> Result<(), Stop> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        if self.message.is_none() {
+            self.open_message().await?;
+        }
+        let Some((id, sent)) = self.message.as_mut() else { return Ok(()) };
+        sent.push_str(text);
+        let delta = json!({"item_id": id, "output_index": 0, "content_index": 0, "delta": text, "logprobs": []});
+        self.send("response.output_text.delta", delta).await
+    }
+
+    /// Ends the message item (opened empty if no text came); the finished item.
+    async fn close_message(&mut self, complete: bool) -> Result<Output, Stop> {
+        if self.message.is_none() {
+            self.open_message().await?;
+        }
+        let (id, text) = self.message.take().unwrap_or_default();
+        let at = json!({"item_id": id, "output_index": 0, "content_index": 0});
+        let mut done = at.clone();
+        done["text"] = json!(text);
+        done["logprobs"] = json!([]);
+        self.send("response.output_text.done", done).await?;
+        let mut part = at;
+        part["part"] = text_part(&text);
+        self.send("response.content_part.done", part).await?;
+        let item = Output::Message { id, text };
+        let done = json!({"output_index": 0, "item": item.json(item_status(complete))});
+        self.send("response.output_item.done", done).await?;
+        Ok(item)
+    }
+
+    /// Sends a function call item whole: added, its arguments, done.
+    async fn function_call(&mut self, item: Output) -> Result<Output, Stop> {
+        let Output::Call { id, name, arguments, .. } = &item else { return Ok(item) };
+        let mut added = item.json("in_progress");
+        added["arguments"] = json!("");
+        self.send("response.output_item.added", json!({"output_index": 0, "item": added}))
+            .await?;
+        let at = json!({"item_id": id, "output_index": 0});
+        let mut delta = at.clone();
+        delta["delta"] = json!(arguments);
+        self.send("response.function_call_arguments.delta", delta).await?;
+        let mut done = at;
+        done["arguments"] = json!(arguments);
+        done["name"] = json!(name);
+        self.send("response.function_call_arguments.done", done).await?;
+        let finished = json!({"output_index": 0, "item": item.json("completed")});
+        self.send("response.output_item.done", finished).await?;
+        Ok(item)
+    }
+}
