@@ -40,14 +40,14 @@ def test_plain_message(client):
     assert m.usage.output_tokens == 8
     assert m.content[0].type == "text" and m.content[0].text
     count = client.messages.count_tokens(model=MODEL, messages=HELLO)
-    assert count.input_tokens == m.usage.input_tokens
+    assert count.input_tokens == m.usage.input_tokens + m.usage.cache_read_input_tokens
 
 
 def test_system_blocks_and_count_tokens(client):
     system = [{"type": "text", "text": "Be brief."}]
     m = client.messages.create(model=MODEL, max_tokens=2, system=system, messages=HELLO, temperature=0)
     count = client.messages.count_tokens(model=MODEL, system=system, messages=HELLO)
-    assert count.input_tokens == m.usage.input_tokens
+    assert count.input_tokens == m.usage.input_tokens + m.usage.cache_read_input_tokens
     assert count.input_tokens > client.messages.count_tokens(model=MODEL, messages=HELLO).input_tokens
 
 
@@ -85,7 +85,7 @@ def test_tool_round_trip(client):
     m = client.messages.create(model=MODEL, max_tokens=6, messages=messages, tools=[WEATHER], temperature=0)
     assert m.stop_reason in ("max_tokens", "end_turn", "tool_use")
     count = client.messages.count_tokens(model=MODEL, messages=messages, tools=[WEATHER])
-    assert count.input_tokens == m.usage.input_tokens
+    assert count.input_tokens == m.usage.input_tokens + m.usage.cache_read_input_tokens
     # tool_choice none leaves the tools out of the prompt.
     none = client.messages.count_tokens(model=MODEL, messages=messages, tools=[WEATHER], tool_choice={"type": "none"})
     assert none.input_tokens < count.input_tokens

@@ -49,8 +49,19 @@ def test_completion_logprobs(client):
     assert all(v <= 0 for v in lp.token_logprobs)
     assert all(len(t) <= 2 for t in lp.top_logprobs)
     assert lp.text_offset == sorted(lp.text_offset)
-    echo = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=2, logprobs=0, echo=True)
-    assert echo.choices[0].logprobs.text_offset[0] == len("Once upon a time")
+    # With `echo`, the prompt's tokens come first (the first has no log-probability).
+    echo = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=2, logprobs=1, echo=True,
+                                     temperature=0)
+    lp = echo.choices[0].logprobs
+    n = len(lp.tokens) - 2
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert all(v <= 0 for v in lp.token_logprobs[1:]) and all(len(t) == 1 for t in lp.top_logprobs[1:])
+    assert lp.text_offset[0] == 0 and lp.text_offset[n] == len("Once upon a time")
+    assert echo.choices[0].text.startswith("Once upon a time")
+    # `max_tokens: 0` scores the prompt only (what evaluation harnesses send).
+    scored = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=0, logprobs=1, echo=True)
+    assert scored.choices[0].text == "Once upon a time" and scored.usage.completion_tokens == 0
+    assert scored.choices[0].logprobs.token_logprobs == lp.token_logprobs[:n]
 
 
 def test_bad_logprobs_requests(client):

@@ -53,7 +53,7 @@ GET_TIME = {
     "strict": True,
 }
 TOOLS = [GET_WEATHER, GET_TIME]
-# Different prompts stand in for seeds: the Responses API has no `seed` field.
+# Different prompts, each with a seed (this server's extension), give varied answers.
 PROMPTS = ["hi", "Weather?", "What time is it?", "Paris or Rome?", "Tell me something."]
 
 
@@ -297,7 +297,7 @@ def test_streamed_function_call(client):
 def test_forced_function_calls_are_valid(client, choice):
     for prompt in PROMPTS:
         r = client.responses.create(model=MODEL, input=prompt, tools=TOOLS, tool_choice=choice, temperature=1.0,
-                                    max_output_tokens=100)
+                                    max_output_tokens=100, extra_body={"seed": len(prompt)})
         assert r.status == "completed", r
         calls = function_calls(r)
         assert calls and len(calls) == len(r.output), r.output
@@ -341,17 +341,19 @@ def test_sdk_output_items_can_be_sent_back(client, weather_call):
 
 def test_json_schema_format(client):
     schema = Forecast.model_json_schema()
-    for prompt in PROMPTS[:3]:
-        r = client.responses.create(model=MODEL, input=prompt, temperature=1.0, max_output_tokens=200, text={
+    for seed, prompt in enumerate(PROMPTS[:3]):
+        # `seed` is this server's extension (as in chat completions).
+        r = client.responses.create(model=MODEL, input=prompt, temperature=1.0, max_output_tokens=200,
+                                    extra_body={"seed": seed}, text={
             "format": {"type": "json_schema", "name": "forecast", "schema": schema, "strict": True}})
         assert r.status == "completed", r.output_text
         Forecast.model_validate_json(r.output_text)
 
 
 def test_json_object_format(client):
-    for prompt in PROMPTS[:3]:
-        r = client.responses.create(model=MODEL, input=prompt, temperature=1.0, max_output_tokens=300,
-                                    text={"format": {"type": "json_object"}})
+    for seed in range(3):
+        r = client.responses.create(model=MODEL, input="JSON please", temperature=1.0, max_output_tokens=300,
+                                    extra_body={"seed": seed}, text={"format": {"type": "json_object"}})
         assert r.status == "completed", r.output_text
         assert isinstance(json.loads(r.output_text), dict)
 

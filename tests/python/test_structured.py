@@ -112,7 +112,7 @@ def test_bad_schemas_are_400(server):
                 {"type": "xml"}):
         with pytest.raises(openai.BadRequestError) as e:
             client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], response_format=fmt)
-        assert e.value.body["param"] == "response_format", e.value.body
+        assert e.value.body["param"].startswith("response_format"), e.value.body
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model=MODEL, prompt="x", extra_body={"guided_grammar": "start: ("})
-    assert e.value.body["param"] == "response_format"
+    assert e.value.body["param"] == "guided_grammar"

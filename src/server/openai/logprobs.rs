@@ -10,6 +10,11 @@ fn token_text(tok: &Tokenizer, id: u32) -> String {
     tok.decode(&[id], false).unwrap_or_default()
 }
 
+/// Bytes `id` adds to a choice's text (special tokens, such as BOS, add none).
+fn text_len(tok: &Tokenizer, id: u32) -> usize {
+    tok.decode(&[id], true).map_or(0, |t| t.len())
+}
+
 fn entry(tok: &Tokenizer, id: u32, logprob: f32) -> Json {
     json!({"token": token_text(tok, id), "logprob": logprob, "bytes": tok.token_bytes(id)})
 }
@@ -49,7 +54,7 @@ pub(in crate::server) fn completion_echoed(
     if let Some(&first) = prompt.first() {
         let text = token_text(tok, first);
         columns.offsets.push(at);
-        at += text.len();
+        at += text_len(tok, first);
         columns.tokens.push(Json::String(text));
         columns.values.push(Json::Null);
         columns.tops.push(Json::Null);
@@ -74,7 +79,7 @@ impl Columns {
         for t in list {
             let text = token_text(tok, t.id);
             self.offsets.push(at);
-            at += text.len();
+            at += text_len(tok, t.id);
             self.tokens.push(Json::String(text));
             self.values.push(json!(t.logprob));
             let top: Map<String, Json> = t.top.iter().map(|&(id, lp)| (token_text(tok, id), json!(lp))).collect();
