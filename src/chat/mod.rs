@@ -3,6 +3,7 @@
 
 pub mod conversation;
 mod encode;
+mod inline_tools;
 pub mod template;
 
 use serde::{Deserialize, Serialize};
@@ -12,6 +13,7 @@ use crate::error::{Error, Result};
 
 pub use conversation::{Conversation, Turn};
 pub use encode::encode_conversation;
+pub use inline_tools::inline_tools;
 pub use template::{ChatTemplate, RenderOptions};
 
 /// The roles a Llama 3.x chat template understands.

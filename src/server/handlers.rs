@@ -82,7 +82,10 @@ async fn prepare(
         Err(e) => return Err((e, report)),
     };
     match plan(state, &body) {
-        Ok(plan) => Ok((plan, report)),
+        Ok(plan) => {
+            let report = report.with_tools(plan.tools_via);
+            Ok((plan, report))
+        }
         Err(e) => Err((e, report)),
     }
 }

@@ -140,6 +140,28 @@ struct Ready {
     special_tokens_in_content: bool,
     /// See [`ServerConfig::speculation`].
     speculation: Option<crate::engine::Speculation>,
+    /// The chat template writes `tools` into the prompt (else they go into the system
+    /// message: [`crate::chat::inline_tools`]).
+    template_tools: bool,
+}
+
+/// True when `engine`'s chat template writes `tools` into the prompt (probed once: the
+/// same conversation with and without a tool).
+fn template_renders_tools(engine: &Engine) -> bool {
+    let messages = [crate::chat::Message::text("user", "x")];
+    let tool = serde_json::json!({"type": "function", "function": {"name": "llama32_probe",
+        "description": "probe", "parameters": {"type": "object", "properties": {}}}});
+    let options = crate::chat::RenderOptions {
+        add_generation_prompt: true,
+        date: None,
+        content_as_text: true,
+    };
+    let with = engine.encode_chat(&messages, Some(std::slice::from_ref(&tool)), &options);
+    match (with, engine.encode_chat(&messages, None, &options)) {
+        (Ok(with), Ok(without)) => with != without,
+        // No template (a base model): chat requests fail anyway.
+        _ => true,
+    }
 }
 
 /// What every connection shares.
@@ -168,6 +190,7 @@ impl ServerHandle {
     pub fn ready(&self, engine: Arc<Engine>) -> Result<()> {
         let ctx = engine.context_window(self.state.config.ctx_size)?;
         let capacity = engine.parallel() + self.state.config.queue;
+        let template_tools = template_renders_tools(&engine);
         self.state
             .ready
             .set(Ready {
@@ -176,6 +199,7 @@ impl ServerHandle {
                 capacity,
                 special_tokens_in_content: self.state.config.special_tokens_in_content,
                 speculation: self.state.config.speculation,
+                template_tools,
             })
             .map_err(|_| Error::InvalidParameter {
                 name: "engine",

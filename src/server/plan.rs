@@ -10,7 +10,7 @@ use super::params::{new_id, tool_call_constraint, ChatParams, CommonParams, Comp
 use super::responses::response::Meta;
 use super::responses::ResponsesParams;
 use super::{Ready, State};
-use crate::chat::{Message, RenderOptions, Tool};
+use crate::chat::{inline_tools, Message, RenderOptions, Tool};
 use crate::constraint::Constraint;
 use crate::engine::{FinishReason, GenerateRequest};
 use crate::error::Error;
@@ -48,6 +48,8 @@ pub(super) struct Plan {
     pub(super) start: Instant,
     /// The request parameter a bad grammar is reported against.
     pub(super) constraint_param: &'static str,
+    /// How the tools reach the model (`template` or `system_message`), when given.
+    pub(super) tools_via: Option<&'static str>,
 }
 
 pub(super) fn finish_name(reason: FinishReason) -> &'static str {
@@ -85,6 +87,7 @@ impl Plan {
         let ready = ready(state)?;
         check_model(state, &p.common)?;
         let prompt = chat_request_prompt(ready, &p)?;
+        let via = tools_via(ready, &p);
         let tools_active = p.tools_active();
         let (kind, prefix) = match api {
             Api::Messages => (Kind::Messages { tools_active }, "msg_"),
@@ -94,6 +97,7 @@ impl Plan {
         let constraint = chat_constraint(&p)?;
         let mut plan = Self::new(ready, kind, prompt, p.common, (prefix, created, start))?;
         plan.set_constraint(constraint);
+        plan.tools_via = via;
         Ok(plan)
     }
 
@@ -185,6 +189,7 @@ impl Plan {
             created,
             start,
             constraint_param: "response_format",
+            tools_via: None,
         })
     }
 
@@ -221,12 +226,29 @@ fn chat_constraint(p: &ChatParams) -> Result<Option<(Constraint, &'static str)>,
 }
 
 /// The prompt ids of a chat request; `tool_choice: none` leaves the tools out of the prompt.
+/// A template that does not render tools gets them in the system message.
 pub(super) fn chat_request_prompt(ready: &Ready, p: &ChatParams) -> Result<Vec<u32>, ApiError> {
-    let tools = match p.tool_choice {
+    match (tools_of(p), ready.template_tools) {
+        (Some(tools), false) => chat_prompt(ready, &inline_tools(&p.messages, tools), None),
+        (tools, _) => chat_prompt(ready, &p.messages, tools),
+    }
+}
+
+/// The tools a request puts in its prompt.
+fn tools_of(p: &ChatParams) -> Option<&[Tool]> {
+    match p.tool_choice {
         ToolChoice::None => None,
         _ => p.tools.as_deref(),
-    };
-    chat_prompt(ready, &p.messages, tools)
+    }
+}
+
+/// How a request's tools reach the model, for the request log.
+fn tools_via(ready: &Ready, p: &ChatParams) -> Option<&'static str> {
+    match (tools_of(p), ready.template_tools) {
+        (None, _) => None,
+        (Some(_), true) => Some("template"),
+        (Some(_), false) => Some("system_message"),
+    }
 }
 
 /// The prompt ids of a conversation, rendered with the generation prompt.

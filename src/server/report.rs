@@ -29,6 +29,9 @@ fn route_label(path: &str) -> &'static str {
         "/v1/completions" => "completions",
         "/v1/messages" => "messages",
         "/v1/messages/count_tokens" => "count_tokens",
+        "/v1/responses" => "responses",
+        "/v1/responses/input_tokens" => "input_tokens",
+        "/tokenize" | "/detokenize" => "tokenize",
         "/" | "/playground.js" | "/playground.css" => "playground",
         p if p.starts_with("/v1/models/") => "model",
         _ => "other",
@@ -49,6 +52,8 @@ pub(super) struct Report {
     path: String,
     start: Instant,
     state: Option<Arc<State>>,
+    /// How a chat request's tools reached the model.
+    tools: Option<&'static str>,
 }
 
 impl Report {
@@ -58,6 +63,7 @@ impl Report {
             method: request.method().to_string(),
             path: request.uri().path().to_string(),
             start: Instant::now(),
+            tools: None,
             state: None,
         }
     }
@@ -78,6 +84,12 @@ impl Report {
     }
 
     /// Logs and counts the request: status, then (prompt, completion, cached) tokens.
+    /// Logs how the request's tools reached the model (`template`, `system_message`).
+    pub(super) fn with_tools(mut self, via: Option<&'static str>) -> Self {
+        self.tools = via;
+        self
+    }
+
     pub(super) fn finish(mut self, state: &State, status: u16, (prompt, completion, cached): (usize, usize, usize)) {
         self.state = None;
         self.emit(state, status, (prompt, completion, cached));
@@ -98,6 +110,7 @@ impl Report {
             status,
             prompt_tokens = prompt,
             completion_tokens = completion,
+            tools = self.tools.unwrap_or("-"),
             duration_ms = (seconds * 1e3).round() as u64,
             "{} {} {}",
             self.method,

@@ -1,3 +1,4 @@
+use crate::constraint::Constraint;
 use super::request::MessagesRequest;
 use crate::server::body::parse;
 use crate::server::params::ToolChoice;
@@ -44,4 +45,34 @@ fn bad_bodies_are_400s_naming_the_field() {
     );
     let e = params(r#"{"max_tokens": "many", "messages": [{"role": "user", "content": "x"}]}"#).unwrap_err();
     assert_eq!(e.param.as_deref(), Some("max_tokens"));
+}
+
+#[test]
+fn output_config_thinking_and_unknown_fields() {
+    let base = r#""max_tokens": 4, "messages": [{"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "hmm", "signature": "s"},
+          {"type": "redacted_thinking", "data": "x"}, {"type": "text", "text": "Hello."}]},
+        {"role": "user", "content": "More."}]"#;
+    let p = params(&format!(
+        r#"{{{base}, "output_config": {{"format": {{"type": "json_schema", "schema": {{"type": "object"}}}}}},
+        "thinking": {{"type": "disabled"}}, "metadata": {{"user_id": "u"}}}}"#
+    ))
+    .unwrap();
+    assert_eq!(p.messages.len(), 3);
+    assert_eq!(p.messages[1].content, "Hello.");
+    let (constraint, param) = p.constraint.unwrap();
+    assert_eq!(constraint, Constraint::JsonSchema(serde_json::json!({"type": "object"})));
+    assert_eq!(param, "output_config");
+    let e = params(&format!(r#"{{{base}, "thinking": {{"type": "enabled", "budget_tokens": 1024}}}}"#)).unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("thinking"));
+    let e = params(&format!(r#"{{{base}, "output_config": {{"format": {{"type": "xml"}}}}}}"#)).unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("output_config.format.type"));
+    let e = params(&format!(r#"{{{base}, "container": "c"}}"#)).unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("container"));
+}
+
+#[test]
+fn usage_counts_cached_tokens_once() {
+    let u = super::response::usage(100, 5, 60);
+    assert_eq!((u["input_tokens"].as_u64(), u["cache_read_input_tokens"].as_u64()), (Some(40), Some(60)));
 }

@@ -3,6 +3,7 @@ use serde_json::{json, Value as Json};
 use super::request::{ChatRequest, CompletionRequest};
 use super::response::chat_message;
 use crate::server::body::parse;
+use crate::constraint::Constraint;
 use crate::server::error::ApiError;
 use crate::server::params::{ChatParams, CompletionParams, Prompt};
 
@@ -114,4 +115,107 @@ fn completion_prompts() {
     assert_eq!(e.param.as_deref(), Some("prompt"));
     let e = completion(br#"{"prompt": {"x": 1}}"#).unwrap_err();
     assert_eq!(e.param.as_deref(), Some("prompt"));
+}
+
+#[test]
+fn unknown_fields_are_refused_by_name() {
+    let e = err(r#"{"messages": [{"role": "user", "content": "hi"}], "functions": []}"#);
+    assert_eq!(
+        (e.param.as_deref(), e.message.as_str()),
+        (Some("functions"), "Unrecognized request argument supplied: functions")
+    );
+    let e = err(r#"{"messages": [{"role": "user", "content": "hi", "colour": "red"}]}"#);
+    assert_eq!(e.param.as_deref(), Some("messages[0].colour"));
+    let e = completion(br#"{"prompt": "x", "guided_decoding_backend": "xgrammar"}"#).unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("guided_decoding_backend"));
+    // What the SDKs send that changes nothing here is accepted.
+    chat(br#"{"messages": [{"role": "user", "content": "hi", "name": "ann"}], "user": "u", "metadata": {"a": "b"},
+        "parallel_tool_calls": false, "store": false, "service_tier": "auto", "modalities": ["text"]}"#)
+    .unwrap();
+    assert_eq!(err(r#"{"messages": [{"role": "user", "content": "hi"}], "store": true}"#).param.as_deref(), Some("store"));
+    let e = err(r#"{"messages": [{"role": "user", "content": "hi"}], "modalities": ["audio"]}"#);
+    assert_eq!(e.param.as_deref(), Some("modalities"));
+}
+
+#[test]
+fn wrong_json_types_deep_in_the_body_name_their_path() {
+    let e = err(r#"{"messages": [{"role": "user", "content": 123}]}"#);
+    assert_eq!(e.param.as_deref(), Some("messages[0].content"));
+    assert_eq!(
+        e.message,
+        "Invalid type for `messages[0].content`: expected a string or an array of content parts"
+    );
+    let e = err(
+        r#"{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f", "parameters": 5}}]}"#,
+    );
+    assert_eq!(e.param.as_deref(), Some("tools[0].function.parameters"));
+    let e = err(r#"{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "retrieval"}]}"#);
+    assert_eq!(e.param.as_deref(), Some("tools[0].type"));
+}
+
+fn grammar_of(extra: &str) -> Result<Option<(Constraint, &'static str)>, ApiError> {
+    let body = format!(r#"{{"messages": [{{"role": "user", "content": "x"}}], {extra}}}"#);
+    chat(body.as_bytes()).map(|p| p.constraint)
+}
+
+#[test]
+fn every_grammar_field_is_honoured() {
+    let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+    let cases = [
+        (r#""response_format": {"type": "json_object"}"#.to_string(), Constraint::JsonObject, "response_format"),
+        (
+            format!(r#""response_format": {{"type": "json_object", "schema": {schema}}}"#),
+            Constraint::JsonSchema(schema.clone()),
+            "response_format",
+        ),
+        (
+            format!(r#""response_format": {{"type": "json_schema", "json_schema": {{"name": "x", "schema": {schema}}}}}"#),
+            Constraint::JsonSchema(schema.clone()),
+            "response_format",
+        ),
+        (format!(r#""json_schema": {schema}"#), Constraint::JsonSchema(schema.clone()), "json_schema"),
+        (format!(r#""guided_json": {schema}"#), Constraint::JsonSchema(schema.clone()), "guided_json"),
+        (r#""guided_regex": "a+""#.to_string(), Constraint::Regex("a+".into()), "guided_regex"),
+        (r#""guided_choice": ["yes", "no"]"#.to_string(), Constraint::Regex("(yes|no)".into()), "guided_choice"),
+        (r#""guided_grammar": "start: \"a\"""#.to_string(), Constraint::Lark("start: \"a\"".into()), "guided_grammar"),
+        (
+            r#""structured_outputs": {"choice": ["a"]}"#.to_string(),
+            Constraint::Regex("(a)".into()),
+            "structured_outputs",
+        ),
+        (
+            r#""grammar": "root ::= \"yes\" | \"no\"""#.to_string(),
+            Constraint::Lark("start: \"yes\" | \"no\"".into()),
+            "grammar",
+        ),
+    ];
+    for (extra, constraint, param) in cases {
+        assert_eq!(grammar_of(&extra).unwrap(), Some((constraint, param)), "{extra}");
+    }
+    assert_eq!(grammar_of(r#""response_format": {"type": "text"}"#).unwrap(), None);
+    let e = grammar_of(r#""guided_regex": "a", "grammar": "root ::= \"a\"""#).unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("grammar"));
+    let e = grammar_of(r#""grammar": "root = a""#).unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("grammar"));
+    let e = grammar_of(r#""response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": 5}}"#).unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("response_format"));
+}
+
+#[test]
+fn prompt_log_probabilities_are_asked_for() {
+    let p = completion(br#"{"prompt": "x", "echo": true, "logprobs": 1, "max_tokens": 0}"#).unwrap();
+    assert_eq!((p.common.max_tokens, p.common.prompt_logprobs, p.common.logprobs), (Some(0), Some(1), Some(1)));
+    let p = completion(br#"{"prompt": "x", "echo": true, "logprobs": 2}"#).unwrap();
+    assert_eq!((p.common.max_tokens, p.common.prompt_logprobs), (Some(16), Some(2)));
+    let p = completion(br#"{"prompt": "x", "logprobs": 2}"#).unwrap();
+    assert_eq!(p.common.prompt_logprobs, None);
+    assert!(completion(br#"{"prompt": "x", "max_tokens": 0}"#).is_err());
+    let e = completion(br#"{"prompt": "x", "echo": true, "logprobs": 1, "stream": true}"#).unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("echo"));
+    let p = chat(br#"{"messages": [{"role": "user", "content": "x"}], "prompt_logprobs": 0}"#).unwrap();
+    assert_eq!(p.common.prompt_logprobs, Some(0));
+    assert_eq!(
+        err(r#"{"messages": [{"role": "user", "content": "x"}], "prompt_logprobs": 21}"#).param.as_deref(),
+        Some("prompt_logprobs")
+    );
 }
