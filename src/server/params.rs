@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{json, Value as Json};
+use serde_json::{json, Map, Value as Json};
 
 use super::body::{Int, SamplingFields};
 use super::error::ApiError;
@@ -133,20 +133,70 @@ pub(super) fn check_tool_choice(tools: Option<&[Tool]>, choice: &ToolChoice) -> 
 
 /// The grammar that forces a Llama 3.2 JSON tool call (`{"name": ..., "parameters": ...}`)
 /// to one of `tools` (or to the one named), its parameters valid against the tool's schema.
+/// Each tool's `$defs` (pydantic's and zod's nested models) move to the root, renamed per
+/// tool, with the `$ref`s that point at them.
 pub(super) fn tool_call_constraint(tools: &[Tool], only: Option<&str>) -> Constraint {
+    let mut defs = Map::new();
     let calls: Vec<Json> = tools
         .iter()
-        .filter(|t| only.is_none_or(|name| t["function"]["name"].as_str() == Some(name)))
-        .map(|t| {
-            let params = match &t["function"]["parameters"] {
+        .enumerate()
+        .filter(|(_, t)| only.is_none_or(|name| t["function"]["name"].as_str() == Some(name)))
+        .map(|(i, t)| {
+            let mut params = match &t["function"]["parameters"] {
                 p @ Json::Object(_) => p.clone(),
                 _ => json!({"type": "object"}),
             };
+            hoist_defs(&mut params, &format!("t{i}_"), &mut defs);
             json!({"type": "object", "properties": {"name": {"const": t["function"]["name"]}, "parameters": params},
                    "required": ["name", "parameters"], "additionalProperties": false})
         })
         .collect();
-    Constraint::JsonSchema(json!({"anyOf": calls}))
+    let mut schema = json!({"anyOf": calls});
+    if !defs.is_empty() {
+        schema["$defs"] = Json::Object(defs);
+    }
+    Constraint::JsonSchema(schema)
+}
+
+/// Moves `schema`'s `$defs` / `definitions` into `defs` with `prefix` on their names, and
+/// points its `$ref`s (and theirs) at the new names.
+fn hoist_defs(schema: &mut Json, prefix: &str, defs: &mut Map<String, Json>) {
+    let Json::Object(map) = schema else { return };
+    let mut own = Map::new();
+    for key in ["$defs", "definitions"] {
+        if let Some(Json::Object(found)) = map.remove(key) {
+            own.extend(found);
+        }
+    }
+    let names: Vec<String> = own.keys().cloned().collect();
+    let rename = |value: &mut Json| rewrite_refs(value, prefix, &names);
+    rename(schema);
+    for (name, mut def) in own {
+        rename(&mut def);
+        defs.insert(format!("{prefix}{name}"), def);
+    }
+}
+
+/// Points `#/$defs/NAME` and `#/definitions/NAME` references (NAME in `names`) at
+/// `#/$defs/{prefix}NAME`, everywhere in `value`.
+fn rewrite_refs(value: &mut Json, prefix: &str, names: &[String]) {
+    match value {
+        Json::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                match (key.as_str(), &mut *v) {
+                    ("$ref", Json::String(r)) => {
+                        let name = r.strip_prefix("#/$defs/").or_else(|| r.strip_prefix("#/definitions/"));
+                        if let Some(name) = name.filter(|n| names.iter().any(|x| x == n)) {
+                            *r = format!("#/$defs/{prefix}{name}");
+                        }
+                    }
+                    _ => rewrite_refs(v, prefix, names),
+                }
+            }
+        }
+        Json::Array(items) => items.iter_mut().for_each(|v| rewrite_refs(v, prefix, names)),
+        _ => {}
+    }
 }
 
 /// The prompt of a text completion.

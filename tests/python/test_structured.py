@@ -211,3 +211,23 @@ def test_tokenize_and_detokenize(server):
     assert chat["count"] == counted and chat["max_model_len"] > 0
     bad = httpx.post(server.url + "/detokenize", json={"tokens": [10**9]})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "tokens[0]"
+
+
+def test_forced_tool_call_with_pydantic_defs(server):
+    # pydantic (and zod) write nested models as `$defs` with `$ref`s.
+    class Pet(BaseModel):
+        kind: Literal["cat", "dog"]
+        legs: int = Field(ge=0, le=4)
+
+    class Adopt(BaseModel):
+        pet: Pet
+        urgent: bool
+
+    tool = openai.pydantic_function_tool(Adopt)
+    assert "$defs" in tool["function"]["parameters"]
+    client = server.client()
+    for seed in range(5):
+        r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], tools=[tool],
+                                           tool_choice="required", seed=seed, temperature=1.0, max_tokens=100)
+        assert r.choices[0].finish_reason == "tool_calls"
+        Adopt.model_validate_json(r.choices[0].message.tool_calls[0].function.arguments)

@@ -219,3 +219,17 @@ fn prompt_log_probabilities_are_asked_for() {
         Some("prompt_logprobs")
     );
 }
+
+#[test]
+fn tool_schemas_with_defs_keep_their_references() {
+    let tool = json!({"type": "function", "function": {"name": "f", "parameters": {
+        "$defs": {"Pet": {"type": "object", "properties": {"kind": {"$ref": "#/$defs/Kind"}}},
+                  "Kind": {"enum": ["cat", "dog"]}},
+        "type": "object", "properties": {"pet": {"$ref": "#/$defs/Pet"}}}}});
+    let Constraint::JsonSchema(schema) = crate::server::params::tool_call_constraint(&[tool], None) else {
+        panic!("a schema")
+    };
+    assert_eq!(schema["anyOf"][0]["properties"]["parameters"]["properties"]["pet"]["$ref"], "#/$defs/t0_Pet");
+    assert_eq!(schema["$defs"]["t0_Pet"]["properties"]["kind"]["$ref"], "#/$defs/t0_Kind");
+    assert!(schema["anyOf"][0]["properties"]["parameters"].get("$defs").is_none());
+}
