@@ -79,6 +79,15 @@ fn close_objects(schema: &mut Json) {
 }
 
 impl Constraint {
+    /// The size of its source text (a schema as compact JSON).
+    fn source_bytes(&self) -> usize {
+        match self {
+            Constraint::JsonObject => 0,
+            Constraint::JsonSchema(schema) => serde_json::to_string(schema).map_or(usize::MAX, |s| s.len()),
+            Constraint::Regex(text) | Constraint::Lark(text) => text.len(),
+        }
+    }
+
     fn grammar(&self) -> TopLevelGrammar {
         match self {
             Constraint::JsonObject => TopLevelGrammar::from_json_schema(compact(json!({"type": "object"}))),
@@ -98,6 +107,14 @@ pub struct Grammars {
     factory: ParserFactory,
     eos: Arc<[u32]>,
 }
+
+/// Most bytes of a grammar, regular expression or JSON Schema (a request's input: the
+/// work and memory of compiling it grow with it).
+pub const MAX_CONSTRAINT_BYTES: usize = 128 << 10;
+
+/// The stack of the thread that compiles a grammar: llguidance recurses along rule chains
+/// and `$ref` chains, which a request controls (bounded by [`MAX_CONSTRAINT_BYTES`]).
+const COMPILE_STACK_BYTES: usize = 512 << 20;
 
 fn invalid(reason: impl std::fmt::Display) -> Error {
     Error::InvalidParameter {
@@ -132,11 +149,34 @@ impl Grammars {
         let env: TokEnv = Arc::new(ApproximateTokEnv::new(trie));
         let mut factory = ParserFactory::new_simple(&env).map_err(invalid)?;
         factory.quiet();
+        // Errors name the problem, not the parser's state or the whole grammar.
+        factory.limits_mut().verbose_errors = false;
         Ok(Self { factory, eos })
     }
 
-    /// A fresh matcher for `constraint`; a bad grammar or schema is an error naming it.
+    /// A fresh matcher for `constraint`; a bad grammar or schema is an error naming it, as
+    /// is one over [`MAX_CONSTRAINT_BYTES`]. Compiles on a thread of its own with a large
+    /// stack, so that a deep grammar is an error or a matcher, never a stack overflow.
     pub fn compile(&self, constraint: &Constraint) -> Result<ConstraintState> {
+        let size = constraint.source_bytes();
+        if size > MAX_CONSTRAINT_BYTES {
+            return Err(invalid(format!(
+                "the grammar is {size} bytes, over the limit of {MAX_CONSTRAINT_BYTES}"
+            )));
+        }
+        std::thread::scope(|scope| {
+            let worker = std::thread::Builder::new()
+                .name("llama32-grammar".into())
+                .stack_size(COMPILE_STACK_BYTES)
+                .spawn_scoped(scope, || self.build(constraint))
+                .map_err(|e| Error::Internal(format!("could not start the grammar compiler: {e}")))?;
+            worker
+                .join()
+                .unwrap_or_else(|_| Err(invalid("the grammar compiler failed on this grammar")))
+        })
+    }
+
+    fn build(&self, constraint: &Constraint) -> Result<ConstraintState> {
         let parser = self.factory.create_parser(constraint.grammar()).map_err(invalid)?;
         let matcher = Matcher::new(Ok(parser));
         if let Some(e) = matcher.get_error() {
@@ -222,6 +262,34 @@ mod tests {
         state.consume(seven, 1).unwrap();
         state.compute(2).unwrap();
         assert!(state.allows(128009) && !state.allows(seven));
+    }
+
+    fn fixture_grammars() -> Grammars {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tied-bf16-llama3");
+        let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+        Grammars::new(&tokenizer, 128256, Arc::from(vec![128009u32])).unwrap()
+    }
+
+    #[test]
+    fn deep_grammars_compile_or_fail_without_overflowing_the_stack() {
+        let grammars = fixture_grammars();
+        // 800 chained Lark rules and a 700-deep `$ref` chain (both crashed a server).
+        let mut lark = String::from("start: r0\n");
+        for i in 0..800 {
+            lark.push_str(&format!("r{i}: \"a\" r{}\n", i + 1));
+        }
+        lark.push_str("r800: \"b\"\n");
+        let _ = grammars.compile(&Constraint::Lark(lark));
+        let mut defs = serde_json::Map::new();
+        for i in 0..700 {
+            defs.insert(format!("d{i}"), json!({"type": "array", "items": {"$ref": format!("#/$defs/d{}", i + 1)}}));
+        }
+        defs.insert("d700".into(), json!({"type": "integer"}));
+        let chain = json!({"$defs": defs, "$ref": "#/$defs/d0"});
+        let _ = grammars.compile(&Constraint::JsonSchema(chain));
+        let big = Constraint::Regex("a".repeat(MAX_CONSTRAINT_BYTES + 1));
+        let e = grammars.compile(&big).unwrap_err().to_string();
+        assert!(e.contains("over the limit"), "{e}");
     }
 
     #[test]

@@ -14,6 +14,8 @@ use super::error::ApiError;
 
 /// Parses `body` as a `T`: it must be one JSON object.
 pub(super) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    // A UTF-8 byte order mark before the JSON is allowed (RFC 8259 8.1 lets a parser skip it).
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     let not_json = |e: serde_json::Error| ApiError::bad_json(format!("The request body is not valid JSON: {e}"));
     if body.trim_ascii_start().first() != Some(&b'{') {
         return Err(match serde_json::from_slice::<IgnoredAny>(body) {
@@ -111,7 +113,8 @@ impl<'de> Deserialize<'de> for Int {
                 Ok(Int(v))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Int, E> {
-                Ok(Int(v as i64))
+                // Past i64 counts as the largest (never as a negative number).
+                Ok(Int(i64::try_from(v).unwrap_or(i64::MAX)))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Int, E> {
                 match v.fract() == 0.0 && v.abs() < 9e15 {

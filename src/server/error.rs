@@ -209,6 +209,10 @@ impl From<Error> for ApiError {
                 param: Some("messages".into()),
                 ..Self::new(400, "invalid_request_error", format!("Chat template: {reason}"))
             },
+            Error::Constraint(reason) => Self {
+                param: Some("constraint".into()),
+                ..Self::new(400, "invalid_request_error", format!("The answer's grammar failed {reason}"))
+            },
             Error::Tokenizer(reason) => Self::new(400, "invalid_request_error", format!("Tokenizer: {reason}")),
             Error::Unsupported(reason) => Self::new(400, "invalid_request_error", reason),
             other => Self::internal(other.to_string()),

@@ -32,14 +32,7 @@ pub(super) async fn execute(state: Arc<State>, plan: Plan, report: Report) -> Re
     let Some(admission) = Admission::take(&state, ready.capacity) else {
         return fail(ApiError::overloaded(1), report);
     };
-    let handles: Result<Vec<Handle>, Error> = (0..plan.n)
-        .map(|i| {
-            ready
-                .engine
-                .submit(plan.prompt.clone(), &plan.choice_request(i), plan.start)
-        })
-        .collect();
-    let events = match handles {
+    let events = match submit(ready, &plan).await {
         Ok(handles) => Choices::new(handles),
         Err(e) => {
             let mut e = ApiError::from(e);
@@ -61,6 +54,23 @@ pub(super) async fn execute(state: Arc<State>, plan: Plan, report: Report) -> Re
         (true, _) => stream::respond(state.clone(), plan, events, admission, report),
         (false, _) => whole(&state, &plan, events, report).await,
     }
+}
+
+/// Submits the request's choices off the network threads (grammars compile there).
+async fn submit(ready: &super::Ready, plan: &Plan) -> Result<Vec<Handle>, Error> {
+    let engine = ready.engine.clone();
+    let prompt = plan.prompt.clone();
+    let requests: Vec<_> = (0..plan.n).map(|i| plan.choice_request(i)).collect();
+    let start = plan.start;
+    let submitted = tokio::task::spawn_blocking(move || {
+        requests
+            .iter()
+            .map(|r| engine.submit(prompt.clone(), r, start))
+            .collect::<Result<Vec<Handle>, Error>>()
+    });
+    submitted
+        .await
+        .unwrap_or_else(|e| Err(Error::Internal(format!("submitting the request failed: {e}"))))
 }
 
 /// Waits for every choice and answers with the whole result as one JSON object.

@@ -218,6 +218,8 @@ async fn connection(
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
         .keep_alive(true)
+        // A client that shuts its write side after the request still gets the answer.
+        .half_close(true)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let mut closing = false;

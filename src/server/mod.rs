@@ -81,6 +81,9 @@ pub struct ServerConfig {
     /// Read special-token text inside message content as the special tokens (HF's and
     /// vLLM's behaviour); by default it is plain text, so a user cannot forge a turn.
     pub special_tokens_in_content: bool,
+    /// Most token entries one answer may hold: `n x max_tokens x (1 + top_logprobs)`
+    /// (a request over it is a 400), which bounds the memory of building the answer.
+    pub max_answer_entries: usize,
 }
 
 impl Default for ServerConfig {
@@ -100,6 +103,7 @@ impl Default for ServerConfig {
             playground: true,
             speculation: None,
             special_tokens_in_content: false,
+            max_answer_entries: 1 << 20,
         }
     }
 }
@@ -140,6 +144,8 @@ struct Ready {
     special_tokens_in_content: bool,
     /// See [`ServerConfig::speculation`].
     speculation: Option<crate::engine::Speculation>,
+    /// See [`ServerConfig::max_answer_entries`].
+    answer_limit: usize,
     /// The chat template writes `tools` into the prompt (else they go into the system
     /// message: [`crate::chat::inline_tools`]).
     template_tools: bool,
@@ -199,6 +205,7 @@ impl ServerHandle {
                 capacity,
                 special_tokens_in_content: self.state.config.special_tokens_in_content,
                 speculation: self.state.config.speculation,
+                answer_limit: self.state.config.max_answer_entries,
                 template_tools,
             })
             .map_err(|_| Error::InvalidParameter {

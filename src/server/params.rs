@@ -14,6 +14,13 @@ use crate::sampler::SamplingParams;
 /// Most choices one request may ask for.
 pub(super) const MAX_N: usize = 16;
 
+/// Most stop strings, and most bytes of each (matching them runs on every token).
+pub(super) const MAX_STOPS: usize = 16;
+pub(super) const MAX_STOP_BYTES: usize = 256;
+
+/// `logit_bias` values lie in this range (OpenAI's).
+const MAX_BIAS: f64 = 100.0;
+
 /// What every generation request has: model, sampling, length, stop, n, streaming.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct CommonParams {
@@ -48,7 +55,10 @@ impl CommonParams {
                 .map_err(|_| ApiError::invalid("logit_bias", format!("`logit_bias` key `{key}` is not a token id")))?;
             let bias = value
                 .as_f64()
-                .ok_or_else(|| ApiError::invalid("logit_bias", format!("`logit_bias[{key}]` must be a number")))?;
+                .filter(|b| b.abs() <= MAX_BIAS)
+                .ok_or_else(|| {
+                    ApiError::invalid("logit_bias", format!("`logit_bias[{key}]` must be a number from -100 to 100"))
+                })?;
             logit_bias.insert(id, bias as f32);
         }
         let num = |v: Option<super::body::Num>| v.map(|v| v.0);
@@ -72,11 +82,18 @@ impl CommonParams {
         if n > MAX_N {
             return Err(ApiError::invalid("n", format!("`n` must be <= {MAX_N}, got {n}")));
         }
+        let stop: Vec<String> = f.stop.map(Vec::from).unwrap_or_default();
+        if stop.len() > MAX_STOPS || stop.iter().any(|s| s.len() > MAX_STOP_BYTES) {
+            return Err(ApiError::invalid(
+                "stop",
+                format!("`stop` takes at most {MAX_STOPS} strings of at most {MAX_STOP_BYTES} bytes each"),
+            ));
+        }
         Ok(Self {
             model: f.model,
             sampling,
             max_tokens,
-            stop: f.stop.map(Vec::from).unwrap_or_default(),
+            stop,
             n,
             stream: f.stream.unwrap_or(false),
             include_usage: f.stream_options.and_then(|o| o.include_usage).unwrap_or(false),

@@ -159,6 +159,7 @@ impl Plan {
         // Answers end at the context window at the latest (finish_reason "length").
         let room = state.ctx - prompt.len();
         let max_tokens = common.max_tokens.unwrap_or(room).min(room);
+        check_answer_size(state.answer_limit, common.n, max_tokens, common.logprobs)?;
         common
             .sampling
             .resolve(engine.generation_config(), engine.config().vocab_size)?;
@@ -259,6 +260,22 @@ pub(super) fn chat_prompt(ready: &Ready, messages: &[Message], tools: Option<&[T
         content_as_text: !ready.special_tokens_in_content,
     };
     Ok(ready.engine.encode_chat(messages, tools, &options)?)
+}
+
+/// Refuses an answer that could hold more than `limit` token entries.
+fn check_answer_size(limit: usize, n: usize, max_tokens: usize, logprobs: Option<usize>) -> Result<(), ApiError> {
+    let per_token = 1 + logprobs.unwrap_or(0);
+    let entries = n.saturating_mul(max_tokens).saturating_mul(per_token);
+    match entries > limit {
+        true => Err(ApiError::invalid(
+            "max_tokens",
+            format!(
+                "n ({n}) x max_tokens ({max_tokens}) x (1 + top_logprobs) ({per_token}) = {entries} token entries, over \
+                 this server's limit of {limit} (--max-answer-entries): ask for fewer tokens, choices or alternatives"
+            ),
+        )),
+        false => Ok(()),
+    }
 }
 
 pub(super) fn ready(state: &State) -> Result<&Ready, ApiError> {

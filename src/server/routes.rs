@@ -80,6 +80,14 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
 /// otherwise). hyper refuses malformed framing itself, and serves a request with both
 /// `Transfer-Encoding: chunked` and `Content-Length` by the chunks, then closes (6.1).
 async fn strict_request(request: Request, next: Next) -> Response {
+    // `OPTIONS *` asks about the server as a whole (RFC 9110 9.3.7).
+    if request.method() == Method::OPTIONS && request.uri() == "*" {
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE, OPTIONS"));
+        return response;
+    }
     let headers = request.headers();
     let hosts = headers.get_all(header::HOST).iter().count();
     let needs_host = request.version() == Version::HTTP_11;

@@ -119,3 +119,37 @@ def test_special_token_text_in_messages_is_text(server):
         assert prompt_tokens(hf, "Hello there") == prompt_tokens(server, "Hello there")
     finally:
         hf.stop()
+
+
+def raw_exchange(server, data, shut_write=False):
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(server.url)
+    with socket.create_connection((url.hostname, url.port), timeout=30) as s:
+        s.sendall(data)
+        if shut_write:
+            s.shutdown(socket.SHUT_WR)
+        return s.recv(4096).decode(errors="replace")
+
+
+def test_options_star_and_half_closed_clients(server):
+    answer = raw_exchange(server, b"OPTIONS * HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert answer.startswith("HTTP/1.1 204") and "allow: get, post, delete, options" in answer.lower()
+    body = json.dumps({"prompt": "hi", "max_tokens": 2}).encode()
+    head = b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+    head += b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
+    # A client that shuts its write side after the request (shutdown(SHUT_WR)) gets its answer.
+    assert raw_exchange(server, head + body, shut_write=True).startswith("HTTP/1.1 200")
+    # A UTF-8 byte order mark before the JSON is read past.
+    bom = b"\xef\xbb\xbf" + body
+    head = head.replace(b"Content-Length: %d" % len(body), b"Content-Length: %d" % len(bom))
+    assert raw_exchange(server, head + bom).startswith("HTTP/1.1 200")
+
+
+def test_answer_size_is_bounded(server):
+    client = server.client()
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], n=16,
+                                       logprobs=True, top_logprobs=20, max_tokens=6000)
+    assert e.value.body["param"] == "max_tokens" and "max-answer-entries" in e.value.body["message"]

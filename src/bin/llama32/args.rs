@@ -343,6 +343,10 @@ pub struct ServeArgs {
     /// Open connections at most (when full, the oldest idle one is closed to make room).
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
+    /// Most token entries one answer may hold, n x max_tokens x (1 + top_logprobs): a
+    /// request asking for more is a 400 (bounds the memory of one answer).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_answer_entries: usize,
     /// Seconds running answers may go on after SIGTERM or Ctrl-C; the rest then end with an
     /// error event.
     #[arg(long, default_value_t = 30)]

@@ -68,6 +68,7 @@ fn server_config(a: &ServeArgs) -> anyhow::Result<ServerConfig> {
         max_body_bytes: a.max_body,
         request_timeout: Duration::from_secs(a.request_timeout.max(1)),
         max_connections: a.max_connections,
+        max_answer_entries: a.max_answer_entries,
         cors_origins: a.cors.clone(),
         shutdown_grace: Duration::from_secs(a.shutdown_grace),
         playground: !a.no_playground,

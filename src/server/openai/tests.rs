@@ -233,3 +233,19 @@ fn tool_schemas_with_defs_keep_their_references() {
     assert_eq!(schema["$defs"]["t0_Pet"]["properties"]["kind"]["$ref"], "#/$defs/t0_Kind");
     assert!(schema["anyOf"][0]["properties"]["parameters"].get("$defs").is_none());
 }
+
+#[test]
+fn bounded_lists_and_values() {
+    let many: Vec<String> = (0..17).map(|i| format!("\"s{i}\"")).collect();
+    let e = err(&format!(r#"{{"messages": [{{"role": "user", "content": "x"}}], "stop": [{}]}}"#, many.join(",")));
+    assert_eq!(e.param.as_deref(), Some("stop"));
+    let long = "x".repeat(257);
+    let e = err(&format!(r#"{{"messages": [{{"role": "user", "content": "x"}}], "stop": "{long}"}}"#));
+    assert_eq!(e.param.as_deref(), Some("stop"));
+    let e = err(r#"{"messages": [{"role": "user", "content": "x"}], "logit_bias": {"5": 101}}"#);
+    assert_eq!(e.param.as_deref(), Some("logit_bias"));
+    let p = chat(br#"{"messages": [{"role": "user", "content": "x"}], "max_tokens": 18446744073709551615}"#).unwrap();
+    assert_eq!(p.common.max_tokens, Some(i64::MAX as usize));
+    let p = chat(b"\xEF\xBB\xBF{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}").unwrap();
+    assert_eq!(p.messages.len(), 1);
+}
