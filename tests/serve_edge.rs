@@ -34,14 +34,14 @@ fn body_of(response: &str) -> &str {
 fn get(addr: &str, path: &str, headers: &str) -> String {
     raw(
         addr,
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}\r\n").as_bytes(),
     )
 }
 
 fn post(addr: &str, path: &str, body: &Value) -> String {
     let body = body.to_string();
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     raw(addr, format!("{head}{body}").as_bytes())
@@ -54,19 +54,19 @@ fn malformed_framing_is_400_and_close() {
     let server = start(&[]);
     let len = BODY.len();
     let cases = [
-        format!("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: {len}\r\n\r\n{BODY}"),
-        format!("POST /v1/completions HTTP/1.1\r\nHost: x\r\nX-Foo: bar\r\n Content-Length: 2\r\nContent-Length: {len}\r\n\r\n{BODY}"),
-        format!("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length : {len}\r\n\r\n{BODY}"),
-        format!("POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\nContent-Length: {len}\r\n\r\n{BODY}"),
-        format!("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: +{len}\r\n\r\n{BODY}"),
-        "GET /health HTTP/1.9\r\nHost: x\r\n\r\n".to_string(),
-        "GET /health HTTP/1.1 extra\r\nHost: x\r\n\r\n".to_string(),
+        format!("POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 2\r\nContent-Length: {len}\r\n\r\n{BODY}"),
+        format!("POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nX-Foo: bar\r\n Content-Length: 2\r\nContent-Length: {len}\r\n\r\n{BODY}"),
+        format!("POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length : {len}\r\n\r\n{BODY}"),
+        format!("POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\nContent-Length: {len}\r\n\r\n{BODY}"),
+        format!("POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: +{len}\r\n\r\n{BODY}"),
+        "GET /health HTTP/1.9\r\nHost: localhost\r\n\r\n".to_string(),
+        "GET /health HTTP/1.1 extra\r\nHost: localhost\r\n\r\n".to_string(),
         "GET /health HTTP/1.1\r\n\r\n".to_string(),
         "GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_string(),
     ];
     for case in &cases {
         // A second request follows on the same connection: it must not be served.
-        let bytes = format!("{case}GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+        let bytes = format!("{case}GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n");
         let response = raw(&server.addr, bytes.as_bytes());
         assert!(
             status_line(&response).starts_with("HTTP/1.1 400"),
@@ -76,7 +76,7 @@ fn malformed_framing_is_400_and_close() {
     }
     // Transfer-Encoding and Content-Length together: served by the chunks, then closed.
     let chunked = format!(
-        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n{len:x}\r\n{BODY}\r\n0\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+        "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n{len:x}\r\n{BODY}\r\n0\r\n\r\nGET /health HTTP/1.1\r\nHost: localhost\r\n\r\n"
     );
     let response = raw(&server.addr, chunked.as_bytes());
     assert_eq!(response.matches("HTTP/1.1 200 OK").count(), 1, "{response}");
@@ -91,7 +91,7 @@ fn http_1_0_streams_are_not_chunked() {
     let server = start(&[]);
     let body = r#"{"prompt":"x","max_tokens":3,"stream":true}"#;
     let request = format!(
-        "POST /v1/completions HTTP/1.0\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /v1/completions HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     let response = raw(&server.addr, request.as_bytes());
@@ -125,7 +125,7 @@ fn cors_preflight_and_headers() {
     let server = start(&["--cors", "http://app.example", "--api-key", "k"]);
     let preflight = raw(
         &server.addr,
-        b"OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: x\r\nOrigin: http://app.example\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization, content-type\r\nConnection: close\r\n\r\n",
+        b"OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nOrigin: http://app.example\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization, content-type\r\nConnection: close\r\n\r\n",
     );
     let lower = preflight.to_ascii_lowercase();
     assert!(status_line(&preflight).contains("200"), "{preflight}");
@@ -200,7 +200,7 @@ fn sigterm_ends_streams_with_a_final_event_and_exits_0() {
     let mut s = TcpStream::connect(&server.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     s.write_all(format!("{head}{body}").as_bytes()).unwrap();
@@ -222,4 +222,29 @@ fn sigterm_ends_streams_with_a_final_event_and_exits_0() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn browsers_cannot_rebind_or_post_across_sites() {
+    let server = start(&["--allowed-host", "llama.lan"]);
+    let ask = |head: &str| {
+        let request = format!(
+            "POST /v1/completions HTTP/1.1\r\n{head}Connection: close\r\nContent-Length: {}\r\n\r\n{BODY}",
+            BODY.len()
+        );
+        status_line(&raw(&server.addr, request.as_bytes())).to_string()
+    };
+    let json = "Content-Type: application/json\r\n";
+    assert!(ask(&format!("Host: localhost:1\r\n{json}")).contains("200"));
+    assert!(ask(&format!("Host: llama.lan\r\n{json}")).contains("200"));
+    // A DNS-rebinding page reaches a loopback server under its own name.
+    assert!(ask(&format!("Host: evil.example\r\n{json}")).contains("403"));
+    let get = raw(&server.addr, b"GET /v1/models HTTP/1.1\r\nHost: evil.example:80\r\nConnection: close\r\n\r\n");
+    assert!(status_line(&get).contains("403"), "{get}");
+    // A cross-site form or fetch: another Origin, or a body that is not declared JSON.
+    assert!(ask(&format!("Host: localhost\r\nOrigin: http://evil.example\r\n{json}")).contains("403"));
+    let same = format!("Host: {0}\r\nOrigin: http://{0}\r\n{json}", server.addr);
+    assert!(ask(&same).contains("200"));
+    assert!(ask("Host: localhost\r\nContent-Type: text/plain\r\n").contains("415"));
+    assert!(ask("Host: localhost\r\n").contains("415"));
 }

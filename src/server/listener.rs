@@ -218,8 +218,8 @@ async fn connection(
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
         .keep_alive(true)
-        // A client that shuts its write side after the request still gets the answer.
-        .half_close(true)
+        // No half-close: a client whose read side ends has gone (as nginx takes it), so
+        // that a queued or non-streamed request of a vanished client is dropped at once.
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let mut closing = false;

@@ -16,6 +16,7 @@ mod anthropic;
 mod body;
 pub mod error;
 mod events;
+mod guard;
 mod generate;
 mod handlers;
 mod listener;
@@ -67,8 +68,11 @@ pub struct ServerConfig {
     /// Open connections at most. When full, the oldest idle connection is closed to make
     /// room; when none is idle, the new one is answered 503.
     pub max_connections: usize,
-    /// Origins allowed to call the API from a browser (`*` for any); empty: no CORS headers.
+    /// Origins allowed to call the API from a browser (`*` for any); empty: no CORS headers,
+    /// and cross-origin POSTs are refused.
     pub cors_origins: Vec<String>,
+    /// `Host` names a loopback server answers besides localhost, 127.0.0.1 and [::1].
+    pub allowed_hosts: Vec<String>,
     /// How long running answers may go on after shutdown is asked; the rest end with an
     /// error event.
     pub shutdown_grace: Duration,
@@ -98,6 +102,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(60),
             max_connections: 1024,
             cors_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             shutdown_grace: Duration::from_secs(30),
             keep_alive_interval: Duration::from_secs(10),
             playground: true,
@@ -179,6 +184,8 @@ struct State {
     metrics: metrics::Metrics,
     /// Stored Responses API answers.
     responses: responses::ResponseStore,
+    /// Bound to a loopback address: only local `Host` names are answered.
+    loopback: bool,
     phase: watch::Receiver<Phase>,
 }
 
@@ -260,7 +267,9 @@ impl Server {
             source,
         })?;
         let (phase_tx, phase) = watch::channel(Phase::Serving);
+        let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
         let state = State {
+            loopback,
             metrics: metrics::Metrics::new(),
             responses: responses::ResponseStore::default(),
             config,

@@ -52,6 +52,7 @@ pub(super) fn router(state: Arc<State>) -> Router {
     let mut app = app
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), super::guard::guard))
         .layer(middleware::from_fn_with_state(state.clone(), log_request));
     if let Some(cors) = cors_layer(&state.config.cors_origins) {
         app = app.layer(cors);

@@ -340,6 +340,10 @@ pub struct ServeArgs {
     /// Origin allowed to call the API from a browser (repeatable; `*` for any).
     #[arg(long)]
     pub cors: Vec<String>,
+    /// Another `Host` name a loopback server answers to (repeatable; by default only
+    /// localhost, 127.0.0.1 and [::1], which stops DNS-rebinding pages).
+    #[arg(long)]
+    pub allowed_host: Vec<String>,
     /// Open connections at most (when full, the oldest idle one is closed to make room).
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,

@@ -70,6 +70,7 @@ fn server_config(a: &ServeArgs) -> anyhow::Result<ServerConfig> {
         max_connections: a.max_connections,
         max_answer_entries: a.max_answer_entries,
         cors_origins: a.cors.clone(),
+        allowed_hosts: a.allowed_host.clone(),
         shutdown_grace: Duration::from_secs(a.shutdown_grace),
         playground: !a.no_playground,
         special_tokens_in_content: a.special_tokens_in_content,
