@@ -217,11 +217,11 @@ impl Backend {
     }
 
     /// A new sequence starting with `prompt` in a context of `ctx` positions, reusing what
-    /// is cached of its prefix.
-    pub fn start(&mut self, prompt: &[u32], ctx: usize) -> SeqId {
+    /// is cached of its prefix within cache scope `scope` (0: the shared scope).
+    pub fn start(&mut self, prompt: &[u32], ctx: usize, scope: u64) -> SeqId {
         match self {
-            Self::Cpu(b) => b.start(prompt),
-            Self::Candle(b) => b.start(prompt, ctx),
+            Self::Cpu(b) => b.start(prompt, scope),
+            Self::Candle(b) => b.start(prompt, ctx, scope),
         }
     }
 
@@ -318,7 +318,7 @@ impl Session {
     /// of at most `chunk` tokens.
     pub(crate) fn new(model: &Model, ctx: usize, kv_dtype: KvDType, chunk: usize) -> Self {
         let mut backend = model.backend_for(ctx, kv_dtype, chunk);
-        let seq = backend.start(&[], ctx);
+        let seq = backend.start(&[], ctx, 0);
         Self {
             backend,
             seq,

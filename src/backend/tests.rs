@@ -46,10 +46,10 @@ fn a_cached_prefix_gives_the_bits_of_a_cold_prefill() {
     assert!(m.is_cpu());
     let mut b = m.backend(64 << 20, KvDType::F32, 512);
     let ids = prompt(40, 1);
-    let seq = b.start(&ids, 128);
+    let seq = b.start(&ids, 128, 0);
     let cold = run(&mut b, seq, &ids, 100);
     b.release(seq, &ids);
-    let warm_seq = b.start(&ids, 128);
+    let warm_seq = b.start(&ids, 128, 0);
     assert_eq!(b.positions(warm_seq), (ids.len() - 1, ids.len() - 1));
     let warm = run(&mut b, warm_seq, &ids, 7);
     // Dense f32 prompts run through a GEMM whose sums depend on the chunk: equal to rounding.
@@ -70,7 +70,7 @@ fn one_token_steps_and_batched_steps_are_the_same_forward() {
     let mut solo = Vec::new();
     for p in [&a, &c] {
         let mut toks = p.to_vec();
-        let s = alone.start(&toks, 128);
+        let s = alone.start(&toks, 128, 0);
         run(&mut alone, s, &toks, 512);
         toks.push(42);
         solo.push(run(&mut alone, s, &toks, 1));
@@ -78,7 +78,7 @@ fn one_token_steps_and_batched_steps_are_the_same_forward() {
     // Together: `a`'s decode token in the same step as `c`'s whole prompt, then `c`'s.
     let mut together = m.backend(64 << 20, KvDType::F16, 512);
     let (mut ta, mut tc) = (a.to_vec(), c.to_vec());
-    let (sa, sc) = (together.start(&ta, 128), together.start(&tc, 128));
+    let (sa, sc) = (together.start(&ta, 128, 0), together.start(&tc, 128, 0));
     run(&mut together, sa, &ta, 512);
     ta.push(42);
     assert!(together.reserve(sa, 1) && together.reserve(sc, tc.len()));

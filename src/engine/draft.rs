@@ -103,7 +103,7 @@ impl DraftRunner {
     /// `a.tokens` (proposals that were not kept leave it), keeping at least the last token
     /// to run; returns the tokens to run first.
     fn catch_up(&mut self, a: &mut Ask) -> Vec<u32> {
-        let id = *a.state.seq.get_or_insert_with(|| self.backend.start(&[], a.ctx));
+        let id = *a.state.seq.get_or_insert_with(|| self.backend.start(&[], a.ctx, 0));
         let fed = &mut a.state.fed;
         let common = fed.iter().zip(a.tokens).take_while(|(x, y)| x == y).count();
         let keep = common.min(a.tokens.len().saturating_sub(1));

@@ -396,6 +396,7 @@ impl Engine {
             start,
             logprobs: request.logprobs,
             prompt_logprobs: request.prompt_logprobs,
+            cache_scope: request.cache_scope,
             speculation: match request.speculation.filter(|_| self.paged) {
                 Some(spec) => Some(Speculator::new(spec, self.has_draft)?),
                 None => None,

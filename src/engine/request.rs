@@ -32,6 +32,10 @@ pub struct GenerateRequest {
     /// Report each prompt token's log-probability (after the first) with this many most
     /// likely alternatives; the prompt is then computed in full, not taken from the cache.
     pub prompt_logprobs: Option<usize>,
+    /// Prefix-cache scope: a request reuses cached prompt blocks only from requests of the
+    /// same scope (0, the default, is shared by all), so that one tenant cannot learn what
+    /// another sent from its cache hits.
+    pub cache_scope: u64,
     /// A grammar the answer must follow (JSON Schema, any JSON object, regex, Lark).
     pub constraint: Option<Constraint>,
     /// Speculative decoding (the paged CPU backend; the output is unchanged).
@@ -47,6 +51,7 @@ impl Default for GenerateRequest {
             ctx_size: None,
             logprobs: None,
             prompt_logprobs: None,
+            cache_scope: 0,
             constraint: None,
             speculation: None,
         }

@@ -143,7 +143,7 @@ impl Scheduler {
                 true => &seq.tokens[..0],
                 false => &seq.tokens[..],
             };
-            let kv = self.backend.start(cacheable, seq.ctx);
+            let kv = self.backend.start(cacheable, seq.ctx, seq.cache_scope);
             let computed = self.backend.positions(kv).0;
             let need = self.backend.blocks_needed(kv, seq.tokens.len() - computed);
             if need > self.backend.available() && !self.running.is_empty() {
@@ -165,7 +165,7 @@ impl Scheduler {
             && self
                 .running
                 .iter()
-                .any(|r| r.pending() > 1 && r.tokens.get(..bs) == Some(first))
+                .any(|r| r.pending() > 1 && r.cache_scope == seq.cache_scope && r.tokens.get(..bs) == Some(first))
     }
 
     /// Makes room for every decoding sequence's next position, preempting the most

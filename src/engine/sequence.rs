@@ -28,6 +28,8 @@ pub struct Sequence {
     pub kv: Option<SeqId>,
     /// Positions of `tokens` whose keys and values the backend holds.
     pub computed: usize,
+    /// Its prefix-cache scope: it shares cached blocks only with sequences of the same.
+    pub cache_scope: u64,
     sampler: Sampler,
     stop: StopMatcher,
     stream: TextStream,
@@ -82,6 +84,8 @@ pub struct Parts {
     pub logprobs: Option<usize>,
     /// Alternatives per prompt token when the prompt's log-probabilities are wanted.
     pub prompt_logprobs: Option<usize>,
+    /// Its prefix-cache scope.
+    pub cache_scope: u64,
     /// The compiled grammar, when the answer is constrained.
     pub constraint: Option<ConstraintState>,
     /// Speculative decoding, when asked for (ready to run: a draft model's state included).
@@ -98,6 +102,7 @@ impl Sequence {
             ctx: p.ctx,
             kv: None,
             computed: 0,
+            cache_scope: p.cache_scope,
             sampler: p.sampler,
             stop: p.stop,
             stream: p.stream,

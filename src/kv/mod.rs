@@ -115,6 +115,8 @@ pub struct BlockTable {
     hashes: Vec<u64>,
     /// Positions taken from the prefix cache when the sequence started.
     cached: usize,
+    /// The parent key of its first block: its cache scope's root.
+    root: u64,
 }
 
 impl BlockTable {
@@ -193,13 +195,18 @@ impl BlockPool {
     }
 
     /// A new sequence whose tokens will start with `prompt`: the longest run of `prompt`'s
-    /// full blocks found in the prefix cache is shared, leaving at least the last token
-    /// to compute (its logits are needed). The copy, if any, must be carried out now.
-    pub fn start(&mut self, prompt: &[u32]) -> (BlockTable, Option<BlockCopy>) {
+    /// full blocks found in the prefix cache of cache scope `scope` is shared, leaving at
+    /// least the last token to compute (its logits are needed). The copy, if any, must be
+    /// carried out now.
+    pub fn start(&mut self, prompt: &[u32], scope: u64) -> (BlockTable, Option<BlockCopy>) {
         let bs = self.layout.block_size;
         let usable = prompt.len().saturating_sub(1) / bs;
-        let mut table = BlockTable::default();
-        let mut parent = prefix::ROOT;
+        let root = prefix::root(scope);
+        let mut table = BlockTable {
+            root,
+            ..BlockTable::default()
+        };
+        let mut parent = root;
         for chunk in prompt.chunks_exact(bs).take(usable) {
             let Some((block, hash)) = self.cache.find(parent, chunk) else {
                 break;
@@ -255,7 +262,7 @@ impl BlockPool {
         table.len += n;
         while table.hashes.len() < table.len / bs {
             let i = table.hashes.len();
-            let parent = table.hashes.last().copied().unwrap_or(prefix::ROOT);
+            let parent = table.hashes.last().copied().unwrap_or(table.root);
             let Some(chunk) = tokens.get(i * bs..(i + 1) * bs) else {
                 break;
             };
@@ -307,7 +314,7 @@ impl BlockPool {
         if let (Some(&last), true) = (table.blocks.get(full), !table.len.is_multiple_of(bs)) {
             if self.refs[last as usize] == 1 {
                 let parent = match full.checked_sub(1) {
-                    None => Some(prefix::ROOT),
+                    None => Some(table.root),
                     Some(i) => table.hashes.get(i).copied(),
                 };
                 if let (Some(parent), Some(held)) = (parent, tokens.get(full * bs..table.len)) {

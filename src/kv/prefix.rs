@@ -36,6 +36,15 @@ pub struct PrefixCache {
     tick: u64,
 }
 
+/// The parent key of the first block of a sequence in cache scope `scope`: sequences of
+/// different scopes never share blocks (0 is the shared scope).
+pub fn root(scope: u64) -> u64 {
+    match scope {
+        0 => ROOT,
+        s => key(ROOT, &[s as u32, (s >> 32) as u32]),
+    }
+}
+
 /// The key of a block holding `tokens` after the block keyed `parent`.
 pub fn key(parent: u64, tokens: &[u32]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();

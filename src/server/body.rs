@@ -182,6 +182,7 @@ pub(super) struct SamplingFields {
     pub(super) n: Option<Int>,
     pub(super) stream: Option<bool>,
     pub(super) stream_options: Option<StreamOptions>,
+    pub(super) cache_salt: Option<String>,
 }
 
 /// Declares a request body struct with its own fields followed by those of
@@ -209,6 +210,7 @@ macro_rules! generation_body {
             n: Option<$crate::server::body::Int>,
             stream: Option<bool>,
             stream_options: Option<$crate::server::body::StreamOptions>,
+            cache_salt: Option<String>,
         }
 
         impl $name {
@@ -230,6 +232,7 @@ macro_rules! generation_body {
                     n: self.n.take(),
                     stream: self.stream.take(),
                     stream_options: self.stream_options.take(),
+                    cache_salt: self.cache_salt.take(),
                 }
             }
         }

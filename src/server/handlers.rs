@@ -19,6 +19,7 @@ use super::openai::{ChatRequest, CompletionRequest};
 use super::params::unix_now;
 use super::plan::{self, Plan};
 use super::report::{self_reported, Report};
+use super::routes::KeyScope;
 use super::{Phase, State};
 
 type Shared = AxumState<Arc<State>>;
@@ -63,6 +64,7 @@ async fn prepare(
     plan: impl FnOnce(&Arc<State>, &Bytes) -> Result<Plan, ApiError>,
 ) -> Result<(Plan, Report), (ApiError, Report)> {
     let report = Report::new(&request).armed(state);
+    let key_scope = request.extensions().get::<KeyScope>().map_or(0, |k| k.0);
     if state.ready.get().is_none() {
         return Err((ApiError::loading(), report));
     }
@@ -82,11 +84,20 @@ async fn prepare(
         Err(e) => return Err((e, report)),
     };
     match plan(state, &body) {
-        Ok(plan) => {
+        Ok(mut plan) => {
             let report = report.with_tools(plan.tools_via);
+            plan.request.cache_scope = combine_scopes(key_scope, plan.request.cache_scope);
             Ok((plan, report))
         }
         Err(e) => Err((e, report)),
+    }
+}
+
+/// The scope of a request made with a key of scope `key` and salted into `salt`.
+fn combine_scopes(key: u64, salt: u64) -> u64 {
+    match (key, salt) {
+        (0, s) | (s, 0) => s,
+        (k, s) => super::params::scope_of(&[&k.to_string(), &s.to_string()]),
     }
 }
 

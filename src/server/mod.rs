@@ -53,7 +53,9 @@ pub struct ServerConfig {
     /// them all; requests naming another get 404.
     pub model_ids: Vec<String>,
     /// When set, `/v1/*` requires `Authorization: Bearer <key>` (or `x-api-key: <key>`).
-    pub api_key: Option<String>,
+    pub api_keys: Vec<String>,
+    /// Serve `/metrics` without the API key.
+    pub metrics_public: bool,
     /// Requests that may wait beyond the engine's parallel sequences; more get 503.
     pub queue: usize,
     /// Context window per request (`None`: the model's maximum).
@@ -94,7 +96,8 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             model_ids: vec!["llama32".into()],
-            api_key: None,
+            api_keys: Vec::new(),
+            metrics_public: false,
             queue: 16,
             ctx_size: None,
             max_body_bytes: 1 << 20,
@@ -117,7 +120,7 @@ impl fmt::Debug for ServerConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerConfig")
             .field("model_ids", &self.model_ids)
-            .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
+            .field("api_keys", &self.api_keys.len())
             .field("queue", &self.queue)
             .field("ctx_size", &self.ctx_size)
             .field("max_body_bytes", &self.max_body_bytes)

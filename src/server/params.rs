@@ -42,6 +42,8 @@ pub(super) struct CommonParams {
     pub(super) logprobs: Option<usize>,
     /// The prompt's log-probabilities with this many alternatives per token.
     pub(super) prompt_logprobs: Option<usize>,
+    /// vLLM's `cache_salt`: its prefix-cache scope.
+    pub(super) cache_salt: Option<String>,
 }
 
 impl CommonParams {
@@ -99,6 +101,7 @@ impl CommonParams {
             include_usage: f.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
             logprobs: None,
             prompt_logprobs: None,
+            cache_salt: f.cache_salt,
         })
     }
 }
@@ -236,6 +239,15 @@ pub(super) struct CompletionParams {
     pub(super) echo: bool,
     /// `response_format` (or another grammar field) as a grammar, with the field's name.
     pub(super) constraint: Option<(Constraint, &'static str)>,
+}
+
+/// A prefix-cache scope from labels (an API key, a `cache_salt`): never 0, the scope of
+/// requests that name none.
+pub(super) fn scope_of(labels: &[&str]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    labels.hash(&mut h);
+    h.finish().max(1)
 }
 
 /// A random id with a prefix (`chatcmpl-...`, `cmpl-...`, `call_...`, `msg_...`).

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::error::ApiError;
-use super::params::{new_id, tool_call_constraint, ChatParams, CommonParams, CompletionParams, Prompt, ToolChoice};
+use super::params::{scope_of, new_id, tool_call_constraint, ChatParams, CommonParams, CompletionParams, Prompt, ToolChoice};
 use super::responses::response::Meta;
 use super::responses::ResponsesParams;
 use super::{Ready, State};
@@ -180,6 +180,7 @@ impl Plan {
                 ctx_size: Some(state.ctx),
                 logprobs: common.logprobs,
                 prompt_logprobs: common.prompt_logprobs,
+                cache_scope: common.cache_salt.as_deref().map_or(0, |s| scope_of(&["salt", s])),
                 speculation: state.speculation,
                 ..GenerateRequest::default()
             },

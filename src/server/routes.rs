@@ -43,7 +43,10 @@ pub(super) fn router(state: Arc<State>) -> Router {
         .route_layer(middleware::from_fn(super::anthropic::anthropic_errors));
     let mut app = Router::new()
         .route("/health", get(health))
-        .route("/metrics", get(metrics))
+        .route(
+            "/metrics",
+            get(metrics).route_layer(middleware::from_fn_with_state(state.clone(), metrics_key)),
+        )
         .merge(api)
         .merge(anthropic);
     if state.config.playground {
@@ -116,10 +119,39 @@ fn authorized(key: &str, headers: &HeaderMap) -> bool {
     given.is_some_and(|g| same_secret(g.trim().as_bytes(), key.as_bytes()))
 }
 
-async fn require_key(AxumState(state): Shared, request: Request, next: Next) -> Response {
-    match &state.config.api_key {
-        Some(key) if !authorized(key, request.headers()) => ApiError::unauthorized().into_response(),
-        _ => next.run(request).await,
+/// The prefix-cache scope of the API key a request was made with (0 with one key or none).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct KeyScope(pub(super) u64);
+
+async fn require_key(AxumState(state): Shared, mut request: Request, next: Next) -> Response {
+    let keys = &state.config.api_keys;
+    if keys.is_empty() {
+        return next.run(request).await;
+    }
+    // Every key is compared, so the time does not tell which one nearly matched.
+    let matched = keys
+        .iter()
+        .fold(None, |found, key| match authorized(key, request.headers()) {
+            true => Some(key),
+            false => found,
+        });
+    match matched {
+        None => ApiError::unauthorized().into_response(),
+        Some(key) => {
+            let scope = match keys.len() {
+                1 => 0,
+                _ => super::params::scope_of(&["key", key]),
+            };
+            request.extensions_mut().insert(KeyScope(scope));
+            next.run(request).await
+        }
+    }
+}
+
+async fn metrics_key(state: Shared, request: Request, next: Next) -> Response {
+    match state.config.metrics_public {
+        true => next.run(request).await,
+        false => require_key(state, request, next).await,
     }
 }
 

@@ -6,6 +6,7 @@
 import json
 import shutil
 import subprocess
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -151,3 +152,33 @@ def test_answer_size_is_bounded(server):
         client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], n=16,
                                        logprobs=True, top_logprobs=20, max_tokens=6000)
     assert e.value.body["param"] == "max_tokens" and "max-answer-entries" in e.value.body["message"]
+
+
+def cached(client, salt=None, prompt="The same long shared prefix, " * 12):
+    extra = {"cache_salt": salt} if salt else None
+    r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": prompt}], max_tokens=1,
+                                       extra_body=extra)
+    return r.usage.prompt_tokens_details.cached_tokens
+
+
+def test_prefix_cache_is_scoped_per_key_and_salt(tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("# tenants\nalice-key\nbob-key\n")
+    s = Server("--api-key-file", str(keys))
+    try:
+        alice, bob = s.client("alice-key"), s.client("bob-key")
+        assert cached(alice) == 0
+        # Another key cannot see that alice sent this prompt...
+        assert cached(bob) == 0
+        # ...while alice's own repeat hits her cache.
+        assert cached(alice) > 0
+        # A salt is a scope of its own, within a key.
+        assert cached(alice, salt="project-x") == 0 and cached(alice, salt="project-x") > 0
+        # /metrics is behind the key (its cache-hit counter would tell too).
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(s.url + "/metrics", timeout=10)
+        assert e.value.code == 401
+        request = urllib.request.Request(s.url + "/metrics", headers={"Authorization": "Bearer bob-key"})
+        assert urllib.request.urlopen(request, timeout=10).status == 200
+    finally:
+        s.stop()

@@ -28,6 +28,8 @@ struct Seq {
     tokens: Vec<u32>,
     /// Positions reused from an idle cache when it started.
     cached: usize,
+    /// Its cache scope: an idle cache is reused only within one.
+    scope: u64,
 }
 
 /// The candle model and its sequences' caches.
@@ -51,10 +53,10 @@ impl CandleBackend {
 
     /// A new sequence starting with `prompt` in a context of `ctx` positions, reusing the
     /// idle cache that shares the longest prefix with it.
-    pub fn start(&mut self, prompt: &[u32], ctx: usize) -> SeqId {
+    pub fn start(&mut self, prompt: &[u32], ctx: usize, scope: u64) -> SeqId {
         let common = |t: &[u32]| t.iter().zip(prompt).take_while(|(a, b)| a == b).count();
         let best = (0..self.idle.len())
-            .filter(|&i| self.idle[i].cache.max_len() == ctx)
+            .filter(|&i| self.idle[i].cache.max_len() == ctx && self.idle[i].scope == scope)
             .max_by_key(|&i| common(&self.idle[i].tokens));
         let mut seq = match best {
             Some(i) => self.idle.remove(i),
@@ -62,6 +64,7 @@ impl CandleBackend {
                 cache: self.model.new_cache(ctx),
                 tokens: Vec::new(),
                 cached: 0,
+                scope,
             },
         };
         let keep = common(&seq.tokens).min(prompt.len().saturating_sub(1));

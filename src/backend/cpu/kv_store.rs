@@ -228,8 +228,8 @@ impl KvPool {
     }
 
     /// [`BlockPool::start`], with its copy made.
-    pub fn start(&mut self, prompt: &[u32]) -> BlockTable {
-        let (table, copy) = self.blocks.start(prompt);
+    pub fn start(&mut self, prompt: &[u32], scope: u64) -> BlockTable {
+        let (table, copy) = self.blocks.start(prompt, scope);
         if let Some(c) = copy {
             self.store.copy(c);
         }

@@ -70,8 +70,8 @@ impl CpuBackend {
     }
 
     /// A new sequence starting with `prompt`, reusing the cached blocks of its prefix.
-    pub fn start(&mut self, prompt: &[u32]) -> SeqId {
-        let table = self.pool.start(prompt);
+    pub fn start(&mut self, prompt: &[u32], scope: u64) -> SeqId {
+        let table = self.pool.start(prompt, scope);
         self.seqs.insert(table)
     }
 

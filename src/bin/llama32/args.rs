@@ -310,9 +310,18 @@ pub struct ServeArgs {
     /// Port (0 picks a free one; the bound address is printed on stderr).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
-    /// Require `Authorization: Bearer KEY` on /v1/* (default: $LLAMA32_API_KEY if set, else no key).
+    /// Require `Authorization: Bearer KEY` on /v1/* and /metrics (repeatable: any of them
+    /// is accepted, and each key gets its own prefix-cache scope; default: $LLAMA32_API_KEY
+    /// if set, else no key).
     #[arg(long)]
-    pub api_key: Option<String>,
+    pub api_key: Vec<String>,
+    /// A file of API keys, one per line (blank lines and `#` comments skipped), added to
+    /// --api-key.
+    #[arg(long)]
+    pub api_key_file: Option<std::path::PathBuf>,
+    /// Serve /metrics without the API key.
+    #[arg(long)]
+    pub metrics_public: bool,
     /// A model id clients may send; /v1/models lists each (repeatable; default: the --model string).
     #[arg(long)]
     pub served_model_name: Vec<String>,

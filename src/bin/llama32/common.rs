@@ -125,6 +125,7 @@ pub fn request(a: &SamplingArgs, ctx_size: Option<usize>) -> llama32::Result<Gen
         ctx_size,
         logprobs: a.logprobs,
         prompt_logprobs: None,
+        cache_scope: 0,
         constraint: constraint(a)?,
         speculation: speculation(&a.spec, a.spec_n, a.spec_k)?,
     };

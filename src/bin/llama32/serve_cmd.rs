@@ -55,14 +55,27 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
 
 /// The server's configuration from the flags (and `LLAMA32_API_KEY`).
 fn server_config(a: &ServeArgs) -> anyhow::Result<ServerConfig> {
-    let api_key = a
-        .api_key
-        .clone()
-        .or_else(|| std::env::var("LLAMA32_API_KEY").ok())
-        .filter(|k| !k.is_empty());
+    let mut api_keys: Vec<String> = a.api_key.iter().filter(|k| !k.is_empty()).cloned().collect();
+    if let Some(path) = &a.api_key_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("--api-key-file {}: {e}", path.display()))?;
+        api_keys.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string),
+        );
+        if api_keys.is_empty() {
+            anyhow::bail!("--api-key-file {}: no key in the file", path.display());
+        }
+    }
+    if api_keys.is_empty() {
+        api_keys.extend(std::env::var("LLAMA32_API_KEY").ok().filter(|k| !k.is_empty()));
+    }
     Ok(ServerConfig {
         model_ids: a.served_model_name.clone(),
-        api_key,
+        api_keys,
+        metrics_public: a.metrics_public,
         queue: a.queue,
         ctx_size: a.model.ctx_size,
         max_body_bytes: a.max_body,

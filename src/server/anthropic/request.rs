@@ -199,14 +199,14 @@ impl MessagesRequest {
         if let Some(t) = self.thinking.take().filter(|t| t.kind != "disabled") {
             return Err(ApiError::invalid(
                 "thinking",
-                format!("thinking `{}` is not available: Llama 3.2 does not think (use `disabled`)", t.kind),
+                format!("thinking `{}` is not available: this server's models do not think (use `disabled`)", t.kind),
             ));
         }
         let Some(config) = self.output_config.take() else { return Ok(None) };
         if let Some(effort) = config.effort {
             return Err(ApiError::invalid(
                 "output_config.effort",
-                format!("effort `{effort}` is not available: Llama 3.2 does not think"),
+                format!("effort `{effort}` is not available: this server's models do not think"),
             ));
         }
         match config.format {

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 /// the keys and values as `[kv_heads, len, d]` tensors.
 fn fill(pool: &mut KvPool, len: usize) -> (BlockTable, Tensor, Tensor) {
     let l = pool.store().layout();
-    let mut t = pool.start(&[]);
+    let mut t = pool.start(&[], 0);
     assert!(pool.reserve(&mut t, len));
     let k = Tensor::randn(0f32, 1.0, (len, l.kv_heads * l.head_dim), &Device::Cpu).unwrap();
     let v = Tensor::randn(0f32, 1.0, (len, l.kv_heads * l.head_dim), &Device::Cpu).unwrap();

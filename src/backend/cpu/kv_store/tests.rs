@@ -12,7 +12,7 @@ fn pool(blocks: usize) -> KvPool {
 
 /// Runs `tokens` into a new sequence as if computed; returns its table.
 fn run(p: &mut KvPool, tokens: &[u32]) -> BlockTable {
-    let mut t = p.start(tokens);
+    let mut t = p.start(tokens, 0);
     let n = tokens.len() - t.len();
     assert!(p.reserve(&mut t, n));
     p.commit(&mut t, tokens, n);
@@ -22,7 +22,7 @@ fn run(p: &mut KvPool, tokens: &[u32]) -> BlockTable {
 #[test]
 fn writes_land_in_the_sequence_s_blocks() {
     let mut p = pool(4);
-    let mut t = p.start(&[1, 2, 3, 4, 5]);
+    let mut t = p.start(&[1, 2, 3, 4, 5], 0);
     assert!(p.reserve(&mut t, 5));
     let k: Vec<f32> = (0..8).map(|i| i as f32).collect();
     let v: Vec<f32> = (0..8).map(|i| -(i as f32)).collect();
@@ -54,7 +54,7 @@ fn a_partly_filled_last_block_is_copied_for_a_prompt_that_continues_it() {
     p.release(ta, &a);
     // The next turn: the same 6 tokens and more.
     let b: Vec<u32> = (0..6).chain([50, 51]).collect();
-    let tb = p.start(&b);
+    let tb = p.start(&b, 0);
     assert_eq!(tb.cached(), 6);
     let (block, slot) = p.blocks().locate(&tb, 5);
     let mut scratch = vec![0f32; 64];
@@ -65,7 +65,7 @@ fn a_partly_filled_last_block_is_copied_for_a_prompt_that_continues_it() {
     p.release(tb, &b);
     // A prompt diverging inside the partial block copies only what it shares.
     let c: Vec<u32> = vec![0, 1, 2, 3, 4, 77, 78];
-    let tc = p.start(&c);
+    let tc = p.start(&c, 0);
     assert_eq!(tc.cached(), 5);
     p.release(tc, &c);
     assert_eq!(p.blocks().used(), 0);
@@ -80,7 +80,7 @@ fn an_f16_pool_stores_half_precision() {
         block_size: 4,
     };
     let mut p = KvPool::new(layout, 2, KvDType::F16);
-    let mut t = p.start(&[1]);
+    let mut t = p.start(&[1], 0);
     assert!(p.reserve(&mut t, 1));
     let k = [1.0f32, 0.1, -2.5, 65504.0];
     p.write(0, &t, 0, &k, &k);
