@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -24,6 +24,9 @@ use tower::ServiceExt;
 use super::error::ApiError;
 use super::{routes, Phase, ServerHandle};
 
+/// The kernel send buffer of each connection (bytes).
+const SEND_BUFFER_BYTES: usize = 128 << 10;
+
 /// How long answers that were ended after the grace period get to reach their clients.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
 
@@ -33,6 +36,8 @@ struct Slot {
     busy: AtomicUsize,
     /// Asks the connection to close once its current answer is done.
     close: Notify,
+    /// The client's address.
+    ip: IpAddr,
 }
 
 /// Marks its connection busy while alive.
@@ -54,6 +59,8 @@ impl Drop for Busy {
 /// The open connections, oldest first.
 struct Registry {
     max: usize,
+    /// Connections one client address may hold.
+    per_ip: usize,
     slots: Mutex<BTreeMap<u64, Arc<Slot>>>,
     next: AtomicUsize,
     /// Signalled when the last connection ends.
@@ -65,13 +72,16 @@ impl Registry {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a new connection, closing the oldest idle one when full; `None` when
-    /// every connection is busy.
-    fn admit(&self) -> Option<(u64, Arc<Slot>)> {
+    /// Registers a new connection from `ip`, closing the oldest idle one when full (that
+    /// client's own when it holds its share); `None` when every connection that could make
+    /// room is busy.
+    fn admit(&self, ip: IpAddr) -> Option<(u64, Arc<Slot>)> {
         let mut slots = self.lock();
-        if slots.len() >= self.max {
+        let own = slots.values().filter(|s| s.ip == ip).count();
+        if own >= self.per_ip || slots.len() >= self.max {
             let idle = slots
                 .iter()
+                .filter(|(_, s)| own < self.per_ip || s.ip == ip)
                 .find(|(_, s)| s.busy.load(Ordering::SeqCst) == 0)
                 .map(|(&id, _)| id)?;
             if let Some(slot) = slots.remove(&idle) {
@@ -82,6 +92,7 @@ impl Registry {
         let slot = Arc::new(Slot {
             busy: AtomicUsize::new(0),
             close: Notify::new(),
+            ip,
         });
         slots.insert(id, slot.clone());
         Some((id, slot))
@@ -106,6 +117,7 @@ pub(super) async fn serve(listener: TcpListener, handle: ServerHandle) {
     let router = routes::router(state.clone());
     let registry = Arc::new(Registry {
         max: state.config.max_connections,
+        per_ip: state.config.max_connections_per_ip.clamp(1, state.config.max_connections),
         slots: Mutex::new(BTreeMap::new()),
         next: AtomicUsize::new(0),
         empty: Notify::new(),
@@ -132,7 +144,10 @@ pub(super) async fn serve(listener: TcpListener, handle: ServerHandle) {
                 continue;
             }
         };
-        let Some((id, slot)) = registry.admit() else {
+        // A small send buffer: a client that stops reading fills it within a few hundred
+        // tokens, so its stream hits the send timeout soon instead of after megabytes.
+        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER_BYTES);
+        let Some((id, slot)) = registry.admit(peer.ip()) else {
             tokio::spawn(refuse(stream));
             continue;
         };

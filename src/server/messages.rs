@@ -15,7 +15,7 @@ use super::error::ApiError;
 use super::events::{Admission, Choices, TokenClock, ToolHold};
 use super::plan::{Kind, Plan};
 use super::report::{Report, CLIENT_GONE};
-use super::sse::{event_stream, next_event, Out, Stop};
+use super::sse::{deliver, event_stream, next_event, Out, Stop};
 use super::State;
 use crate::chat::{parse_tool_call, ParsedToolCall};
 use crate::engine::{Event, FinishReason, Generation};
@@ -69,7 +69,7 @@ impl Writer<'_> {
 
     async fn send(&self, name: &'static str, data: Json) -> Result<(), Stop> {
         let event = SseEvent::default().event(name).data(data.to_string());
-        self.out.send(Ok(event)).await.map_err(|_| Stop::Gone)
+        deliver(self.state, &self.out, event).await
     }
 
     async fn next(&self, events: &mut Choices) -> Result<Event, Stop> {

@@ -57,6 +57,11 @@ impl Metrics {
         });
     }
 
+    /// A stream the client stopped reading, cancelled after the send timeout.
+    pub(super) fn stalled_stream(&self) {
+        self.record(|| counter!("llama32_streams_stalled_total").increment(1));
+    }
+
     /// Time from the request to its first generated token.
     pub(super) fn time_to_first_token(&self, seconds: f64) {
         self.record(|| histogram!("llama32_time_to_first_token_seconds").record(seconds));

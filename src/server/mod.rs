@@ -70,6 +70,9 @@ pub struct ServerConfig {
     /// Open connections at most. When full, the oldest idle connection is closed to make
     /// room; when none is idle, the new one is answered 503.
     pub max_connections: usize,
+    /// Open connections one client address may hold (so that one client cannot take
+    /// every slot; raise it behind a gateway, whose connections share one address).
+    pub max_connections_per_ip: usize,
     /// Origins allowed to call the API from a browser (`*` for any); empty: no CORS headers,
     /// and cross-origin POSTs are refused.
     pub cors_origins: Vec<String>,
@@ -87,6 +90,9 @@ pub struct ServerConfig {
     /// Read special-token text inside message content as the special tokens (HF's and
     /// vLLM's behaviour); by default it is plain text, so a user cannot forge a turn.
     pub special_tokens_in_content: bool,
+    /// How long a stream may wait for a client that stopped reading (its buffer full)
+    /// before it is cancelled and its slot freed.
+    pub send_timeout: Duration,
     /// Most token entries one answer may hold: `n x max_tokens x (1 + top_logprobs)`
     /// (a request over it is a 400), which bounds the memory of building the answer.
     pub max_answer_entries: usize,
@@ -104,6 +110,7 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             max_connections: 1024,
+            max_connections_per_ip: 768,
             cors_origins: Vec::new(),
             allowed_hosts: Vec::new(),
             shutdown_grace: Duration::from_secs(30),
@@ -112,6 +119,7 @@ impl Default for ServerConfig {
             speculation: None,
             special_tokens_in_content: false,
             max_answer_entries: 1 << 20,
+            send_timeout: Duration::from_secs(30),
         }
     }
 }

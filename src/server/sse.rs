@@ -17,6 +17,9 @@ use super::State;
 use crate::engine::Event;
 use crate::error::Error;
 
+/// Events a stream holds for a client that is not reading, before sends wait.
+const STREAM_BUFFER: usize = 64;
+
 /// Where a stream's events go (the response body reads the other end).
 pub(super) type Out = mpsc::Sender<Result<SseEvent, Infallible>>;
 
@@ -35,7 +38,7 @@ where
     F: FnOnce(Out) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let (out, body) = mpsc::channel(64);
+    let (out, body) = mpsc::channel(STREAM_BUFFER);
     tokio::spawn(write(out));
     let keep_alive = KeepAlive::new().interval(state.config.keep_alive_interval).text("");
     self_reported(
@@ -43,6 +46,20 @@ where
             .keep_alive(keep_alive)
             .into_response(),
     )
+}
+
+/// Hands `event` to the response body; `Stop::Gone` when the client left, or when it has
+/// not taken an event for `--send-timeout` (the body's buffer is full: a client that stopped
+/// reading), which cancels the generation and frees its slot.
+pub(super) async fn deliver(state: &State, out: &Out, event: SseEvent) -> Result<(), Stop> {
+    match tokio::time::timeout(state.config.send_timeout, out.send(Ok(event))).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Stop::Gone),
+        Err(_) => {
+            state.metrics.stalled_stream();
+            Err(Stop::Gone)
+        }
+    }
 }
 
 /// The next engine event of a stream, or why it must stop: the engine ended without one,

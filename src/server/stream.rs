@@ -16,7 +16,7 @@ use super::openai::logprobs;
 use super::openai::response::{envelope, last_piece, text_piece, tool_call_json, usage};
 use super::plan::{finish_name, Kind, Plan};
 use super::report::{Report, CLIENT_GONE};
-use super::sse::{event_stream, next_event, Out, Stop};
+use super::sse::{deliver, event_stream, next_event, Out, Stop};
 use super::State;
 use crate::chat::parse_tool_call;
 use crate::engine::{Event, Generation};
@@ -81,7 +81,7 @@ impl Writer<'_> {
     }
 
     async fn send_raw(&self, data: String) -> bool {
-        self.out.send(Ok(SseEvent::default().data(data))).await.is_ok()
+        deliver(self.state, &self.out, SseEvent::default().data(data)).await.is_ok()
     }
 
     async fn send(&self, data: Json) -> bool {

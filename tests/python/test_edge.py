@@ -182,3 +182,64 @@ def test_prefix_cache_is_scoped_per_key_and_salt(tmp_path):
         assert urllib.request.urlopen(request, timeout=10).status == 200
     finally:
         s.stop()
+
+
+def test_a_client_that_stops_reading_is_cancelled():
+    import socket
+    import time
+    from urllib.parse import urlparse
+
+    s = Server("--send-timeout", "1")
+    try:
+        url = urlparse(s.url)
+        body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000,
+                           "stream": True, "temperature": 1.0}).encode()
+        reader = socket.socket()
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        reader.connect((url.hostname, url.port))
+        reader.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        deadline = time.time() + 60
+        while s.health()["running"] == 0 and time.time() < deadline:
+            time.sleep(0.1)
+        # It never reads: once its buffers are full, the stream waits --send-timeout, then
+        # its sequence is cancelled and the slot freed.
+        while s.health()["running"] != 0:
+            assert time.time() < deadline, "a stalled stream kept its slot"
+            time.sleep(0.2)
+        metrics = urllib.request.urlopen(s.url + "/metrics", timeout=10).read().decode()
+        assert "llama32_streams_stalled_total 1" in metrics
+        reader.close()
+    finally:
+        s.stop()
+
+
+def test_one_address_cannot_take_every_connection():
+    import socket
+    import time
+    from urllib.parse import urlparse
+
+    s = Server("--max-connections", "8", "--max-connections-per-ip", "4")
+    try:
+        url = urlparse(s.url)
+        held = []
+        for _ in range(6):
+            c = socket.create_connection((url.hostname, url.port), timeout=10)
+            # Headers sent, body held back: a busy connection.
+            c.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100\r\n\r\n{")
+            held.append(c)
+            time.sleep(0.3)
+        # The fifth and sixth from 127.0.0.1 were refused (503); another address still gets in.
+        refused = 0
+        for c in held[4:]:
+            c.settimeout(10)
+            refused += c.recv(100).startswith(b"HTTP/1.1 503")
+        assert refused == 2
+        other = socket.create_connection((url.hostname, url.port), timeout=10, source_address=("127.0.0.2", 0))
+        other.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        assert other.recv(100).startswith(b"HTTP/1.1 200")
+        for c in held + [other]:
+            c.close()
+    finally:
+        s.stop()

@@ -356,6 +356,13 @@ pub struct ServeArgs {
     /// Open connections at most (when full, the oldest idle one is closed to make room).
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
+    /// Seconds a stream waits for a client that stopped reading before it is cancelled.
+    #[arg(long, default_value_t = 30)]
+    pub send_timeout: u64,
+    /// Open connections one client address may hold (default: 3/4 of --max-connections;
+    /// raise it behind a gateway, whose connections all come from one address).
+    #[arg(long)]
+    pub max_connections_per_ip: Option<usize>,
     /// Most token entries one answer may hold, n x max_tokens x (1 + top_logprobs): a
     /// request asking for more is a 400 (bounds the memory of one answer).
     #[arg(long, default_value_t = 1 << 20)]

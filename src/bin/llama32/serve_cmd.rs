@@ -53,6 +53,24 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// File descriptors kept free of connections (the model files, logs, the runtime).
+const FD_HEADROOM: u64 = 64;
+
+/// `asked` connections, or fewer when the file-descriptor limit cannot hold them: the soft
+/// limit is raised to the hard one first, then connections keep headroom below it (so that
+/// `accept` never fails for want of descriptors before the connection limit is reached).
+fn connection_limit(asked: usize) -> usize {
+    let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    let room = usize::try_from(limit.saturating_sub(FD_HEADROOM)).unwrap_or(usize::MAX).max(1);
+    if room < asked {
+        eprintln!(
+            "warning: the open-file limit is {limit}: serving at most {room} connections (--max-connections {asked}); \
+             raise it with `ulimit -n`"
+        );
+    }
+    asked.min(room)
+}
+
 /// The server's configuration from the flags (and `LLAMA32_API_KEY`).
 fn server_config(a: &ServeArgs) -> anyhow::Result<ServerConfig> {
     let mut api_keys: Vec<String> = a.api_key.iter().filter(|k| !k.is_empty()).cloned().collect();
@@ -72,6 +90,7 @@ fn server_config(a: &ServeArgs) -> anyhow::Result<ServerConfig> {
     if api_keys.is_empty() {
         api_keys.extend(std::env::var("LLAMA32_API_KEY").ok().filter(|k| !k.is_empty()));
     }
+    let max_connections = connection_limit(a.max_connections);
     Ok(ServerConfig {
         model_ids: a.served_model_name.clone(),
         api_keys,
@@ -80,8 +99,10 @@ fn server_config(a: &ServeArgs) -> anyhow::Result<ServerConfig> {
         ctx_size: a.model.ctx_size,
         max_body_bytes: a.max_body,
         request_timeout: Duration::from_secs(a.request_timeout.max(1)),
-        max_connections: a.max_connections,
+        max_connections,
+        max_connections_per_ip: a.max_connections_per_ip.unwrap_or(max_connections * 3 / 4),
         max_answer_entries: a.max_answer_entries,
+        send_timeout: Duration::from_secs(a.send_timeout.max(1)),
         cors_origins: a.cors.clone(),
         allowed_hosts: a.allowed_host.clone(),
         shutdown_grace: Duration::from_secs(a.shutdown_grace),

@@ -19,7 +19,7 @@ use crate::server::error::ApiError;
 use crate::server::events::{Admission, Choices, TokenClock, ToolHold};
 use crate::server::plan::Plan;
 use crate::server::report::{Report, CLIENT_GONE};
-use crate::server::sse::{event_stream, next_event, Out, Stop};
+use crate::server::sse::{deliver, event_stream, next_event, Out, Stop};
 use crate::server::State;
 
 /// Starts the event stream of an admitted Responses request.
@@ -79,7 +79,7 @@ impl Writer<'_> {
         fields["sequence_number"] = json!(self.sequence);
         self.sequence += 1;
         let event = SseEvent::default().event(kind).data(fields.to_string());
-        self.out.send(Ok(event)).await.map_err(|_| Stop::Gone)
+        deliver(self.state, &self.out, event).await
     }
 
     fn ids(&self) -> (&str, u64, &str) {
