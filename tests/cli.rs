@@ -297,3 +297,29 @@ fn seed_minus_one_means_random_and_other_negatives_are_refused() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("-1 for a random one"), "{stderr}");
 }
+
+#[test]
+fn perplexity_reads_only_what_it_scores_and_refuses_non_text() {
+    let model = fixture("tied-bf16-llama3");
+    let model = model.to_str().unwrap();
+    let fail = |file: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_llama32"))
+            .args(["perplexity", "--model", model, "--file", file, "--ctx", "16"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    // An endless file of NUL bytes is refused at its first byte, not read to the end.
+    assert!(fail("/dev/zero").contains("not text: a NUL byte at byte 0"));
+    let dir = tempfile::tempdir().unwrap();
+    let latin1 = dir.path().join("latin1.txt");
+    std::fs::write(&latin1, b"caf\xe9 au lait\n").unwrap();
+    assert!(fail(latin1.to_str().unwrap()).contains("not UTF-8 text (at byte 3)"));
+    // 3 MB of text, two windows asked: only the first piece is tokenized.
+    let big = dir.path().join("big.txt");
+    std::fs::write(&big, "the river wound slowly through the valley\n".repeat(75_000)).unwrap();
+    let out = run(&["perplexity", "--model", model, "--file", big.to_str().unwrap(), "--ctx", "16", "--chunks", "2", "--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["windows"], 2);
+}

@@ -7,6 +7,7 @@ mod chat_cmd;
 mod common;
 mod hub_cmd;
 mod serve_cmd;
+mod text_file;
 
 use std::io::{self, Write};
 use std::ops::ControlFlow;
@@ -112,20 +113,18 @@ fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn perplexity(a: args::PerplexityArgs) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    // Before the model loads: a missing file fails at once.
+    std::fs::File::open(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
     let engine = load_engine(&a.model, Some(1))?;
     let base = kl_base(&a, &engine)?;
-    let tokens = engine.tokenize(&text)?;
     // Windows start with BOS when the tokenizer adds one (SmolLM2's does not).
     let bos = engine
         .config()
         .bos_token_id
         .filter(|b| engine.tokenize("a").is_ok_and(|t| t.first() == Some(b)));
-    let body = match bos {
-        Some(b) => tokens.strip_prefix(&[b]).unwrap_or(&tokens),
-        None => &tokens[..],
-    };
-    let report = llama32::perplexity::perplexity(&engine, body, bos, a.ctx, a.chunks, base.as_ref())?;
+    let wanted = a.chunks.saturating_mul(a.ctx);
+    let tokens = text_file::read_tokens(&engine, &a.file, wanted)?;
+    let report = llama32::perplexity::perplexity(&engine, &tokens, bos, a.ctx, a.chunks, base.as_ref())?;
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(ExitCode::SUCCESS);
