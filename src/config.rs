@@ -217,13 +217,9 @@ impl Validator<'_> {
         // Beyond these, the file is broken or hostile (Llama 3.2 3B: 28 layers, 3072 wide).
         let hidden_size = self.positive("hidden_size", raw.hidden_size)?;
         let (heads, kv_heads, head_dim) = self.heads(&raw, hidden_size)?;
-        if !(raw.rms_norm_eps.is_finite() && raw.rms_norm_eps > 0.0) {
-            return Err(self.err("rms_norm_eps", "must be a positive finite number"));
-        }
+        self.computable("rms_norm_eps", raw.rms_norm_eps)?;
         let (rope_theta, rope_scaling) = self.rope(&raw)?;
-        if !(rope_theta.is_finite() && rope_theta > 0.0) {
-            return Err(self.err("rope_theta", "must be a positive finite number"));
-        }
+        self.computable("rope_theta", rope_theta)?;
         self.check_positions(&raw)?;
         let vocab_size = self.positive("vocab_size", raw.vocab_size)?;
         if let Some(id) = raw.bos_token_id.filter(|&id| id as usize >= vocab_size) {
@@ -245,6 +241,16 @@ impl Validator<'_> {
             bos_token_id: raw.bos_token_id,
             eos_token_ids: raw.eos_token_ids,
         })
+    }
+
+    /// `v` must be a positive number that stays finite and positive in f32, the type it is
+    /// computed in (`1e308` loads as infinity and `1e-50` as zero otherwise).
+    fn computable(&self, name: &str, v: f64) -> Result<f64> {
+        let single = v as f32;
+        match v.is_finite() && v > 0.0 && single.is_finite() && single > 0.0 {
+            true => Ok(v),
+            false => Err(self.err(name, format!("{v} must be a positive number within f32's range"))),
+        }
     }
 
     /// Only the Llama architecture runs here (Llama 3.x, its fine-tunes, SmolLM...), with
@@ -356,11 +362,7 @@ impl Validator<'_> {
                 .get(name)
                 .and_then(|v| v.as_f64())
                 .ok_or_else(|| self.err(&full, "is required"))?;
-            if v.is_finite() && v > 0.0 {
-                Ok(v)
-            } else {
-                Err(self.err(&full, "must be a positive number"))
-            }
+            self.computable(&full, v)
         };
         let scaling = Llama3RopeScaling {
             factor: num("factor")? as f32,
@@ -443,6 +445,9 @@ mod tests {
             (json!({"num_key_value_heads": 3}), "num_key_value_heads"),
             (json!({"head_dim": 7}), "head_dim"),
             (json!({"rms_norm_eps": -1.0}), "rms_norm_eps"),
+            (json!({"rms_norm_eps": 1e308}), "rms_norm_eps"),
+            (json!({"rms_norm_eps": 1e-50}), "rms_norm_eps"),
+            (json!({"rope_theta": 1e39}), "rope_theta"),
             (json!({"vocab_size": 0}), "vocab_size"),
             (
                 json!({"rope_scaling": {"rope_type": "yarn", "factor": 2.0}}),

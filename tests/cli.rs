@@ -323,3 +323,17 @@ fn perplexity_reads_only_what_it_scores_and_refuses_non_text() {
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["windows"], 2);
 }
+
+#[test]
+fn a_broken_file_is_named_once_with_exit_code_1() {
+    let dir = copy_fixture("tied-bf16-llama3");
+    std::fs::write(dir.path().join("generation_config.json"), r#"{"temperature": "hot"}"#).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_llama32"))
+        .args(["generate", "--model", dir.path().to_str().unwrap(), "--prompt", "hi", "-n", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("generation_config.json: invalid type"), "{stderr}");
+    assert_eq!(stderr.matches("invalid type").count(), 1, "said twice: {stderr}");
+}
