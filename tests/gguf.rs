@@ -532,3 +532,52 @@ fn tokenizer_metadata_we_cannot_rebuild_is_refused_by_name() {
     .unwrap();
     assert!(Engine::load(&file, &LoadOptions::default()).is_ok());
 }
+
+/// Byte mutations of `bytes` within its first `span` bytes (and sometimes a truncation).
+fn mutated(rng: &mut impl rand::Rng, bytes: &[u8], span: usize) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    let span = span.min(out.len());
+    for _ in 0..rng.random_range(1..6) {
+        let at = rng.random_range(0..span);
+        out[at] = match rng.random_range(0..3) {
+            0 => rng.random(),
+            1 => 0xff,
+            _ => 0,
+        };
+    }
+    if rng.random_range(0..4) == 0 {
+        out.truncate(rng.random_range(0..out.len()));
+    }
+    out
+}
+
+#[test]
+fn mutated_headers_are_errors_not_crashes() {
+    use rand::SeedableRng;
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.gguf");
+    write_gguf("tied-bf16-llama3", GgmlDType::Q8_0, &good);
+    let bytes = std::fs::read(&good).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(28);
+    // GGUF: the header (magic, counts, metadata, tensor infos) is what a hostile file controls.
+    let path = dir.path().join("m.gguf");
+    for _ in 0..150 {
+        let bad = mutated(&mut rng, &bytes[..bytes.len().min(4 << 20)], 1 << 16);
+        std::fs::write(&path, &bad).unwrap();
+        let _ = llama32::gguf::GgufFile::open(&path);
+    }
+    // safetensors: the 8-byte length and the JSON header before the data.
+    let st = std::fs::read(fixture("tied-bf16-llama3").join("model.safetensors")).unwrap();
+    let header = 8 + u64::from_le_bytes(st[..8].try_into().unwrap()) as usize;
+    let model = dir.path().join("st");
+    std::fs::create_dir(&model).unwrap();
+    for name in ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+        std::fs::copy(fixture("tied-bf16-llama3").join(name), model.join(name)).unwrap();
+    }
+    for _ in 0..150 {
+        let mut bad = mutated(&mut rng, &st[..header + 4096], header);
+        bad.resize(st.len().min(bad.len() + 64), 0);
+        std::fs::write(model.join("model.safetensors"), &bad).unwrap();
+        let _ = llama32::weights::Weights::open(&model);
+    }
+}

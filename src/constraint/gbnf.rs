@@ -319,4 +319,28 @@ mod tests {
         let deep = format!("root ::= {}\"a\"{}", "(".repeat(100), ")".repeat(100));
         assert!(gbnf_to_lark(&deep).unwrap_err().contains("nested"));
     }
+
+    #[test]
+    fn mutated_grammars_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let seed = "root ::= item (\",\" item)* # list\nitem ::= [a-z\\-]{1,3} | \"\\x41\" | ( \"b\" | . )?\n";
+        let pieces = ["(", ")", "[", "]", "{", "}", "\"", "\\", "::=", "|", "*", "{1,", "#", "\n", "^", "-", "é"];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(28);
+        for _ in 0..50_000 {
+            let mut text: Vec<char> = seed.chars().collect();
+            for _ in 0..rng.random_range(1..4) {
+                let at = rng.random_range(0..=text.len());
+                match rng.random_range(0..2) {
+                    0 if at < text.len() => {
+                        text.remove(at);
+                    }
+                    _ => {
+                        let piece = pieces[rng.random_range(0..pieces.len())];
+                        text.splice(at..at, piece.chars());
+                    }
+                }
+            }
+            let _ = gbnf_to_lark(&text.iter().collect::<String>());
+        }
+    }
 }

@@ -249,3 +249,59 @@ fn bounded_lists_and_values() {
     let p = chat(b"\xEF\xBB\xBF{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}").unwrap();
     assert_eq!(p.messages.len(), 1);
 }
+
+/// A byte mutation of `body`: flip, delete, duplicate or insert a JSON-ish byte.
+fn mutate(rng: &mut impl rand::Rng, body: &[u8]) -> Vec<u8> {
+    const BYTES: &[u8] = b"{}[]\",:0123456789-.eEtrufalsn \\\xff\x00";
+    let mut out = body.to_vec();
+    for _ in 0..rng.random_range(1..4) {
+        if out.is_empty() {
+            break;
+        }
+        let at = rng.random_range(0..out.len());
+        match rng.random_range(0..4) {
+            0 => out[at] = BYTES[rng.random_range(0..BYTES.len())],
+            1 => {
+                out.remove(at);
+            }
+            2 => {
+                let end = (at + rng.random_range(1..16)).min(out.len());
+                let copy = out[at..end].to_vec();
+                out.splice(at..at, copy);
+            }
+            _ => out.insert(at, BYTES[rng.random_range(0..BYTES.len())]),
+        }
+    }
+    out
+}
+
+#[test]
+fn mutated_bodies_never_panic_the_parser() {
+    use rand::SeedableRng;
+    let seeds: [&[u8]; 4] = [
+        br#"{"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]},
+            {"role": "assistant", "content": null, "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{\"a\": 1}"}}]},
+            {"role": "tool", "tool_call_id": "c", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f",
+            "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}}}], "tool_choice": "required",
+            "temperature": 0.5, "top_p": 0.9, "stop": ["x", "y"], "logit_bias": {"5": -1}, "n": 2, "seed": 3,
+            "logprobs": true, "top_logprobs": 2, "max_completion_tokens": 9, "stream": true,
+            "stream_options": {"include_usage": true}}"#,
+        br#"{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema",
+            "json_schema": {"name": "n", "schema": {"type": "object", "$defs": {"a": {"type": "string"}}}}},
+            "guided_choice": ["a"], "grammar": "root ::= [a-z]{1,3} (\"x\" | \"y\")*"}"#,
+        br#"{"prompt": [[1, 2, 3]], "echo": true, "logprobs": 1, "max_tokens": 0, "structured_outputs": {"regex": "a+"}}"#,
+        br#"{"prompt": "x", "suffix": null, "best_of": 1, "guided_json": "{\"type\": \"object\"}"}"#,
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(26);
+    for i in 0..200_000 {
+        let body = mutate(&mut rng, seeds[i % seeds.len()]);
+        match i % seeds.len() {
+            0 | 1 => {
+                let _ = chat(&body);
+            }
+            _ => {
+                let _ = completion(&body);
+            }
+        }
+    }
+}
