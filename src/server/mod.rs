@@ -52,6 +52,8 @@ pub struct ServerConfig {
     /// The model ids clients may use; the first is the one answers name. `/v1/models` lists
     /// them all; requests naming another get 404.
     pub model_ids: Vec<String>,
+    /// Other model names requests may use, not listed by `/v1/models`.
+    pub model_aliases: Vec<String>,
     /// When set, `/v1/*` requires `Authorization: Bearer <key>` (or `x-api-key: <key>`).
     pub api_keys: Vec<String>,
     /// Serve `/metrics` without the API key.
@@ -102,6 +104,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             model_ids: vec!["llama32".into()],
+            model_aliases: Vec::new(),
             api_keys: Vec::new(),
             metrics_public: false,
             queue: 16,
@@ -183,6 +186,13 @@ fn template_renders_tools(engine: &Engine) -> bool {
         (Ok(with), Ok(without)) => with != without,
         // No template (a base model): chat requests fail anyway.
         _ => true,
+    }
+}
+
+impl ServerConfig {
+    /// True when requests may name the model `id`.
+    fn serves(&self, id: &str) -> bool {
+        self.model_ids.iter().chain(&self.model_aliases).any(|m| m == id)
     }
 }
 

@@ -286,7 +286,7 @@ pub(super) fn ready(state: &State) -> Result<&Ready, ApiError> {
 fn check_model(state: &State, common: &CommonParams) -> Result<(), ApiError> {
     let ids = &state.config.model_ids;
     match &common.model {
-        Some(m) if !ids.contains(m) => Err(ApiError::model_not_found(m, &ids[0])),
+        Some(m) if !state.config.serves(m) => Err(ApiError::model_not_found(m, &ids[0])),
         _ => Ok(()),
     }
 }

@@ -192,9 +192,36 @@ async fn metrics(AxumState(state): Shared) -> Response {
         .into_response()
 }
 
+/// A `/v1/models` entry: with the context window and the sampling a request gets when it
+/// sets nothing (the model's `generation_config.json` defaults), once the model is loaded.
 fn model_object(state: &State, id: &str) -> serde_json::Value {
-    let ctx = state.ready.get().map(|r| r.ctx);
-    json!({"id": id, "object": "model", "created": 0, "owned_by": "llama32", "max_model_len": ctx})
+    let ready = state.ready.get();
+    let defaults = ready.and_then(|r| {
+        let engine = &r.engine;
+        let resolved = llama32_defaults(engine)?;
+        let mut v = serde_json::to_value(resolved).ok()?;
+        if let serde_json::Value::Object(map) = &mut v {
+            for private in ["seed", "logit_bias", "vocab_size"] {
+                map.remove(private);
+            }
+            // f32 values as typed (0.6, not 0.6000000238418579).
+            for value in map.values_mut() {
+                if let Some(x) = value.as_f64().filter(|_| value.is_f64()) {
+                    let shortest: f64 = (x as f32).to_string().parse().unwrap_or(x);
+                    *value = json!(shortest);
+                }
+            }
+        }
+        Some(v)
+    });
+    json!({"id": id, "object": "model", "created": 0, "owned_by": "llama32", "max_model_len": ready.map(|r| r.ctx),
+           "sampling_defaults": defaults})
+}
+
+fn llama32_defaults(engine: &crate::engine::Engine) -> Option<crate::sampler::ResolvedSampling> {
+    crate::sampler::SamplingParams::default()
+        .resolve(engine.generation_config(), engine.config().vocab_size)
+        .ok()
 }
 
 async fn list_models(AxumState(state): Shared) -> Response {
@@ -209,7 +236,7 @@ async fn list_models(AxumState(state): Shared) -> Response {
 
 /// `{*id}` is percent-decoded by axum, so `owner%2Fname` and `owner/name` both match.
 async fn get_model(AxumState(state): Shared, Path(id): Path<String>) -> Response {
-    match state.config.model_ids.contains(&id) {
+    match state.config.serves(&id) {
         true => Json(model_object(&state, &id)).into_response(),
         false => ApiError::model_not_found(&id, &state.config.model_ids[0]).into_response(),
     }

@@ -48,7 +48,7 @@ struct DetokenizeRequest {
 fn check_model(state: &State, model: Option<&String>) -> Result<(), ApiError> {
     let ids = &state.config.model_ids;
     match model {
-        Some(m) if !ids.contains(m) => Err(ApiError::model_not_found(m, &ids[0])),
+        Some(m) if !state.config.serves(m) => Err(ApiError::model_not_found(m, &ids[0])),
         _ => Ok(()),
     }
 }

@@ -325,6 +325,9 @@ pub struct ServeArgs {
     /// A model id clients may send; /v1/models lists each (repeatable; default: the --model string).
     #[arg(long)]
     pub served_model_name: Vec<String>,
+    /// Other names requests may use (not listed): the --model path of a local model.
+    #[arg(skip)]
+    pub model_aliases: Vec<String>,
     /// Speculative decoding for every request: `ngram` (prompt lookup), `draft` (the greedy
     /// continuation of --draft-model) or `none`.
     #[arg(long, default_value = "none")]

@@ -54,8 +54,18 @@ fn main() -> ExitCode {
             .and_then(|()| bench_cmd::run(a)),
         Command::Serve(mut a) => {
             if a.served_model_name.is_empty() {
-                let name = a.model.model.display().to_string();
-                a.served_model_name.push(name.trim_end_matches('/').to_string());
+                // A local folder or file is served under its own name (not the path, which
+                // clients would have to spell); an alias or hub id as typed.
+                let typed = a.model.model.display().to_string();
+                let typed = typed.trim_end_matches('/').to_string();
+                let local = a.model.model.exists().then(|| a.model.model.file_name()).flatten();
+                match local.and_then(|n| n.to_str()).filter(|n| *n != typed) {
+                    Some(name) => {
+                        a.served_model_name.push(name.to_string());
+                        a.model_aliases.push(typed);
+                    }
+                    None => a.served_model_name.push(typed),
+                }
             }
             hub_cmd::resolve_in_place(&mut a.model.model).and_then(|()| serve_cmd::run(a))
         }

@@ -93,6 +93,7 @@ fn server_config(a: &ServeArgs) -> anyhow::Result<ServerConfig> {
     let max_connections = connection_limit(a.max_connections);
     Ok(ServerConfig {
         model_ids: a.served_model_name.clone(),
+        model_aliases: a.model_aliases.clone(),
         api_keys,
         metrics_public: a.metrics_public,
         queue: a.queue,
