@@ -319,7 +319,18 @@ fn perplexity_reads_only_what_it_scores_and_refuses_non_text() {
     // 3 MB of text, two windows asked: only the first piece is tokenized.
     let big = dir.path().join("big.txt");
     std::fs::write(&big, "the river wound slowly through the valley\n".repeat(75_000)).unwrap();
-    let out = run(&["perplexity", "--model", model, "--file", big.to_str().unwrap(), "--ctx", "16", "--chunks", "2", "--json"]);
+    let out = run(&[
+        "perplexity",
+        "--model",
+        model,
+        "--file",
+        big.to_str().unwrap(),
+        "--ctx",
+        "16",
+        "--chunks",
+        "2",
+        "--json",
+    ]);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["windows"], 2);
 }
@@ -329,7 +340,15 @@ fn a_broken_file_is_named_once_with_exit_code_1() {
     let dir = copy_fixture("tied-bf16-llama3");
     std::fs::write(dir.path().join("generation_config.json"), r#"{"temperature": "hot"}"#).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_llama32"))
-        .args(["generate", "--model", dir.path().to_str().unwrap(), "--prompt", "hi", "-n", "2"])
+        .args([
+            "generate",
+            "--model",
+            dir.path().to_str().unwrap(),
+            "--prompt",
+            "hi",
+            "-n",
+            "2",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

@@ -571,7 +571,12 @@ fn mutated_headers_are_errors_not_crashes() {
     let header = 8 + u64::from_le_bytes(st[..8].try_into().unwrap()) as usize;
     let model = dir.path().join("st");
     std::fs::create_dir(&model).unwrap();
-    for name in ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+    for name in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
         std::fs::copy(fixture("tied-bf16-llama3").join(name), model.join(name)).unwrap();
     }
     for _ in 0..150 {

@@ -239,7 +239,10 @@ fn browsers_cannot_rebind_or_post_across_sites() {
     assert!(ask(&format!("Host: llama.lan\r\n{json}")).contains("200"));
     // A DNS-rebinding page reaches a loopback server under its own name.
     assert!(ask(&format!("Host: evil.example\r\n{json}")).contains("403"));
-    let get = raw(&server.addr, b"GET /v1/models HTTP/1.1\r\nHost: evil.example:80\r\nConnection: close\r\n\r\n");
+    let get = raw(
+        &server.addr,
+        b"GET /v1/models HTTP/1.1\r\nHost: evil.example:80\r\nConnection: close\r\n\r\n",
+    );
     assert!(status_line(&get).contains("403"), "{get}");
     // A cross-site form or fetch: another Origin, or a body that is not declared JSON.
     assert!(ask(&format!("Host: localhost\r\nOrigin: http://evil.example\r\n{json}")).contains("403"));

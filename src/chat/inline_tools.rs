@@ -16,7 +16,10 @@ Otherwise, answer the user directly.";
 /// The conversation with `tools` written into its system message (a first one is added when
 /// it has none), assistant tool calls written as their JSON, and tool results as user turns.
 pub fn inline_tools(messages: &[Message], tools: &[Tool]) -> Vec<Message> {
-    let listing: Vec<Json> = tools.iter().map(|t| t.get("function").cloned().unwrap_or_else(|| t.clone())).collect();
+    let listing: Vec<Json> = tools
+        .iter()
+        .map(|t| t.get("function").cloned().unwrap_or_else(|| t.clone()))
+        .collect();
     let listing = serde_json::to_string_pretty(&listing).unwrap_or_default();
     let described = format!("{PREAMBLE}\n\nFunctions:\n{listing}");
     let mut out = Vec::with_capacity(messages.len() + 1);
@@ -87,14 +90,25 @@ mod tests {
         }];
         let mut result = Message::text("tool", "12:00");
         result.tool_call_id = Some("call_1".into());
-        let messages = [Message::text("system", "Be brief."), Message::text("user", "Time?"), call, result];
+        let messages = [
+            Message::text("system", "Be brief."),
+            Message::text("user", "Time?"),
+            call,
+            result,
+        ];
         let out = inline_tools(&messages, &[tool]);
         assert_eq!(out.len(), 4);
         let system = out[0].content.as_str().unwrap();
         assert!(system.starts_with("Be brief.\n\nYou can call") && system.contains("\"get_time\""));
-        assert_eq!(out[2].content, json!(r#"{"name":"get_time","parameters":{"zone":"UTC"}}"#));
+        assert_eq!(
+            out[2].content,
+            json!(r#"{"name":"get_time","parameters":{"zone":"UTC"}}"#)
+        );
         assert!(out[2].tool_calls.is_empty());
-        assert_eq!((out[3].role.as_str(), out[3].content.as_str()), ("user", Some(r#"{"tool_response":"12:00","id":"call_1"}"#)));
+        assert_eq!(
+            (out[3].role.as_str(), out[3].content.as_str()),
+            ("user", Some(r#"{"tool_response":"12:00","id":"call_1"}"#))
+        );
         let bare = inline_tools(&[Message::text("user", "hi")], &[json!({"function": {"name": "f"}})]);
         assert_eq!(bare[0].role, "system");
         assert_eq!(bare[1], Message::text("user", "hi"));

@@ -94,7 +94,10 @@ impl Reader {
 
     fn name(&mut self) -> Result<String, String> {
         let start = self.pos;
-        while self.peek().is_some_and(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        while self
+            .peek()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
             self.pos += 1;
         }
         match self.pos > start {
@@ -114,7 +117,9 @@ impl Reader {
             _ => format!("r_{}", name.to_ascii_lowercase().replace('-', "_")),
         };
         if self.names.values().any(|l| *l == lark) {
-            return Err(format!("rule names that differ only in case or `-`/`_` are not supported: `{name}`"));
+            return Err(format!(
+                "rule names that differ only in case or `-`/`_` are not supported: `{name}`"
+            ));
         }
         self.names.insert(name.to_string(), lark.clone());
         Ok(lark)
@@ -324,7 +329,9 @@ mod tests {
     fn mutated_grammars_never_panic() {
         use rand::{Rng, SeedableRng};
         let seed = "root ::= item (\",\" item)* # list\nitem ::= [a-z\\-]{1,3} | \"\\x41\" | ( \"b\" | . )?\n";
-        let pieces = ["(", ")", "[", "]", "{", "}", "\"", "\\", "::=", "|", "*", "{1,", "#", "\n", "^", "-", "é"];
+        let pieces = [
+            "(", ")", "[", "]", "{", "}", "\"", "\\", "::=", "|", "*", "{1,", "#", "\n", "^", "-", "é",
+        ];
         let mut rng = rand::rngs::StdRng::seed_from_u64(28);
         for _ in 0..50_000 {
             let mut text: Vec<char> = seed.chars().collect();

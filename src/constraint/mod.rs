@@ -282,7 +282,10 @@ mod tests {
         let _ = grammars.compile(&Constraint::Lark(lark));
         let mut defs = serde_json::Map::new();
         for i in 0..700 {
-            defs.insert(format!("d{i}"), json!({"type": "array", "items": {"$ref": format!("#/$defs/d{}", i + 1)}}));
+            defs.insert(
+                format!("d{i}"),
+                json!({"type": "array", "items": {"$ref": format!("#/$defs/d{}", i + 1)}}),
+            );
         }
         defs.insert("d700".into(), json!({"type": "integer"}));
         let chain = json!({"$defs": defs, "$ref": "#/$defs/d0"});

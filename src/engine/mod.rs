@@ -379,7 +379,11 @@ impl Engine {
             });
         }
         let resolved = request.sampling.resolve(&self.generation_config, vocab)?;
-        if request.logprobs.max(request.prompt_logprobs).is_some_and(|k| k > MAX_TOP_LOGPROBS) {
+        if request
+            .logprobs
+            .max(request.prompt_logprobs)
+            .is_some_and(|k| k > MAX_TOP_LOGPROBS)
+        {
             return Err(Error::InvalidParameter {
                 name: "top_logprobs",
                 reason: format!("must be at most {MAX_TOP_LOGPROBS}"),

@@ -211,7 +211,11 @@ impl From<Error> for ApiError {
             },
             Error::Constraint(reason) => Self {
                 param: Some("constraint".into()),
-                ..Self::new(400, "invalid_request_error", format!("The answer's grammar failed {reason}"))
+                ..Self::new(
+                    400,
+                    "invalid_request_error",
+                    format!("The answer's grammar failed {reason}"),
+                )
             },
             Error::Tokenizer(reason) => Self::new(400, "invalid_request_error", format!("Tokenizer: {reason}")),
             Error::Unsupported(reason) => Self::new(400, "invalid_request_error", reason),

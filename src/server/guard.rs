@@ -25,7 +25,7 @@ fn host_name(host: &str) -> &str {
     }
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+fn header(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -34,7 +34,7 @@ fn refusal(state: &State, method: &Method, headers: &HeaderMap) -> Option<ApiErr
     let host = header(headers, header::HOST);
     if let Some(host) = host.filter(|_| state.loopback) {
         let name = host_name(host).to_ascii_lowercase();
-        let allowed = LOCAL_HOSTS.contains(&name.as_str()) || state.config.allowed_hosts.iter().any(|h| *h == name);
+        let allowed = LOCAL_HOSTS.contains(&name.as_str()) || state.config.allowed_hosts.contains(&name);
         if !allowed {
             return Some(ApiError::status(
                 403,

@@ -117,7 +117,10 @@ pub(super) async fn serve(listener: TcpListener, handle: ServerHandle) {
     let router = routes::router(state.clone());
     let registry = Arc::new(Registry {
         max: state.config.max_connections,
-        per_ip: state.config.max_connections_per_ip.clamp(1, state.config.max_connections),
+        per_ip: state
+            .config
+            .max_connections_per_ip
+            .clamp(1, state.config.max_connections),
         slots: Mutex::new(BTreeMap::new()),
         next: AtomicUsize::new(0),
         empty: Notify::new(),

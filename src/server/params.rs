@@ -55,12 +55,12 @@ impl CommonParams {
                 .trim()
                 .parse()
                 .map_err(|_| ApiError::invalid("logit_bias", format!("`logit_bias` key `{key}` is not a token id")))?;
-            let bias = value
-                .as_f64()
-                .filter(|b| b.abs() <= MAX_BIAS)
-                .ok_or_else(|| {
-                    ApiError::invalid("logit_bias", format!("`logit_bias[{key}]` must be a number from -100 to 100"))
-                })?;
+            let bias = value.as_f64().filter(|b| b.abs() <= MAX_BIAS).ok_or_else(|| {
+                ApiError::invalid(
+                    "logit_bias",
+                    format!("`logit_bias[{key}]` must be a number from -100 to 100"),
+                )
+            })?;
             logit_bias.insert(id, bias as f32);
         }
         let num = |v: Option<super::body::Num>| v.map(|v| v.0);

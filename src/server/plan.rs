@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::error::ApiError;
-use super::params::{scope_of, new_id, tool_call_constraint, ChatParams, CommonParams, CompletionParams, Prompt, ToolChoice};
+use super::params::{
+    new_id, scope_of, tool_call_constraint, ChatParams, CommonParams, CompletionParams, Prompt, ToolChoice,
+};
 use super::responses::response::Meta;
 use super::responses::ResponsesParams;
 use super::{Ready, State};

@@ -81,7 +81,9 @@ impl Writer<'_> {
     }
 
     async fn send_raw(&self, data: String) -> bool {
-        deliver(self.state, &self.out, SseEvent::default().data(data)).await.is_ok()
+        deliver(self.state, &self.out, SseEvent::default().data(data))
+            .await
+            .is_ok()
     }
 
     async fn send(&self, data: Json) -> bool {

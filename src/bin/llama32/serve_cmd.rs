@@ -61,7 +61,9 @@ const FD_HEADROOM: u64 = 64;
 /// `accept` never fails for want of descriptors before the connection limit is reached).
 fn connection_limit(asked: usize) -> usize {
     let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
-    let room = usize::try_from(limit.saturating_sub(FD_HEADROOM)).unwrap_or(usize::MAX).max(1);
+    let room = usize::try_from(limit.saturating_sub(FD_HEADROOM))
+        .unwrap_or(usize::MAX)
+        .max(1);
     if room < asked {
         eprintln!(
             "warning: the open-file limit is {limit}: serving at most {room} connections (--max-connections {asked}); \
@@ -75,8 +77,8 @@ fn connection_limit(asked: usize) -> usize {
 fn server_config(a: &ServeArgs) -> anyhow::Result<ServerConfig> {
     let mut api_keys: Vec<String> = a.api_key.iter().filter(|k| !k.is_empty()).cloned().collect();
     if let Some(path) = &a.api_key_file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("--api-key-file {}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("--api-key-file {}: {e}", path.display()))?;
         api_keys.extend(
             text.lines()
                 .map(str::trim)

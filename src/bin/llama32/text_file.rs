@@ -20,9 +20,15 @@ pub fn read_tokens(engine: &Engine, path: &Path, wanted: usize) -> anyhow::Resul
     let mut offset = 0usize;
     let mut buf = vec![0u8; PIECE];
     while tokens.len() < wanted {
-        let n = file.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
         if let Some(at) = buf[..n].iter().position(|&b| b == 0) {
-            bail!("{} is not text: a NUL byte at byte {}", path.display(), offset + pending.len() + at);
+            bail!(
+                "{} is not text: a NUL byte at byte {}",
+                path.display(),
+                offset + pending.len() + at
+            );
         }
         pending.extend_from_slice(&buf[..n]);
         let cut = match n {
@@ -30,8 +36,13 @@ pub fn read_tokens(engine: &Engine, path: &Path, wanted: usize) -> anyhow::Resul
             _ => piece_end(&pending),
         };
         if cut > 0 {
-            let text = std::str::from_utf8(&pending[..cut])
-                .map_err(|e| anyhow::anyhow!("{} is not UTF-8 text (at byte {})", path.display(), offset + e.valid_up_to()))?;
+            let text = std::str::from_utf8(&pending[..cut]).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} is not UTF-8 text (at byte {})",
+                    path.display(),
+                    offset + e.valid_up_to()
+                )
+            })?;
             tokens.extend(engine.tokenizer().encode(text, false)?);
             pending.drain(..cut);
             offset += cut;
@@ -52,6 +63,9 @@ fn piece_end(pending: &[u8]) -> usize {
     match pending.iter().rposition(|&b| b == b'\n') {
         Some(i) => i + 1,
         // No line break in a whole piece: cut at a character boundary.
-        None => (0..=pending.len()).rev().find(|&i| std::str::from_utf8(&pending[..i]).is_ok()).unwrap_or(0),
+        None => (0..=pending.len())
+            .rev()
+            .find(|&i| std::str::from_utf8(&pending[..i]).is_ok())
+            .unwrap_or(0),
     }
 }

@@ -13,8 +13,8 @@ use serde_json::{json, Map, Value as Json};
 use crate::chat::{check_message, FunctionCall, Message, Tool, ToolCall};
 use crate::constraint::Constraint;
 use crate::server::body::{generation_body, Stop};
-use crate::server::openai::grammar::schema as openai_schema;
 use crate::server::error::ApiError;
+use crate::server::openai::grammar::schema as openai_schema;
 use crate::server::params::{check_tool_choice, ChatParams, CommonParams, ToolChoice};
 
 /// `system`: a string or text blocks.
@@ -199,10 +199,15 @@ impl MessagesRequest {
         if let Some(t) = self.thinking.take().filter(|t| t.kind != "disabled") {
             return Err(ApiError::invalid(
                 "thinking",
-                format!("thinking `{}` is not available: this server's models do not think (use `disabled`)", t.kind),
+                format!(
+                    "thinking `{}` is not available: this server's models do not think (use `disabled`)",
+                    t.kind
+                ),
             ));
         }
-        let Some(config) = self.output_config.take() else { return Ok(None) };
+        let Some(config) = self.output_config.take() else {
+            return Ok(None);
+        };
         if let Some(effort) = config.effort {
             return Err(ApiError::invalid(
                 "output_config.effort",
@@ -330,7 +335,9 @@ fn convert_tool((i, tool): (usize, ToolDef)) -> Result<Tool, ApiError> {
     if let Some(d) = tool.description {
         function.insert("description".into(), Json::String(d));
     }
-    let schema = tool.input_schema.map_or_else(|| json!({"type": "object"}), Json::Object);
+    let schema = tool
+        .input_schema
+        .map_or_else(|| json!({"type": "object"}), Json::Object);
     function.insert("parameters".into(), schema);
     Ok(json!({"type": "function", "function": function}))
 }

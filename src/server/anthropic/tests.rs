@@ -1,5 +1,5 @@
-use crate::constraint::Constraint;
 use super::request::MessagesRequest;
+use crate::constraint::Constraint;
 use crate::server::body::parse;
 use crate::server::params::ToolChoice;
 
@@ -61,11 +61,20 @@ fn output_config_thinking_and_unknown_fields() {
     assert_eq!(p.messages.len(), 3);
     assert_eq!(p.messages[1].content, "Hello.");
     let (constraint, param) = p.constraint.unwrap();
-    assert_eq!(constraint, Constraint::JsonSchema(serde_json::json!({"type": "object"})));
+    assert_eq!(
+        constraint,
+        Constraint::JsonSchema(serde_json::json!({"type": "object"}))
+    );
     assert_eq!(param, "output_config");
-    let e = params(&format!(r#"{{{base}, "thinking": {{"type": "enabled", "budget_tokens": 1024}}}}"#)).unwrap_err();
+    let e = params(&format!(
+        r#"{{{base}, "thinking": {{"type": "enabled", "budget_tokens": 1024}}}}"#
+    ))
+    .unwrap_err();
     assert_eq!(e.param.as_deref(), Some("thinking"));
-    let e = params(&format!(r#"{{{base}, "output_config": {{"format": {{"type": "xml"}}}}}}"#)).unwrap_err();
+    let e = params(&format!(
+        r#"{{{base}, "output_config": {{"format": {{"type": "xml"}}}}}}"#
+    ))
+    .unwrap_err();
     assert_eq!(e.param.as_deref(), Some("output_config.format.type"));
     let e = params(&format!(r#"{{{base}, "container": "c"}}"#)).unwrap_err();
     assert_eq!(e.param.as_deref(), Some("container"));
@@ -74,5 +83,8 @@ fn output_config_thinking_and_unknown_fields() {
 #[test]
 fn usage_counts_cached_tokens_once() {
     let u = super::response::usage(100, 5, 60);
-    assert_eq!((u["input_tokens"].as_u64(), u["cache_read_input_tokens"].as_u64()), (Some(40), Some(60)));
+    assert_eq!(
+        (u["input_tokens"].as_u64(), u["cache_read_input_tokens"].as_u64()),
+        (Some(40), Some(60))
+    );
 }

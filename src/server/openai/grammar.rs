@@ -92,7 +92,10 @@ pub(crate) fn schema(param: &'static str, value: Json) -> Result<Constraint, Api
     };
     match value {
         v @ (Json::Object(_) | Json::Bool(_)) => Ok(Constraint::JsonSchema(v)),
-        _ => Err(ApiError::invalid(param, format!("`{param}` must be a JSON Schema object"))),
+        _ => Err(ApiError::invalid(
+            param,
+            format!("`{param}` must be a JSON Schema object"),
+        )),
     }
 }
 
@@ -131,17 +134,18 @@ impl ResponseFormat {
             ResponseFormat::Text => None,
             ResponseFormat::JsonObject { schema: None } => Some(Constraint::JsonObject),
             ResponseFormat::JsonObject { schema: Some(s) } => Some(schema(P, s)?),
-            ResponseFormat::JsonSchema { json_schema, schema: top } => {
-                match json_schema.and_then(|j| j.schema).or(top) {
-                    Some(s) => Some(schema(P, s)?),
-                    None => {
-                        return Err(ApiError::invalid(
-                            P,
-                            "`response_format.json_schema.schema` must be a JSON Schema object",
-                        ))
-                    }
+            ResponseFormat::JsonSchema {
+                json_schema,
+                schema: top,
+            } => match json_schema.and_then(|j| j.schema).or(top) {
+                Some(s) => Some(schema(P, s)?),
+                None => {
+                    return Err(ApiError::invalid(
+                        P,
+                        "`response_format.json_schema.schema` must be a JSON Schema object",
+                    ))
                 }
-            }
+            },
         })
     }
 }
@@ -167,7 +171,10 @@ impl StructuredOutputs {
         }
         match asked.len() {
             0 | 1 => Ok(asked.pop()),
-            _ => Err(ApiError::invalid(P, "`structured_outputs` takes one of json, regex, choice, grammar, json_object")),
+            _ => Err(ApiError::invalid(
+                P,
+                "`structured_outputs` takes one of json, regex, choice, grammar, json_object",
+            )),
         }
     }
 }
@@ -203,7 +210,10 @@ impl GrammarFields {
         let mut asked = asked.into_iter().filter_map(|(c, p)| c.map(|c| (c, p)));
         let first = asked.next();
         if let (Some((_, a)), Some((_, b))) = (&first, asked.next()) {
-            return Err(ApiError::invalid(b.to_string(), format!("`{a}` and `{b}` both ask for a grammar: give one")));
+            return Err(ApiError::invalid(
+                b.to_string(),
+                format!("`{a}` and `{b}` both ask for a grammar: give one"),
+            ));
         }
         Ok(first)
     }

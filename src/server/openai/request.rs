@@ -93,7 +93,9 @@ impl FunctionDef {
         if let Some(d) = self.description {
             function.insert("description".into(), Json::String(d));
         }
-        let params = self.parameters.map_or_else(|| json!({"type": "object", "properties": {}}), Json::Object);
+        let params = self
+            .parameters
+            .map_or_else(|| json!({"type": "object", "properties": {}}), Json::Object);
         function.insert("parameters".into(), params);
         json!({"type": "function", "function": function})
     }
@@ -175,7 +177,10 @@ impl ChatRequest {
             .enumerate()
             .map(|(i, m)| check_message(i, m.into()))
             .collect::<Result<Vec<_>, _>>()?;
-        let tools = self.tools.take().map(|t| t.into_iter().map(|t| t.function.into_tool()).collect::<Vec<_>>());
+        let tools = self
+            .tools
+            .take()
+            .map(|t| t.into_iter().map(|t| t.function.into_tool()).collect::<Vec<_>>());
         let tools = tools.filter(|t| !t.is_empty());
         check_tool_choice(tools.as_deref(), &tool_choice)?;
         let constraint = take_grammar_fields!(self).constraint()?;

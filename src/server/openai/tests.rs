@@ -2,8 +2,8 @@ use serde_json::{json, Value as Json};
 
 use super::request::{ChatRequest, CompletionRequest};
 use super::response::chat_message;
-use crate::server::body::parse;
 use crate::constraint::Constraint;
+use crate::server::body::parse;
 use crate::server::error::ApiError;
 use crate::server::params::{ChatParams, CompletionParams, Prompt};
 
@@ -129,10 +129,17 @@ fn unknown_fields_are_refused_by_name() {
     let e = completion(br#"{"prompt": "x", "guided_decoding_backend": "xgrammar"}"#).unwrap_err();
     assert_eq!(e.param.as_deref(), Some("guided_decoding_backend"));
     // What the SDKs send that changes nothing here is accepted.
-    chat(br#"{"messages": [{"role": "user", "content": "hi", "name": "ann"}], "user": "u", "metadata": {"a": "b"},
-        "parallel_tool_calls": false, "store": false, "service_tier": "auto", "modalities": ["text"]}"#)
+    chat(
+        br#"{"messages": [{"role": "user", "content": "hi", "name": "ann"}], "user": "u", "metadata": {"a": "b"},
+        "parallel_tool_calls": false, "store": false, "service_tier": "auto", "modalities": ["text"]}"#,
+    )
     .unwrap();
-    assert_eq!(err(r#"{"messages": [{"role": "user", "content": "hi"}], "store": true}"#).param.as_deref(), Some("store"));
+    assert_eq!(
+        err(r#"{"messages": [{"role": "user", "content": "hi"}], "store": true}"#)
+            .param
+            .as_deref(),
+        Some("store")
+    );
     let e = err(r#"{"messages": [{"role": "user", "content": "hi"}], "modalities": ["audio"]}"#);
     assert_eq!(e.param.as_deref(), Some("modalities"));
 }
@@ -162,22 +169,48 @@ fn grammar_of(extra: &str) -> Result<Option<(Constraint, &'static str)>, ApiErro
 fn every_grammar_field_is_honoured() {
     let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
     let cases = [
-        (r#""response_format": {"type": "json_object"}"#.to_string(), Constraint::JsonObject, "response_format"),
+        (
+            r#""response_format": {"type": "json_object"}"#.to_string(),
+            Constraint::JsonObject,
+            "response_format",
+        ),
         (
             format!(r#""response_format": {{"type": "json_object", "schema": {schema}}}"#),
             Constraint::JsonSchema(schema.clone()),
             "response_format",
         ),
         (
-            format!(r#""response_format": {{"type": "json_schema", "json_schema": {{"name": "x", "schema": {schema}}}}}"#),
+            format!(
+                r#""response_format": {{"type": "json_schema", "json_schema": {{"name": "x", "schema": {schema}}}}}"#
+            ),
             Constraint::JsonSchema(schema.clone()),
             "response_format",
         ),
-        (format!(r#""json_schema": {schema}"#), Constraint::JsonSchema(schema.clone()), "json_schema"),
-        (format!(r#""guided_json": {schema}"#), Constraint::JsonSchema(schema.clone()), "guided_json"),
-        (r#""guided_regex": "a+""#.to_string(), Constraint::Regex("a+".into()), "guided_regex"),
-        (r#""guided_choice": ["yes", "no"]"#.to_string(), Constraint::Regex("(yes|no)".into()), "guided_choice"),
-        (r#""guided_grammar": "start: \"a\"""#.to_string(), Constraint::Lark("start: \"a\"".into()), "guided_grammar"),
+        (
+            format!(r#""json_schema": {schema}"#),
+            Constraint::JsonSchema(schema.clone()),
+            "json_schema",
+        ),
+        (
+            format!(r#""guided_json": {schema}"#),
+            Constraint::JsonSchema(schema.clone()),
+            "guided_json",
+        ),
+        (
+            r#""guided_regex": "a+""#.to_string(),
+            Constraint::Regex("a+".into()),
+            "guided_regex",
+        ),
+        (
+            r#""guided_choice": ["yes", "no"]"#.to_string(),
+            Constraint::Regex("(yes|no)".into()),
+            "guided_choice",
+        ),
+        (
+            r#""guided_grammar": "start: \"a\"""#.to_string(),
+            Constraint::Lark("start: \"a\"".into()),
+            "guided_grammar",
+        ),
         (
             r#""structured_outputs": {"choice": ["a"]}"#.to_string(),
             Constraint::Regex("(a)".into()),
@@ -197,14 +230,18 @@ fn every_grammar_field_is_honoured() {
     assert_eq!(e.param.as_deref(), Some("grammar"));
     let e = grammar_of(r#""grammar": "root = a""#).unwrap_err();
     assert_eq!(e.param.as_deref(), Some("grammar"));
-    let e = grammar_of(r#""response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": 5}}"#).unwrap_err();
+    let e = grammar_of(r#""response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": 5}}"#)
+        .unwrap_err();
     assert_eq!(e.param.as_deref(), Some("response_format"));
 }
 
 #[test]
 fn prompt_log_probabilities_are_asked_for() {
     let p = completion(br#"{"prompt": "x", "echo": true, "logprobs": 1, "max_tokens": 0}"#).unwrap();
-    assert_eq!((p.common.max_tokens, p.common.prompt_logprobs, p.common.logprobs), (Some(0), Some(1), Some(1)));
+    assert_eq!(
+        (p.common.max_tokens, p.common.prompt_logprobs, p.common.logprobs),
+        (Some(0), Some(1), Some(1))
+    );
     let p = completion(br#"{"prompt": "x", "echo": true, "logprobs": 2}"#).unwrap();
     assert_eq!((p.common.max_tokens, p.common.prompt_logprobs), (Some(16), Some(2)));
     let p = completion(br#"{"prompt": "x", "logprobs": 2}"#).unwrap();
@@ -215,7 +252,9 @@ fn prompt_log_probabilities_are_asked_for() {
     let p = chat(br#"{"messages": [{"role": "user", "content": "x"}], "prompt_logprobs": 0}"#).unwrap();
     assert_eq!(p.common.prompt_logprobs, Some(0));
     assert_eq!(
-        err(r#"{"messages": [{"role": "user", "content": "x"}], "prompt_logprobs": 21}"#).param.as_deref(),
+        err(r#"{"messages": [{"role": "user", "content": "x"}], "prompt_logprobs": 21}"#)
+            .param
+            .as_deref(),
         Some("prompt_logprobs")
     );
 }
@@ -229,18 +268,29 @@ fn tool_schemas_with_defs_keep_their_references() {
     let Constraint::JsonSchema(schema) = crate::server::params::tool_call_constraint(&[tool], None) else {
         panic!("a schema")
     };
-    assert_eq!(schema["anyOf"][0]["properties"]["parameters"]["properties"]["pet"]["$ref"], "#/$defs/t0_Pet");
-    assert_eq!(schema["$defs"]["t0_Pet"]["properties"]["kind"]["$ref"], "#/$defs/t0_Kind");
+    assert_eq!(
+        schema["anyOf"][0]["properties"]["parameters"]["properties"]["pet"]["$ref"],
+        "#/$defs/t0_Pet"
+    );
+    assert_eq!(
+        schema["$defs"]["t0_Pet"]["properties"]["kind"]["$ref"],
+        "#/$defs/t0_Kind"
+    );
     assert!(schema["anyOf"][0]["properties"]["parameters"].get("$defs").is_none());
 }
 
 #[test]
 fn bounded_lists_and_values() {
     let many: Vec<String> = (0..17).map(|i| format!("\"s{i}\"")).collect();
-    let e = err(&format!(r#"{{"messages": [{{"role": "user", "content": "x"}}], "stop": [{}]}}"#, many.join(",")));
+    let e = err(&format!(
+        r#"{{"messages": [{{"role": "user", "content": "x"}}], "stop": [{}]}}"#,
+        many.join(",")
+    ));
     assert_eq!(e.param.as_deref(), Some("stop"));
     let long = "x".repeat(257);
-    let e = err(&format!(r#"{{"messages": [{{"role": "user", "content": "x"}}], "stop": "{long}"}}"#));
+    let e = err(&format!(
+        r#"{{"messages": [{{"role": "user", "content": "x"}}], "stop": "{long}"}}"#
+    ));
     assert_eq!(e.param.as_deref(), Some("stop"));
     let e = err(r#"{"messages": [{"role": "user", "content": "x"}], "logit_bias": {"5": 101}}"#);
     assert_eq!(e.param.as_deref(), Some("logit_bias"));

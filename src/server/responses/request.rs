@@ -210,11 +210,17 @@ fn item_message(i: usize, item: Item) -> Result<Option<Message>, ApiError> {
                     ))
                 }
             };
-            Ok(Some(Message::text(&role, content_text(&format!("{at}.content"), item.content)?)))
+            Ok(Some(Message::text(
+                &role,
+                content_text(&format!("{at}.content"), item.content)?,
+            )))
         }
         Some("function_call") => {
             let (Some(name), Some(arguments)) = (item.name, item.arguments) else {
-                return Err(ApiError::invalid(at, "a `function_call` item needs `name` and `arguments`"));
+                return Err(ApiError::invalid(
+                    at,
+                    "a `function_call` item needs `name` and `arguments`",
+                ));
             };
             let mut m = Message::text("assistant", "");
             m.tool_calls = vec![ToolCall {
@@ -331,14 +337,22 @@ impl ResponsesRequest {
                 format!("truncation `{t}` is not served: a prompt over the window is refused, never cut"),
             ));
         }
-        if let Some(v) = self.text.as_ref().and_then(|t| t.verbosity.as_deref()).filter(|v| *v != "medium") {
+        if let Some(v) = self
+            .text
+            .as_ref()
+            .and_then(|t| t.verbosity.as_deref())
+            .filter(|v| *v != "medium")
+        {
             return Err(ApiError::invalid(
                 "text.verbosity",
                 format!("verbosity `{v}` is not served (only `medium`)"),
             ));
         }
         if self.max_tokens.is_some() {
-            return Err(ApiError::invalid("max_tokens", "use `max_output_tokens` in the Responses API"));
+            return Err(ApiError::invalid(
+                "max_tokens",
+                "use `max_output_tokens` in the Responses API",
+            ));
         }
         Ok(())
     }
@@ -349,15 +363,27 @@ impl ResponsesRequest {
             .tools
             .iter()
             .flatten()
-            .map(|ToolDef::Function { name, description, parameters, strict }| {
-                json!({"type": "function", "name": name, "description": description,
+            .map(
+                |ToolDef::Function {
+                     name,
+                     description,
+                     parameters,
+                     strict,
+                 }| {
+                    json!({"type": "function", "name": name, "description": description,
                        "parameters": parameters, "strict": strict.unwrap_or(true)})
-            })
+                },
+            )
             .collect();
         let format = match self.text.as_ref().and_then(|t| t.format.as_ref()) {
             None | Some(TextFormat::Text) => json!({"type": "text"}),
             Some(TextFormat::JsonObject) => json!({"type": "json_object"}),
-            Some(TextFormat::JsonSchema { name, description, schema, strict }) => {
+            Some(TextFormat::JsonSchema {
+                name,
+                description,
+                schema,
+                strict,
+            }) => {
                 json!({"type": "json_schema", "name": name, "description": description, "schema": schema,
                        "strict": strict})
             }
@@ -365,13 +391,22 @@ impl ResponsesRequest {
         let mut echo = Map::new();
         echo.insert("instructions".into(), json!(self.instructions));
         echo.insert("tools".into(), Json::Array(tools));
-        echo.insert("tool_choice".into(), self.tool_choice.clone().unwrap_or_else(|| json!("auto")));
+        echo.insert(
+            "tool_choice".into(),
+            self.tool_choice.clone().unwrap_or_else(|| json!("auto")),
+        );
         echo.insert("text".into(), json!({"format": format}));
         echo.insert("temperature".into(), json!(self.temperature.map(|t| t.0)));
         echo.insert("top_p".into(), json!(self.top_p.map(|t| t.0)));
         echo.insert("max_output_tokens".into(), json!(self.max_output_tokens.map(|m| m.0)));
-        echo.insert("parallel_tool_calls".into(), json!(self.parallel_tool_calls.unwrap_or(true)));
-        echo.insert("metadata".into(), Json::Object(self.metadata.clone().unwrap_or_default()));
+        echo.insert(
+            "parallel_tool_calls".into(),
+            json!(self.parallel_tool_calls.unwrap_or(true)),
+        );
+        echo.insert(
+            "metadata".into(),
+            Json::Object(self.metadata.clone().unwrap_or_default()),
+        );
         echo.insert("previous_response_id".into(), json!(self.previous_response_id));
         echo.insert("store".into(), json!(self.store.unwrap_or(true)));
         echo.insert("truncation".into(), json!("disabled"));

@@ -40,7 +40,9 @@ struct Inner {
 impl ResponseStore {
     /// Keeps `response` (its `id` names it) and the conversation it ended.
     pub(crate) fn put(&self, response: Json, conversation: Vec<Message>) {
-        let Some(id) = response["id"].as_str().map(str::to_string) else { return };
+        let Some(id) = response["id"].as_str().map(str::to_string) else {
+            return;
+        };
         let bytes = response.to_string().len() + serde_json::to_string(&conversation).map_or(0, |s| s.len());
         if bytes > MAX_BYTES {
             return;

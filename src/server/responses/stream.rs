@@ -110,13 +110,20 @@ impl Writer<'_> {
         };
         let complete = generation.finish_reason != FinishReason::Length;
         let item = match call {
-            Some(call) => self.function_call(Output::call(call.name, call.arguments.to_string())).await?,
+            Some(call) => {
+                self.function_call(Output::call(call.name, call.arguments.to_string()))
+                    .await?
+            }
             None => {
                 self.text(&held).await?;
                 self.close_message(complete).await?
             }
         };
-        let usage = usage(generation.prompt_tokens, generation.completion_tokens, generation.cached_tokens);
+        let usage = usage(
+            generation.prompt_tokens,
+            generation.completion_tokens,
+            generation.cached_tokens,
+        );
         let whole = response(
             self.ids(),
             self.meta,
@@ -155,7 +162,9 @@ impl Writer<'_> {
         if self.message.is_none() {
             self.open_message().await?;
         }
-        let Some((id, sent)) = self.message.as_mut() else { return Ok(()) };
+        let Some((id, sent)) = self.message.as_mut() else {
+            return Ok(());
+        };
         sent.push_str(text);
         let delta = json!({"item_id": id, "output_index": 0, "content_index": 0, "delta": text, "logprobs": []});
         self.send("response.output_text.delta", delta).await
@@ -183,7 +192,12 @@ impl Writer<'_> {
 
     /// Sends a function call item whole: added, its arguments, done.
     async fn function_call(&mut self, item: Output) -> Result<Output, Stop> {
-        let Output::Call { id, name, arguments, .. } = &item else { return Ok(item) };
+        let Output::Call {
+            id, name, arguments, ..
+        } = &item
+        else {
+            return Ok(item);
+        };
         let mut added = item.json("in_progress");
         added["arguments"] = json!("");
         self.send("response.output_item.added", json!({"output_index": 0, "item": added}))
