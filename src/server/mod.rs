@@ -78,7 +78,7 @@ pub struct ServerConfig {
     /// Origins allowed to call the API from a browser (`*` for any); empty: no CORS headers,
     /// and cross-origin POSTs are refused.
     pub cors_origins: Vec<String>,
-    /// `Host` names a loopback server answers besides localhost, 127.0.0.1 and [::1].
+    /// `Host` names a loopback server answers besides `localhost`, `127.0.0.1` and `[::1]`.
     pub allowed_hosts: Vec<String>,
     /// How long running answers may go on after shutdown is asked; the rest end with an
     /// error event.
