@@ -224,3 +224,24 @@ fn templates_are_found_where_transformers_puts_them() {
         reference
     );
 }
+
+#[test]
+fn a_template_that_eats_memory_is_refused_before_the_weights_load() {
+    let dir = common::copy_fixture("tied-bf16-llama3");
+    let path = dir.path().join("tokenizer_config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["chat_template"] = serde_json::json!(
+        "{% set ns = namespace(s='a') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}"
+    );
+    std::fs::write(&path, config.to_string()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_llama32"))
+        .args(["chat", "--model", dir.path().to_str().unwrap(), "-p", "hi", "-n", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("chat template") && stderr.contains("is refused"),
+        "{stderr}"
+    );
+}

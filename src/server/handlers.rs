@@ -61,7 +61,7 @@ pub(super) async fn read_body(state: &State, body: Body) -> Result<Bytes, ApiErr
 async fn prepare(
     state: &Arc<State>,
     request: Request,
-    plan: impl FnOnce(&Arc<State>, &Bytes) -> Result<Plan, ApiError>,
+    plan: impl FnOnce(&Arc<State>, &Bytes) -> Result<Plan, ApiError> + Send + 'static,
 ) -> Result<(Plan, Report), (ApiError, Report)> {
     let report = Report::new(&request).armed(state);
     let key_scope = request.extensions().get::<KeyScope>().map_or(0, |k| k.0);
@@ -83,7 +83,15 @@ async fn prepare(
         Ok(body) => body,
         Err(e) => return Err((e, report)),
     };
-    match plan(state, &body) {
+    // Rendering the chat template and tokenizing run off the network threads.
+    let planning = {
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || plan(&state, &body))
+    };
+    let planned = planning
+        .await
+        .unwrap_or_else(|e| Err(ApiError::internal(format!("planning the request failed: {e}"))));
+    match planned {
         Ok(mut plan) => {
             let report = report.with_tools(plan.tools_via);
             plan.request.cache_scope = combine_scopes(key_scope, plan.request.cache_scope);

@@ -7,6 +7,7 @@ mod chat_cmd;
 mod common;
 mod hub_cmd;
 mod serve_cmd;
+mod template_check;
 mod text_file;
 
 use std::io::{self, Write};
@@ -27,6 +28,13 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
+    // The child process of the chat-template check (not a command for users).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let [_, sub, model] = args.as_slice() {
+        if sub == template_check::SUBCOMMAND {
+            return template_check::run_child(std::path::Path::new(model));
+        }
+    }
     let cli = Cli::parse();
     if let Some(threads) = cli.threads {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -40,6 +40,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let serving = std::thread::Builder::new()
         .name("llama32-server".into())
         .spawn(move || server.run())?;
+    crate::template_check::check(&a.model.model)?;
     let engine = Arc::new(load_engine(&a.model, a.parallel)?);
     crate::common::warn_if_no_speculation(&engine, config.speculation.is_some());
     handle.ready(engine.clone())?;
