@@ -153,6 +153,10 @@ fn stop_strings_cut_the_text_also_when_streamed() {
 
 #[test]
 fn sampling_flags_are_validated_before_loading() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("bad.json");
+    std::fs::write(&schema, r#"{"type": "nonsense"}"#).unwrap();
+    let schema = schema.to_str().unwrap();
     for (args, name) in [
         (&["--top-p", "0"][..], "top_p"),
         (&["--top-p", "1.5"][..], "top_p"),
@@ -165,6 +169,9 @@ fn sampling_flags_are_validated_before_loading() {
         (&["--logit-bias", "12=abc"][..], "logit_bias"),
         (&["--logit-bias", "999999999=-100"][..], "logit_bias"),
         (&["--stop", ""][..], "stop"),
+        // Grammars are compiled before the model loads, errors naming the flag.
+        (&["--regex", "("][..], "`regex`"),
+        (&["--json-schema", schema][..], "`json-schema`"),
     ] {
         let mut all = vec!["generate", "--model", "tests/fixtures/tied-f32-mha", "--prompt", "Hi"];
         all.extend(args);

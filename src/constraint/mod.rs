@@ -123,6 +123,27 @@ fn invalid(reason: impl std::fmt::Display) -> Error {
     }
 }
 
+/// Checks `constraint` alone, without a model: compiled against a vocabulary of the 256
+/// bytes (quick), so that a bad schema, grammar or regex is found before a model loads.
+/// Grammars naming a model's special tokens are checked only by [`Grammars::compile`].
+pub fn check(constraint: &Constraint) -> Result<()> {
+    let mut words: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+    let mut eos = vec![TokTrie::SPECIAL_TOKEN_MARKER];
+    eos.extend_from_slice(b"<[256]>");
+    words.push(eos);
+    let info = TokRxInfo::new(257, 256);
+    let trie = TokTrie::from(&info, &words).with_eos_tokens(&[256]);
+    let env: TokEnv = Arc::new(ApproximateTokEnv::new(trie));
+    let mut factory = ParserFactory::new_simple(&env).map_err(invalid)?;
+    factory.quiet();
+    factory.limits_mut().verbose_errors = false;
+    let grammars = Grammars {
+        factory,
+        eos: Arc::from(vec![256u32]),
+    };
+    grammars.compile(constraint).map(|_| ())
+}
+
 impl Grammars {
     /// The token trie of `tokenizer` over `vocab_size` ids (ids it does not know are
     /// never allowed) with `eos` as the end-of-sequence ids.

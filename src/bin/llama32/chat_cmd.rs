@@ -128,6 +128,7 @@ pub fn run(a: ChatArgs) -> anyhow::Result<ExitCode> {
     let (messages, tools) = read_conversation(&a.conversation)?;
     let request = request(&a.sampling, a.model.ctx_size)?;
     crate::template_check::check(&a.model.model)?;
+    crate::common::check_constraint(&a.sampling, &request)?;
     let engine = load_engine(&a.model, None)?;
     crate::common::warn_if_no_speculation(&engine, request.speculation.is_some());
     let mut conversation = Conversation::new(&engine, a.model.ctx_size, tools, a.conversation.date.clone())?;

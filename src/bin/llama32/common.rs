@@ -94,6 +94,27 @@ fn constraint(a: &SamplingArgs) -> llama32::Result<Option<Constraint>> {
     Ok(a.json_object.then_some(Constraint::JsonObject))
 }
 
+/// Checks the request's grammar before the model loads, so that a bad `--json-schema`,
+/// `--grammar` or `--regex` fails at once, naming the flag.
+pub fn check_constraint(a: &SamplingArgs, request: &GenerateRequest) -> anyhow::Result<()> {
+    let Some(constraint) = &request.constraint else {
+        return Ok(());
+    };
+    let flag = match () {
+        _ if a.json_schema.is_some() => "json-schema",
+        _ if a.grammar.is_some() => "grammar",
+        _ if a.regex.is_some() => "regex",
+        _ => "json-object",
+    };
+    match llama32::constraint::check(constraint) {
+        Ok(_) => Ok(()),
+        Err(llama32::Error::InvalidParameter { reason, .. }) => {
+            Err(llama32::Error::InvalidParameter { name: flag, reason }.into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Builds a request from the flags; unset sampling flags take the model's
 /// generation_config.json defaults (applied by the library).
 pub fn request(a: &SamplingArgs, ctx_size: Option<usize>) -> llama32::Result<GenerateRequest> {

@@ -119,6 +119,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     let request = request(&a.sampling, a.model.ctx_size)?;
+    common::check_constraint(&a.sampling, &request)?;
     let engine = load_engine(&a.model, None)?;
     common::warn_if_no_speculation(&engine, request.speculation.is_some());
     let interrupt = Interrupt::install();
