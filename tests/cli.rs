@@ -363,3 +363,25 @@ fn a_broken_file_is_named_once_with_exit_code_1() {
     assert!(stderr.contains("generation_config.json: invalid type"), "{stderr}");
     assert_eq!(stderr.matches("invalid type").count(), 1, "said twice: {stderr}");
 }
+
+#[test]
+fn newcomer_messages_say_what_to_do() {
+    let model = fixture("tied-bf16-llama3");
+    let model = model.to_str().unwrap();
+    // --json logprobs carry the token text; the stats line says `length` as --json does.
+    let v = generate_json(model, "Hi", &["-n", "2", "--logprobs", "1"]);
+    assert!(v["logprobs"][0]["token"].is_string() && v["logprobs"][0]["top"][0]["token"].is_string());
+    let out = run(&["generate", "--model", model, "-p", "Hi", "-n", "2", "--logprobs", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--logprobs has no effect without --json"), "{stderr}");
+    assert!(stderr.contains("(length)"), "{stderr}");
+    // A busy port names --port.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_llama32"))
+        .args(["serve", "--model", model, "--port", &port])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("--port"), "{stderr}");
+}

@@ -96,7 +96,7 @@ impl Chat<'_> {
         }
         let mut stdout = io::stdout().lock();
         if self.json {
-            let mut v = generation_json(&turn.generation, self.engine.load_time().as_secs_f64() * 1e3);
+            let mut v = generation_json(self.engine, &turn.generation);
             v["dropped_messages"] = turn.dropped_messages.into();
             if let Some(call) = &turn.tool_call {
                 v["tool_calls"] = serde_json::json!([{"type": "function", "function": call}]);

@@ -218,8 +218,21 @@ impl Streamer {
     }
 }
 
+/// A token's log-probability with its text (and its alternatives'), for `--json`.
+fn logprob_json(engine: &Engine, t: &llama32::TokenLogprob) -> serde_json::Value {
+    let text = |id: u32| engine.tokenizer().decode(&[id], false).unwrap_or_default();
+    json!({
+        "id": t.id,
+        "token": text(t.id),
+        "logprob": t.logprob,
+        "top": t.top.iter().map(|&(id, lp)| json!({"id": id, "token": text(id), "logprob": lp})).collect::<Vec<_>>(),
+    })
+}
+
 /// The `--json` object of one generation.
-pub fn generation_json(out: &Generation, load_ms: f64) -> serde_json::Value {
+pub fn generation_json(engine: &Engine, out: &Generation) -> serde_json::Value {
+    let load_ms = engine.load_time().as_secs_f64() * 1e3;
+    let logprobs: Vec<_> = out.logprobs.iter().map(|t| logprob_json(engine, t)).collect();
     json!({
         "text": out.text,
         "token_ids": out.token_ids,
@@ -229,7 +242,7 @@ pub fn generation_json(out: &Generation, load_ms: f64) -> serde_json::Value {
         "finish_reason": out.finish_reason,
         "stop_sequence": out.stop_sequence,
         "speculation": out.speculation,
-        "logprobs": (!out.logprobs.is_empty()).then_some(&out.logprobs),
+        "logprobs": (!logprobs.is_empty()).then_some(logprobs),
         "seed": out.seed,
         "timings": {
             "load_ms": load_ms,
@@ -240,17 +253,45 @@ pub fn generation_json(out: &Generation, load_ms: f64) -> serde_json::Value {
     })
 }
 
+/// A finish reason as `--json` writes it.
+fn finish_name(reason: llama32::FinishReason) -> &'static str {
+    match reason {
+        llama32::FinishReason::Stop => "stop",
+        llama32::FinishReason::Length => "length",
+        llama32::FinishReason::Cancelled => "cancelled",
+    }
+}
+
+/// Warnings for flags that change nothing in this run, and for a constrained answer cut
+/// short (the JSON is then incomplete).
+pub fn warn_about_flags(a: &SamplingArgs, json: bool) {
+    if a.logprobs.is_some() && !json {
+        eprintln!("warning: --logprobs has no effect without --json");
+    }
+}
+
+/// Warns when a grammar-constrained answer ended at --max-tokens (it is not complete).
+pub fn warn_if_cut(a: &SamplingArgs, out: &Generation) {
+    let constrained = a.json_object || a.json_schema.is_some() || a.grammar.is_some() || a.regex.is_some();
+    if constrained && out.finish_reason == llama32::FinishReason::Length {
+        eprintln!(
+            "warning: the answer reached --max-tokens {} before its grammar was complete (raise --max-tokens)",
+            a.max_tokens
+        );
+    }
+}
+
 /// The human stats line (stderr).
 pub fn stats_line(engine: &Engine, out: &Generation) -> String {
     let t = &out.timings;
     let line = format!(
-        "[{} {} | prompt tokens: {} ({} cached) | generated: {} ({:?}) | load: {:.0} ms | ttft: {:.0} ms | prefill: {:.1} tok/s | decode: {:.1} tok/s | seed: {}]",
+        "[{} {} | prompt tokens: {} ({} cached) | generated: {} ({}) | load: {:.0} ms | ttft: {:.0} ms | prefill: {:.1} tok/s | decode: {:.1} tok/s | seed: {}]",
         engine.device(),
         engine.dtype(),
         out.prompt_tokens,
         out.cached_tokens,
         out.completion_tokens,
-        out.finish_reason,
+        finish_name(out.finish_reason),
         engine.load_time().as_secs_f64() * 1e3,
         t.ttft_ms,
         t.prefill_tokens_per_s,

@@ -120,6 +120,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     let request = request(&a.sampling, a.model.ctx_size)?;
     common::check_constraint(&a.sampling, &request)?;
+    common::warn_about_flags(&a.sampling, a.json);
     let engine = load_engine(&a.model, None)?;
     common::warn_if_no_speculation(&engine, request.speculation.is_some());
     let interrupt = Interrupt::install();
@@ -131,13 +132,10 @@ fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
         ControlFlow::Continue(())
     })?;
     stream.check().context("writing to stdout")?;
+    common::warn_if_cut(&a.sampling, &out);
     let mut stdout = io::stdout().lock();
     if a.json {
-        writeln!(
-            stdout,
-            "{}",
-            generation_json(&out, engine.load_time().as_secs_f64() * 1e3)
-        )?;
+        writeln!(stdout, "{}", generation_json(&engine, &out))?;
     } else {
         writeln!(stdout)?;
         eprintln!("{}", stats_line(&engine, &out));

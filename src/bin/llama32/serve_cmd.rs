@@ -31,12 +31,22 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
     } else {
         a.host.clone()
     };
-    let server = Server::bind(format!("{host}:{}", a.port), config.clone())?;
+    let server = Server::bind(format!("{host}:{}", a.port), config.clone()).map_err(|e| match e {
+        llama32::Error::Io { source, .. } => anyhow::anyhow!(
+            "could not listen on {host}:{} ({source}): is another server using the port? choose another with --port",
+            a.port
+        ),
+        other => other.into(),
+    })?;
     let addr = server.local_addr()?;
     let handle = server.handle();
     let stopper = handle.clone();
     ctrlc::set_handler(move || stopper.shutdown())?;
     eprintln!("listening on http://{addr}");
+    eprintln!(
+        "loading {} (the server answers `loading` until it is ready)",
+        a.model.model.display()
+    );
     let serving = std::thread::Builder::new()
         .name("llama32-server".into())
         .spawn(move || server.run())?;
