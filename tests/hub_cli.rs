@@ -271,6 +271,11 @@ fn bad_model_names_and_a_broken_models_toml_are_reported() {
     );
     let msg = stderr(&env.fail(&mut env.cmd(&["download", "owner/bad name"])));
     assert!(msg.contains("invalid model"), "{msg}");
+    // What can only be a local path fails as one, before any network.
+    for local in ["./my-model", "models/llama/3b", "model.gguf", "tests/no-such-model"] {
+        let msg = stderr(&env.fail(&mut env.cmd(&["generate", "--model", local, "-p", "hi"])));
+        assert!(msg.contains("no such local file or folder"), "{local}: {msg}");
+    }
     fs::write(
         env.models_toml(),
         "[[model]]\nname = \"x\"\nrepo = \"a/b\"\nbogus = 1\n",

@@ -109,9 +109,24 @@ pub fn resolve_model_arg(spec: &str) -> anyhow::Result<PathBuf> {
     if Path::new(spec).is_dir() || Path::new(spec).is_file() {
         return Ok(PathBuf::from(spec));
     }
+    if looks_local(spec) {
+        anyhow::bail!("{spec}: no such local file or folder (a hub model is named owner/name or by its alias)");
+    }
     let registry = load_registry()?;
     let config = hub_config_from_env()?;
     Ok(hub::resolve(spec, &registry, &config)?)
+}
+
+/// True when `spec` can only mean a local path: it starts like one (`./`, `../`, `/`, `~`),
+/// has more than one `/` (hub ids have one), names a model file, or its first part is an
+/// existing local folder.
+fn looks_local(spec: &str) -> bool {
+    let name = spec.split(':').next().unwrap_or(spec);
+    let first = name.split('/').next().unwrap_or_default();
+    ["./", "../", "/", "~"].iter().any(|p| spec.starts_with(p))
+        || name.matches('/').count() > 1
+        || (!spec.contains(':') && (spec.ends_with(".gguf") || spec.ends_with(".safetensors")))
+        || (name.contains('/') && !first.is_empty() && Path::new(first).is_dir())
 }
 
 /// Replaces a `--model` value by the checkpoint directory it designates.
