@@ -10,6 +10,8 @@ use axum::Router;
 
 const INDEX: &str = include_str!("playground/index.html");
 const SCRIPT: &str = include_str!("playground/playground.js");
+const MARKDOWN: &str = include_str!("playground/markdown.js");
+const CHATS: &str = include_str!("playground/chats.js");
 const STYLE: &str = include_str!("playground/playground.css");
 
 const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
@@ -32,6 +34,14 @@ pub(super) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route(
             "/playground.js",
             get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
+        )
+        .route(
+            "/markdown.js",
+            get(|| async { asset("text/javascript; charset=utf-8", MARKDOWN) }),
+        )
+        .route(
+            "/chats.js",
+            get(|| async { asset("text/javascript; charset=utf-8", CHATS) }),
         )
         .route(
             "/playground.css",

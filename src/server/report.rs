@@ -32,7 +32,7 @@ fn route_label(path: &str) -> &'static str {
         "/v1/responses" => "responses",
         "/v1/responses/input_tokens" => "input_tokens",
         "/tokenize" | "/detokenize" => "tokenize",
-        "/" | "/playground.js" | "/playground.css" => "playground",
+        "/" | "/playground.js" | "/markdown.js" | "/chats.js" | "/playground.css" => "playground",
         p if p.starts_with("/v1/models/") => "model",
         _ => "other",
     }
