@@ -167,7 +167,7 @@ const HELP: &str = "commands: /reset (forget the conversation), /system TEXT (se
 /// Where the interactive session's lines come from: a line editor with history on a
 /// terminal (arrows, Ctrl-A/E, Ctrl-R...), plain lines from a pipe.
 enum Input {
-    Editor(rustyline::DefaultEditor),
+    Editor(Box<rustyline::DefaultEditor>),
     Plain(io::Lines<io::StdinLock<'static>>),
 }
 
@@ -175,7 +175,7 @@ impl Input {
     fn new() -> anyhow::Result<Self> {
         if io::stdin().is_terminal() {
             if let Ok(editor) = rustyline::DefaultEditor::new() {
-                return Ok(Self::Editor(editor));
+                return Ok(Self::Editor(Box::new(editor)));
             }
         }
         Ok(Self::Plain(io::stdin().lock().lines()))
