@@ -257,11 +257,16 @@ fn terminal_chat() -> Option<std::process::Child> {
 fn wait_for(screen: &std::sync::Mutex<String>, ready: impl Fn(&str) -> bool) {
     let start = std::time::Instant::now();
     while !ready(&screen.lock().unwrap()) {
-        assert!(
-            start.elapsed().as_secs() < 120,
-            "timed out; screen: {}",
-            screen.lock().unwrap()
-        );
+        assert!(start.elapsed().as_secs() < 120, "timed out; screen: {:?}", {
+            let s = screen.lock().unwrap();
+            s.chars()
+                .rev()
+                .take(600)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<String>()
+        });
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }

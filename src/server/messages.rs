@@ -11,14 +11,13 @@ use axum::response::Response;
 use serde_json::{json, Value as Json};
 
 use super::anthropic::response::{error_body, stop_reason, tool_use_id, usage};
-use super::error::ApiError;
-use super::events::{Admission, Choices, TokenClock, ToolHold};
+use super::events::{Admission, Choices};
 use super::plan::{Kind, Plan};
 use super::report::{Report, CLIENT_GONE};
-use super::sse::{deliver, event_stream, next_event, Out, Stop};
+use super::sse::{deliver, event_stream, stream_answer, Out, Stop, TextSink};
 use super::State;
-use crate::chat::{parse_tool_call, ParsedToolCall};
-use crate::engine::{Event, FinishReason, Generation};
+use crate::chat::ParsedToolCall;
+use crate::engine::Generation;
 
 /// Starts the event stream of an admitted Messages request.
 pub(super) fn respond(
@@ -52,6 +51,20 @@ struct Writer<'a> {
     blocks: usize,
 }
 
+impl TextSink for Writer<'_> {
+    fn state(&self) -> &State {
+        self.state
+    }
+
+    fn out(&self) -> &Out {
+        &self.out
+    }
+
+    async fn text(&mut self, text: &str) -> Result<(), Stop> {
+        self.push_text(text).await
+    }
+}
+
 impl Writer<'_> {
     /// Sends the whole stream; (status to log, generated tokens, cached prompt tokens).
     async fn run(&mut self, mut events: Choices) -> (u16, usize, usize) {
@@ -72,10 +85,6 @@ impl Writer<'_> {
         deliver(self.state, &self.out, event).await
     }
 
-    async fn next(&self, events: &mut Choices) -> Result<Event, Stop> {
-        next_event(self.state, &self.out, events).await
-    }
-
     async fn message(&mut self, events: &mut Choices) -> Result<Generation, Stop> {
         let model = &self.state.config.model_ids[0];
         let start = json!({"type": "message_start", "message": {
@@ -84,31 +93,13 @@ impl Writer<'_> {
         self.send("message_start", start).await?;
         self.send("ping", json!({"type": "ping"})).await?;
         let tools_active = matches!(self.plan.kind, Kind::Messages { tools_active: true });
-        let mut hold = ToolHold::new(tools_active);
-        let mut clock = TokenClock::new(self.plan.start);
-        let generation = loop {
-            match self.next(events).await? {
-                Event::Token { text, .. } => {
-                    clock.tick(self.state);
-                    self.text(&hold.push(&text)).await?;
-                }
-                Event::Text(text) => self.text(&hold.push(&text)).await?,
-                Event::Done(g) => break g,
-                Event::Error(e) => return Err(Stop::Failed(ApiError::from(e))),
-            }
-        };
-        let held = std::mem::take(&mut hold.held);
-        let call = match generation.finish_reason {
-            FinishReason::Stop if !held.is_empty() => parse_tool_call(&held),
-            _ => None,
-        };
+        let (generation, call) = stream_answer(self, events, tools_active, self.plan.start).await?;
         let reason = match call {
             Some(call) => {
                 self.tool_use(call).await?;
                 "tool_use"
             }
             None => {
-                self.text(&held).await?;
                 if self.blocks == 0 {
                     self.open_text().await?;
                 }
@@ -169,7 +160,7 @@ impl Writer<'_> {
         Ok(())
     }
 
-    async fn text(&mut self, text: &str) -> Result<(), Stop> {
+    async fn push_text(&mut self, text: &str) -> Result<(), Stop> {
         if text.is_empty() {
             return Ok(());
         }

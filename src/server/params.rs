@@ -141,11 +141,48 @@ impl ChatParams {
     }
 }
 
-/// Checks that a `tool_choice` asking for a tool has tools to choose from.
+/// OpenAI's `tool_choice`: `auto`, `none`, `required`, or a function named as chat
+/// completions write it (`{"type": "function", "function": {"name": ...}}`) or as the
+/// Responses API does (`{"type": "function", "name": ...}`).
+pub(super) fn tool_choice(choice: Option<Json>) -> Result<ToolChoice, ApiError> {
+    let bad = |m: String| ApiError::invalid("tool_choice", m);
+    match choice {
+        None => Ok(ToolChoice::Auto),
+        Some(Json::String(s)) => match s.as_str() {
+            "auto" => Ok(ToolChoice::Auto),
+            "none" => Ok(ToolChoice::None),
+            "required" => Ok(ToolChoice::Required),
+            other => Err(bad(format!(
+                "`tool_choice` must be none, auto, required or a function, got `{other}`"
+            ))),
+        },
+        Some(Json::Object(o)) => {
+            let nested = o.get("function").and_then(|f| f.get("name"));
+            let flat = o
+                .get("name")
+                .filter(|_| o.get("type").and_then(Json::as_str) == Some("function"));
+            match nested.or(flat).and_then(Json::as_str) {
+                Some(name) => Ok(ToolChoice::Function(name.to_string())),
+                None => Err(bad("`tool_choice` names no function (`function.name`)".into())),
+            }
+        }
+        Some(_) => Err(bad(
+            "Invalid type for `tool_choice`: expected a string or an object".into()
+        )),
+    }
+}
+
+/// Checks that a `tool_choice` asking for a tool has tools to choose from, and that a
+/// named one is among them.
 pub(super) fn check_tool_choice(tools: Option<&[Tool]>, choice: &ToolChoice) -> Result<(), ApiError> {
     match (tools, choice) {
         (None, ToolChoice::Required | ToolChoice::Function(_)) => {
             Err(ApiError::invalid("tool_choice", "`tool_choice` needs `tools`"))
+        }
+        (Some(tools), ToolChoice::Function(name))
+            if !tools.iter().any(|t| t["function"]["name"].as_str() == Some(name)) =>
+        {
+            Err(ApiError::invalid("tool_choice", format!("no tool is named `{name}`")))
         }
         _ => Ok(()),
     }

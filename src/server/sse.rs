@@ -11,10 +11,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::error::ApiError;
-use super::events::{aborting, Choices};
+use super::events::{aborting, Choices, TokenClock, ToolHold};
 use super::report::self_reported;
 use super::State;
-use crate::engine::Event;
+use crate::chat::{parse_tool_call, ParsedToolCall};
+use crate::engine::{Event, FinishReason, Generation};
 use crate::error::Error;
 
 /// Events a stream holds for a client that is not reading, before sends wait.
@@ -60,6 +61,49 @@ pub(super) async fn deliver(state: &State, out: &Out, event: SseEvent) -> Result
             Err(Stop::Gone)
         }
     }
+}
+
+/// A stream that sends an answer's text as it comes (Anthropic's and the Responses API's).
+pub(super) trait TextSink {
+    /// The server.
+    fn state(&self) -> &State;
+    /// Where the events go.
+    fn out(&self) -> &Out;
+    /// Sends a piece of the answer's text.
+    async fn text(&mut self, text: &str) -> Result<(), Stop>;
+}
+
+/// Streams one answer's text into `sink` until it ends, holding back what may be a tool
+/// call when `tools_active`: the generation, and the call when the answer was one (else
+/// the held text has been sent too).
+pub(super) async fn stream_answer<S: TextSink>(
+    sink: &mut S,
+    events: &mut Choices,
+    tools_active: bool,
+    start: std::time::Instant,
+) -> Result<(Generation, Option<ParsedToolCall>), Stop> {
+    let mut hold = ToolHold::new(tools_active);
+    let mut clock = TokenClock::new(start);
+    let generation = loop {
+        match next_event(sink.state(), sink.out(), events).await? {
+            Event::Token { text, .. } => {
+                clock.tick(sink.state());
+                sink.text(&hold.push(&text)).await?;
+            }
+            Event::Text(text) => sink.text(&hold.push(&text)).await?,
+            Event::Done(g) => break g,
+            Event::Error(e) => return Err(Stop::Failed(ApiError::from(e))),
+        }
+    };
+    let held = std::mem::take(&mut hold.held);
+    let call = match generation.finish_reason {
+        FinishReason::Stop if !held.is_empty() => parse_tool_call(&held),
+        _ => None,
+    };
+    if call.is_none() {
+        sink.text(&held).await?;
+    }
+    Ok((generation, call))
 }
 
 /// The next engine event of a stream, or why it must stop: the engine ended without one,

@@ -164,53 +164,19 @@ pub fn run(a: ChatArgs) -> anyhow::Result<ExitCode> {
 const HELP: &str = "commands: /reset (forget the conversation), /system TEXT (set the system message), \
 /stats (sizes and speed), /exit; Ctrl-C stops an answer, Ctrl-D exits";
 
-/// Where the interactive session's lines come from: a line editor with history on a
-/// terminal (arrows, Ctrl-A/E, Ctrl-R...), plain lines from a pipe.
-enum Input {
-    Editor(Box<rustyline::DefaultEditor>),
-    Plain(io::Lines<io::StdinLock<'static>>),
-}
-
-impl Input {
-    fn new() -> anyhow::Result<Self> {
-        if io::stdin().is_terminal() {
-            if let Ok(editor) = rustyline::DefaultEditor::new() {
-                return Ok(Self::Editor(Box::new(editor)));
-            }
-        }
-        Ok(Self::Plain(io::stdin().lock().lines()))
-    }
-
-    /// The next line; `None` at the end (Ctrl-D). Ctrl-C at the prompt clears the line.
-    fn next(&mut self) -> anyhow::Result<Option<String>> {
-        use rustyline::error::ReadlineError;
-        match self {
-            Self::Plain(lines) => lines.next().transpose().context("reading stdin"),
-            Self::Editor(editor) => loop {
-                match editor.readline(">>> ") {
-                    Ok(line) => {
-                        let _ = editor.add_history_entry(line.as_str());
-                        return Ok(Some(line));
-                    }
-                    Err(ReadlineError::Interrupted) => eprintln!("(Ctrl-D or /exit leaves)"),
-                    Err(ReadlineError::Eof) => {
-                        println!();
-                        return Ok(None);
-                    }
-                    Err(e) => return Err(e).context("reading the terminal"),
-                }
-            },
-        }
-    }
-}
-
 fn interactive(chat: &mut Chat) -> anyhow::Result<ExitCode> {
-    let mut input = Input::new()?;
-    if matches!(input, Input::Editor(_)) {
+    let terminal = io::stdin().is_terminal();
+    if terminal {
         eprintln!("{HELP}");
     }
+    let mut lines = io::stdin().lock().lines();
     loop {
-        let Some(line) = input.next()? else { break };
+        if terminal {
+            print!(">>> ");
+            io::stdout().flush()?;
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line.context("reading stdin")?;
         let line = line.trim();
         match line.split_once(' ').map_or((line, ""), |(c, rest)| (c, rest.trim())) {
             ("", _) => continue,

@@ -12,7 +12,7 @@ use crate::chat::{check_message, Message, Tool, ToolCall};
 use crate::sampler::MAX_TOP_LOGPROBS;
 use crate::server::body::{generation_body, Int};
 use crate::server::error::ApiError;
-use crate::server::params::{check_tool_choice, ChatParams, CommonParams, CompletionParams, Prompt, ToolChoice};
+use crate::server::params::{check_tool_choice, tool_choice, ChatParams, CommonParams, CompletionParams, Prompt};
 
 /// One message of a chat request (a `null` field counts as absent).
 #[derive(Debug, Clone, Deserialize)]
@@ -251,33 +251,6 @@ fn prompt_logprobs(k: Option<Int>) -> Result<Option<usize>, ApiError> {
             format!("`prompt_logprobs` must be from 0 to {MAX_TOP_LOGPROBS}"),
         )),
         k => Ok(k),
-    }
-}
-
-/// OpenAI's `tool_choice`: `auto`, `none`, `required` or `{"function": {"name": ...}}`.
-fn tool_choice(choice: Option<Json>) -> Result<ToolChoice, ApiError> {
-    match choice {
-        None => Ok(ToolChoice::Auto),
-        Some(Json::String(s)) => match s.as_str() {
-            "auto" => Ok(ToolChoice::Auto),
-            "none" => Ok(ToolChoice::None),
-            "required" => Ok(ToolChoice::Required),
-            other => Err(ApiError::invalid(
-                "tool_choice",
-                format!("`tool_choice` must be none, auto, required or a function, got `{other}`"),
-            )),
-        },
-        Some(Json::Object(o)) => match o.get("function").and_then(|f| f.get("name")).and_then(Json::as_str) {
-            Some(name) => Ok(ToolChoice::Function(name.to_string())),
-            None => Err(ApiError::invalid(
-                "tool_choice",
-                "`tool_choice.function.name` is missing",
-            )),
-        },
-        Some(_) => Err(ApiError::invalid(
-            "tool_choice",
-            "Invalid type for `tool_choice`: expected a string or an object",
-        )),
     }
 }
 

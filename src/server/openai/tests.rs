@@ -5,7 +5,7 @@ use super::response::chat_message;
 use crate::constraint::Constraint;
 use crate::server::body::parse;
 use crate::server::error::ApiError;
-use crate::server::params::{ChatParams, CompletionParams, Prompt};
+use crate::server::params::{ChatParams, CompletionParams, Prompt, ToolChoice};
 
 fn chat(body: &[u8]) -> Result<ChatParams, ApiError> {
     parse::<ChatRequest>(body)?.into_params()
@@ -354,4 +354,27 @@ fn mutated_bodies_never_panic_the_parser() {
             }
         }
     }
+}
+
+#[test]
+fn tool_choice_names_a_tool_that_exists() {
+    let tools = r#""tools": [{"type": "function", "function": {"name": "f"}}]"#;
+    for choice in [
+        r#"{"type": "function", "function": {"name": "f"}}"#,
+        r#"{"type": "function", "name": "f"}"#,
+    ] {
+        let body = format!(r#"{{"messages": [{{"role": "user", "content": "x"}}], {tools}, "tool_choice": {choice}}}"#);
+        assert_eq!(
+            chat(body.as_bytes()).unwrap().tool_choice,
+            ToolChoice::Function("f".into())
+        );
+    }
+    let body = format!(
+        r#"{{"messages": [{{"role": "user", "content": "x"}}], {tools}, "tool_choice": {{"type": "function", "function": {{"name": "g"}}}}}}"#
+    );
+    let e = chat(body.as_bytes()).unwrap_err();
+    assert_eq!(
+        (e.param.as_deref(), e.message.as_str()),
+        (Some("tool_choice"), "no tool is named `g`")
+    );
 }

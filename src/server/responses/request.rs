@@ -14,7 +14,7 @@ use crate::chat::{check_message, FunctionCall, Message, ToolCall};
 use crate::server::body::{generation_body, Int};
 use crate::server::error::ApiError;
 use crate::server::openai::grammar::schema;
-use crate::server::params::{check_tool_choice, ChatParams, CommonParams, ToolChoice};
+use crate::server::params::{check_tool_choice, tool_choice, ChatParams, CommonParams};
 
 /// `input`: a string (one user message) or a list of items.
 #[derive(Debug, Clone)]
@@ -243,32 +243,6 @@ fn item_message(i: usize, item: Item) -> Result<Option<Message>, ApiError> {
             format!("{at}.type"),
             format!("input items of type `{other}` are not served (message, function_call, function_call_output)"),
         )),
-    }
-}
-
-/// `tool_choice`: `auto`, `none`, `required` or `{"type": "function", "name": ...}`.
-fn tool_choice(choice: Option<Json>) -> Result<ToolChoice, ApiError> {
-    let bad = || {
-        ApiError::invalid(
-            "tool_choice",
-            "`tool_choice` must be none, auto, required or {\"type\": \"function\", \"name\": ...}",
-        )
-    };
-    match choice {
-        None => Ok(ToolChoice::Auto),
-        Some(Json::String(s)) => match s.as_str() {
-            "auto" => Ok(ToolChoice::Auto),
-            "none" => Ok(ToolChoice::None),
-            "required" => Ok(ToolChoice::Required),
-            _ => Err(bad()),
-        },
-        Some(Json::Object(o)) if o.get("type").and_then(Json::as_str) == Some("function") => {
-            match o.get("name").and_then(Json::as_str) {
-                Some(name) => Ok(ToolChoice::Function(name.to_string())),
-                None => Err(bad()),
-            }
-        }
-        Some(_) => Err(bad()),
     }
 }
 

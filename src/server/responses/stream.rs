@@ -13,13 +13,11 @@ use axum::response::Response;
 use serde_json::{json, Value as Json};
 
 use super::response::{item_status, response, text_part, usage, Meta, Output, Status};
-use crate::chat::parse_tool_call;
-use crate::engine::{Event, FinishReason, Generation};
-use crate::server::error::ApiError;
-use crate::server::events::{Admission, Choices, TokenClock, ToolHold};
+use crate::engine::{FinishReason, Generation};
+use crate::server::events::{Admission, Choices};
 use crate::server::plan::Plan;
 use crate::server::report::{Report, CLIENT_GONE};
-use crate::server::sse::{deliver, event_stream, next_event, Out, Stop};
+use crate::server::sse::{deliver, event_stream, stream_answer, Out, Stop, TextSink};
 use crate::server::State;
 
 /// Starts the event stream of an admitted Responses request.
@@ -56,6 +54,20 @@ struct Writer<'a> {
     message: Option<(String, String)>,
 }
 
+impl TextSink for Writer<'_> {
+    fn state(&self) -> &State {
+        self.state
+    }
+
+    fn out(&self) -> &Out {
+        &self.out
+    }
+
+    async fn text(&mut self, text: &str) -> Result<(), Stop> {
+        self.push_text(text).await
+    }
+}
+
 impl Writer<'_> {
     async fn run(&mut self, mut events: Choices) -> (u16, usize, usize) {
         let result = self.answer(&mut events).await;
@@ -90,34 +102,14 @@ impl Writer<'_> {
         let start = response(self.ids(), self.meta, Status::InProgress, Vec::new(), Json::Null);
         self.send("response.created", json!({"response": start})).await?;
         self.send("response.in_progress", json!({"response": start})).await?;
-        let mut hold = ToolHold::new(self.meta.tools_active);
-        let mut clock = TokenClock::new(self.plan.start);
-        let generation = loop {
-            match next_event(self.state, &self.out, events).await? {
-                Event::Token { text, .. } => {
-                    clock.tick(self.state);
-                    self.text(&hold.push(&text)).await?;
-                }
-                Event::Text(text) => self.text(&hold.push(&text)).await?,
-                Event::Done(g) => break g,
-                Event::Error(e) => return Err(Stop::Failed(ApiError::from(e))),
-            }
-        };
-        let held = std::mem::take(&mut hold.held);
-        let call = match generation.finish_reason {
-            FinishReason::Stop if !held.is_empty() => parse_tool_call(&held),
-            _ => None,
-        };
+        let (generation, call) = stream_answer(self, events, self.meta.tools_active, self.plan.start).await?;
         let complete = generation.finish_reason != FinishReason::Length;
         let item = match call {
             Some(call) => {
                 self.function_call(Output::call(call.name, call.arguments.to_string()))
                     .await?
             }
-            None => {
-                self.text(&held).await?;
-                self.close_message(complete).await?
-            }
+            None => self.close_message(complete).await?,
         };
         let usage = usage(
             generation.prompt_tokens,
@@ -155,7 +147,7 @@ impl Writer<'_> {
         Ok(())
     }
 
-    async fn text(&mut self, text: &str) -> Result<(), Stop> {
+    async fn push_text(&mut self, text: &str) -> Result<(), Stop> {
         if text.is_empty() {
             return Ok(());
         }
