@@ -67,7 +67,7 @@ for cpu_file in sorted(glob.glob(os.path.join(out, "parity-*-cpu.json"))):
     dev = json.load(open(os.path.join(out, f"parity-{name}-{device}.json")))
     diff = 0.0
     for a, b in zip(cpu["logprobs"], dev["logprobs"]):
-        top_a, top_b = dict(map(tuple, a["top"])), dict(map(tuple, b["top"]))
+        top_a, top_b = ({t["id"]: t["logprob"] for t in a["top"]}, {t["id"]: t["logprob"] for t in b["top"]})
         for tok in set(top_a) & set(top_b):
             diff = max(diff, abs(top_a[tok] - top_b[tok]))
     report["parity"].append({"fixture": name, "tokens_identical": cpu["token_ids"] == dev["token_ids"],
