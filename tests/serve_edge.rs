@@ -11,41 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use common::http::{body_of, get, post, raw, status_line};
 use common::server::start;
-
-/// Sends raw bytes, half-closes, and reads what comes back (bounded by a timeout).
-fn raw(addr: &str, bytes: &[u8]) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(bytes).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).to_string()
-}
-
-fn status_line(response: &str) -> &str {
-    response.lines().next().unwrap_or("")
-}
-
-fn body_of(response: &str) -> &str {
-    response.split_once("\r\n\r\n").map_or("", |(_, b)| b)
-}
-
-fn get(addr: &str, path: &str, headers: &str) -> String {
-    raw(
-        addr,
-        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}\r\n").as_bytes(),
-    )
-}
-
-fn post(addr: &str, path: &str, body: &Value) -> String {
-    let body = body.to_string();
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    raw(addr, format!("{head}{body}").as_bytes())
-}
 
 const BODY: &str = r#"{"prompt":"x","max_tokens":1}"#;
 

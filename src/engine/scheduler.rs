@@ -55,6 +55,9 @@ pub struct Load {
     pub kv: KvUsage,
     /// Forward passes run so far.
     pub steps: u64,
+    /// Sequences preempted so far (their KV memory given back, their tokens to be
+    /// computed again).
+    pub preemptions: u64,
 }
 
 pub(crate) struct Scheduler {
@@ -67,6 +70,7 @@ pub(crate) struct Scheduler {
     running: Vec<Sequence>,
     load: Arc<Mutex<Load>>,
     steps: u64,
+    preemptions: u64,
 }
 
 impl Scheduler {
@@ -86,6 +90,7 @@ impl Scheduler {
             running: Vec::new(),
             load,
             steps: 0,
+            preemptions: 0,
         }
     }
 
@@ -116,6 +121,7 @@ impl Scheduler {
             waiting: self.waiting.len(),
             kv: self.backend.usage(),
             steps: self.steps,
+            preemptions: self.preemptions,
         };
     }
 
@@ -192,6 +198,7 @@ impl Scheduler {
 
     /// Frees `seq`'s KV memory and puts it first in line, to be computed again.
     fn preempt(&mut self, mut seq: Sequence) {
+        self.preemptions += 1;
         if let Some(kv) = seq.kv.take() {
             self.backend.release(kv, &seq.tokens);
         }

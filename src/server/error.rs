@@ -148,7 +148,12 @@ impl ApiError {
     pub fn shutting_down() -> Self {
         Self {
             code: Some("server_shutting_down"),
-            ..Self::new(503, "server_error", "The server is shutting down")
+            retry_after: Some(1),
+            ..Self::new(
+                503,
+                "server_error",
+                "The server is shutting down (draining): retry the request on another replica",
+            )
         }
     }
 
@@ -182,6 +187,13 @@ impl axum::response::IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(seconds));
+        }
+        if self.code == Some("server_shutting_down") {
+            // A draining server: the client should open its next connection elsewhere.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
         }
         response
     }

@@ -85,7 +85,7 @@ impl TokenClock {
 
 /// Waits until the server ends running answers (after the shutdown grace period).
 pub(super) async fn aborting(state: &State) {
-    let mut phase = state.phase.clone();
+    let mut phase = state.phase.subscribe();
     let _ = phase.wait_for(|p| *p == Phase::Aborting).await;
 }
 

@@ -20,7 +20,7 @@ use super::params::unix_now;
 use super::plan::{self, Plan};
 use super::report::{self_reported, Report};
 use super::routes::KeyScope;
-use super::{Phase, State};
+use super::State;
 
 type Shared = AxumState<Arc<State>>;
 
@@ -68,7 +68,7 @@ async fn prepare(
     if state.ready.get().is_none() {
         return Err((ApiError::loading(), report));
     }
-    if *state.phase.borrow() != Phase::Serving {
+    if state.draining() {
         return Err((ApiError::shutting_down(), report));
     }
     let announced = request

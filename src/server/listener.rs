@@ -1,6 +1,7 @@
 //! Accepting connections: hyper's HTTP/1.1 on each, a bounded number of them where idle
 //! sockets cannot lock clients out (the oldest idle one is closed to make room), and the
-//! graceful shutdown (stop accepting, let answers finish, end the rest after the grace).
+//! drain (not ready, new work refused with 503 while connections are still accepted, let
+//! answers finish, close; end the rest after the drain timeout).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -109,6 +110,11 @@ impl Registry {
     fn len(&self) -> usize {
         self.lock().len()
     }
+
+    /// True while a request is being answered on any connection.
+    fn busy(&self) -> bool {
+        self.lock().values().any(|s| s.busy.load(Ordering::SeqCst) > 0)
+    }
 }
 
 /// Accepts until shutdown, then drains; returns when every connection has ended.
@@ -125,7 +131,8 @@ pub(super) async fn serve(listener: TcpListener, handle: ServerHandle) {
         next: AtomicUsize::new(0),
         empty: Notify::new(),
     });
-    let mut phase = state.phase.clone();
+    let mut phase = state.phase.subscribe();
+    let drainer = tokio::spawn(drain(handle.clone(), registry.clone()));
     let upkeep_state = state.clone();
     let upkeep = tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(5));
@@ -137,7 +144,7 @@ pub(super) async fn serve(listener: TcpListener, handle: ServerHandle) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = phase.wait_for(|p| *p != Phase::Serving) => break,
+            _ = phase.wait_for(|p| *p >= Phase::Closing) => break,
         };
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
@@ -162,14 +169,39 @@ pub(super) async fn serve(listener: TcpListener, handle: ServerHandle) {
         });
     }
     drop(listener);
-    drain(&handle, &registry).await;
+    close(&handle, &registry).await;
+    drainer.abort();
     upkeep.abort();
 }
 
-/// Waits for the connections to end: the grace period, then the answers still running are
-/// told to end and get a moment to reach their clients.
-async fn drain(handle: &ServerHandle, registry: &Registry) {
-    let grace = handle.state.config.shutdown_grace;
+/// How often a drain looks whether anything still runs.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// Once a drain is asked, waits until no request is being answered (then connections
+/// close) or until the drain timeout (then running answers end with an error event).
+async fn drain(handle: ServerHandle, registry: Arc<Registry>) {
+    let state = &handle.state;
+    let mut phase = state.phase.subscribe();
+    let _ = phase.wait_for(|p| *p >= Phase::Draining).await;
+    let deadline = tokio::time::Instant::now() + state.config.drain_timeout;
+    loop {
+        if *phase.borrow() >= Phase::Closing {
+            return;
+        }
+        if !registry.busy() && state.in_flight.load(Ordering::SeqCst) == 0 {
+            return state.advance(Phase::Closing);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return state.advance(Phase::Aborting);
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+}
+
+/// Waits for the connections to close once the listener is gone: what still runs gets the
+/// drain timeout, then it is told to end and gets a moment to reach its client.
+async fn close(handle: &ServerHandle, registry: &Registry) {
+    let grace = handle.state.config.drain_timeout;
     let all_closed = async {
         loop {
             let waiting = registry.empty.notified();
@@ -183,7 +215,7 @@ async fn drain(handle: &ServerHandle, registry: &Registry) {
     if tokio::time::timeout(grace, &mut all_closed).await.is_ok() {
         return;
     }
-    handle.phase.send_replace(Phase::Aborting);
+    handle.state.advance(Phase::Aborting);
     let _ = tokio::time::timeout(FINAL_FLUSH, all_closed).await;
 }
 
@@ -248,7 +280,7 @@ async fn connection(
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = phase.wait_for(|p| *p != Phase::Serving), if !closing => {
+            _ = phase.wait_for(|p| *p >= Phase::Closing), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }

@@ -45,6 +45,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 
 pub use error::ApiError;
+pub use metrics::MetricsCompat;
 
 /// How the server behaves.
 #[derive(Clone)]
@@ -80,9 +81,11 @@ pub struct ServerConfig {
     pub cors_origins: Vec<String>,
     /// `Host` names a loopback server answers besides `localhost`, `127.0.0.1` and `[::1]`.
     pub allowed_hosts: Vec<String>,
-    /// How long running answers may go on after shutdown is asked; the rest end with an
-    /// error event.
-    pub shutdown_grace: Duration,
+    /// How long running answers may go on once a drain is asked (SIGTERM,
+    /// `POST /admin/drain`); the rest then end with an error event.
+    pub drain_timeout: Duration,
+    /// Other engines' metric names `/metrics` also carries, for routers that read them.
+    pub metrics_compat: MetricsCompat,
     /// Interval of `:` comments on an event stream that has nothing to send (long prefills).
     pub keep_alive_interval: Duration,
     /// Serve the playground page at `/`.
@@ -116,7 +119,8 @@ impl Default for ServerConfig {
             max_connections_per_ip: 768,
             cors_origins: Vec::new(),
             allowed_hosts: Vec::new(),
-            shutdown_grace: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
+            metrics_compat: MetricsCompat::None,
             keep_alive_interval: Duration::from_secs(10),
             playground: true,
             speculation: None,
@@ -146,9 +150,12 @@ impl fmt::Debug for ServerConfig {
 enum Phase {
     /// Accepting and answering.
     Serving,
-    /// Shutdown asked: no new connections, running answers go on.
+    /// Drain asked (SIGTERM, `POST /admin/drain`): not ready, new generation requests get
+    /// 503, running answers go on; connections are still accepted.
     Draining,
-    /// The grace period is over: running answers end now with an error event.
+    /// Nothing runs any more (or the drain timeout passed): connections close.
+    Closing,
+    /// The drain timeout is over: running answers end now with an error event.
     Aborting,
 }
 
@@ -207,14 +214,44 @@ struct State {
     responses: responses::ResponseStore,
     /// Bound to a loopback address: only local `Host` names are answered.
     loopback: bool,
-    phase: watch::Receiver<Phase>,
+    /// Where the server is in its life; the handle, signals and `POST /admin/drain` move it.
+    phase: watch::Sender<Phase>,
+}
+
+impl State {
+    /// Moves the server's life on to `to` (never back).
+    fn advance(&self, to: Phase) {
+        let changed = self.phase.send_if_modified(|p| {
+            let changed = *p < to;
+            if changed {
+                *p = to;
+            }
+            changed
+        });
+        if changed {
+            let running = self.in_flight.load(std::sync::atomic::Ordering::SeqCst);
+            match to {
+                Phase::Serving => {}
+                Phase::Draining => tracing::info!(
+                    running,
+                    drain_timeout_s = self.config.drain_timeout.as_secs(),
+                    "draining: not ready, new requests get 503; running requests may finish"
+                ),
+                Phase::Closing => tracing::info!("drained: closing connections"),
+                Phase::Aborting => tracing::info!(running, "ending the running requests now"),
+            }
+        }
+    }
+
+    fn draining(&self) -> bool {
+        *self.phase.borrow() != Phase::Serving
+    }
 }
 
 /// Controls a server from any thread: marks it ready, asks it to shut down.
 #[derive(Clone)]
 pub struct ServerHandle {
     state: Arc<State>,
-    phase: Arc<watch::Sender<Phase>>,
 }
 
 impl ServerHandle {
@@ -242,16 +279,23 @@ impl ServerHandle {
             })
     }
 
-    /// Stops accepting connections; running answers may finish within the grace period,
-    /// then [`Server::run`] returns. Safe to call from a signal handler thread, many times.
+    /// Starts the drain: `/health` turns 503 at once, new generation requests get 503
+    /// with `Retry-After`, running answers may finish within the drain timeout, then
+    /// [`Server::run`] returns (at once when nothing runs). Safe to call from a signal
+    /// handler thread, many times.
     pub fn shutdown(&self) {
-        self.phase.send_if_modified(|p| {
-            let changed = *p == Phase::Serving;
-            if changed {
-                *p = Phase::Draining;
-            }
-            changed
-        });
+        self.state.advance(Phase::Draining);
+    }
+
+    /// Ends the running answers now (each with a final error event), then
+    /// [`Server::run`] returns: what a second Ctrl-C asks.
+    pub fn abort(&self) {
+        self.state.advance(Phase::Aborting);
+    }
+
+    /// True once a drain was asked.
+    pub fn is_draining(&self) -> bool {
+        self.state.draining()
     }
 }
 
@@ -287,21 +331,18 @@ impl Server {
             path: addr.to_string().into(),
             source,
         })?;
-        let (phase_tx, phase) = watch::channel(Phase::Serving);
+        let (phase, _) = watch::channel(Phase::Serving);
         let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
         let state = State {
             loopback,
-            metrics: metrics::Metrics::new(),
+            metrics: metrics::Metrics::new(config.metrics_compat, &config.model_ids[0]),
             responses: responses::ResponseStore::default(),
             config,
             ready: OnceLock::new(),
             in_flight: AtomicUsize::new(0),
             phase,
         };
-        let handle = ServerHandle {
-            state: Arc::new(state),
-            phase: Arc::new(phase_tx),
-        };
+        let handle = ServerHandle { state: Arc::new(state) };
         Ok(Self { listener, handle })
     }
 

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Request, State as AxumState};
+use axum::extract::{ConnectInfo, Path, Request, State as AxumState};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -43,6 +43,8 @@ pub(super) fn router(state: Arc<State>) -> Router {
         .route_layer(middleware::from_fn(super::anthropic::anthropic_errors));
     let mut app = Router::new()
         .route("/health", get(health))
+        .route("/livez", get(livez))
+        .route("/admin/drain", post(drain))
         .route(
             "/metrics",
             get(metrics).route_layer(middleware::from_fn_with_state(state.clone(), metrics_key)),
@@ -167,14 +169,10 @@ async fn log_request(AxumState(state): Shared, request: Request, next: Next) -> 
 }
 
 async fn health(AxumState(state): Shared) -> Response {
-    let draining = *state.phase.borrow() != Phase::Serving;
+    let draining = state.draining();
     match state.ready.get() {
         None => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "loading"}))).into_response(),
-        Some(_) if draining => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "shutting_down"})),
-        )
-            .into_response(),
+        Some(_) if draining => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining"}))).into_response(),
         Some(ready) => {
             let load = ready.engine.load_stats();
             Json(json!({"status": "ok", "running": load.running, "waiting": load.waiting})).into_response()
@@ -182,9 +180,43 @@ async fn health(AxumState(state): Shared) -> Response {
     }
 }
 
+/// Liveness: the process answers (also while loading and draining).
+async fn livez() -> Response {
+    Json(json!({"status": "alive"})).into_response()
+}
+
+/// `POST /admin/drain`: what SIGTERM does (readiness 503, new requests 503, running
+/// answers finish, then the server stops). Needs an API key when the server has keys;
+/// without keys, only a client on this machine may ask.
+async fn drain(
+    AxumState(state): Shared,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    request: Request,
+) -> Response {
+    let keys = &state.config.api_keys;
+    let allowed = match keys.is_empty() {
+        true => peer.ip().is_loopback(),
+        false => keys
+            .iter()
+            .fold(false, |ok, key| authorized(key, request.headers()) | ok),
+    };
+    if !allowed {
+        return match keys.is_empty() {
+            true => ApiError::status(403, "Only a client on this machine may drain a server without API keys")
+                .into_response(),
+            false => ApiError::unauthorized().into_response(),
+        };
+    }
+    state.advance(Phase::Draining);
+    (StatusCode::ACCEPTED, Json(json!({"status": "draining"}))).into_response()
+}
+
 async fn metrics(AxumState(state): Shared) -> Response {
     let load = state.ready.get().map(|r| r.engine.load_stats());
-    let text = state.metrics.render(load, state.in_flight.load(Ordering::SeqCst));
+    let draining = state.draining();
+    let text = state
+        .metrics
+        .render(load, state.in_flight.load(Ordering::SeqCst), draining);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,

@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: fixture paths and expectations.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod server;
 
 use std::path::{Path, PathBuf};

@@ -370,10 +370,15 @@ pub struct ServeArgs {
     /// request asking for more is a 400 (bounds the memory of one answer).
     #[arg(long, default_value_t = 1 << 20)]
     pub max_answer_entries: usize,
-    /// Seconds running answers may go on after SIGTERM or Ctrl-C; the rest then end with an
-    /// error event.
-    #[arg(long, default_value_t = 30)]
-    pub shutdown_grace: u64,
+    /// Seconds running answers may go on once a drain starts (SIGTERM, Ctrl-C or
+    /// `POST /admin/drain`); the rest then end with an error event. During the drain
+    /// /health is 503 and new requests get 503 with Retry-After; a second Ctrl-C ends now.
+    #[arg(long, alias = "shutdown-grace", default_value_t = 30)]
+    pub drain_timeout: u64,
+    /// Also publish another engine's metric names on /metrics, for routers that read them
+    /// (the Gateway API Inference Extension's endpoint picker reads vLLM's by default).
+    #[arg(long, value_enum, default_value_t = MetricsCompatArg::None)]
+    pub metrics_compat: MetricsCompatArg,
     /// Read special-token text inside message content (`<|eot_id|>`...) as the special
     /// tokens, as HF and vLLM do; by default it is plain text, so users cannot forge turns.
     #[arg(long)]
@@ -384,6 +389,17 @@ pub struct ServeArgs {
     /// Request log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// `--metrics-compat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MetricsCompatArg {
+    /// Only llama32's own names.
+    None,
+    /// vLLM's `vllm:*` names too.
+    Vllm,
+    /// SGLang's `sglang:*` names too.
+    Sglang,
 }
 
 /// How `serve` writes its log.

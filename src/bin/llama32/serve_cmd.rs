@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use llama32::server::{Server, ServerConfig};
+use llama32::server::{MetricsCompat, Server, ServerConfig};
 
-use crate::args::{LogFormat, ServeArgs};
+use crate::args::{LogFormat, MetricsCompatArg, ServeArgs};
 use crate::common::load_engine;
 
 fn init_log(format: LogFormat) {
@@ -41,7 +41,10 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let addr = server.local_addr()?;
     let handle = server.handle();
     let stopper = handle.clone();
-    ctrlc::set_handler(move || stopper.shutdown())?;
+    ctrlc::set_handler(move || match stopper.is_draining() {
+        false => stopper.shutdown(),
+        true => stopper.abort(),
+    })?;
     eprintln!("listening on http://{addr}");
     eprintln!(
         "loading {} (the server answers `loading` until it is ready)",
@@ -54,8 +57,10 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let engine = Arc::new(load_engine(&a.model, a.parallel)?);
     crate::common::warn_if_no_speculation(&engine, config.speculation.is_some());
     handle.ready(engine.clone())?;
-    announce(&engine, &config);
-    eprintln!("ready on http://{addr}");
+    if !handle.is_draining() {
+        announce(&engine, &config);
+        eprintln!("ready on http://{addr}");
+    }
     match serving.join() {
         Ok(result) => result?,
         Err(_) => anyhow::bail!("the server thread panicked"),
@@ -119,7 +124,12 @@ fn server_config(a: &ServeArgs) -> anyhow::Result<ServerConfig> {
         send_timeout: Duration::from_secs(a.send_timeout.max(1)),
         cors_origins: a.cors.clone(),
         allowed_hosts: a.allowed_host.clone(),
-        shutdown_grace: Duration::from_secs(a.shutdown_grace),
+        drain_timeout: Duration::from_secs(a.drain_timeout),
+        metrics_compat: match a.metrics_compat {
+            MetricsCompatArg::None => MetricsCompat::None,
+            MetricsCompatArg::Vllm => MetricsCompat::Vllm,
+            MetricsCompatArg::Sglang => MetricsCompat::Sglang,
+        },
         playground: !a.no_playground,
         special_tokens_in_content: a.special_tokens_in_content,
         speculation: crate::common::speculation(&a.spec, 3, a.spec_k)?,

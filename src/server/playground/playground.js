@@ -220,7 +220,7 @@ async function connect() {
     retry(1000);
     return;
   }
-  if (r.status === 503 && health.status === "shutting_down") {
+  if (r.status === 503 && health.status === "draining") {
     setStatus("server shutting down", "bad");
     setNotice("The server is shutting down. Retrying…", true);
     retry(2000);
