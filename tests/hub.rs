@@ -355,6 +355,8 @@ fn a_gated_repo_names_the_licence_page_and_hf_token() {
                     msg.contains(&page) && msg.contains("HF_TOKEN") && msg.contains(&format!("HTTP {status}")),
                     "{msg}"
                 );
+                // A token that was sent is said to be refused, not asked for.
+                assert_eq!(msg.contains("was refused"), token.is_some(), "{msg}");
             }
             other => panic!("{other:?}"),
         }
@@ -487,12 +489,15 @@ fn a_stalled_connection_times_out() {
     let start = Instant::now();
     match hub::resolve("tiny", &env.registry, &config) {
         Err(e @ HubError::Timeout { .. }) => {
-            assert!(e.to_string().contains("no data for 0.3 s"), "{e}")
+            let msg = e.to_string();
+            assert!(msg.contains("no data for 0.3 s"), "{msg}");
+            assert!(!msg.contains("partial download"), "nothing was downloaded: {msg}");
         }
         other => panic!("{other:?}"),
     }
     assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
-    assert_eq!(env.hub.log().len(), 3, "tried max_attempts times");
+    // A hub that sends nothing is not asked again: one read timeout is the whole wait.
+    assert_eq!(env.hub.log().len(), 1);
     assert!(env.snapshot_names("test/tiny").is_empty());
 }
 
@@ -710,6 +715,39 @@ fn every_file_is_checked_against_the_etag_it_claims() {
     env.hub.faults(|f| f.etag_override = Some(etag));
     match env.resolve("tiny") {
         Err(HubError::Integrity { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_gguf_repo_without_a_file_lists_its_gguf_files() {
+    let repo = FakeRepo::new(
+        "owner/Tiny-GGUF",
+        7,
+        vec![
+            FakeFile::new("README.md", "hi", false),
+            FakeFile::new("tiny-Q4_K_M.gguf", bytes(64, 1), true),
+            FakeFile::new("tiny-Q8_0.gguf", bytes(64, 2), true),
+        ],
+    );
+    let env = Env::new(vec![repo]);
+    match hub::resolve("owner/Tiny-GGUF", &env.registry, &env.config()) {
+        Err(e @ HubError::GgufOnly { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("owner/Tiny-GGUF:tiny-Q4_K_M.gguf"), "{msg}");
+            assert!(msg.contains("tiny-Q8_0.gguf"), "{msg}");
+            assert!(!msg.contains("README"), "{msg}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A repo with neither config.json nor GGUF files keeps the plain answer.
+    let env = Env::new(vec![FakeRepo::new(
+        "owner/Empty",
+        8,
+        vec![FakeFile::new("README.md", "hi", false)],
+    )]);
+    match hub::resolve("owner/Empty", &env.registry, &env.config()) {
+        Err(HubError::EntryNotFound { file, .. }) => assert_eq!(file, "config.json"),
         other => panic!("{other:?}"),
     }
 }

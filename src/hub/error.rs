@@ -4,17 +4,31 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+fn auth_advice(token_sent: bool, licence_url: &str) -> String {
+    match token_sent {
+        true => format!(
+            "your access token (HF_TOKEN or the token file) was refused: check that it is valid \
+             and that its account accepted the licence at {licence_url}"
+        ),
+        false => format!(
+            "accept its licence at {licence_url} with your Hugging Face account, then set HF_TOKEN \
+             (or the token file) to an access token of that account"
+        ),
+    }
+}
+
 /// Everything that can go wrong in [`crate::hub`].
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
     /// The repo is gated or private and the request was not authorised (HTTP 401/403).
     #[error(
-        "{repo} is gated or private (HTTP {status}): accept its licence at {licence_url} \
-         with your Hugging Face account, then set HF_TOKEN (or the token file) to an access \
-         token of that account{}",
+        "{repo} is gated or private (HTTP {status}): {}{}",
+        auth_advice(*token_sent, licence_url),
         server_message(message)
     )]
     AuthRequired {
+        /// A token was sent with the request (and refused).
+        token_sent: bool,
         /// The repo id, `owner/name`.
         repo: String,
         /// The repo's page, where the licence is accepted.
@@ -143,12 +157,32 @@ pub enum HubError {
     },
 
     /// The connection stalled longer than the configured timeout, after retries.
-    #[error("{url}: no data for {:.1} s, giving up (the partial download is kept and resumes next time)", after.as_secs_f64())]
+    #[error(
+        "{url}: no data for {:.1} s, giving up{}",
+        after.as_secs_f64(),
+        if *partial { " (the partial download is kept and resumes next time)" } else { " (is the hub reachable? HF_ENDPOINT sets another one)" }
+    )]
     Timeout {
         /// The URL requested.
         url: String,
         /// The timeout that expired.
         after: Duration,
+        /// Part of the file was downloaded (and is kept for the next try).
+        partial: bool,
+    },
+
+    /// A repo without `config.json` that holds GGUF files: the user has to pick one.
+    #[error(
+        "{repo} has no config.json: it holds GGUF files, so choose one with `--model {repo}:FILE`, \
+         e.g. `{repo}:{}`. Its GGUF files: {}",
+        files.first().map_or("", String::as_str),
+        files.join(", ")
+    )]
+    GgufOnly {
+        /// The repo id.
+        repo: String,
+        /// Its `.gguf` files.
+        files: Vec<String>,
     },
 
     /// The server's answer lacks something the hub protocol requires.

@@ -64,6 +64,11 @@ impl<'a> Http<'a> {
         Self { agent, config }
     }
 
+    /// The hub's address, without a trailing `/`.
+    pub(crate) fn base_url(&self) -> &str {
+        self.config.base_url()
+    }
+
     /// `{endpoint}/{repo}/resolve/{revision}/{file}`.
     pub(crate) fn resolve_url(&self, t: &Target<'_>) -> String {
         format!(
@@ -160,6 +165,7 @@ impl<'a> Http<'a> {
         );
         let error = match (status, code.as_deref()) {
             (_, Some("GatedRepo")) | (401 | 403, _) if !not_found_code => HubError::AuthRequired {
+                token_sent: self.config.token.is_some(),
                 licence_url: format!("{}/{}", self.config.base_url(), t.repo),
                 repo,
                 status,
@@ -188,6 +194,7 @@ impl<'a> Http<'a> {
             let error = HubError::Timeout {
                 url: url.to_string(),
                 after: self.config.read_timeout,
+                partial: false,
             };
             return Failure::Retry { error, after: None };
         }
@@ -213,6 +220,7 @@ pub(crate) fn body_failure(e: &io::Error, url: &str, read_timeout: Duration) -> 
         HubError::Timeout {
             url: url.to_string(),
             after: read_timeout,
+            partial: true,
         }
     } else {
         HubError::Network {

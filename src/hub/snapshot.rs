@@ -115,7 +115,20 @@ pub(crate) fn fetch(config: &HubConfig, cache: &RepoCache, w: Wanted<'_>) -> Res
             list.iter().any(|x| x == INDEX)
         }
         None => {
-            for file in STANDARD_REQUIRED {
+            if let Err(e) = f.get(STANDARD_REQUIRED[0]) {
+                let files = match e {
+                    HubError::EntryNotFound { .. } => gguf_files(&http, w.repo),
+                    _ => Vec::new(),
+                };
+                return Err(match files.is_empty() {
+                    true => e,
+                    false => HubError::GgufOnly {
+                        repo: w.repo.repo.clone(),
+                        files,
+                    },
+                });
+            }
+            for file in &STANDARD_REQUIRED[1..] {
                 f.get(file)?;
             }
             for file in STANDARD_OPTIONAL {
@@ -190,6 +203,48 @@ impl Fetcher<'_> {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Most bytes of a repo's file listing read.
+const MAX_LISTING_BYTES: u64 = 8 << 20;
+
+/// The `.gguf` files of `repo` at its revision, from the hub's model API
+/// (`/api/models/{repo}/revision/{revision}`); empty when the listing cannot be had.
+fn gguf_files(http: &Http<'_>, repo: &RepoRef) -> Vec<String> {
+    let revision = repo.revision_or_main();
+    let url = format!(
+        "{}/api/models/{}/revision/{}",
+        http.base_url(),
+        repo.repo,
+        super::names::url_encode(revision, false)
+    );
+    let t = Target {
+        repo: &repo.repo,
+        revision,
+        file: "",
+    };
+    let Ok(response) = http.send("GET", &url, None, &t) else {
+        return Vec::new();
+    };
+    let mut text = String::new();
+    if std::io::Read::read_to_string(
+        &mut std::io::Read::take(response.into_reader(), MAX_LISTING_BYTES),
+        &mut text,
+    )
+    .is_err()
+    {
+        return Vec::new();
+    }
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let siblings = json.get("siblings").and_then(|s| s.as_array());
+    let names = siblings
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.get("rfilename")?.as_str());
+    names
+        .filter(|n| n.to_ascii_lowercase().ends_with(".gguf") && check_filename(n).is_ok())
+        .map(str::to_string)
+        .collect()
 }
 
 /// The shard files named by a `model.safetensors.index.json`, checked to be safe names.

@@ -111,11 +111,14 @@ impl Metrics {
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         with_local_recorder(&recorder, describe);
-        Self {
+        let metrics = Self {
             recorder,
             compat,
             model: model.to_string(),
-        }
+        };
+        // Every counter from the start, at zero, so that rates and routers see it at once.
+        metrics.tokens(0, 0, 0);
+        metrics
     }
 
     fn vllm(&self) -> Option<[(&'static str, String); 1]> {
@@ -193,9 +196,8 @@ impl Metrics {
         self.record(|| {
             gauge!("llama32_requests_in_flight").set(in_flight as f64);
             gauge!("llama32_draining").set(f64::from(u8::from(draining)));
-            if let Some(load) = load {
-                self.load_gauges(&load);
-            }
+            // Before the model is loaded too: a router reads a missing gauge as "saturated".
+            self.load_gauges(&load.unwrap_or_default());
         });
         self.recorder.handle().render()
     }
@@ -224,11 +226,14 @@ impl Metrics {
                 gauge!("vllm:kv_cache_usage_perc", &labels).set(usage);
                 gauge!("vllm:gpu_cache_usage_perc", &labels).set(usage);
                 counter!("vllm:num_preemptions_total", &labels).absolute(load.preemptions);
-                let config = [
-                    ("block_size", kv.block_size.to_string()),
-                    ("num_gpu_blocks", kv.total_blocks.to_string()),
-                ];
-                gauge!("vllm:cache_config_info", &config).set(1.0);
+                // Known once the pool exists (one series, never a stale one of zeros).
+                if kv.total_blocks > 0 {
+                    let config = [
+                        ("block_size", kv.block_size.to_string()),
+                        ("num_gpu_blocks", kv.total_blocks.to_string()),
+                    ];
+                    gauge!("vllm:cache_config_info", &config).set(1.0);
+                }
             }
             MetricsCompat::Sglang => {
                 let labels = [("model_name", self.model.clone())];

@@ -394,6 +394,26 @@ fn send(stream: &mut TcpStream, req: &Request, reply: Reply, stop: &AtomicBool) 
     let _ = stream.shutdown(Shutdown::Write);
 }
 
+/// `GET /api/models/{owner}/{name}/revision/{revision}`: the repo's files as `siblings`.
+fn listing(rest: &str, st: &State) -> Reply {
+    let parts: Vec<&str> = rest.splitn(4, '/').collect();
+    let repo = match parts.as_slice() {
+        [owner, name, "revision", _] => st.repos.iter().find(|r| r.id == format!("{owner}/{name}")),
+        _ => None,
+    };
+    let Some(repo) = repo else {
+        return Reply::error(404, Some("RepoNotFound"), "Repository not found");
+    };
+    let siblings: Vec<String> = repo
+        .files
+        .iter()
+        .map(|f| format!("{{\"rfilename\": \"{}\"}}", f.name))
+        .collect();
+    let mut r = Reply::new(200);
+    r.body = format!("{{\"id\": \"{}\", \"siblings\": [{}]}}", repo.id, siblings.join(", ")).into_bytes();
+    r
+}
+
 fn route(req: &Request, st: &mut State, addr: SocketAddr) -> Reply {
     if let Some(sha) = req.path.strip_prefix("/cdn/") {
         let file = st
@@ -406,6 +426,9 @@ fn route(req: &Request, st: &mut State, addr: SocketAddr) -> Reply {
             Some(f) => body(req, &f, &mut st.faults),
             None => Reply::error(404, None, "no such blob"),
         };
+    }
+    if let Some(rest) = req.path.strip_prefix("/api/models/") {
+        return listing(rest, st);
     }
     let parts: Vec<&str> = req.path.trim_start_matches('/').splitn(5, '/').collect();
     if parts.len() != 5 || parts[2] != "resolve" {
