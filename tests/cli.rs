@@ -59,6 +59,8 @@ fn streamed_text_matches_json_text_and_stats_go_to_stderr() {
     for needle in ["prompt tokens: ", "load: ", "ttft: ", "prefill: ", "decode: "] {
         assert!(stderr.contains(needle), "{needle} missing from {stderr}");
     }
+    // The load spinner draws only on a terminal: a piped stderr stays clean for logs.
+    assert!(!stderr.contains("loading") && !stderr.contains('\u{1b}'), "{stderr}");
 }
 
 #[test]

@@ -60,7 +60,8 @@ fn plain(a: &BenchArgs, device: llama32::DeviceKind, dtypes: &[ComputeDType]) ->
     let mut all = Vec::new();
     for &dtype in dtypes {
         reset_peak_rss();
-        let r = llama32::bench::run(&a.model, device, dtype, &config)?;
+        let label = format!("loading and measuring {} as {dtype}", a.model.display());
+        let r = crate::common::with_spinner(&label, || llama32::bench::run(&a.model, device, dtype, &config))?;
         let peak = peak_rss_mib();
         if a.json {
             all.push(serde_json::json!({"result": r, "peak_rss_mib": peak}));
@@ -102,7 +103,9 @@ fn batched(
             parallel: sizes.iter().copied().max(),
             ..Default::default()
         };
-        let engine = llama32::Engine::load(&a.model, &options)?;
+        let engine = crate::common::with_spinner(&format!("loading {} as {dtype}", a.model.display()), || {
+            llama32::Engine::load(&a.model, &options)
+        })?;
         let rows = llama32::bench::batched(&engine, a.pp, a.tg, sizes)?;
         Ok(rows
             .into_iter()
@@ -132,7 +135,9 @@ fn speculation(
             draft_dtype: a.draft_dtype.as_deref().map(str::parse).transpose()?,
             ..Default::default()
         };
-        let engine = llama32::Engine::load(&a.model, &options)?;
+        let engine = crate::common::with_spinner(&format!("loading {} as {dtype}", a.model.display()), || {
+            llama32::Engine::load(&a.model, &options)
+        })?;
         let rows = llama32::bench::speculation(&engine, spec, a.tg, a.reps)?;
         Ok(rows
             .into_iter()

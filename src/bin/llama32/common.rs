@@ -28,7 +28,9 @@ pub fn load_engine(a: &ModelArgs, parallel: Option<usize>) -> anyhow::Result<Eng
         },
         draft_dtype: a.draft_dtype.as_deref().map(str::parse).transpose()?,
     };
-    let engine = Engine::load(&a.model, &options)?;
+    let engine = with_spinner(&format!("loading {}", a.model.display()), || {
+        Engine::load(&a.model, &options)
+    })?;
     if let Some(note) = engine.conversion_note() {
         eprintln!("[{note}]");
     }
@@ -43,6 +45,20 @@ pub fn load_engine(a: &ModelArgs, parallel: Option<usize>) -> anyhow::Result<Eng
         }
     }
     Ok(engine)
+}
+
+/// Runs `work` under a spinner line (`⠋ loading MODEL 3s`) on stderr when it is a terminal;
+/// nothing is drawn otherwise (logs and pipes stay clean).
+pub fn with_spinner<T>(message: &str, work: impl FnOnce() -> T) -> T {
+    let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
+        bar.set_style(style);
+    }
+    bar.set_message(message.to_string());
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    let out = work();
+    bar.finish_and_clear();
+    out
 }
 
 /// Says so when `--spec` was asked of a backend that does not speculate (the candle one:
