@@ -160,20 +160,25 @@ fn sampling_flags_are_validated_before_loading() {
     std::fs::write(&schema, r#"{"type": "nonsense"}"#).unwrap();
     let schema = schema.to_str().unwrap();
     for (args, name) in [
-        (&["--top-p", "0"][..], "top_p"),
-        (&["--top-p", "1.5"][..], "top_p"),
-        (&["--top-k", "-1"][..], "top_k"),
-        (&["--min-p", "2"][..], "min_p"),
-        (&["--repetition-penalty", "0"][..], "repetition_penalty"),
-        (&["--frequency-penalty", "3"][..], "frequency_penalty"),
-        (&["--presence-penalty", "-2.5"][..], "presence_penalty"),
-        (&["--temperature", "nan"][..], "temperature"),
-        (&["--logit-bias", "12=abc"][..], "logit_bias"),
-        (&["--logit-bias", "999999999=-100"][..], "logit_bias"),
-        (&["--stop", ""][..], "stop"),
+        (&["--top-p", "0"][..], "--top-p"),
+        (&["--top-p", "1.5"][..], "--top-p"),
+        (&["--top-k", "-1"][..], "--top-k"),
+        (&["--min-p", "2"][..], "--min-p"),
+        (&["--repetition-penalty", "0"][..], "--repetition-penalty"),
+        (&["--frequency-penalty", "3"][..], "--frequency-penalty"),
+        (&["--presence-penalty", "-2.5"][..], "--presence-penalty"),
+        (&["--temperature", "nan"][..], "--temperature"),
+        (&["--logit-bias", "12=abc"][..], "--logit-bias"),
+        (&["--logit-bias", "999999999=-100"][..], "--logit-bias"),
+        (&["--stop", ""][..], "--stop"),
+        (&["--logprobs", "50", "--json"][..], "--logprobs"),
+        (&["--dtype", "q9"][..], "--dtype"),
         // Grammars are compiled before the model loads, errors naming the flag.
-        (&["--regex", "("][..], "`regex`"),
-        (&["--json-schema", schema][..], "`json-schema`"),
+        (&["--regex", "("][..], "--regex"),
+        (&["--json-schema", schema][..], "--json-schema"),
+        // A file named by a flag that is not there is a bad parameter too (exit 2).
+        (&["--json-schema", "/no/such/schema.json"][..], "--json-schema"),
+        (&["--grammar", "/no/such/grammar.lark"][..], "--grammar"),
     ] {
         let mut all = vec!["generate", "--model", "tests/fixtures/tied-f32-mha", "--prompt", "Hi"];
         all.extend(args);

@@ -17,14 +17,14 @@ use crate::EXIT_INTERRUPTED;
 fn read_conversation(a: &ConversationArgs) -> anyhow::Result<(Vec<Message>, Option<Vec<Tool>>)> {
     let (mut messages, mut tools) = match &a.messages {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let text = crate::common::read_flag_file("--messages", path)?;
             let request = parse_request(&text).with_context(|| format!("{}", path.display()))?;
             (request.messages, request.tools)
         }
         None => (Vec::new(), None),
     };
     if let Some(path) = &a.tools {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = crate::common::read_flag_file("--tools", path)?;
         let json = serde_json::from_str(&text).map_err(|e| llama32::Error::InvalidParameter {
             name: "tools",
             reason: format!("{}: not valid JSON: {e}", path.display()),

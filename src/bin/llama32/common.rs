@@ -47,6 +47,27 @@ pub fn load_engine(a: &ModelArgs, parallel: Option<usize>) -> anyhow::Result<Eng
     Ok(engine)
 }
 
+/// A file named by a flag could not be read: a usage error (exit 2) naming the flag.
+#[derive(Debug, thiserror::Error)]
+#[error("{flag} {path}: {source}")]
+pub struct FlagFileError {
+    /// The flag as typed (`--messages`).
+    pub flag: &'static str,
+    /// The path given.
+    pub path: std::path::PathBuf,
+    /// Why it could not be read.
+    pub source: std::io::Error,
+}
+
+/// Reads the text file `path` given by `flag`.
+pub fn read_flag_file(flag: &'static str, path: &std::path::Path) -> Result<String, FlagFileError> {
+    std::fs::read_to_string(path).map_err(|source| FlagFileError {
+        flag,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// Runs `work` under a spinner line (`⠋ loading MODEL 3s`) on stderr when it is a terminal;
 /// nothing is drawn otherwise (logs and pipes stay clean).
 pub fn with_spinner<T>(message: &str, work: impl FnOnce() -> T) -> T {
@@ -88,21 +109,22 @@ pub fn speculation(kind: &str, n: usize, k: usize) -> llama32::Result<Option<Spe
 
 /// The grammar flags as a constraint (files read and checked here, naming the flag).
 fn constraint(a: &SamplingArgs) -> llama32::Result<Option<Constraint>> {
-    let read = |path: &std::path::Path| {
-        std::fs::read_to_string(path).map_err(|source| llama32::Error::Io {
-            path: path.to_path_buf(),
-            source,
+    let read = |flag: &'static str, path: &std::path::Path| {
+        std::fs::read_to_string(path).map_err(|e| llama32::Error::InvalidParameter {
+            name: flag,
+            reason: format!("{}: {e}", path.display()),
         })
     };
     if let Some(path) = &a.json_schema {
-        let schema = serde_json::from_str(&read(path)?).map_err(|e| llama32::Error::InvalidParameter {
-            name: "json-schema",
-            reason: format!("{} is not JSON: {e}", path.display()),
-        })?;
+        let schema =
+            serde_json::from_str(&read("json-schema", path)?).map_err(|e| llama32::Error::InvalidParameter {
+                name: "json-schema",
+                reason: format!("{} is not JSON: {e}", path.display()),
+            })?;
         return Ok(Some(Constraint::JsonSchema(schema)));
     }
     if let Some(path) = &a.grammar {
-        return Ok(Some(Constraint::Lark(read(path)?)));
+        return Ok(Some(Constraint::Lark(read("grammar", path)?)));
     }
     if let Some(rx) = &a.regex {
         return Ok(Some(Constraint::Regex(rx.clone())));

@@ -88,7 +88,8 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {}", error_text(&e));
             let usage = e.downcast_ref::<llama32::Error>().is_some_and(|e| e.is_usage())
-                || e.downcast_ref::<llama32::hub::HubError>().is_some_and(|e| e.is_usage());
+                || e.downcast_ref::<llama32::hub::HubError>().is_some_and(|e| e.is_usage())
+                || e.downcast_ref::<common::FlagFileError>().is_some();
             ExitCode::from(if usage { EXIT_USAGE } else { 1 })
         }
     }
@@ -99,7 +100,8 @@ fn main() -> ExitCode {
 fn error_text(e: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in e.chain() {
-        let part = cause.to_string();
+        let flagged = cause.downcast_ref::<llama32::Error>().and_then(flag_text);
+        let part = flagged.unwrap_or_else(|| cause.to_string());
         if text.ends_with(&part) {
             continue;
         }
@@ -109,6 +111,24 @@ fn error_text(e: &anyhow::Error) -> String {
         text.push_str(&part);
     }
     text
+}
+
+/// A library parameter error said with the flag as typed (`--logprobs`, not
+/// `top_logprobs`), when the name is one of the command line's flags.
+fn flag_text(e: &llama32::Error) -> Option<String> {
+    let llama32::Error::InvalidParameter { name, reason } = e else {
+        return None;
+    };
+    let flag = match *name {
+        "top_logprobs" => "logprobs".to_string(),
+        other => other.replace('_', "-"),
+    };
+    let command = <Cli as clap::CommandFactory>::command();
+    let known = command
+        .get_subcommands()
+        .flat_map(|c| c.get_arguments())
+        .any(|a| a.get_long() == Some(flag.as_str()));
+    known.then(|| format!("invalid value for --{flag}: {reason}"))
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -148,7 +168,11 @@ fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
 
 fn perplexity(a: args::PerplexityArgs) -> anyhow::Result<ExitCode> {
     // Before the model loads: a missing file fails at once.
-    std::fs::File::open(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    std::fs::File::open(&a.file).map_err(|source| common::FlagFileError {
+        flag: "--file",
+        path: a.file.clone(),
+        source,
+    })?;
     let engine = load_engine(&a.model, Some(1))?;
     let base = kl_base(&a, &engine)?;
     // Windows start with BOS when the tokenizer adds one (SmolLM2's does not).

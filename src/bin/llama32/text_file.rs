@@ -14,7 +14,11 @@ const PIECE: usize = 1 << 20;
 
 /// The token ids of `path` (no BOS), at least `wanted` of them when the file has that many.
 pub fn read_tokens(engine: &Engine, path: &Path, wanted: usize) -> anyhow::Result<Vec<u32>> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut file = std::fs::File::open(path).map_err(|source| crate::common::FlagFileError {
+        flag: "--file",
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut tokens = Vec::new();
     let mut pending: Vec<u8> = Vec::new();
     let mut offset = 0usize;
