@@ -164,19 +164,68 @@ pub fn run(a: ChatArgs) -> anyhow::Result<ExitCode> {
 const HELP: &str = "commands: /reset (forget the conversation), /system TEXT (set the system message), \
 /stats (sizes and speed), /exit; Ctrl-C stops an answer, Ctrl-D exits";
 
+/// Where the interactive session's lines come from: a line editor with history on a
+/// terminal (arrows, Home/End, Ctrl-A/E/W/U, Ctrl-R...), plain lines from a pipe.
+enum Input {
+    /// The lines entered so far, oldest first (the editor's history).
+    Editor(Vec<String>),
+    Plain(io::Lines<io::StdinLock<'static>>),
+}
+
+/// Entries of history kept.
+const HISTORY: usize = 1000;
+
+impl Input {
+    fn new() -> Self {
+        match io::stdin().is_terminal() && io::stdout().is_terminal() {
+            true => Self::Editor(Vec::new()),
+            false => Self::Plain(io::stdin().lock().lines()),
+        }
+    }
+
+    /// The next line; `None` at the end (Ctrl-D, or EOF). Ctrl-C at the prompt clears the
+    /// line and says how to leave.
+    fn next(&mut self) -> anyhow::Result<Option<String>> {
+        use rustyline::error::ReadlineError;
+        let history = match self {
+            Self::Plain(lines) => return lines.next().transpose().context("reading stdin"),
+            Self::Editor(history) => history,
+        };
+        loop {
+            // An editor per line: it takes SIGINT over while it lives, and Ctrl-C during an
+            // answer must reach our handler.
+            let mut editor = rustyline::DefaultEditor::new().context("opening the terminal")?;
+            for entry in history.iter() {
+                let _ = editor.add_history_entry(entry.as_str());
+            }
+            match editor.readline(">>> ") {
+                Ok(line) => {
+                    if !line.trim().is_empty() && history.last() != Some(&line) {
+                        history.push(line.clone());
+                        if history.len() > HISTORY {
+                            history.remove(0);
+                        }
+                    }
+                    return Ok(Some(line));
+                }
+                Err(ReadlineError::Interrupted) => eprintln!("(Ctrl-D or /exit leaves)"),
+                Err(ReadlineError::Eof) => {
+                    println!();
+                    return Ok(None);
+                }
+                Err(e) => return Err(e).context("reading the terminal"),
+            }
+        }
+    }
+}
+
 fn interactive(chat: &mut Chat) -> anyhow::Result<ExitCode> {
-    let terminal = io::stdin().is_terminal();
-    if terminal {
+    let mut input = Input::new();
+    if matches!(input, Input::Editor(_)) {
         eprintln!("{HELP}");
     }
-    let mut lines = io::stdin().lock().lines();
     loop {
-        if terminal {
-            print!(">>> ");
-            io::stdout().flush()?;
-        }
-        let Some(line) = lines.next() else { break };
-        let line = line.context("reading stdin")?;
+        let Some(line) = input.next()? else { break };
         let line = line.trim();
         match line.split_once(' ').map_or((line, ""), |(c, rest)| (c, rest.trim())) {
             ("", _) => continue,
