@@ -60,13 +60,19 @@ fn a_cached_prefix_gives_the_bits_of_a_cold_prefill() {
 
 #[test]
 fn one_token_steps_and_batched_steps_are_the_same_forward() {
+    for kv in [KvDType::F16, KvDType::Q8_0] {
+        same_forward_alone_and_batched(kv);
+    }
+}
+
+fn same_forward_alone_and_batched(kv: KvDType) {
     let m = model(ComputeDType::Q8_0);
     let Model::Cpu(_) = &m else {
         return; // no packed kernels on this CPU: the candle backend runs q8_0
     };
     let (a, c) = (prompt(21, 2), prompt(13, 3));
     // Alone: `a` then one decode token; `c` likewise.
-    let mut alone = m.backend(64 << 20, KvDType::F16, 512);
+    let mut alone = m.backend(64 << 20, kv, 512);
     let mut solo = Vec::new();
     for p in [&a, &c] {
         let mut toks = p.to_vec();
@@ -76,7 +82,7 @@ fn one_token_steps_and_batched_steps_are_the_same_forward() {
         solo.push(run(&mut alone, s, &toks, 1));
     }
     // Together: `a`'s decode token in the same step as `c`'s whole prompt, then `c`'s.
-    let mut together = m.backend(64 << 20, KvDType::F16, 512);
+    let mut together = m.backend(64 << 20, kv, 512);
     let (mut ta, mut tc) = (a.to_vec(), c.to_vec());
     let (sa, sc) = (together.start(&ta, 128, 0), together.start(&tc, 128, 0));
     run(&mut together, sa, &ta, 512);
@@ -98,7 +104,7 @@ fn one_token_steps_and_batched_steps_are_the_same_forward() {
     ];
     let rows = together.forward(&step).unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0], solo[0], "a decode token in a batch with a prompt");
+    assert_eq!(rows[0], solo[0], "{kv}: a decode token in a batch with a prompt");
     tc.push(42);
-    assert_eq!(run(&mut together, sc, &tc, 1), solo[1], "after a batched prefill");
+    assert_eq!(run(&mut together, sc, &tc, 1), solo[1], "{kv}: after a batched prefill");
 }

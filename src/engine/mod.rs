@@ -491,7 +491,7 @@ fn load_draft(path: &Path, options: &LoadOptions, device: &Device, vocab: usize)
 /// The draft model's pool: every parallel sequence's whole context in f16, at most
 /// [`DEFAULT_KV_MEMORY`] (its pages are committed only as positions are written).
 fn draft_pool_bytes(c: &LlamaConfig, parallel: usize) -> usize {
-    let per_position = 2 * c.num_hidden_layers * c.kv_dim() * KvDType::F16.size();
+    let per_position = 2 * c.num_hidden_layers * KvDType::F16.bytes(c.kv_dim());
     c.max_position_embeddings
         .saturating_mul(parallel)
         .saturating_mul(per_position)
@@ -507,7 +507,16 @@ fn make_backend(model: &Model, options: &LoadOptions, kv_dtype: KvDType) -> Resu
         });
     }
     let c = model.config();
-    let per_position = 2 * c.num_hidden_layers * c.kv_dim() * kv_dtype.size();
+    if kv_dtype == KvDType::Q8_0 && !c.head_dim.is_multiple_of(8) {
+        return Err(Error::InvalidParameter {
+            name: "kv-dtype",
+            reason: format!(
+                "q8_0 needs a head width that is a multiple of 8 (this model's is {})",
+                c.head_dim
+            ),
+        });
+    }
+    let per_position = 2 * c.num_hidden_layers * kv_dtype.bytes(c.kv_dim());
     let batched = model.is_cpu();
     let parallel = options.parallel.unwrap_or(if batched { 8 } else { 4 });
     let wanted = c

@@ -2,7 +2,9 @@
 //! `blocks x [kv_heads, block_size, head_dim]` and one key buffer of
 //! `blocks x [kv_heads, head_dim, padded]` (keys transposed, so that attention scores a
 //! block's positions in vector lanes), in f16 (the default, as llama.cpp keeps its cache:
-//! half the memory and half the bytes read per token at long context) or f32 (exact).
+//! half the memory and half the bytes read per token at long context), f32 (exact) or q8_0
+//! (8-bit integers with one f16 scale per 32 values of a position's head, as llama.cpp's
+//! `-ctk q8_0 -ctv q8_0`: a little over half of f16 again).
 //! Which block belongs to whom is [`crate::kv::BlockPool`]'s business; [`KvPool`] holds both.
 //!
 //! The buffers are allocated zeroed at once (`calloc`): the operating system commits their
@@ -29,20 +31,28 @@ pub(crate) enum Part {
 pub(crate) enum Store {
     F16(Vec<u16>),
     F32(Vec<f32>),
+    Q8(Q8Store),
 }
 
 impl Store {
-    fn new(dtype: KvDType, len: usize) -> Self {
+    fn new(dtype: KvDType, len: usize, shape: Q8Shape) -> Self {
         match dtype {
             KvDType::F16 => Self::F16(vec![0u16; len]),
             KvDType::F32 => Self::F32(vec![0f32; len]),
+            KvDType::Q8_0 => Self::Q8(Q8Store {
+                q: vec![0i8; len],
+                scales: vec![0u16; len / shape.group],
+                shape,
+            }),
         }
     }
 
-    fn set(&mut self, at: usize, v: f32) {
+    /// Stores one group of values (a run sharing a q8_0 scale) at the positions `ats`.
+    fn set_group(&mut self, ats: impl Iterator<Item = usize> + Clone, values: &[f32]) {
         match self {
-            Self::F16(d) => d[at] = f16::from_f32(v).to_bits(),
-            Self::F32(d) => d[at] = v,
+            Self::F16(d) => ats.zip(values).for_each(|(at, v)| d[at] = f16::from_f32(*v).to_bits()),
+            Self::F32(d) => ats.zip(values).for_each(|(at, v)| d[at] = *v),
+            Self::Q8(q) => q.set_group(ats, values),
         }
     }
 
@@ -52,6 +62,12 @@ impl Store {
                 .reinterpret_cast_mut::<f16>()
                 .convert_from_f32_slice(src),
             Self::F32(d) => d[at..at + src.len()].copy_from_slice(src),
+            Self::Q8(q) => {
+                let g = q.shape.group;
+                for (i, chunk) in src.chunks(g).enumerate() {
+                    q.set_group(at + i * g..at + i * g + chunk.len(), chunk);
+                }
+            }
         }
     }
 
@@ -59,6 +75,7 @@ impl Store {
         match self {
             Self::F16(d) => d.copy_within(from..from + len, to),
             Self::F32(d) => d.copy_within(from..from + len, to),
+            Self::Q8(q) => q.copy_within(from, len, to),
         }
     }
 
@@ -67,6 +84,7 @@ impl Store {
         match self {
             Self::F16(d) => widen::prefetch(&d[at..at + len]),
             Self::F32(d) => widen::prefetch(&d[at..at + len]),
+            Self::Q8(q) => widen::prefetch(&q.q[at..at + len]),
         }
     }
 
@@ -77,6 +95,109 @@ impl Store {
             Self::F16(d) => {
                 widen::widen(&d[at..at + len], &mut scratch[..len]);
                 &scratch[..len]
+            }
+            Self::Q8(q) => {
+                q.read(at, &mut scratch[..len]);
+                &scratch[..len]
+            }
+        }
+    }
+}
+
+/// How a q8_0 buffer groups its values under scales.
+#[derive(Debug, Clone, Copy)]
+struct Q8Shape {
+    /// Values per scale.
+    group: usize,
+    /// Keys: `(head_dim, padded)` of the transposed tiles, whose groups run down a column
+    /// (one position's values of consecutive dimensions); values: `None`, groups are runs.
+    transposed: Option<(usize, usize)>,
+}
+
+/// Longest row of key scales read through the fast path (positions of a padded block).
+const SCALE_ROW: usize = 64;
+
+/// q8_0 storage: `q[i] * scale(i)`, one f16 scale per group (its largest magnitude / 127).
+pub(crate) struct Q8Store {
+    q: Vec<i8>,
+    scales: Vec<u16>,
+    shape: Q8Shape,
+}
+
+impl Q8Store {
+    /// The scale of value `at`. Keys: tile `t`, dimension `i`, position `p` ->
+    /// `[t][i / group][p]` (so that a row of a tile's scales lines up with its positions).
+    fn scale_index(&self, at: usize) -> usize {
+        let g = self.shape.group;
+        match self.shape.transposed {
+            None => at / g,
+            Some((head_dim, padded)) => {
+                let tile = head_dim * padded;
+                let (t, r) = (at / tile, at % tile);
+                t * (tile / g) + (r / padded / g) * padded + r % padded
+            }
+        }
+    }
+
+    fn set_group(&mut self, ats: impl Iterator<Item = usize> + Clone, values: &[f32]) {
+        let amax = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = f16::from_f32(amax / 127.0);
+        let inv = match scale.to_f32() {
+            s if s > 0.0 => 1.0 / s,
+            _ => 0.0,
+        };
+        let mut first = None;
+        for (at, v) in ats.zip(values) {
+            self.q[at] = (v * inv).round().clamp(-127.0, 127.0) as i8;
+            first.get_or_insert(at);
+        }
+        if let Some(at) = first {
+            let s = self.scale_index(at);
+            self.scales[s] = scale.to_bits();
+        }
+    }
+
+    fn copy_within(&mut self, from: usize, len: usize, to: usize) {
+        self.q.copy_within(from..from + len, to);
+        let (sf, st) = (self.scale_index(from), self.scale_index(to));
+        // Values: whole groups; keys: one row of positions, whose scales are a run too.
+        let n = match self.shape.transposed {
+            None => len / self.shape.group,
+            Some(_) => len,
+        };
+        self.scales.copy_within(sf..sf + n, st);
+    }
+
+    /// Values `at..at + out.len()` as f32 (a whole key tile, or whole value groups).
+    fn read(&self, at: usize, out: &mut [f32]) {
+        let g = self.shape.group;
+        let q = &self.q[at..at + out.len()];
+        match self.shape.transposed {
+            None => {
+                for (i, (qs, os)) in q.chunks(g).zip(out.chunks_mut(g)).enumerate() {
+                    let s = f16::from_bits(self.scales[(at / g) + i]).to_f32();
+                    qs.iter().zip(os).for_each(|(q, o)| *o = f32::from(*q) * s);
+                }
+            }
+            Some((_, padded)) if padded > SCALE_ROW => {
+                for (i, (q, o)) in q.iter().zip(out).enumerate() {
+                    *o = f32::from(*q) * f16::from_bits(self.scales[self.scale_index(at + i)]).to_f32();
+                }
+            }
+            Some((_, padded)) => {
+                let mut row = [0f32; SCALE_ROW];
+                let row = &mut row[..padded];
+                let base = self.scale_index(at);
+                for (i, (qs, os)) in q.chunks(padded).zip(out.chunks_mut(padded)).enumerate() {
+                    if i % g == 0 {
+                        let s = base + (i / g) * padded;
+                        widen::widen(&self.scales[s..s + row.len()], row);
+                    }
+                    qs.iter()
+                        .zip(os.iter_mut())
+                        .zip(row.iter())
+                        .for_each(|((q, o), s)| *o = f32::from(*q) * s);
+                }
             }
         }
     }
@@ -91,17 +212,30 @@ pub(crate) struct KvStore {
 }
 
 impl KvStore {
-    /// Zeroed storage for `blocks` blocks of `layout` in `dtype`.
+    /// Zeroed storage for `blocks` blocks of `layout` in `dtype` (q8_0 needs a head width
+    /// that [`KvLayout::q8_group`] can group; f16 is kept otherwise).
     pub fn new(layout: KvLayout, blocks: usize, dtype: KvDType) -> Self {
         let blocks = blocks.max(1);
+        let (dtype, group) = match (dtype, layout.q8_group()) {
+            (KvDType::Q8_0, None) => (KvDType::F16, layout.head_dim),
+            (_, group) => (dtype, group.unwrap_or(layout.head_dim)),
+        };
+        let keys = Q8Shape {
+            group,
+            transposed: Some((layout.head_dim, layout.padded())),
+        };
+        let values = Q8Shape {
+            group,
+            transposed: None,
+        };
         Self {
             layout,
             dtype,
             keys: (0..layout.layers)
-                .map(|_| Store::new(dtype, blocks * layout.key_block_len()))
+                .map(|_| Store::new(dtype, blocks * layout.key_block_len(), keys))
                 .collect(),
             values: (0..layout.layers)
-                .map(|_| Store::new(dtype, blocks * layout.block_len()))
+                .map(|_| Store::new(dtype, blocks * layout.block_len(), values))
                 .collect(),
         }
     }
@@ -137,12 +271,15 @@ impl KvStore {
     pub fn write(&mut self, layer: usize, (block, slot): (BlockId, usize), k: &[f32], v: &[f32]) {
         let l = self.layout;
         let (base, kbase) = (block as usize * l.block_len(), block as usize * l.key_block_len());
+        let group = l.q8_group().unwrap_or(l.head_dim);
         for h in 0..l.kv_heads {
             let at = base + (h * l.block_size + slot) * l.head_dim;
             self.values[layer].write(at, &v[h * l.head_dim..(h + 1) * l.head_dim]);
-            for i in 0..l.head_dim {
-                let at = kbase + (h * l.head_dim + i) * l.padded() + slot;
-                self.keys[layer].set(at, k[h * l.head_dim + i]);
+            // One position's keys go down a column of the transposed tile, a group at a time.
+            for first in (0..l.head_dim).step_by(group) {
+                let ats = (first..first + group).map(|i| kbase + (h * l.head_dim + i) * l.padded() + slot);
+                let values = &k[h * l.head_dim + first..h * l.head_dim + first + group];
+                self.keys[layer].set_group(ats, values);
             }
         }
     }
@@ -164,7 +301,7 @@ impl KvStore {
     ) -> Option<&[u16]> {
         match self.head_span((layer, part), block, head, n) {
             (Store::F16(d), at, len) => Some(&d[at..at + len]),
-            (Store::F32(_), ..) => None,
+            (Store::F32(_) | Store::Q8(_), ..) => None,
         }
     }
 

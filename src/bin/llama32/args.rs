@@ -104,8 +104,9 @@ pub struct ModelArgs {
     /// of every parallel sequence, at most 4096).
     #[arg(long)]
     pub kv_memory: Option<usize>,
-    /// How the KV cache stores keys and values on CPU: f16 (half the memory) or f32 (exact;
-    /// the default with --dtype f32, f16 otherwise).
+    /// How the KV cache stores keys and values on CPU: f16 (half the memory), f32 (exact;
+    /// the default with --dtype f32, f16 otherwise) or q8_0 (8-bit with a scale per 32
+    /// values, as llama.cpp's -ctk/-ctv q8_0: about half of f16 again).
     #[arg(long)]
     pub kv_dtype: Option<String>,
     /// A smaller model with the same tokenizer, for --spec draft (a checkpoint like --model).

@@ -52,7 +52,13 @@ fn paged_attention_matches_the_straightforward_one() {
     ];
     for (((heads, kv_heads, len, n), (dtype, tol)), d) in cases
         .into_iter()
-        .flat_map(|c| [(c, (KvDType::F32, 1e-5f32)), (c, (KvDType::F16, 1e-2))])
+        .flat_map(|c| {
+            [
+                (c, (KvDType::F32, 1e-5f32)),
+                (c, (KvDType::F16, 1e-2)),
+                (c, (KvDType::Q8_0, 6e-2)),
+            ]
+        })
         .flat_map(|c| [(c, 8), (c, 64)])
     {
         let layout = KvLayout {

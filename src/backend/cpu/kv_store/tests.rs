@@ -94,3 +94,80 @@ fn an_f16_pool_stores_half_precision() {
     assert_eq!(layout.block_bytes(KvDType::F16) * 2, layout.block_bytes(KvDType::F32));
     p.release(t, &[1]);
 }
+
+/// q8_0: every value within half a step of its group's scale (largest magnitude / 127) of
+/// what was written, keys and values, across block edges and prefix-cache copies; the
+/// memory is a little over half of f16's.
+#[test]
+fn a_q8_0_pool_keeps_values_within_half_a_step() {
+    for head_dim in [16, 64, 96] {
+        let layout = KvLayout {
+            layers: 1,
+            kv_heads: 2,
+            head_dim,
+            block_size: 16,
+        };
+        let group = layout.q8_group().unwrap();
+        let mut p = KvPool::new(layout, 8, KvDType::Q8_0);
+        let prompt: Vec<u32> = (0..37).collect();
+        let mut t = p.start(&prompt, 0);
+        assert!(p.reserve(&mut t, prompt.len()));
+        let row = |pos: usize| -> Vec<f32> {
+            (0..2 * head_dim)
+                .map(|i| ((pos * 31 + i * 7) % 23) as f32 * 0.37 - 4.0 + if i == 5 { 40.0 } else { 0.0 })
+                .collect()
+        };
+        for pos in 0..prompt.len() {
+            p.write(0, &t, pos, &row(pos), &row(pos + 1000));
+        }
+        p.commit(&mut t, &prompt, prompt.len());
+        let check = |p: &KvPool, t: &BlockTable, upto: usize| {
+            let mut scratch = vec![0f32; 4096];
+            let padded = layout.padded();
+            for pos in 0..upto {
+                let (block, slot) = p.blocks().locate(t, pos);
+                for h in 0..2 {
+                    let want_k = &row(pos)[h * head_dim..(h + 1) * head_dim];
+                    let want_v = &row(pos + 1000)[h * head_dim..(h + 1) * head_dim];
+                    let keys = p
+                        .store()
+                        .head_block((0, Part::Keys), block, h, slot + 1, &mut scratch)
+                        .to_vec();
+                    let got_k: Vec<f32> = (0..head_dim).map(|i| keys[i * padded + slot]).collect();
+                    let values = p
+                        .store()
+                        .head_block((0, Part::Values), block, h, slot + 1, &mut scratch)
+                        .to_vec();
+                    let got_v = &values[slot * head_dim..(slot + 1) * head_dim];
+                    for (got, want) in [(&got_k[..], want_k), (got_v, want_v)] {
+                        for (gs, ws) in got.chunks(group).zip(want.chunks(group)) {
+                            let step = ws.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
+                            for (g, w) in gs.iter().zip(ws) {
+                                assert!(
+                                    (g - w).abs() <= 0.5 * step * 1.01 + 1e-6,
+                                    "d {head_dim} pos {pos}: {g} vs {w}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        check(&p, &t, prompt.len());
+        p.release(t, &prompt);
+        // The same prompt and more: the cached positions, the partial block copied.
+        let longer: Vec<u32> = (0..40).collect();
+        let t = p.start(&longer, 0);
+        assert_eq!(t.cached(), 37);
+        check(&p, &t, 37);
+        p.release(t, &longer);
+    }
+    let layout = KvLayout {
+        layers: 16,
+        kv_heads: 8,
+        head_dim: 64,
+        block_size: 16,
+    };
+    let (q8, f16) = (layout.block_bytes(KvDType::Q8_0), layout.block_bytes(KvDType::F16));
+    assert!(q8 * 100 <= f16 * 54, "{q8} vs {f16}");
+}
