@@ -45,6 +45,7 @@ fn main() -> anyhow::Result<()> {
         tg: env_usize("LLAMA32_BENCH_TG", 128),
         chat_tokens: 64,
         reps: env_usize("LLAMA32_BENCH_REPS", 3),
+        kv_dtype: None,
     };
     let dtypes = std::env::var("LLAMA32_BENCH_DTYPES").unwrap_or_else(|_| "q8_0,q4k,f32".into());
     println!(

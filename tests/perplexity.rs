@@ -93,4 +93,16 @@ fn the_kv_format_is_honoured_and_each_figure_reproducible() {
         a.perplexity,
         c.perplexity
     );
+    // 8-bit keys and values: reproducible, honoured, near f32's.
+    let q8 = load_kv(KvDType::Q8_0);
+    let (e, f) = (run(&q8), run(&q8));
+    assert_eq!(e.kv_dtype, "q8_0");
+    assert_eq!(e.perplexity, f.perplexity, "q8_0 KV is reproducible");
+    assert_ne!(e.perplexity, c.perplexity, "q8_0 KV is not f32 KV");
+    assert!(
+        (e.perplexity / c.perplexity - 1.0).abs() < 0.1,
+        "{} vs {}",
+        e.perplexity,
+        c.perplexity
+    );
 }

@@ -128,6 +128,36 @@ fn the_chat_command_answers_from_the_gguf_file() {
     assert!(stderr.contains("Q4_1") && stderr.contains("q4k_m"), "{stderr}");
 }
 
+/// SmolLM2's template has no tools: `chat --tools` says so and describes them in the
+/// system message instead of dropping them.
+#[test]
+fn chat_tools_reach_a_template_that_does_not_render_them() {
+    let Some((path, _)) = real() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let tools = dir.path().join("tools.json");
+    let tool = r#"[{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]"#;
+    std::fs::write(&tools, tool).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_llama32"))
+        .args(["chat", "--model"])
+        .arg(&path)
+        .arg("--tools")
+        .arg(&tools)
+        .args([
+            "-p",
+            "What is the weather in Paris?",
+            "--max-tokens",
+            "4",
+            "--dtype",
+            "f32",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("does not render tools"), "{stderr}");
+}
+
 /// Log-probabilities of every next token of `ids` under `engine` (one pass).
 fn next_token_logits(engine: &Engine, ids: &[u32]) -> Vec<Vec<f32>> {
     common::all_logits(engine, ids)

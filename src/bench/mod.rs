@@ -29,6 +29,16 @@ pub struct BenchConfig {
     pub chat_tokens: usize,
     /// Repetitions of every measurement (at least 1).
     pub reps: usize,
+    /// How the KV cache stores keys and values (`None`: the engine's default).
+    #[serde(serialize_with = "kv_name")]
+    pub kv_dtype: Option<crate::KvDType>,
+}
+
+fn kv_name<S: serde::Serializer>(kv: &Option<crate::KvDType>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    match kv {
+        Some(kv) => s.serialize_str(&kv.to_string()),
+        None => s.serialize_none(),
+    }
 }
 
 impl Default for BenchConfig {
@@ -37,6 +47,7 @@ impl Default for BenchConfig {
             pp: 512,
             tg: 128,
             chat_tokens: 64,
+            kv_dtype: None,
             reps: 3,
         }
     }
@@ -125,6 +136,7 @@ pub fn run(dir: &Path, device: DeviceKind, dtype: ComputeDType, config: &BenchCo
     let opts = LoadOptions {
         device,
         dtype: Some(dtype),
+        kv_dtype: config.kv_dtype,
         ..Default::default()
     };
     let mut load_ms = Vec::new();

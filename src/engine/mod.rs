@@ -205,6 +205,25 @@ impl Engine {
         self.chat_template.as_ref()
     }
 
+    /// True when the chat template writes `tools` into the prompt (probed: the
+    /// same conversation with and without a tool).
+    pub fn template_renders_tools(&self) -> bool {
+        let messages = [crate::chat::Message::text("user", "x")];
+        let tool = serde_json::json!({"type": "function", "function": {"name": "llama32_probe",
+            "description": "probe", "parameters": {"type": "object", "properties": {}}}});
+        let options = crate::chat::RenderOptions {
+            add_generation_prompt: true,
+            date: None,
+            content_as_text: true,
+        };
+        let with = self.encode_chat(&messages, Some(std::slice::from_ref(&tool)), &options);
+        match (with, self.encode_chat(&messages, None, &options)) {
+            (Ok(with), Ok(without)) => with != without,
+            // No template (a base model): chat requests fail anyway.
+            _ => true,
+        }
+    }
+
     /// Renders a conversation with the chat template and tokenizes it without adding a
     /// second BOS (the template writes it).
     pub fn encode_chat(

@@ -177,25 +177,6 @@ struct Ready {
     template_tools: bool,
 }
 
-/// True when `engine`'s chat template writes `tools` into the prompt (probed once: the
-/// same conversation with and without a tool).
-fn template_renders_tools(engine: &Engine) -> bool {
-    let messages = [crate::chat::Message::text("user", "x")];
-    let tool = serde_json::json!({"type": "function", "function": {"name": "llama32_probe",
-        "description": "probe", "parameters": {"type": "object", "properties": {}}}});
-    let options = crate::chat::RenderOptions {
-        add_generation_prompt: true,
-        date: None,
-        content_as_text: true,
-    };
-    let with = engine.encode_chat(&messages, Some(std::slice::from_ref(&tool)), &options);
-    match (with, engine.encode_chat(&messages, None, &options)) {
-        (Ok(with), Ok(without)) => with != without,
-        // No template (a base model): chat requests fail anyway.
-        _ => true,
-    }
-}
-
 impl ServerConfig {
     /// True when requests may name the model `id`.
     fn serves(&self, id: &str) -> bool {
@@ -261,7 +242,7 @@ impl ServerHandle {
     pub fn ready(&self, engine: Arc<Engine>) -> Result<()> {
         let ctx = engine.context_window(self.state.config.ctx_size)?;
         let capacity = engine.parallel() + self.state.config.queue;
-        let template_tools = template_renders_tools(&engine);
+        let template_tools = engine.template_renders_tools();
         self.state
             .ready
             .set(Ready {

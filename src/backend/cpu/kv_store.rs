@@ -13,7 +13,7 @@
 use half::f16;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
-use super::widen;
+use super::{dequant, widen};
 use crate::kv::{BlockCopy, BlockId, BlockPool, BlockTable, KvDType, KvLayout};
 
 /// Keys or values.
@@ -114,9 +114,6 @@ struct Q8Shape {
     transposed: Option<(usize, usize)>,
 }
 
-/// Longest row of key scales read through the fast path (positions of a padded block).
-const SCALE_ROW: usize = 64;
-
 /// q8_0 storage: `q[i] * scale(i)`, one f16 scale per group (its largest magnitude / 127).
 pub(crate) struct Q8Store {
     q: Vec<i8>,
@@ -172,32 +169,12 @@ impl Q8Store {
     fn read(&self, at: usize, out: &mut [f32]) {
         let g = self.shape.group;
         let q = &self.q[at..at + out.len()];
+        let s = self.scale_index(at);
         match self.shape.transposed {
-            None => {
-                for (i, (qs, os)) in q.chunks(g).zip(out.chunks_mut(g)).enumerate() {
-                    let s = f16::from_bits(self.scales[(at / g) + i]).to_f32();
-                    qs.iter().zip(os).for_each(|(q, o)| *o = f32::from(*q) * s);
-                }
-            }
-            Some((_, padded)) if padded > SCALE_ROW => {
-                for (i, (q, o)) in q.iter().zip(out).enumerate() {
-                    *o = f32::from(*q) * f16::from_bits(self.scales[self.scale_index(at + i)]).to_f32();
-                }
-            }
+            None => dequant::groups(q, &self.scales[s..s + out.len().div_ceil(g)], g, out),
             Some((_, padded)) => {
-                let mut row = [0f32; SCALE_ROW];
-                let row = &mut row[..padded];
-                let base = self.scale_index(at);
-                for (i, (qs, os)) in q.chunks(padded).zip(out.chunks_mut(padded)).enumerate() {
-                    if i % g == 0 {
-                        let s = base + (i / g) * padded;
-                        widen::widen(&self.scales[s..s + row.len()], row);
-                    }
-                    qs.iter()
-                        .zip(os.iter_mut())
-                        .zip(row.iter())
-                        .for_each(|((q, o), s)| *o = f32::from(*q) * s);
-                }
+                let n = out.len().div_ceil(g * padded) * padded;
+                dequant::rows(q, &self.scales[s..s + n], (padded, g), out)
             }
         }
     }

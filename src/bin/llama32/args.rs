@@ -264,6 +264,10 @@ pub struct BenchArgs {
     /// Weight formats to measure, comma-separated (f32, f16, bf16, q8_0, q4k).
     #[arg(long, default_value = "q8_0,q4k,f32")]
     pub dtypes: String,
+    /// How the KV cache stores keys and values: f16, f32 or q8_0 (default: f32 for the f32
+    /// format, f16 otherwise).
+    #[arg(long)]
+    pub kv_dtype: Option<String>,
     /// Prompt tokens for the prefill figure.
     #[arg(long, short = 'p', default_value_t = 512)]
     pub pp: usize,

@@ -45,6 +45,7 @@ fn plain(a: &BenchArgs, device: llama32::DeviceKind, dtypes: &[ComputeDType]) ->
         tg: a.tg,
         chat_tokens: 64,
         reps: a.reps,
+        kv_dtype: kv_dtype(a)?,
     };
     let mut out = io::stdout().lock();
     if !a.json {
@@ -101,6 +102,7 @@ fn batched(
             device,
             dtype: Some(dtype),
             parallel: sizes.iter().copied().max(),
+            kv_dtype: kv_dtype(a)?,
             ..Default::default()
         };
         let engine = crate::common::with_spinner(&format!("loading {} as {dtype}", a.model.display()), || {
@@ -133,6 +135,7 @@ fn speculation(
             dtype: Some(dtype),
             draft_model: a.draft_model.clone(),
             draft_dtype: a.draft_dtype.as_deref().map(str::parse).transpose()?,
+            kv_dtype: kv_dtype(a)?,
             ..Default::default()
         };
         let engine = crate::common::with_spinner(&format!("loading {} as {dtype}", a.model.display()), || {
@@ -179,4 +182,9 @@ fn per_engine(
         writeln!(out, "{}", serde_json::json!({"model": a.model, (table.key): all}))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--kv-dtype` as a library value.
+fn kv_dtype(a: &BenchArgs) -> llama32::Result<Option<llama32::KvDType>> {
+    a.kv_dtype.as_deref().map(str::parse).transpose()
 }

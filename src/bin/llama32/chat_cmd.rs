@@ -131,6 +131,17 @@ pub fn run(a: ChatArgs) -> anyhow::Result<ExitCode> {
     crate::common::check_constraint(&a.sampling, &request)?;
     let engine = load_engine(&a.model, None)?;
     crate::common::warn_if_no_speculation(&engine, request.speculation.is_some());
+    // A template that does not render tools gets them in the system message (as the server
+    // does), rather than silently dropping them.
+    let messages = match &tools {
+        Some(list) if !engine.template_renders_tools() => {
+            eprintln!(
+                "[this model's chat template does not render tools: --tools are described in the system message]"
+            );
+            llama32::chat::inline_tools(&messages, list)
+        }
+        _ => messages,
+    };
     let mut conversation = Conversation::new(&engine, a.model.ctx_size, tools, a.conversation.date.clone())?;
     conversation.set_content_as_text(a.conversation.content_as_text);
     for m in messages {
