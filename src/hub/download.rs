@@ -35,15 +35,7 @@ pub(crate) struct FileMeta {
 pub(crate) fn metadata(http: &Http<'_>, t: &Target<'_>) -> Result<FileMeta> {
     let url = http.resolve_url(t);
     http.with_retries(|| {
-        // A hub that accepts and then says nothing for the read timeout is down: retrying
-        // would only multiply the wait.
-        let response = http.send("HEAD", &url, None, t).map_err(|f| match f {
-            Failure::Retry {
-                error: e @ HubError::Timeout { .. },
-                ..
-            } => Failure::Fatal(e),
-            other => other,
-        })?;
+        let response = http.send("HEAD", &url, None, t).map_err(Failure::timeout_is_fatal)?;
         parse_meta(&response, &url).map_err(Failure::Fatal)
     })
 }

@@ -28,6 +28,20 @@ pub(crate) enum Failure {
     Fatal(HubError),
 }
 
+impl Failure {
+    /// A timeout made final: a hub that accepts a request and then says nothing for the
+    /// read timeout is down, and retrying would only multiply the wait.
+    pub(crate) fn timeout_is_fatal(self) -> Self {
+        match self {
+            Failure::Retry {
+                error: e @ HubError::Timeout { .. },
+                ..
+            } => Failure::Fatal(e),
+            other => other,
+        }
+    }
+}
+
 impl From<HubError> for Failure {
     fn from(e: HubError) -> Self {
         Failure::Fatal(e)

@@ -114,32 +114,7 @@ pub(crate) fn fetch(config: &HubConfig, cache: &RepoCache, w: Wanted<'_>) -> Res
             }
             list.iter().any(|x| x == INDEX)
         }
-        None => {
-            if let Err(e) = f.get(STANDARD_REQUIRED[0]) {
-                let files = match e {
-                    HubError::EntryNotFound { .. } => gguf_files(&http, w.repo),
-                    _ => Vec::new(),
-                };
-                return Err(match files.is_empty() {
-                    true => e,
-                    false => HubError::GgufOnly {
-                        repo: w.repo.repo.clone(),
-                        files,
-                    },
-                });
-            }
-            for file in &STANDARD_REQUIRED[1..] {
-                f.get(file)?;
-            }
-            for file in STANDARD_OPTIONAL {
-                f.get_optional(file)?;
-            }
-            let sharded = f.get_optional(INDEX)?;
-            if !sharded {
-                f.get(SINGLE)?;
-            }
-            sharded
-        }
+        None => f.standard(w.repo)?,
     };
     let commit = f.commit.clone().ok_or_else(|| HubError::InvalidSpec {
         spec: w.repo.to_string(),
@@ -166,6 +141,35 @@ struct Fetcher<'a> {
 }
 
 impl Fetcher<'_> {
+    /// Fetches the standard checkpoint files; true when it is sharded. A repo without
+    /// `config.json` that holds GGUF files says so, listing them.
+    fn standard(&mut self, repo: &RepoRef) -> Result<bool> {
+        if let Err(e) = self.get(STANDARD_REQUIRED[0]) {
+            let files = match e {
+                HubError::EntryNotFound { .. } => gguf_files(self.http, repo),
+                _ => Vec::new(),
+            };
+            return Err(match files.is_empty() {
+                true => e,
+                false => HubError::GgufOnly {
+                    repo: repo.repo.clone(),
+                    files,
+                },
+            });
+        }
+        for file in &STANDARD_REQUIRED[1..] {
+            self.get(file)?;
+        }
+        for file in STANDARD_OPTIONAL {
+            self.get_optional(file)?;
+        }
+        let sharded = self.get_optional(INDEX)?;
+        if !sharded {
+            self.get(SINGLE)?;
+        }
+        Ok(sharded)
+    }
+
     /// Fetches `file` into the snapshot (a HEAD, then a GET unless the blob is cached).
     fn get(&mut self, file: &str) -> Result<()> {
         check_filename(file)?;

@@ -28,7 +28,8 @@ use super::{routes, Phase, ServerHandle};
 /// The kernel send buffer of each connection (bytes).
 const SEND_BUFFER_BYTES: usize = 128 << 10;
 
-/// How long answers that were ended after the grace period get to reach their clients.
+/// How long connections get to close once nothing runs, and answers ended after the drain
+/// timeout to reach their clients.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
 
 /// One open connection, as the registry sees it.
@@ -198,10 +199,10 @@ async fn drain(handle: ServerHandle, registry: Arc<Registry>) {
     }
 }
 
-/// Waits for the connections to close once the listener is gone: what still runs gets the
-/// drain timeout, then it is told to end and gets a moment to reach its client.
+/// Waits for the connections to close once the listener is gone. Nothing runs any more
+/// (the drain saw no request being answered, or its timeout ended what did), so what is
+/// still open gets a moment; then whatever is left is told to end and gets another.
 async fn close(handle: &ServerHandle, registry: &Registry) {
-    let grace = handle.state.config.drain_timeout;
     let all_closed = async {
         loop {
             let waiting = registry.empty.notified();
@@ -212,7 +213,7 @@ async fn close(handle: &ServerHandle, registry: &Registry) {
         }
     };
     tokio::pin!(all_closed);
-    if tokio::time::timeout(grace, &mut all_closed).await.is_ok() {
+    if tokio::time::timeout(FINAL_FLUSH, &mut all_closed).await.is_ok() {
         return;
     }
     handle.state.advance(Phase::Aborting);

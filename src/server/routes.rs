@@ -195,7 +195,7 @@ async fn drain(
 ) -> Response {
     let keys = &state.config.api_keys;
     let allowed = match keys.is_empty() {
-        true => peer.ip().is_loopback(),
+        true => peer.ip().to_canonical().is_loopback(),
         false => keys
             .iter()
             .fold(false, |ok, key| authorized(key, request.headers()) | ok),

@@ -3,6 +3,7 @@
 //! The request log goes to stderr through `tracing` (no prompt text, no keys).
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,9 +42,19 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let addr = server.local_addr()?;
     let handle = server.handle();
     let stopper = handle.clone();
-    ctrlc::set_handler(move || match stopper.is_draining() {
-        false => stopper.shutdown(),
-        true => stopper.abort(),
+    let (seen, loaded) = (AtomicUsize::new(0), Arc::new(AtomicBool::new(false)));
+    let ready = loaded.clone();
+    ctrlc::set_handler(move || {
+        if !ready.load(Ordering::SeqCst) {
+            // Nothing is served while the model loads: stop now, not after the load.
+            eprintln!("shut down while loading");
+            std::process::exit(0);
+        }
+        // The first signal drains (also after POST /admin/drain); the second ends answers.
+        match seen.fetch_add(1, Ordering::SeqCst) {
+            0 => stopper.shutdown(),
+            _ => stopper.abort(),
+        }
     })?;
     eprintln!("listening on http://{addr}");
     eprintln!(
@@ -57,6 +68,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let engine = Arc::new(load_engine(&a.model, a.parallel)?);
     crate::common::warn_if_no_speculation(&engine, config.speculation.is_some());
     handle.ready(engine.clone())?;
+    loaded.store(true, Ordering::SeqCst);
     if !handle.is_draining() {
         announce(&engine, &config);
         eprintln!("ready on http://{addr}");
