@@ -1,29 +1,74 @@
 #!/usr/bin/env bash
-# Side-by-side speed against llama.cpp on the same machine and the same checkpoint (the
-# synthetic Llama-3.2-1B shape), interleaved round by round so both share the machine's
-# noise: llama-bench on Q8_0 / Q4_K_M GGUFs, then `llama32 bench` on q8_0 / q4k.
+# Side-by-side speed against llama.cpp and ik_llama.cpp (its fastest CPU fork, on its fast
+# path: -fa 1 -rtr 1), whichever of them is built, on the same machine and the same
+# checkpoint (the synthetic Llama 3.2 1B or 3B shape), interleaved round by round so that
+# all share the machine's noise: llama-bench on Q8_0 / Q4_K_M GGUFs, then `llama32 bench`
+# on q8_0 / q4k (pp512, tg128); with DEPTHS, decode at those depths too, Q8_0 weights, for
+# each KV type in KV (llama-bench -d / ik's -gp against `llama32 bench --batched 1 -p`).
 #
-#   scripts/vs-llama-cpp.sh [ROUNDS]     # default 2 rounds
+#   scripts/vs-llama-cpp.sh [ROUNDS] [SHAPE]       # default 2 rounds of 1b (or 3b)
+#   DEPTHS="4096 16384" KV="f16 q8_0" TYPES=q8_0 scripts/vs-llama-cpp.sh 1 1b
 #
-# Needs llama.cpp built by ../shared/peers/llama-cpp.sh (LLAMA_CPP_SH names another copy,
-# e.g. one built without -DGGML_AVX_VNNI=ON on CPUs that lack AVX-VNNI) and, the first time,
-# torch for the GGUF conversion. Everything is written under target/llama32-bench/.
+# Peers: ../shared/peers/llama-cpp.sh build (LLAMA_CPP_SH names another copy) and
+# ../shared/peers/ik-llama-cpp.sh build GITDIR; both under $PEERS. The GGUFs are converted
+# once by whichever peer is built (torch in $PEERS/venv). Written under target/llama32-bench/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-2}
+SHAPE=${2:-1b}
+TYPES=${TYPES:-q8_0 q4_k_m}
+DEPTHS=${DEPTHS:-}
+KV=${KV:-f16 q8_0}
 PEER=${LLAMA_CPP_SH:-../shared/peers/llama-cpp.sh}
+PEERS=${PEERS:-$HOME/.cache/llama32-peers}
+LCPP=$(ls -d "$PEERS"/llama_cpp_python-*/vendor/llama.cpp/build/bin 2>/dev/null | tail -1 || true)
+IK=$PEERS/ik/src/build/bin
+[ -x "$IK/llama-bench" ] || IK=
+[ -n "$LCPP$IK" ] || { echo "no peer built: run ../shared/peers/llama-cpp.sh build or ik-llama-cpp.sh build" >&2; exit 2; }
 DIR=target/llama32-bench
-MODEL=$DIR/llama-3.2-1b-synthetic
+MODEL=$DIR/llama-3.2-$SHAPE-synthetic
+N=$(nproc)
 cargo build --release --quiet
-[ -d "$MODEL" ] || LLAMA32_BENCH_DTYPES=q8_0 cargo bench --bench generate
-for t in q8_0 q4_k_m; do
-  [ -f "$DIR/$t.gguf" ] || bash "$PEER" gguf "$MODEL" "$DIR/$t.gguf" "$t"
-done
+[ -f "$MODEL/model.safetensors" ] || ./target/release/llama32 synthetic --shape "$SHAPE" --out "$MODEL" --force
+
+# One GGUF of TYPE for the shape, made by llama.cpp's converter or, without it, ik_llama.cpp's.
+gguf() {
+  local out=$DIR/$1.gguf
+  [ "$SHAPE" = 1b ] || out=$DIR/$1-$SHAPE.gguf
+  if [ ! -f "$out" ]; then
+    if [ -n "$LCPP" ]; then
+      bash "$PEER" gguf "$MODEL" "$out" "$1" >&2
+    else
+      "$PEERS/venv/bin/python" "$PEERS/ik/src/convert_hf_to_gguf.py" "$MODEL" --outtype bf16 \
+        --outfile "$out.bf16" >/dev/null 2>&1
+      "$IK/llama-quantize" "$out.bf16" "$out" "${1^^}" >/dev/null 2>&1
+      rm -f "$out.bf16"
+    fi
+  fi
+  echo "$out"
+}
+ours() { [ "$1" = q4_k_m ] && echo q4k || echo "$1"; }
+
+echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $N threads; shape $SHAPE; $(date -u +%F)"
 for r in $(seq "$ROUNDS"); do
   echo "## round $r"
-  for pair in "q8_0 q8_0" "q4_k_m q4k"; do
-    set -- $pair
-    bash "$PEER" bench "$DIR/$1.gguf" -p 512 -n 128 -r 3 | grep -E "pp512|tg128"
-    ./target/release/llama32 bench -m "$MODEL" --dtypes "$2" -r 3 | grep "^| $2"
+  for t in $TYPES; do
+    g=$(gguf "$t")
+    [ -z "$LCPP" ] || { echo "llama.cpp $t"; LD_LIBRARY_PATH=$LCPP "$LCPP/llama-bench" -m "$g" -t "$N" -fa 1 -p 512 -n 128 -r 3 | grep -E "pp512|tg128"; }
+    [ -z "$IK" ] || { echo "ik_llama.cpp $t"; "$IK/llama-bench" -m "$g" -t "$N" -fa 1 -rtr 1 -p 512 -n 128 -r 3 | grep -E "pp512|tg128"; }
+    echo "llama32 $(ours "$t")"
+    ./target/release/llama32 bench -m "$MODEL" --dtypes "$(ours "$t")" -r 3 | grep "^| $(ours "$t")"
+  done
+  for depth in $DEPTHS; do
+    g=$(gguf q8_0)
+    for kv in $KV; do
+      echo "### decode at depth $depth, KV $kv"
+      [ -z "$LCPP" ] || LD_LIBRARY_PATH=$LCPP "$LCPP/llama-bench" -m "$g" -t "$N" -fa 1 -ctk "$kv" -ctv "$kv" \
+        -p 0 -n 32 -d "$depth" -r 1 | grep -E "tg32" | sed 's/^/llama.cpp /'
+      [ -z "$IK" ] || "$IK/llama-bench" -m "$g" -t "$N" -fa 1 -rtr 1 -ctk "$kv" -ctv "$kv" -p 0 -n 0 \
+        -gp "$depth,32" -r 1 | grep -E "tg32" | sed 's/^/ik_llama.cpp /'
+      ./target/release/llama32 bench -m "$MODEL" --dtypes q8_0 --kv-dtype "$kv" --batched 1 -p "$depth" \
+        -n 32 -r 1 | grep "^| q8_0" | sed 's/^/llama32 /'
+    done
   done
 done

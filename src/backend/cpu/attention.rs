@@ -2,7 +2,8 @@
 //!
 //! One task is a tile of consecutive rows of one sequence (a prompt chunk, or one decoding
 //! token) and one key/value head: each block of cached keys and values is converted once
-//! for the whole tile, and the query heads sharing the KV head are scored together. Keys
+//! for the whole tile (an 8-bit pool's are read in place, [`attention_q8`]), and the query
+//! heads sharing the KV head are scored together. Keys
 //! are transposed per block so that 16 positions are scored at once in vector lanes. Scores
 //! live in a buffer of the row's context length: no `[heads, n, T]` matrix is formed, so a
 //! long prompt needs memory linear in its length.
@@ -13,6 +14,7 @@
 
 use rayon::prelude::*;
 
+use super::attention_q8::{self, QuantQuery, ValueBlock};
 use super::kv_store::{KvStore, Part};
 use crate::kv::{BlockId, KvDType};
 
@@ -156,6 +158,9 @@ fn axpys_in_place(cpu: Avx512, group: usize, scores: (&[f32], usize, usize), m: 
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // index loops vectorise reliably here
 fn tile_body(t: &Tile, in_place: Option<Avx512>) -> Vec<f32> {
+    if t.pool.dtype() == KvDType::Q8_0 {
+        return tile_q8(t);
+    }
     let l = t.pool.layout();
     let (d, bs) = (l.head_dim, l.block_size);
     let group = t.heads / l.kv_heads.max(1);
@@ -196,21 +201,17 @@ fn tile_body(t: &Tile, in_place: Option<Avx512>) -> Vec<f32> {
                         }
                     }
                 }
-                let valid = (m - c * LANES).min(LANES);
-                for (g, acc) in accs.iter().enumerate() {
-                    let dst = &mut scores[ri][g * row.len + j * bs + c * LANES..][..valid];
-                    for s in 0..valid {
-                        dst[s] = acc[s] * scale;
-                    }
-                }
+                store_scores(
+                    &accs,
+                    (&mut scores[ri], row.len),
+                    j * bs + c * LANES,
+                    (m - c * LANES).min(LANES),
+                    scale,
+                );
             }
         }
     }
-    for (row, sc) in t.rows.iter().zip(scores.iter_mut()) {
-        for s in sc.chunks_mut(row.len.max(1)) {
-            softmax(s);
-        }
-    }
+    softmax_rows(t.rows, &mut scores);
     let mut out = vec![0f32; t.rows.len() * width];
     for (j, &block) in blocks.iter().enumerate() {
         let n = bs.min(max_len - j * bs);
@@ -241,6 +242,101 @@ fn tile_body(t: &Tile, in_place: Option<Avx512>) -> Vec<f32> {
         }
     }
     out
+}
+
+/// [`tile_body`] over a q8_0 pool: keys scored with integer dot products and values added
+/// from their 8-bit form, both read in place ([`attention_q8`]). Inlined like
+/// [`tile_body`], so that its softmax is compiled for the caller's vector unit.
+#[inline(always)]
+fn tile_q8(t: &Tile) -> Vec<f32> {
+    let l = t.pool.layout();
+    let (d, bs) = (l.head_dim, l.block_size);
+    let group = t.heads / l.kv_heads.max(1);
+    let width = group * d;
+    let scale = 1.0 / (d as f32).sqrt();
+    let max_len = t.rows.iter().map(|r| r.len).max().unwrap_or(0);
+    let Some(first) = t.rows.first() else {
+        return Vec::new();
+    };
+    let blocks = &first.blocks[..max_len.div_ceil(bs)];
+    let (dots, axpys) = (attention_q8::kernel(), attention_q8::value_kernel());
+    let queries: Vec<QuantQuery> = (0..t.rows.len())
+        .map(|ri| {
+            QuantQuery::new(
+                &t.q[ri * t.heads * d + t.kv * width..][..width],
+                l.q8_group().unwrap_or(d),
+            )
+        })
+        .collect();
+    let mut scores: Vec<Vec<f32>> = t.rows.iter().map(|r| vec![0f32; group * r.len]).collect();
+    let mut accs = vec![[0f32; LANES]; group];
+    for (j, &block) in blocks.iter().enumerate() {
+        if let Some(&next) = blocks.get(j + 1) {
+            t.pool.prefetch_head_block((t.layer, Part::Keys), next, t.kv);
+        }
+        let Some(tile) = t.pool.q8_key_tile(t.layer, block, t.kv) else {
+            continue;
+        };
+        for (ri, row) in t.rows.iter().enumerate() {
+            let Some(m) = visible(row, j, bs) else { continue };
+            for c in 0..m.div_ceil(LANES) {
+                dots(&queries[ri], tile, c * LANES, &mut accs);
+                let at = j * bs + c * LANES;
+                store_scores(&accs, (&mut scores[ri], row.len), at, (m - c * LANES).min(LANES), scale);
+            }
+        }
+    }
+    softmax_rows(t.rows, &mut scores);
+    let mut out = vec![0f32; t.rows.len() * width];
+    let mut scratch = vec![0f32; (group + 1) * bs * d];
+    for (j, &block) in blocks.iter().enumerate() {
+        if let Some(&next) = blocks.get(j + 1) {
+            t.pool.prefetch_head_block((t.layer, Part::Values), next, t.kv);
+        }
+        let n = bs.min(max_len - j * bs);
+        let Some(vb) = t.pool.q8_value_block(t.layer, block, t.kv, n) else {
+            continue;
+        };
+        for (ri, row) in t.rows.iter().enumerate() {
+            let Some(m) = visible(row, j, bs) else { continue };
+            let part = ValueBlock {
+                q: &vb.q[..m * d],
+                scales: &vb.scales[..m * d / vb.group],
+                group: vb.group,
+            };
+            axpys(
+                (&scores[ri], row.len, j * bs),
+                m,
+                part,
+                &mut out[ri * width..(ri + 1) * width],
+                &mut scratch,
+            );
+        }
+    }
+    out
+}
+
+/// Softmax over each head's scores of each row (`[heads, len]`).
+#[inline(always)]
+fn softmax_rows(rows: &[AttnRow], scores: &mut [Vec<f32>]) {
+    for (row, sc) in rows.iter().zip(scores.iter_mut()) {
+        for s in sc.chunks_mut(row.len.max(1)) {
+            softmax(s);
+        }
+    }
+}
+
+/// Writes the first `valid` of each head's 16 dot products, scaled, to the row's scores
+/// (`[heads, len]`) from position `at`.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn store_scores(accs: &[[f32; LANES]], (scores, len): (&mut [f32], usize), at: usize, valid: usize, scale: f32) {
+    for (g, acc) in accs.iter().enumerate() {
+        let dst = &mut scores[g * len + at..][..valid];
+        for s in 0..valid {
+            dst[s] = acc[s] * scale;
+        }
+    }
 }
 
 /// [`lane_dots`] for all `G` query heads of a group at once (`qr: [G * d]`): each key

@@ -4,7 +4,10 @@
 //! block's positions in vector lanes), in f16 (the default, as llama.cpp keeps its cache:
 //! half the memory and half the bytes read per token at long context), f32 (exact) or q8_0
 //! (8-bit integers with one f16 scale per 32 values of a position's head, as llama.cpp's
-//! `-ctk q8_0 -ctv q8_0`: a little over half of f16 again).
+//! `-ctk q8_0 -ctv q8_0`: a little over half of f16 again). q8_0 keys lie as
+//! `[head_dim / 4, padded, 4]` within a tile (four consecutive dimensions of a position
+//! together, for the integer dot products of [`super::attention_q8`]); every method here
+//! still takes the transposed tile's index, and the store places it.
 //! Which block belongs to whom is [`crate::kv::BlockPool`]'s business; [`KvPool`] holds both.
 //!
 //! The buffers are allocated zeroed at once (`calloc`): the operating system commits their
@@ -13,6 +16,7 @@
 use half::f16;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
+use super::attention_q8::{KeyTile, ValueBlock, QUAD};
 use super::{dequant, widen};
 use crate::kv::{BlockCopy, BlockId, BlockPool, BlockTable, KvDType, KvLayout};
 
@@ -122,6 +126,20 @@ pub(crate) struct Q8Store {
 }
 
 impl Q8Store {
+    /// Where value `at` (an index of the transposed tile for keys) lies in `q`. Keys: tile
+    /// `t`, dimension `i`, position `p` -> `[t][i / 4][p][i % 4]`.
+    fn place(&self, at: usize) -> usize {
+        match self.shape.transposed {
+            None => at,
+            Some((head_dim, padded)) => {
+                let tile = head_dim * padded;
+                let (t, r) = (at / tile, at % tile);
+                let (i, p) = (r / padded, r % padded);
+                t * tile + ((i / QUAD) * padded + p) * QUAD + i % QUAD
+            }
+        }
+    }
+
     /// The scale of value `at`. Keys: tile `t`, dimension `i`, position `p` ->
     /// `[t][i / group][p]` (so that a row of a tile's scales lines up with its positions).
     fn scale_index(&self, at: usize) -> usize {
@@ -145,7 +163,8 @@ impl Q8Store {
         };
         let mut first = None;
         for (at, v) in ats.zip(values) {
-            self.q[at] = (v * inv).round().clamp(-127.0, 127.0) as i8;
+            let place = self.place(at);
+            self.q[place] = (v * inv).round().clamp(-127.0, 127.0) as i8;
             first.get_or_insert(at);
         }
         if let Some(at) = first {
@@ -155,12 +174,20 @@ impl Q8Store {
     }
 
     fn copy_within(&mut self, from: usize, len: usize, to: usize) {
-        self.q.copy_within(from..from + len, to);
         let (sf, st) = (self.scale_index(from), self.scale_index(to));
         // Values: whole groups; keys: one row of positions, whose scales are a run too.
         let n = match self.shape.transposed {
-            None => len / self.shape.group,
-            Some(_) => len,
+            None => {
+                self.q.copy_within(from..from + len, to);
+                len / self.shape.group
+            }
+            Some(_) => {
+                for k in 0..len {
+                    let (a, b) = (self.place(from + k), self.place(to + k));
+                    self.q[b] = self.q[a];
+                }
+                len
+            }
         };
         self.scales.copy_within(sf..sf + n, st);
     }
@@ -168,15 +195,25 @@ impl Q8Store {
     /// Values `at..at + out.len()` as f32 (a whole key tile, or whole value groups).
     fn read(&self, at: usize, out: &mut [f32]) {
         let g = self.shape.group;
-        let q = &self.q[at..at + out.len()];
-        let s = self.scale_index(at);
         match self.shape.transposed {
-            None => dequant::groups(q, &self.scales[s..s + out.len().div_ceil(g)], g, out),
-            Some((_, padded)) => {
-                let n = out.len().div_ceil(g * padded) * padded;
-                dequant::rows(q, &self.scales[s..s + n], (padded, g), out)
+            None => {
+                let s = self.scale_index(at);
+                let scales = &self.scales[s..s + out.len().div_ceil(g)];
+                dequant::groups(&self.q[at..at + out.len()], scales, g, out)
+            }
+            Some(_) => {
+                for (k, o) in out.iter_mut().enumerate() {
+                    let scale = f16::from_bits(self.scales[self.scale_index(at + k)]).to_f32();
+                    *o = f32::from(self.q[self.place(at + k)]) * scale;
+                }
             }
         }
+    }
+
+    /// The key tile that starts at `at` as it lies: its bytes and its scales.
+    fn key_tile(&self, at: usize, len: usize) -> (&[i8], &[u16]) {
+        let s = self.scale_index(at);
+        (&self.q[at..at + len], &self.scales[s..s + len / self.shape.group])
     }
 }
 
@@ -279,6 +316,40 @@ impl KvStore {
         match self.head_span((layer, part), block, head, n) {
             (Store::F16(d), at, len) => Some(&d[at..at + len]),
             (Store::F32(_) | Store::Q8(_), ..) => None,
+        }
+    }
+
+    /// The keys of one block of KV head `head` in `layer` as a q8_0 pool holds them, for
+    /// [`super::attention_q8`]; `None` for other storage.
+    pub fn q8_key_tile(&self, layer: usize, block: BlockId, head: usize) -> Option<KeyTile<'_>> {
+        let l = self.layout;
+        match self.head_span((layer, Part::Keys), block, head, l.block_size) {
+            (Store::Q8(q), at, len) => {
+                let (q8, scales) = q.key_tile(at, len);
+                Some(KeyTile {
+                    q: q8,
+                    scales,
+                    padded: l.padded(),
+                    group: q.shape.group,
+                })
+            }
+            (Store::F16(_) | Store::F32(_), ..) => None,
+        }
+    }
+
+    /// The values of the first `n` positions of one block of KV head `head` in `layer` as a
+    /// q8_0 pool holds them; `None` for other storage.
+    pub fn q8_value_block(&self, layer: usize, block: BlockId, head: usize, n: usize) -> Option<ValueBlock<'_>> {
+        match self.head_span((layer, Part::Values), block, head, n) {
+            (Store::Q8(q), at, len) => {
+                let g = q.shape.group;
+                Some(ValueBlock {
+                    q: &q.q[at..at + len],
+                    scales: &q.scales[at / g..(at + len).div_ceil(g)],
+                    group: g,
+                })
+            }
+            (Store::F16(_) | Store::F32(_), ..) => None,
         }
     }
 

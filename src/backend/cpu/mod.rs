@@ -14,6 +14,7 @@ mod isa;
 mod attention;
 #[cfg(target_arch = "x86_64")]
 mod attention_f16;
+mod attention_q8;
 mod dequant;
 mod forward;
 mod gemv;

@@ -1,0 +1,508 @@
+//! Attention scores against a q8_0 pool's keys with integer dot products, read in place.
+//!
+//! A query row is quantized as the keys are (8-bit integers, one scale per group of
+//! dimensions: what llama.cpp does to a query before its q8_0 dot product), and each group's
+//! sum of products is exact in `i32`; one multiply-add per group and position turns it into
+//! the score: `score[p] = sum_g isum[g][p] * (key_scale[g][p] * query_scale[g])`.
+//!
+//! The keys of a block lie as `[head_dim / 4, padded, 4]` bytes (four consecutive dimensions
+//! of a position together, see [`super::kv_store`]), so that one 32-byte load holds eight
+//! positions' quads: `vpmaddubsw` and `vpmaddwd` give eight 4-wide dot products at once, as
+//! `vpdpbusd` would in one instruction. The AVX2 kernel and [`dots_portable`] (the
+//! reference) add the same exact integers and make the same float operations in the same
+//! order, so they give the same bits.
+//!
+//! Values are read in place too: each position's weight is multiplied by its group's scale
+//! once, and the 8-bit values, widened in a register, are added with it ([`axpys`]).
+
+use half::f16;
+
+/// Positions scored per call.
+pub const LANES: usize = 16;
+
+/// Dimensions that lie together for one position.
+pub const QUAD: usize = 4;
+
+/// A query row quantized for the dot products: `G` heads' values `[G * d]` and their scales
+/// `[G * d / group]` (one per head and group of `group` dimensions).
+#[derive(Debug, Default)]
+pub struct QuantQuery {
+    q: Vec<i8>,
+    scales: Vec<f32>,
+}
+
+impl QuantQuery {
+    /// Quantizes `x` (`[G * d]`, `d` a multiple of `group`) in groups of `group` values:
+    /// each group's largest magnitude maps to 127.
+    pub fn new(x: &[f32], group: usize) -> Self {
+        let mut out = Self {
+            q: vec![0; x.len()],
+            scales: Vec::with_capacity(x.len() / group.max(1)),
+        };
+        for (xs, qs) in x.chunks(group.max(1)).zip(out.q.chunks_mut(group.max(1))) {
+            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let scale = amax / 127.0;
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            for (q, v) in qs.iter_mut().zip(xs) {
+                *q = (v * inv).round().clamp(-127.0, 127.0) as i8;
+            }
+            out.scales.push(scale);
+        }
+        out
+    }
+}
+
+/// One block's keys of one KV head: `q` as `[d / 4, padded, 4]`, `scales` as f16 bits
+/// `[d / group, padded]`.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyTile<'a> {
+    /// The 8-bit keys.
+    pub q: &'a [i8],
+    /// One scale per position and group of dimensions.
+    pub scales: &'a [u16],
+    /// Positions a row of the tile holds (a multiple of [`LANES`]).
+    pub padded: usize,
+    /// Dimensions per scale (a multiple of [`QUAD`]).
+    pub group: usize,
+}
+
+/// A scoring kernel: `out[g][s]` = the score of query head `g` against position `from + s`
+/// (`s < LANES`) of the tile, for every head of the query.
+pub type Dots = fn(&QuantQuery, KeyTile, usize, &mut [[f32; LANES]]);
+
+/// The fastest kernel this CPU runs (all give the same bits).
+pub fn kernel() -> Dots {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        return dots_avx2;
+    }
+    dots_portable
+}
+
+/// Checks what every kernel indexes: `q` and `out` hold whole heads, the tile holds
+/// `from + LANES` positions of `d` dimensions.
+fn check(q: &QuantQuery, k: KeyTile, from: usize, out: &[[f32; LANES]]) -> (usize, usize) {
+    let heads = out.len();
+    let d = q.q.len() / heads.max(1);
+    let ok = heads > 0
+        && d > 0
+        && k.group > 0
+        && k.group.is_multiple_of(QUAD)
+        && d.is_multiple_of(k.group)
+        && q.q.len() == heads * d
+        && q.scales.len() == heads * d / k.group
+        && from + LANES <= k.padded
+        && k.q.len() >= d * k.padded
+        && k.scales.len() >= d / k.group * k.padded;
+    assert!(ok, "attention_q8: shapes of the query and key tile disagree");
+    (heads, d)
+}
+
+/// The reference kernel: plain loops over exact integer sums.
+pub fn dots_portable(q: &QuantQuery, k: KeyTile, from: usize, out: &mut [[f32; LANES]]) {
+    let (_, d) = check(q, k, from, out);
+    let groups = d / k.group;
+    for (g, row) in out.iter_mut().enumerate() {
+        for (s, o) in row.iter_mut().enumerate() {
+            let p = from + s;
+            let mut acc = 0f32;
+            for gi in 0..groups {
+                let mut sum = 0i32;
+                for i in gi * k.group..(gi + 1) * k.group {
+                    let key = k.q[(i / QUAD) * k.padded * QUAD + p * QUAD + i % QUAD];
+                    sum += i32::from(q.q[g * d + i]) * i32::from(key);
+                }
+                let scale = f16::from_bits(k.scales[gi * k.padded + p]).to_f32() * q.scales[g * groups + gi];
+                acc = (sum as f32).mul_add(scale, acc);
+            }
+            *o = acc;
+        }
+    }
+}
+
+/// One block's values of one KV head: `q` as `[n, d]`, `scales` as f16 bits `[n, d / group]`.
+#[derive(Debug, Clone, Copy)]
+pub struct ValueBlock<'a> {
+    /// The 8-bit values of the block's first `n` positions.
+    pub q: &'a [i8],
+    /// One scale per position and group of dimensions.
+    pub scales: &'a [u16],
+    /// Dimensions per scale (a multiple of [`VLANES`]).
+    pub group: usize,
+}
+
+/// Dimensions a value kernel adds at once (one AVX2 vector).
+pub const VLANES: usize = 8;
+
+/// A value kernel: `orow[g * d + i] += sum_{s < m} w[g][s] * value[s][i]` for every head `g`
+/// of `orow` (`[G * d]`), with `w[g][s] = scores[g * len + at + s]`; `scratch` holds at
+/// least `(G + 1) * m * d / group` floats.
+pub type Axpys = fn((&[f32], usize, usize), usize, ValueBlock, &mut [f32], &mut [f32]);
+
+/// The fastest value kernel this CPU runs (all give the same bits).
+pub fn value_kernel() -> Axpys {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        return axpys_avx2;
+    }
+    axpys_portable
+}
+
+/// The weights every value kernel uses, `[G, m, d / group]`: each head's score of a position
+/// times the position's scale for a group of dimensions (one rounding, the same on every
+/// path). Checks the shapes; `None` when there is nothing to add.
+fn value_weights<'s>(
+    (scores, len, at): (&[f32], usize, usize),
+    m: usize,
+    v: ValueBlock,
+    orow: &[f32],
+    scratch: &'s mut [f32],
+) -> Option<(&'s [f32], usize)> {
+    let d = v.q.len().checked_div(m)?;
+    let groups = d / v.group.max(1);
+    let heads = orow.len() / d.max(1);
+    let ok = d > 0
+        && v.group > 0
+        && v.group.is_multiple_of(VLANES)
+        && d.is_multiple_of(v.group)
+        && v.q.len() == m * d
+        && orow.len() == heads * d
+        && v.scales.len() >= m * groups
+        && scratch.len() >= (heads + 1) * m * groups
+        && (heads == 0 || scores.len() >= (heads - 1) * len + at + m);
+    assert!(ok, "attention_q8: shapes of the scores and value block disagree");
+    let (scales, weights) = scratch.split_at_mut(m * groups);
+    super::widen::widen(&v.scales[..m * groups], scales);
+    let weights = &mut weights[..heads * m * groups];
+    for (g, wg) in weights.chunks_mut(m * groups).enumerate() {
+        for (s, ws) in wg.chunks_mut(groups).enumerate() {
+            for (w, scale) in ws.iter_mut().zip(&scales[s * groups..(s + 1) * groups]) {
+                *w = scores[g * len + at + s] * scale;
+            }
+        }
+    }
+    Some((weights, d))
+}
+
+/// The reference value kernel: per head and 8 dimensions, one chain of fused multiply-adds
+/// over the positions in order, added to the output at the end.
+pub fn axpys_portable(scores: (&[f32], usize, usize), m: usize, v: ValueBlock, orow: &mut [f32], scratch: &mut [f32]) {
+    let Some((weights, d)) = value_weights(scores, m, v, orow, scratch) else {
+        return;
+    };
+    let groups = d / v.group;
+    for (wg, o) in weights.chunks(m * groups).zip(orow.chunks_mut(d)) {
+        for c in 0..d / VLANES {
+            let mut acc = [0f32; VLANES];
+            for s in 0..m {
+                let w = wg[s * groups + c * VLANES / v.group];
+                for (l, a) in acc.iter_mut().enumerate() {
+                    *a = w.mul_add(f32::from(v.q[s * d + c * VLANES + l]), *a);
+                }
+            }
+            for (l, a) in acc.iter().enumerate() {
+                o[c * VLANES + l] += a;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn axpys_avx2(scores: (&[f32], usize, usize), m: usize, v: ValueBlock, orow: &mut [f32], scratch: &mut [f32]) {
+    let Some((weights, d)) = value_weights(scores, m, v, orow, scratch) else {
+        return;
+    };
+    let heads = orow.len() / d;
+    let mut g = 0;
+    while g < heads {
+        let n = (heads - g).min(4);
+        // SAFETY: AVX2 and FMA were detected by `value_kernel`, the only way here;
+        // `value_weights` proved the bounds every load relies on.
+        unsafe {
+            match n {
+                4 => avx2::axpys::<4>((m, d), v, weights, g, orow),
+                3 => avx2::axpys::<3>((m, d), v, weights, g, orow),
+                2 => avx2::axpys::<2>((m, d), v, weights, g, orow),
+                _ => avx2::axpys::<1>((m, d), v, weights, g, orow),
+            }
+        }
+        g += n;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn dots_avx2(q: &QuantQuery, k: KeyTile, from: usize, out: &mut [[f32; LANES]]) {
+    let (heads, d) = check(q, k, from, out);
+    let mut g = 0;
+    while g < heads {
+        let n = (heads - g).min(4);
+        let rows = &mut out[g..g + n];
+        // SAFETY: AVX2 and FMA were detected by `kernel`, the only way to this function;
+        // `check` proved the bounds every load relies on.
+        unsafe {
+            match n {
+                4 => avx2::dots::<4>(q, k, (from, d), g, rows),
+                3 => avx2::dots::<3>(q, k, (from, d), g, rows),
+                2 => avx2::dots::<2>(q, k, (from, d), g, rows),
+                _ => avx2::dots::<1>(q, k, (from, d), g, rows),
+            }
+        }
+        g += n;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{KeyTile, QuantQuery, ValueBlock, LANES, QUAD, VLANES};
+    use std::arch::x86_64::*;
+
+    /// Heads `first..first + H` of [`super::axpys_portable`], 16 dimensions at a time (two
+    /// vectors sharing each position's widening), then 8.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; the shapes as `value_weights` proves them.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn axpys<const H: usize>(
+        (m, d): (usize, usize),
+        v: ValueBlock,
+        weights: &[f32],
+        first: usize,
+        orow: &mut [f32],
+    ) {
+        let groups = d / v.group;
+        // Each head's weights, `[m, groups]`.
+        let heads: [&[f32]; H] = std::array::from_fn(|h| &weights[(first + h) * m * groups..][..m * groups]);
+        let mut c = 0;
+        while c < d {
+            let wide = c + 2 * VLANES <= d;
+            let (ga, gb) = (c / v.group, (c + VLANES).min(d - 1) / v.group);
+            let (mut lo, mut hi) = ([_mm256_setzero_ps(); H], [_mm256_setzero_ps(); H]);
+            for s in 0..m {
+                let row = s * d + c;
+                // SAFETY: `s < m` and `c + 8 <= d`: 8 bytes of the block (16 when `wide`);
+                // `s * groups + ga` and `+ gb` are below `m * groups`, each head's length.
+                unsafe {
+                    let xa = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                        v.q.as_ptr().add(row) as *const __m128i
+                    )));
+                    if !wide {
+                        for h in 0..H {
+                            let w = *heads[h].get_unchecked(s * groups + ga);
+                            lo[h] = _mm256_fmadd_ps(_mm256_set1_ps(w), xa, lo[h]);
+                        }
+                        continue;
+                    }
+                    let xb = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                        v.q.as_ptr().add(row + VLANES) as *const __m128i
+                    )));
+                    for h in 0..H {
+                        let wa = _mm256_set1_ps(*heads[h].get_unchecked(s * groups + ga));
+                        // Both halves in one group (of 16 or more) share the weight.
+                        let wb = match ga == gb {
+                            true => wa,
+                            false => _mm256_set1_ps(*heads[h].get_unchecked(s * groups + gb)),
+                        };
+                        lo[h] = _mm256_fmadd_ps(wa, xa, lo[h]);
+                        hi[h] = _mm256_fmadd_ps(wb, xb, hi[h]);
+                    }
+                }
+            }
+            for h in 0..H {
+                let o = &mut orow[(first + h) * d + c..];
+                // SAFETY: `o` holds 8 f32 (16 when `wide`).
+                unsafe {
+                    _mm256_storeu_ps(o.as_mut_ptr(), _mm256_add_ps(_mm256_loadu_ps(o.as_ptr()), lo[h]));
+                    if wide {
+                        let p = o.as_mut_ptr().add(VLANES);
+                        _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), hi[h]));
+                    }
+                }
+            }
+            c += if wide { 2 * VLANES } else { VLANES };
+        }
+    }
+
+    /// Heads `first..first + H` of `q` (`d` dimensions each) against 16 positions from
+    /// `from`, eight at a time.
+    ///
+    /// # Safety
+    /// AVX2, F16C and FMA; the shapes as `check` proves them.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dots<const H: usize>(
+        q: &QuantQuery,
+        k: KeyTile,
+        (from, d): (usize, usize),
+        first: usize,
+        out: &mut [[f32; LANES]],
+    ) {
+        let groups = d / k.group;
+        let quads = k.group / QUAD;
+        let ones = _mm256_set1_epi16(1);
+        for half in 0..LANES / 8 {
+            let p = from + half * 8;
+            let mut acc = [_mm256_setzero_ps(); H];
+            for gi in 0..groups {
+                let mut sums = [_mm256_setzero_si256(); H];
+                for qi in 0..quads {
+                    let quad = gi * quads + qi;
+                    // SAFETY: `quad < d / 4` and `p + 8 <= padded`: 32 bytes in the tile.
+                    let kv =
+                        unsafe { _mm256_loadu_si256(k.q.as_ptr().add((quad * k.padded + p) * QUAD) as *const __m256i) };
+                    let magnitude = _mm256_sign_epi8(kv, kv);
+                    for h in 0..H {
+                        let at = (first + h) * d + quad * QUAD;
+                        // SAFETY: `at + 4 <= q.q.len()` (head and quad in range).
+                        let four = unsafe { (q.q.as_ptr().add(at) as *const i32).read_unaligned() };
+                        let signed = _mm256_sign_epi8(_mm256_set1_epi32(four), kv);
+                        let pairs = _mm256_maddubs_epi16(magnitude, signed);
+                        sums[h] = _mm256_add_epi32(sums[h], _mm256_madd_epi16(pairs, ones));
+                    }
+                }
+                // SAFETY: `gi < d / group` and `p + 8 <= padded`: 8 scales in the tile.
+                let ks = _mm256_cvtph_ps(unsafe {
+                    _mm_loadu_si128(k.scales.as_ptr().add(gi * k.padded + p) as *const __m128i)
+                });
+                for h in 0..H {
+                    let scale = _mm256_mul_ps(ks, _mm256_set1_ps(q.scales[(first + h) * groups + gi]));
+                    acc[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[h]), scale, acc[h]);
+                }
+            }
+            for h in 0..H {
+                // SAFETY: `out[h]` holds 16 f32, `half * 8 + 8 <= 16`.
+                unsafe { _mm256_storeu_ps(out[h].as_mut_ptr().add(half * 8), acc[h]) };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tile of `d` dimensions and `padded` positions with awkward values (every sign,
+    /// the extremes) and its scales.
+    fn tile(d: usize, padded: usize, group: usize) -> (Vec<i8>, Vec<u16>) {
+        let q = (0..d * padded)
+            .map(|i| (((i * 53 + 7) % 255) as i32 - 127) as i8)
+            .collect();
+        let s = (0..d / group * padded)
+            .map(|i| f16::from_f32(0.002 + (i % 11) as f32 * 0.013).to_bits())
+            .collect();
+        (q, s)
+    }
+
+    #[test]
+    fn quantized_queries_are_within_half_a_step() {
+        let x: Vec<f32> = (0..96).map(|i| ((i * 37) % 19) as f32 - 9.3).collect();
+        let qq = QuantQuery::new(&x, 32);
+        for (i, v) in x.iter().enumerate() {
+            let back = f32::from(qq.q[i]) * qq.scales[i / 32];
+            assert!((back - v).abs() <= qq.scales[i / 32] * 0.5 + 1e-6, "{i}");
+        }
+        assert!(QuantQuery::new(&[0.0; 32], 32).q.iter().all(|&q| q == 0));
+    }
+
+    #[test]
+    fn the_reference_is_the_dot_product_of_the_stored_values() {
+        let (d, padded, group, heads) = (64, 16, 32, 2);
+        let (kq, ks) = tile(d, padded, group);
+        let x: Vec<f32> = (0..heads * d).map(|i| ((i * 29) % 23) as f32 - 11.0).collect();
+        let qq = QuantQuery::new(&x, group);
+        let k = KeyTile {
+            q: &kq,
+            scales: &ks,
+            padded,
+            group,
+        };
+        let mut out = vec![[0f32; LANES]; heads];
+        dots_portable(&qq, k, 0, &mut out);
+        for (g, row) in out.iter().enumerate() {
+            for (p, got) in row.iter().enumerate() {
+                let want: f64 = (0..d)
+                    .map(|i| {
+                        let key = f64::from(kq[(i / 4) * padded * 4 + p * 4 + i % 4])
+                            * f64::from(f16::from_bits(ks[(i / group) * padded + p]).to_f32());
+                        let query = f64::from(qq.q[g * d + i]) * f64::from(qq.scales[g * d / group + i / group]);
+                        key * query
+                    })
+                    .sum();
+                assert!((f64::from(*got) - want).abs() <= 1e-5 * want.abs().max(1.0), "{g} {p}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_value_kernel_gives_the_reference_s_bits_and_the_sum() {
+        let kernels: Vec<Axpys> = vec![axpys_portable, value_kernel()];
+        for (d, group, heads, m) in [
+            (64, 32, 4, 16),
+            (64, 32, 3, 5),
+            (8, 8, 1, 1),
+            (96, 32, 5, 13),
+            (24, 8, 8, 16),
+        ] {
+            let (q, scales) = tile(d, m, group);
+            let v = ValueBlock {
+                q: &q[..m * d],
+                scales: &scales[..m * d / group],
+                group,
+            };
+            let (len, at) = (m + 7, 3);
+            let scores: Vec<f32> = (0..heads * len).map(|i| ((i * 13) % 17) as f32 / 17.0).collect();
+            let base: Vec<f32> = (0..heads * d).map(|i| i as f32 * 0.01).collect();
+            let mut want = base.clone();
+            let mut scratch = vec![0f32; (heads + 1) * m * d / group];
+            axpys_portable((&scores, len, at), m, v, &mut want, &mut scratch);
+            for (i, w) in want.iter().enumerate() {
+                let (g, i) = (i / d, i % d);
+                let exact: f64 = (0..m)
+                    .map(|p| {
+                        let scale = f16::from_bits(scales[p * d / group + i / group]).to_f32();
+                        f64::from(scores[g * len + at + p]) * f64::from(q[p * d + i]) * f64::from(scale)
+                    })
+                    .sum::<f64>()
+                    + f64::from(base[g * d + i]);
+                assert!(
+                    (f64::from(*w) - exact).abs() <= 1e-4 * exact.abs().max(1.0),
+                    "d {d} g {g} i {i}"
+                );
+            }
+            for f in &kernels {
+                let mut got = base.clone();
+                f((&scores, len, at), m, v, &mut got, &mut scratch);
+                assert_eq!(got, want, "d {d} group {group} heads {heads} m {m}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_kernel_gives_the_reference_s_bits() {
+        let kernels: Vec<Dots> = vec![dots_portable, kernel()];
+        for (d, padded, group, heads) in [
+            (64, 16, 32, 4),
+            (64, 32, 32, 3),
+            (8, 16, 8, 1),
+            (96, 16, 32, 5),
+            (16, 16, 16, 8),
+        ] {
+            let (kq, ks) = tile(d, padded, group);
+            let x: Vec<f32> = (0..heads * d).map(|i| ((i * 31) % 41) as f32 * 0.37 - 7.0).collect();
+            let qq = QuantQuery::new(&x, group);
+            let k = KeyTile {
+                q: &kq,
+                scales: &ks,
+                padded,
+                group,
+            };
+            for from in (0..padded).step_by(LANES) {
+                let mut want = vec![[0f32; LANES]; heads];
+                dots_portable(&qq, k, from, &mut want);
+                for f in &kernels {
+                    let mut got = vec![[0f32; LANES]; heads];
+                    f(&qq, k, from, &mut got);
+                    assert_eq!(got, want, "d {d} padded {padded} heads {heads} from {from}");
+                }
+            }
+        }
+    }
+}
