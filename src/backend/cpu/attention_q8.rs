@@ -252,6 +252,7 @@ fn dots_avx2(q: &QuantQuery, k: KeyTile, from: usize, out: &mut [[f32; LANES]]) 
 }
 
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // `h` indexes several arrays in step
 mod avx2 {
     use super::{KeyTile, QuantQuery, ValueBlock, LANES, QUAD, VLANES};
     use std::arch::x86_64::*;
