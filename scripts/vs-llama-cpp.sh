@@ -4,7 +4,8 @@
 # checkpoint (the synthetic Llama 3.2 1B or 3B shape), interleaved round by round so that
 # all share the machine's noise: llama-bench on Q8_0 / Q4_K_M GGUFs, then `llama32 bench`
 # on q8_0 / q4k (pp512, tg128); with DEPTHS, decode at those depths too, Q8_0 weights, for
-# each KV type in KV (llama-bench -d / ik's -gp against `llama32 bench --batched 1 -p`).
+# each KV type in KV (llama-batched-bench -npp DEPTH -ntg 32 against `llama32 bench --batched 1
+# -p DEPTH -n 32`: prefill speed of the DEPTH-token prompt and decode speed after it).
 #
 #   scripts/vs-llama-cpp.sh [ROUNDS] [SHAPE]       # default 2 rounds of 1b (or 3b)
 #   DEPTHS="4096 16384" KV="f16 q8_0" TYPES=q8_0 scripts/vs-llama-cpp.sh 1 1b
@@ -31,19 +32,22 @@ N=$(nproc)
 cargo build --release --quiet
 [ -f "$MODEL/model.safetensors" ] || ./target/release/llama32 synthetic --shape "$SHAPE" --out "$MODEL" --force
 
-# One GGUF of TYPE for the shape, made by llama.cpp's converter or, without it, ik_llama.cpp's.
+# One GGUF of TYPE for the shape: llama.cpp's converter (from the llama-cpp-python source
+# package, fetched when missing) to bf16, then the llama-quantize of whichever peer is built.
 gguf() {
-  local out=$DIR/$1.gguf
+  local out=$DIR/$1.gguf bf16=$DIR/$SHAPE.bf16.gguf
   [ "$SHAPE" = 1b ] || out=$DIR/$1-$SHAPE.gguf
   if [ ! -f "$out" ]; then
-    if [ -n "$LCPP" ]; then
-      bash "$PEER" gguf "$MODEL" "$out" "$1" >&2
-    else
-      "$PEERS/venv/bin/python" "$PEERS/ik/src/convert_hf_to_gguf.py" "$MODEL" --outtype bf16 \
-        --outfile "$out.bf16" >/dev/null 2>&1
-      "$IK/llama-quantize" "$out.bf16" "$out" "${1^^}" >/dev/null 2>&1
-      rm -f "$out.bf16"
+    local src
+    src=$(ls -d "$PEERS"/llama_cpp_python-*/vendor/llama.cpp 2>/dev/null | tail -1 || true)
+    if [ -z "$src" ]; then
+      "$PEERS/venv/bin/pip" download -q --no-deps --no-binary :all: --no-build-isolation -d "$PEERS" llama-cpp-python==0.3.36
+      tar -xzf "$PEERS"/llama_cpp_python-0.3.36.tar.gz -C "$PEERS"
+      src=$PEERS/llama_cpp_python-0.3.36/vendor/llama.cpp
     fi
+    "$PEERS/venv/bin/python" -c 'import torch' 2>/dev/null || "$PEERS/venv/bin/pip" install -q torch transformers
+    [ -f "$bf16" ] || "$PEERS/venv/bin/python" "$src/convert_hf_to_gguf.py" "$MODEL" --outtype bf16 --outfile "$bf16" >/dev/null 2>&1
+    LD_LIBRARY_PATH=${LCPP:-$IK} "${LCPP:-$IK}/llama-quantize" "$bf16" "$out" "${1^^}" >/dev/null 2>&1
   fi
   echo "$out"
 }
@@ -62,11 +66,10 @@ for r in $(seq "$ROUNDS"); do
   for depth in $DEPTHS; do
     g=$(gguf q8_0)
     for kv in $KV; do
-      echo "### decode at depth $depth, KV $kv"
-      [ -z "$LCPP" ] || LD_LIBRARY_PATH=$LCPP "$LCPP/llama-bench" -m "$g" -t "$N" -fa 1 -ctk "$kv" -ctv "$kv" \
-        -p 0 -n 32 -d "$depth" -r 1 | grep -E "tg32" | sed 's/^/llama.cpp /'
-      [ -z "$IK" ] || "$IK/llama-bench" -m "$g" -t "$N" -fa 1 -rtr 1 -ctk "$kv" -ctv "$kv" -p 0 -n 0 \
-        -gp "$depth,32" -r 1 | grep -E "tg32" | sed 's/^/ik_llama.cpp /'
+      echo "### prefill $depth tokens, then decode 32 at that depth; KV $kv"
+      batched=(-m "$g" -t "$N" -fa 1 -ctk "$kv" -ctv "$kv" -c $((depth + 64)) -b 2048 -ub 512 -npp "$depth" -ntg 32 -npl 1)
+      [ -z "$LCPP" ] || LD_LIBRARY_PATH=$LCPP "$LCPP/llama-batched-bench" "${batched[@]}" 2>/dev/null | grep -E "^\|  *[0-9]" | sed 's/^/llama.cpp /'
+      [ -z "$IK" ] || "$IK/llama-batched-bench" "${batched[@]}" -rtr 2>/dev/null | grep -E "^\|  *[0-9]" | sed 's/^/ik_llama.cpp /'
       ./target/release/llama32 bench -m "$MODEL" --dtypes q8_0 --kv-dtype "$kv" --batched 1 -p "$depth" \
         -n 32 -r 1 | grep "^| q8_0" | sed 's/^/llama32 /'
     done

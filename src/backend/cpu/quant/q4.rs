@@ -394,6 +394,10 @@ pub unsafe fn group_dot_avx2<const T: usize>(
     let blocks = lines.len() / LINES;
     let mlen = meta_len(sub);
     debug_assert!(meta.len() >= blocks / sub * mlen && (0..T).all(|t| a.qs[t].len() >= blocks * BLOCK));
+    if T == 1 {
+        // SAFETY: the same contract.
+        return unsafe { group_dot_avx2_one_pass(lines, meta, sub, a, out) };
+    }
     let nib = _mm256_set1_epi8(15);
     let ones = _mm256_set1_epi16(1);
     for half in 0..2 {
@@ -447,6 +451,86 @@ pub unsafe fn group_dot_avx2<const T: usize>(
             let dst = out[t][8 * half..].as_mut_ptr();
             // SAFETY: `out[t]` holds 16 f32; this half is 8 of them.
             unsafe { _mm256_storeu_ps(dst, _mm256_add_ps(_mm256_loadu_ps(dst), y[t])) };
+        }
+    }
+}
+
+/// [`group_dot_avx2`] for one token (decoding): both 8-row halves of every line at once, so
+/// the weights stream through once instead of twice; the same operations per half, so the
+/// same bits.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn group_dot_avx2_one_pass<const T: usize>(
+    lines: &[Line],
+    meta: &[u8],
+    sub: usize,
+    a: &Acts<T>,
+    out: &mut [[f32; GROUP]; T],
+) {
+    use std::arch::x86_64::*;
+    let blocks = lines.len() / LINES;
+    let mlen = meta_len(sub);
+    let nib = _mm256_set1_epi8(15);
+    let ones = _mm256_set1_epi16(1);
+    let mut y = [[_mm256_setzero_ps(); T]; 2];
+    let base = lines.as_ptr() as *const __m256i;
+    for b in 0..blocks {
+        let mut acc = [[_mm256_setzero_si256(); T]; 2];
+        for j in 0..LINES {
+            // SAFETY: in bounds of the activations, as checked on entry.
+            let x: [(__m256i, __m256i); T] = std::array::from_fn(|t| unsafe {
+                let p = a.qs[t].as_ptr().add(b * BLOCK + 8 * j) as *const i32;
+                (
+                    _mm256_set1_epi32(p.read_unaligned()),
+                    _mm256_set1_epi32(p.add(1).read_unaligned()),
+                )
+            });
+            for half in 0..2 {
+                // SAFETY: in bounds of `lines` (two 256-bit halves per line).
+                let v = unsafe { _mm256_load_si256(base.add(2 * (b * LINES + j) + half)) };
+                let lo = _mm256_and_si256(v, nib);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nib);
+                for t in 0..T {
+                    let s0 = _mm256_maddubs_epi16(lo, x[t].0);
+                    let s1 = _mm256_maddubs_epi16(hi, x[t].1);
+                    acc[half][t] = _mm256_add_epi32(acc[half][t], _mm256_madd_epi16(_mm256_add_epi16(s0, s1), ones));
+                }
+            }
+        }
+        // SAFETY: in bounds of `meta`, as checked on entry.
+        let m = unsafe { meta.as_ptr().add(b / sub * mlen) };
+        for half in 0..2 {
+            // SAFETY (the four loads): in bounds of `meta`, as in the two-pass kernel.
+            let (d, dmin, sc, mn) = unsafe {
+                let sm = m.add(4 * GROUP + (b % sub) * 2 * GROUP + 8 * half);
+                (
+                    _mm256_cvtph_ps(_mm_loadu_si128(m.add(16 * half) as *const __m128i)),
+                    _mm256_cvtph_ps(_mm_loadu_si128(m.add(2 * GROUP + 16 * half) as *const __m128i)),
+                    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(sm as *const __m128i))),
+                    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(sm.add(GROUP) as *const __m128i))),
+                )
+            };
+            let (step, off) = (_mm256_mul_ps(d, sc), _mm256_mul_ps(dmin, mn));
+            for t in 0..T {
+                let da = a.scales[t][b];
+                let v = &mut y[half][t];
+                *v = _mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(acc[half][t]),
+                    _mm256_mul_ps(step, _mm256_set1_ps(da)),
+                    *v,
+                );
+                *v = _mm256_fnmadd_ps(off, _mm256_set1_ps(a.scaled_sums[t][b]), *v);
+            }
+        }
+    }
+    for half in 0..2 {
+        for t in 0..T {
+            let dst = out[t][8 * half..].as_mut_ptr();
+            // SAFETY: `out[t]` holds 16 f32; this half is 8 of them.
+            unsafe { _mm256_storeu_ps(dst, _mm256_add_ps(_mm256_loadu_ps(dst), y[half][t])) };
         }
     }
 }

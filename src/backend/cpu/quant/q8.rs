@@ -206,6 +206,10 @@ pub unsafe fn group_dot_avx2<const T: usize>(lines: &[Line], scales: &[u8], a: &
     use std::arch::x86_64::*;
     let blocks = lines.len() / LINES;
     debug_assert!(scales.len() >= blocks * GROUP * 2 && (0..T).all(|t| a.qs[t].len() >= blocks * BLOCK));
+    if T <= 2 {
+        // SAFETY: the same contract.
+        return unsafe { group_dot_avx2_one_pass(lines, scales, a, out) };
+    }
     let ones = _mm256_set1_epi16(1);
     let flip = _mm256_set1_epi8(-128);
     for half in 0..2 {
@@ -239,6 +243,64 @@ pub unsafe fn group_dot_avx2<const T: usize>(lines: &[Line], scales: &[u8], a: &
             let dst = out[t][8 * half..].as_mut_ptr();
             // SAFETY: `out[t]` holds 16 f32; this half is 8 of them.
             unsafe { _mm256_storeu_ps(dst, _mm256_add_ps(_mm256_loadu_ps(dst), y[t])) };
+        }
+    }
+}
+
+/// [`group_dot_avx2`] for one or two tokens (decoding): both 8-row halves of every line at
+/// once, so the weights stream through once (the two-pass form reads each line twice, the
+/// second time from cache, and leaves memory idle in between). The same operations per half
+/// as the two-pass form, so the same bits.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn group_dot_avx2_one_pass<const T: usize>(
+    lines: &[Line],
+    scales: &[u8],
+    a: &Acts<T>,
+    out: &mut [[f32; GROUP]; T],
+) {
+    use std::arch::x86_64::*;
+    let blocks = lines.len() / LINES;
+    let ones = _mm256_set1_epi16(1);
+    let flip = _mm256_set1_epi8(-128);
+    let mut y = [[_mm256_setzero_ps(); T]; 2];
+    let base = lines.as_ptr() as *const __m256i;
+    for b in 0..blocks {
+        let mut acc = [[_mm256_setzero_si256(); T]; 2];
+        for j in 0..LINES {
+            // SAFETY: as in the AVX-512 kernel.
+            let x: [__m256i; T] = std::array::from_fn(|t| {
+                _mm256_set1_epi32(unsafe { (a.qs[t].as_ptr().add(b * BLOCK + 4 * j) as *const i32).read_unaligned() })
+            });
+            for half in 0..2 {
+                // SAFETY: in bounds of `lines` (two 256-bit halves per line).
+                let w = _mm256_xor_si256(unsafe { _mm256_load_si256(base.add(2 * (b * LINES + j) + half)) }, flip);
+                let wabs = _mm256_abs_epi8(w);
+                for t in 0..T {
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, _mm256_sign_epi8(x[t], w)), ones);
+                    acc[half][t] = _mm256_add_epi32(acc[half][t], p);
+                }
+            }
+        }
+        for half in 0..2 {
+            // SAFETY: 16 scales per block, 8 per half.
+            let d = _mm256_cvtph_ps(unsafe {
+                _mm_loadu_si128(scales.as_ptr().add(2 * (b * GROUP + 8 * half)) as *const __m128i)
+            });
+            for t in 0..T {
+                let s = _mm256_mul_ps(d, _mm256_set1_ps(a.scales[t][b]));
+                y[half][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[half][t]), s, y[half][t]);
+            }
+        }
+    }
+    for half in 0..2 {
+        for t in 0..T {
+            let dst = out[t][8 * half..].as_mut_ptr();
+            // SAFETY: `out[t]` holds 16 f32; this half is 8 of them.
+            unsafe { _mm256_storeu_ps(dst, _mm256_add_ps(_mm256_loadu_ps(dst), y[half][t])) };
         }
     }
 }
