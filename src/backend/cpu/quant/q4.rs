@@ -503,8 +503,9 @@ unsafe fn group_dot_avx2_one_pass<const T: usize>(
         // SAFETY: in bounds of `meta`, as checked on entry.
         let m = unsafe { meta.as_ptr().add(b / sub * mlen) };
         for half in 0..2 {
-            // SAFETY (the four loads): in bounds of `meta`, as in the two-pass kernel.
-            let (d, dmin, sc, mn) = unsafe {
+            let (d, dmin, sc, mn) =
+                // SAFETY: the four loads are in bounds of `meta`, as in the two-pass kernel.
+                unsafe {
                 let sm = m.add(4 * GROUP + (b % sub) * 2 * GROUP + 8 * half);
                 (
                     _mm256_cvtph_ps(_mm_loadu_si128(m.add(16 * half) as *const __m128i)),

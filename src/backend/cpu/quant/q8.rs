@@ -271,9 +271,10 @@ unsafe fn group_dot_avx2_one_pass<const T: usize>(
     for b in 0..blocks {
         let mut acc = [[_mm256_setzero_si256(); T]; 2];
         for j in 0..LINES {
-            // SAFETY: as in the AVX-512 kernel.
             let x: [__m256i; T] = std::array::from_fn(|t| {
-                _mm256_set1_epi32(unsafe { (a.qs[t].as_ptr().add(b * BLOCK + 4 * j) as *const i32).read_unaligned() })
+                // SAFETY: in bounds of the activations, as in the AVX-512 kernel.
+                let four = unsafe { (a.qs[t].as_ptr().add(b * BLOCK + 4 * j) as *const i32).read_unaligned() };
+                _mm256_set1_epi32(four)
             });
             for half in 0..2 {
                 // SAFETY: in bounds of `lines` (two 256-bit halves per line).
