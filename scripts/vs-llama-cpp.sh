@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-2}
 SHAPE=${2:-1b}
-TYPES=${TYPES:-q8_0 q4_k_m}
+TYPES=${TYPES-q8_0 q4_k_m}
 DEPTHS=${DEPTHS:-}
 KV=${KV:-f16 q8_0}
 PEER=${LLAMA_CPP_SH:-../shared/peers/llama-cpp.sh}
@@ -68,8 +68,8 @@ for r in $(seq "$ROUNDS"); do
     for kv in $KV; do
       echo "### prefill $depth tokens, then decode 32 at that depth; KV $kv"
       batched=(-m "$g" -t "$N" -fa 1 -ctk "$kv" -ctv "$kv" -c $((depth + 64)) -b 2048 -ub 512 -npp "$depth" -ntg 32 -npl 1)
-      [ -z "$LCPP" ] || LD_LIBRARY_PATH=$LCPP "$LCPP/llama-batched-bench" "${batched[@]}" 2>/dev/null | grep -E "^\|  *[0-9]" | sed 's/^/llama.cpp /'
-      [ -z "$IK" ] || "$IK/llama-batched-bench" "${batched[@]}" -rtr 2>/dev/null | grep -E "^\|  *[0-9]" | sed 's/^/ik_llama.cpp /'
+      [ -z "$LCPP" ] || LD_LIBRARY_PATH=$LCPP "$LCPP/llama-batched-bench" "${batched[@]}" 2>&1 | grep -E "^\|  *[0-9]" | sed 's/^/llama.cpp /'
+      [ -z "$IK" ] || "$IK/llama-batched-bench" "${batched[@]}" -rtr 2>&1 | grep -E "^\|  *[0-9]" | sed 's/^/ik_llama.cpp /'
       ./target/release/llama32 bench -m "$MODEL" --dtypes q8_0 --kv-dtype "$kv" --batched 1 -p "$depth" \
         -n 32 -r 1 | grep "^| q8_0" | sed 's/^/llama32 /'
     done

@@ -87,22 +87,13 @@ fn the_kv_format_is_honoured_and_each_figure_reproducible() {
     assert_eq!(c.perplexity, d.perplexity, "f32 KV is reproducible");
     assert_ne!(a.perplexity, c.perplexity, "the KV format changes the figure");
     // (A random-weight fixture: perplexities near 1e10, and f16 keys move them by a few %.)
-    assert!(
-        (a.perplexity / c.perplexity - 1.0).abs() < 0.1,
-        "{} vs {}",
-        a.perplexity,
-        c.perplexity
-    );
+    let within_a_tenth = |x: f64, y: f64| assert!((x / y - 1.0).abs() < 0.1, "{x} vs {y}");
+    within_a_tenth(a.perplexity, c.perplexity);
     // 8-bit keys and values: reproducible, honoured, near f32's.
     let q8 = load_kv(KvDType::Q8_0);
     let (e, f) = (run(&q8), run(&q8));
     assert_eq!(e.kv_dtype, "q8_0");
     assert_eq!(e.perplexity, f.perplexity, "q8_0 KV is reproducible");
     assert_ne!(e.perplexity, c.perplexity, "q8_0 KV is not f32 KV");
-    assert!(
-        (e.perplexity / c.perplexity - 1.0).abs() < 0.1,
-        "{} vs {}",
-        e.perplexity,
-        c.perplexity
-    );
+    within_a_tenth(e.perplexity, c.perplexity);
 }

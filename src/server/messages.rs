@@ -11,9 +11,10 @@ use axum::response::Response;
 use serde_json::{json, Value as Json};
 
 use super::anthropic::response::{error_body, stop_reason, tool_use_id, usage};
+use super::error::ApiError;
 use super::events::{Admission, Choices};
 use super::plan::{Kind, Plan};
-use super::report::{Report, CLIENT_GONE};
+use super::report::Report;
 use super::sse::{deliver, event_stream, stream_answer, Out, Stop, TextSink};
 use super::State;
 use crate::chat::ParsedToolCall;
@@ -63,6 +64,10 @@ impl TextSink for Writer<'_> {
     async fn text(&mut self, text: &str) -> Result<(), Stop> {
         self.push_text(text).await
     }
+
+    async fn error(&mut self, e: &ApiError) -> Result<(), Stop> {
+        self.send("error", error_body(e)).await
+    }
 }
 
 impl Writer<'_> {
@@ -70,14 +75,7 @@ impl Writer<'_> {
     async fn run(&mut self, mut events: Choices) -> (u16, usize, usize) {
         let result = self.message(&mut events).await;
         drop(events);
-        match result {
-            Ok(g) => (200, g.completion_tokens, g.cached_tokens),
-            Err(Stop::Gone) => (CLIENT_GONE, 0, 0),
-            Err(Stop::Failed(e)) => match self.send("error", error_body(&e)).await {
-                Ok(()) => (e.status, 0, 0),
-                Err(_) => (CLIENT_GONE, 0, 0),
-            },
-        }
+        self.outcome(result).await
     }
 
     async fn send(&self, name: &'static str, data: Json) -> Result<(), Stop> {

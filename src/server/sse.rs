@@ -12,7 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::error::ApiError;
 use super::events::{aborting, Choices, TokenClock, ToolHold};
-use super::report::self_reported;
+use super::report::{self_reported, CLIENT_GONE};
 use super::State;
 use crate::chat::{parse_tool_call, ParsedToolCall};
 use crate::engine::{Event, FinishReason, Generation};
@@ -71,6 +71,21 @@ pub(super) trait TextSink {
     fn out(&self) -> &Out;
     /// Sends a piece of the answer's text.
     async fn text(&mut self, text: &str) -> Result<(), Stop>;
+    /// Sends the event that ends a failed stream.
+    async fn error(&mut self, e: &ApiError) -> Result<(), Stop>;
+
+    /// How the stream ended, for the log: (status, generated tokens, cached prompt
+    /// tokens); a failure is sent to the client first.
+    async fn outcome(&mut self, result: Result<Generation, Stop>) -> (u16, usize, usize) {
+        match result {
+            Ok(g) => (200, g.completion_tokens, g.cached_tokens),
+            Err(Stop::Gone) => (CLIENT_GONE, 0, 0),
+            Err(Stop::Failed(e)) => match self.error(&e).await {
+                Ok(()) => (e.status, 0, 0),
+                Err(_) => (CLIENT_GONE, 0, 0),
+            },
+        }
+    }
 }
 
 /// Streams one answer's text into `sink` until it ends, holding back what may be a tool

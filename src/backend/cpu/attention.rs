@@ -288,12 +288,31 @@ fn tile_q8(t: &Tile) -> Vec<f32> {
     }
     softmax_rows(t.rows, &mut scores);
     let mut out = vec![0f32; t.rows.len() * width];
-    let mut scratch = vec![0f32; (group + 1) * bs * d];
+    let mut scratch = vec![0f32; bs * d];
+    // Several rows share one conversion of each block: the same bits as converting in
+    // registers per row (see `attention_q8`) where `group_axpys` adds in the same order.
+    let shared = t.rows.len() > 1 && (2..=4).contains(&group) && d.is_multiple_of(LANES);
     for (j, &block) in blocks.iter().enumerate() {
         if let Some(&next) = blocks.get(j + 1) {
             t.pool.prefetch_head_block((t.layer, Part::Values), next, t.kv);
         }
         let n = bs.min(max_len - j * bs);
+        if shared {
+            let values = t.pool.head_block((t.layer, Part::Values), block, t.kv, n, &mut scratch);
+            for (ri, row) in t.rows.iter().enumerate() {
+                let Some(m) = visible(row, j, bs) else { continue };
+                let (scores, orow) = (
+                    (&scores[ri][..], row.len, j * bs),
+                    &mut out[ri * width..(ri + 1) * width],
+                );
+                match group {
+                    4 => group_axpys::<4>(scores, m, values, orow),
+                    3 => group_axpys::<3>(scores, m, values, orow),
+                    _ => group_axpys::<2>(scores, m, values, orow),
+                }
+            }
+            continue;
+        }
         let Some(vb) = t.pool.q8_value_block(t.layer, block, t.kv, n) else {
             continue;
         };

@@ -12,8 +12,9 @@
 //! reference) add the same exact integers and make the same float operations in the same
 //! order, so they give the same bits.
 //!
-//! Values are read in place too: each position's weight is multiplied by its group's scale
-//! once, and the 8-bit values, widened in a register, are added with it ([`axpys`]).
+//! Values are read in place too: widened and scaled in registers, then added with the
+//! scores' weights as the float path adds a converted block ([`axpys_portable`]), so that a
+//! tile may also convert a block once for all its rows and get the same bits.
 
 use half::f16;
 
@@ -136,7 +137,7 @@ pub const VLANES: usize = 8;
 
 /// A value kernel: `orow[g * d + i] += sum_{s < m} w[g][s] * value[s][i]` for every head `g`
 /// of `orow` (`[G * d]`), with `w[g][s] = scores[g * len + at + s]`; `scratch` holds at
-/// least `(G + 1) * m * d / group` floats.
+/// least `m * d / group` floats.
 pub type Axpys = fn((&[f32], usize, usize), usize, ValueBlock, &mut [f32], &mut [f32]);
 
 /// The fastest value kernel this CPU runs (all give the same bits).
@@ -148,10 +149,9 @@ pub fn value_kernel() -> Axpys {
     axpys_portable
 }
 
-/// The weights every value kernel uses, `[G, m, d / group]`: each head's score of a position
-/// times the position's scale for a group of dimensions (one rounding, the same on every
-/// path). Checks the shapes; `None` when there is nothing to add.
-fn value_weights<'s>(
+/// The block's scales as f32, `[m, d / group]`, in `scratch`, and the head width. Checks
+/// the shapes; `None` when there is nothing to add.
+fn value_scales<'s>(
     (scores, len, at): (&[f32], usize, usize),
     m: usize,
     v: ValueBlock,
@@ -168,36 +168,31 @@ fn value_weights<'s>(
         && v.q.len() == m * d
         && orow.len() == heads * d
         && v.scales.len() >= m * groups
-        && scratch.len() >= (heads + 1) * m * groups
+        && scratch.len() >= m * groups
         && (heads == 0 || scores.len() >= (heads - 1) * len + at + m);
     assert!(ok, "attention_q8: shapes of the scores and value block disagree");
-    let (scales, weights) = scratch.split_at_mut(m * groups);
-    super::widen::widen(&v.scales[..m * groups], scales);
-    let weights = &mut weights[..heads * m * groups];
-    for (g, wg) in weights.chunks_mut(m * groups).enumerate() {
-        for (s, ws) in wg.chunks_mut(groups).enumerate() {
-            for (w, scale) in ws.iter_mut().zip(&scales[s * groups..(s + 1) * groups]) {
-                *w = scores[g * len + at + s] * scale;
-            }
-        }
-    }
-    Some((weights, d))
+    let out = &mut scratch[..m * groups];
+    super::widen::widen(&v.scales[..m * groups], out);
+    Some((out, d))
 }
 
-/// The reference value kernel: per head and 8 dimensions, one chain of fused multiply-adds
-/// over the positions in order, added to the output at the end.
+/// The reference value kernel: each value is `q * scale` (one rounding, as
+/// [`super::dequant::groups`] converts a block), then per head and 8 dimensions one chain of
+/// fused multiply-adds over the positions in order, added to the output at the end: the
+/// operations of the float path on a converted block, so every path gives the same bits.
 pub fn axpys_portable(scores: (&[f32], usize, usize), m: usize, v: ValueBlock, orow: &mut [f32], scratch: &mut [f32]) {
-    let Some((weights, d)) = value_weights(scores, m, v, orow, scratch) else {
+    let Some((scales, d)) = value_scales(scores, m, v, orow, scratch) else {
         return;
     };
+    let (sc, len, at) = scores;
     let groups = d / v.group;
-    for (wg, o) in weights.chunks(m * groups).zip(orow.chunks_mut(d)) {
+    for (g, o) in orow.chunks_mut(d).enumerate() {
         for c in 0..d / VLANES {
             let mut acc = [0f32; VLANES];
             for s in 0..m {
-                let w = wg[s * groups + c * VLANES / v.group];
+                let (w, scale) = (sc[g * len + at + s], scales[s * groups + c * VLANES / v.group]);
                 for (l, a) in acc.iter_mut().enumerate() {
-                    *a = w.mul_add(f32::from(v.q[s * d + c * VLANES + l]), *a);
+                    *a = w.mul_add(f32::from(v.q[s * d + c * VLANES + l]) * scale, *a);
                 }
             }
             for (l, a) in acc.iter().enumerate() {
@@ -209,7 +204,7 @@ pub fn axpys_portable(scores: (&[f32], usize, usize), m: usize, v: ValueBlock, o
 
 #[cfg(target_arch = "x86_64")]
 fn axpys_avx2(scores: (&[f32], usize, usize), m: usize, v: ValueBlock, orow: &mut [f32], scratch: &mut [f32]) {
-    let Some((weights, d)) = value_weights(scores, m, v, orow, scratch) else {
+    let Some((scales, d)) = value_scales(scores, m, v, orow, scratch) else {
         return;
     };
     let heads = orow.len() / d;
@@ -217,13 +212,13 @@ fn axpys_avx2(scores: (&[f32], usize, usize), m: usize, v: ValueBlock, orow: &mu
     while g < heads {
         let n = (heads - g).min(4);
         // SAFETY: AVX2 and FMA were detected by `value_kernel`, the only way here;
-        // `value_weights` proved the bounds every load relies on.
+        // `value_scales` proved the bounds every load relies on.
         unsafe {
             match n {
-                4 => avx2::axpys::<4>((m, d), v, weights, g, orow),
-                3 => avx2::axpys::<3>((m, d), v, weights, g, orow),
-                2 => avx2::axpys::<2>((m, d), v, weights, g, orow),
-                _ => avx2::axpys::<1>((m, d), v, weights, g, orow),
+                4 => avx2::axpys::<4>(scores, (m, d), v, scales, g, orow),
+                3 => avx2::axpys::<3>(scores, (m, d), v, scales, g, orow),
+                2 => avx2::axpys::<2>(scores, (m, d), v, scales, g, orow),
+                _ => avx2::axpys::<1>(scores, (m, d), v, scales, g, orow),
             }
         }
         g += n;
@@ -258,21 +253,22 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     /// Heads `first..first + H` of [`super::axpys_portable`], 16 dimensions at a time (two
-    /// vectors sharing each position's widening), then 8.
+    /// vectors sharing each position's conversion and weights), then 8.
     ///
     /// # Safety
-    /// AVX2 and FMA; the shapes as `value_weights` proves them.
+    /// AVX2 and FMA; the shapes as `value_scales` proves them.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn axpys<const H: usize>(
+        (sc, len, at): (&[f32], usize, usize),
         (m, d): (usize, usize),
         v: ValueBlock,
-        weights: &[f32],
+        scales: &[f32],
         first: usize,
         orow: &mut [f32],
     ) {
         let groups = d / v.group;
-        // Each head's weights, `[m, groups]`.
-        let heads: [&[f32]; H] = std::array::from_fn(|h| &weights[(first + h) * m * groups..][..m * groups]);
+        // Each head's scores of the block's positions.
+        let w: [&[f32]; H] = std::array::from_fn(|h| &sc[(first + h) * len + at..][..m]);
         let mut c = 0;
         while c < d {
             let wide = c + 2 * VLANES <= d;
@@ -281,30 +277,27 @@ mod avx2 {
             for s in 0..m {
                 let row = s * d + c;
                 // SAFETY: `s < m` and `c + 8 <= d`: 8 bytes of the block (16 when `wide`);
-                // `s * groups + ga` and `+ gb` are below `m * groups`, each head's length.
+                // `s * groups + ga` and `+ gb` are below `m * groups`, the scales' length;
+                // `s < m`, each head's number of scores.
                 unsafe {
-                    let xa = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                    let q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
                         v.q.as_ptr().add(row) as *const __m128i
                     )));
+                    let xa = _mm256_mul_ps(q, _mm256_set1_ps(*scales.get_unchecked(s * groups + ga)));
                     if !wide {
                         for h in 0..H {
-                            let w = *heads[h].get_unchecked(s * groups + ga);
-                            lo[h] = _mm256_fmadd_ps(_mm256_set1_ps(w), xa, lo[h]);
+                            lo[h] = _mm256_fmadd_ps(_mm256_set1_ps(*w[h].get_unchecked(s)), xa, lo[h]);
                         }
                         continue;
                     }
-                    let xb = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                    let q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
                         v.q.as_ptr().add(row + VLANES) as *const __m128i
                     )));
+                    let xb = _mm256_mul_ps(q, _mm256_set1_ps(*scales.get_unchecked(s * groups + gb)));
                     for h in 0..H {
-                        let wa = _mm256_set1_ps(*heads[h].get_unchecked(s * groups + ga));
-                        // Both halves in one group (of 16 or more) share the weight.
-                        let wb = match ga == gb {
-                            true => wa,
-                            false => _mm256_set1_ps(*heads[h].get_unchecked(s * groups + gb)),
-                        };
-                        lo[h] = _mm256_fmadd_ps(wa, xa, lo[h]);
-                        hi[h] = _mm256_fmadd_ps(wb, xb, hi[h]);
+                        let wh = _mm256_set1_ps(*w[h].get_unchecked(s));
+                        lo[h] = _mm256_fmadd_ps(wh, xa, lo[h]);
+                        hi[h] = _mm256_fmadd_ps(wh, xb, hi[h]);
                     }
                 }
             }
@@ -452,7 +445,7 @@ mod tests {
             let scores: Vec<f32> = (0..heads * len).map(|i| ((i * 13) % 17) as f32 / 17.0).collect();
             let base: Vec<f32> = (0..heads * d).map(|i| i as f32 * 0.01).collect();
             let mut want = base.clone();
-            let mut scratch = vec![0f32; (heads + 1) * m * d / group];
+            let mut scratch = vec![0f32; m * d / group];
             axpys_portable((&scores, len, at), m, v, &mut want, &mut scratch);
             for (i, w) in want.iter().enumerate() {
                 let (g, i) = (i / d, i % d);

@@ -14,9 +14,10 @@ use serde_json::{json, Value as Json};
 
 use super::response::{item_status, response, text_part, usage, Meta, Output, Status};
 use crate::engine::{FinishReason, Generation};
+use crate::server::error::ApiError;
 use crate::server::events::{Admission, Choices};
 use crate::server::plan::Plan;
-use crate::server::report::{Report, CLIENT_GONE};
+use crate::server::report::Report;
 use crate::server::sse::{deliver, event_stream, stream_answer, Out, Stop, TextSink};
 use crate::server::State;
 
@@ -66,23 +67,18 @@ impl TextSink for Writer<'_> {
     async fn text(&mut self, text: &str) -> Result<(), Stop> {
         self.push_text(text).await
     }
+
+    async fn error(&mut self, e: &ApiError) -> Result<(), Stop> {
+        let body = json!({"code": e.code, "message": e.message, "param": e.param});
+        self.send("error", body).await
+    }
 }
 
 impl Writer<'_> {
     async fn run(&mut self, mut events: Choices) -> (u16, usize, usize) {
         let result = self.answer(&mut events).await;
         drop(events);
-        match result {
-            Ok(g) => (200, g.completion_tokens, g.cached_tokens),
-            Err(Stop::Gone) => (CLIENT_GONE, 0, 0),
-            Err(Stop::Failed(e)) => {
-                let body = json!({"code": e.code, "message": e.message, "param": e.param});
-                match self.send("error", body).await {
-                    Ok(()) => (e.status, 0, 0),
-                    Err(_) => (CLIENT_GONE, 0, 0),
-                }
-            }
-        }
+        self.outcome(result).await
     }
 
     /// Sends event `kind` with `fields` and the next sequence number.

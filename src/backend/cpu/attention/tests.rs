@@ -156,3 +156,53 @@ fn f16_in_place_equals_converted_blocks() {
         }
     }
 }
+
+/// A q8_0 pool gives each row the same bits in a tile of many rows (values converted once
+/// per block) as alone (values converted in registers), on every group size: what keeps
+/// results independent of how a prompt is chunked.
+#[test]
+fn q8_0_rows_are_the_same_alone_and_in_a_tile() {
+    for (heads, kv_heads, len, n, d) in [
+        (8, 2, 37, 8, 64),
+        (6, 2, 40, 5, 64),
+        (4, 2, 21, 3, 32),
+        (8, 1, 33, 4, 64),
+        (4, 2, 19, 6, 8),
+    ] {
+        let layout = KvLayout {
+            layers: 1,
+            kv_heads,
+            head_dim: d,
+            block_size: 16,
+        };
+        let mut pool = KvPool::new(layout, 8, KvDType::Q8_0);
+        let (table, _, _) = fill(&mut pool, len);
+        let q: Vec<f32> = Tensor::randn(0f32, 1.0, (n * heads * d,), &Device::Cpu)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let rows: Vec<AttnRow> = (0..n)
+            .map(|i| AttnRow {
+                blocks: table.blocks(),
+                len: len - n + i + 1,
+            })
+            .collect();
+        let together = attend_rows(pool.store(), 0, &q, &rows, heads, Vec::new());
+        let width = heads * d;
+        for (i, row) in rows.iter().enumerate() {
+            let alone = attend_rows(
+                pool.store(),
+                0,
+                &q[i * width..(i + 1) * width],
+                std::slice::from_ref(row),
+                heads,
+                Vec::new(),
+            );
+            let same = alone
+                .iter()
+                .zip(&together[i * width..(i + 1) * width])
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "heads {heads} kv {kv_heads} len {len} row {i} d {d}");
+        }
+    }
+}
