@@ -380,10 +380,11 @@ impl PackedWeight {
         mut sink: impl FnMut(usize, &[f32; GROUP]),
     ) {
         let mut t = tokens.start;
-        let widest = if isa == Isa::Avx512 { 8 } else { 4 };
+        // Up to 8 tokens share one pass over the weights on every vector unit (on AVX2 too:
+        // +8% q8_0 prefill, +16% q8_0 and +4% q4k decode of 8 sequences on Zen 2, 2026-12-05).
         while t < tokens.end {
             let left = tokens.end - t;
-            let n = if left >= widest { widest } else { left.min(4) };
+            let n = if left >= 8 { 8 } else { left.min(4) };
             match n {
                 8 => self.kernel::<8>(lines, meta, acts, t, isa, &mut sink),
                 4 => self.kernel::<4>(lines, meta, acts, t, isa, &mut sink),
