@@ -74,7 +74,10 @@ pub type Dots = fn(&QuantQuery, KeyTile, usize, &mut [[f32; LANES]]);
 /// The fastest kernel this CPU runs (all give the same bits).
 pub fn kernel() -> Dots {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
+    {
         return dots_avx2;
     }
     dots_portable
@@ -232,7 +235,7 @@ fn dots_avx2(q: &QuantQuery, k: KeyTile, from: usize, out: &mut [[f32; LANES]]) 
     while g < heads {
         let n = (heads - g).min(4);
         let rows = &mut out[g..g + n];
-        // SAFETY: AVX2 and FMA were detected by `kernel`, the only way to this function;
+        // SAFETY: AVX2, FMA and F16C were detected by `kernel`, the only way to this function;
         // `check` proved the bounds every load relies on.
         unsafe {
             match n {
