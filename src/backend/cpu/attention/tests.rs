@@ -28,6 +28,38 @@ fn fill(pool: &mut KvPool, len: usize) -> (BlockTable, Tensor, Tensor) {
     (t, heads_first(k), heads_first(v))
 }
 
+/// A one-layer pool of `dtype` with `len` random positions of one sequence written, and `n`
+/// random query rows (`heads` heads of `d`), the last `n` positions' causal rows.
+fn filled(
+    (heads, kv_heads, d): (usize, usize, usize),
+    (len, n): (usize, usize),
+    dtype: KvDType,
+) -> (KvPool, BlockTable, Vec<f32>) {
+    let layout = KvLayout {
+        layers: 1,
+        kv_heads,
+        head_dim: d,
+        block_size: 16,
+    };
+    let mut pool = KvPool::new(layout, 8, dtype);
+    let (table, _, _) = fill(&mut pool, len);
+    let q = Tensor::randn(0f32, 1.0, (n * heads * d,), &Device::Cpu)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    (pool, table, q)
+}
+
+/// The causal rows of the last `n` of `len` positions of `table`'s sequence.
+fn causal_rows(table: &BlockTable, len: usize, n: usize) -> Vec<AttnRow<'_>> {
+    (0..n)
+        .map(|i| AttnRow {
+            blocks: table.blocks(),
+            len: len - n + i + 1,
+        })
+        .collect()
+}
+
 #[test]
 fn exp_neg_is_within_two_ulp_of_exp() {
     let mut x = 0f32;
@@ -120,24 +152,8 @@ fn f16_in_place_equals_converted_blocks() {
         (12, 4, 70, 8),
     ] {
         for d in [16, 64] {
-            let layout = KvLayout {
-                layers: 1,
-                kv_heads,
-                head_dim: d,
-                block_size: 16,
-            };
-            let mut pool = KvPool::new(layout, 8, KvDType::F16);
-            let (table, _, _) = fill(&mut pool, len);
-            let q: Vec<f32> = Tensor::randn(0f32, 1.0, (n * heads * d,), &Device::Cpu)
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let rows: Vec<AttnRow> = (0..n)
-                .map(|i| AttnRow {
-                    blocks: table.blocks(),
-                    len: len - n + i + 1,
-                })
-                .collect();
+            let (pool, table, q) = filled((heads, kv_heads, d), (len, n), KvDType::F16);
+            let rows = causal_rows(&table, len, n);
             for kv in 0..kv_heads {
                 let t = Tile {
                     pool: pool.store(),
@@ -169,24 +185,8 @@ fn q8_0_rows_are_the_same_alone_and_in_a_tile() {
         (8, 1, 33, 4, 64),
         (4, 2, 19, 6, 8),
     ] {
-        let layout = KvLayout {
-            layers: 1,
-            kv_heads,
-            head_dim: d,
-            block_size: 16,
-        };
-        let mut pool = KvPool::new(layout, 8, KvDType::Q8_0);
-        let (table, _, _) = fill(&mut pool, len);
-        let q: Vec<f32> = Tensor::randn(0f32, 1.0, (n * heads * d,), &Device::Cpu)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let rows: Vec<AttnRow> = (0..n)
-            .map(|i| AttnRow {
-                blocks: table.blocks(),
-                len: len - n + i + 1,
-            })
-            .collect();
+        let (pool, table, q) = filled((heads, kv_heads, d), (len, n), KvDType::Q8_0);
+        let rows = causal_rows(&table, len, n);
         let together = attend_rows(pool.store(), 0, &q, &rows, heads, Vec::new());
         let width = heads * d;
         for (i, row) in rows.iter().enumerate() {
