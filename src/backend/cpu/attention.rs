@@ -30,7 +30,7 @@ pub struct AttnRow<'a> {
 const PARALLEL_WORK: usize = 1 << 18;
 
 /// Rows per tile at most.
-const TILE: usize = 8;
+const TILE: usize = 16;
 
 /// Positions scored at once.
 const LANES: usize = 16;
@@ -380,9 +380,22 @@ fn group_dots<const G: usize>(qr: &[f32], kt: &[f32], stride: usize, out: &mut [
 /// [`lane_axpys`] for all `G` query heads of a group at once: `orow: [G * d]` gains
 /// `sum_s w_g[s] * v[s]` with `w_g = scores[g * len + at..][..m]`; each value vector is
 /// loaded once for the `G` heads.
+///
+/// Where the AVX2 kernel takes the shape ([`super::attention_avx2`]), it runs instead of the
+/// loops, with the same bits.
+#[inline(always)]
+fn group_axpys<const G: usize>(scores: (&[f32], usize, usize), m: usize, v: &[f32], orow: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::attention_avx2::group_axpys(G, scores, m, v, orow) {
+        return;
+    }
+    group_axpys_loops::<G>(scores, m, v, orow)
+}
+
+/// [`group_axpys`] in plain loops: the reference of the AVX2 kernel, and what other CPUs run.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
-fn group_axpys<const G: usize>((scores, len, at): (&[f32], usize, usize), m: usize, v: &[f32], orow: &mut [f32]) {
+fn group_axpys_loops<const G: usize>((scores, len, at): (&[f32], usize, usize), m: usize, v: &[f32], orow: &mut [f32]) {
     let d = orow.len() / G;
     for c in 0..d / LANES {
         let mut acc = [[0f32; LANES]; G];

@@ -13,6 +13,8 @@ mod isa;
 
 mod attention;
 #[cfg(target_arch = "x86_64")]
+mod attention_avx2;
+#[cfg(target_arch = "x86_64")]
 mod attention_f16;
 mod attention_q8;
 mod dequant;

@@ -206,3 +206,77 @@ fn q8_0_rows_are_the_same_alone_and_in_a_tile() {
         }
     }
 }
+
+/// The generic value loops for a group of 2 to 4 heads.
+fn generic_axpys(group: usize, scores: (&[f32], usize, usize), m: usize, v: &[f32], orow: &mut [f32]) {
+    match group {
+        2 => group_axpys_loops::<2>(scores, m, v, orow),
+        3 => group_axpys_loops::<3>(scores, m, v, orow),
+        _ => group_axpys_loops::<4>(scores, m, v, orow),
+    }
+}
+
+/// The AVX2 value kernel gives the generic loops' bits on every group size it takes, at
+/// awkward block lengths.
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn avx2_value_kernel_equals_the_generic_loops() {
+    if !(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")) {
+        eprintln!("no AVX2: the AVX2 value kernel is not covered on this machine");
+        return;
+    }
+    let wave = |n: usize, k: usize| -> Vec<f32> { (0..n).map(|i| ((i * k + 3) % 97) as f32 / 31.0 - 1.5).collect() };
+    for group in 2..=4 {
+        for (m, d) in [(1, 16), (7, 64), (16, 64), (13, 128), (16, 32)] {
+            let stride = 16;
+            let (w, v) = (wave(group * stride, 7), wave(m * d, 13));
+            let mut slow = wave(group * d, 5);
+            let mut fast = slow.clone();
+            generic_axpys(group, (&w, stride, 0), m, &v, &mut slow);
+            assert!(super::super::attention_avx2::group_axpys(
+                group,
+                (&w, stride, 0),
+                m,
+                &v,
+                &mut fast
+            ));
+            let same = slow.iter().zip(&fast).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "group {group} m {m} d {d}");
+        }
+    }
+}
+
+/// Times a 512-row prompt chunk at depth 4096 (1B shapes) and prints cycles per (head,
+/// position) pair at 3 GHz: `cargo test --release --lib attention_timing -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn attention_timing() {
+    for dtype in [KvDType::Q8_0, KvDType::F16] {
+        let (len, n, heads) = (4096, 512, 32);
+        let layout = KvLayout {
+            layers: 1,
+            kv_heads: 8,
+            head_dim: 64,
+            block_size: 16,
+        };
+        let mut pool = KvPool::new(layout, len / 16 + 1, dtype);
+        let (table, _, _) = fill(&mut pool, len);
+        let q: Vec<f32> = (0..n * heads * 64)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
+            .collect();
+        let rows = causal_rows(&table, len, n);
+        let pairs: usize = rows.iter().map(|r| r.len).sum::<usize>() * heads;
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            std::hint::black_box(attend_rows(pool.store(), 0, &q, &rows, heads, Vec::new()));
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        let cores = rayon::current_num_threads() as f64;
+        eprintln!(
+            "{dtype:?}: {:.1} ms, {:.2} cycles/pair",
+            best * 1e3,
+            best * 3e9 * cores / pairs as f64
+        );
+    }
+}
