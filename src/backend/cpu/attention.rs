@@ -360,9 +360,22 @@ fn store_scores(accs: &[[f32; LANES]], (scores, len): (&mut [f32], usize), at: u
 
 /// [`lane_dots`] for all `G` query heads of a group at once (`qr: [G * d]`): each key
 /// vector is loaded once for the `G` heads, whose sums are `G` independent chains.
+///
+/// Where the AVX2 kernel takes the shape ([`super::attention_avx2`]), it runs instead of the
+/// loops, with the same bits.
+#[inline(always)]
+fn group_dots<const G: usize>(qr: &[f32], kt: &[f32], stride: usize, out: &mut [[f32; LANES]]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::attention_avx2::group_dots(G, qr, (kt, stride), out) {
+        return;
+    }
+    group_dots_loops::<G>(qr, kt, stride, out)
+}
+
+/// [`group_dots`] in plain loops: the reference of the AVX2 kernel, and what other CPUs run.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
-fn group_dots<const G: usize>(qr: &[f32], kt: &[f32], stride: usize, out: &mut [[f32; LANES]]) {
+fn group_dots_loops<const G: usize>(qr: &[f32], kt: &[f32], stride: usize, out: &mut [[f32; LANES]]) {
     let d = qr.len() / G;
     let mut acc = [[0f32; LANES]; G];
     for i in 0..d {
@@ -502,13 +515,19 @@ fn visible(row: &AttnRow, j: usize, bs: usize) -> Option<usize> {
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
 fn softmax(s: &mut [f32]) {
+    // Whole vectors, then the rest: a comparison (not `f32::max`, whose NaN rule keeps the
+    // loop scalar) that skips NaN as `max` does.
     let mut lanes = [f32::NEG_INFINITY; LANES];
-    for c in s.chunks(LANES) {
-        for (l, &v) in c.iter().enumerate() {
-            lanes[l] = lanes[l].max(v);
+    let mut whole = s.chunks_exact(LANES);
+    for c in &mut whole {
+        for l in 0..LANES {
+            lanes[l] = if c[l] > lanes[l] { c[l] } else { lanes[l] };
         }
     }
-    let max = lanes.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for (l, &v) in whole.remainder().iter().enumerate() {
+        lanes[l] = if v > lanes[l] { v } else { lanes[l] };
+    }
+    let max = lanes.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
     let mut sums = [0f32; LANES];
     for c in s.chunks_mut(LANES) {
         for (l, v) in c.iter_mut().enumerate() {

@@ -1,14 +1,72 @@
-//! AVX2 kernel for the weighted sum of a block of values already in f32 (an f32 pool's, or
-//! an f16 or q8_0 block converted once for a tile's rows): the generic loops of
-//! `attention::group_axpys_loops` compile to bounds checks and reloads around every multiply-add,
-//! this one keeps the weights' pointers and the sums in registers. It makes the same fused
-//! multiply-adds in the same order, so the bits are the same (tested against the generic
-//! loops in `attention::tests`).
+//! AVX2 kernels for attention over blocks already in f32 (an f32 pool's, or f16 or q8_0
+//! blocks converted once for a tile's rows): the scores of a group's query heads against
+//! transposed keys, and the weighted sum of values. The generic loops
+//! (`attention::group_dots_loops`, `attention::group_axpys_loops`) compile to bounds checks
+//! and reloads around every multiply-add; these keep pointers and sums in registers. They
+//! make the same fused multiply-adds in the same order, so the bits are the same (tested
+//! against the loops in `attention::tests`).
 
 use std::arch::x86_64::*;
 
 /// Output lanes per step: two vectors.
 const WIDE: usize = 16;
+
+/// For the `heads` (2 to 4) query heads of a group, `qr: [heads * d]`: `out[g][s] = sum_i
+/// qr[g * d + i] * kt[i * stride + s]` for 16 positions `s`, one chain of fused
+/// multiply-adds over `i` in order per head and position. Returns `false`, doing nothing,
+/// where the CPU lacks AVX2 or FMA or the shapes do not fit.
+pub fn group_dots(heads: usize, qr: &[f32], (kt, stride): (&[f32], usize), out: &mut [[f32; WIDE]]) -> bool {
+    let d = qr.len() / heads.max(1);
+    let fits = (2..=4).contains(&heads)
+        && d > 0
+        && qr.len() == heads * d
+        && out.len() >= heads
+        && kt.len() >= (d - 1) * stride + WIDE
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma");
+    if !fits {
+        return false;
+    }
+    // SAFETY: AVX2 and FMA detected; `fits` proved the bounds every load relies on.
+    unsafe {
+        match heads {
+            2 => dots::<2>(qr, (kt, stride), d, out),
+            3 => dots::<3>(qr, (kt, stride), d, out),
+            _ => dots::<4>(qr, (kt, stride), d, out),
+        }
+    }
+    true
+}
+
+/// [`group_dots`] for `G` heads.
+///
+/// # Safety
+/// AVX2 and FMA; `qr` holds `G * d` floats, `kt` at least `(d - 1) * stride + 16`, `out` `G`
+/// rows.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dots<const G: usize>(qr: &[f32], (kt, stride): (&[f32], usize), d: usize, out: &mut [[f32; WIDE]]) {
+    let (qp, kp) = (qr.as_ptr(), kt.as_ptr());
+    let (mut lo, mut hi) = ([_mm256_setzero_ps(); G], [_mm256_setzero_ps(); G]);
+    for i in 0..d {
+        // SAFETY: `i < d`: 16 keys from `i * stride` are within `kt`; `g * d + i < G * d`.
+        unsafe {
+            let k = kp.add(i * stride);
+            let (a, b) = (_mm256_loadu_ps(k), _mm256_loadu_ps(k.add(8)));
+            for g in 0..G {
+                let q = _mm256_broadcast_ss(&*qp.add(g * d + i));
+                lo[g] = _mm256_fmadd_ps(q, a, lo[g]);
+                hi[g] = _mm256_fmadd_ps(q, b, hi[g]);
+            }
+        }
+    }
+    for g in 0..G {
+        // SAFETY: `out[g]` holds 16 f32.
+        unsafe {
+            _mm256_storeu_ps(out[g].as_mut_ptr(), lo[g]);
+            _mm256_storeu_ps(out[g].as_mut_ptr().add(8), hi[g]);
+        }
+    }
+}
 
 /// For the `heads` (2 to 4) query heads of a group: `orow[g * d + i] += sum_{s < m}
 /// scores[g * len + at + s] * v[s * d + i]`, `d = orow.len() / heads` a multiple of 16; per

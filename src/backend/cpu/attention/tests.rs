@@ -246,6 +246,40 @@ fn avx2_value_kernel_equals_the_generic_loops() {
     }
 }
 
+/// The AVX2 scoring kernel gives the generic loops' bits on every group size it takes.
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn avx2_scoring_kernel_equals_the_generic_loops() {
+    if !(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")) {
+        eprintln!("no AVX2: the AVX2 scoring kernel is not covered on this machine");
+        return;
+    }
+    let wave = |n: usize, k: usize| -> Vec<f32> { (0..n).map(|i| ((i * k + 3) % 97) as f32 / 31.0 - 1.5).collect() };
+    for group in 2..=4 {
+        for (d, stride) in [(1, 16), (8, 16), (64, 32), (128, 16)] {
+            let (qr, kt) = (wave(group * d, 7), wave((d - 1) * stride + LANES, 13));
+            let (mut slow, mut fast) = (vec![[0f32; LANES]; group], vec![[1f32; LANES]; group]);
+            match group {
+                2 => group_dots_loops::<2>(&qr, &kt, stride, &mut slow),
+                3 => group_dots_loops::<3>(&qr, &kt, stride, &mut slow),
+                _ => group_dots_loops::<4>(&qr, &kt, stride, &mut slow),
+            }
+            assert!(super::super::attention_avx2::group_dots(
+                group,
+                &qr,
+                (&kt, stride),
+                &mut fast
+            ));
+            let same = slow
+                .iter()
+                .flatten()
+                .zip(fast.iter().flatten())
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "group {group} d {d} stride {stride}");
+        }
+    }
+}
+
 /// Times a 512-row prompt chunk at depth 4096 (1B shapes) and prints cycles per (head,
 /// position) pair at 3 GHz: `cargo test --release --lib attention_timing -- --ignored --nocapture`.
 #[test]
