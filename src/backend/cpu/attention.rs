@@ -107,7 +107,7 @@ fn tile_attend(t: &Tile) -> Vec<f32> {
             return unsafe { tile_avx2(t) };
         }
     }
-    tile_body(t, None)
+    tile_body(t, Kernels::default())
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -117,22 +117,45 @@ unsafe fn tile_avx512(t: &Tile) -> Vec<f32> {
     let group = t.heads / l.kv_heads.max(1);
     // An f16 pool is read in place (`paged_f16`) where its kernels cover the shape.
     let fits = t.pool.dtype() == KvDType::F16 && (2..=4).contains(&group) && l.head_dim.is_multiple_of(LANES);
-    tile_body(t, if fits { Avx512::detect() } else { None })
+    let kernels = Kernels {
+        f16_in_place: if fits { Avx512::detect() } else { None },
+        avx2: Avx2Fma::detect(),
+    };
+    tile_body(t, kernels)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile_avx2(t: &Tile) -> Vec<f32> {
-    tile_body(t, None)
+    let kernels = Kernels {
+        f16_in_place: None,
+        avx2: Avx2Fma::detect(),
+    };
+    tile_body(t, kernels)
 }
 
 #[cfg(target_arch = "x86_64")]
-use super::attention_f16::Avx512;
+use super::{attention_avx2::Avx2Fma, attention_f16::Avx512};
 
 /// Never present off x86: the in-place kernels do not exist there.
 #[cfg(not(target_arch = "x86_64"))]
 #[derive(Clone, Copy)]
 enum Avx512 {}
+
+/// Never present off x86: the AVX2 kernels do not exist there.
+#[cfg(not(target_arch = "x86_64"))]
+#[derive(Clone, Copy)]
+enum Avx2Fma {}
+
+/// The kernels a tile may use beside the generic loops, each with its proof of the CPU's
+/// support (none: the loops alone, the reference).
+#[derive(Clone, Copy, Default)]
+struct Kernels {
+    /// Read an f16 pool's blocks in place with AVX-512 instead of converting them.
+    f16_in_place: Option<Avx512>,
+    /// Score and add converted blocks with the AVX2 kernels ([`super::attention_avx2`]).
+    avx2: Option<Avx2Fma>,
+}
 
 /// [`group_dots`] on a block's f16 bits.
 #[inline(always)]
@@ -153,14 +176,15 @@ fn axpys_in_place(cpu: Avx512, group: usize, scores: (&[f32], usize, usize), m: 
 }
 
 /// Scores, softmax and the weighted sum of values in plain loops that the compiler
-/// vectorises for the caller's target features (closures and library calls would not be);
-/// with `in_place`, an f16 pool's blocks are read by the AVX-512 kernels instead of converted.
+/// vectorises for the caller's target features (closures and library calls would not be),
+/// or the [`Kernels`] given.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // index loops vectorise reliably here
-fn tile_body(t: &Tile, in_place: Option<Avx512>) -> Vec<f32> {
+fn tile_body(t: &Tile, kernels: Kernels) -> Vec<f32> {
     if t.pool.dtype() == KvDType::Q8_0 {
-        return tile_q8(t);
+        return tile_q8(t, kernels.avx2);
     }
+    let (in_place, avx2) = (kernels.f16_in_place, kernels.avx2);
     let l = t.pool.layout();
     let (d, bs) = (l.head_dim, l.block_size);
     let group = t.heads / l.kv_heads.max(1);
@@ -192,9 +216,9 @@ fn tile_body(t: &Tile, in_place: Option<Avx512>) -> Vec<f32> {
             for c in 0..m.div_ceil(LANES) {
                 match (bits, group) {
                     (Some((cpu, kb)), _) => dots_in_place(cpu, group, qr, &kb[c * LANES..], padded, &mut accs),
-                    (None, 4) => group_dots::<4>(qr, &kt[c * LANES..], padded, &mut accs),
-                    (None, 3) => group_dots::<3>(qr, &kt[c * LANES..], padded, &mut accs),
-                    (None, 2) => group_dots::<2>(qr, &kt[c * LANES..], padded, &mut accs),
+                    (None, 4) => group_dots::<4>(avx2, qr, (&kt[c * LANES..], padded), &mut accs),
+                    (None, 3) => group_dots::<3>(avx2, qr, (&kt[c * LANES..], padded), &mut accs),
+                    (None, 2) => group_dots::<2>(avx2, qr, (&kt[c * LANES..], padded), &mut accs),
                     (None, _) => {
                         for (g, acc) in accs.iter_mut().enumerate() {
                             *acc = lane_dots(&qr[g * d..(g + 1) * d], &kt[c * LANES..], padded);
@@ -230,9 +254,9 @@ fn tile_body(t: &Tile, in_place: Option<Avx512>) -> Vec<f32> {
             let (sc, at) = (&scores[ri], j * bs);
             match (bits, group) {
                 (Some((cpu, vb)), _) => axpys_in_place(cpu, group, (sc, row.len, at), m, vb, orow),
-                (None, 4) => group_axpys::<4>((sc, row.len, at), m, values, orow),
-                (None, 3) => group_axpys::<3>((sc, row.len, at), m, values, orow),
-                (None, 2) => group_axpys::<2>((sc, row.len, at), m, values, orow),
+                (None, 4) => group_axpys::<4>(avx2, (sc, row.len, at), m, values, orow),
+                (None, 3) => group_axpys::<3>(avx2, (sc, row.len, at), m, values, orow),
+                (None, 2) => group_axpys::<2>(avx2, (sc, row.len, at), m, values, orow),
                 (None, _) => {
                     for (g, o) in orow.chunks_mut(d).enumerate() {
                         lane_axpys(&sc[g * row.len + at..][..m], values, o);
@@ -248,7 +272,7 @@ fn tile_body(t: &Tile, in_place: Option<Avx512>) -> Vec<f32> {
 /// from their 8-bit form, both read in place ([`attention_q8`]). Inlined like
 /// [`tile_body`], so that its softmax is compiled for the caller's vector unit.
 #[inline(always)]
-fn tile_q8(t: &Tile) -> Vec<f32> {
+fn tile_q8(t: &Tile, avx2: Option<Avx2Fma>) -> Vec<f32> {
     let l = t.pool.layout();
     let (d, bs) = (l.head_dim, l.block_size);
     let group = t.heads / l.kv_heads.max(1);
@@ -306,9 +330,9 @@ fn tile_q8(t: &Tile) -> Vec<f32> {
                     &mut out[ri * width..(ri + 1) * width],
                 );
                 match group {
-                    4 => group_axpys::<4>(scores, m, values, orow),
-                    3 => group_axpys::<3>(scores, m, values, orow),
-                    _ => group_axpys::<2>(scores, m, values, orow),
+                    4 => group_axpys::<4>(avx2, scores, m, values, orow),
+                    3 => group_axpys::<3>(avx2, scores, m, values, orow),
+                    _ => group_axpys::<2>(avx2, scores, m, values, orow),
                 }
             }
             continue;
@@ -361,14 +385,21 @@ fn store_scores(accs: &[[f32; LANES]], (scores, len): (&mut [f32], usize), at: u
 /// [`lane_dots`] for all `G` query heads of a group at once (`qr: [G * d]`): each key
 /// vector is loaded once for the `G` heads, whose sums are `G` independent chains.
 ///
-/// Where the AVX2 kernel takes the shape ([`super::attention_avx2`]), it runs instead of the
-/// loops, with the same bits.
+/// With `avx2`, where the AVX2 kernel takes the shape ([`super::attention_avx2`]), it runs
+/// instead of the loops, with the same bits.
 #[inline(always)]
-fn group_dots<const G: usize>(qr: &[f32], kt: &[f32], stride: usize, out: &mut [[f32; LANES]]) {
+fn group_dots<const G: usize>(
+    avx2: Option<Avx2Fma>,
+    qr: &[f32],
+    (kt, stride): (&[f32], usize),
+    out: &mut [[f32; LANES]],
+) {
     #[cfg(target_arch = "x86_64")]
-    if super::attention_avx2::group_dots(G, qr, (kt, stride), out) {
+    if avx2.is_some_and(|cpu| super::attention_avx2::group_dots(cpu, G, qr, (kt, stride), out)) {
         return;
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = avx2;
     group_dots_loops::<G>(qr, kt, stride, out)
 }
 
@@ -394,14 +425,22 @@ fn group_dots_loops<const G: usize>(qr: &[f32], kt: &[f32], stride: usize, out: 
 /// `sum_s w_g[s] * v[s]` with `w_g = scores[g * len + at..][..m]`; each value vector is
 /// loaded once for the `G` heads.
 ///
-/// Where the AVX2 kernel takes the shape ([`super::attention_avx2`]), it runs instead of the
-/// loops, with the same bits.
+/// With `avx2`, where the AVX2 kernel takes the shape ([`super::attention_avx2`]), it runs
+/// instead of the loops, with the same bits.
 #[inline(always)]
-fn group_axpys<const G: usize>(scores: (&[f32], usize, usize), m: usize, v: &[f32], orow: &mut [f32]) {
+fn group_axpys<const G: usize>(
+    avx2: Option<Avx2Fma>,
+    scores: (&[f32], usize, usize),
+    m: usize,
+    v: &[f32],
+    orow: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
-    if super::attention_avx2::group_axpys(G, scores, m, v, orow) {
+    if avx2.is_some_and(|cpu| super::attention_avx2::group_axpys(cpu, G, scores, m, v, orow)) {
         return;
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = avx2;
     group_axpys_loops::<G>(scores, m, v, orow)
 }
 

@@ -11,28 +11,47 @@ use std::arch::x86_64::*;
 /// Output lanes per step: two vectors.
 const WIDE: usize = 16;
 
+/// Proof that this CPU supports AVX2 and FMA: the kernels below take one, so a tile
+/// detects the CPU once instead of every call checking.
+#[derive(Debug, Clone, Copy)]
+pub struct Avx2Fma(());
+
+impl Avx2Fma {
+    /// `Some` on a CPU with AVX2 and FMA.
+    pub fn detect() -> Option<Self> {
+        (std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")).then_some(Self(()))
+    }
+}
+
+/// Whether `heads` is a group size the kernels take (2 to 4), and which.
+fn group_of(heads: usize) -> Option<usize> {
+    (2..=4).contains(&heads).then_some(heads)
+}
+
 /// For the `heads` (2 to 4) query heads of a group, `qr: [heads * d]`: `out[g][s] = sum_i
 /// qr[g * d + i] * kt[i * stride + s]` for 16 positions `s`, one chain of fused
 /// multiply-adds over `i` in order per head and position. Returns `false`, doing nothing,
-/// where the CPU lacks AVX2 or FMA or the shapes do not fit.
-pub fn group_dots(heads: usize, qr: &[f32], (kt, stride): (&[f32], usize), out: &mut [[f32; WIDE]]) -> bool {
+/// where the shapes do not fit.
+pub fn group_dots(
+    _: Avx2Fma,
+    heads: usize,
+    qr: &[f32],
+    (kt, stride): (&[f32], usize),
+    out: &mut [[f32; WIDE]],
+) -> bool {
     let d = qr.len() / heads.max(1);
-    let fits = (2..=4).contains(&heads)
-        && d > 0
-        && qr.len() == heads * d
-        && out.len() >= heads
-        && kt.len() >= (d - 1) * stride + WIDE
-        && std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma");
+    let fits = d > 0 && qr.len() == heads * d && out.len() >= heads && kt.len() >= (d - 1) * stride + WIDE;
     if !fits {
         return false;
     }
-    // SAFETY: AVX2 and FMA detected; `fits` proved the bounds every load relies on.
+    // SAFETY: the `Avx2Fma` token proves AVX2 and FMA; `fits` proved the bounds every load
+    // relies on.
     unsafe {
-        match heads {
-            2 => dots::<2>(qr, (kt, stride), d, out),
-            3 => dots::<3>(qr, (kt, stride), d, out),
-            _ => dots::<4>(qr, (kt, stride), d, out),
+        match group_of(heads) {
+            Some(2) => dots::<2>(qr, (kt, stride), d, out),
+            Some(3) => dots::<3>(qr, (kt, stride), d, out),
+            Some(_) => dots::<4>(qr, (kt, stride), d, out),
+            None => return false,
         }
     }
     true
@@ -71,9 +90,10 @@ unsafe fn dots<const G: usize>(qr: &[f32], (kt, stride): (&[f32], usize), d: usi
 /// For the `heads` (2 to 4) query heads of a group: `orow[g * d + i] += sum_{s < m}
 /// scores[g * len + at + s] * v[s * d + i]`, `d = orow.len() / heads` a multiple of 16; per
 /// head and 16 dimensions one chain of fused multiply-adds over the positions in order,
-/// added to the output at the end. Returns `false`, doing nothing, where the CPU lacks AVX2
-/// or FMA or the shapes do not fit.
+/// added to the output at the end. Returns `false`, doing nothing, where the shapes do not
+/// fit.
 pub fn group_axpys(
+    _: Avx2Fma,
     heads: usize,
     (scores, len, at): (&[f32], usize, usize),
     m: usize,
@@ -81,25 +101,25 @@ pub fn group_axpys(
     orow: &mut [f32],
 ) -> bool {
     let d = orow.len() / heads.max(1);
-    let fits = (2..=4).contains(&heads)
-        && d > 0
+    let fits = d > 0
         && d.is_multiple_of(WIDE)
         && orow.len() == heads * d
         && v.len() >= m * d
         && m <= len
-        && scores.len() >= (heads - 1) * len + at + m
-        && std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma");
+        && at <= scores.len()
+        && scores.len() >= heads.saturating_sub(1) * len + at + m;
     if !fits {
         return false;
     }
     let w = (&scores[at..], len);
-    // SAFETY: AVX2 and FMA detected; `fits` proved the bounds every load and store relies on.
+    // SAFETY: the `Avx2Fma` token proves AVX2 and FMA; `fits` proved the bounds every load
+    // and store relies on.
     unsafe {
-        match heads {
-            2 => axpys::<2>(w, (m, d), v, orow),
-            3 => axpys::<3>(w, (m, d), v, orow),
-            _ => axpys::<4>(w, (m, d), v, orow),
+        match group_of(heads) {
+            Some(2) => axpys::<2>(w, (m, d), v, orow),
+            Some(3) => axpys::<3>(w, (m, d), v, orow),
+            Some(_) => axpys::<4>(w, (m, d), v, orow),
+            None => return false,
         }
     }
     true

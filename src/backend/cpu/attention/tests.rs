@@ -165,7 +165,7 @@ fn f16_in_place_equals_converted_blocks() {
                 };
                 // SAFETY: AVX-512F checked above.
                 let fast = unsafe { tile_avx512(&t) };
-                let slow = tile_body(&t, None);
+                let slow = tile_body(&t, Kernels::default());
                 let same = fast.len() == slow.len() && fast.iter().zip(&slow).all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(same, "heads {heads} kv {kv_heads} len {len} n {n} d {d}");
             }
@@ -216,16 +216,28 @@ fn generic_axpys(group: usize, scores: (&[f32], usize, usize), m: usize, v: &[f3
     }
 }
 
+/// `n` values in [-1.5, 1.6) that repeat every 97 (`k` sets the pattern).
+#[cfg(target_arch = "x86_64")]
+fn wave(n: usize, k: usize) -> Vec<f32> {
+    (0..n).map(|i| ((i * k + 3) % 97) as f32 / 31.0 - 1.5).collect()
+}
+
+/// This CPU's proof of AVX2 and FMA, or `None` with a line saying what goes uncovered.
+#[cfg(target_arch = "x86_64")]
+fn avx2_fma(what: &str) -> Option<Avx2Fma> {
+    let cpu = Avx2Fma::detect();
+    if cpu.is_none() {
+        eprintln!("no AVX2 and FMA: the AVX2 {what} kernel is not covered on this machine");
+    }
+    cpu
+}
+
 /// The AVX2 value kernel gives the generic loops' bits on every group size it takes, at
 /// awkward block lengths.
 #[test]
 #[cfg(target_arch = "x86_64")]
 fn avx2_value_kernel_equals_the_generic_loops() {
-    if !(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")) {
-        eprintln!("no AVX2: the AVX2 value kernel is not covered on this machine");
-        return;
-    }
-    let wave = |n: usize, k: usize| -> Vec<f32> { (0..n).map(|i| ((i * k + 3) % 97) as f32 / 31.0 - 1.5).collect() };
+    let Some(cpu) = avx2_fma("value") else { return };
     for group in 2..=4 {
         for (m, d) in [(1, 16), (7, 64), (16, 64), (13, 128), (16, 32)] {
             let stride = 16;
@@ -233,13 +245,8 @@ fn avx2_value_kernel_equals_the_generic_loops() {
             let mut slow = wave(group * d, 5);
             let mut fast = slow.clone();
             generic_axpys(group, (&w, stride, 0), m, &v, &mut slow);
-            assert!(super::super::attention_avx2::group_axpys(
-                group,
-                (&w, stride, 0),
-                m,
-                &v,
-                &mut fast
-            ));
+            let took = super::super::attention_avx2::group_axpys(cpu, group, (&w, stride, 0), m, &v, &mut fast);
+            assert!(took, "group {group} m {m} d {d}: the kernel refused the shape");
             let same = slow.iter().zip(&fast).all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "group {group} m {m} d {d}");
         }
@@ -250,11 +257,7 @@ fn avx2_value_kernel_equals_the_generic_loops() {
 #[test]
 #[cfg(target_arch = "x86_64")]
 fn avx2_scoring_kernel_equals_the_generic_loops() {
-    if !(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")) {
-        eprintln!("no AVX2: the AVX2 scoring kernel is not covered on this machine");
-        return;
-    }
-    let wave = |n: usize, k: usize| -> Vec<f32> { (0..n).map(|i| ((i * k + 3) % 97) as f32 / 31.0 - 1.5).collect() };
+    let Some(cpu) = avx2_fma("scoring") else { return };
     for group in 2..=4 {
         for (d, stride) in [(1, 16), (8, 16), (64, 32), (128, 16)] {
             let (qr, kt) = (wave(group * d, 7), wave((d - 1) * stride + LANES, 13));
@@ -264,12 +267,11 @@ fn avx2_scoring_kernel_equals_the_generic_loops() {
                 3 => group_dots_loops::<3>(&qr, &kt, stride, &mut slow),
                 _ => group_dots_loops::<4>(&qr, &kt, stride, &mut slow),
             }
-            assert!(super::super::attention_avx2::group_dots(
-                group,
-                &qr,
-                (&kt, stride),
-                &mut fast
-            ));
+            let took = super::super::attention_avx2::group_dots(cpu, group, &qr, (&kt, stride), &mut fast);
+            assert!(
+                took,
+                "group {group} d {d} stride {stride}: the kernel refused the shape"
+            );
             let same = slow
                 .iter()
                 .flatten()
