@@ -260,6 +260,12 @@ impl Engine {
         ))
     }
 
+    /// Positions the paged KV pool holds, all sequences together (`None` on the candle
+    /// backend, which keeps a cache per sequence).
+    pub fn kv_positions(&self) -> Option<usize> {
+        self.max_positions
+    }
+
     /// How keys and values are stored on the CPU backend.
     pub fn kv_dtype(&self) -> KvDType {
         self.kv_dtype
@@ -510,7 +516,7 @@ fn load_draft(path: &Path, options: &LoadOptions, device: &Device, vocab: usize)
 /// The draft model's pool: every parallel sequence's whole context in f16, at most
 /// [`DEFAULT_KV_MEMORY`] (its pages are committed only as positions are written).
 fn draft_pool_bytes(c: &LlamaConfig, parallel: usize) -> usize {
-    let per_position = 2 * c.num_hidden_layers * KvDType::F16.bytes(c.kv_dim());
+    let per_position = 2 * c.num_hidden_layers * KvDType::F16.bytes(c.kv_dim(), c.head_dim);
     c.max_position_embeddings
         .saturating_mul(parallel)
         .saturating_mul(per_position)
@@ -535,7 +541,7 @@ fn make_backend(model: &Model, options: &LoadOptions, kv_dtype: KvDType) -> Resu
             ),
         });
     }
-    let per_position = 2 * c.num_hidden_layers * kv_dtype.bytes(c.kv_dim());
+    let per_position = 2 * c.num_hidden_layers * kv_dtype.bytes(c.kv_dim(), c.head_dim);
     let batched = model.is_cpu();
     let parallel = options.parallel.unwrap_or(if batched { 8 } else { 4 });
     let wanted = c

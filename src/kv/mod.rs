@@ -32,14 +32,22 @@ pub enum KvDType {
 pub const Q8_GROUP: usize = 32;
 
 impl KvDType {
-    /// Bytes `values` values take (with their scales).
-    pub fn bytes(self, values: usize) -> usize {
-        match self {
-            Self::F16 => 2 * values,
-            Self::F32 => 4 * values,
-            Self::Q8_0 => values + 2 * values.div_ceil(Q8_GROUP),
+    /// Bytes `values` values of heads `head_dim` wide take as stored (a q8_0 scale per
+    /// [`q8_group`] values; f16 where a head has no such group).
+    pub fn bytes(self, values: usize, head_dim: usize) -> usize {
+        match (self, q8_group(head_dim)) {
+            (Self::F16, _) | (Self::Q8_0, None) => 2 * values,
+            (Self::F32, _) => 4 * values,
+            (Self::Q8_0, Some(g)) => values + 2 * values.div_ceil(g),
         }
     }
+}
+
+/// Values of a head `head_dim` wide sharing one scale in [`KvDType::Q8_0`]: [`Q8_GROUP`], or
+/// the largest power of two dividing a narrower head; `None` for a head width without one
+/// of at least 8.
+pub fn q8_group(head_dim: usize) -> Option<usize> {
+    [Q8_GROUP, 16, 8].into_iter().find(|g| head_dim.is_multiple_of(*g))
 }
 
 impl std::fmt::Display for KvDType {
@@ -106,14 +114,12 @@ impl KvLayout {
 
     /// Bytes one block takes across all layers, keys and values, stored as `dtype`.
     pub fn block_bytes(&self, dtype: KvDType) -> usize {
-        self.layers * dtype.bytes(self.block_len() + self.key_block_len())
+        self.layers * dtype.bytes(self.block_len() + self.key_block_len(), self.head_dim)
     }
 
-    /// Values of a head sharing one scale in [`KvDType::Q8_0`]: [`Q8_GROUP`], or the
-    /// largest power of two dividing a narrower head; `None` for a head width without one
-    /// of at least 8.
+    /// [`q8_group`] of this layout's heads.
     pub fn q8_group(&self) -> Option<usize> {
-        [Q8_GROUP, 16, 8].into_iter().find(|g| self.head_dim.is_multiple_of(*g))
+        q8_group(self.head_dim)
     }
 
     /// Blocks of `dtype` that fit in `bytes` (at least one).

@@ -12,6 +12,8 @@ pub struct Server {
     pub child: Child,
     /// `host:port` it listens on.
     pub addr: String,
+    /// Its stderr lines before the ready line.
+    pub startup: Vec<String>,
     /// Its stderr lines after the ready line.
     pub log: Arc<Mutex<Vec<String>>>,
 }
@@ -25,7 +27,11 @@ impl Drop for Server {
 
 /// Serves `tied-bf16-llama3` as model `tiny` in f32, with `extra` arguments.
 pub fn start(extra: &[&str]) -> Server {
-    let dir = fixture("tied-bf16-llama3");
+    start_model(&fixture("tied-bf16-llama3"), extra)
+}
+
+/// Serves the checkpoint in `dir` as model `tiny` in f32, with `extra` arguments.
+pub fn start_model(dir: &std::path::Path, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_llama32"))
         .args(["serve", "--model", dir.to_str().unwrap(), "--served-model-name", "tiny"])
         .args(["--dtype", "f32", "--port", "0"])
@@ -35,11 +41,13 @@ pub fn start(extra: &[&str]) -> Server {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut startup = Vec::new();
     let addr = loop {
         let line = lines.next().expect("the server exited before it was ready").unwrap();
         if let Some(addr) = line.strip_prefix("ready on http://") {
             break addr.to_string();
         }
+        startup.push(line);
     };
     let log = Arc::new(Mutex::new(Vec::new()));
     let sink = log.clone();
@@ -48,5 +56,10 @@ pub fn start(extra: &[&str]) -> Server {
             sink.lock().unwrap().push(line);
         }
     });
-    Server { child, addr, log }
+    Server {
+        child,
+        addr,
+        startup,
+        log,
+    }
 }

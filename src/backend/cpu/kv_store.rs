@@ -39,6 +39,16 @@ pub(crate) enum Store {
 }
 
 impl Store {
+    /// Bytes this buffer holds (scales included).
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
+        match self {
+            Self::F16(d) => 2 * d.len(),
+            Self::F32(d) => 4 * d.len(),
+            Self::Q8(q) => q.q.len() + 2 * q.scales.len(),
+        }
+    }
+
     fn new(dtype: KvDType, len: usize, shape: Q8Shape) -> Self {
         match dtype {
             KvDType::F16 => Self::F16(vec![0u16; len]),
@@ -262,6 +272,12 @@ impl KvStore {
     /// How values are stored.
     pub fn dtype(&self) -> KvDType {
         self.dtype
+    }
+
+    /// Bytes of every layer's keys and values.
+    #[cfg(test)]
+    pub fn bytes(&self) -> usize {
+        self.keys.iter().chain(&self.values).map(Store::bytes).sum()
     }
 
     /// Carries out a copy the bookkeeping asked for.

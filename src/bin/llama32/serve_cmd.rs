@@ -176,4 +176,21 @@ fn announce(engine: &Arc<llama32::Engine>, config: &ServerConfig) {
         config.queue,
         engine.load_time().as_secs_f64() * 1e3
     );
+    if let Some(line) = kv_line(engine, config) {
+        eprintln!("{line}");
+    }
+}
+
+/// `[context N tokens | KV pool P positions, M MiB in DTYPE]` for the paged pool (`None`
+/// on the candle backend, which keeps its cache per sequence).
+fn kv_line(engine: &llama32::Engine, config: &ServerConfig) -> Option<String> {
+    let positions = engine.kv_positions()?;
+    let ctx = engine.context_window(config.ctx_size).ok()?;
+    let c = engine.config();
+    let per_position = 2 * c.num_hidden_layers * engine.kv_dtype().bytes(c.kv_dim(), c.head_dim);
+    Some(format!(
+        "[context {ctx} tokens | KV pool {positions} positions, {} MiB in {}]",
+        positions.saturating_mul(per_position) >> 20,
+        engine.kv_dtype()
+    ))
 }

@@ -171,3 +171,26 @@ fn a_q8_0_pool_keeps_values_within_half_a_step() {
     let (q8, f16) = (layout.block_bytes(KvDType::Q8_0), layout.block_bytes(KvDType::F16));
     assert!(q8 * 100 <= f16 * 54, "{q8} vs {f16}");
 }
+
+/// The budget's arithmetic ([`KvLayout::block_bytes`], which sizes the pool from
+/// `--kv-memory`) is what the pool allocates, for every storage type and for heads narrower
+/// than a q8_0 group of 32 or with none at all (stored as f16).
+#[test]
+fn the_layout_counts_the_bytes_the_pool_allocates() {
+    for head_dim in [4, 8, 16, 24, 32, 64, 128] {
+        for dtype in [KvDType::F16, KvDType::F32, KvDType::Q8_0] {
+            let layout = KvLayout {
+                layers: 3,
+                kv_heads: 2,
+                head_dim,
+                block_size: 16,
+            };
+            let pool = KvPool::new(layout, 5, dtype);
+            assert_eq!(
+                pool.store().bytes(),
+                5 * layout.block_bytes(dtype),
+                "head_dim {head_dim} {dtype}"
+            );
+        }
+    }
+}
