@@ -116,10 +116,7 @@ fn a_128k_context_server_starts_with_the_kv_memory_it_needs() {
         }
         let announced = format!("[context {CONTEXT} tokens | KV pool {CONTEXT} positions, {mib} MiB in {kv_dtype}]");
         let startup = &server.startup;
-        assert!(
-            startup.iter().any(|l| *l == announced),
-            "{announced} not in {startup:?}"
-        );
+        assert!(startup.contains(&announced), "{announced} not in {startup:?}");
     }
 }
 
