@@ -12,7 +12,9 @@ aggregate decode throughput (completion tokens / wall time) is printed per level
 
 Also reports the median and 95th percentile time to first token per level. `--prompt-words N`
 makes each user message about N words longer (distinct per request, so no prefix is shared
-beyond the chat template's header).
+beyond the chat template's header). `--api completions` sends the same conversation as
+Llama 3's chat text to /v1/completions instead (for a server whose chat endpoint fails on
+a random-weight model's output: ik_llama.cpp's parses every answer for tool calls).
 """
 
 import argparse
@@ -47,6 +49,7 @@ def main():
     p.add_argument("--requests", type=int, default=2, help="requests per client per level")
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--time-limit", type=float, default=600)
+    p.add_argument("--api", choices=["chat", "completions"], default="chat")
     a = p.parse_args()
 
     proc, url = None, a.url
@@ -68,16 +71,26 @@ def main():
 
     def ask(i, stream):
         filler = " ".join(words[(i * 7 + k * 3) % len(words)] + str(i) for k in range(a.prompt_words))
-        messages = [{"role": "user", "content": f"Request {i}: write a short story. {filler}"}]
-        kw = dict(model="m", messages=messages, max_tokens=a.tokens, temperature=0.8, seed=i)
+        content = f"Request {i}: write a short story. {filler}"
+        kw = dict(model="m", max_tokens=a.tokens, temperature=0.8, seed=i)
+        if a.api == "chat":
+            create, kw["messages"] = client.chat.completions.create, [{"role": "user", "content": content}]
+            piece = lambda c: c.choices[0].delta.content if c.choices else None  # noqa: E731
+            whole = lambda r: r.choices[0].message.content  # noqa: E731
+        else:  # the chat template's text; the server adds the BOS
+            create = client.completions.create
+            kw["prompt"] = (f"<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>"
+                            "<|start_header_id|>assistant<|end_header_id|>\n\n")
+            piece = lambda c: c.choices[0].text if c.choices else None  # noqa: E731
+            whole = lambda r: r.choices[0].text  # noqa: E731
         if not stream:
-            r = client.chat.completions.create(**kw)
-            return r.choices[0].message.content, r.usage.completion_tokens, 0.0
+            r = create(**kw)
+            return whole(r), r.usage.completion_tokens, 0.0
         text, tokens, t0, ttft = "", 0, time.time(), None
-        for c in client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw):
-            if c.choices and c.choices[0].delta.content:
+        for c in create(stream=True, stream_options={"include_usage": True}, **kw):
+            if piece(c):
                 ttft = ttft or time.time() - t0
-                text += c.choices[0].delta.content
+                text += piece(c)
             if c.usage:
                 tokens = c.usage.completion_tokens
         return text, tokens, ttft or time.time() - t0
@@ -105,8 +118,15 @@ def main():
         ok &= time.time() < deadline
         print(f"{n} concurrent clients: {len(ids)} streams, {tokens} tokens in {wall:.1f} s = "
               f"{tokens / wall:.1f} tok/s aggregate, TTFT p50 {p50:.2f} s p95 {p95:.2f} s, RSS {rss():.0f} MiB")
+    def alone(i):
+        try:
+            return ask(i, False)[0]
+        except openai.APIError as e:  # counted as differing
+            print(f"request {i} alone failed: {e}")
+            return None
+
     for n, ids, results in rounds:
-        mixed = sum(text != ask(i, False)[0] for i, (text, _, _) in zip(ids, results))
+        mixed = sum(text != alone(i) for i, (text, _, _) in zip(ids, results))
         ok &= mixed == 0 or proc is None
         print(f"{n} concurrent clients: {mixed} of {len(ids)} answers differ from the same request alone")
     rss1 = rss()
