@@ -45,14 +45,21 @@ peer_batched() {
 peer_serve() {
   local name=$1 bin=$2; shift 2
   echo "## $name llama-server -np 8 $*"
+  ! curl -s http://127.0.0.1:8081/ >/dev/null || { echo "port 8081 is taken: stop what serves it" >&2; exit 2; }
   LD_LIBRARY_PATH=$bin "$bin/llama-server" -m "$GGUF" -t "$(nproc)" --host 127.0.0.1 --port 8081 \
     -np 8 -c 8192 "$@" >/tmp/llama-server.log 2>&1 &
-  local server=$!
-  until curl -sf http://127.0.0.1:8081/health >/dev/null; do sleep 0.5; done
+  SERVER=$!
+  until curl -sf http://127.0.0.1:8081/health >/dev/null; do
+    kill -0 $SERVER 2>/dev/null || { echo "llama-server exited: see /tmp/llama-server.log" >&2; exit 2; }
+    sleep 0.5
+  done
   "$VENV/bin/python" tests/python/loadtest.py --url http://127.0.0.1:8081 --levels "$LEVELS" --requests 1 \
     --tokens 64 --prompt-words "$WORDS" --api "$API"
-  kill $server; wait $server 2>/dev/null || true
+  kill $SERVER; wait $SERVER 2>/dev/null || true
+  SERVER=
 }
+SERVER=
+trap '[ -z "$SERVER" ] || kill $SERVER 2>/dev/null || true' EXIT
 
 echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) threads; shape $SHAPE, $TYPE; $(date -u +%F)"
 for r in $(seq "$ROUNDS"); do

@@ -20,6 +20,13 @@ use super::{Acts, Line, GROUP};
 
 const LINES: usize = GROUP * BLOCK / 2 / 64;
 
+/// The most a 16-bit lane of the AVX2 kernels sums over one block: `vpmaddubsw` puts two
+/// products of a level (at most 15) and an activation (at most 128 in magnitude) in a
+/// lane, and a lane adds a low and a high nibble's for each of the block's lines. Within
+/// `i16`, so the lanes add exactly in 16 bits and widen once per block.
+const LANE_SUM: i32 = 2 * 2 * LINES as i32 * 15 * 128;
+const _: () = assert!(LANE_SUM <= i16::MAX as i32);
+
 /// Sub-blocks per super-block for rows of `cols` columns: 8 (256 columns) where the row
 /// allows it, else the largest of 4, 2, 1 that divides it.
 pub fn sub_blocks(cols: usize) -> usize {
@@ -412,6 +419,7 @@ pub unsafe fn group_dot_avx2<const T: usize>(
             let d = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(m.add(16 * half) as *const __m128i) });
             // SAFETY: in bounds of `lines`, `meta` and the activations, as checked on entry.
             let dmin = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(m.add(2 * GROUP + 16 * half) as *const __m128i) });
+            // 16-bit sums over the block's lines, widened once (see `LANE_SUM`).
             let mut acc = [_mm256_setzero_si256(); T];
             for j in 0..LINES {
                 // SAFETY: in bounds of `lines`, `meta` and the activations, as checked on entry.
@@ -425,8 +433,11 @@ pub unsafe fn group_dot_avx2<const T: usize>(
                     let (x0, x1) = unsafe { (p.read_unaligned(), p.add(1).read_unaligned()) };
                     let s0 = _mm256_maddubs_epi16(lo, _mm256_set1_epi32(x0));
                     let s1 = _mm256_maddubs_epi16(hi, _mm256_set1_epi32(x1));
-                    acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(_mm256_add_epi16(s0, s1), ones));
+                    acc[t] = _mm256_add_epi16(acc[t], _mm256_add_epi16(s0, s1));
                 }
+            }
+            for t in 0..T {
+                acc[t] = _mm256_madd_epi16(acc[t], ones);
             }
             // SAFETY: in bounds of `lines`, `meta` and the activations, as checked on entry.
             let sm = unsafe { m.add(4 * GROUP + (b % sub) * 2 * GROUP + 8 * half) };
@@ -496,8 +507,13 @@ unsafe fn group_dot_avx2_one_pass<const T: usize>(
                 for t in 0..T {
                     let s0 = _mm256_maddubs_epi16(lo, x[t].0);
                     let s1 = _mm256_maddubs_epi16(hi, x[t].1);
-                    acc[half][t] = _mm256_add_epi32(acc[half][t], _mm256_madd_epi16(_mm256_add_epi16(s0, s1), ones));
+                    acc[half][t] = _mm256_add_epi16(acc[half][t], _mm256_add_epi16(s0, s1));
                 }
+            }
+        }
+        for half in acc.iter_mut() {
+            for v in half.iter_mut() {
+                *v = _mm256_madd_epi16(*v, ones);
             }
         }
         // SAFETY: in bounds of `meta`, as checked on entry.

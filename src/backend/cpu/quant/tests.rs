@@ -273,3 +273,30 @@ fn fast_q4k_packing_equals_the_reference() {
         assert!(a.iter().zip(&b).all(|(x, y)| x.0 == y.0), "{cols} columns");
     }
 }
+
+/// The AVX2 q4k kernels sum a block in 16-bit lanes: levels of 15 against activations at
+/// full scale, of either sign, are their largest sums, and still agree with the portable
+/// kernel.
+#[test]
+fn q4k_kernels_hold_the_largest_sums() {
+    let (rows, cols) = (16, 256);
+    // The first column of each sub-block low, the rest high: levels 0 and 15.
+    let w: Vec<f32> = (0..rows * cols).map(|i| if i % 32 == 0 { 0.0 } else { 1.0 }).collect();
+    let p = PackedWeight::pack(&w, rows, cols, PackedFormat::Q4K).unwrap();
+    for sign in [1.0f32, -1.0] {
+        for m in [1, 4] {
+            let x = vec![sign; m * cols];
+            let portable = p.matmul_with(&x, m, Isa::Portable, &mut Spare::default()).unwrap();
+            let want = sign * (cols - cols / 32) as f32;
+            assert!(
+                portable.iter().all(|v| (v - want).abs() < 0.01 * want.abs()),
+                "{portable:?}"
+            );
+            for isa in Isa::available() {
+                let fast = p.matmul_with(&x, m, isa, &mut Spare::default()).unwrap();
+                let err = rel_err(&fast, &portable);
+                assert!(err < 1e-5, "{isa:?} m={m} sign {sign}: {err}");
+            }
+        }
+    }
+}
