@@ -47,10 +47,10 @@ peer_serve() {
   echo "## $name llama-server -np 8 $*"
   ! curl -s http://127.0.0.1:8081/ >/dev/null || { echo "port 8081 is taken: stop what serves it" >&2; exit 2; }
   LD_LIBRARY_PATH=$bin "$bin/llama-server" -m "$GGUF" -t "$(nproc)" --host 127.0.0.1 --port 8081 \
-    -np 8 -c 8192 "$@" >/tmp/llama-server.log 2>&1 &
+    -np 8 -c 8192 "$@" >"/tmp/$name-server.log" 2>&1 &
   SERVER=$!
   until curl -sf http://127.0.0.1:8081/health >/dev/null; do
-    kill -0 $SERVER 2>/dev/null || { echo "llama-server exited: see /tmp/llama-server.log" >&2; exit 2; }
+    kill -0 $SERVER 2>/dev/null || { echo "llama-server exited: see /tmp/$name-server.log" >&2; exit 2; }
     sleep 0.5
   done
   "$VENV/bin/python" tests/python/loadtest.py --url http://127.0.0.1:8081 --levels "$LEVELS" --requests 1 \
