@@ -33,7 +33,7 @@ pub const Q8_GROUP: usize = 32;
 
 impl KvDType {
     /// Bytes `values` values of heads `head_dim` wide take as stored (a q8_0 scale per
-    /// [`q8_group`] values; f16 where a head has no such group).
+    /// group of up to 32 values of a head; f16 where a head has no group of at least 8).
     pub fn bytes(self, values: usize, head_dim: usize) -> usize {
         match (self, q8_group(head_dim)) {
             (Self::F16, _) | (Self::Q8_0, None) => 2 * values,
