@@ -208,6 +208,14 @@ impl Backend {
         }
     }
 
+    /// Bytes of the paged pool, as allocated (`None`: no pool).
+    pub fn kv_bytes(&self) -> Option<usize> {
+        match self {
+            Self::Cpu(b) => Some(b.kv_bytes()),
+            Self::Candle(_) => None,
+        }
+    }
+
     /// KV memory in use.
     pub fn usage(&self) -> KvUsage {
         match self {

@@ -88,6 +88,8 @@ pub struct Engine {
     inbox: Sender<Sequence>,
     load: Arc<Mutex<Load>>,
     max_positions: Option<usize>,
+    /// Bytes of the paged KV pool (`None` on the candle backend).
+    kv_pool_bytes: Option<usize>,
     paged: bool,
     parallel: usize,
     /// The grammar compiler, built on the first constrained request.
@@ -145,6 +147,7 @@ impl Engine {
             inbox: started.inbox,
             load: started.load,
             max_positions: started.max_positions,
+            kv_pool_bytes: started.kv_pool_bytes,
             paged: started.paged,
             parallel: started.parallel,
             grammars: Mutex::new(None),
@@ -264,6 +267,12 @@ impl Engine {
     /// backend, which keeps a cache per sequence).
     pub fn kv_positions(&self) -> Option<usize> {
         self.max_positions
+    }
+
+    /// Bytes the paged KV pool holds when every position is written, as allocated (`None`
+    /// on the candle backend). Pages are committed only as positions are written.
+    pub fn kv_pool_bytes(&self) -> Option<usize> {
+        self.kv_pool_bytes
     }
 
     /// How keys and values are stored on the CPU backend.
@@ -460,6 +469,7 @@ struct Started {
     inbox: Sender<Sequence>,
     load: Arc<Mutex<Load>>,
     max_positions: Option<usize>,
+    kv_pool_bytes: Option<usize>,
     paged: bool,
     parallel: usize,
 }
@@ -468,7 +478,7 @@ struct Started {
 /// that owns them.
 fn start_scheduler(model: &Model, draft: Option<Model>, options: &LoadOptions, kv_dtype: KvDType) -> Result<Started> {
     let (backend, parallel) = make_backend(model, options, kv_dtype)?;
-    let (paged, max_positions) = (backend.is_cpu(), backend.max_positions());
+    let (paged, max_positions, kv_pool_bytes) = (backend.is_cpu(), backend.max_positions(), backend.kv_bytes());
     let (inbox, rx) = mpsc::channel();
     let load = Arc::new(Mutex::new(Load::default()));
     let drafter = draft.map(|m| {
@@ -488,6 +498,7 @@ fn start_scheduler(model: &Model, draft: Option<Model>, options: &LoadOptions, k
         inbox,
         load,
         max_positions,
+        kv_pool_bytes,
         paged,
         parallel,
     })
@@ -516,11 +527,15 @@ fn load_draft(path: &Path, options: &LoadOptions, device: &Device, vocab: usize)
 /// The draft model's pool: every parallel sequence's whole context in f16, at most
 /// [`DEFAULT_KV_MEMORY`] (its pages are committed only as positions are written).
 fn draft_pool_bytes(c: &LlamaConfig, parallel: usize) -> usize {
-    let per_position = 2 * c.num_hidden_layers * KvDType::F16.bytes(c.kv_dim(), c.head_dim);
     c.max_position_embeddings
         .saturating_mul(parallel)
-        .saturating_mul(per_position)
+        .saturating_mul(bytes_per_position(c, KvDType::F16))
         .min(DEFAULT_KV_MEMORY)
+}
+
+/// Bytes one position's keys and values take in every layer, stored as `dtype`.
+fn bytes_per_position(c: &LlamaConfig, dtype: KvDType) -> usize {
+    2 * c.num_hidden_layers * dtype.bytes(c.kv_dim(), c.head_dim)
 }
 
 /// The backend for `model` and the number of sequences it runs together.
@@ -541,7 +556,7 @@ fn make_backend(model: &Model, options: &LoadOptions, kv_dtype: KvDType) -> Resu
             ),
         });
     }
-    let per_position = 2 * c.num_hidden_layers * kv_dtype.bytes(c.kv_dim(), c.head_dim);
+    let per_position = bytes_per_position(c, kv_dtype);
     let batched = model.is_cpu();
     let parallel = options.parallel.unwrap_or(if batched { 8 } else { 4 });
     let wanted = c

@@ -64,6 +64,12 @@ impl CpuBackend {
         self.pool.blocks().capacity() * self.pool.blocks().layout().block_size
     }
 
+    /// Bytes of the pool's blocks, keys and values of every layer.
+    pub fn kv_bytes(&self) -> usize {
+        let blocks = self.pool.blocks();
+        blocks.capacity() * blocks.layout().block_bytes(self.pool.store().dtype())
+    }
+
     /// Blocks in use and in all.
     pub fn usage(&self) -> KvUsage {
         KvUsage {

@@ -184,13 +184,11 @@ fn announce(engine: &Arc<llama32::Engine>, config: &ServerConfig) {
 /// `[context N tokens | KV pool P positions, M MiB in DTYPE]` for the paged pool (`None`
 /// on the candle backend, which keeps its cache per sequence).
 fn kv_line(engine: &llama32::Engine, config: &ServerConfig) -> Option<String> {
-    let positions = engine.kv_positions()?;
+    let (positions, bytes) = (engine.kv_positions()?, engine.kv_pool_bytes()?);
     let ctx = engine.context_window(config.ctx_size).ok()?;
-    let c = engine.config();
-    let per_position = 2 * c.num_hidden_layers * engine.kv_dtype().bytes(c.kv_dim(), c.head_dim);
     Some(format!(
         "[context {ctx} tokens | KV pool {positions} positions, {} MiB in {}]",
-        positions.saturating_mul(per_position) >> 20,
+        bytes >> 20,
         engine.kv_dtype()
     ))
 }
