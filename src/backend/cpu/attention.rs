@@ -14,7 +14,12 @@
 
 use rayon::prelude::*;
 
-use super::attention_q8::{self, QuantQuery, ValueBlock};
+mod loops;
+mod quantized;
+
+pub use loops::exp_neg;
+use loops::{group_axpys_loops, group_dots_loops, lane_axpys, lane_dots, softmax, LANES};
+
 use super::kv_store::{KvStore, Part};
 use crate::kv::{BlockId, KvDType};
 
@@ -31,9 +36,6 @@ const PARALLEL_WORK: usize = 1 << 18;
 
 /// Rows per tile at most.
 const TILE: usize = 16;
-
-/// Positions scored at once.
-const LANES: usize = 16;
 
 /// `q: [rows, heads * head_dim]` (rotated) -> `[rows, heads * head_dim]`, each row over its
 /// sequence's cached positions in `layer`, written into `out`'s buffer.
@@ -175,188 +177,254 @@ fn axpys_in_place(cpu: Avx512, group: usize, scores: (&[f32], usize, usize), m: 
     match cpu {}
 }
 
+/// What every part of a tile's attention uses: the shapes, and the blocks its longest row
+/// reads.
+struct TileShape<'a> {
+    d: usize,
+    bs: usize,
+    /// Positions a transposed key block holds per dimension.
+    padded: usize,
+    /// Query heads per KV head.
+    group: usize,
+    /// A row's query and output width for the KV head, `group * d`.
+    width: usize,
+    scale: f32,
+    max_len: usize,
+    blocks: &'a [BlockId],
+}
+
+impl<'a> TileShape<'a> {
+    /// `None` for a tile without rows.
+    #[inline(always)]
+    fn of(t: &Tile<'a>) -> Option<Self> {
+        let l = t.pool.layout();
+        let group = t.heads / l.kv_heads.max(1);
+        let max_len = t.rows.iter().map(|r| r.len).max().unwrap_or(0);
+        let first = t.rows.first()?;
+        Some(Self {
+            d: l.head_dim,
+            bs: l.block_size,
+            padded: l.padded(),
+            group,
+            width: group * l.head_dim,
+            scale: 1.0 / (l.head_dim as f32).sqrt(),
+            max_len,
+            blocks: &first.blocks[..max_len.div_ceil(l.block_size)],
+        })
+    }
+
+    /// Positions of block `j` the longest row reads.
+    #[inline(always)]
+    fn count(&self, j: usize) -> usize {
+        self.bs.min(self.max_len - j * self.bs)
+    }
+}
+
+/// How a block's keys are read.
+#[derive(Clone, Copy)]
+enum Keys<'a> {
+    /// An f16 pool's bits, in place.
+    Bits(Avx512, &'a [u16]),
+    /// Converted to f32 (or an f32 pool's).
+    Floats(&'a [f32]),
+}
+
 /// Scores, softmax and the weighted sum of values in plain loops that the compiler
 /// vectorises for the caller's target features (closures and library calls would not be),
 /// or the [`Kernels`] given.
 #[inline(always)]
-#[allow(clippy::needless_range_loop)] // index loops vectorise reliably here
 fn tile_body(t: &Tile, kernels: Kernels) -> Vec<f32> {
-    if t.pool.dtype() == KvDType::Q8_0 {
-        return tile_q8(t, kernels.avx2);
-    }
-    let (in_place, avx2) = (kernels.f16_in_place, kernels.avx2);
-    let l = t.pool.layout();
-    let (d, bs) = (l.head_dim, l.block_size);
-    let group = t.heads / l.kv_heads.max(1);
-    let width = group * d;
-    let padded = l.padded();
-    let scale = 1.0 / (d as f32).sqrt();
-    let max_len = t.rows.iter().map(|r| r.len).max().unwrap_or(0);
-    let Some(first) = t.rows.first() else {
+    let Some(s) = TileShape::of(t) else {
         return Vec::new();
     };
-    let blocks = &first.blocks[..max_len.div_ceil(bs)];
-    let mut scores: Vec<Vec<f32>> = t.rows.iter().map(|r| vec![0f32; group * r.len]).collect();
-    let mut raw = vec![0f32; padded * d];
-    let mut accs = vec![[0f32; LANES]; group];
-    for (j, &block) in blocks.iter().enumerate() {
-        let n = bs.min(max_len - j * bs);
-        // Keys are stored transposed, `[d, padded]`: positions in lanes.
-        if let Some(&next) = blocks.get(j + 1) {
-            t.pool.prefetch_head_block((t.layer, Part::Keys), next, t.kv);
+    if t.pool.dtype() == KvDType::Q8_0 {
+        return quantized::tile_q8(t, &s, kernels.avx2);
+    }
+    let mut scores = score_blocks(t, &s, kernels);
+    softmax_rows(t.rows, &mut scores);
+    add_value_blocks(t, &s, kernels, &scores)
+}
+
+/// Every row's scaled scores `[group, len]` against an f16 or f32 pool's keys.
+#[inline(always)]
+fn score_blocks(t: &Tile, s: &TileShape, kernels: Kernels) -> Vec<Vec<f32>> {
+    let mut scores: Vec<Vec<f32>> = t.rows.iter().map(|r| vec![0f32; s.group * r.len]).collect();
+    let mut raw = vec![0f32; s.padded * s.d];
+    let mut accs = vec![[0f32; LANES]; t.rows.len() * s.group];
+    // Every row's query vectors, row by row: a run of rows is a slice of it.
+    let queries: Vec<&[f32]> = (0..t.rows.len() * s.group)
+        .map(|k| &t.q[(k / s.group) * t.heads * s.d + t.kv * s.width + (k % s.group) * s.d..][..s.d])
+        .collect();
+    let part = (t.layer, Part::Keys);
+    for (j, &block) in s.blocks.iter().enumerate() {
+        if let Some(&next) = s.blocks.get(j + 1) {
+            t.pool.prefetch_head_block(part, next, t.kv);
         }
-        let bits = in_place.and_then(|cpu| Some((cpu, t.pool.head_block_bits((t.layer, Part::Keys), block, t.kv, n)?)));
-        let kt = match bits {
-            Some(_) => &[][..],
-            None => t.pool.head_block((t.layer, Part::Keys), block, t.kv, n, &mut raw),
+        let n = s.count(j);
+        let bits = kernels
+            .f16_in_place
+            .and_then(|cpu| Some((cpu, t.pool.head_block_bits(part, block, t.kv, n)?)));
+        let keys = match bits {
+            Some((cpu, kb)) => Keys::Bits(cpu, kb),
+            None => Keys::Floats(t.pool.head_block(part, block, t.kv, n, &mut raw)),
         };
-        for (ri, row) in t.rows.iter().enumerate() {
-            let Some(m) = visible(row, j, bs) else { continue };
-            let qr = &t.q[ri * t.heads * d + t.kv * width..][..width];
-            for c in 0..m.div_ceil(LANES) {
-                match (bits, group) {
-                    (Some((cpu, kb)), _) => dots_in_place(cpu, group, qr, &kb[c * LANES..], padded, &mut accs),
-                    (None, 4) => group_dots::<4>(avx2, qr, (&kt[c * LANES..], padded), &mut accs),
-                    (None, 3) => group_dots::<3>(avx2, qr, (&kt[c * LANES..], padded), &mut accs),
-                    (None, 2) => group_dots::<2>(avx2, qr, (&kt[c * LANES..], padded), &mut accs),
-                    (None, _) => {
-                        for (g, acc) in accs.iter_mut().enumerate() {
-                            *acc = lane_dots(&qr[g * d..(g + 1) * d], &kt[c * LANES..], padded);
-                        }
-                    }
-                }
-                store_scores(
-                    &accs,
-                    (&mut scores[ri], row.len),
-                    j * bs + c * LANES,
-                    (m - c * LANES).min(LANES),
-                    scale,
-                );
+        match keys {
+            Keys::Floats(kt) if (2..=4).contains(&s.group) => {
+                score_runs(t, s, j, (kt, kernels.avx2), &queries, &mut accs, &mut scores)
             }
+            _ => score_rows(t, s, j, keys, &mut accs, &mut scores),
         }
     }
-    softmax_rows(t.rows, &mut scores);
-    let mut out = vec![0f32; t.rows.len() * width];
-    for (j, &block) in blocks.iter().enumerate() {
-        let n = bs.min(max_len - j * bs);
-        if let Some(&next) = blocks.get(j + 1) {
-            t.pool.prefetch_head_block((t.layer, Part::Values), next, t.kv);
+    scores
+}
+
+/// Scores block `j` (keys `kt` in f32) for every run of consecutive rows that sees each 16
+/// positions, all the run's query vectors in one [`batch_dots`].
+#[inline(always)]
+fn score_runs(
+    t: &Tile,
+    s: &TileShape,
+    j: usize,
+    (kt, avx2): (&[f32], Option<Avx2Fma>),
+    queries: &[&[f32]],
+    accs: &mut [[f32; LANES]],
+    scores: &mut [Vec<f32>],
+) {
+    let g = s.group;
+    let seen = |ri: usize, c: usize| visible(&t.rows[ri], j, s.bs).filter(|&m| m > c * LANES);
+    for c in 0..s.count(j).div_ceil(LANES) {
+        let mut a = 0;
+        while a < t.rows.len() {
+            if seen(a, c).is_none() {
+                a += 1;
+                continue;
+            }
+            let b = (a..t.rows.len())
+                .find(|&r| seen(r, c).is_none())
+                .unwrap_or(t.rows.len());
+            batch_dots(
+                avx2,
+                &queries[a * g..b * g],
+                (&kt[c * LANES..], s.padded),
+                &mut accs[a * g..b * g],
+            );
+            for ri in a..b {
+                let (len, m) = (t.rows[ri].len, seen(ri, c).unwrap_or(0));
+                let at = j * s.bs + c * LANES;
+                store_scores(
+                    &accs[ri * g..(ri + 1) * g],
+                    (&mut scores[ri], len),
+                    at,
+                    (m - c * LANES).min(LANES),
+                    s.scale,
+                );
+            }
+            a = b;
         }
-        let bits =
-            in_place.and_then(|cpu| Some((cpu, t.pool.head_block_bits((t.layer, Part::Values), block, t.kv, n)?)));
-        let values = match bits {
-            Some(_) => &[][..],
-            None => t.pool.head_block((t.layer, Part::Values), block, t.kv, n, &mut raw),
-        };
-        for (ri, row) in t.rows.iter().enumerate() {
-            let Some(m) = visible(row, j, bs) else { continue };
-            let orow = &mut out[ri * width..(ri + 1) * width];
-            let (sc, at) = (&scores[ri], j * bs);
-            match (bits, group) {
-                (Some((cpu, vb)), _) => axpys_in_place(cpu, group, (sc, row.len, at), m, vb, orow),
-                (None, 4) => group_axpys::<4>(avx2, (sc, row.len, at), m, values, orow),
-                (None, 3) => group_axpys::<3>(avx2, (sc, row.len, at), m, values, orow),
-                (None, 2) => group_axpys::<2>(avx2, (sc, row.len, at), m, values, orow),
-                (None, _) => {
-                    for (g, o) in orow.chunks_mut(d).enumerate() {
-                        lane_axpys(&sc[g * row.len + at..][..m], values, o);
+    }
+}
+
+/// Scores block `j` row by row: an f16 block in place, or a group size the batched kernels
+/// do not take with [`lane_dots`].
+#[inline(always)]
+fn score_rows(t: &Tile, s: &TileShape, j: usize, keys: Keys, accs: &mut [[f32; LANES]], scores: &mut [Vec<f32>]) {
+    let (d, accs) = (s.d, &mut accs[..s.group]);
+    for (ri, row) in t.rows.iter().enumerate() {
+        let Some(m) = visible(row, j, s.bs) else { continue };
+        let qr = &t.q[ri * t.heads * d + t.kv * s.width..][..s.width];
+        for c in 0..m.div_ceil(LANES) {
+            match keys {
+                Keys::Bits(cpu, kb) => dots_in_place(cpu, s.group, qr, &kb[c * LANES..], s.padded, accs),
+                Keys::Floats(kt) => {
+                    for (g, acc) in accs.iter_mut().enumerate() {
+                        *acc = lane_dots(&qr[g * d..(g + 1) * d], &kt[c * LANES..], s.padded);
                     }
                 }
             }
+            let at = j * s.bs + c * LANES;
+            store_scores(
+                accs,
+                (&mut scores[ri], row.len),
+                at,
+                (m - c * LANES).min(LANES),
+                s.scale,
+            );
+        }
+    }
+}
+
+/// The rows' outputs `[rows, group * d]`: each block's values of an f16 or f32 pool added
+/// with the rows' weights.
+#[inline(always)]
+fn add_value_blocks(t: &Tile, s: &TileShape, kernels: Kernels, scores: &[Vec<f32>]) -> Vec<f32> {
+    let mut out = vec![0f32; t.rows.len() * s.width];
+    let mut raw = vec![0f32; s.padded * s.d];
+    let mut runs = (Vec::new(), Vec::new());
+    let part = (t.layer, Part::Values);
+    for (j, &block) in s.blocks.iter().enumerate() {
+        if let Some(&next) = s.blocks.get(j + 1) {
+            t.pool.prefetch_head_block(part, next, t.kv);
+        }
+        let n = s.count(j);
+        let bits = kernels
+            .f16_in_place
+            .and_then(|cpu| Some((cpu, t.pool.head_block_bits(part, block, t.kv, n)?)));
+        let Some((cpu, vb)) = bits else {
+            let values = t.pool.head_block(part, block, t.kv, n, &mut raw);
+            add_values(t, s, j, (values, kernels.avx2), (scores, &mut runs), &mut out);
+            continue;
+        };
+        for (ri, row) in t.rows.iter().enumerate() {
+            let Some(m) = visible(row, j, s.bs) else { continue };
+            let orow = &mut out[ri * s.width..(ri + 1) * s.width];
+            axpys_in_place(cpu, s.group, (&scores[ri], row.len, j * s.bs), m, vb, orow);
         }
     }
     out
 }
 
-/// [`tile_body`] over a q8_0 pool: keys scored with integer dot products and values added
-/// from their 8-bit form, both read in place ([`attention_q8`]). Inlined like
-/// [`tile_body`], so that its softmax is compiled for the caller's vector unit.
+/// The weights and output offsets of a run of rows' query heads, kept between blocks.
+type Runs<'s> = (Vec<&'s [f32]>, Vec<usize>);
+
+/// Adds block `j`'s values (f32, `[n, d]`) to the rows' outputs with their weights: each run
+/// of consecutive rows that sees the same positions in one [`batch_axpys`] (groups of 2 to
+/// 4 heads), other group sizes row by row with [`lane_axpys`].
 #[inline(always)]
-fn tile_q8(t: &Tile, avx2: Option<Avx2Fma>) -> Vec<f32> {
-    let l = t.pool.layout();
-    let (d, bs) = (l.head_dim, l.block_size);
-    let group = t.heads / l.kv_heads.max(1);
-    let width = group * d;
-    let scale = 1.0 / (d as f32).sqrt();
-    let max_len = t.rows.iter().map(|r| r.len).max().unwrap_or(0);
-    let Some(first) = t.rows.first() else {
-        return Vec::new();
-    };
-    let blocks = &first.blocks[..max_len.div_ceil(bs)];
-    let (dots, axpys) = (attention_q8::kernel(), attention_q8::value_kernel());
-    let queries: Vec<QuantQuery> = (0..t.rows.len())
-        .map(|ri| {
-            QuantQuery::new(
-                &t.q[ri * t.heads * d + t.kv * width..][..width],
-                l.q8_group().unwrap_or(d),
-            )
-        })
-        .collect();
-    let mut scores: Vec<Vec<f32>> = t.rows.iter().map(|r| vec![0f32; group * r.len]).collect();
-    let mut accs = vec![[0f32; LANES]; group];
-    for (j, &block) in blocks.iter().enumerate() {
-        if let Some(&next) = blocks.get(j + 1) {
-            t.pool.prefetch_head_block((t.layer, Part::Keys), next, t.kv);
-        }
-        let Some(tile) = t.pool.q8_key_tile(t.layer, block, t.kv) else {
+fn add_values<'s>(
+    t: &Tile,
+    s: &TileShape,
+    j: usize,
+    (values, avx2): (&[f32], Option<Avx2Fma>),
+    (scores, runs): (&'s [Vec<f32>], &mut Runs<'s>),
+    out: &mut [f32],
+) {
+    let (g, d) = (s.group, s.d);
+    let seen = |ri: usize| visible(&t.rows[ri], j, s.bs);
+    let mut a = 0;
+    while a < t.rows.len() {
+        let Some(m) = seen(a) else {
+            a += 1;
             continue;
         };
-        for (ri, row) in t.rows.iter().enumerate() {
-            let Some(m) = visible(row, j, bs) else { continue };
-            for c in 0..m.div_ceil(LANES) {
-                dots(&queries[ri], tile, c * LANES, &mut accs);
-                let at = j * bs + c * LANES;
-                store_scores(&accs, (&mut scores[ri], row.len), at, (m - c * LANES).min(LANES), scale);
+        let b = (a..t.rows.len()).find(|&r| seen(r) != Some(m)).unwrap_or(t.rows.len());
+        let (ws, at) = (&mut runs.0, &mut runs.1);
+        ws.clear();
+        at.clear();
+        for ri in a..b {
+            for h in 0..g {
+                ws.push(&scores[ri][h * t.rows[ri].len + j * s.bs..][..m]);
+                at.push(ri * s.width + h * d);
             }
         }
-    }
-    softmax_rows(t.rows, &mut scores);
-    let mut out = vec![0f32; t.rows.len() * width];
-    let mut scratch = vec![0f32; bs * d];
-    // Several rows share one conversion of each block: the same bits as converting in
-    // registers per row (see `attention_q8`) where `group_axpys` adds in the same order.
-    let shared = t.rows.len() > 1 && (2..=4).contains(&group) && d.is_multiple_of(LANES);
-    for (j, &block) in blocks.iter().enumerate() {
-        if let Some(&next) = blocks.get(j + 1) {
-            t.pool.prefetch_head_block((t.layer, Part::Values), next, t.kv);
-        }
-        let n = bs.min(max_len - j * bs);
-        if shared {
-            let values = t.pool.head_block((t.layer, Part::Values), block, t.kv, n, &mut scratch);
-            for (ri, row) in t.rows.iter().enumerate() {
-                let Some(m) = visible(row, j, bs) else { continue };
-                let (scores, orow) = (
-                    (&scores[ri][..], row.len, j * bs),
-                    &mut out[ri * width..(ri + 1) * width],
-                );
-                match group {
-                    4 => group_axpys::<4>(avx2, scores, m, values, orow),
-                    3 => group_axpys::<3>(avx2, scores, m, values, orow),
-                    _ => group_axpys::<2>(avx2, scores, m, values, orow),
-                }
+        if (2..=4).contains(&g) {
+            batch_axpys(avx2, ws, (values, d), (out, at));
+        } else {
+            for (w, &o) in ws.iter().zip(at.iter()) {
+                lane_axpys(w, values, &mut out[o..o + d]);
             }
-            continue;
         }
-        let Some(vb) = t.pool.q8_value_block(t.layer, block, t.kv, n) else {
-            continue;
-        };
-        for (ri, row) in t.rows.iter().enumerate() {
-            let Some(m) = visible(row, j, bs) else { continue };
-            let part = ValueBlock {
-                q: &vb.q[..m * d],
-                scales: &vb.scales[..m * d / vb.group],
-                group: vb.group,
-            };
-            axpys(
-                (&scores[ri], row.len, j * bs),
-                m,
-                part,
-                &mut out[ri * width..(ri + 1) * width],
-                &mut scratch,
-            );
-        }
+        a = b;
     }
-    out
 }
 
 /// Softmax over each head's scores of each row (`[heads, len]`).
@@ -382,165 +450,35 @@ fn store_scores(accs: &[[f32; LANES]], (scores, len): (&mut [f32], usize), at: u
     }
 }
 
-/// [`lane_dots`] for all `G` query heads of a group at once (`qr: [G * d]`): each key
-/// vector is loaded once for the `G` heads, whose sums are `G` independent chains.
-///
-/// With `avx2`, where the AVX2 kernel takes the shape ([`super::attention_avx2`]), it runs
-/// instead of the loops, with the same bits.
+/// Scores of query vectors `qs` (each `d` wide) against 16 positions of transposed keys
+/// (`kt[i * stride..]`): per vector [`group_dots_loops`]'s chain, by the AVX2 kernel where
+/// given and the shapes fit ([`super::attention_avx2`], the same bits).
 #[inline(always)]
-fn group_dots<const G: usize>(
-    avx2: Option<Avx2Fma>,
-    qr: &[f32],
-    (kt, stride): (&[f32], usize),
-    out: &mut [[f32; LANES]],
-) {
+fn batch_dots(avx2: Option<Avx2Fma>, qs: &[&[f32]], (kt, stride): (&[f32], usize), out: &mut [[f32; LANES]]) {
     #[cfg(target_arch = "x86_64")]
-    if avx2.is_some_and(|cpu| super::attention_avx2::group_dots(cpu, G, qr, (kt, stride), out)) {
+    if avx2.is_some_and(|cpu| super::attention_avx2::dots(cpu, qs, (kt, stride), out)) {
         return;
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = avx2;
-    group_dots_loops::<G>(qr, kt, stride, out)
-}
-
-/// [`group_dots`] in plain loops: the reference of the AVX2 kernel, and what other CPUs run.
-#[inline(always)]
-#[allow(clippy::needless_range_loop)]
-fn group_dots_loops<const G: usize>(qr: &[f32], kt: &[f32], stride: usize, out: &mut [[f32; LANES]]) {
-    let d = qr.len() / G;
-    let mut acc = [[0f32; LANES]; G];
-    for i in 0..d {
-        let k = &kt[i * stride..i * stride + LANES];
-        for g in 0..G {
-            let qv = qr[g * d + i];
-            for s in 0..LANES {
-                acc[g][s] = qv.mul_add(k[s], acc[g][s]);
-            }
-        }
+    for (q, o) in qs.iter().zip(out.iter_mut()) {
+        group_dots_loops::<1>(q, kt, stride, std::slice::from_mut(o));
     }
-    out[..G].copy_from_slice(&acc);
 }
 
-/// [`lane_axpys`] for all `G` query heads of a group at once: `orow: [G * d]` gains
-/// `sum_s w_g[s] * v[s]` with `w_g = scores[g * len + at..][..m]`; each value vector is
-/// loaded once for the `G` heads.
-///
-/// With `avx2`, where the AVX2 kernel takes the shape ([`super::attention_avx2`]), it runs
-/// instead of the loops, with the same bits.
+/// For every weight vector `ws[n]` (all `m` long): `out[at[n]..][..d]` gains `sum_s ws[n][s]
+/// * v[s * d..][..d]`: per vector [`group_axpys_loops`]' chains, by the AVX2 kernel where
+/// given and the shapes fit ([`super::attention_avx2`], the same bits).
 #[inline(always)]
-fn group_axpys<const G: usize>(
-    avx2: Option<Avx2Fma>,
-    scores: (&[f32], usize, usize),
-    m: usize,
-    v: &[f32],
-    orow: &mut [f32],
-) {
+fn batch_axpys(avx2: Option<Avx2Fma>, ws: &[&[f32]], (v, d): (&[f32], usize), (out, at): (&mut [f32], &[usize])) {
     #[cfg(target_arch = "x86_64")]
-    if avx2.is_some_and(|cpu| super::attention_avx2::group_axpys(cpu, G, scores, m, v, orow)) {
+    if avx2.is_some_and(|cpu| super::attention_avx2::axpys(cpu, ws, (v, d), (out, at))) {
         return;
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = avx2;
-    group_axpys_loops::<G>(scores, m, v, orow)
-}
-
-/// [`group_axpys`] in plain loops: the reference of the AVX2 kernel, and what other CPUs run.
-#[inline(always)]
-#[allow(clippy::needless_range_loop)]
-fn group_axpys_loops<const G: usize>((scores, len, at): (&[f32], usize, usize), m: usize, v: &[f32], orow: &mut [f32]) {
-    let d = orow.len() / G;
-    for c in 0..d / LANES {
-        let mut acc = [[0f32; LANES]; G];
-        for s in 0..m {
-            let vr = &v[s * d + c * LANES..s * d + (c + 1) * LANES];
-            for g in 0..G {
-                let w = scores[g * len + at + s];
-                for l in 0..LANES {
-                    acc[g][l] = w.mul_add(vr[l], acc[g][l]);
-                }
-            }
-        }
-        for g in 0..G {
-            let o = &mut orow[g * d + c * LANES..g * d + (c + 1) * LANES];
-            for l in 0..LANES {
-                o[l] += acc[g][l];
-            }
-        }
-    }
-    for i in d / LANES * LANES..d {
-        for g in 0..G {
-            for s in 0..m {
-                orow[g * d + i] = scores[g * len + at + s].mul_add(v[s * d + i], orow[g * d + i]);
-            }
-        }
-    }
-}
-
-/// `LANES` dot products at once: `q` against columns `0..LANES` of the rows
-/// `kt[i * stride..]` (`i < q.len()`). Four independent accumulators (over `i mod 4`,
-/// added in a fixed order at the end) keep the FMA units busy instead of waiting on one
-/// chain.
-#[inline(always)]
-#[allow(clippy::needless_range_loop)]
-fn lane_dots(q: &[f32], kt: &[f32], stride: usize) -> [f32; LANES] {
-    let mut acc = [[0f32; LANES]; 4];
-    let quads = q.len() / 4;
-    for i4 in 0..quads {
-        for u in 0..4 {
-            let i = 4 * i4 + u;
-            let (qv, k) = (q[i], &kt[i * stride..i * stride + LANES]);
-            for s in 0..LANES {
-                acc[u][s] = qv.mul_add(k[s], acc[u][s]);
-            }
-        }
-    }
-    for i in 4 * quads..q.len() {
-        let (qv, k) = (q[i], &kt[i * stride..i * stride + LANES]);
-        for s in 0..LANES {
-            acc[0][s] = qv.mul_add(k[s], acc[0][s]);
-        }
-    }
-    let mut out = [0f32; LANES];
-    for s in 0..LANES {
-        out[s] = (acc[0][s] + acc[1][s]) + (acc[2][s] + acc[3][s]);
-    }
-    out
-}
-
-/// `o += sum_s w[s] * v[s]` for the rows `v[s * d..]` (`d = o.len()`), 16 output lanes at a
-/// time with four accumulators (over `s mod 4`, added in a fixed order), so that the
-/// block's positions do not wait on one another.
-#[inline(always)]
-#[allow(clippy::needless_range_loop)]
-fn lane_axpys(w: &[f32], v: &[f32], o: &mut [f32]) {
-    let (d, m) = (o.len(), w.len());
-    let quads = m / 4;
-    for c in 0..d / LANES {
-        let mut acc = [[0f32; LANES]; 4];
-        for s4 in 0..quads {
-            for u in 0..4 {
-                let s = 4 * s4 + u;
-                let (wv, vr) = (w[s], &v[s * d + c * LANES..s * d + (c + 1) * LANES]);
-                for l in 0..LANES {
-                    acc[u][l] = wv.mul_add(vr[l], acc[u][l]);
-                }
-            }
-        }
-        for s in 4 * quads..m {
-            let (wv, vr) = (w[s], &v[s * d + c * LANES..s * d + (c + 1) * LANES]);
-            for l in 0..LANES {
-                acc[0][l] = wv.mul_add(vr[l], acc[0][l]);
-            }
-        }
-        let oc = &mut o[c * LANES..(c + 1) * LANES];
-        for l in 0..LANES {
-            oc[l] += (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]);
-        }
-    }
-    for i in d / LANES * LANES..d {
-        for s in 0..m {
-            o[i] = w[s].mul_add(v[s * d + i], o[i]);
-        }
+    for (w, &o) in ws.iter().zip(at) {
+        group_axpys_loops::<1>((w, w.len(), 0), w.len(), v, &mut out[o..o + d]);
     }
 }
 
@@ -548,58 +486,6 @@ fn lane_axpys(w: &[f32], v: &[f32], o: &mut [f32]) {
 #[inline(always)]
 fn visible(row: &AttnRow, j: usize, bs: usize) -> Option<usize> {
     row.len.checked_sub(j * bs).filter(|&m| m > 0).map(|m| m.min(bs))
-}
-
-/// In-place softmax with a lane-wise (fixed-order) sum and a vectorisable exp.
-#[inline(always)]
-#[allow(clippy::needless_range_loop)]
-fn softmax(s: &mut [f32]) {
-    // Whole vectors, then the rest: a comparison (not `f32::max`, whose NaN rule keeps the
-    // loop scalar) that skips NaN as `max` does.
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    let mut whole = s.chunks_exact(LANES);
-    for c in &mut whole {
-        for l in 0..LANES {
-            lanes[l] = if c[l] > lanes[l] { c[l] } else { lanes[l] };
-        }
-    }
-    for (l, &v) in whole.remainder().iter().enumerate() {
-        lanes[l] = if v > lanes[l] { v } else { lanes[l] };
-    }
-    let max = lanes.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
-    let mut sums = [0f32; LANES];
-    for c in s.chunks_mut(LANES) {
-        for (l, v) in c.iter_mut().enumerate() {
-            *v = exp_neg(*v - max);
-            sums[l] += *v;
-        }
-    }
-    let inv = 1.0 / sums.iter().sum::<f32>();
-    for v in s.iter_mut() {
-        *v *= inv;
-    }
-}
-
-/// `e^x` for `x <= 0` (0 below -87), within 2 ulp: Cephes' polynomial after reducing by
-/// powers of two, written with plain arithmetic so that it vectorises.
-#[inline(always)]
-pub fn exp_neg(x: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer.
-    let x = x.clamp(-87.0, 0.0);
-    let n = (x * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
-    let r = n.mul_add(-0.693_359_4, x);
-    let r = n.mul_add(2.121_944_4e-4, r);
-    let mut p = 1.987_569_1e-4f32;
-    p = p.mul_add(r, 1.398_199_9e-3);
-    p = p.mul_add(r, 8.333_452e-3);
-    p = p.mul_add(r, 4.166_579_6e-2);
-    p = p.mul_add(r, 1.666_666_5e-1);
-    p = p.mul_add(r, 0.5);
-    let y = (p * r).mul_add(r, r) + 1.0;
-    // 2^n from `n`'s bits after the magic addition (an integer in the low mantissa bits):
-    // integer arithmetic only, where `n as i32` would be a saturating scalar conversion.
-    let k = (n + MAGIC).to_bits().wrapping_sub(MAGIC.to_bits());
-    y * f32::from_bits(k.wrapping_add(127) << 23)
 }
 
 #[cfg(test)]

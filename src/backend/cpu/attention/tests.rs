@@ -173,36 +173,73 @@ fn f16_in_place_equals_converted_blocks() {
     }
 }
 
-/// A q8_0 pool gives each row the same bits in a tile of many rows (values converted once
-/// per block) as alone (values converted in registers), on every group size: what keeps
-/// results independent of how a prompt is chunked.
+/// Each row gets the same bits in a tile of many rows (runs of rows scored and added
+/// together; a q8_0 pool's values converted once per block) as alone (a q8_0 pool's values
+/// converted in registers), for every storage and group size: what keeps results
+/// independent of how a prompt is chunked.
 #[test]
-fn q8_0_rows_are_the_same_alone_and_in_a_tile() {
-    for (heads, kv_heads, len, n, d) in [
-        (8, 2, 37, 8, 64),
-        (6, 2, 40, 5, 64),
-        (4, 2, 21, 3, 32),
-        (8, 1, 33, 4, 64),
-        (4, 2, 19, 6, 8),
-    ] {
-        let (pool, table, q) = filled((heads, kv_heads, d), (len, n), KvDType::Q8_0);
-        let rows = causal_rows(&table, len, n);
-        let together = attend_rows(pool.store(), 0, &q, &rows, heads, Vec::new());
-        let width = heads * d;
-        for (i, row) in rows.iter().enumerate() {
-            let alone = attend_rows(
-                pool.store(),
-                0,
-                &q[i * width..(i + 1) * width],
-                std::slice::from_ref(row),
-                heads,
-                Vec::new(),
-            );
-            let same = alone
-                .iter()
-                .zip(&together[i * width..(i + 1) * width])
-                .all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same, "heads {heads} kv {kv_heads} len {len} row {i} d {d}");
+fn rows_are_the_same_alone_and_in_a_tile() {
+    for dtype in [KvDType::F32, KvDType::F16, KvDType::Q8_0] {
+        for (heads, kv_heads, len, n, d) in [
+            (8, 2, 37, 8, 64),
+            (6, 2, 40, 5, 64),
+            (4, 2, 21, 3, 32),
+            (8, 1, 33, 4, 64),
+            (4, 2, 19, 6, 8),
+            (3, 3, 50, 16, 16),
+            (10, 2, 70, 16, 16),
+        ] {
+            let (pool, table, q) = filled((heads, kv_heads, d), (len, n), dtype);
+            let rows = causal_rows(&table, len, n);
+            let together = attend_rows(pool.store(), 0, &q, &rows, heads, Vec::new());
+            let width = heads * d;
+            for (i, row) in rows.iter().enumerate() {
+                let q = &q[i * width..(i + 1) * width];
+                let alone = attend_rows(pool.store(), 0, q, std::slice::from_ref(row), heads, Vec::new());
+                let same = alone
+                    .iter()
+                    .zip(&together[i * width..(i + 1) * width])
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{dtype:?} heads {heads} kv {kv_heads} len {len} row {i} d {d}");
+            }
+        }
+    }
+}
+
+/// A tile through the AVX2 kernels gives the generic loops' bits for every storage and group
+/// size (runs of rows, the diagonal block's partial rows, block edges).
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn avx2_tiles_equal_the_generic_loops() {
+    if avx2_fma("tile").is_none() {
+        return;
+    }
+    for dtype in [KvDType::F32, KvDType::F16, KvDType::Q8_0] {
+        for (heads, kv_heads, len, n, d) in [
+            (32, 8, 70, 16, 64),
+            (24, 8, 45, 13, 64),
+            (4, 2, 33, 16, 16),
+            (5, 1, 20, 7, 32),
+        ] {
+            let (pool, table, q) = filled((heads, kv_heads, d), (len, n), dtype);
+            let rows = causal_rows(&table, len, n);
+            for kv in 0..kv_heads {
+                let t = Tile {
+                    pool: pool.store(),
+                    layer: 0,
+                    kv,
+                    rows: &rows,
+                    q: &q,
+                    heads,
+                };
+                // SAFETY: AVX2 and FMA checked above.
+                let fast = unsafe { tile_avx2(&t) };
+                let slow = tile_body(&t, Kernels::default());
+                assert!(
+                    same_bits(&fast, &slow),
+                    "{dtype:?} heads {heads} kv {kv_heads} len {len} n {n} d {d}"
+                );
+            }
         }
     }
 }
@@ -232,54 +269,84 @@ fn avx2_fma(what: &str) -> Option<Avx2Fma> {
     cpu
 }
 
-/// The AVX2 value kernel gives the generic loops' bits on every group size it takes, at
-/// awkward block lengths.
+/// The AVX2 value kernel gives the generic loops' bits for a group's heads (2 to 4) and for
+/// runs of several rows' heads (more than one call's six), at awkward block lengths, into
+/// outputs in any order.
 #[test]
 #[cfg(target_arch = "x86_64")]
 fn avx2_value_kernel_equals_the_generic_loops() {
     let Some(cpu) = avx2_fma("value") else { return };
-    for group in 2..=4 {
+    for vectors in [1, 2, 3, 4, 5, 6, 7, 13] {
         for (m, d) in [(1, 16), (7, 64), (16, 64), (13, 128), (16, 32)] {
             let stride = 16;
-            let (w, v) = (wave(group * stride, 7), wave(m * d, 13));
-            let mut slow = wave(group * d, 5);
+            let w = wave(vectors * stride, 7);
+            let ws: Vec<&[f32]> = (0..vectors).map(|n| &w[n * stride..][..m]).collect();
+            let at: Vec<usize> = (0..vectors).map(|n| (vectors - 1 - n) * d).collect();
+            let v = wave(m * d, 13);
+            let mut slow = wave(vectors * d, 5);
             let mut fast = slow.clone();
-            generic_axpys(group, (&w, stride, 0), m, &v, &mut slow);
-            let took = super::super::attention_avx2::group_axpys(cpu, group, (&w, stride, 0), m, &v, &mut fast);
-            assert!(took, "group {group} m {m} d {d}: the kernel refused the shape");
-            let same = slow.iter().zip(&fast).all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same, "group {group} m {m} d {d}");
+            if (2..=4).contains(&vectors) {
+                // One row's heads: the group loops, outputs in head order.
+                let mut group = slow.clone();
+                let at: Vec<usize> = (0..vectors).map(|n| n * d).collect();
+                generic_axpys(vectors, (&w, stride, 0), m, &v, &mut group);
+                let mut heads = slow.clone();
+                assert!(super::super::attention_avx2::axpys(
+                    cpu,
+                    &ws,
+                    (&v, d),
+                    (&mut heads, &at)
+                ));
+                assert!(same_bits(&group, &heads), "heads {vectors} m {m} d {d}");
+            }
+            for (wn, &o) in ws.iter().zip(&at) {
+                group_axpys_loops::<1>((wn, m, 0), m, &v, &mut slow[o..o + d]);
+            }
+            let took = super::super::attention_avx2::axpys(cpu, &ws, (&v, d), (&mut fast, &at));
+            assert!(took, "vectors {vectors} m {m} d {d}: the kernel refused the shape");
+            assert!(same_bits(&slow, &fast), "vectors {vectors} m {m} d {d}");
         }
     }
 }
 
-/// The AVX2 scoring kernel gives the generic loops' bits on every group size it takes.
+/// The AVX2 scoring kernel gives the generic loops' bits for a group's heads (2 to 4) and for
+/// runs of several rows' heads.
 #[test]
 #[cfg(target_arch = "x86_64")]
 fn avx2_scoring_kernel_equals_the_generic_loops() {
     let Some(cpu) = avx2_fma("scoring") else { return };
-    for group in 2..=4 {
+    for vectors in [1, 2, 3, 4, 5, 6, 7, 13] {
         for (d, stride) in [(1, 16), (8, 16), (64, 32), (128, 16)] {
-            let (qr, kt) = (wave(group * d, 7), wave((d - 1) * stride + LANES, 13));
-            let (mut slow, mut fast) = (vec![[0f32; LANES]; group], vec![[1f32; LANES]; group]);
-            match group {
+            let (qr, kt) = (wave(vectors * d, 7), wave((d - 1) * stride + LANES, 13));
+            let qs: Vec<&[f32]> = qr.chunks(d).collect();
+            let (mut slow, mut fast) = (vec![[0f32; LANES]; vectors], vec![[1f32; LANES]; vectors]);
+            match vectors {
                 2 => group_dots_loops::<2>(&qr, &kt, stride, &mut slow),
                 3 => group_dots_loops::<3>(&qr, &kt, stride, &mut slow),
-                _ => group_dots_loops::<4>(&qr, &kt, stride, &mut slow),
+                4 => group_dots_loops::<4>(&qr, &kt, stride, &mut slow),
+                _ => {
+                    for (q, o) in qs.iter().zip(slow.iter_mut()) {
+                        group_dots_loops::<1>(q, &kt, stride, std::slice::from_mut(o));
+                    }
+                }
             }
-            let took = super::super::attention_avx2::group_dots(cpu, group, &qr, (&kt, stride), &mut fast);
+            let took = super::super::attention_avx2::dots(cpu, &qs, (&kt, stride), &mut fast);
             assert!(
                 took,
-                "group {group} d {d} stride {stride}: the kernel refused the shape"
+                "vectors {vectors} d {d} stride {stride}: the kernel refused the shape"
             );
-            let same = slow
-                .iter()
-                .flatten()
-                .zip(fast.iter().flatten())
-                .all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same, "group {group} d {d} stride {stride}");
+            assert!(
+                same_bits(slow.as_flattened(), fast.as_flattened()),
+                "vectors {vectors} d {d} stride {stride}"
+            );
         }
     }
+}
+
+/// Whether `a` and `b` hold the same floats, bit for bit.
+#[cfg(target_arch = "x86_64")]
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
 /// Times a 512-row prompt chunk at depth 4096 (the 1B's 32 query heads and the 3B's 24, over
