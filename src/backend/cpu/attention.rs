@@ -2,9 +2,10 @@
 //!
 //! One task is a tile of consecutive rows of one sequence (a prompt chunk, or one decoding
 //! token) and one key/value head: each block of cached keys and values is converted once
-//! for the whole tile (an 8-bit pool's are read in place, [`attention_q8`]), and the query
-//! heads sharing the KV head are scored together. Keys
-//! are transposed per block so that 16 positions are scored at once in vector lanes. Scores
+//! for the whole tile (an 8-bit pool's are read in place, [`super::attention_q8`]), and the
+//! query heads of the rows that see the same positions are scored and added together, each
+//! key and value vector loaded once for several of them. Keys are transposed per block so
+//! that 16 positions are scored at once in vector lanes. Scores
 //! live in a buffer of the row's context length: no `[heads, n, T]` matrix is formed, so a
 //! long prompt needs memory linear in its length.
 //!
