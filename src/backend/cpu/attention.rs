@@ -15,13 +15,14 @@
 
 use rayon::prelude::*;
 
+mod blocks;
 mod loops;
 mod quantized;
 
 pub use loops::exp_neg;
-use loops::{group_axpys_loops, group_dots_loops, lane_axpys, lane_dots, softmax, LANES};
+use loops::{group_axpys_loops, group_dots_loops, softmax, LANES};
 
-use super::kv_store::{KvStore, Part};
+use super::kv_store::KvStore;
 use crate::kv::{BlockId, KvDType};
 
 /// What one row attends to: the first `len` positions of a sequence's blocks.
@@ -105,9 +106,9 @@ fn tile_attend(t: &Tile) -> Vec<f32> {
             // SAFETY: the CPU supports AVX-512F (checked just above).
             return unsafe { tile_avx512(t) };
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            return unsafe { tile_avx2(t) };
+        if let Some(cpu) = Avx2Fma::detect() {
+            // SAFETY: the CPU supports AVX2, FMA and F16C (the token proves it).
+            return unsafe { tile_avx2(t, cpu) };
         }
     }
     tile_body(t, Kernels::default())
@@ -123,16 +124,24 @@ unsafe fn tile_avx512(t: &Tile) -> Vec<f32> {
     let kernels = Kernels {
         f16_in_place: if fits { Avx512::detect() } else { None },
         avx2: Avx2Fma::detect(),
+        halves: None,
     };
     tile_body(t, kernels)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn tile_avx2(t: &Tile) -> Vec<f32> {
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_avx2(t: &Tile, cpu: Avx2Fma) -> Vec<f32> {
+    let l = t.pool.layout();
+    let group = t.heads / l.kv_heads.max(1);
+    // A lone row (a decoding step) reads an f16 pool in place: converting each block first
+    // would be a pass of its own that no other row shares.
+    let lone = t.rows.len() == 1 && t.pool.dtype() == KvDType::F16;
+    let fits = lone && (2..=4).contains(&group) && l.head_dim.is_multiple_of(LANES);
     let kernels = Kernels {
         f16_in_place: None,
-        avx2: Avx2Fma::detect(),
+        avx2: Some(cpu),
+        halves: fits.then_some(cpu),
     };
     tile_body(t, kernels)
 }
@@ -158,9 +167,46 @@ struct Kernels {
     f16_in_place: Option<Avx512>,
     /// Score and add converted blocks with the AVX2 kernels ([`super::attention_avx2`]).
     avx2: Option<Avx2Fma>,
+    /// Read an f16 pool's blocks in place with the AVX2 kernels instead of converting them.
+    halves: Option<Avx2Fma>,
 }
 
-/// [`group_dots`] on a block's f16 bits.
+/// A block's keys or values as the batched kernels read them.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Block<'a> {
+    /// f32 values (an f32 pool's, or a block converted once for a tile's rows).
+    F32(&'a [f32]),
+    /// An f16 pool's bits, widened as they are read (exactly).
+    F16(&'a [u16]),
+}
+
+impl<'a> Block<'a> {
+    /// Values held.
+    pub(super) fn len(self) -> usize {
+        match self {
+            Self::F32(b) => b.len(),
+            Self::F16(b) => b.len(),
+        }
+    }
+
+    /// The values from the `at`-th on.
+    fn from(self, at: usize) -> Self {
+        match self {
+            Self::F32(b) => Self::F32(&b[at..]),
+            Self::F16(b) => Self::F16(&b[at..]),
+        }
+    }
+
+    /// The values as f32: borrowed, or widened into a new buffer (for the loops).
+    fn floats(self) -> std::borrow::Cow<'a, [f32]> {
+        match self {
+            Self::F32(b) => b.into(),
+            Self::F16(b) => b.iter().map(|&h| half::f16::from_bits(h).to_f32()).collect(),
+        }
+    }
+}
+
+/// [`group_dots_loops`] on a block's f16 bits, with AVX-512.
 #[inline(always)]
 fn dots_in_place(cpu: Avx512, group: usize, qr: &[f32], kt: &[u16], stride: usize, out: &mut [[f32; LANES]]) {
     #[cfg(target_arch = "x86_64")]
@@ -169,7 +215,7 @@ fn dots_in_place(cpu: Avx512, group: usize, qr: &[f32], kt: &[u16], stride: usiz
     match cpu {}
 }
 
-/// [`group_axpys`] on a block's f16 bits.
+/// [`group_axpys_loops`] on a block's f16 bits, with AVX-512.
 #[inline(always)]
 fn axpys_in_place(cpu: Avx512, group: usize, scores: (&[f32], usize, usize), m: usize, v: &[u16], orow: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
@@ -221,15 +267,6 @@ impl<'a> TileShape<'a> {
     }
 }
 
-/// How a block's keys are read.
-#[derive(Clone, Copy)]
-enum Keys<'a> {
-    /// An f16 pool's bits, in place.
-    Bits(Avx512, &'a [u16]),
-    /// Converted to f32 (or an f32 pool's).
-    Floats(&'a [f32]),
-}
-
 /// Scores, softmax and the weighted sum of values in plain loops that the compiler
 /// vectorises for the caller's target features (closures and library calls would not be),
 /// or the [`Kernels`] given.
@@ -241,191 +278,9 @@ fn tile_body(t: &Tile, kernels: Kernels) -> Vec<f32> {
     if t.pool.dtype() == KvDType::Q8_0 {
         return quantized::tile_q8(t, &s, kernels.avx2);
     }
-    let mut scores = score_blocks(t, &s, kernels);
+    let mut scores = blocks::score_blocks(t, &s, kernels);
     softmax_rows(t.rows, &mut scores);
-    add_value_blocks(t, &s, kernels, &scores)
-}
-
-/// Every row's scaled scores `[group, len]` against an f16 or f32 pool's keys.
-#[inline(always)]
-fn score_blocks(t: &Tile, s: &TileShape, kernels: Kernels) -> Vec<Vec<f32>> {
-    let mut scores: Vec<Vec<f32>> = t.rows.iter().map(|r| vec![0f32; s.group * r.len]).collect();
-    let mut raw = vec![0f32; s.padded * s.d];
-    let mut accs = vec![[0f32; LANES]; t.rows.len() * s.group];
-    // Every row's query vectors, row by row: a run of rows is a slice of it.
-    let queries: Vec<&[f32]> = (0..t.rows.len() * s.group)
-        .map(|k| &t.q[(k / s.group) * t.heads * s.d + t.kv * s.width + (k % s.group) * s.d..][..s.d])
-        .collect();
-    let part = (t.layer, Part::Keys);
-    for (j, &block) in s.blocks.iter().enumerate() {
-        if let Some(&next) = s.blocks.get(j + 1) {
-            t.pool.prefetch_head_block(part, next, t.kv);
-        }
-        let n = s.count(j);
-        let bits = kernels
-            .f16_in_place
-            .and_then(|cpu| Some((cpu, t.pool.head_block_bits(part, block, t.kv, n)?)));
-        let keys = match bits {
-            Some((cpu, kb)) => Keys::Bits(cpu, kb),
-            None => Keys::Floats(t.pool.head_block(part, block, t.kv, n, &mut raw)),
-        };
-        match keys {
-            Keys::Floats(kt) if (2..=4).contains(&s.group) => {
-                score_runs(t, s, j, (kt, kernels.avx2), &queries, &mut accs, &mut scores)
-            }
-            _ => score_rows(t, s, j, keys, &mut accs, &mut scores),
-        }
-    }
-    scores
-}
-
-/// Scores block `j` (keys `kt` in f32) for every run of consecutive rows that sees each 16
-/// positions, all the run's query vectors in one [`batch_dots`].
-#[inline(always)]
-fn score_runs(
-    t: &Tile,
-    s: &TileShape,
-    j: usize,
-    (kt, avx2): (&[f32], Option<Avx2Fma>),
-    queries: &[&[f32]],
-    accs: &mut [[f32; LANES]],
-    scores: &mut [Vec<f32>],
-) {
-    let g = s.group;
-    let seen = |ri: usize, c: usize| visible(&t.rows[ri], j, s.bs).filter(|&m| m > c * LANES);
-    for c in 0..s.count(j).div_ceil(LANES) {
-        let mut a = 0;
-        while a < t.rows.len() {
-            if seen(a, c).is_none() {
-                a += 1;
-                continue;
-            }
-            let b = (a..t.rows.len())
-                .find(|&r| seen(r, c).is_none())
-                .unwrap_or(t.rows.len());
-            batch_dots(
-                avx2,
-                &queries[a * g..b * g],
-                (&kt[c * LANES..], s.padded),
-                &mut accs[a * g..b * g],
-            );
-            for ri in a..b {
-                let (len, m) = (t.rows[ri].len, seen(ri, c).unwrap_or(0));
-                let at = j * s.bs + c * LANES;
-                store_scores(
-                    &accs[ri * g..(ri + 1) * g],
-                    (&mut scores[ri], len),
-                    at,
-                    (m - c * LANES).min(LANES),
-                    s.scale,
-                );
-            }
-            a = b;
-        }
-    }
-}
-
-/// Scores block `j` row by row: an f16 block in place, or a group size the batched kernels
-/// do not take with [`lane_dots`].
-#[inline(always)]
-fn score_rows(t: &Tile, s: &TileShape, j: usize, keys: Keys, accs: &mut [[f32; LANES]], scores: &mut [Vec<f32>]) {
-    let (d, accs) = (s.d, &mut accs[..s.group]);
-    for (ri, row) in t.rows.iter().enumerate() {
-        let Some(m) = visible(row, j, s.bs) else { continue };
-        let qr = &t.q[ri * t.heads * d + t.kv * s.width..][..s.width];
-        for c in 0..m.div_ceil(LANES) {
-            match keys {
-                Keys::Bits(cpu, kb) => dots_in_place(cpu, s.group, qr, &kb[c * LANES..], s.padded, accs),
-                Keys::Floats(kt) => {
-                    for (g, acc) in accs.iter_mut().enumerate() {
-                        *acc = lane_dots(&qr[g * d..(g + 1) * d], &kt[c * LANES..], s.padded);
-                    }
-                }
-            }
-            let at = j * s.bs + c * LANES;
-            store_scores(
-                accs,
-                (&mut scores[ri], row.len),
-                at,
-                (m - c * LANES).min(LANES),
-                s.scale,
-            );
-        }
-    }
-}
-
-/// The rows' outputs `[rows, group * d]`: each block's values of an f16 or f32 pool added
-/// with the rows' weights.
-#[inline(always)]
-fn add_value_blocks(t: &Tile, s: &TileShape, kernels: Kernels, scores: &[Vec<f32>]) -> Vec<f32> {
-    let mut out = vec![0f32; t.rows.len() * s.width];
-    let mut raw = vec![0f32; s.padded * s.d];
-    let mut runs = (Vec::new(), Vec::new());
-    let part = (t.layer, Part::Values);
-    for (j, &block) in s.blocks.iter().enumerate() {
-        if let Some(&next) = s.blocks.get(j + 1) {
-            t.pool.prefetch_head_block(part, next, t.kv);
-        }
-        let n = s.count(j);
-        let bits = kernels
-            .f16_in_place
-            .and_then(|cpu| Some((cpu, t.pool.head_block_bits(part, block, t.kv, n)?)));
-        let Some((cpu, vb)) = bits else {
-            let values = t.pool.head_block(part, block, t.kv, n, &mut raw);
-            add_values(t, s, j, (values, kernels.avx2), (scores, &mut runs), &mut out);
-            continue;
-        };
-        for (ri, row) in t.rows.iter().enumerate() {
-            let Some(m) = visible(row, j, s.bs) else { continue };
-            let orow = &mut out[ri * s.width..(ri + 1) * s.width];
-            axpys_in_place(cpu, s.group, (&scores[ri], row.len, j * s.bs), m, vb, orow);
-        }
-    }
-    out
-}
-
-/// The weights and output offsets of a run of rows' query heads, kept between blocks.
-type Runs<'s> = (Vec<&'s [f32]>, Vec<usize>);
-
-/// Adds block `j`'s values (f32, `[n, d]`) to the rows' outputs with their weights: each run
-/// of consecutive rows that sees the same positions in one [`batch_axpys`] (groups of 2 to
-/// 4 heads), other group sizes row by row with [`lane_axpys`].
-#[inline(always)]
-fn add_values<'s>(
-    t: &Tile,
-    s: &TileShape,
-    j: usize,
-    (values, avx2): (&[f32], Option<Avx2Fma>),
-    (scores, runs): (&'s [Vec<f32>], &mut Runs<'s>),
-    out: &mut [f32],
-) {
-    let (g, d) = (s.group, s.d);
-    let seen = |ri: usize| visible(&t.rows[ri], j, s.bs);
-    let mut a = 0;
-    while a < t.rows.len() {
-        let Some(m) = seen(a) else {
-            a += 1;
-            continue;
-        };
-        let b = (a..t.rows.len()).find(|&r| seen(r) != Some(m)).unwrap_or(t.rows.len());
-        let (ws, at) = (&mut runs.0, &mut runs.1);
-        ws.clear();
-        at.clear();
-        for ri in a..b {
-            for h in 0..g {
-                ws.push(&scores[ri][h * t.rows[ri].len + j * s.bs..][..m]);
-                at.push(ri * s.width + h * d);
-            }
-        }
-        if (2..=4).contains(&g) {
-            batch_axpys(avx2, ws, (values, d), (out, at));
-        } else {
-            for (w, &o) in ws.iter().zip(at.iter()) {
-                lane_axpys(w, values, &mut out[o..o + d]);
-            }
-        }
-        a = b;
-    }
+    blocks::add_value_blocks(t, &s, kernels, &scores)
 }
 
 /// Softmax over each head's scores of each row (`[heads, len]`).
@@ -455,15 +310,16 @@ fn store_scores(accs: &[[f32; LANES]], (scores, len): (&mut [f32], usize), at: u
 /// (`kt[i * stride..]`): per vector [`group_dots_loops`]'s chain, by the AVX2 kernel where
 /// given and the shapes fit ([`super::attention_avx2`], the same bits).
 #[inline(always)]
-fn batch_dots(avx2: Option<Avx2Fma>, qs: &[&[f32]], (kt, stride): (&[f32], usize), out: &mut [[f32; LANES]]) {
+fn batch_dots(avx2: Option<Avx2Fma>, qs: &[&[f32]], (kt, stride): (Block, usize), out: &mut [[f32; LANES]]) {
     #[cfg(target_arch = "x86_64")]
     if avx2.is_some_and(|cpu| super::attention_avx2::dots(cpu, qs, (kt, stride), out)) {
         return;
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = avx2;
+    let kt = kt.floats();
     for (q, o) in qs.iter().zip(out.iter_mut()) {
-        group_dots_loops::<1>(q, kt, stride, std::slice::from_mut(o));
+        group_dots_loops::<1>(q, &kt, stride, std::slice::from_mut(o));
     }
 }
 
@@ -471,15 +327,16 @@ fn batch_dots(avx2: Option<Avx2Fma>, qs: &[&[f32]], (kt, stride): (&[f32], usize
 /// * v[s * d..][..d]`: per vector [`group_axpys_loops`]' chains, by the AVX2 kernel where
 /// given and the shapes fit ([`super::attention_avx2`], the same bits).
 #[inline(always)]
-fn batch_axpys(avx2: Option<Avx2Fma>, ws: &[&[f32]], (v, d): (&[f32], usize), (out, at): (&mut [f32], &[usize])) {
+fn batch_axpys(avx2: Option<Avx2Fma>, ws: &[&[f32]], (v, d): (Block, usize), (out, at): (&mut [f32], &[usize])) {
     #[cfg(target_arch = "x86_64")]
     if avx2.is_some_and(|cpu| super::attention_avx2::axpys(cpu, ws, (v, d), (out, at))) {
         return;
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = avx2;
+    let v = v.floats();
     for (w, &o) in ws.iter().zip(at) {
-        group_axpys_loops::<1>((w, w.len(), 0), w.len(), v, &mut out[o..o + d]);
+        group_axpys_loops::<1>((w, w.len(), 0), w.len(), &v, &mut out[o..o + d]);
     }
 }
 

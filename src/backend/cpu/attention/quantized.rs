@@ -4,7 +4,8 @@
 
 use super::super::attention_q8::{self, QuantQuery, ValueBlock};
 use super::super::kv_store::Part;
-use super::{add_values, softmax_rows, store_scores, visible, Avx2Fma, Tile, TileShape, LANES};
+use super::blocks::add_values;
+use super::{softmax_rows, store_scores, visible, Avx2Fma, Block, Tile, TileShape, LANES};
 
 /// [`super::tile_body`] over a q8_0 pool: keys scored with integer dot products and values added
 /// from their 8-bit form, both read in place ([`attention_q8`]). Inlined like
@@ -68,7 +69,7 @@ fn add_q8_value_blocks(t: &Tile, s: &TileShape, avx2: Option<Avx2Fma>, scores: &
         let n = s.count(j);
         if shared {
             let values = t.pool.head_block((t.layer, Part::Values), block, t.kv, n, &mut scratch);
-            add_values(t, s, j, (values, avx2), (scores, &mut runs), &mut out);
+            add_values(t, s, j, (Block::F32(values), avx2), (scores, &mut runs), &mut out);
             continue;
         }
         let Some(vb) = t.pool.q8_value_block(t.layer, block, t.kv, n) else {

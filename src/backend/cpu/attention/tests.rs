@@ -211,15 +211,16 @@ fn rows_are_the_same_alone_and_in_a_tile() {
 #[test]
 #[cfg(target_arch = "x86_64")]
 fn avx2_tiles_equal_the_generic_loops() {
-    if avx2_fma("tile").is_none() {
-        return;
-    }
+    let Some(cpu) = avx2_fma("tile") else { return };
     for dtype in [KvDType::F32, KvDType::F16, KvDType::Q8_0] {
         for (heads, kv_heads, len, n, d) in [
             (32, 8, 70, 16, 64),
             (24, 8, 45, 13, 64),
             (4, 2, 33, 16, 16),
             (5, 1, 20, 7, 32),
+            (32, 8, 70, 1, 64),
+            (24, 8, 50, 1, 128),
+            (6, 2, 17, 1, 16),
         ] {
             let (pool, table, q) = filled((heads, kv_heads, d), (len, n), dtype);
             let rows = causal_rows(&table, len, n);
@@ -233,7 +234,7 @@ fn avx2_tiles_equal_the_generic_loops() {
                     heads,
                 };
                 // SAFETY: AVX2 and FMA checked above.
-                let fast = unsafe { tile_avx2(&t) };
+                let fast = unsafe { tile_avx2(&t, cpu) };
                 let slow = tile_body(&t, Kernels::default());
                 assert!(
                     same_bits(&fast, &slow),
@@ -259,6 +260,16 @@ fn wave(n: usize, k: usize) -> Vec<f32> {
     (0..n).map(|i| ((i * k + 3) % 97) as f32 / 31.0 - 1.5).collect()
 }
 
+/// [`wave`] rounded to f16: the values as f32 and as f16 bits.
+#[cfg(target_arch = "x86_64")]
+fn halves(n: usize, k: usize) -> (Vec<f32>, Vec<u16>) {
+    let h: Vec<half::f16> = wave(n, k).into_iter().map(half::f16::from_f32).collect();
+    (
+        h.iter().map(|x| x.to_f32()).collect(),
+        h.iter().map(|x| x.to_bits()).collect(),
+    )
+}
+
 /// This CPU's proof of AVX2 and FMA, or `None` with a line saying what goes uncovered.
 #[cfg(target_arch = "x86_64")]
 fn avx2_fma(what: &str) -> Option<Avx2Fma> {
@@ -282,9 +293,9 @@ fn avx2_value_kernel_equals_the_generic_loops() {
             let w = wave(vectors * stride, 7);
             let ws: Vec<&[f32]> = (0..vectors).map(|n| &w[n * stride..][..m]).collect();
             let at: Vec<usize> = (0..vectors).map(|n| (vectors - 1 - n) * d).collect();
-            let v = wave(m * d, 13);
+            let (v, bits) = halves(m * d, 13);
             let mut slow = wave(vectors * d, 5);
-            let mut fast = slow.clone();
+            let base = slow.clone();
             if (2..=4).contains(&vectors) {
                 // One row's heads: the group loops, outputs in head order.
                 let mut group = slow.clone();
@@ -294,7 +305,7 @@ fn avx2_value_kernel_equals_the_generic_loops() {
                 assert!(super::super::attention_avx2::axpys(
                     cpu,
                     &ws,
-                    (&v, d),
+                    (Block::F32(&v), d),
                     (&mut heads, &at)
                 ));
                 assert!(same_bits(&group, &heads), "heads {vectors} m {m} d {d}");
@@ -302,9 +313,15 @@ fn avx2_value_kernel_equals_the_generic_loops() {
             for (wn, &o) in ws.iter().zip(&at) {
                 group_axpys_loops::<1>((wn, m, 0), m, &v, &mut slow[o..o + d]);
             }
-            let took = super::super::attention_avx2::axpys(cpu, &ws, (&v, d), (&mut fast, &at));
-            assert!(took, "vectors {vectors} m {m} d {d}: the kernel refused the shape");
-            assert!(same_bits(&slow, &fast), "vectors {vectors} m {m} d {d}");
+            for block in [Block::F32(&v), Block::F16(&bits)] {
+                let mut fast = base.clone();
+                let took = super::super::attention_avx2::axpys(cpu, &ws, (block, d), (&mut fast, &at));
+                assert!(
+                    took,
+                    "{block:?} vectors {vectors} m {m} d {d}: the kernel refused the shape"
+                );
+                assert!(same_bits(&slow, &fast), "vectors {vectors} m {m} d {d}");
+            }
         }
     }
 }
@@ -317,9 +334,9 @@ fn avx2_scoring_kernel_equals_the_generic_loops() {
     let Some(cpu) = avx2_fma("scoring") else { return };
     for vectors in [1, 2, 3, 4, 5, 6, 7, 13] {
         for (d, stride) in [(1, 16), (8, 16), (64, 32), (128, 16)] {
-            let (qr, kt) = (wave(vectors * d, 7), wave((d - 1) * stride + LANES, 13));
+            let (qr, (kt, bits)) = (wave(vectors * d, 7), halves((d - 1) * stride + LANES, 13));
             let qs: Vec<&[f32]> = qr.chunks(d).collect();
-            let (mut slow, mut fast) = (vec![[0f32; LANES]; vectors], vec![[1f32; LANES]; vectors]);
+            let mut slow = vec![[0f32; LANES]; vectors];
             match vectors {
                 2 => group_dots_loops::<2>(&qr, &kt, stride, &mut slow),
                 3 => group_dots_loops::<3>(&qr, &kt, stride, &mut slow),
@@ -330,15 +347,18 @@ fn avx2_scoring_kernel_equals_the_generic_loops() {
                     }
                 }
             }
-            let took = super::super::attention_avx2::dots(cpu, &qs, (&kt, stride), &mut fast);
-            assert!(
-                took,
-                "vectors {vectors} d {d} stride {stride}: the kernel refused the shape"
-            );
-            assert!(
-                same_bits(slow.as_flattened(), fast.as_flattened()),
-                "vectors {vectors} d {d} stride {stride}"
-            );
+            for block in [Block::F32(&kt), Block::F16(&bits)] {
+                let mut fast = vec![[1f32; LANES]; vectors];
+                let took = super::super::attention_avx2::dots(cpu, &qs, (block, stride), &mut fast);
+                assert!(
+                    took,
+                    "vectors {vectors} d {d} stride {stride}: the kernel refused the shape"
+                );
+                assert!(
+                    same_bits(slow.as_flattened(), fast.as_flattened()),
+                    "{block:?} vectors {vectors} d {d} stride {stride}"
+                );
+            }
         }
     }
 }
@@ -349,8 +369,9 @@ fn same_bits(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
-/// Times a 512-row prompt chunk at depth 4096 (the 1B's 32 query heads and the 3B's 24, over
-/// 8 KV heads of 64) and prints cycles per (head, position) pair at 3 GHz:
+/// Times a 512-row prompt chunk at depth 4096 and one row there (a decoding step), with the
+/// 1B's 32 query heads and the 3B's 24 over 8 KV heads of 64, and prints cycles per (head,
+/// position) pair at 3 GHz:
 /// `cargo test --release --lib attention_timing -- --ignored --nocapture`.
 #[test]
 #[ignore]
@@ -373,19 +394,25 @@ fn attention_timing() {
         let q: Vec<f32> = (0..n * heads * 64)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
             .collect();
-        let rows = causal_rows(&table, len, n);
-        let pairs: usize = rows.iter().map(|r| r.len).sum::<usize>() * heads;
-        let mut best = f64::MAX;
-        for _ in 0..3 {
-            let t = std::time::Instant::now();
-            std::hint::black_box(attend_rows(pool.store(), 0, &q, &rows, heads, Vec::new()));
-            best = best.min(t.elapsed().as_secs_f64());
+        // The chunk's rows, then the last row alone (a decoding step at that depth).
+        for n in [n, 1] {
+            let rows = causal_rows(&table, len, n);
+            let q = &q[..n * heads * 64];
+            let pairs: usize = rows.iter().map(|r| r.len).sum::<usize>() * heads;
+            let mut best = f64::MAX;
+            for _ in 0..3 {
+                let t = std::time::Instant::now();
+                for _ in 0..512 / n {
+                    std::hint::black_box(attend_rows(pool.store(), 0, q, &rows, heads, Vec::new()));
+                }
+                best = best.min(t.elapsed().as_secs_f64() / (512 / n) as f64);
+            }
+            let cores = rayon::current_num_threads() as f64;
+            eprintln!(
+                "{dtype:?} {heads} heads, {n} rows: {:.2} ms, {:.2} cycles/pair",
+                best * 1e3,
+                best * 3e9 * cores / pairs as f64
+            );
         }
-        let cores = rayon::current_num_threads() as f64;
-        eprintln!(
-            "{dtype:?} {heads} heads: {:.1} ms, {:.2} cycles/pair",
-            best * 1e3,
-            best * 3e9 * cores / pairs as f64
-        );
     }
 }

@@ -1,0 +1,224 @@
+//! A tile's attention over an f16 or f32 pool, block by block: scores, then values added
+//! with the softmax's weights. Groups of 2 to 4 heads go through the batched kernels (runs of
+//! rows that see the same positions at once); AVX-512 reads an f16 pool in place row by row;
+//! other group sizes run row by row in the loops.
+
+use super::super::kv_store::Part;
+use super::loops::{lane_axpys, lane_dots, LANES};
+use super::{
+    axpys_in_place, batch_axpys, batch_dots, dots_in_place, store_scores, visible, Avx2Fma, Avx512, Block, Kernels,
+    Tile, TileShape,
+};
+
+/// How a block's keys are read.
+#[derive(Clone, Copy)]
+enum Keys<'a> {
+    /// An f16 pool's bits, in place with AVX-512, row by row.
+    Bits(Avx512, &'a [u16]),
+    /// By the batched kernels, runs of rows at once (groups of 2 to 4 heads).
+    Batched(Block<'a>),
+    /// Converted to f32 (or an f32 pool's), row by row (other group sizes).
+    Floats(&'a [f32]),
+}
+
+/// Every row's scaled scores `[group, len]` against an f16 or f32 pool's keys.
+#[inline(always)]
+pub(super) fn score_blocks(t: &Tile, s: &TileShape, kernels: Kernels) -> Vec<Vec<f32>> {
+    let mut scores: Vec<Vec<f32>> = t.rows.iter().map(|r| vec![0f32; s.group * r.len]).collect();
+    let mut raw = vec![0f32; s.padded * s.d];
+    let mut accs = vec![[0f32; LANES]; t.rows.len() * s.group];
+    // Every row's query vectors, row by row: a run of rows is a slice of it.
+    let queries: Vec<&[f32]> = (0..t.rows.len() * s.group)
+        .map(|k| &t.q[(k / s.group) * t.heads * s.d + t.kv * s.width + (k % s.group) * s.d..][..s.d])
+        .collect();
+    let part = (t.layer, Part::Keys);
+    for (j, &block) in s.blocks.iter().enumerate() {
+        if let Some(&next) = s.blocks.get(j + 1) {
+            t.pool.prefetch_head_block(part, next, t.kv);
+        }
+        let n = s.count(j);
+        let bits = kernels
+            .f16_in_place
+            .and_then(|cpu| Some((cpu, t.pool.head_block_bits(part, block, t.kv, n)?)));
+        let halves = kernels
+            .halves
+            .and_then(|_| t.pool.head_block_bits(part, block, t.kv, n));
+        let keys = match (bits, halves) {
+            (Some((cpu, kb)), _) => Keys::Bits(cpu, kb),
+            (None, Some(kb)) => Keys::Batched(Block::F16(kb)),
+            (None, None) => {
+                let kt = t.pool.head_block(part, block, t.kv, n, &mut raw);
+                match (2..=4).contains(&s.group) {
+                    true => Keys::Batched(Block::F32(kt)),
+                    false => Keys::Floats(kt),
+                }
+            }
+        };
+        match keys {
+            Keys::Batched(kb) => score_runs(t, s, j, (kb, kernels.avx2), &queries, &mut accs, &mut scores),
+            Keys::Bits(..) | Keys::Floats(_) => score_rows(t, s, j, keys, &mut accs, &mut scores),
+        }
+    }
+    scores
+}
+
+/// Scores block `j` (keys `kt` in f32) for every run of consecutive rows that sees each 16
+/// positions, all the run's query vectors in one [`batch_dots`].
+#[inline(always)]
+fn score_runs(
+    t: &Tile,
+    s: &TileShape,
+    j: usize,
+    (kt, avx2): (Block, Option<Avx2Fma>),
+    queries: &[&[f32]],
+    accs: &mut [[f32; LANES]],
+    scores: &mut [Vec<f32>],
+) {
+    let g = s.group;
+    let seen = |ri: usize, c: usize| visible(&t.rows[ri], j, s.bs).filter(|&m| m > c * LANES);
+    for c in 0..s.count(j).div_ceil(LANES) {
+        let mut a = 0;
+        while a < t.rows.len() {
+            if seen(a, c).is_none() {
+                a += 1;
+                continue;
+            }
+            let b = (a..t.rows.len())
+                .find(|&r| seen(r, c).is_none())
+                .unwrap_or(t.rows.len());
+            batch_dots(
+                avx2,
+                &queries[a * g..b * g],
+                (kt.from(c * LANES), s.padded),
+                &mut accs[a * g..b * g],
+            );
+            for ri in a..b {
+                let (len, m) = (t.rows[ri].len, seen(ri, c).unwrap_or(0));
+                let at = j * s.bs + c * LANES;
+                store_scores(
+                    &accs[ri * g..(ri + 1) * g],
+                    (&mut scores[ri], len),
+                    at,
+                    (m - c * LANES).min(LANES),
+                    s.scale,
+                );
+            }
+            a = b;
+        }
+    }
+}
+
+/// Scores block `j` row by row: an f16 block in place, or a group size the batched kernels
+/// do not take with [`lane_dots`].
+#[inline(always)]
+fn score_rows(t: &Tile, s: &TileShape, j: usize, keys: Keys, accs: &mut [[f32; LANES]], scores: &mut [Vec<f32>]) {
+    let (d, accs) = (s.d, &mut accs[..s.group]);
+    for (ri, row) in t.rows.iter().enumerate() {
+        let Some(m) = visible(row, j, s.bs) else { continue };
+        let qr = &t.q[ri * t.heads * d + t.kv * s.width..][..s.width];
+        for c in 0..m.div_ceil(LANES) {
+            match keys {
+                Keys::Bits(cpu, kb) => dots_in_place(cpu, s.group, qr, &kb[c * LANES..], s.padded, accs),
+                Keys::Floats(kt) => {
+                    for (g, acc) in accs.iter_mut().enumerate() {
+                        *acc = lane_dots(&qr[g * d..(g + 1) * d], &kt[c * LANES..], s.padded);
+                    }
+                }
+                // The batched blocks go to `score_runs`; the same sums here, row by row.
+                Keys::Batched(kb) => {
+                    let qs: Vec<&[f32]> = qr.chunks(d).collect();
+                    batch_dots(None, &qs, (kb.from(c * LANES), s.padded), accs);
+                }
+            }
+            let at = j * s.bs + c * LANES;
+            store_scores(
+                accs,
+                (&mut scores[ri], row.len),
+                at,
+                (m - c * LANES).min(LANES),
+                s.scale,
+            );
+        }
+    }
+}
+
+/// The rows' outputs `[rows, group * d]`: each block's values of an f16 or f32 pool added
+/// with the rows' weights.
+#[inline(always)]
+pub(super) fn add_value_blocks(t: &Tile, s: &TileShape, kernels: Kernels, scores: &[Vec<f32>]) -> Vec<f32> {
+    let mut out = vec![0f32; t.rows.len() * s.width];
+    let mut raw = vec![0f32; s.padded * s.d];
+    let mut runs = (Vec::new(), Vec::new());
+    let part = (t.layer, Part::Values);
+    for (j, &block) in s.blocks.iter().enumerate() {
+        if let Some(&next) = s.blocks.get(j + 1) {
+            t.pool.prefetch_head_block(part, next, t.kv);
+        }
+        let n = s.count(j);
+        let bits = kernels
+            .f16_in_place
+            .and_then(|cpu| Some((cpu, t.pool.head_block_bits(part, block, t.kv, n)?)));
+        let halves = kernels
+            .halves
+            .and_then(|_| t.pool.head_block_bits(part, block, t.kv, n));
+        let Some((cpu, vb)) = bits else {
+            let values = match halves {
+                Some(vb) => Block::F16(vb),
+                None => Block::F32(t.pool.head_block(part, block, t.kv, n, &mut raw)),
+            };
+            add_values(t, s, j, (values, kernels.avx2), (scores, &mut runs), &mut out);
+            continue;
+        };
+        for (ri, row) in t.rows.iter().enumerate() {
+            let Some(m) = visible(row, j, s.bs) else { continue };
+            let orow = &mut out[ri * s.width..(ri + 1) * s.width];
+            axpys_in_place(cpu, s.group, (&scores[ri], row.len, j * s.bs), m, vb, orow);
+        }
+    }
+    out
+}
+
+/// The weights and output offsets of a run of rows' query heads, kept between blocks.
+pub(super) type Runs<'s> = (Vec<&'s [f32]>, Vec<usize>);
+
+/// Adds block `j`'s values (f32, `[n, d]`) to the rows' outputs with their weights: each run
+/// of consecutive rows that sees the same positions in one [`batch_axpys`] (groups of 2 to
+/// 4 heads), other group sizes row by row with [`lane_axpys`].
+#[inline(always)]
+pub(super) fn add_values<'s>(
+    t: &Tile,
+    s: &TileShape,
+    j: usize,
+    (values, avx2): (Block, Option<Avx2Fma>),
+    (scores, runs): (&'s [Vec<f32>], &mut Runs<'s>),
+    out: &mut [f32],
+) {
+    let (g, d) = (s.group, s.d);
+    let seen = |ri: usize| visible(&t.rows[ri], j, s.bs);
+    let mut a = 0;
+    while a < t.rows.len() {
+        let Some(m) = seen(a) else {
+            a += 1;
+            continue;
+        };
+        let b = (a..t.rows.len()).find(|&r| seen(r) != Some(m)).unwrap_or(t.rows.len());
+        let (ws, at) = (&mut runs.0, &mut runs.1);
+        ws.clear();
+        at.clear();
+        for ri in a..b {
+            for h in 0..g {
+                ws.push(&scores[ri][h * t.rows[ri].len + j * s.bs..][..m]);
+                at.push(ri * s.width + h * d);
+            }
+        }
+        if (2..=4).contains(&g) {
+            batch_axpys(avx2, ws, (values, d), (out, at));
+        } else {
+            let values = values.floats();
+            for (w, &o) in ws.iter().zip(at.iter()) {
+                lane_axpys(w, &values, &mut out[o..o + d]);
+            }
+        }
+        a = b;
+    }
+}
