@@ -10,14 +10,20 @@ use super::{
     Tile, TileShape,
 };
 
-/// How a block's keys are read.
+/// How a block's keys are scored.
+enum Route<'a> {
+    /// By the batched kernels, runs of rows at once (groups of 2 to 4 heads).
+    Runs(Block<'a>),
+    /// Row by row.
+    Rows(Keys<'a>),
+}
+
+/// A block's keys read row by row.
 #[derive(Clone, Copy)]
 enum Keys<'a> {
-    /// An f16 pool's bits, in place with AVX-512, row by row.
+    /// An f16 pool's bits, in place with AVX-512.
     Bits(Avx512, &'a [u16]),
-    /// By the batched kernels, runs of rows at once (groups of 2 to 4 heads).
-    Batched(Block<'a>),
-    /// Converted to f32 (or an f32 pool's), row by row (other group sizes).
+    /// Converted to f32 (or an f32 pool's), for group sizes the batched kernels do not take.
     Floats(&'a [f32]),
 }
 
@@ -43,20 +49,20 @@ pub(super) fn score_blocks(t: &Tile, s: &TileShape, kernels: Kernels) -> Vec<Vec
         let halves = kernels
             .halves
             .and_then(|_| t.pool.head_block_bits(part, block, t.kv, n));
-        let keys = match (bits, halves) {
-            (Some((cpu, kb)), _) => Keys::Bits(cpu, kb),
-            (None, Some(kb)) => Keys::Batched(Block::F16(kb)),
+        let route = match (bits, halves) {
+            (Some((cpu, kb)), _) => Route::Rows(Keys::Bits(cpu, kb)),
+            (None, Some(kb)) => Route::Runs(Block::F16(kb)),
             (None, None) => {
                 let kt = t.pool.head_block(part, block, t.kv, n, &mut raw);
                 match (2..=4).contains(&s.group) {
-                    true => Keys::Batched(Block::F32(kt)),
-                    false => Keys::Floats(kt),
+                    true => Route::Runs(Block::F32(kt)),
+                    false => Route::Rows(Keys::Floats(kt)),
                 }
             }
         };
-        match keys {
-            Keys::Batched(kb) => score_runs(t, s, j, (kb, kernels.avx2), &queries, &mut accs, &mut scores),
-            Keys::Bits(..) | Keys::Floats(_) => score_rows(t, s, j, keys, &mut accs, &mut scores),
+        match route {
+            Route::Runs(kb) => score_runs(t, s, j, (kb, kernels.avx2), &queries, &mut accs, &mut scores),
+            Route::Rows(keys) => score_rows(t, s, j, keys, &mut accs, &mut scores),
         }
     }
     scores
@@ -123,11 +129,6 @@ fn score_rows(t: &Tile, s: &TileShape, j: usize, keys: Keys, accs: &mut [[f32; L
                     for (g, acc) in accs.iter_mut().enumerate() {
                         *acc = lane_dots(&qr[g * d..(g + 1) * d], &kt[c * LANES..], s.padded);
                     }
-                }
-                // The batched blocks go to `score_runs`; the same sums here, row by row.
-                Keys::Batched(kb) => {
-                    let qs: Vec<&[f32]> = qr.chunks(d).collect();
-                    batch_dots(None, &qs, (kb.from(c * LANES), s.padded), accs);
                 }
             }
             let at = j * s.bs + c * LANES;
