@@ -27,6 +27,35 @@ enum Keys<'a> {
     Floats(&'a [f32]),
 }
 
+/// An f16 pool's block read in place, and by which kernels.
+enum InPlace<'a> {
+    /// Row by row with AVX-512.
+    Avx512(Avx512, &'a [u16]),
+    /// By the batched AVX2 kernels.
+    Avx2(&'a [u16]),
+}
+
+/// Asks for block `j + 1` of `part` ahead of use, and gives block `j`'s bits where the
+/// kernels read it in place (`None`: it is to be converted, or the pool is not f16).
+#[inline(always)]
+fn in_place<'a>(
+    t: &Tile<'a>,
+    s: &TileShape,
+    kernels: Kernels,
+    (part, j): ((usize, Part), usize),
+) -> Option<InPlace<'a>> {
+    if let Some(&next) = s.blocks.get(j + 1) {
+        t.pool.prefetch_head_block(part, next, t.kv);
+    }
+    let block = *s.blocks.get(j)?;
+    let bits = || t.pool.head_block_bits(part, block, t.kv, s.count(j));
+    match (kernels.f16_in_place, kernels.halves) {
+        (Some(cpu), _) => Some(InPlace::Avx512(cpu, bits()?)),
+        (None, Some(_)) => Some(InPlace::Avx2(bits()?)),
+        (None, None) => None,
+    }
+}
+
 /// Every row's scaled scores `[group, len]` against an f16 or f32 pool's keys.
 #[inline(always)]
 pub(super) fn score_blocks(t: &Tile, s: &TileShape, kernels: Kernels) -> Vec<Vec<f32>> {
@@ -39,21 +68,11 @@ pub(super) fn score_blocks(t: &Tile, s: &TileShape, kernels: Kernels) -> Vec<Vec
         .collect();
     let part = (t.layer, Part::Keys);
     for (j, &block) in s.blocks.iter().enumerate() {
-        if let Some(&next) = s.blocks.get(j + 1) {
-            t.pool.prefetch_head_block(part, next, t.kv);
-        }
-        let n = s.count(j);
-        let bits = kernels
-            .f16_in_place
-            .and_then(|cpu| Some((cpu, t.pool.head_block_bits(part, block, t.kv, n)?)));
-        let halves = kernels
-            .halves
-            .and_then(|_| t.pool.head_block_bits(part, block, t.kv, n));
-        let route = match (bits, halves) {
-            (Some((cpu, kb)), _) => Route::Rows(Keys::Bits(cpu, kb)),
-            (None, Some(kb)) => Route::Runs(Block::F16(kb)),
-            (None, None) => {
-                let kt = t.pool.head_block(part, block, t.kv, n, &mut raw);
+        let route = match in_place(t, s, kernels, (part, j)) {
+            Some(InPlace::Avx512(cpu, kb)) => Route::Rows(Keys::Bits(cpu, kb)),
+            Some(InPlace::Avx2(kb)) => Route::Runs(Block::F16(kb)),
+            None => {
+                let kt = t.pool.head_block(part, block, t.kv, s.count(j), &mut raw);
                 match (2..=4).contains(&s.group) {
                     true => Route::Runs(Block::F32(kt)),
                     false => Route::Rows(Keys::Floats(kt)),
@@ -152,23 +171,16 @@ pub(super) fn add_value_blocks(t: &Tile, s: &TileShape, kernels: Kernels, scores
     let mut runs = (Vec::new(), Vec::new());
     let part = (t.layer, Part::Values);
     for (j, &block) in s.blocks.iter().enumerate() {
-        if let Some(&next) = s.blocks.get(j + 1) {
-            t.pool.prefetch_head_block(part, next, t.kv);
-        }
-        let n = s.count(j);
-        let bits = kernels
-            .f16_in_place
-            .and_then(|cpu| Some((cpu, t.pool.head_block_bits(part, block, t.kv, n)?)));
-        let halves = kernels
-            .halves
-            .and_then(|_| t.pool.head_block_bits(part, block, t.kv, n));
-        let Some((cpu, vb)) = bits else {
-            let values = match halves {
-                Some(vb) => Block::F16(vb),
-                None => Block::F32(t.pool.head_block(part, block, t.kv, n, &mut raw)),
-            };
-            add_values(t, s, j, (values, kernels.avx2), (scores, &mut runs), &mut out);
-            continue;
+        let (cpu, vb) = match in_place(t, s, kernels, (part, j)) {
+            Some(InPlace::Avx512(cpu, vb)) => (cpu, vb),
+            halves => {
+                let values = match halves {
+                    Some(InPlace::Avx2(vb)) => Block::F16(vb),
+                    _ => Block::F32(t.pool.head_block(part, block, t.kv, s.count(j), &mut raw)),
+                };
+                add_values(t, s, j, (values, kernels.avx2), (scores, &mut runs), &mut out);
+                continue;
+            }
         };
         for (ri, row) in t.rows.iter().enumerate() {
             let Some(m) = visible(row, j, s.bs) else { continue };
