@@ -30,6 +30,9 @@ pub const QUAD: usize = 4;
 pub struct QuantQuery {
     q: Vec<i8>,
     scales: Vec<f32>,
+    /// Per head and group, `-128 * sum(q)`: what undoes the keys' offset of 128 in the
+    /// unsigned-by-signed products of `vpdpbusd`.
+    offsets: Vec<i32>,
 }
 
 impl QuantQuery {
@@ -39,6 +42,7 @@ impl QuantQuery {
         let mut out = Self {
             q: vec![0; x.len()],
             scales: Vec::with_capacity(x.len() / group.max(1)),
+            offsets: Vec::with_capacity(x.len() / group.max(1)),
         };
         for (xs, qs) in x.chunks(group.max(1)).zip(out.q.chunks_mut(group.max(1))) {
             let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -48,6 +52,7 @@ impl QuantQuery {
                 *q = (v * inv).round().clamp(-127.0, 127.0) as i8;
             }
             out.scales.push(scale);
+            out.offsets.push(-128 * qs.iter().map(|&q| i32::from(q)).sum::<i32>());
         }
         out
     }
@@ -73,6 +78,10 @@ pub type Dots = fn(&QuantQuery, KeyTile, usize, &mut [[f32; LANES]]);
 
 /// The fastest kernel this CPU runs (all give the same bits).
 pub fn kernel() -> Dots {
+    #[cfg(target_arch = "x86_64")]
+    if vnni() {
+        return dots_avx512;
+    }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2")
         && std::arch::is_x86_feature_detected!("fma")
@@ -145,6 +154,10 @@ pub type Axpys = fn((&[f32], usize, usize), usize, ValueBlock, &mut [f32], &mut 
 
 /// The fastest value kernel this CPU runs (all give the same bits).
 pub fn value_kernel() -> Axpys {
+    #[cfg(target_arch = "x86_64")]
+    if vnni() {
+        return axpys_avx512;
+    }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         return axpys_avx2;
@@ -227,6 +240,72 @@ fn axpys_avx2(scores: (&[f32], usize, usize), m: usize, v: ValueBlock, orow: &mu
         g += n;
     }
 }
+
+/// Whether this CPU runs the AVX-512 VNNI kernels ([`avx512`]).
+#[cfg(target_arch = "x86_64")]
+fn vnni() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vnni")
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
+}
+
+#[cfg(target_arch = "x86_64")]
+fn dots_avx512(q: &QuantQuery, k: KeyTile, from: usize, out: &mut [[f32; LANES]]) {
+    let (heads, d) = check(q, k, from, out);
+    let mut g = 0;
+    while g < heads {
+        let n = (heads - g).min(4);
+        let rows = &mut out[g..g + n];
+        // SAFETY: AVX-512F/BW/VNNI were detected by `kernel`, the only way to this function;
+        // `check` proved the bounds every load relies on.
+        unsafe {
+            match n {
+                4 => avx512::dots::<4>(q, k, (from, d), g, rows),
+                3 => avx512::dots::<3>(q, k, (from, d), g, rows),
+                2 => avx512::dots::<2>(q, k, (from, d), g, rows),
+                _ => avx512::dots::<1>(q, k, (from, d), g, rows),
+            }
+        }
+        g += n;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn axpys_avx512(scores: (&[f32], usize, usize), m: usize, v: ValueBlock, orow: &mut [f32], scratch: &mut [f32]) {
+    let Some((scales, d)) = value_scales(scores, m, v, orow, scratch) else {
+        return;
+    };
+    if !d.is_multiple_of(2 * VLANES) {
+        return axpys_avx2(scores, m, v, orow, scratch);
+    }
+    let heads = orow.len() / d;
+    let pairs = d.is_multiple_of(4 * VLANES);
+    let mut g = 0;
+    while g < heads {
+        let n = (heads - g).min(4);
+        // SAFETY: AVX-512F was detected by `value_kernel`, the only way here; `d` is a
+        // multiple of 16 (of 32 for two registers a head); `value_scales` proved the bounds.
+        unsafe {
+            match (n, pairs) {
+                (4, true) => avx512::axpys::<4, 2>(scores, (m, d), v, scales, g, orow),
+                (3, true) => avx512::axpys::<3, 2>(scores, (m, d), v, scales, g, orow),
+                (2, true) => avx512::axpys::<2, 2>(scores, (m, d), v, scales, g, orow),
+                (_, true) => avx512::axpys::<1, 2>(scores, (m, d), v, scales, g, orow),
+                (4, false) => avx512::axpys::<4, 1>(scores, (m, d), v, scales, g, orow),
+                (3, false) => avx512::axpys::<3, 1>(scores, (m, d), v, scales, g, orow),
+                (2, false) => avx512::axpys::<2, 1>(scores, (m, d), v, scales, g, orow),
+                _ => avx512::axpys::<1, 1>(scores, (m, d), v, scales, g, orow),
+            }
+        }
+        g += n;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 #[cfg(target_arch = "x86_64")]
 fn dots_avx2(q: &QuantQuery, k: KeyTile, from: usize, out: &mut [[f32; LANES]]) {
@@ -388,6 +467,29 @@ mod tests {
         (q, s)
     }
 
+    /// Every scoring kernel this CPU runs, the reference first.
+    fn score_kernels() -> Vec<Dots> {
+        let mut all: Vec<Dots> = vec![dots_portable, kernel()];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
+            all.push(dots_avx2);
+        }
+        all
+    }
+
+    /// Every value kernel this CPU runs, the reference first.
+    fn value_kernels() -> Vec<Axpys> {
+        let mut all: Vec<Axpys> = vec![axpys_portable, value_kernel()];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            all.push(axpys_avx2);
+        }
+        all
+    }
+
     #[test]
     fn quantized_queries_are_within_half_a_step() {
         let x: Vec<f32> = (0..96).map(|i| ((i * 37) % 19) as f32 - 9.3).collect();
@@ -430,13 +532,16 @@ mod tests {
 
     #[test]
     fn every_value_kernel_gives_the_reference_s_bits_and_the_sum() {
-        let kernels: Vec<Axpys> = vec![axpys_portable, value_kernel()];
+        let kernels = value_kernels();
         for (d, group, heads, m) in [
             (64, 32, 4, 16),
             (64, 32, 3, 5),
             (8, 8, 1, 1),
             (96, 32, 5, 13),
             (24, 8, 8, 16),
+            (16, 8, 2, 7),
+            (48, 16, 3, 16),
+            (128, 32, 3, 16),
         ] {
             let (q, scales) = tile(d, m, group);
             let v = ValueBlock {
@@ -474,13 +579,15 @@ mod tests {
 
     #[test]
     fn every_kernel_gives_the_reference_s_bits() {
-        let kernels: Vec<Dots> = vec![dots_portable, kernel()];
+        let kernels = score_kernels();
         for (d, padded, group, heads) in [
             (64, 16, 32, 4),
             (64, 32, 32, 3),
             (8, 16, 8, 1),
             (96, 16, 32, 5),
             (16, 16, 16, 8),
+            (128, 32, 32, 3),
+            (48, 48, 16, 2),
         ] {
             let (kq, ks) = tile(d, padded, group);
             let x: Vec<f32> = (0..heads * d).map(|i| ((i * 31) % 41) as f32 * 0.37 - 7.0).collect();

@@ -1,0 +1,144 @@
+//! AVX-512 VNNI kernels of [`super`]: sixteen positions' quads in one 64-byte load, one
+//! `vpdpbusd` per quad and query head for all sixteen, and values widened sixteen
+//! dimensions at a time.
+//!
+//! `vpdpbusd` multiplies unsigned by signed bytes: the keys are offset by 128 (one `xor` per
+//! load, shared by every head) and each group's sum starts at the query's `-128 * sum`
+//! ([`QuantQuery`]'s offsets), which undoes the offset exactly. The integer sums are exact
+//! whatever their order, and the float work per group and position is the reference's one
+//! multiply and one fused multiply-add, so the bits are the reference's.
+
+use std::arch::x86_64::*;
+
+use super::{KeyTile, QuantQuery, ValueBlock, LANES, QUAD, VLANES};
+
+/// Heads `first..first + H` of `q` (`d` dimensions each) against 16 positions from `from`.
+///
+/// # Safety
+/// AVX-512F, AVX-512BW and AVX-512VNNI; the shapes as `check` proves them.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[allow(clippy::needless_range_loop)] // `h` indexes several arrays in step
+pub(super) unsafe fn dots<const H: usize>(
+    q: &QuantQuery,
+    k: KeyTile,
+    (from, d): (usize, usize),
+    first: usize,
+    out: &mut [[f32; LANES]],
+) {
+    let groups = d / k.group;
+    let quads = k.group / QUAD;
+    let flip = _mm512_set1_epi8(-128);
+    let mut acc = [_mm512_setzero_ps(); H];
+    // Macros rather than closures, which would not share the function's target features.
+    // SAFETY: `quad < d / 4` and `from + 16 <= padded`: 64 bytes in the tile, offset by 128.
+    macro_rules! keys {
+        ($quad:expr) => {
+            _mm512_xor_si512(
+                unsafe { _mm512_loadu_si512(k.q.as_ptr().add(($quad * k.padded + from) * QUAD).cast()) },
+                flip,
+            )
+        };
+    }
+    // SAFETY: `(first + h) * d + quad * 4 + 4 <= q.q.len()` (head and quad in range).
+    macro_rules! four {
+        ($h:expr, $quad:expr) => {
+            _mm512_set1_epi32(unsafe {
+                (q.q.as_ptr().add((first + $h) * d + $quad * QUAD) as *const i32).read_unaligned()
+            })
+        };
+    }
+    for gi in 0..groups {
+        // Two sums per head (even and odd quads) halve the chains' wait on `vpdpbusd`.
+        let mut even = [_mm512_setzero_si512(); H];
+        let mut odd = [_mm512_setzero_si512(); H];
+        for h in 0..H {
+            even[h] = _mm512_set1_epi32(q.offsets[(first + h) * groups + gi]);
+        }
+        let mut qi = 0;
+        while qi + 2 <= quads {
+            let quad = gi * quads + qi;
+            let (ka, kb) = (keys!(quad), keys!(quad + 1));
+            for h in 0..H {
+                even[h] = _mm512_dpbusd_epi32(even[h], ka, four!(h, quad));
+                odd[h] = _mm512_dpbusd_epi32(odd[h], kb, four!(h, quad + 1));
+            }
+            qi += 2;
+        }
+        if qi < quads {
+            let quad = gi * quads + qi;
+            let ka = keys!(quad);
+            for h in 0..H {
+                even[h] = _mm512_dpbusd_epi32(even[h], ka, four!(h, quad));
+            }
+        }
+        // SAFETY: `gi < d / group` and `from + 16 <= padded`: 16 scales in the tile.
+        let ks = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(k.scales.as_ptr().add(gi * k.padded + from).cast()) });
+        for h in 0..H {
+            let scale = _mm512_mul_ps(ks, _mm512_set1_ps(q.scales[(first + h) * groups + gi]));
+            let sums = _mm512_add_epi32(even[h], odd[h]);
+            acc[h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, acc[h]);
+        }
+    }
+    for h in 0..H {
+        // SAFETY: `out[h]` holds 16 f32.
+        unsafe { _mm512_storeu_ps(out[h].as_mut_ptr(), acc[h]) };
+    }
+}
+
+/// Heads `first..first + H` of [`super::axpys_portable`], `16 * C` dimensions at a time
+/// (the reference's 8-dimension chains, two to a register; `C * H` chains at once).
+///
+/// # Safety
+/// AVX-512F; `d` a multiple of `16 * C`; the shapes as `value_scales` proves them.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::needless_range_loop)] // `h` and `i` index several arrays in step
+pub(super) unsafe fn axpys<const H: usize, const C: usize>(
+    (sc, len, at): (&[f32], usize, usize),
+    (m, d): (usize, usize),
+    v: ValueBlock,
+    scales: &[f32],
+    first: usize,
+    orow: &mut [f32],
+) {
+    const WIDE: usize = 2 * VLANES;
+    let groups = d / v.group;
+    let w: [&[f32]; H] = std::array::from_fn(|h| &sc[(first + h) * len + at..][..m]);
+    for c in (0..d).step_by(C * WIDE) {
+        let mut acc = [[_mm512_setzero_ps(); H]; C];
+        for s in 0..m {
+            // SAFETY: `s < m` and `c + 16 * C <= d`: the bytes lie in the block; the scale
+            // indices are below `m * groups`, the scales' length; `s < m`, each head's number
+            // of scores.
+            unsafe {
+                let mut ws = [_mm512_setzero_ps(); H];
+                for h in 0..H {
+                    ws[h] = _mm512_set1_ps(*w[h].get_unchecked(s));
+                }
+                for i in 0..C {
+                    let at = c + i * WIDE;
+                    let q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                        v.q.as_ptr().add(s * d + at).cast(),
+                    )));
+                    // A 16-wide register spans two scale groups where the group is 8.
+                    let sa = *scales.get_unchecked(s * groups + at / v.group);
+                    let sb = *scales.get_unchecked(s * groups + (at + VLANES) / v.group);
+                    let (a, b) = (
+                        _mm512_castps_pd(_mm512_set1_ps(sa)),
+                        _mm256_castps_pd(_mm256_set1_ps(sb)),
+                    );
+                    let x = _mm512_mul_ps(q, _mm512_castpd_ps(_mm512_insertf64x4::<1>(a, b)));
+                    for h in 0..H {
+                        acc[i][h] = _mm512_fmadd_ps(ws[h], x, acc[i][h]);
+                    }
+                }
+            }
+        }
+        for i in 0..C {
+            for h in 0..H {
+                let o = &mut orow[(first + h) * d + c + i * WIDE..][..WIDE];
+                // SAFETY: `o` holds 16 f32.
+                unsafe { _mm512_storeu_ps(o.as_mut_ptr(), _mm512_add_ps(_mm512_loadu_ps(o.as_ptr()), acc[i][h])) };
+            }
+        }
+    }
+}
