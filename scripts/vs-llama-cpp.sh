@@ -33,7 +33,8 @@ cargo build --release --quiet
 [ -f "$MODEL/model.safetensors" ] || ./target/release/llama32 synthetic --shape "$SHAPE" --out "$MODEL" --force
 
 # One GGUF of TYPE for the shape: llama.cpp's converter (from the llama-cpp-python source
-# package, fetched when missing) to bf16, then the llama-quantize of whichever peer is built.
+# package, fetched when missing: ik_llama.cpp's converter fails on Llama) to bf16, then the
+# llama-quantize of whichever peer is built.
 gguf() {
   local out=$DIR/$1.gguf bf16=$DIR/$SHAPE.bf16.gguf
   [ "$SHAPE" = 1b ] || out=$DIR/$1-$SHAPE.gguf
@@ -41,6 +42,8 @@ gguf() {
     local src
     src=$(ls -d "$PEERS"/llama_cpp_python-*/vendor/llama.cpp 2>/dev/null | tail -1 || true)
     if [ -z "$src" ]; then
+      # Reading the source package's metadata needs its build backend.
+      "$PEERS/venv/bin/pip" install -q scikit-build-core cmake
       "$PEERS/venv/bin/pip" download -q --no-deps --no-binary :all: --no-build-isolation -d "$PEERS" llama-cpp-python==0.3.36
       tar -xzf "$PEERS"/llama_cpp_python-0.3.36.tar.gz -C "$PEERS"
       src=$PEERS/llama_cpp_python-0.3.36/vendor/llama.cpp
