@@ -283,21 +283,28 @@ fn axpys_avx512(scores: (&[f32], usize, usize), m: usize, v: ValueBlock, orow: &
     }
     let heads = orow.len() / d;
     let pairs = d.is_multiple_of(4 * VLANES);
+    let split = !v.group.is_multiple_of(2 * VLANES);
     let mut g = 0;
     while g < heads {
         let n = (heads - g).min(4);
         // SAFETY: AVX-512F was detected by `value_kernel`, the only way here; `d` is a
         // multiple of 16 (of 32 for two registers a head); `value_scales` proved the bounds.
         unsafe {
-            match (n, pairs) {
-                (4, true) => avx512::axpys::<4, 2>(scores, (m, d), v, scales, g, orow),
-                (3, true) => avx512::axpys::<3, 2>(scores, (m, d), v, scales, g, orow),
-                (2, true) => avx512::axpys::<2, 2>(scores, (m, d), v, scales, g, orow),
-                (_, true) => avx512::axpys::<1, 2>(scores, (m, d), v, scales, g, orow),
-                (4, false) => avx512::axpys::<4, 1>(scores, (m, d), v, scales, g, orow),
-                (3, false) => avx512::axpys::<3, 1>(scores, (m, d), v, scales, g, orow),
-                (2, false) => avx512::axpys::<2, 1>(scores, (m, d), v, scales, g, orow),
-                _ => avx512::axpys::<1, 1>(scores, (m, d), v, scales, g, orow),
+            macro_rules! run {
+                ($c:literal, $split:literal) => {
+                    match n {
+                        4 => avx512::axpys::<4, $c, $split>(scores, (m, d), v, scales, g, orow),
+                        3 => avx512::axpys::<3, $c, $split>(scores, (m, d), v, scales, g, orow),
+                        2 => avx512::axpys::<2, $c, $split>(scores, (m, d), v, scales, g, orow),
+                        _ => avx512::axpys::<1, $c, $split>(scores, (m, d), v, scales, g, orow),
+                    }
+                };
+            }
+            match (pairs, split) {
+                (true, false) => run!(2, false),
+                (true, true) => run!(2, true),
+                (false, false) => run!(1, false),
+                (false, true) => run!(1, true),
             }
         }
         g += n;

@@ -15,6 +15,8 @@ mod attention;
 #[cfg(target_arch = "x86_64")]
 mod attention_avx2;
 #[cfg(target_arch = "x86_64")]
+mod attention_avx512;
+#[cfg(target_arch = "x86_64")]
 mod attention_f16;
 mod attention_q8;
 mod dequant;

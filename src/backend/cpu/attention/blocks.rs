@@ -6,8 +6,8 @@
 use super::super::kv_store::Part;
 use super::loops::{lane_axpys, lane_dots, LANES};
 use super::{
-    axpys_in_place, batch_axpys, batch_dots, dots_in_place, store_scores, visible, Avx2Fma, Avx512, Block, Kernels,
-    Tile, TileShape,
+    axpys_in_place, batch_axpys, batch_dots, dots_in_place, store_scores, visible, Avx512, Block, Kernels, Tile,
+    TileShape,
 };
 
 /// How a block's keys are scored.
@@ -80,7 +80,7 @@ pub(super) fn score_blocks(t: &Tile, s: &TileShape, kernels: Kernels) -> Vec<Vec
             }
         };
         match route {
-            Route::Runs(kb) => score_runs(t, s, j, (kb, kernels.avx2), &queries, &mut accs, &mut scores),
+            Route::Runs(kb) => score_runs(t, s, j, (kb, kernels), &queries, &mut accs, &mut scores),
             Route::Rows(keys) => score_rows(t, s, j, keys, &mut accs, &mut scores),
         }
     }
@@ -94,7 +94,7 @@ fn score_runs(
     t: &Tile,
     s: &TileShape,
     j: usize,
-    (kt, avx2): (Block, Option<Avx2Fma>),
+    (kt, kernels): (Block, Kernels),
     queries: &[&[f32]],
     accs: &mut [[f32; LANES]],
     scores: &mut [Vec<f32>],
@@ -112,7 +112,7 @@ fn score_runs(
                 .find(|&r| seen(r, c).is_none())
                 .unwrap_or(t.rows.len());
             batch_dots(
-                avx2,
+                kernels,
                 &queries[a * g..b * g],
                 (kt.from(c * LANES), s.padded),
                 &mut accs[a * g..b * g],
@@ -178,7 +178,7 @@ pub(super) fn add_value_blocks(t: &Tile, s: &TileShape, kernels: Kernels, scores
                     Some(InPlace::Avx2(vb)) => Block::F16(vb),
                     _ => Block::F32(t.pool.head_block(part, block, t.kv, s.count(j), &mut raw)),
                 };
-                add_values(t, s, j, (values, kernels.avx2), (scores, &mut runs), &mut out);
+                add_values(t, s, j, (values, kernels), (scores, &mut runs), &mut out);
                 continue;
             }
         };
@@ -202,7 +202,7 @@ pub(super) fn add_values<'s>(
     t: &Tile,
     s: &TileShape,
     j: usize,
-    (values, avx2): (Block, Option<Avx2Fma>),
+    (values, kernels): (Block, Kernels),
     (scores, runs): (&'s [Vec<f32>], &mut Runs<'s>),
     out: &mut [f32],
 ) {
@@ -225,7 +225,7 @@ pub(super) fn add_values<'s>(
             }
         }
         if (2..=4).contains(&g) {
-            batch_axpys(avx2, ws, (values, d), (out, at));
+            batch_axpys(kernels, ws, (values, d), (out, at));
         } else {
             let values = values.floats();
             for (w, &o) in ws.iter().zip(at.iter()) {

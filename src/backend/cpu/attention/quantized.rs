@@ -5,16 +5,16 @@
 use super::super::attention_q8::{self, QuantQuery, ValueBlock};
 use super::super::kv_store::Part;
 use super::blocks::add_values;
-use super::{softmax_rows, store_scores, visible, Avx2Fma, Block, Tile, TileShape, LANES};
+use super::{softmax_rows, store_scores, visible, Block, Kernels, Tile, TileShape, LANES};
 
 /// [`super::tile_body`] over a q8_0 pool: keys scored with integer dot products and values added
 /// from their 8-bit form, both read in place ([`attention_q8`]). Inlined like
 /// [`super::tile_body`], so that its softmax is compiled for the caller's vector unit.
 #[inline(always)]
-pub(super) fn tile_q8(t: &Tile, s: &TileShape, avx2: Option<Avx2Fma>) -> Vec<f32> {
+pub(super) fn tile_q8(t: &Tile, s: &TileShape, kernels: Kernels) -> Vec<f32> {
     let mut scores = score_q8_blocks(t, s);
     softmax_rows(t.rows, &mut scores);
-    add_q8_value_blocks(t, s, avx2, &scores)
+    add_q8_value_blocks(t, s, kernels, &scores)
 }
 
 /// Every row's scaled scores `[group, len]` against a q8_0 pool's keys, in place.
@@ -56,7 +56,7 @@ fn score_q8_blocks(t: &Tile, s: &TileShape) -> Vec<Vec<f32>> {
 /// conversion of each block, which gives the same bits as converting in registers per row
 /// (see [`attention_q8`]) where [`batch_axpys`] adds in the same order.
 #[inline(always)]
-fn add_q8_value_blocks(t: &Tile, s: &TileShape, avx2: Option<Avx2Fma>, scores: &[Vec<f32>]) -> Vec<f32> {
+fn add_q8_value_blocks(t: &Tile, s: &TileShape, kernels: Kernels, scores: &[Vec<f32>]) -> Vec<f32> {
     let axpys = attention_q8::value_kernel();
     let mut out = vec![0f32; t.rows.len() * s.width];
     let mut scratch = vec![0f32; s.bs * s.d];
@@ -69,7 +69,7 @@ fn add_q8_value_blocks(t: &Tile, s: &TileShape, avx2: Option<Avx2Fma>, scores: &
         let n = s.count(j);
         if shared {
             let values = t.pool.head_block((t.layer, Part::Values), block, t.kv, n, &mut scratch);
-            add_values(t, s, j, (Block::F32(values), avx2), (scores, &mut runs), &mut out);
+            add_values(t, s, j, (Block::F32(values), kernels), (scores, &mut runs), &mut out);
             continue;
         }
         let Some(vb) = t.pool.q8_value_block(t.layer, block, t.kv, n) else {

@@ -206,8 +206,9 @@ fn rows_are_the_same_alone_and_in_a_tile() {
     }
 }
 
-/// A tile through the AVX2 kernels gives the generic loops' bits for every storage and group
-/// size (runs of rows, the diagonal block's partial rows, block edges).
+/// A tile through the AVX2 kernels (and the AVX-512 ones where the CPU has them) gives the
+/// generic loops' bits for every storage and group size (runs of rows, the diagonal block's
+/// partial rows, block edges).
 #[test]
 #[cfg(target_arch = "x86_64")]
 fn avx2_tiles_equal_the_generic_loops() {
@@ -240,6 +241,14 @@ fn avx2_tiles_equal_the_generic_loops() {
                     same_bits(&fast, &slow),
                     "{dtype:?} heads {heads} kv {kv_heads} len {len} n {n} d {d}"
                 );
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: AVX-512F checked just above.
+                    let wide = unsafe { tile_avx512(&t) };
+                    assert!(
+                        same_bits(&wide, &slow),
+                        "AVX-512 {dtype:?} heads {heads} kv {kv_heads} len {len} n {n} d {d}"
+                    );
+                }
             }
         }
     }
@@ -280,15 +289,53 @@ fn avx2_fma(what: &str) -> Option<Avx2Fma> {
     cpu
 }
 
+/// A batched scoring kernel: query vectors against 16 positions; `false` where it refuses
+/// the shape.
+#[cfg(target_arch = "x86_64")]
+type BatchDots = Box<dyn Fn(&[&[f32]], (Block, usize), &mut [[f32; LANES]]) -> bool>;
+
+/// A batched value kernel; `false` where it refuses the shape.
+#[cfg(target_arch = "x86_64")]
+type BatchAxpys = Box<dyn Fn(&[&[f32]], (Block, usize), (&mut [f32], &[usize])) -> bool>;
+
+/// The batched kernels this CPU runs: AVX2, and AVX-512 where present (which takes head
+/// widths that are multiples of 32 only in its value kernel).
+#[cfg(target_arch = "x86_64")]
+fn batched_kernels(what: &str) -> Vec<(&'static str, BatchDots, BatchAxpys)> {
+    let mut all: Vec<(&'static str, BatchDots, BatchAxpys)> = Vec::new();
+    if let Some(cpu) = avx2_fma(what) {
+        all.push((
+            "AVX2",
+            Box::new(move |q, k, o| super::super::attention_avx2::dots(cpu, q, k, o)),
+            Box::new(move |w, v, o| super::super::attention_avx2::axpys(cpu, w, v, o)),
+        ));
+    }
+    if let Some(cpu) = Avx512::detect() {
+        all.push((
+            "AVX-512",
+            Box::new(move |q, k, o| super::super::attention_avx512::dots(cpu, q, k, o)),
+            Box::new(move |w, v, o| super::super::attention_avx512::axpys(cpu, w, v, o)),
+        ));
+    }
+    all
+}
+
 /// The AVX2 value kernel gives the generic loops' bits for a group's heads (2 to 4) and for
 /// runs of several rows' heads (more than one call's six), at awkward block lengths, into
 /// outputs in any order.
 #[test]
 #[cfg(target_arch = "x86_64")]
 fn avx2_value_kernel_equals_the_generic_loops() {
-    let Some(cpu) = avx2_fma("value") else { return };
+    for (name, _, axpys) in batched_kernels("value") {
+        value_kernel_equals_the_generic_loops(name, &axpys);
+    }
+}
+
+/// [`avx2_value_kernel_equals_the_generic_loops`] for one kernel.
+#[cfg(target_arch = "x86_64")]
+fn value_kernel_equals_the_generic_loops(name: &str, axpys: &BatchAxpys) {
     for vectors in [1, 2, 3, 4, 5, 6, 7, 13] {
-        for (m, d) in [(1, 16), (7, 64), (16, 64), (13, 128), (16, 32)] {
+        for (m, d) in [(1, 16), (7, 64), (16, 64), (13, 128), (16, 32), (5, 48)] {
             let stride = 16;
             let w = wave(vectors * stride, 7);
             let ws: Vec<&[f32]> = (0..vectors).map(|n| &w[n * stride..][..m]).collect();
@@ -302,25 +349,21 @@ fn avx2_value_kernel_equals_the_generic_loops() {
                 let at: Vec<usize> = (0..vectors).map(|n| n * d).collect();
                 generic_axpys(vectors, (&w, stride, 0), m, &v, &mut group);
                 let mut heads = slow.clone();
-                assert!(super::super::attention_avx2::axpys(
-                    cpu,
-                    &ws,
-                    (Block::F32(&v), d),
-                    (&mut heads, &at)
-                ));
-                assert!(same_bits(&group, &heads), "heads {vectors} m {m} d {d}");
+                if axpys(&ws, (Block::F32(&v), d), (&mut heads, &at)) {
+                    assert!(same_bits(&group, &heads), "{name} heads {vectors} m {m} d {d}");
+                }
             }
             for (wn, &o) in ws.iter().zip(&at) {
                 group_axpys_loops::<1>((wn, m, 0), m, &v, &mut slow[o..o + d]);
             }
             for block in [Block::F32(&v), Block::F16(&bits)] {
                 let mut fast = base.clone();
-                let took = super::super::attention_avx2::axpys(cpu, &ws, (block, d), (&mut fast, &at));
+                let took = axpys(&ws, (block, d), (&mut fast, &at));
                 assert!(
-                    took,
-                    "{block:?} vectors {vectors} m {m} d {d}: the kernel refused the shape"
+                    took || (name == "AVX-512" && d % 32 != 0),
+                    "{name} {block:?} vectors {vectors} m {m} d {d}: the kernel refused the shape"
                 );
-                assert!(same_bits(&slow, &fast), "vectors {vectors} m {m} d {d}");
+                assert!(!took || same_bits(&slow, &fast), "{name} vectors {vectors} m {m} d {d}");
             }
         }
     }
@@ -331,8 +374,15 @@ fn avx2_value_kernel_equals_the_generic_loops() {
 #[test]
 #[cfg(target_arch = "x86_64")]
 fn avx2_scoring_kernel_equals_the_generic_loops() {
-    let Some(cpu) = avx2_fma("scoring") else { return };
-    for vectors in [1, 2, 3, 4, 5, 6, 7, 13] {
+    for (name, dots, _) in batched_kernels("scoring") {
+        scoring_kernel_equals_the_generic_loops(name, &dots);
+    }
+}
+
+/// [`avx2_scoring_kernel_equals_the_generic_loops`] for one kernel.
+#[cfg(target_arch = "x86_64")]
+fn scoring_kernel_equals_the_generic_loops(name: &str, dots: &BatchDots) {
+    for vectors in [1, 2, 3, 4, 5, 6, 7, 12, 13, 25] {
         for (d, stride) in [(1, 16), (8, 16), (64, 32), (128, 16)] {
             let (qr, (kt, bits)) = (wave(vectors * d, 7), halves((d - 1) * stride + LANES, 13));
             let qs: Vec<&[f32]> = qr.chunks(d).collect();
@@ -349,14 +399,14 @@ fn avx2_scoring_kernel_equals_the_generic_loops() {
             }
             for block in [Block::F32(&kt), Block::F16(&bits)] {
                 let mut fast = vec![[1f32; LANES]; vectors];
-                let took = super::super::attention_avx2::dots(cpu, &qs, (block, stride), &mut fast);
+                let took = dots(&qs, (block, stride), &mut fast);
                 assert!(
                     took,
-                    "vectors {vectors} d {d} stride {stride}: the kernel refused the shape"
+                    "{name} vectors {vectors} d {d} stride {stride}: the kernel refused the shape"
                 );
                 assert!(
                     same_bits(slow.as_flattened(), fast.as_flattened()),
-                    "{block:?} vectors {vectors} d {d} stride {stride}"
+                    "{name} {block:?} vectors {vectors} d {d} stride {stride}"
                 );
             }
         }
@@ -369,20 +419,22 @@ fn same_bits(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
-/// Times a 512-row prompt chunk at depth 4096 and one row there (a decoding step), with the
-/// 1B's 32 query heads and the 3B's 24 over 8 KV heads of 64, and prints cycles per (head,
-/// position) pair at 3 GHz:
+/// Times a 512-row prompt chunk at depth 4096 (and 16384 for the 1B) and one row there (a
+/// decoding step), with the 1B's 32 query heads and the 3B's 24 over 8 KV heads of 64, and
+/// prints cycles per (head, position) pair at 3 GHz:
 /// `cargo test --release --lib attention_timing -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn attention_timing() {
-    for (dtype, heads) in [
-        (KvDType::Q8_0, 32),
-        (KvDType::F16, 32),
-        (KvDType::Q8_0, 24),
-        (KvDType::F16, 24),
+    for (dtype, heads, len) in [
+        (KvDType::Q8_0, 32, 4096),
+        (KvDType::F16, 32, 4096),
+        (KvDType::Q8_0, 24, 4096),
+        (KvDType::F16, 24, 4096),
+        (KvDType::Q8_0, 32, 16384),
+        (KvDType::F16, 32, 16384),
     ] {
-        let (len, n) = (4096, 512);
+        let n = 512;
         let layout = KvLayout {
             layers: 1,
             kv_heads: 8,
@@ -409,7 +461,7 @@ fn attention_timing() {
             }
             let cores = rayon::current_num_threads() as f64;
             eprintln!(
-                "{dtype:?} {heads} heads, {n} rows: {:.2} ms, {:.2} cycles/pair",
+                "{dtype:?} {heads} heads, {n} rows at {len}: {:.2} ms, {:.2} cycles/pair",
                 best * 1e3,
                 best * 3e9 * cores / pairs as f64
             );

@@ -30,18 +30,18 @@ pub(super) unsafe fn dots<const H: usize>(
     let flip = _mm512_set1_epi8(-128);
     let mut acc = [_mm512_setzero_ps(); H];
     // Macros rather than closures, which would not share the function's target features.
-    // SAFETY: `quad < d / 4` and `from + 16 <= padded`: 64 bytes in the tile, offset by 128.
     macro_rules! keys {
         ($quad:expr) => {
             _mm512_xor_si512(
+                // SAFETY: `quad < d / 4` and `from + 16 <= padded`: 64 bytes in the tile.
                 unsafe { _mm512_loadu_si512(k.q.as_ptr().add(($quad * k.padded + from) * QUAD).cast()) },
                 flip,
             )
         };
     }
-    // SAFETY: `(first + h) * d + quad * 4 + 4 <= q.q.len()` (head and quad in range).
     macro_rules! four {
         ($h:expr, $quad:expr) => {
+            // SAFETY: `(first + h) * d + quad * 4 + 4 <= q.q.len()` (head and quad in range).
             _mm512_set1_epi32(unsafe {
                 (q.q.as_ptr().add((first + $h) * d + $quad * QUAD) as *const i32).read_unaligned()
             })
@@ -89,10 +89,11 @@ pub(super) unsafe fn dots<const H: usize>(
 /// (the reference's 8-dimension chains, two to a register; `C * H` chains at once).
 ///
 /// # Safety
-/// AVX-512F; `d` a multiple of `16 * C`; the shapes as `value_scales` proves them.
+/// AVX-512F; `d` a multiple of `16 * C`; `SPLIT` unless the group is a multiple of 16; the
+/// shapes as `value_scales` proves them.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::needless_range_loop)] // `h` and `i` index several arrays in step
-pub(super) unsafe fn axpys<const H: usize, const C: usize>(
+pub(super) unsafe fn axpys<const H: usize, const C: usize, const SPLIT: bool>(
     (sc, len, at): (&[f32], usize, usize),
     (m, d): (usize, usize),
     v: ValueBlock,
@@ -102,17 +103,20 @@ pub(super) unsafe fn axpys<const H: usize, const C: usize>(
 ) {
     const WIDE: usize = 2 * VLANES;
     let groups = d / v.group;
-    let w: [&[f32]; H] = std::array::from_fn(|h| &sc[(first + h) * len + at..][..m]);
+    let mut w = [std::ptr::null::<f32>(); H];
+    for h in 0..H {
+        w[h] = sc[(first + h) * len + at..][..m].as_ptr();
+    }
     for c in (0..d).step_by(C * WIDE) {
         let mut acc = [[_mm512_setzero_ps(); H]; C];
         for s in 0..m {
             // SAFETY: `s < m` and `c + 16 * C <= d`: the bytes lie in the block; the scale
             // indices are below `m * groups`, the scales' length; `s < m`, each head's number
-            // of scores.
+            // of scores (`w[h]` points at `m` of them).
             unsafe {
                 let mut ws = [_mm512_setzero_ps(); H];
                 for h in 0..H {
-                    ws[h] = _mm512_set1_ps(*w[h].get_unchecked(s));
+                    ws[h] = _mm512_set1_ps(*w[h].add(s));
                 }
                 for i in 0..C {
                     let at = c + i * WIDE;

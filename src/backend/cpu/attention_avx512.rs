@@ -1,0 +1,213 @@
+//! AVX-512 kernels for attention over a block's keys and values, batched as
+//! [`super::attention_avx2`]'s are (a run of rows' query vectors share each key or value
+//! load) with sixteen lanes a register: the scores of up to [`BATCH`] query vectors against
+//! 16 positions, one register each, and the weighted sums of values 32 dimensions at a time
+//! for up to [`BATCH`] `/ 2` vectors. The keys and values are f32 or an f16 pool's bits
+//! widened in registers. Per vector the fused multiply-adds are the generic loops', in the
+//! same order, so the bits are the same (tested against the loops in `attention::tests`).
+
+use std::arch::x86_64::*;
+
+use super::attention::Block;
+use super::attention_f16::Avx512;
+
+/// Positions a score register holds.
+const LANES: usize = 16;
+
+/// Accumulators a kernel call keeps: twelve of the 32 registers, with room for the loaded
+/// keys or values and the broadcasts.
+const BATCH: usize = 12;
+
+/// The first value's address and whether values are f16.
+fn start(block: Block) -> (*const u8, bool) {
+    match block {
+        Block::F32(b) => (b.as_ptr().cast(), false),
+        Block::F16(b) => (b.as_ptr().cast(), true),
+    }
+}
+
+/// Sixteen values from value `at` of a block starting at `base` (f16 when `HALF`).
+///
+/// # Safety
+/// AVX-512F; the sixteen values lie within the block.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn load16<const HALF: bool>(base: *const u8, at: usize) -> __m512 {
+    // SAFETY: the caller's.
+    unsafe {
+        match HALF {
+            true => _mm512_cvtph_ps(_mm256_loadu_si256(base.add(2 * at).cast())),
+            false => _mm512_loadu_ps(base.add(4 * at).cast()),
+        }
+    }
+}
+
+/// `out[n][s] = sum_i qs[n][i] * kt[i * stride + s]` for 16 positions `s` and every query
+/// vector `n` (all `d` wide): one chain of fused multiply-adds over `i` in order per vector
+/// and position. Returns `false`, doing nothing, where the shapes do not fit.
+pub fn dots(_: Avx512, qs: &[&[f32]], (kt, stride): (Block, usize), out: &mut [[f32; LANES]]) -> bool {
+    let d = qs.first().map_or(0, |q| q.len());
+    let fits =
+        d > 0 && qs.iter().all(|q| q.len() == d) && out.len() >= qs.len() && kt.len() >= (d - 1) * stride + LANES;
+    if !fits {
+        return false;
+    }
+    let (base, half) = start(kt);
+    for (qc, oc) in qs.chunks(BATCH).zip(out.chunks_mut(BATCH)) {
+        // SAFETY: the `Avx512` token proves AVX-512F; `fits` proved the bounds every load
+        // relies on, and the chunks hold `qc.len()` vectors and rows.
+        unsafe {
+            match half {
+                true => dots_chunk::<true>(qc, (base, stride), d, oc),
+                false => dots_chunk::<false>(qc, (base, stride), d, oc),
+            }
+        }
+    }
+    true
+}
+
+/// Expands to a `match` on `$n` calling `$f::<N, $half>($args)` for `N` in 1..=$max.
+macro_rules! by_count {
+    ($n:expr, $f:ident, $half:ident, [$($k:literal),*], $args:tt) => {
+        match $n {
+            $($k => $f::<$k, $half> $args,)*
+            _ => $f::<1, $half> $args,
+        }
+    };
+}
+
+/// [`dots`] for up to [`BATCH`] vectors.
+///
+/// # Safety
+/// As [`dots_n`], for `N = qs.len()`.
+#[target_feature(enable = "avx512f")]
+unsafe fn dots_chunk<const HALF: bool>(qs: &[&[f32]], kt: (*const u8, usize), d: usize, out: &mut [[f32; LANES]]) {
+    // SAFETY: the caller's.
+    unsafe {
+        by_count!(
+            qs.len(),
+            dots_n,
+            HALF,
+            [12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2],
+            (qs, kt, d, out)
+        )
+    }
+}
+
+/// [`dots`] for `N` vectors.
+///
+/// # Safety
+/// AVX-512F; `qs` holds `N` vectors of `d` floats, the block at `kt` at least `(d - 1) *
+/// stride + 16` values, `out` `N` rows.
+#[inline]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::needless_range_loop)] // `n` indexes several arrays in step
+unsafe fn dots_n<const N: usize, const HALF: bool>(
+    qs: &[&[f32]],
+    (kt, stride): (*const u8, usize),
+    d: usize,
+    out: &mut [[f32; LANES]],
+) {
+    let mut qp = [std::ptr::null::<f32>(); N];
+    for n in 0..N {
+        qp[n] = qs[n].as_ptr();
+    }
+    let mut acc = [_mm512_setzero_ps(); N];
+    for i in 0..d {
+        // SAFETY: `i < d`: 16 keys from `i * stride` are within the block, and `i` within
+        // every query vector.
+        unsafe {
+            let k = load16::<HALF>(kt, i * stride);
+            for n in 0..N {
+                acc[n] = _mm512_fmadd_ps(_mm512_set1_ps(*qp[n].add(i)), k, acc[n]);
+            }
+        }
+    }
+    for n in 0..N {
+        // SAFETY: `out[n]` holds 16 f32.
+        unsafe { _mm512_storeu_ps(out[n].as_mut_ptr(), acc[n]) };
+    }
+}
+
+/// For every weight vector `n` (all `m` long): `out[at[n] + i] += sum_{s < m} ws[n][s] *
+/// v[s * d + i]` for `i < d`, `d` a multiple of 32; per vector and dimension one chain of
+/// fused multiply-adds over the positions in order, added to the output at the end. Returns
+/// `false`, doing nothing, where the shapes do not fit.
+pub fn axpys(_: Avx512, ws: &[&[f32]], (v, d): (Block, usize), (out, at): (&mut [f32], &[usize])) -> bool {
+    let m = ws.first().map_or(0, |w| w.len());
+    let fits = d > 0
+        && d.is_multiple_of(2 * LANES)
+        && ws.iter().all(|w| w.len() == m)
+        && at.len() == ws.len()
+        && v.len() >= m * d
+        && at.iter().all(|&a| a.checked_add(d).is_some_and(|end| end <= out.len()));
+    if !fits {
+        return false;
+    }
+    let (base, half) = start(v);
+    for (wc, ac) in ws.chunks(BATCH / 2).zip(at.chunks(BATCH / 2)) {
+        let o = out.as_mut_ptr();
+        // SAFETY: the `Avx512` token proves AVX-512F; `fits` proved the bounds every load and
+        // store relies on.
+        unsafe {
+            match half {
+                true => axpys_chunk::<true>(wc, (m, d), base, (o, ac)),
+                false => axpys_chunk::<false>(wc, (m, d), base, (o, ac)),
+            }
+        }
+    }
+    true
+}
+
+/// [`axpys`] for up to [`BATCH`] `/ 2` vectors.
+///
+/// # Safety
+/// As [`axpys_n`], for `N = ws.len()`.
+#[target_feature(enable = "avx512f")]
+unsafe fn axpys_chunk<const HALF: bool>(ws: &[&[f32]], md: (usize, usize), v: *const u8, out: (*mut f32, &[usize])) {
+    // SAFETY: the caller's.
+    unsafe { by_count!(ws.len(), axpys_n, HALF, [6, 5, 4, 3, 2], (ws, md, v, out)) }
+}
+
+/// [`axpys`] for `N` vectors.
+///
+/// # Safety
+/// AVX-512F; `ws` holds `N` vectors of `m` weights, the block at `v` at least `m * d`
+/// values, `out + at[n]` `d` floats for every `n < N`, `d` a multiple of 32.
+#[inline]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::needless_range_loop)] // `n` indexes several arrays in step
+unsafe fn axpys_n<const N: usize, const HALF: bool>(
+    ws: &[&[f32]],
+    (m, d): (usize, usize),
+    v: *const u8,
+    (out, at): (*mut f32, &[usize]),
+) {
+    let mut wp = [std::ptr::null::<f32>(); N];
+    for n in 0..N {
+        wp[n] = ws[n].as_ptr();
+    }
+    for c in (0..d).step_by(2 * LANES) {
+        let (mut lo, mut hi) = ([_mm512_setzero_ps(); N], [_mm512_setzero_ps(); N]);
+        for s in 0..m {
+            // SAFETY: `s < m` and `c + 32 <= d`: within the block's `m * d`; `s` within every
+            // weight vector.
+            unsafe {
+                let (a, b) = (load16::<HALF>(v, s * d + c), load16::<HALF>(v, s * d + c + LANES));
+                for n in 0..N {
+                    let w = _mm512_set1_ps(*wp[n].add(s));
+                    lo[n] = _mm512_fmadd_ps(w, a, lo[n]);
+                    hi[n] = _mm512_fmadd_ps(w, b, hi[n]);
+                }
+            }
+        }
+        for n in 0..N {
+            // SAFETY: `at[n] + c + 32 <= at[n] + d`, within `out`.
+            unsafe {
+                let o = out.add(at[n] + c);
+                _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), lo[n]));
+                _mm512_storeu_ps(o.add(LANES), _mm512_add_ps(_mm512_loadu_ps(o.add(LANES)), hi[n]));
+            }
+        }
+    }
+}
