@@ -79,8 +79,8 @@ pub type Dots = fn(&QuantQuery, KeyTile, usize, &mut [[f32; LANES]]);
 /// The fastest kernel this CPU runs (all give the same bits).
 pub fn kernel() -> Dots {
     #[cfg(target_arch = "x86_64")]
-    if vnni() {
-        return dots_avx512;
+    if avx512::vnni() {
+        return avx512::dots_kernel;
     }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2")
@@ -155,8 +155,8 @@ pub type Axpys = fn((&[f32], usize, usize), usize, ValueBlock, &mut [f32], &mut 
 /// The fastest value kernel this CPU runs (all give the same bits).
 pub fn value_kernel() -> Axpys {
     #[cfg(target_arch = "x86_64")]
-    if vnni() {
-        return axpys_avx512;
+    if avx512::vnni() {
+        return avx512::axpys_kernel;
     }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
@@ -235,76 +235,6 @@ fn axpys_avx2(scores: (&[f32], usize, usize), m: usize, v: ValueBlock, orow: &mu
                 3 => avx2::axpys::<3>(scores, (m, d), v, scales, g, orow),
                 2 => avx2::axpys::<2>(scores, (m, d), v, scales, g, orow),
                 _ => avx2::axpys::<1>(scores, (m, d), v, scales, g, orow),
-            }
-        }
-        g += n;
-    }
-}
-
-/// Whether this CPU runs the AVX-512 VNNI kernels ([`avx512`]).
-#[cfg(target_arch = "x86_64")]
-fn vnni() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bw")
-        && std::arch::is_x86_feature_detected!("avx512vnni")
-        && std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-        && std::arch::is_x86_feature_detected!("f16c")
-}
-
-#[cfg(target_arch = "x86_64")]
-fn dots_avx512(q: &QuantQuery, k: KeyTile, from: usize, out: &mut [[f32; LANES]]) {
-    let (heads, d) = check(q, k, from, out);
-    let mut g = 0;
-    while g < heads {
-        let n = (heads - g).min(4);
-        let rows = &mut out[g..g + n];
-        // SAFETY: AVX-512F/BW/VNNI were detected by `kernel`, the only way to this function;
-        // `check` proved the bounds every load relies on.
-        unsafe {
-            match n {
-                4 => avx512::dots::<4>(q, k, (from, d), g, rows),
-                3 => avx512::dots::<3>(q, k, (from, d), g, rows),
-                2 => avx512::dots::<2>(q, k, (from, d), g, rows),
-                _ => avx512::dots::<1>(q, k, (from, d), g, rows),
-            }
-        }
-        g += n;
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-fn axpys_avx512(scores: (&[f32], usize, usize), m: usize, v: ValueBlock, orow: &mut [f32], scratch: &mut [f32]) {
-    let Some((scales, d)) = value_scales(scores, m, v, orow, scratch) else {
-        return;
-    };
-    if !d.is_multiple_of(2 * VLANES) {
-        return axpys_avx2(scores, m, v, orow, scratch);
-    }
-    let heads = orow.len() / d;
-    let pairs = d.is_multiple_of(4 * VLANES);
-    let split = !v.group.is_multiple_of(2 * VLANES);
-    let mut g = 0;
-    while g < heads {
-        let n = (heads - g).min(4);
-        // SAFETY: AVX-512F was detected by `value_kernel`, the only way here; `d` is a
-        // multiple of 16 (of 32 for two registers a head); `value_scales` proved the bounds.
-        unsafe {
-            macro_rules! run {
-                ($c:literal, $split:literal) => {
-                    match n {
-                        4 => avx512::axpys::<4, $c, $split>(scores, (m, d), v, scales, g, orow),
-                        3 => avx512::axpys::<3, $c, $split>(scores, (m, d), v, scales, g, orow),
-                        2 => avx512::axpys::<2, $c, $split>(scores, (m, d), v, scales, g, orow),
-                        _ => avx512::axpys::<1, $c, $split>(scores, (m, d), v, scales, g, orow),
-                    }
-                };
-            }
-            match (pairs, split) {
-                (true, false) => run!(2, false),
-                (true, true) => run!(2, true),
-                (false, false) => run!(1, false),
-                (false, true) => run!(1, true),
             }
         }
         g += n;
@@ -459,161 +389,4 @@ mod avx2 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A tile of `d` dimensions and `padded` positions with awkward values (every sign,
-    /// the extremes) and its scales.
-    fn tile(d: usize, padded: usize, group: usize) -> (Vec<i8>, Vec<u16>) {
-        let q = (0..d * padded)
-            .map(|i| (((i * 53 + 7) % 255) as i32 - 127) as i8)
-            .collect();
-        let s = (0..d / group * padded)
-            .map(|i| f16::from_f32(0.002 + (i % 11) as f32 * 0.013).to_bits())
-            .collect();
-        (q, s)
-    }
-
-    /// Every scoring kernel this CPU runs, the reference first.
-    fn score_kernels() -> Vec<Dots> {
-        let mut all: Vec<Dots> = vec![dots_portable, kernel()];
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
-        {
-            all.push(dots_avx2);
-        }
-        all
-    }
-
-    /// Every value kernel this CPU runs, the reference first.
-    fn value_kernels() -> Vec<Axpys> {
-        let mut all: Vec<Axpys> = vec![axpys_portable, value_kernel()];
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            all.push(axpys_avx2);
-        }
-        all
-    }
-
-    #[test]
-    fn quantized_queries_are_within_half_a_step() {
-        let x: Vec<f32> = (0..96).map(|i| ((i * 37) % 19) as f32 - 9.3).collect();
-        let qq = QuantQuery::new(&x, 32);
-        for (i, v) in x.iter().enumerate() {
-            let back = f32::from(qq.q[i]) * qq.scales[i / 32];
-            assert!((back - v).abs() <= qq.scales[i / 32] * 0.5 + 1e-6, "{i}");
-        }
-        assert!(QuantQuery::new(&[0.0; 32], 32).q.iter().all(|&q| q == 0));
-    }
-
-    #[test]
-    fn the_reference_is_the_dot_product_of_the_stored_values() {
-        let (d, padded, group, heads) = (64, 16, 32, 2);
-        let (kq, ks) = tile(d, padded, group);
-        let x: Vec<f32> = (0..heads * d).map(|i| ((i * 29) % 23) as f32 - 11.0).collect();
-        let qq = QuantQuery::new(&x, group);
-        let k = KeyTile {
-            q: &kq,
-            scales: &ks,
-            padded,
-            group,
-        };
-        let mut out = vec![[0f32; LANES]; heads];
-        dots_portable(&qq, k, 0, &mut out);
-        for (g, row) in out.iter().enumerate() {
-            for (p, got) in row.iter().enumerate() {
-                let want: f64 = (0..d)
-                    .map(|i| {
-                        let key = f64::from(kq[(i / 4) * padded * 4 + p * 4 + i % 4])
-                            * f64::from(f16::from_bits(ks[(i / group) * padded + p]).to_f32());
-                        let query = f64::from(qq.q[g * d + i]) * f64::from(qq.scales[g * d / group + i / group]);
-                        key * query
-                    })
-                    .sum();
-                assert!((f64::from(*got) - want).abs() <= 1e-5 * want.abs().max(1.0), "{g} {p}");
-            }
-        }
-    }
-
-    #[test]
-    fn every_value_kernel_gives_the_reference_s_bits_and_the_sum() {
-        let kernels = value_kernels();
-        for (d, group, heads, m) in [
-            (64, 32, 4, 16),
-            (64, 32, 3, 5),
-            (8, 8, 1, 1),
-            (96, 32, 5, 13),
-            (24, 8, 8, 16),
-            (16, 8, 2, 7),
-            (48, 16, 3, 16),
-            (128, 32, 3, 16),
-        ] {
-            let (q, scales) = tile(d, m, group);
-            let v = ValueBlock {
-                q: &q[..m * d],
-                scales: &scales[..m * d / group],
-                group,
-            };
-            let (len, at) = (m + 7, 3);
-            let scores: Vec<f32> = (0..heads * len).map(|i| ((i * 13) % 17) as f32 / 17.0).collect();
-            let base: Vec<f32> = (0..heads * d).map(|i| i as f32 * 0.01).collect();
-            let mut want = base.clone();
-            let mut scratch = vec![0f32; m * d / group];
-            axpys_portable((&scores, len, at), m, v, &mut want, &mut scratch);
-            for (i, w) in want.iter().enumerate() {
-                let (g, i) = (i / d, i % d);
-                let exact: f64 = (0..m)
-                    .map(|p| {
-                        let scale = f16::from_bits(scales[p * d / group + i / group]).to_f32();
-                        f64::from(scores[g * len + at + p]) * f64::from(q[p * d + i]) * f64::from(scale)
-                    })
-                    .sum::<f64>()
-                    + f64::from(base[g * d + i]);
-                assert!(
-                    (f64::from(*w) - exact).abs() <= 1e-4 * exact.abs().max(1.0),
-                    "d {d} g {g} i {i}"
-                );
-            }
-            for f in &kernels {
-                let mut got = base.clone();
-                f((&scores, len, at), m, v, &mut got, &mut scratch);
-                assert_eq!(got, want, "d {d} group {group} heads {heads} m {m}");
-            }
-        }
-    }
-
-    #[test]
-    fn every_kernel_gives_the_reference_s_bits() {
-        let kernels = score_kernels();
-        for (d, padded, group, heads) in [
-            (64, 16, 32, 4),
-            (64, 32, 32, 3),
-            (8, 16, 8, 1),
-            (96, 16, 32, 5),
-            (16, 16, 16, 8),
-            (128, 32, 32, 3),
-            (48, 48, 16, 2),
-        ] {
-            let (kq, ks) = tile(d, padded, group);
-            let x: Vec<f32> = (0..heads * d).map(|i| ((i * 31) % 41) as f32 * 0.37 - 7.0).collect();
-            let qq = QuantQuery::new(&x, group);
-            let k = KeyTile {
-                q: &kq,
-                scales: &ks,
-                padded,
-                group,
-            };
-            for from in (0..padded).step_by(LANES) {
-                let mut want = vec![[0f32; LANES]; heads];
-                dots_portable(&qq, k, from, &mut want);
-                for f in &kernels {
-                    let mut got = vec![[0f32; LANES]; heads];
-                    f(&qq, k, from, &mut got);
-                    assert_eq!(got, want, "d {d} padded {padded} heads {heads} from {from}");
-                }
-            }
-        }
-    }
-}
+mod tests;

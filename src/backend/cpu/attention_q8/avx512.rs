@@ -12,6 +12,82 @@ use std::arch::x86_64::*;
 
 use super::{KeyTile, QuantQuery, ValueBlock, LANES, QUAD, VLANES};
 
+/// Whether this CPU runs these kernels.
+pub(super) fn vnni() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vnni")
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
+}
+
+/// [`super::Dots`] with [`dots`], four heads a call.
+pub(super) fn dots_kernel(q: &QuantQuery, k: KeyTile, from: usize, out: &mut [[f32; LANES]]) {
+    let (heads, d) = super::check(q, k, from, out);
+    let mut g = 0;
+    while g < heads {
+        let n = (heads - g).min(4);
+        let rows = &mut out[g..g + n];
+        // SAFETY: AVX-512F/BW/VNNI were detected by `super::kernel`, the only way to this function;
+        // `check` proved the bounds every load relies on.
+        unsafe {
+            match n {
+                4 => dots::<4>(q, k, (from, d), g, rows),
+                3 => dots::<3>(q, k, (from, d), g, rows),
+                2 => dots::<2>(q, k, (from, d), g, rows),
+                _ => dots::<1>(q, k, (from, d), g, rows),
+            }
+        }
+        g += n;
+    }
+}
+
+/// [`super::Axpys`] with [`axpys`], four heads a call (the AVX2 kernel where `d` is not a
+/// multiple of 16).
+pub(super) fn axpys_kernel(
+    scores: (&[f32], usize, usize),
+    m: usize,
+    v: ValueBlock,
+    orow: &mut [f32],
+    scratch: &mut [f32],
+) {
+    let Some((scales, d)) = super::value_scales(scores, m, v, orow, scratch) else {
+        return;
+    };
+    if !d.is_multiple_of(2 * VLANES) {
+        return super::axpys_avx2(scores, m, v, orow, scratch);
+    }
+    let heads = orow.len() / d;
+    let pairs = d.is_multiple_of(4 * VLANES);
+    let split = !v.group.is_multiple_of(2 * VLANES);
+    let mut g = 0;
+    while g < heads {
+        let n = (heads - g).min(4);
+        // SAFETY: AVX-512F was detected by `super::value_kernel`, the only way here; `d` is a
+        // multiple of 16 (of 32 for two registers a head); `value_scales` proved the bounds.
+        unsafe {
+            macro_rules! run {
+                ($c:literal, $split:literal) => {
+                    match n {
+                        4 => axpys::<4, $c, $split>(scores, (m, d), v, scales, g, orow),
+                        3 => axpys::<3, $c, $split>(scores, (m, d), v, scales, g, orow),
+                        2 => axpys::<2, $c, $split>(scores, (m, d), v, scales, g, orow),
+                        _ => axpys::<1, $c, $split>(scores, (m, d), v, scales, g, orow),
+                    }
+                };
+            }
+            match (pairs, split) {
+                (true, false) => run!(2, false),
+                (true, true) => run!(2, true),
+                (false, false) => run!(1, false),
+                (false, true) => run!(1, true),
+            }
+        }
+        g += n;
+    }
+}
+
 /// Heads `first..first + H` of `q` (`d` dimensions each) against 16 positions from `from`.
 ///
 /// # Safety
