@@ -121,7 +121,6 @@ fn tile_attend(t: &Tile) -> Vec<f32> {
 unsafe fn tile_avx512(t: &Tile) -> Vec<f32> {
     let l = t.pool.layout();
     let group = t.heads / l.kv_heads.max(1);
-    // An f16 pool is read in place (`paged_f16`) where its kernels cover the shape.
     // A lone row (a decoding step) reads an f16 pool in place (`attention_f16`); runs of
     // rows go through the batched kernels on blocks converted once for the tile.
     let f16 = t.pool.dtype() == KvDType::F16 && (2..=4).contains(&group) && l.head_dim.is_multiple_of(LANES);
@@ -317,8 +316,9 @@ fn store_scores(accs: &[[f32; LANES]], (scores, len): (&mut [f32], usize), at: u
 }
 
 /// Scores of query vectors `qs` (each `d` wide) against 16 positions of transposed keys
-/// (`kt[i * stride..]`): per vector [`group_dots_loops`]'s chain, by the AVX2 kernel where
-/// given and the shapes fit ([`super::attention_avx2`], the same bits).
+/// (`kt[i * stride..]`): per vector [`group_dots_loops`]'s chain, by the AVX-512 or AVX2
+/// kernel where given and the shapes fit ([`super::attention_avx512`],
+/// [`super::attention_avx2`], the same bits).
 #[inline(always)]
 fn batch_dots(kernels: Kernels, qs: &[&[f32]], (kt, stride): (Block, usize), out: &mut [[f32; LANES]]) {
     #[cfg(target_arch = "x86_64")]
@@ -340,8 +340,9 @@ fn batch_dots(kernels: Kernels, qs: &[&[f32]], (kt, stride): (Block, usize), out
 }
 
 /// For every weight vector `ws[n]` (all `m` long): `out[at[n]..][..d]` gains `sum_s ws[n][s]
-/// * v[s * d..][..d]`: per vector [`group_axpys_loops`]' chains, by the AVX2 kernel where
-/// given and the shapes fit ([`super::attention_avx2`], the same bits).
+/// * v[s * d..][..d]`: per vector [`group_axpys_loops`]' chains, by the AVX-512 or AVX2
+/// kernel where given and the shapes fit ([`super::attention_avx512`],
+/// [`super::attention_avx2`], the same bits).
 #[inline(always)]
 fn batch_axpys(kernels: Kernels, ws: &[&[f32]], (v, d): (Block, usize), (out, at): (&mut [f32], &[usize])) {
     #[cfg(target_arch = "x86_64")]

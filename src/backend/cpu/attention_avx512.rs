@@ -139,7 +139,7 @@ pub fn axpys(_: Avx512, ws: &[&[f32]], (v, d): (Block, usize), (out, at): (&mut 
         && d.is_multiple_of(2 * LANES)
         && ws.iter().all(|w| w.len() == m)
         && at.len() == ws.len()
-        && v.len() >= m * d
+        && m.checked_mul(d).is_some_and(|n| v.len() >= n)
         && at.iter().all(|&a| a.checked_add(d).is_some_and(|end| end <= out.len()));
     if !fits {
         return false;

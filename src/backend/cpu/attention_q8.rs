@@ -7,10 +7,10 @@
 //!
 //! The keys of a block lie as `[head_dim / 4, padded, 4]` bytes (four consecutive dimensions
 //! of a position together, see [`super::kv_store`]), so that one 32-byte load holds eight
-//! positions' quads: `vpmaddubsw` and `vpmaddwd` give eight 4-wide dot products at once, as
-//! `vpdpbusd` would in one instruction. The AVX2 kernel and [`dots_portable`] (the
-//! reference) add the same exact integers and make the same float operations in the same
-//! order, so they give the same bits.
+//! positions' quads: `vpmaddubsw` and `vpmaddwd` give eight 4-wide dot products at once
+//! (AVX2), and one 64-byte load sixteen positions' for one `vpdpbusd` ([`avx512`], with
+//! VNNI). Those kernels and [`dots_portable`] (the reference) add the same exact integers and
+//! make the same float operations in the same order, so they give the same bits.
 //!
 //! Values are read in place too: widened and scaled in registers, then added with the
 //! scores' weights as the float path adds a converted block ([`axpys_portable`]), so that a
@@ -33,6 +33,8 @@ pub struct QuantQuery {
     /// Per head and group, `-128 * sum(q)`: what undoes the keys' offset of 128 in the
     /// unsigned-by-signed products of `vpdpbusd`.
     offsets: Vec<i32>,
+    /// Values per scale.
+    group: usize,
 }
 
 impl QuantQuery {
@@ -43,6 +45,7 @@ impl QuantQuery {
             q: vec![0; x.len()],
             scales: Vec::with_capacity(x.len() / group.max(1)),
             offsets: Vec::with_capacity(x.len() / group.max(1)),
+            group: group.max(1),
         };
         for (xs, qs) in x.chunks(group.max(1)).zip(out.q.chunks_mut(group.max(1))) {
             let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -101,12 +104,13 @@ fn check(q: &QuantQuery, k: KeyTile, from: usize, out: &[[f32; LANES]]) -> (usiz
         && d > 0
         && k.group > 0
         && k.group.is_multiple_of(QUAD)
+        && q.group == k.group
         && d.is_multiple_of(k.group)
         && q.q.len() == heads * d
         && q.scales.len() == heads * d / k.group
-        && from + LANES <= k.padded
-        && k.q.len() >= d * k.padded
-        && k.scales.len() >= d / k.group * k.padded;
+        && from.checked_add(LANES).is_some_and(|end| end <= k.padded)
+        && d.checked_mul(k.padded).is_some_and(|n| k.q.len() >= n)
+        && (d / k.group).checked_mul(k.padded).is_some_and(|n| k.scales.len() >= n);
     assert!(ok, "attention_q8: shapes of the query and key tile disagree");
     (heads, d)
 }
@@ -144,7 +148,7 @@ pub struct ValueBlock<'a> {
     pub group: usize,
 }
 
-/// Dimensions a value kernel adds at once (one AVX2 vector).
+/// Dimensions of one chain of the value kernels (one AVX2 vector; AVX-512 holds two).
 pub const VLANES: usize = 8;
 
 /// A value kernel: `orow[g * d + i] += sum_{s < m} w[g][s] * value[s][i]` for every head `g`

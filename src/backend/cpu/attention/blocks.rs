@@ -1,7 +1,7 @@
 //! A tile's attention over an f16 or f32 pool, block by block: scores, then values added
 //! with the softmax's weights. Groups of 2 to 4 heads go through the batched kernels (runs of
-//! rows that see the same positions at once); AVX-512 reads an f16 pool in place row by row;
-//! other group sizes run row by row in the loops.
+//! rows that see the same positions at once); on AVX-512 a lone row reads an f16 pool in
+//! place; other group sizes run row by row in the loops.
 
 use super::super::kv_store::Part;
 use super::loops::{lane_axpys, lane_dots, LANES};

@@ -320,18 +320,18 @@ fn batched_kernels(what: &str) -> Vec<(&'static str, BatchDots, BatchAxpys)> {
     all
 }
 
-/// The AVX2 value kernel gives the generic loops' bits for a group's heads (2 to 4) and for
-/// runs of several rows' heads (more than one call's six), at awkward block lengths, into
-/// outputs in any order.
+/// The batched value kernels (AVX2, and AVX-512 where present) give the generic loops' bits
+/// for a group's heads (2 to 4) and for runs of several rows' heads (more than one call's
+/// six), at awkward block lengths, into outputs in any order.
 #[test]
 #[cfg(target_arch = "x86_64")]
-fn avx2_value_kernel_equals_the_generic_loops() {
+fn batched_value_kernels_equal_the_generic_loops() {
     for (name, _, axpys) in batched_kernels("value") {
         value_kernel_equals_the_generic_loops(name, &axpys);
     }
 }
 
-/// [`avx2_value_kernel_equals_the_generic_loops`] for one kernel.
+/// [`batched_value_kernels_equal_the_generic_loops`] for one kernel.
 #[cfg(target_arch = "x86_64")]
 fn value_kernel_equals_the_generic_loops(name: &str, axpys: &BatchAxpys) {
     for vectors in [1, 2, 3, 4, 5, 6, 7, 13] {
@@ -369,17 +369,18 @@ fn value_kernel_equals_the_generic_loops(name: &str, axpys: &BatchAxpys) {
     }
 }
 
-/// The AVX2 scoring kernel gives the generic loops' bits for a group's heads (2 to 4) and for
+/// The batched scoring kernels (AVX2, and AVX-512 where present) give the generic loops'
+/// bits for a group's heads (2 to 4) and for
 /// runs of several rows' heads.
 #[test]
 #[cfg(target_arch = "x86_64")]
-fn avx2_scoring_kernel_equals_the_generic_loops() {
+fn batched_scoring_kernels_equal_the_generic_loops() {
     for (name, dots, _) in batched_kernels("scoring") {
         scoring_kernel_equals_the_generic_loops(name, &dots);
     }
 }
 
-/// [`avx2_scoring_kernel_equals_the_generic_loops`] for one kernel.
+/// [`batched_scoring_kernels_equal_the_generic_loops`] for one kernel.
 #[cfg(target_arch = "x86_64")]
 fn scoring_kernel_equals_the_generic_loops(name: &str, dots: &BatchDots) {
     for vectors in [1, 2, 3, 4, 5, 6, 7, 12, 13, 25] {

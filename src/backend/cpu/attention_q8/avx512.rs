@@ -24,13 +24,14 @@ pub(super) fn vnni() -> bool {
 
 /// [`super::Dots`] with [`dots`], four heads a call.
 pub(super) fn dots_kernel(q: &QuantQuery, k: KeyTile, from: usize, out: &mut [[f32; LANES]]) {
+    assert!(vnni(), "attention_q8: the AVX-512 VNNI kernel on a CPU without it");
     let (heads, d) = super::check(q, k, from, out);
     let mut g = 0;
     while g < heads {
         let n = (heads - g).min(4);
         let rows = &mut out[g..g + n];
-        // SAFETY: AVX-512F/BW/VNNI were detected by `super::kernel`, the only way to this function;
-        // `check` proved the bounds every load relies on.
+        // SAFETY: AVX-512F/BW/VNNI were detected (asserted above); `check` proved the bounds
+        // every load relies on.
         unsafe {
             match n {
                 4 => dots::<4>(q, k, (from, d), g, rows),
@@ -52,6 +53,7 @@ pub(super) fn axpys_kernel(
     orow: &mut [f32],
     scratch: &mut [f32],
 ) {
+    assert!(vnni(), "attention_q8: the AVX-512 value kernel on a CPU without it");
     let Some((scales, d)) = super::value_scales(scores, m, v, orow, scratch) else {
         return;
     };
@@ -64,8 +66,9 @@ pub(super) fn axpys_kernel(
     let mut g = 0;
     while g < heads {
         let n = (heads - g).min(4);
-        // SAFETY: AVX-512F was detected by `super::value_kernel`, the only way here; `d` is a
-        // multiple of 16 (of 32 for two registers a head); `value_scales` proved the bounds.
+        // SAFETY: AVX-512F was detected (asserted above); `d` is a multiple of 16 (of 32 for
+        // two registers a head), `split` unless the group is a multiple of 16;
+        // `value_scales` proved the bounds.
         unsafe {
             macro_rules! run {
                 ($c:literal, $split:literal) => {
@@ -199,14 +202,20 @@ pub(super) unsafe fn axpys<const H: usize, const C: usize, const SPLIT: bool>(
                     let q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
                         v.q.as_ptr().add(s * d + at).cast(),
                     )));
-                    // A 16-wide register spans two scale groups where the group is 8.
                     let sa = *scales.get_unchecked(s * groups + at / v.group);
-                    let sb = *scales.get_unchecked(s * groups + (at + VLANES) / v.group);
-                    let (a, b) = (
-                        _mm512_castps_pd(_mm512_set1_ps(sa)),
-                        _mm256_castps_pd(_mm256_set1_ps(sb)),
-                    );
-                    let x = _mm512_mul_ps(q, _mm512_castpd_ps(_mm512_insertf64x4::<1>(a, b)));
+                    let scale = match SPLIT {
+                        // A 16-wide register spans two scale groups where the group is 8.
+                        true => {
+                            let sb = *scales.get_unchecked(s * groups + (at + VLANES) / v.group);
+                            let (a, b) = (
+                                _mm512_castps_pd(_mm512_set1_ps(sa)),
+                                _mm256_castps_pd(_mm256_set1_ps(sb)),
+                            );
+                            _mm512_castpd_ps(_mm512_insertf64x4::<1>(a, b))
+                        }
+                        false => _mm512_set1_ps(sa),
+                    };
+                    let x = _mm512_mul_ps(q, scale);
                     for h in 0..H {
                         acc[i][h] = _mm512_fmadd_ps(ws[h], x, acc[i][h]);
                     }

@@ -3,10 +3,10 @@
 use super::*;
 
 /// A tile of `d` dimensions and `padded` positions with awkward values (every sign,
-/// the extremes) and its scales.
+/// the extremes, -128 included) and its scales.
 fn tile(d: usize, padded: usize, group: usize) -> (Vec<i8>, Vec<u16>) {
     let q = (0..d * padded)
-        .map(|i| (((i * 53 + 7) % 255) as i32 - 127) as i8)
+        .map(|i| (((i * 53 + 7) % 256) as i32 - 128) as i8)
         .collect();
     let s = (0..d / group * padded)
         .map(|i| f16::from_f32(0.002 + (i % 11) as f32 * 0.013).to_bits())
