@@ -64,7 +64,13 @@ unsafe fn load8<const HALF: bool>(base: *const u8, at: usize) -> __m256 {
 /// and position. Returns `false`, doing nothing, where the shapes do not fit.
 pub fn dots(_: Avx2Fma, qs: &[&[f32]], (kt, stride): (Block, usize), out: &mut [[f32; WIDE]]) -> bool {
     let d = qs.first().map_or(0, |q| q.len());
-    let fits = d > 0 && qs.iter().all(|q| q.len() == d) && out.len() >= qs.len() && kt.len() >= (d - 1) * stride + WIDE;
+    let fits = d > 0
+        && qs.iter().all(|q| q.len() == d)
+        && out.len() >= qs.len()
+        && (d - 1)
+            .checked_mul(stride)
+            .and_then(|n| n.checked_add(WIDE))
+            .is_some_and(|n| kt.len() >= n);
     if !fits {
         return false;
     }
@@ -147,7 +153,7 @@ pub fn axpys(_: Avx2Fma, ws: &[&[f32]], (v, d): (Block, usize), (out, at): (&mut
         && d.is_multiple_of(WIDE)
         && ws.iter().all(|w| w.len() == m)
         && at.len() == ws.len()
-        && v.len() >= m * d
+        && m.checked_mul(d).is_some_and(|n| v.len() >= n)
         && at.iter().all(|&a| a.checked_add(d).is_some_and(|end| end <= out.len()));
     if !fits {
         return false;
