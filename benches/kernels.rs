@@ -2,6 +2,9 @@
 //! --bench kernels`): GB/s of weights streamed for one token (decode), and int8
 //! multiply-adds per second over 8 (a batched decode step), 64 and 512 tokens (prefill; 2 ops
 //! each in GOPS). Arguments filter the rows: `cargo bench --bench kernels -- Q8_0 gate`.
+//! `cargo bench --bench kernels -- stream` instead sets the one-token `lm_head` in each
+//! format against a plain read of as many bytes, interleaved: the share of the machine's
+//! read bandwidth that decoding reaches.
 
 use std::time::Instant;
 
@@ -20,6 +23,10 @@ fn main() {
     let wanted = |s: &str| filters.iter().all(|f| s.contains(f.as_str()));
     if let Some(peak) = vnni_peak() {
         println!("vpdpbusd peak on this machine: {peak:.0} GOPS (512-bit, every core, registers only)\n");
+    }
+    if filters.iter().any(|f| f == "stream") {
+        stream_rounds();
+        return;
     }
     println!("| format | isa | shape | tokens | ms | GB/s | GOPS |");
     println!("|---|---|---|---|---|---|---|");
@@ -63,6 +70,61 @@ fn main() {
             }
         }
     }
+}
+
+/// `-- stream`: the one-token `lm_head` (the largest weight, far larger than any cache) in
+/// each format against a plain read of as many bytes, interleaved round by round, because
+/// the memory bandwidth of a shared machine moves from second to second.
+fn stream_rounds() {
+    let (rows, cols) = (128256, 2048);
+    let w: Vec<f32> = (0..rows * cols)
+        .map(|i| ((i * 2654435761) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
+    let packed: Vec<PackedWeight> = [PackedFormat::Q8_0, PackedFormat::Q4K]
+        .into_iter()
+        .filter_map(|f| PackedWeight::pack(&w, rows, cols, f))
+        .collect();
+    drop(w);
+    let x: Vec<f32> = (0..cols).map(|i| (i % 17) as f32 / 17.0 - 0.5).collect();
+    let mut spare = Spare::default();
+    let bytes = vec![1u8; packed.iter().map(|p| p.bytes()).max().unwrap_or(0)];
+    let (mut reads, mut figures) = (Vec::new(), vec![Vec::new(); packed.len()]);
+    for _ in 0..15 {
+        for (p, fig) in packed.iter().zip(figures.iter_mut()) {
+            let start = Instant::now();
+            std::hint::black_box(read_all(&bytes[..p.bytes()]));
+            reads.push(p.bytes() as f64 / start.elapsed().as_secs_f64() / 1e9);
+            let start = Instant::now();
+            let y = p.matmul_with(&x, 1, Isa::detect(), &mut spare).unwrap();
+            fig.push(p.bytes() as f64 / start.elapsed().as_secs_f64() / 1e9);
+            spare.give(y);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let read = median(&mut reads);
+    println!("one-token lm_head {rows}x{cols}, 15 interleaved rounds, median GB/s (share of a plain read)");
+    println!("plain read: {read:.1}");
+    for (p, fig) in packed.iter().zip(figures.iter_mut()) {
+        let g = median(fig);
+        println!("{:?}: {g:.1} ({:.0}%)", p.format(), 100.0 * g / read);
+    }
+}
+
+/// Every byte read once, the halves on every core (what a one-token matmul can at best do).
+fn read_all(bytes: &[u8]) -> u64 {
+    use rayon::prelude::*;
+    bytes
+        .par_chunks(1 << 20)
+        .map(|c| {
+            c.chunks_exact(64).fold(0u64, |s, l| {
+                let w: [u64; 8] = std::array::from_fn(|i| u64::from_le_bytes(l[8 * i..8 * i + 8].try_into().unwrap()));
+                s ^ w.iter().fold(0, |a, b| a ^ b)
+            })
+        })
+        .reduce(|| 0, |a, b| a ^ b)
 }
 
 /// The machine's int8 multiply-add peak with AVX-512 VNNI: every core runs independent

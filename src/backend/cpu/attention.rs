@@ -198,6 +198,14 @@ impl<'a> Block<'a> {
         }
     }
 
+    /// The first value's address and whether the values are f16 (for the SIMD kernels).
+    pub(super) fn raw(self) -> (*const u8, bool) {
+        match self {
+            Self::F32(b) => (b.as_ptr().cast(), false),
+            Self::F16(b) => (b.as_ptr().cast(), true),
+        }
+    }
+
     /// The values from the `at`-th on.
     fn from(self, at: usize) -> Self {
         match self {

@@ -35,14 +35,6 @@ impl Avx2Fma {
     }
 }
 
-/// The first value's address and whether values are f16.
-fn start(block: Block) -> (*const u8, bool) {
-    match block {
-        Block::F32(b) => (b.as_ptr().cast(), false),
-        Block::F16(b) => (b.as_ptr().cast(), true),
-    }
-}
-
 /// Eight values from value `at` of a block starting at `base` (f16 when `HALF`).
 ///
 /// # Safety
@@ -74,7 +66,7 @@ pub fn dots(_: Avx2Fma, qs: &[&[f32]], (kt, stride): (Block, usize), out: &mut [
     if !fits {
         return false;
     }
-    let (base, half) = start(kt);
+    let (base, half) = kt.raw();
     for (qc, oc) in qs.chunks(BATCH).zip(out.chunks_mut(BATCH)) {
         // SAFETY: the `Avx2Fma` token proves AVX2, FMA and F16C; `fits` proved the bounds
         // every load relies on, and the chunks hold `qc.len()` vectors and rows.
@@ -95,16 +87,7 @@ pub fn dots(_: Avx2Fma, qs: &[&[f32]], (kt, stride): (Block, usize), out: &mut [
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dots_chunk<const HALF: bool>(qs: &[&[f32]], kt: (*const u8, usize), d: usize, out: &mut [[f32; WIDE]]) {
     // SAFETY: the caller's.
-    unsafe {
-        match qs.len() {
-            6 => dots_n::<6, HALF>(qs, kt, d, out),
-            5 => dots_n::<5, HALF>(qs, kt, d, out),
-            4 => dots_n::<4, HALF>(qs, kt, d, out),
-            3 => dots_n::<3, HALF>(qs, kt, d, out),
-            2 => dots_n::<2, HALF>(qs, kt, d, out),
-            _ => dots_n::<1, HALF>(qs, kt, d, out),
-        }
-    }
+    unsafe { by_count!(qs.len(), dots_n::<[6, 5, 4, 3, 2], HALF>(qs, kt, d, out)) }
 }
 
 /// [`dots`] for `N` vectors.
@@ -158,7 +141,7 @@ pub fn axpys(_: Avx2Fma, ws: &[&[f32]], (v, d): (Block, usize), (out, at): (&mut
     if !fits {
         return false;
     }
-    let (base, half) = start(v);
+    let (base, half) = v.raw();
     for (wc, ac) in ws.chunks(BATCH).zip(at.chunks(BATCH)) {
         let o = out.as_mut_ptr();
         // SAFETY: the `Avx2Fma` token proves AVX2, FMA and F16C; `fits` proved the bounds
@@ -180,16 +163,7 @@ pub fn axpys(_: Avx2Fma, ws: &[&[f32]], (v, d): (Block, usize), (out, at): (&mut
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn axpys_chunk<const HALF: bool>(ws: &[&[f32]], md: (usize, usize), v: *const u8, out: (*mut f32, &[usize])) {
     // SAFETY: the caller's.
-    unsafe {
-        match ws.len() {
-            6 => axpys_n::<6, HALF>(ws, md, v, out),
-            5 => axpys_n::<5, HALF>(ws, md, v, out),
-            4 => axpys_n::<4, HALF>(ws, md, v, out),
-            3 => axpys_n::<3, HALF>(ws, md, v, out),
-            2 => axpys_n::<2, HALF>(ws, md, v, out),
-            _ => axpys_n::<1, HALF>(ws, md, v, out),
-        }
-    }
+    unsafe { by_count!(ws.len(), axpys_n::<[6, 5, 4, 3, 2], HALF>(ws, md, v, out)) }
 }
 
 /// [`axpys`] for `N` vectors.

@@ -18,14 +18,6 @@ const LANES: usize = 16;
 /// keys or values and the broadcasts.
 const BATCH: usize = 12;
 
-/// The first value's address and whether values are f16.
-fn start(block: Block) -> (*const u8, bool) {
-    match block {
-        Block::F32(b) => (b.as_ptr().cast(), false),
-        Block::F16(b) => (b.as_ptr().cast(), true),
-    }
-}
-
 /// Sixteen values from value `at` of a block starting at `base` (f16 when `HALF`).
 ///
 /// # Safety
@@ -52,7 +44,7 @@ pub fn dots(_: Avx512, qs: &[&[f32]], (kt, stride): (Block, usize), out: &mut [[
     if !fits {
         return false;
     }
-    let (base, half) = start(kt);
+    let (base, half) = kt.raw();
     for (qc, oc) in qs.chunks(BATCH).zip(out.chunks_mut(BATCH)) {
         // SAFETY: the `Avx512` token proves AVX-512F; `fits` proved the bounds every load
         // relies on, and the chunks hold `qc.len()` vectors and rows.
@@ -66,16 +58,6 @@ pub fn dots(_: Avx512, qs: &[&[f32]], (kt, stride): (Block, usize), out: &mut [[
     true
 }
 
-/// Expands to a `match` on `$n` calling `$f::<N, $half>($args)` for `N` in 1..=$max.
-macro_rules! by_count {
-    ($n:expr, $f:ident, $half:ident, [$($k:literal),*], $args:tt) => {
-        match $n {
-            $($k => $f::<$k, $half> $args,)*
-            _ => $f::<1, $half> $args,
-        }
-    };
-}
-
 /// [`dots`] for up to [`BATCH`] vectors.
 ///
 /// # Safety
@@ -83,15 +65,7 @@ macro_rules! by_count {
 #[target_feature(enable = "avx512f")]
 unsafe fn dots_chunk<const HALF: bool>(qs: &[&[f32]], kt: (*const u8, usize), d: usize, out: &mut [[f32; LANES]]) {
     // SAFETY: the caller's.
-    unsafe {
-        by_count!(
-            qs.len(),
-            dots_n,
-            HALF,
-            [12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2],
-            (qs, kt, d, out)
-        )
-    }
+    unsafe { by_count!(qs.len(), dots_n::<[12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2], HALF>(qs, kt, d, out)) }
 }
 
 /// [`dots`] for `N` vectors.
@@ -144,7 +118,7 @@ pub fn axpys(_: Avx512, ws: &[&[f32]], (v, d): (Block, usize), (out, at): (&mut 
     if !fits {
         return false;
     }
-    let (base, half) = start(v);
+    let (base, half) = v.raw();
     for (wc, ac) in ws.chunks(BATCH / 2).zip(at.chunks(BATCH / 2)) {
         let o = out.as_mut_ptr();
         // SAFETY: the `Avx512` token proves AVX-512F; `fits` proved the bounds every load and
@@ -166,7 +140,7 @@ pub fn axpys(_: Avx512, ws: &[&[f32]], (v, d): (Block, usize), (out, at): (&mut 
 #[target_feature(enable = "avx512f")]
 unsafe fn axpys_chunk<const HALF: bool>(ws: &[&[f32]], md: (usize, usize), v: *const u8, out: (*mut f32, &[usize])) {
     // SAFETY: the caller's.
-    unsafe { by_count!(ws.len(), axpys_n, HALF, [6, 5, 4, 3, 2], (ws, md, v, out)) }
+    unsafe { by_count!(ws.len(), axpys_n::<[6, 5, 4, 3, 2], HALF>(ws, md, v, out)) }
 }
 
 /// [`axpys`] for `N` vectors.

@@ -18,6 +18,8 @@
 
 use half::f16;
 
+use super::isa::in_fours;
+
 /// Positions scored per call.
 pub const LANES: usize = 16;
 
@@ -227,22 +229,12 @@ fn axpys_avx2(scores: (&[f32], usize, usize), m: usize, v: ValueBlock, orow: &mu
     let Some((scales, d)) = value_scales(scores, m, v, orow, scratch) else {
         return;
     };
-    let heads = orow.len() / d;
-    let mut g = 0;
-    while g < heads {
-        let n = (heads - g).min(4);
+    use avx2::axpys;
+    in_fours(orow.len() / d, |g, n| {
         // SAFETY: AVX2 and FMA were detected by `value_kernel`, the only way here;
         // `value_scales` proved the bounds every load relies on.
-        unsafe {
-            match n {
-                4 => avx2::axpys::<4>(scores, (m, d), v, scales, g, orow),
-                3 => avx2::axpys::<3>(scores, (m, d), v, scales, g, orow),
-                2 => avx2::axpys::<2>(scores, (m, d), v, scales, g, orow),
-                _ => avx2::axpys::<1>(scores, (m, d), v, scales, g, orow),
-            }
-        }
-        g += n;
-    }
+        unsafe { by_count!(n, axpys::<[4, 3, 2]>(scores, (m, d), v, scales, g, orow)) }
+    });
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -250,23 +242,14 @@ mod avx512;
 
 #[cfg(target_arch = "x86_64")]
 fn dots_avx2(q: &QuantQuery, k: KeyTile, from: usize, out: &mut [[f32; LANES]]) {
+    use avx2::dots;
     let (heads, d) = check(q, k, from, out);
-    let mut g = 0;
-    while g < heads {
-        let n = (heads - g).min(4);
+    in_fours(heads, |g, n| {
         let rows = &mut out[g..g + n];
         // SAFETY: AVX2, FMA and F16C were detected by `kernel`, the only way to this function;
         // `check` proved the bounds every load relies on.
-        unsafe {
-            match n {
-                4 => avx2::dots::<4>(q, k, (from, d), g, rows),
-                3 => avx2::dots::<3>(q, k, (from, d), g, rows),
-                2 => avx2::dots::<2>(q, k, (from, d), g, rows),
-                _ => avx2::dots::<1>(q, k, (from, d), g, rows),
-            }
-        }
-        g += n;
-    }
+        unsafe { by_count!(n, dots::<[4, 3, 2]>(q, k, (from, d), g, rows)) }
+    });
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -33,3 +33,30 @@ macro_rules! isa_dispatch {
         }
     };
 }
+
+/// `by_count!(n, f::<[4, 3, 2], X>(args))` calls `f::<N, X>(args)` for the `N` of the list
+/// equal to `n`, and `f::<1, X>(args)` otherwise: a run-time count (vectors, heads) turned
+/// into the const generic that sizes a kernel's registers. `f` is one name (bring a path
+/// in with `use`); the generic arguments after the list are optional.
+macro_rules! by_count {
+    ($n:expr, $f:ident::<[$($k:literal),*] $(, $extra:tt)*> $args:tt) => {
+        by_count!(@arms $n, $f, [$(, $extra)*], $args, [$($k),*])
+    };
+    (@arms $n:expr, $f:ident, $extra:tt, $args:tt, [$($k:literal),*]) => {
+        match $n {
+            $($k => by_count!(@call $f, $k, $extra, $args),)*
+            _ => by_count!(@call $f, 1, $extra, $args),
+        }
+    };
+    (@call $f:ident, $k:literal, [$($extra:tt)*], $args:tt) => {
+        $f::<$k $($extra)*> $args
+    };
+}
+
+/// Runs `kernel(first, count)` over `0..heads` in runs of up to four heads, the most one
+/// attention kernel call takes.
+pub(super) fn in_fours(heads: usize, mut kernel: impl FnMut(usize, usize)) {
+    for first in (0..heads).step_by(4) {
+        kernel(first, (heads - first).min(4));
+    }
+}

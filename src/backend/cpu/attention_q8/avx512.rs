@@ -10,6 +10,7 @@
 
 use std::arch::x86_64::*;
 
+use super::super::isa::in_fours;
 use super::{KeyTile, QuantQuery, ValueBlock, LANES, QUAD, VLANES};
 
 /// Whether this CPU runs these kernels.
@@ -26,22 +27,12 @@ pub(super) fn vnni() -> bool {
 pub(super) fn dots_kernel(q: &QuantQuery, k: KeyTile, from: usize, out: &mut [[f32; LANES]]) {
     assert!(vnni(), "attention_q8: the AVX-512 VNNI kernel on a CPU without it");
     let (heads, d) = super::check(q, k, from, out);
-    let mut g = 0;
-    while g < heads {
-        let n = (heads - g).min(4);
+    in_fours(heads, |g, n| {
         let rows = &mut out[g..g + n];
         // SAFETY: AVX-512F/BW/VNNI were detected (asserted above); `check` proved the bounds
         // every load relies on.
-        unsafe {
-            match n {
-                4 => dots::<4>(q, k, (from, d), g, rows),
-                3 => dots::<3>(q, k, (from, d), g, rows),
-                2 => dots::<2>(q, k, (from, d), g, rows),
-                _ => dots::<1>(q, k, (from, d), g, rows),
-            }
-        }
-        g += n;
-    }
+        unsafe { by_count!(n, dots::<[4, 3, 2]>(q, k, (from, d), g, rows)) }
+    });
 }
 
 /// [`super::Axpys`] with [`axpys`], four heads a call (the AVX2 kernel where `d` is not a
@@ -54,41 +45,28 @@ pub(super) fn axpys_kernel(
     scratch: &mut [f32],
 ) {
     assert!(vnni(), "attention_q8: the AVX-512 value kernel on a CPU without it");
+    // Before the scales are widened, which the AVX2 kernel does itself.
+    if !v.q.len().checked_div(m).is_some_and(|d| d.is_multiple_of(2 * VLANES)) {
+        return super::axpys_avx2(scores, m, v, orow, scratch);
+    }
     let Some((scales, d)) = super::value_scales(scores, m, v, orow, scratch) else {
         return;
     };
-    if !d.is_multiple_of(2 * VLANES) {
-        return super::axpys_avx2(scores, m, v, orow, scratch);
-    }
-    let heads = orow.len() / d;
     let pairs = d.is_multiple_of(4 * VLANES);
     let split = !v.group.is_multiple_of(2 * VLANES);
-    let mut g = 0;
-    while g < heads {
-        let n = (heads - g).min(4);
+    in_fours(orow.len() / d, |g, n| {
         // SAFETY: AVX-512F was detected (asserted above); `d` is a multiple of 16 (of 32 for
         // two registers a head), `split` unless the group is a multiple of 16;
         // `value_scales` proved the bounds.
         unsafe {
-            macro_rules! run {
-                ($c:literal, $split:literal) => {
-                    match n {
-                        4 => axpys::<4, $c, $split>(scores, (m, d), v, scales, g, orow),
-                        3 => axpys::<3, $c, $split>(scores, (m, d), v, scales, g, orow),
-                        2 => axpys::<2, $c, $split>(scores, (m, d), v, scales, g, orow),
-                        _ => axpys::<1, $c, $split>(scores, (m, d), v, scales, g, orow),
-                    }
-                };
-            }
             match (pairs, split) {
-                (true, false) => run!(2, false),
-                (true, true) => run!(2, true),
-                (false, false) => run!(1, false),
-                (false, true) => run!(1, true),
+                (true, false) => by_count!(n, axpys::<[4, 3, 2], 2, false>(scores, (m, d), v, scales, g, orow)),
+                (true, true) => by_count!(n, axpys::<[4, 3, 2], 2, true>(scores, (m, d), v, scales, g, orow)),
+                (false, false) => by_count!(n, axpys::<[4, 3, 2], 1, false>(scores, (m, d), v, scales, g, orow)),
+                (false, true) => by_count!(n, axpys::<[4, 3, 2], 1, true>(scores, (m, d), v, scales, g, orow)),
             }
         }
-        g += n;
-    }
+    });
 }
 
 /// Heads `first..first + H` of `q` (`d` dimensions each) against 16 positions from `from`.
