@@ -5,9 +5,9 @@
 //! for the whole tile (an 8-bit pool's are read in place, [`super::attention_q8`]), and the
 //! query heads of the rows that see the same positions are scored and added together, each
 //! key and value vector loaded once for several of them. Keys are transposed per block so
-//! that 16 positions are scored at once in vector lanes. Scores
-//! live in a buffer of the row's context length: no `[heads, n, T]` matrix is formed, so a
-//! long prompt needs memory linear in its length.
+//! that 16 positions are scored at once in vector lanes. Positions
+//! go in chunks of 1024 with an online softmax ([`online`]): a tile's scores stay in the
+//! core's L2 cache whatever the context length, and no `[heads, n, T]` matrix is formed.
 //!
 //! A row's arithmetic is the same whatever tile it is in, whatever else the batch holds
 //! and however its prompt was chunked: positions are visited in order and every sum has a
@@ -17,10 +17,12 @@ use rayon::prelude::*;
 
 mod blocks;
 mod loops;
+mod online;
 mod quantized;
 
 pub use loops::exp_neg;
-use loops::{group_axpys_loops, group_dots_loops, softmax, LANES};
+use loops::{group_axpys_loops, group_dots_loops, LANES};
+use online::{Chunk, Softmax};
 
 use super::kv_store::KvStore;
 use crate::kv::{BlockId, KvDType};
@@ -37,8 +39,8 @@ pub struct AttnRow<'a> {
 const PARALLEL_WORK: usize = 1 << 18;
 
 /// Rows per tile at most: more rows share each key and value load, fewer keep the tile's
-/// scores (`rows * group * len` floats) nearer the core; 32 measured best on Zen 4 at depths
-/// 4096 and 16384 (q8_0 2-6% faster than 16, f16 level; 64 slower).
+/// scores (`rows * group * 1024` floats a chunk) nearer the core; 32 measured best on Zen 4
+/// at depths 4096 and 16384 (q8_0 2-6% faster than 16; 64, and chunks of 512, level).
 const TILE: usize = 32;
 
 /// `q: [rows, heads * head_dim]` (rotated) -> `[rows, heads * head_dim]`, each row over its
@@ -286,28 +288,30 @@ impl<'a> TileShape<'a> {
 
 /// Scores, softmax and the weighted sum of values in plain loops that the compiler
 /// vectorises for the caller's target features (closures and library calls would not be),
-/// or the [`Kernels`] given.
+/// or the [`Kernels`] given; chunk by chunk of positions ([`online`]).
 #[inline(always)]
 fn tile_body(t: &Tile, kernels: Kernels) -> Vec<f32> {
     let Some(s) = TileShape::of(t) else {
         return Vec::new();
     };
-    if t.pool.dtype() == KvDType::Q8_0 {
-        return quantized::tile_q8(t, &s, kernels);
-    }
-    let mut scores = blocks::score_blocks(t, &s, kernels);
-    softmax_rows(t.rows, &mut scores);
-    blocks::add_value_blocks(t, &s, kernels, &scores)
-}
-
-/// Softmax over each head's scores of each row (`[heads, len]`).
-#[inline(always)]
-fn softmax_rows(rows: &[AttnRow], scores: &mut [Vec<f32>]) {
-    for (row, sc) in rows.iter().zip(scores.iter_mut()) {
-        for s in sc.chunks_mut(row.len.max(1)) {
-            softmax(s);
+    let mut out = vec![0f32; t.rows.len() * s.width];
+    let mut softmax = Softmax::new(t.rows.len(), s.group, s.d);
+    let mut scores = Vec::new();
+    let mut parts = quantized::Parts::new(t, &s);
+    for chunk in Chunk::all(t.rows, &s) {
+        chunk.prepare(s.group, &mut scores);
+        match parts.as_mut() {
+            Some(p) => p.score(t, &s, &chunk, &mut scores),
+            None => blocks::score_blocks(t, &s, kernels, &chunk, &mut scores),
+        }
+        softmax.update(&chunk, &mut scores, &mut out);
+        match parts.as_mut() {
+            Some(p) => p.add_values(t, &s, kernels, (&chunk, &scores), &mut out),
+            None => blocks::add_value_blocks(t, &s, kernels, (&chunk, &scores), &mut out),
         }
     }
+    softmax.finish(&mut out);
+    out
 }
 
 /// Writes the first `valid` of each head's 16 dot products, scaled, to the row's scores

@@ -6,7 +6,7 @@
 use super::super::kv_store::Part;
 use super::loops::{lane_axpys, lane_dots, LANES};
 use super::{
-    axpys_in_place, batch_axpys, batch_dots, dots_in_place, store_scores, visible, Avx512, Block, Kernels, Tile,
+    axpys_in_place, batch_axpys, batch_dots, dots_in_place, store_scores, visible, Avx512, Block, Chunk, Kernels, Tile,
     TileShape,
 };
 
@@ -56,10 +56,9 @@ fn in_place<'a>(
     }
 }
 
-/// Every row's scaled scores `[group, len]` against an f16 or f32 pool's keys.
+/// Every row's scaled scores `[group, seen]` against the chunk's keys of an f16 or f32 pool.
 #[inline(always)]
-pub(super) fn score_blocks(t: &Tile, s: &TileShape, kernels: Kernels) -> Vec<Vec<f32>> {
-    let mut scores: Vec<Vec<f32>> = t.rows.iter().map(|r| vec![0f32; s.group * r.len]).collect();
+pub(super) fn score_blocks(t: &Tile, s: &TileShape, kernels: Kernels, chunk: &Chunk, scores: &mut [Vec<f32>]) {
     let mut raw = vec![0f32; s.padded * s.d];
     let mut accs = vec![[0f32; LANES]; t.rows.len() * s.group];
     // Every row's query vectors, row by row: a run of rows is a slice of it.
@@ -67,7 +66,7 @@ pub(super) fn score_blocks(t: &Tile, s: &TileShape, kernels: Kernels) -> Vec<Vec
         .map(|k| &t.q[(k / s.group) * t.heads * s.d + t.kv * s.width + (k % s.group) * s.d..][..s.d])
         .collect();
     let part = (t.layer, Part::Keys);
-    for (j, &block) in s.blocks.iter().enumerate() {
+    for (j, &block) in s.blocks.iter().enumerate().take(chunk.end).skip(chunk.first) {
         let route = match in_place(t, s, kernels, (part, j)) {
             Some(InPlace::Avx512(cpu, kb)) => Route::Rows(Keys::Bits(cpu, kb)),
             Some(InPlace::Avx2(kb)) => Route::Runs(Block::F16(kb)),
@@ -80,11 +79,10 @@ pub(super) fn score_blocks(t: &Tile, s: &TileShape, kernels: Kernels) -> Vec<Vec
             }
         };
         match route {
-            Route::Runs(kb) => score_runs(t, s, j, (kb, kernels), &queries, &mut accs, &mut scores),
-            Route::Rows(keys) => score_rows(t, s, j, keys, &mut accs, &mut scores),
+            Route::Runs(kb) => score_runs(t, s, (chunk, j), (kb, kernels), &queries, &mut accs, scores),
+            Route::Rows(keys) => score_rows(t, s, (chunk, j), keys, &mut accs, scores),
         }
     }
-    scores
 }
 
 /// Scores block `j` (keys `kt` in f32) for every run of consecutive rows that sees each 16
@@ -93,7 +91,7 @@ pub(super) fn score_blocks(t: &Tile, s: &TileShape, kernels: Kernels) -> Vec<Vec
 fn score_runs(
     t: &Tile,
     s: &TileShape,
-    j: usize,
+    (chunk, j): (&Chunk, usize),
     (kt, kernels): (Block, Kernels),
     queries: &[&[f32]],
     accs: &mut [[f32; LANES]],
@@ -118,8 +116,8 @@ fn score_runs(
                 &mut accs[a * g..b * g],
             );
             for ri in a..b {
-                let (len, m) = (t.rows[ri].len, seen(ri, c).unwrap_or(0));
-                let at = j * s.bs + c * LANES;
+                let (len, m) = (chunk.seen[ri], seen(ri, c).unwrap_or(0));
+                let at = chunk.at(j, s.bs) + c * LANES;
                 store_scores(
                     &accs[ri * g..(ri + 1) * g],
                     (&mut scores[ri], len),
@@ -136,7 +134,14 @@ fn score_runs(
 /// Scores block `j` row by row: an f16 block in place, or a group size the batched kernels
 /// do not take with [`lane_dots`].
 #[inline(always)]
-fn score_rows(t: &Tile, s: &TileShape, j: usize, keys: Keys, accs: &mut [[f32; LANES]], scores: &mut [Vec<f32>]) {
+fn score_rows(
+    t: &Tile,
+    s: &TileShape,
+    (chunk, j): (&Chunk, usize),
+    keys: Keys,
+    accs: &mut [[f32; LANES]],
+    scores: &mut [Vec<f32>],
+) {
     let (d, accs) = (s.d, &mut accs[..s.group]);
     for (ri, row) in t.rows.iter().enumerate() {
         let Some(m) = visible(row, j, s.bs) else { continue };
@@ -150,10 +155,10 @@ fn score_rows(t: &Tile, s: &TileShape, j: usize, keys: Keys, accs: &mut [[f32; L
                     }
                 }
             }
-            let at = j * s.bs + c * LANES;
+            let at = chunk.at(j, s.bs) + c * LANES;
             store_scores(
                 accs,
-                (&mut scores[ri], row.len),
+                (&mut scores[ri], chunk.seen[ri]),
                 at,
                 (m - c * LANES).min(LANES),
                 s.scale,
@@ -162,15 +167,20 @@ fn score_rows(t: &Tile, s: &TileShape, j: usize, keys: Keys, accs: &mut [[f32; L
     }
 }
 
-/// The rows' outputs `[rows, group * d]`: each block's values of an f16 or f32 pool added
+/// The rows' outputs `out: [rows, group * d]` gain the chunk's values of an f16 or f32 pool
 /// with the rows' weights.
 #[inline(always)]
-pub(super) fn add_value_blocks(t: &Tile, s: &TileShape, kernels: Kernels, scores: &[Vec<f32>]) -> Vec<f32> {
-    let mut out = vec![0f32; t.rows.len() * s.width];
+pub(super) fn add_value_blocks(
+    t: &Tile,
+    s: &TileShape,
+    kernels: Kernels,
+    (chunk, scores): (&Chunk, &[Vec<f32>]),
+    out: &mut [f32],
+) {
     let mut raw = vec![0f32; s.padded * s.d];
     let mut runs = (Vec::new(), Vec::new());
     let part = (t.layer, Part::Values);
-    for (j, &block) in s.blocks.iter().enumerate() {
+    for (j, &block) in s.blocks.iter().enumerate().take(chunk.end).skip(chunk.first) {
         let (cpu, vb) = match in_place(t, s, kernels, (part, j)) {
             Some(InPlace::Avx512(cpu, vb)) => (cpu, vb),
             halves => {
@@ -178,17 +188,23 @@ pub(super) fn add_value_blocks(t: &Tile, s: &TileShape, kernels: Kernels, scores
                     Some(InPlace::Avx2(vb)) => Block::F16(vb),
                     _ => Block::F32(t.pool.head_block(part, block, t.kv, s.count(j), &mut raw)),
                 };
-                add_values(t, s, j, (values, kernels), (scores, &mut runs), &mut out);
+                add_values(t, s, (chunk, j), (values, kernels), (scores, &mut runs), out);
                 continue;
             }
         };
         for (ri, row) in t.rows.iter().enumerate() {
             let Some(m) = visible(row, j, s.bs) else { continue };
             let orow = &mut out[ri * s.width..(ri + 1) * s.width];
-            axpys_in_place(cpu, s.group, (&scores[ri], row.len, j * s.bs), m, vb, orow);
+            axpys_in_place(
+                cpu,
+                s.group,
+                (&scores[ri], chunk.seen[ri], chunk.at(j, s.bs)),
+                m,
+                vb,
+                orow,
+            );
         }
     }
-    out
 }
 
 /// The weights and output offsets of a run of rows' query heads, kept between blocks.
@@ -201,7 +217,7 @@ pub(super) type Runs<'s> = (Vec<&'s [f32]>, Vec<usize>);
 pub(super) fn add_values<'s>(
     t: &Tile,
     s: &TileShape,
-    j: usize,
+    (chunk, j): (&Chunk, usize),
     (values, kernels): (Block, Kernels),
     (scores, runs): (&'s [Vec<f32>], &mut Runs<'s>),
     out: &mut [f32],
@@ -220,7 +236,7 @@ pub(super) fn add_values<'s>(
         at.clear();
         for ri in a..b {
             for h in 0..g {
-                ws.push(&scores[ri][h * t.rows[ri].len + j * s.bs..][..m]);
+                ws.push(&scores[ri][h * chunk.seen[ri] + chunk.at(j, s.bs)..][..m]);
                 at.push(ri * s.width + h * d);
             }
         }

@@ -133,43 +133,6 @@ pub(super) fn lane_axpys(w: &[f32], v: &[f32], o: &mut [f32]) {
     }
 }
 
-/// In-place softmax with a lane-wise (fixed-order) sum and a vectorisable exp.
-#[inline(always)]
-#[allow(clippy::needless_range_loop)]
-pub(super) fn softmax(s: &mut [f32]) {
-    // Whole vectors, then the rest: a comparison (not `f32::max`, whose NaN rule keeps the
-    // loop scalar) that skips NaN as `max` does.
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    let mut whole = s.chunks_exact(LANES);
-    for c in &mut whole {
-        for l in 0..LANES {
-            lanes[l] = if c[l] > lanes[l] { c[l] } else { lanes[l] };
-        }
-    }
-    for (l, &v) in whole.remainder().iter().enumerate() {
-        lanes[l] = if v > lanes[l] { v } else { lanes[l] };
-    }
-    let max = lanes.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
-    // Whole vectors in one flat loop (the sums stay in registers), then the rest: each
-    // lane's sum adds its positions in order either way.
-    let mut sums = [0f32; LANES];
-    let mut whole = s.chunks_exact_mut(LANES);
-    for c in &mut whole {
-        for l in 0..LANES {
-            c[l] = exp_neg(c[l] - max);
-            sums[l] += c[l];
-        }
-    }
-    for (l, v) in whole.into_remainder().iter_mut().enumerate() {
-        *v = exp_neg(*v - max);
-        sums[l] += *v;
-    }
-    let inv = 1.0 / sums.iter().sum::<f32>();
-    for v in s.iter_mut() {
-        *v *= inv;
-    }
-}
-
 /// `e^x` for `x <= 0` (0 below -87), within 2 ulp: Cephes' polynomial after reducing by
 /// powers of two, written with plain arithmetic so that it vectorises.
 #[inline(always)]

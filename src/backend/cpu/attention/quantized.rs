@@ -2,89 +2,115 @@
 //! ([`attention_q8`]), values added from their 8-bit form or converted once for the tile's
 //! rows.
 
-use super::super::attention_q8::{self, QuantQuery, ValueBlock};
+use super::super::attention_q8::{self, Axpys, Dots, QuantQuery, ValueBlock};
 use super::super::kv_store::Part;
 use super::blocks::add_values;
-use super::{softmax_rows, store_scores, visible, Block, Kernels, Tile, TileShape, LANES};
+use super::{store_scores, visible, Block, Chunk, Kernels, Tile, TileShape, LANES};
+use crate::kv::KvDType;
 
-/// [`super::tile_body`] over a q8_0 pool: keys scored with integer dot products and values added
-/// from their 8-bit form, both read in place ([`attention_q8`]). Inlined like
-/// [`super::tile_body`], so that its softmax is compiled for the caller's vector unit.
-#[inline(always)]
-pub(super) fn tile_q8(t: &Tile, s: &TileShape, kernels: Kernels) -> Vec<f32> {
-    let mut scores = score_q8_blocks(t, s);
-    softmax_rows(t.rows, &mut scores);
-    add_q8_value_blocks(t, s, kernels, &scores)
+/// What a tile over a q8_0 pool keeps from chunk to chunk: the kernels, the rows' quantized
+/// queries and the buffers.
+pub(super) struct Parts {
+    dots: Dots,
+    axpys: Axpys,
+    queries: Vec<QuantQuery>,
+    accs: Vec<[f32; LANES]>,
+    scratch: Vec<f32>,
 }
 
-/// Every row's scaled scores `[group, len]` against a q8_0 pool's keys, in place.
-#[inline(always)]
-fn score_q8_blocks(t: &Tile, s: &TileShape) -> Vec<Vec<f32>> {
-    let dots = attention_q8::kernel();
-    let q8_group = t.pool.layout().q8_group().unwrap_or(s.d);
-    let queries: Vec<QuantQuery> = (0..t.rows.len())
-        .map(|ri| QuantQuery::new(&t.q[ri * t.heads * s.d + t.kv * s.width..][..s.width], q8_group))
-        .collect();
-    let mut scores: Vec<Vec<f32>> = t.rows.iter().map(|r| vec![0f32; s.group * r.len]).collect();
-    let mut accs = vec![[0f32; LANES]; s.group];
-    for (j, &block) in s.blocks.iter().enumerate() {
-        if let Some(&next) = s.blocks.get(j + 1) {
-            t.pool.prefetch_head_block((t.layer, Part::Keys), next, t.kv);
+impl Parts {
+    /// `Some` for a q8_0 pool, `None` for the others ([`super::blocks`]).
+    #[inline(always)]
+    pub fn new(t: &Tile, s: &TileShape) -> Option<Self> {
+        if t.pool.dtype() != KvDType::Q8_0 {
+            return None;
         }
-        let Some(tile) = t.pool.q8_key_tile(t.layer, block, t.kv) else {
-            continue;
-        };
-        for (ri, row) in t.rows.iter().enumerate() {
-            let Some(m) = visible(row, j, s.bs) else { continue };
-            for c in 0..m.div_ceil(LANES) {
-                dots(&queries[ri], tile, c * LANES, &mut accs);
-                let at = j * s.bs + c * LANES;
-                store_scores(
-                    &accs,
-                    (&mut scores[ri], row.len),
-                    at,
-                    (m - c * LANES).min(LANES),
-                    s.scale,
-                );
+        let q8_group = t.pool.layout().q8_group().unwrap_or(s.d);
+        Some(Self {
+            dots: attention_q8::kernel(),
+            axpys: attention_q8::value_kernel(),
+            queries: (0..t.rows.len())
+                .map(|ri| QuantQuery::new(&t.q[ri * t.heads * s.d + t.kv * s.width..][..s.width], q8_group))
+                .collect(),
+            accs: vec![[0f32; LANES]; s.group],
+            scratch: vec![0f32; s.bs * s.d],
+        })
+    }
+
+    /// Every row's scaled scores `[group, seen]` against the chunk's keys, read in place.
+    #[inline(always)]
+    pub fn score(&mut self, t: &Tile, s: &TileShape, chunk: &Chunk, scores: &mut [Vec<f32>]) {
+        for (j, &block) in s.blocks.iter().enumerate().take(chunk.end).skip(chunk.first) {
+            if let Some(&next) = s.blocks.get(j + 1) {
+                t.pool.prefetch_head_block((t.layer, Part::Keys), next, t.kv);
+            }
+            let Some(tile) = t.pool.q8_key_tile(t.layer, block, t.kv) else {
+                continue;
+            };
+            for (ri, row) in t.rows.iter().enumerate() {
+                let Some(m) = visible(row, j, s.bs) else { continue };
+                for c in 0..m.div_ceil(LANES) {
+                    (self.dots)(&self.queries[ri], tile, c * LANES, &mut self.accs);
+                    store_scores(
+                        &self.accs,
+                        (&mut scores[ri], chunk.seen[ri]),
+                        chunk.at(j, s.bs) + c * LANES,
+                        (m - c * LANES).min(LANES),
+                        s.scale,
+                    );
+                }
             }
         }
     }
-    scores
-}
 
-/// The rows' outputs `[rows, group * d]` from a q8_0 pool's values: several rows share one
-/// conversion of each block, which gives the same bits as converting in registers per row
-/// (see [`attention_q8`]) where [`batch_axpys`] adds in the same order.
-#[inline(always)]
-fn add_q8_value_blocks(t: &Tile, s: &TileShape, kernels: Kernels, scores: &[Vec<f32>]) -> Vec<f32> {
-    let axpys = attention_q8::value_kernel();
-    let mut out = vec![0f32; t.rows.len() * s.width];
-    let mut scratch = vec![0f32; s.bs * s.d];
-    let mut runs = (Vec::new(), Vec::new());
-    let shared = t.rows.len() > 1 && (2..=4).contains(&s.group) && s.d.is_multiple_of(LANES);
-    for (j, &block) in s.blocks.iter().enumerate() {
-        if let Some(&next) = s.blocks.get(j + 1) {
-            t.pool.prefetch_head_block((t.layer, Part::Values), next, t.kv);
-        }
-        let n = s.count(j);
-        if shared {
-            let values = t.pool.head_block((t.layer, Part::Values), block, t.kv, n, &mut scratch);
-            add_values(t, s, j, (Block::F32(values), kernels), (scores, &mut runs), &mut out);
-            continue;
-        }
-        let Some(vb) = t.pool.q8_value_block(t.layer, block, t.kv, n) else {
-            continue;
-        };
-        for (ri, row) in t.rows.iter().enumerate() {
-            let Some(m) = visible(row, j, s.bs) else { continue };
-            let part = ValueBlock {
-                q: &vb.q[..m * s.d],
-                scales: &vb.scales[..m * s.d / vb.group],
-                group: vb.group,
+    /// The rows' outputs `out: [rows, group * d]` gain the chunk's values with the rows'
+    /// weights: several rows share one conversion of each block, which gives the same bits
+    /// as converting in registers per row (see [`attention_q8`]) where [`super::batch_axpys`]
+    /// adds in the same order.
+    #[inline(always)]
+    pub fn add_values(
+        &mut self,
+        t: &Tile,
+        s: &TileShape,
+        kernels: Kernels,
+        (chunk, scores): (&Chunk, &[Vec<f32>]),
+        out: &mut [f32],
+    ) {
+        let shared = t.rows.len() > 1 && (2..=4).contains(&s.group) && s.d.is_multiple_of(LANES);
+        let mut runs = (Vec::new(), Vec::new());
+        for (j, &block) in s.blocks.iter().enumerate().take(chunk.end).skip(chunk.first) {
+            if let Some(&next) = s.blocks.get(j + 1) {
+                t.pool.prefetch_head_block((t.layer, Part::Values), next, t.kv);
+            }
+            let n = s.count(j);
+            if shared {
+                let values = t
+                    .pool
+                    .head_block((t.layer, Part::Values), block, t.kv, n, &mut self.scratch);
+                add_values(
+                    t,
+                    s,
+                    (chunk, j),
+                    (Block::F32(values), kernels),
+                    (scores, &mut runs),
+                    out,
+                );
+                continue;
+            }
+            let Some(vb) = t.pool.q8_value_block(t.layer, block, t.kv, n) else {
+                continue;
             };
-            let orow = &mut out[ri * s.width..(ri + 1) * s.width];
-            axpys((&scores[ri], row.len, j * s.bs), m, part, orow, &mut scratch);
+            for (ri, row) in t.rows.iter().enumerate() {
+                let Some(m) = visible(row, j, s.bs) else { continue };
+                let part = ValueBlock {
+                    q: &vb.q[..m * s.d],
+                    scales: &vb.scales[..m * s.d / vb.group],
+                    group: vb.group,
+                };
+                let orow = &mut out[ri * s.width..(ri + 1) * s.width];
+                let sc = (&scores[ri][..], chunk.seen[ri], chunk.at(j, s.bs));
+                (self.axpys)(sc, m, part, orow, &mut self.scratch);
+            }
         }
     }
-    out
 }

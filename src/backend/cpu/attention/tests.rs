@@ -41,7 +41,7 @@ fn filled(
         head_dim: d,
         block_size: 16,
     };
-    let mut pool = KvPool::new(layout, 8, dtype);
+    let mut pool = KvPool::new(layout, len.div_ceil(16) + 1, dtype);
     let (table, _, _) = fill(&mut pool, len);
     let q = Tensor::randn(0f32, 1.0, (n * heads * d,), &Device::Cpu)
         .unwrap()
@@ -73,7 +73,7 @@ fn exp_neg_is_within_two_ulp_of_exp() {
 
 #[test]
 fn paged_attention_matches_the_straightforward_one() {
-    let cases = [
+    let cases: [(usize, usize, usize, usize); 9] = [
         (4, 2, 1, 1),
         (4, 2, 37, 5),
         (6, 3, 16, 16),
@@ -81,6 +81,10 @@ fn paged_attention_matches_the_straightforward_one() {
         (8, 1, 33, 33),
         (12, 3, 40, 9),
         (6, 2, 21, 4),
+        // Past one chunk of the online softmax (1024 positions): rows whose maximum rises in a
+        // later chunk, rows that end inside a chunk and on its edge.
+        (4, 2, 2100, 60),
+        (8, 2, 1040, 17),
     ];
     for (((heads, kv_heads, len, n), (dtype, tol)), d) in cases
         .into_iter()
@@ -99,7 +103,7 @@ fn paged_attention_matches_the_straightforward_one() {
             head_dim: d,
             block_size: 16,
         };
-        let mut pool = KvPool::new(layout, 8, dtype);
+        let mut pool = KvPool::new(layout, len.div_ceil(16) + 1, dtype);
         let (table, k, v) = fill(&mut pool, len);
         // The last `n` positions as queries, causal.
         let q = Tensor::randn(0f32, 1.0, (n, heads * d), &Device::Cpu).unwrap();
@@ -188,6 +192,7 @@ fn rows_are_the_same_alone_and_in_a_tile() {
             (4, 2, 19, 6, 8),
             (3, 3, 50, 16, 16),
             (10, 2, 70, 16, 16),
+            (8, 2, 2100, 60, 64),
         ] {
             let (pool, table, q) = filled((heads, kv_heads, d), (len, n), dtype);
             let rows = causal_rows(&table, len, n);

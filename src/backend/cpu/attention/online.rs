@@ -1,0 +1,162 @@
+//! A tile's softmax chunk by chunk of positions (the online softmax of flash attention): each
+//! chunk's scores are turned into `exp(score - max so far)` where they lie, the outputs and
+//! sums gathered so far are scaled down when a later chunk raises the maximum, and the
+//! outputs are divided by the sums at the end. A chunk's scores (rows x heads x positions)
+//! stay in the core's L2 cache however long the context: the whole `[heads, len]` scores of
+//! 32 rows at 16k positions were 8 MB a tile, spilled to memory whenever the L3 cache was
+//! shared.
+//!
+//! Chunks start at fixed positions (multiples of [`CHUNK_POSITIONS`]), so a row's arithmetic
+//! does not depend on the tile it is in: batch invariance holds as before.
+
+use super::loops::{exp_neg, LANES};
+use super::{AttnRow, TileShape};
+
+/// Positions one chunk spans at most: 32 rows x 4 heads x 1024 positions x 4 bytes = 512 KiB
+/// of scores.
+const CHUNK_POSITIONS: usize = 1024;
+
+/// A run of blocks that a tile's rows are scored against and add together.
+pub(super) struct Chunk {
+    /// The first block.
+    pub first: usize,
+    /// One past the last block.
+    pub end: usize,
+    /// Positions of the chunk that each row sees: the length of each head's scores.
+    pub seen: Vec<usize>,
+}
+
+impl Chunk {
+    /// The tile's chunks, in order (blocks of `s.bs` positions, whole blocks a chunk).
+    #[inline(always)]
+    pub fn all<'a>(rows: &'a [AttnRow], s: &TileShape) -> impl Iterator<Item = Chunk> + 'a {
+        let (bs, blocks) = (s.bs.max(1), s.blocks.len());
+        let per = (CHUNK_POSITIONS / bs).max(1);
+        (0..blocks).step_by(per).map(move |first| {
+            let end = (first + per).min(blocks);
+            let seen = rows
+                .iter()
+                .map(|r| r.len.min(end * bs).saturating_sub(first * bs))
+                .collect();
+            Chunk { first, end, seen }
+        })
+    }
+
+    /// Where block `j`'s first position lies in a head's scores.
+    #[inline(always)]
+    pub fn at(&self, j: usize, bs: usize) -> usize {
+        (j - self.first) * bs
+    }
+
+    /// Each row's scores `[group, seen]` in `scores`' buffers (kept between chunks), zeroed.
+    #[inline(always)]
+    pub fn prepare(&self, group: usize, scores: &mut Vec<Vec<f32>>) {
+        scores.resize_with(self.seen.len(), Vec::new);
+        for (sc, &seen) in scores.iter_mut().zip(&self.seen) {
+            sc.clear();
+            sc.resize(group * seen, 0.0);
+        }
+    }
+}
+
+/// Per row and head: the largest score so far and the sum of `exp(score - max)`.
+pub(super) struct Softmax {
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    group: usize,
+    d: usize,
+}
+
+impl Softmax {
+    /// Nothing seen yet, for `rows` rows of `group` heads of `d` dimensions.
+    #[inline(always)]
+    pub fn new(rows: usize, group: usize, d: usize) -> Self {
+        Self {
+            max: vec![f32::NEG_INFINITY; rows * group],
+            sum: vec![0.0; rows * group],
+            group,
+            d,
+        }
+    }
+
+    /// Turns a chunk's scores into `exp(score - max)` in place, the max taken over every
+    /// chunk so far; where this chunk raises it, the head's output (`out: [rows, group * d]`)
+    /// and sum are first scaled by `exp(old max - new max)`.
+    #[inline(always)]
+    pub fn update(&mut self, chunk: &Chunk, scores: &mut [Vec<f32>], out: &mut [f32]) {
+        let (g, d) = (self.group, self.d);
+        for (ri, (sc, &seen)) in scores.iter_mut().zip(&chunk.seen).enumerate() {
+            if seen == 0 {
+                continue;
+            }
+            for (h, s) in sc.chunks_exact_mut(seen).enumerate() {
+                let k = ri * g + h;
+                let high = lane_max(s);
+                let old = self.max[k];
+                // A comparison, not `f32::max`: NaN scores leave the max as it was (and
+                // reach the output through their own exponentials).
+                let new = if high > old { high } else { old };
+                if new > old {
+                    let r = exp_neg(old - new);
+                    self.sum[k] *= r;
+                    for o in &mut out[k * d..(k + 1) * d] {
+                        *o *= r;
+                    }
+                    self.max[k] = new;
+                }
+                self.sum[k] += exp_sum(s, self.max[k]);
+            }
+        }
+    }
+
+    /// Divides each head's output by its sum: the softmax's weights, applied.
+    #[inline(always)]
+    pub fn finish(&self, out: &mut [f32]) {
+        for (o, &sum) in out.chunks_exact_mut(self.d.max(1)).zip(&self.sum) {
+            let inv = 1.0 / sum;
+            for v in o {
+                *v *= inv;
+            }
+        }
+    }
+}
+
+/// The largest of `s` (NaN skipped), lane by lane and then across the lanes.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn lane_max(s: &[f32]) -> f32 {
+    // Whole vectors, then the rest: a comparison (not `f32::max`, whose NaN rule keeps the
+    // loop scalar) that skips NaN as `max` does.
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut whole = s.chunks_exact(LANES);
+    for c in &mut whole {
+        for l in 0..LANES {
+            lanes[l] = if c[l] > lanes[l] { c[l] } else { lanes[l] };
+        }
+    }
+    for (l, &v) in whole.remainder().iter().enumerate() {
+        lanes[l] = if v > lanes[l] { v } else { lanes[l] };
+    }
+    lanes.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
+/// `s[i] = exp(s[i] - max)` in place; their sum, lane by lane over the positions in order
+/// and then across the lanes in a fixed order.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn exp_sum(s: &mut [f32], max: f32) -> f32 {
+    // Whole vectors in one flat loop (the sums stay in registers), then the rest.
+    let mut sums = [0f32; LANES];
+    let mut whole = s.chunks_exact_mut(LANES);
+    for c in &mut whole {
+        for l in 0..LANES {
+            c[l] = exp_neg(c[l] - max);
+            sums[l] += c[l];
+        }
+    }
+    for (l, v) in whole.into_remainder().iter_mut().enumerate() {
+        *v = exp_neg(*v - max);
+        sums[l] += *v;
+    }
+    sums.iter().sum()
+}
