@@ -38,6 +38,9 @@ pub struct AttnRow<'a> {
 /// Work below which attention stays on the calling thread.
 const PARALLEL_WORK: usize = 1 << 18;
 
+/// Blocks ahead of the one in use whose keys or values are asked for.
+const PREFETCH_AHEAD: usize = 2;
+
 /// Rows per tile at most: more rows share each key and value load, fewer keep the tile's
 /// scores (`rows * group * 1024` floats a chunk) nearer the core; 32 measured best on Zen 4
 /// at depths 4096 and 16384 (q8_0 2-6% faster than 16; 64, and chunks of 512, level).

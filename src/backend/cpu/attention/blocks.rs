@@ -7,7 +7,7 @@ use super::super::kv_store::Part;
 use super::loops::{lane_axpys, lane_dots, LANES};
 use super::{
     axpys_in_place, batch_axpys, batch_dots, dots_in_place, store_scores, visible, Avx512, Block, Chunk, Kernels, Tile,
-    TileShape,
+    TileShape, PREFETCH_AHEAD,
 };
 
 /// How a block's keys are scored.
@@ -44,7 +44,7 @@ fn in_place<'a>(
     kernels: Kernels,
     (part, j): ((usize, Part), usize),
 ) -> Option<InPlace<'a>> {
-    if let Some(&next) = s.blocks.get(j + 1) {
+    if let Some(&next) = s.blocks.get(j + PREFETCH_AHEAD) {
         t.pool.prefetch_head_block(part, next, t.kv);
     }
     let block = *s.blocks.get(j)?;
