@@ -5,9 +5,9 @@
 //! for the whole tile (an 8-bit pool's are read in place, [`super::attention_q8`]), and the
 //! query heads of the rows that see the same positions are scored and added together, each
 //! key and value vector loaded once for several of them. Keys are transposed per block so
-//! that 16 positions are scored at once in vector lanes. Positions
-//! go in chunks of 1024 with an online softmax ([`online`]): a tile's scores stay in the
-//! core's L2 cache whatever the context length, and no `[heads, n, T]` matrix is formed.
+//! that 16 positions are scored at once in vector lanes. Positions go in chunks of 1024 with
+//! an online softmax ([`online`]): a tile's scores stay in the core's L2 cache whatever the
+//! context length, and no `[heads, n, T]` matrix is formed.
 //!
 //! A row's arithmetic is the same whatever tile it is in, whatever else the batch holds
 //! and however its prompt was chunked: positions are visited in order and every sum has a
@@ -24,7 +24,7 @@ pub use loops::exp_neg;
 use loops::{group_axpys_loops, group_dots_loops, LANES};
 use online::{Chunk, Softmax};
 
-use super::kv_store::KvStore;
+use super::kv_store::{KvStore, Part};
 use crate::kv::{BlockId, KvDType};
 
 /// What one row attends to: the first `len` positions of a sequence's blocks.
@@ -315,6 +315,16 @@ fn tile_body(t: &Tile, kernels: Kernels) -> Vec<f32> {
     }
     softmax.finish(&mut out);
     out
+}
+
+/// Asks for the keys or values (`part`) of the block [`PREFETCH_AHEAD`] after block `j`, and at
+/// the tile's first block for those before it too: a hint, given while block `j` is used.
+#[inline(always)]
+fn prefetch_ahead(t: &Tile, s: &TileShape, part: (usize, Part), j: usize) {
+    let (from, to) = (if j == 0 { 1 } else { j + PREFETCH_AHEAD }, j + PREFETCH_AHEAD);
+    for &next in s.blocks.iter().take(to + 1).skip(from) {
+        t.pool.prefetch_head_block(part, next, t.kv);
+    }
 }
 
 /// Writes the first `valid` of each head's 16 dot products, scaled, to the row's scores

@@ -6,8 +6,8 @@
 use super::super::kv_store::Part;
 use super::loops::{lane_axpys, lane_dots, LANES};
 use super::{
-    axpys_in_place, batch_axpys, batch_dots, dots_in_place, store_scores, visible, Avx512, Block, Chunk, Kernels, Tile,
-    TileShape, PREFETCH_AHEAD,
+    axpys_in_place, batch_axpys, batch_dots, dots_in_place, prefetch_ahead, store_scores, visible, Avx512, Block,
+    Chunk, Kernels, Tile, TileShape,
 };
 
 /// How a block's keys are scored.
@@ -35,7 +35,7 @@ enum InPlace<'a> {
     Avx2(&'a [u16]),
 }
 
-/// Asks for block `j + 1` of `part` ahead of use, and gives block `j`'s bits where the
+/// Asks for a later block of `part` ([`prefetch_ahead`]), and gives block `j`'s bits where the
 /// kernels read it in place (`None`: it is to be converted, or the pool is not f16).
 #[inline(always)]
 fn in_place<'a>(
@@ -44,9 +44,7 @@ fn in_place<'a>(
     kernels: Kernels,
     (part, j): ((usize, Part), usize),
 ) -> Option<InPlace<'a>> {
-    if let Some(&next) = s.blocks.get(j + PREFETCH_AHEAD) {
-        t.pool.prefetch_head_block(part, next, t.kv);
-    }
+    prefetch_ahead(t, s, part, j);
     let block = *s.blocks.get(j)?;
     let bits = || t.pool.head_block_bits(part, block, t.kv, s.count(j));
     match (kernels.f16_in_place, kernels.halves) {

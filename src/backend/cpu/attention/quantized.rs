@@ -5,7 +5,7 @@
 use super::super::attention_q8::{self, Axpys, Dots, QuantQuery, ValueBlock};
 use super::super::kv_store::Part;
 use super::blocks::add_values;
-use super::{store_scores, visible, Block, Chunk, Kernels, Tile, TileShape, LANES, PREFETCH_AHEAD};
+use super::{prefetch_ahead, store_scores, visible, Block, Chunk, Kernels, Tile, TileShape, LANES};
 use crate::kv::KvDType;
 
 /// What a tile over a q8_0 pool keeps from chunk to chunk: the kernels, the rows' quantized
@@ -41,9 +41,7 @@ impl Parts {
     #[inline(always)]
     pub fn score(&mut self, t: &Tile, s: &TileShape, chunk: &Chunk, scores: &mut [Vec<f32>]) {
         for (j, &block) in s.blocks.iter().enumerate().take(chunk.end).skip(chunk.first) {
-            if let Some(&next) = s.blocks.get(j + PREFETCH_AHEAD) {
-                t.pool.prefetch_head_block((t.layer, Part::Keys), next, t.kv);
-            }
+            prefetch_ahead(t, s, (t.layer, Part::Keys), j);
             let Some(tile) = t.pool.q8_key_tile(t.layer, block, t.kv) else {
                 continue;
             };
@@ -79,9 +77,7 @@ impl Parts {
         let shared = t.rows.len() > 1 && (2..=4).contains(&s.group) && s.d.is_multiple_of(LANES);
         let mut runs = (Vec::new(), Vec::new());
         for (j, &block) in s.blocks.iter().enumerate().take(chunk.end).skip(chunk.first) {
-            if let Some(&next) = s.blocks.get(j + PREFETCH_AHEAD) {
-                t.pool.prefetch_head_block((t.layer, Part::Values), next, t.kv);
-            }
+            prefetch_ahead(t, s, (t.layer, Part::Values), j);
             let n = s.count(j);
             if shared {
                 let values = t

@@ -148,31 +148,42 @@ fn f16_in_place_equals_converted_blocks() {
         eprintln!("no AVX-512F: in-place f16 kernels not covered on this machine");
         return;
     }
-    for (heads, kv_heads, len, n) in [
+    let cases: Vec<_> = [
         (4, 1, 1, 1),
         (8, 2, 37, 5),
         (6, 2, 16, 16),
         (2, 2, 50, 3),
         (12, 4, 70, 8),
-    ] {
-        for d in [16, 64] {
-            let (pool, table, q) = filled((heads, kv_heads, d), (len, n), KvDType::F16);
-            let rows = causal_rows(&table, len, n);
-            for kv in 0..kv_heads {
-                let t = Tile {
-                    pool: pool.store(),
-                    layer: 0,
-                    kv,
-                    rows: &rows,
-                    q: &q,
-                    heads,
-                };
-                // SAFETY: AVX-512F checked above.
-                let fast = unsafe { tile_avx512(&t) };
-                let slow = tile_body(&t, Kernels::default());
-                let same = fast.len() == slow.len() && fast.iter().zip(&slow).all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "heads {heads} kv {kv_heads} len {len} n {n} d {d}");
-            }
+    ]
+    .into_iter()
+    .flat_map(|(heads, kv_heads, len, n)| [16, 64].map(|d| (heads, kv_heads, len, n, d)))
+    .collect();
+    for_each_tile(KvDType::F16, &cases, |t, case| {
+        // SAFETY: AVX-512F checked above.
+        let fast = unsafe { tile_avx512(t) };
+        assert!(same_bits(&fast, &tile_body(t, Kernels::default())), "{case}");
+    });
+}
+
+/// Each KV head's tile of the causal rows of every case `(heads, kv_heads, len, n, d)`, on a
+/// fresh pool of `dtype`, handed to `check` with words naming it.
+fn for_each_tile(dtype: KvDType, cases: &[(usize, usize, usize, usize, usize)], mut check: impl FnMut(&Tile, &str)) {
+    for &(heads, kv_heads, len, n, d) in cases {
+        let (pool, table, q) = filled((heads, kv_heads, d), (len, n), dtype);
+        let rows = causal_rows(&table, len, n);
+        for kv in 0..kv_heads {
+            let t = Tile {
+                pool: pool.store(),
+                layer: 0,
+                kv,
+                rows: &rows,
+                q: &q,
+                heads,
+            };
+            check(
+                &t,
+                &format!("{dtype:?} heads {heads} kv {kv_heads} len {len} n {n} d {d}"),
+            );
         }
     }
 }
@@ -218,44 +229,30 @@ fn rows_are_the_same_alone_and_in_a_tile() {
 #[cfg(target_arch = "x86_64")]
 fn avx2_tiles_equal_the_generic_loops() {
     let Some(cpu) = avx2_fma("tile") else { return };
+    let cases = [
+        (32, 8, 70, 16, 64),
+        (24, 8, 45, 13, 64),
+        (4, 2, 33, 16, 16),
+        (5, 1, 20, 7, 32),
+        (32, 8, 70, 1, 64),
+        (24, 8, 50, 1, 128),
+        (6, 2, 17, 1, 16),
+        // Past one chunk of positions (1024), a run of rows and a lone row.
+        (8, 2, 1100, 5, 64),
+        (8, 2, 1100, 1, 64),
+    ];
     for dtype in [KvDType::F32, KvDType::F16, KvDType::Q8_0] {
-        for (heads, kv_heads, len, n, d) in [
-            (32, 8, 70, 16, 64),
-            (24, 8, 45, 13, 64),
-            (4, 2, 33, 16, 16),
-            (5, 1, 20, 7, 32),
-            (32, 8, 70, 1, 64),
-            (24, 8, 50, 1, 128),
-            (6, 2, 17, 1, 16),
-        ] {
-            let (pool, table, q) = filled((heads, kv_heads, d), (len, n), dtype);
-            let rows = causal_rows(&table, len, n);
-            for kv in 0..kv_heads {
-                let t = Tile {
-                    pool: pool.store(),
-                    layer: 0,
-                    kv,
-                    rows: &rows,
-                    q: &q,
-                    heads,
-                };
-                // SAFETY: AVX2 and FMA checked above.
-                let fast = unsafe { tile_avx2(&t, cpu) };
-                let slow = tile_body(&t, Kernels::default());
-                assert!(
-                    same_bits(&fast, &slow),
-                    "{dtype:?} heads {heads} kv {kv_heads} len {len} n {n} d {d}"
-                );
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: AVX-512F checked just above.
-                    let wide = unsafe { tile_avx512(&t) };
-                    assert!(
-                        same_bits(&wide, &slow),
-                        "AVX-512 {dtype:?} heads {heads} kv {kv_heads} len {len} n {n} d {d}"
-                    );
-                }
+        for_each_tile(dtype, &cases, |t, case| {
+            let slow = tile_body(t, Kernels::default());
+            // SAFETY: AVX2 and FMA checked above.
+            let fast = unsafe { tile_avx2(t, cpu) };
+            assert!(same_bits(&fast, &slow), "{case}");
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: AVX-512F checked just above.
+                let wide = unsafe { tile_avx512(t) };
+                assert!(same_bits(&wide, &slow), "AVX-512 {case}");
             }
-        }
+        });
     }
 }
 
