@@ -327,8 +327,9 @@ fn prefetch_ahead(t: &Tile, s: &TileShape, part: (usize, Part), j: usize) {
     }
 }
 
-/// Writes the first `valid` of each head's 16 dot products, scaled, to the row's scores
-/// (`[heads, len]`) from position `at`.
+/// Writes the first `valid` of each head's 16 dot products, scaled, to the row's scores of a
+/// chunk (`[heads, len]`, `len` the positions of the chunk the row sees) from position `at`
+/// (counted from the chunk's first).
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
 fn store_scores(accs: &[[f32; LANES]], (scores, len): (&mut [f32], usize), at: usize, valid: usize, scale: f32) {

@@ -45,7 +45,10 @@ macro_rules! by_count {
     (@arms $n:expr, $f:ident, $extra:tt, $args:tt, [$($k:literal),*]) => {
         match $n {
             $($k => by_count!(@call $f, $k, $extra, $args),)*
-            _ => by_count!(@call $f, 1, $extra, $args),
+            _ => {
+                debug_assert!($n == 1, "by_count!: a count outside the list");
+                by_count!(@call $f, 1, $extra, $args)
+            }
         }
     };
     (@call $f:ident, $k:literal, [$($extra:tt)*], $args:tt) => {

@@ -12,8 +12,8 @@
 use super::loops::{exp_neg, LANES};
 use super::{AttnRow, TileShape};
 
-/// Positions one chunk spans at most: 32 rows x 4 heads x 1024 positions x 4 bytes = 512 KiB
-/// of scores.
+/// Positions one chunk spans at most (whole blocks): 32 rows x 4 heads (the 1B's and 3B's
+/// groups are 4 and 3) x 1024 positions x 4 bytes = 512 KiB of scores.
 const CHUNK_POSITIONS: usize = 1024;
 
 /// A run of blocks that a tile's rows are scored against and add together.
@@ -113,7 +113,8 @@ impl Softmax {
     #[inline(always)]
     pub fn finish(&self, out: &mut [f32]) {
         for (o, &sum) in out.chunks_exact_mut(self.d.max(1)).zip(&self.sum) {
-            let inv = 1.0 / sum;
+            // A head that saw no position (a row of length 0) keeps its zeros.
+            let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
             for v in o {
                 *v *= inv;
             }
@@ -159,4 +160,50 @@ fn exp_sum(s: &mut [f32], max: f32) -> f32 {
         sums[l] += *v;
     }
     sums.iter().sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One row and head of one dimension through chunks by hand (values added as the
+    /// engine adds them): a maximum that rises by more than `exp_neg`'s range (87), a chunk
+    /// the row does not see, a lower chunk after; against the softmax in f64.
+    #[test]
+    fn chunked_softmax_equals_the_whole_one() {
+        let chunks: [&[f32]; 4] = [&[0.0, 1.0, 2.0], &[100.0, 99.0], &[], &[50.0, 99.5]];
+        let values = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0];
+        let (mut softmax, mut out) = (Softmax::new(1, 1, 1), [0f32]);
+        let mut v = values.iter();
+        for (i, c) in chunks.iter().enumerate() {
+            let chunk = Chunk {
+                first: i,
+                end: i + 1,
+                seen: vec![c.len()],
+            };
+            let mut scores = vec![c.to_vec()];
+            softmax.update(&chunk, &mut scores, &mut out);
+            for &e in &scores[0] {
+                out[0] += e * v.next().copied().unwrap_or(0.0);
+            }
+        }
+        softmax.finish(&mut out);
+        let all: Vec<f64> = chunks.iter().flat_map(|c| c.iter().map(|&s| f64::from(s))).collect();
+        let max = all.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let sum: f64 = all.iter().map(|s| (s - max).exp()).sum();
+        let want: f64 = all
+            .iter()
+            .zip(values)
+            .map(|(s, v)| (s - max).exp() / sum * f64::from(v))
+            .sum();
+        assert!((f64::from(out[0]) - want).abs() < 1e-5, "{} vs {want}", out[0]);
+    }
+
+    /// A row that saw no position keeps a zero output (no division by a zero sum).
+    #[test]
+    fn a_head_without_positions_stays_zero() {
+        let (softmax, mut out) = (Softmax::new(1, 2, 2), [0f32; 4]);
+        softmax.finish(&mut out);
+        assert_eq!(out, [0.0; 4]);
+    }
 }

@@ -73,7 +73,7 @@ fn exp_neg_is_within_two_ulp_of_exp() {
 
 #[test]
 fn paged_attention_matches_the_straightforward_one() {
-    let cases: [(usize, usize, usize, usize); 9] = [
+    let cases: [(usize, usize, usize, usize); 10] = [
         (4, 2, 1, 1),
         (4, 2, 37, 5),
         (6, 3, 16, 16),
@@ -85,6 +85,7 @@ fn paged_attention_matches_the_straightforward_one() {
         // later chunk, rows that end inside a chunk and on its edge.
         (4, 2, 2100, 60),
         (8, 2, 1040, 17),
+        (2, 2, 1100, 3),
     ];
     for (((heads, kv_heads, len, n), (dtype, tol)), d) in cases
         .into_iter()
@@ -154,6 +155,7 @@ fn f16_in_place_equals_converted_blocks() {
         (6, 2, 16, 16),
         (2, 2, 50, 3),
         (12, 4, 70, 8),
+        (8, 2, 1100, 1),
     ]
     .into_iter()
     .flat_map(|(heads, kv_heads, len, n)| [16, 64].map(|d| (heads, kv_heads, len, n, d)))
@@ -237,9 +239,12 @@ fn avx2_tiles_equal_the_generic_loops() {
         (32, 8, 70, 1, 64),
         (24, 8, 50, 1, 128),
         (6, 2, 17, 1, 16),
-        // Past one chunk of positions (1024), a run of rows and a lone row.
+        // Past one chunk of positions (1024): runs of rows and lone rows, groups of 4, 3 and
+        // 5 (row by row in the loops).
         (8, 2, 1100, 5, 64),
         (8, 2, 1100, 1, 64),
+        (6, 2, 1100, 1, 64),
+        (5, 1, 1100, 7, 32),
     ];
     for dtype in [KvDType::F32, KvDType::F16, KvDType::Q8_0] {
         for_each_tile(dtype, &cases, |t, case| {
