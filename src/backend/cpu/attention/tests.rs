@@ -476,3 +476,47 @@ fn attention_timing() {
         }
     }
 }
+
+/// One decoding row at depth through all 16 layers of a 1B-shaped pool, whose keys and
+/// values (570 MB at 32k with q8_0) do not fit the caches: what a decoding step's attention
+/// reads from memory. `cargo test --release --lib decode_timing -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn decode_timing() {
+    for (dtype, len) in [(KvDType::Q8_0, 16384), (KvDType::Q8_0, 32768), (KvDType::F16, 32768)] {
+        let (heads, layers) = (32, 16);
+        let layout = KvLayout {
+            layers,
+            kv_heads: 8,
+            head_dim: 64,
+            block_size: 16,
+        };
+        let mut pool = KvPool::new(layout, len / 16 + 1, dtype);
+        let mut t = pool.start(&[], 0);
+        assert!(pool.reserve(&mut t, len));
+        let row: Vec<f32> = (0..8 * 64).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect();
+        for layer in 0..layers {
+            for p in 0..len {
+                pool.write(layer, &t, p, &row, &row);
+            }
+        }
+        pool.commit(&mut t, &[], 0);
+        let q: Vec<f32> = (0..heads * 64).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect();
+        let rows = causal_rows(&t, len, 1);
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let start = std::time::Instant::now();
+            for layer in 0..layers {
+                std::hint::black_box(attend_rows(pool.store(), layer, &q, &rows, heads, Vec::new()));
+            }
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+        let pairs = (len * heads * layers) as f64;
+        let cores = rayon::current_num_threads() as f64;
+        eprintln!(
+            "{dtype:?} one row at {len}, {layers} layers: {:.2} ms, {:.2} cycles/pair",
+            best * 1e3,
+            best * 3e9 * cores / pairs
+        );
+    }
+}
