@@ -40,7 +40,7 @@ cargo build --release --quiet
 peer_batched() {
   local name=$1 bin=$2; shift 2
   LD_LIBRARY_PATH=$bin "$bin/llama-batched-bench" -m "$GGUF" -t "$(nproc)" -c 8192 -b 2048 -ub 512 \
-    -npp "$PP" -ntg "$TG" -npl 1,2,4,8 "$@" 2>/dev/null | grep -E "^\|  *[0-9]" | sed "s/^/$name /"
+    -npp "$PP" -ntg "$TG" -npl 1,2,4,8 "$@" 2>&1 | grep -E "^\|  *[0-9]" | sed "s/^/$name /"
 }
 peer_serve() {
   local name=$1 bin=$2; shift 2

@@ -289,6 +289,14 @@ impl<'a> TileShape<'a> {
     }
 }
 
+/// What a tile keeps from chunk to chunk, by the pool's storage.
+enum PoolParts<'t> {
+    /// A q8_0 pool's ([`quantized`]).
+    Q8(quantized::Parts),
+    /// An f16 or f32 pool's ([`blocks`]).
+    Floats(blocks::Floats<'t>),
+}
+
 /// Scores, softmax and the weighted sum of values in plain loops that the compiler
 /// vectorises for the caller's target features (closures and library calls would not be),
 /// or the [`Kernels`] given; chunk by chunk of positions ([`online`]).
@@ -300,17 +308,20 @@ fn tile_body(t: &Tile, kernels: Kernels) -> Vec<f32> {
     let mut out = vec![0f32; t.rows.len() * s.width];
     let mut softmax = Softmax::new(t.rows.len(), s.group, s.d);
     let mut scores = Vec::new();
-    let mut parts = quantized::Parts::new(t, &s);
+    let mut pool = match quantized::Parts::new(t, &s) {
+        Some(q8) => PoolParts::Q8(q8),
+        None => PoolParts::Floats(blocks::Floats::new(t, &s)),
+    };
     for chunk in Chunk::all(t.rows, &s) {
         chunk.prepare(s.group, &mut scores);
-        match parts.as_mut() {
-            Some(p) => p.score(t, &s, &chunk, &mut scores),
-            None => blocks::score_blocks(t, &s, kernels, &chunk, &mut scores),
+        match &mut pool {
+            PoolParts::Q8(p) => p.score(t, &s, &chunk, &mut scores),
+            PoolParts::Floats(p) => p.score(t, &s, kernels, &chunk, &mut scores),
         }
         softmax.update(&chunk, &mut scores, &mut out);
-        match parts.as_mut() {
-            Some(p) => p.add_values(t, &s, kernels, (&chunk, &scores), &mut out),
-            None => blocks::add_value_blocks(t, &s, kernels, (&chunk, &scores), &mut out),
+        match &mut pool {
+            PoolParts::Q8(p) => p.add_values(t, &s, kernels, (&chunk, &scores), &mut out),
+            PoolParts::Floats(p) => p.add_values(t, &s, kernels, (&chunk, &scores), &mut out),
         }
     }
     softmax.finish(&mut out);

@@ -54,31 +54,90 @@ fn in_place<'a>(
     }
 }
 
-/// Every row's scaled scores `[group, seen]` against the chunk's keys of an f16 or f32 pool.
-#[inline(always)]
-pub(super) fn score_blocks(t: &Tile, s: &TileShape, kernels: Kernels, chunk: &Chunk, scores: &mut [Vec<f32>]) {
-    let mut raw = vec![0f32; s.padded * s.d];
-    let mut accs = vec![[0f32; LANES]; t.rows.len() * s.group];
-    // Every row's query vectors, row by row: a run of rows is a slice of it.
-    let queries: Vec<&[f32]> = (0..t.rows.len() * s.group)
-        .map(|k| &t.q[(k / s.group) * t.heads * s.d + t.kv * s.width + (k % s.group) * s.d..][..s.d])
-        .collect();
-    let part = (t.layer, Part::Keys);
-    for (j, &block) in s.blocks.iter().enumerate().take(chunk.end).skip(chunk.first) {
-        let route = match in_place(t, s, kernels, (part, j)) {
-            Some(InPlace::Avx512(cpu, kb)) => Route::Rows(Keys::Bits(cpu, kb)),
-            Some(InPlace::Avx2(kb)) => Route::Runs(Block::F16(kb)),
-            None => {
-                let kt = t.pool.head_block(part, block, t.kv, s.count(j), &mut raw);
-                match (2..=4).contains(&s.group) {
-                    true => Route::Runs(Block::F32(kt)),
-                    false => Route::Rows(Keys::Floats(kt)),
+/// What a tile over an f16 or f32 pool keeps from chunk to chunk: every row's query vectors
+/// and the buffers of a converted block and of the batched kernels' sums.
+pub(super) struct Floats<'t> {
+    /// Every row's query vectors, row by row: a run of rows is a slice of it.
+    queries: Vec<&'t [f32]>,
+    raw: Vec<f32>,
+    accs: Vec<[f32; LANES]>,
+}
+
+impl<'t> Floats<'t> {
+    /// The tile's query vectors and empty buffers.
+    #[inline(always)]
+    pub fn new(t: &Tile<'t>, s: &TileShape) -> Self {
+        let q = t.q;
+        Self {
+            queries: (0..t.rows.len() * s.group)
+                .map(|k| &q[(k / s.group) * t.heads * s.d + t.kv * s.width + (k % s.group) * s.d..][..s.d])
+                .collect(),
+            raw: vec![0f32; s.padded * s.d],
+            accs: vec![[0f32; LANES]; t.rows.len() * s.group],
+        }
+    }
+
+    /// Every row's scaled scores `[group, seen]` against the chunk's keys.
+    #[inline(always)]
+    pub fn score(&mut self, t: &Tile, s: &TileShape, kernels: Kernels, chunk: &Chunk, scores: &mut [Vec<f32>]) {
+        let part = (t.layer, Part::Keys);
+        for (j, &block) in s.blocks.iter().enumerate().take(chunk.end).skip(chunk.first) {
+            let route = match in_place(t, s, kernels, (part, j)) {
+                Some(InPlace::Avx512(cpu, kb)) => Route::Rows(Keys::Bits(cpu, kb)),
+                Some(InPlace::Avx2(kb)) => Route::Runs(Block::F16(kb)),
+                None => {
+                    let kt = t.pool.head_block(part, block, t.kv, s.count(j), &mut self.raw);
+                    match (2..=4).contains(&s.group) {
+                        true => Route::Runs(Block::F32(kt)),
+                        false => Route::Rows(Keys::Floats(kt)),
+                    }
                 }
+            };
+            let (queries, accs) = (&self.queries, &mut self.accs);
+            match route {
+                Route::Runs(kb) => score_runs(t, s, (chunk, j), (kb, kernels), queries, accs, scores),
+                Route::Rows(keys) => score_rows(t, s, (chunk, j), keys, accs, scores),
             }
-        };
-        match route {
-            Route::Runs(kb) => score_runs(t, s, (chunk, j), (kb, kernels), &queries, &mut accs, scores),
-            Route::Rows(keys) => score_rows(t, s, (chunk, j), keys, &mut accs, scores),
+        }
+    }
+
+    /// The rows' outputs `out: [rows, group * d]` gain the chunk's values with the rows'
+    /// weights (the runs' lists borrow the chunk's scores, so they are the chunk's own).
+    #[inline(always)]
+    pub fn add_values(
+        &mut self,
+        t: &Tile,
+        s: &TileShape,
+        kernels: Kernels,
+        (chunk, scores): (&Chunk, &[Vec<f32>]),
+        out: &mut [f32],
+    ) {
+        let mut runs = (Vec::new(), Vec::new());
+        let part = (t.layer, Part::Values);
+        for (j, &block) in s.blocks.iter().enumerate().take(chunk.end).skip(chunk.first) {
+            let (cpu, vb) = match in_place(t, s, kernels, (part, j)) {
+                Some(InPlace::Avx512(cpu, vb)) => (cpu, vb),
+                halves => {
+                    let values = match halves {
+                        Some(InPlace::Avx2(vb)) => Block::F16(vb),
+                        _ => Block::F32(t.pool.head_block(part, block, t.kv, s.count(j), &mut self.raw)),
+                    };
+                    add_values(t, s, (chunk, j), (values, kernels), (scores, &mut runs), out);
+                    continue;
+                }
+            };
+            for (ri, row) in t.rows.iter().enumerate() {
+                let Some(m) = visible(row, j, s.bs) else { continue };
+                let orow = &mut out[ri * s.width..(ri + 1) * s.width];
+                axpys_in_place(
+                    cpu,
+                    s.group,
+                    (&scores[ri], chunk.seen[ri], chunk.at(j, s.bs)),
+                    m,
+                    vb,
+                    orow,
+                );
+            }
         }
     }
 }
@@ -160,46 +219,6 @@ fn score_rows(
                 at,
                 (m - c * LANES).min(LANES),
                 s.scale,
-            );
-        }
-    }
-}
-
-/// The rows' outputs `out: [rows, group * d]` gain the chunk's values of an f16 or f32 pool
-/// with the rows' weights.
-#[inline(always)]
-pub(super) fn add_value_blocks(
-    t: &Tile,
-    s: &TileShape,
-    kernels: Kernels,
-    (chunk, scores): (&Chunk, &[Vec<f32>]),
-    out: &mut [f32],
-) {
-    let mut raw = vec![0f32; s.padded * s.d];
-    let mut runs = (Vec::new(), Vec::new());
-    let part = (t.layer, Part::Values);
-    for (j, &block) in s.blocks.iter().enumerate().take(chunk.end).skip(chunk.first) {
-        let (cpu, vb) = match in_place(t, s, kernels, (part, j)) {
-            Some(InPlace::Avx512(cpu, vb)) => (cpu, vb),
-            halves => {
-                let values = match halves {
-                    Some(InPlace::Avx2(vb)) => Block::F16(vb),
-                    _ => Block::F32(t.pool.head_block(part, block, t.kv, s.count(j), &mut raw)),
-                };
-                add_values(t, s, (chunk, j), (values, kernels), (scores, &mut runs), out);
-                continue;
-            }
-        };
-        for (ri, row) in t.rows.iter().enumerate() {
-            let Some(m) = visible(row, j, s.bs) else { continue };
-            let orow = &mut out[ri * s.width..(ri + 1) * s.width];
-            axpys_in_place(
-                cpu,
-                s.group,
-                (&scores[ri], chunk.seen[ri], chunk.at(j, s.bs)),
-                m,
-                vb,
-                orow,
             );
         }
     }
