@@ -10,11 +10,10 @@ Skips when instructor or langchain-openai is not installed."""
 
 import os
 import pathlib
-import subprocess
-import threading
 
 import openai
 import pytest
+from conftest import serve
 from pydantic import BaseModel
 
 instructor = pytest.importorskip("instructor")
@@ -41,20 +40,7 @@ class Person(BaseModel):
 
 @pytest.fixture(scope="module")
 def url():
-    proc = subprocess.Popen(
-        [BIN, "serve", "--model", GGUF, "--served-model-name", "smollm2", "--port", "0"],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-    )
-    for line in proc.stderr:
-        if line.startswith("ready on "):
-            address = line.split()[-1]
-            break
-    else:
-        raise RuntimeError("the server exited before listening")
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-    yield address
-    proc.kill()
-    proc.wait()
+    yield from serve(BIN, ["--model", GGUF, "--served-model-name", "smollm2"])
 
 
 def openai_client(url):

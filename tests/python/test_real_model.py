@@ -7,12 +7,11 @@ import json
 import math
 import os
 import pathlib
-import subprocess
-import threading
 
 import anthropic
 import openai
 import pytest
+from conftest import serve
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN = os.environ.get("LLAMA32_BIN", str(ROOT / "target" / "debug" / "llama32"))
@@ -24,20 +23,7 @@ pytestmark = pytest.mark.skipif(not GGUF, reason="set LLAMA32_REAL_GGUF=$(script
 
 @pytest.fixture(scope="module")
 def url():
-    proc = subprocess.Popen(
-        [BIN, "serve", "--model", GGUF, "--served-model-name", "smollm2", "--dtype", "f32", "--port", "0"],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-    )
-    for line in proc.stderr:
-        if line.startswith("ready on "):
-            address = line.split()[-1]
-            break
-    else:
-        raise RuntimeError("the server exited before listening")
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-    yield address
-    proc.kill()
-    proc.wait()
+    yield from serve(BIN, ["--model", GGUF, "--served-model-name", "smollm2", "--dtype", "f32"])
 
 
 def answer(chat):
