@@ -1,7 +1,8 @@
 //! The bytes of the paged KV pool: for every layer one value buffer of
-//! `blocks x [kv_heads, block_size, head_dim]` and one key buffer of
-//! `blocks x [kv_heads, head_dim, padded]` (keys transposed, so that attention scores a
-//! block's positions in vector lanes), in f16 (the default, as llama.cpp keeps its cache:
+//! `[kv_heads, blocks, block_size, head_dim]` and one key buffer of
+//! `[kv_heads, blocks, head_dim, padded]` (a head's blocks one after another, so that a row's
+//! attention over a long sequence reads memory in order; keys transposed, so that attention
+//! scores a block's positions in vector lanes), in f16 (the default, as llama.cpp keeps its cache:
 //! half the memory and half the bytes read per token at long context), f32 (exact) or q8_0
 //! (8-bit integers with one f16 scale per 32 values of a position's head, as llama.cpp's
 //! `-ctk q8_0 -ctv q8_0`: a little over half of f16 again). q8_0 keys lie as
@@ -233,6 +234,8 @@ pub(crate) struct KvStore {
     dtype: KvDType,
     keys: Vec<Store>,
     values: Vec<Store>,
+    /// Blocks held.
+    blocks: usize,
 }
 
 impl KvStore {
@@ -261,7 +264,16 @@ impl KvStore {
             values: (0..layout.layers)
                 .map(|_| Store::new(dtype, blocks * layout.block_len(), values))
                 .collect(),
+            blocks,
         }
+    }
+
+    /// Where the tile of `block` and KV head `head` starts in a layer's buffer of tiles of
+    /// `len` values: head by head, so that one head's blocks lie one after another (a long
+    /// sequence's blocks are mostly consecutive, and a row's attention then reads memory in
+    /// order, as the hardware prefetchers follow).
+    fn tile_at(&self, block: BlockId, head: usize, len: usize) -> usize {
+        (head * self.blocks + block as usize) * len
     }
 
     /// The shape.
@@ -283,15 +295,15 @@ impl KvStore {
     /// Carries out a copy the bookkeeping asked for.
     pub fn copy(&mut self, c: BlockCopy) {
         let l = self.layout;
-        let (src, dst) = (c.from as usize * l.block_len(), c.to as usize * l.block_len());
-        let (ksrc, kdst) = (c.from as usize * l.key_block_len(), c.to as usize * l.key_block_len());
+        let (vlen, klen) = (l.block_size * l.head_dim, l.head_dim * l.padded());
         for layer in 0..l.layers {
             for h in 0..l.kv_heads {
-                let at = h * l.block_size * l.head_dim;
-                self.values[layer].copy_within(src + at, c.positions * l.head_dim, dst + at);
+                let (src, dst) = (self.tile_at(c.from, h, vlen), self.tile_at(c.to, h, vlen));
+                self.values[layer].copy_within(src, c.positions * l.head_dim, dst);
+                let (src, dst) = (self.tile_at(c.from, h, klen), self.tile_at(c.to, h, klen));
                 for i in 0..l.head_dim {
-                    let at = (h * l.head_dim + i) * l.padded();
-                    self.keys[layer].copy_within(ksrc + at, c.positions, kdst + at);
+                    let at = i * l.padded();
+                    self.keys[layer].copy_within(src + at, c.positions, dst + at);
                 }
             }
         }
@@ -300,14 +312,15 @@ impl KvStore {
     /// Writes the key and value `[kv_heads * head_dim]` of `slot` of `block` in `layer`.
     pub fn write(&mut self, layer: usize, (block, slot): (BlockId, usize), k: &[f32], v: &[f32]) {
         let l = self.layout;
-        let (base, kbase) = (block as usize * l.block_len(), block as usize * l.key_block_len());
+        let (vlen, klen) = (l.block_size * l.head_dim, l.head_dim * l.padded());
         let group = l.q8_group().unwrap_or(l.head_dim);
         for h in 0..l.kv_heads {
-            let at = base + (h * l.block_size + slot) * l.head_dim;
+            let at = self.tile_at(block, h, vlen) + slot * l.head_dim;
             self.values[layer].write(at, &v[h * l.head_dim..(h + 1) * l.head_dim]);
             // One position's keys go down a column of the transposed tile, a group at a time.
+            let kbase = self.tile_at(block, h, klen);
             for first in (0..l.head_dim).step_by(group) {
-                let ats = (first..first + group).map(|i| kbase + (h * l.head_dim + i) * l.padded() + slot);
+                let ats = (first..first + group).map(|i| kbase + i * l.padded() + slot);
                 let values = &k[h * l.head_dim + first..h * l.head_dim + first + group];
                 self.keys[layer].set_group(ats, values);
             }
@@ -392,10 +405,10 @@ impl KvStore {
         match part {
             Part::Keys => {
                 let len = l.head_dim * l.padded();
-                (&self.keys[layer], block as usize * l.key_block_len() + head * len, len)
+                (&self.keys[layer], self.tile_at(block, head, len), len)
             }
             Part::Values => {
-                let at = block as usize * l.block_len() + head * l.block_size * l.head_dim;
+                let at = self.tile_at(block, head, l.block_size * l.head_dim);
                 (&self.values[layer], at, n * l.head_dim)
             }
         }
