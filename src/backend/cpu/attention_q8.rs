@@ -97,6 +97,39 @@ pub fn kernel() -> Dots {
     dots_portable
 }
 
+/// A scoring kernel for several query rows at once: `out[r * G + g]` = row `r`'s head `g`
+/// against positions `from..from + 16` of the tile, every row of `G` heads. The same bits as
+/// [`Dots`] row by row.
+pub type RowDots = fn(&[QuantQuery], KeyTile, usize, &mut [[f32; LANES]]);
+
+/// The fastest kernel for several rows this CPU runs.
+pub fn rows_kernel() -> RowDots {
+    #[cfg(target_arch = "x86_64")]
+    if avx512::vnni() {
+        return avx512::dots_rows_kernel;
+    }
+    dots_rows_each
+}
+
+/// [`RowDots`] by [`kernel`], row by row.
+pub fn dots_rows_each(qs: &[QuantQuery], k: KeyTile, from: usize, out: &mut [[f32; LANES]]) {
+    let heads = rows_heads(qs, out);
+    let dots = kernel();
+    for (q, o) in qs.iter().zip(out.chunks_exact_mut(heads)) {
+        dots(q, k, from, o);
+    }
+}
+
+/// The heads per row of a [`RowDots`] call (`out` holds as many for every row).
+fn rows_heads(qs: &[QuantQuery], out: &[[f32; LANES]]) -> usize {
+    let heads = out.len() / qs.len().max(1);
+    assert!(
+        heads > 0 && heads * qs.len() == out.len(),
+        "attention_q8: the rows' outputs disagree with their queries"
+    );
+    heads
+}
+
 /// Checks what every kernel indexes: `q` and `out` hold whole heads, the tile holds
 /// `from + LANES` positions of `d` dimensions.
 fn check(q: &QuantQuery, k: KeyTile, from: usize, out: &[[f32; LANES]]) -> (usize, usize) {

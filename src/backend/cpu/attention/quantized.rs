@@ -2,16 +2,16 @@
 //! ([`attention_q8`]), values added from their 8-bit form or converted once for the tile's
 //! rows.
 
-use super::super::attention_q8::{self, Axpys, Dots, QuantQuery, ValueBlock};
+use super::super::attention_q8::{self, Axpys, QuantQuery, RowDots, ValueBlock};
 use super::super::kv_store::Part;
 use super::blocks::add_values;
-use super::{prefetch_ahead, store_scores, visible, Block, Chunk, Kernels, Tile, TileShape, LANES};
+use super::{prefetch_ahead, store_scores, visible, AttnRow, Block, Chunk, Kernels, Tile, TileShape, LANES};
 use crate::kv::KvDType;
 
 /// What a tile over a q8_0 pool keeps from chunk to chunk: the kernels, the rows' quantized
 /// queries and the buffers.
 pub(super) struct Parts {
-    dots: Dots,
+    dots: RowDots,
     axpys: Axpys,
     queries: Vec<QuantQuery>,
     accs: Vec<[f32; LANES]>,
@@ -27,12 +27,12 @@ impl Parts {
         }
         let q8_group = t.pool.layout().q8_group().unwrap_or(s.d);
         Some(Self {
-            dots: attention_q8::kernel(),
+            dots: attention_q8::rows_kernel(),
             axpys: attention_q8::value_kernel(),
             queries: (0..t.rows.len())
                 .map(|ri| QuantQuery::new(&t.q[ri * t.heads * s.d + t.kv * s.width..][..s.width], q8_group))
                 .collect(),
-            accs: vec![[0f32; LANES]; s.group],
+            accs: vec![[0f32; LANES]; t.rows.len() * s.group],
             scratch: vec![0f32; s.bs * s.d],
         })
     }
@@ -45,12 +45,21 @@ impl Parts {
             let Some(tile) = t.pool.q8_key_tile(t.layer, block, t.kv) else {
                 continue;
             };
-            for (ri, row) in t.rows.iter().enumerate() {
-                let Some(m) = visible(row, j, s.bs) else { continue };
-                for c in 0..m.div_ceil(LANES) {
-                    (self.dots)(&self.queries[ri], tile, c * LANES, &mut self.accs);
+            let most = t.rows.iter().filter_map(|row| visible(row, j, s.bs)).max().unwrap_or(0);
+            for c in 0..most.div_ceil(LANES) {
+                // The run of rows that see some of the 16 positions from `c * LANES`.
+                let sees = |row: &AttnRow| visible(row, j, s.bs).is_some_and(|m| m > c * LANES);
+                let (Some(lo), Some(hi)) = (t.rows.iter().position(sees), t.rows.iter().rposition(sees)) else {
+                    continue;
+                };
+                let accs = &mut self.accs[lo * s.group..(hi + 1) * s.group];
+                (self.dots)(&self.queries[lo..=hi], tile, c * LANES, accs);
+                for (ri, row) in t.rows.iter().enumerate().take(hi + 1).skip(lo) {
+                    let Some(m) = visible(row, j, s.bs).filter(|&m| m > c * LANES) else {
+                        continue;
+                    };
                     store_scores(
-                        &self.accs,
+                        &self.accs[ri * s.group..(ri + 1) * s.group],
                         (&mut scores[ri], chunk.seen[ri]),
                         chunk.at(j, s.bs) + c * LANES,
                         (m - c * LANES).min(LANES),

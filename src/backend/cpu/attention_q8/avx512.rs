@@ -35,6 +35,105 @@ pub(super) fn dots_kernel(q: &QuantQuery, k: KeyTile, from: usize, out: &mut [[f
     });
 }
 
+/// [`super::RowDots`] with [`dots_rows`] for several rows where the tile's groups are of 32
+/// dimensions, else [`dots_kernel`] row by row (a lone row gains nothing from sharing the
+/// keys' registers, and keeps its sums in registers across groups there).
+pub(super) fn dots_rows_kernel(qs: &[QuantQuery], k: KeyTile, from: usize, out: &mut [[f32; LANES]]) {
+    assert!(vnni(), "attention_q8: the AVX-512 VNNI kernel on a CPU without it");
+    let heads = super::rows_heads(qs, out);
+    let mut dims = None;
+    for (q, o) in qs.iter().zip(out.chunks_exact(heads)) {
+        let d = super::check(q, k, from, o).1;
+        assert!(dims.is_none_or(|w| w == d), "attention_q8: rows of different widths");
+        dims = Some(d);
+    }
+    let Some(d) = dims else { return };
+    if k.group == ROW_QUADS * QUAD && heads <= 4 && qs.len() > 1 {
+        // SAFETY: AVX-512F/BW/VNNI were detected (asserted above); `check` proved every row's
+        // bounds, all rows `d` wide with `heads` (at most 4) heads, and the groups are of 8
+        // quads.
+        return unsafe { by_count!(heads, dots_rows::<[4, 3, 2]>(qs, k, (from, d), out)) };
+    }
+    for (q, o) in qs.iter().zip(out.chunks_exact_mut(heads)) {
+        in_fours(heads, |g, n| {
+            let rows = &mut o[g..g + n];
+            // SAFETY: as above (`check` proved this row's bounds).
+            unsafe { by_count!(n, dots::<[4, 3, 2]>(q, k, (from, d), g, rows)) }
+        });
+    }
+}
+
+/// Quads of a scale group that [`dots_rows`] keeps in registers.
+const ROW_QUADS: usize = 8;
+
+/// Every row of `qs` against 16 positions from `from`, group by group of 32 dimensions:
+/// the group's keys loaded (and offset) once into eight registers for all the rows, each
+/// head's sum the [`dots`] kernel's (exact integers, then the same multiply and fused
+/// multiply-add per group in order, through `out`), so the same bits. The `H` heads of a
+/// row go together, their chains independent.
+///
+/// # Safety
+/// AVX-512F, AVX-512BW and AVX-512VNNI; every row `d` wide with `H` heads, the shapes as
+/// `check` proves them for each, `k.group == 32`, `out` `H` rows per query.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[allow(clippy::needless_range_loop)] // `h` indexes several arrays in step
+unsafe fn dots_rows<const H: usize>(
+    qs: &[QuantQuery],
+    k: KeyTile,
+    (from, d): (usize, usize),
+    out: &mut [[f32; LANES]],
+) {
+    let groups = d / k.group;
+    let flip = _mm512_set1_epi8(-128);
+    for gi in 0..groups {
+        let mut keys = [_mm512_setzero_si512(); ROW_QUADS];
+        for (qi, key) in keys.iter_mut().enumerate() {
+            let quad = gi * ROW_QUADS + qi;
+            // SAFETY: `quad < d / 4` and `from + 16 <= padded`: 64 bytes in the tile.
+            let bytes = unsafe { _mm512_loadu_si512(k.q.as_ptr().add((quad * k.padded + from) * QUAD).cast()) };
+            *key = _mm512_xor_si512(bytes, flip);
+        }
+        // SAFETY: `gi < d / group` and `from + 16 <= padded`: 16 scales in the tile.
+        let ks = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(k.scales.as_ptr().add(gi * k.padded + from).cast()) });
+        for (q, o) in qs.iter().zip(out.chunks_exact_mut(H)) {
+            let base = q.q.as_ptr();
+            // A macro rather than a closure, which would not share the target features; a
+            // float broadcast, which loads the four bytes straight into every lane.
+            macro_rules! four {
+                ($h:expr, $qi:expr) => {
+                    // SAFETY: `h * d + gi * 32 + 32 <= q.q.len()`: head and group in range.
+                    _mm512_castps_si512(_mm512_set1_ps(unsafe {
+                        (base.add($h * d + gi * k.group + $qi * QUAD) as *const f32).read_unaligned()
+                    }))
+                };
+            }
+            let mut even = [_mm512_setzero_si512(); H];
+            let mut odd = [_mm512_setzero_si512(); H];
+            for h in 0..H {
+                even[h] = _mm512_set1_epi32(q.offsets[h * groups + gi]);
+            }
+            for qi in (0..ROW_QUADS).step_by(2) {
+                for h in 0..H {
+                    even[h] = _mm512_dpbusd_epi32(even[h], keys[qi], four!(h, qi));
+                    odd[h] = _mm512_dpbusd_epi32(odd[h], keys[qi + 1], four!(h, qi + 1));
+                }
+            }
+            for h in 0..H {
+                let scale = _mm512_mul_ps(ks, _mm512_set1_ps(q.scales[h * groups + gi]));
+                let sums = _mm512_cvtepi32_ps(_mm512_add_epi32(even[h], odd[h]));
+                let acc = o[h].as_mut_ptr();
+                let prev = match gi {
+                    0 => _mm512_setzero_ps(),
+                    // SAFETY: `o[h]` holds 16 f32.
+                    _ => unsafe { _mm512_loadu_ps(acc) },
+                };
+                // SAFETY: as above.
+                unsafe { _mm512_storeu_ps(acc, _mm512_fmadd_ps(sums, scale, prev)) };
+            }
+        }
+    }
+}
+
 /// [`super::Axpys`] with [`axpys`], four heads a call (the AVX2 kernel where `d` is not a
 /// multiple of 16).
 pub(super) fn axpys_kernel(

@@ -156,3 +156,41 @@ fn every_kernel_gives_the_reference_s_bits() {
         }
     }
 }
+
+#[test]
+fn the_rows_kernel_gives_each_row_s_bits() {
+    for (d, padded, group, heads) in [
+        (64, 16, 32, 4),
+        (128, 32, 32, 3),
+        (64, 16, 32, 2),
+        (48, 16, 16, 2),
+        (64, 16, 32, 5),
+    ] {
+        let (kq, ks) = tile(d, padded, group);
+        let k = KeyTile {
+            q: &kq,
+            scales: &ks,
+            padded,
+            group,
+        };
+        for rows in [1, 2, 7] {
+            let qs: Vec<QuantQuery> = (0..rows)
+                .map(|r| {
+                    let x: Vec<f32> = (0..heads * d)
+                        .map(|i| ((i * 31 + r * 7) % 41) as f32 * 0.37 - 7.0)
+                        .collect();
+                    QuantQuery::new(&x, group)
+                })
+                .collect();
+            for from in (0..padded).step_by(LANES) {
+                let mut want = vec![[0f32; LANES]; rows * heads];
+                for (q, o) in qs.iter().zip(want.chunks_mut(heads)) {
+                    dots_portable(q, k, from, o);
+                }
+                let mut got = vec![[0f32; LANES]; rows * heads];
+                rows_kernel()(&qs, k, from, &mut got);
+                assert_eq!(got, want, "d {d} heads {heads} rows {rows} from {from}");
+            }
+        }
+    }
+}
