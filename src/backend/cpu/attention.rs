@@ -320,7 +320,7 @@ fn tile_body(t: &Tile, kernels: Kernels) -> Vec<f32> {
         }
         softmax.update(&chunk, &mut scores, &mut out);
         match &mut pool {
-            PoolParts::Q8(p) => p.add_values(t, &s, kernels, (&chunk, &scores), &mut out),
+            PoolParts::Q8(p) => p.add_values(t, &s, (&chunk, &scores), &mut out),
             PoolParts::Floats(p) => p.add_values(t, &s, kernels, (&chunk, &scores), &mut out),
         }
     }

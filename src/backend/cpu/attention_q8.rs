@@ -12,9 +12,11 @@
 //! VNNI). Those kernels and [`dots_portable`] (the reference) add the same exact integers and
 //! make the same float operations in the same order, so they give the same bits.
 //!
-//! Values are read in place too: widened and scaled in registers, then added with the
-//! scores' weights as the float path adds a converted block ([`axpys_portable`]), so that a
-//! tile may also convert a block once for all its rows and get the same bits.
+//! Values are read in place too, with the scale folded into the weight: each position's
+//! weight times its group's scale is rounded to bf16 ([`bf16_weight`]), and the 8-bit values
+//! (every one a bf16) are added with it in pairs of positions, the odd one first: exactly
+//! what `vdpbf16ps` computes, so that a tile with AVX-512 BF16 may convert a block once into
+//! bf16 pairs for all its rows ([`pairs`]) and get the same bits as a lone row's kernel.
 
 use half::f16;
 
@@ -204,15 +206,39 @@ pub fn value_kernel() -> Axpys {
     axpys_portable
 }
 
-/// The block's scales as f32, `[m, d / group]`, in `scratch`, and the head width. Checks
-/// the shapes; `None` when there is nothing to add.
-fn value_scales<'s>(
+/// Floats of scratch a value kernel needs for `m` positions of `heads` heads of `d`
+/// dimensions in groups of `group`: the scales twice (as stored, then by group), then the
+/// weights.
+pub fn value_scratch(m: usize, d: usize, group: usize, heads: usize) -> usize {
+    let groups = d / group.max(1);
+    2 * m * groups + heads * groups * m.next_multiple_of(2)
+}
+
+/// `x` rounded to the nearest bf16 (ties to even) and held as the f32 it equals;
+/// magnitudes below 2^-100 go to zero, so that no sum of such weights times 8-bit values is
+/// ever subnormal (which `vdpbf16ps` would flush); NaN stays NaN. Branch-free, so that it
+/// vectorises.
+#[inline(always)]
+pub fn bf16_weight(x: f32) -> f32 {
+    /// 2^-100's bits: its biased exponent, 27.
+    const TINY: u32 = 27 << 23;
+    let b = x.to_bits();
+    let magnitude = b & 0x7fff_ffff;
+    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) & 0xffff_0000;
+    let quiet = (b | 0x0040_0000) & 0xffff_0000;
+    let bits = if magnitude > 0x7f80_0000 { quiet } else { rounded };
+    f32::from_bits(if magnitude < TINY { b & 0x8000_0000 } else { bits })
+}
+
+/// Checks a value kernel's shapes (`scratch` floats of scratch given): the head width and
+/// the heads; `None` when there is nothing to add.
+pub(super) fn check_values(
     (scores, len, at): (&[f32], usize, usize),
     m: usize,
     v: ValueBlock,
     orow: &[f32],
-    scratch: &'s mut [f32],
-) -> Option<(&'s [f32], usize)> {
+    scratch: usize,
+) -> Option<(usize, usize)> {
     let d = v.q.len().checked_div(m)?;
     let groups = d / v.group.max(1);
     let heads = orow.len() / d.max(1);
@@ -223,55 +249,178 @@ fn value_scales<'s>(
         && v.q.len() == m * d
         && orow.len() == heads * d
         && v.scales.len() >= m * groups
-        && scratch.len() >= m * groups
+        && scratch >= value_scratch(m, d, v.group, heads)
         && (heads == 0 || scores.len() >= (heads - 1) * len + at + m);
     assert!(ok, "attention_q8: shapes of the scores and value block disagree");
-    let out = &mut scratch[..m * groups];
-    super::widen::widen(&v.scales[..m * groups], out);
-    Some((out, d))
+    Some((d, heads))
 }
 
-/// The reference value kernel: each value is `q * scale` (one rounding, as
-/// [`super::dequant::groups`] converts a block), then per head and 8 dimensions one chain of
-/// fused multiply-adds over the positions in order, added to the output at the end: the
-/// operations of the float path on a converted block, so every path gives the same bits.
+/// The first `m` positions' scales (f16 bits `[m, groups]`) as f32 by group, `[groups, m]`,
+/// in `out`, through `flat` (`m * groups` floats each).
+#[inline(always)]
+fn block_scales(scales: &[u16], (m, groups): (usize, usize), flat: &mut [f32], out: &mut [f32]) {
+    let flat = &mut flat[..m * groups];
+    super::widen::widen(&scales[..m * groups], flat);
+    for (g, column) in out[..m * groups].chunks_exact_mut(m).enumerate() {
+        for (s, x) in column.iter_mut().enumerate() {
+            *x = flat[s * groups + g];
+        }
+    }
+}
+
+/// A row's weights `[heads, groups, m2]` in `out` (`m2` = `m` rounded up to even, the last
+/// zero where `m` is odd): `bf16_weight(score * scale)` of each head, group and position,
+/// the scales `[groups, stride]` by group.
+#[inline(always)]
+fn row_weights(
+    (scores, len, at): (&[f32], usize, usize),
+    (m, heads, groups): (usize, usize, usize),
+    (scales, stride): (&[f32], usize),
+    out: &mut [f32],
+) {
+    let m2 = m.next_multiple_of(2);
+    for (h, head) in out[..heads * groups * m2].chunks_exact_mut(groups * m2).enumerate() {
+        let sc = &scores[h * len + at..][..m];
+        for (w, column) in head.chunks_exact_mut(m2).zip(scales.chunks(stride)) {
+            for ((w, &x), &scale) in w.iter_mut().zip(sc).zip(&column[..m]) {
+                *w = bf16_weight(x * scale);
+            }
+            w[m..].fill(0.0);
+        }
+    }
+}
+
+/// [`value_weights`] compiled for AVX-512F.
+///
+/// # Safety
+/// AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn value_weights_avx512<'s>(
+    scores: (&[f32], usize, usize),
+    m: usize,
+    v: ValueBlock,
+    orow: &[f32],
+    scratch: &'s mut [f32],
+) -> Option<(&'s [f32], usize)> {
+    value_weights(scores, m, v, orow, scratch)
+}
+
+/// [`value_weights`] compiled for AVX2 and FMA.
+///
+/// # Safety
+/// AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn value_weights_avx2<'s>(
+    scores: (&[f32], usize, usize),
+    m: usize,
+    v: ValueBlock,
+    orow: &[f32],
+    scratch: &'s mut [f32],
+) -> Option<(&'s [f32], usize)> {
+    value_weights(scores, m, v, orow, scratch)
+}
+
+/// The value kernels' weights: checks the shapes, then makes each head's weights
+/// ([`row_weights`]) in `scratch` from the block's scales; returns them and the head width,
+/// `None` when there is nothing to add.
+#[inline(always)]
+fn value_weights<'s>(
+    scores: (&[f32], usize, usize),
+    m: usize,
+    v: ValueBlock,
+    orow: &[f32],
+    scratch: &'s mut [f32],
+) -> Option<(&'s [f32], usize)> {
+    let (d, heads) = check_values(scores, m, v, orow, scratch.len())?;
+    let groups = d / v.group;
+    let (flat, rest) = scratch.split_at_mut(m * groups);
+    let (scales, weights) = rest.split_at_mut(m * groups);
+    block_scales(v.scales, (m, groups), flat, scales);
+    row_weights(scores, (m, heads, groups), (scales, m), weights);
+    Some((&weights[..heads * groups * m.next_multiple_of(2)], d))
+}
+
+/// Positions of a block in the value kernels' order: pairs in order, the odd one of each
+/// first (as `vdpbf16ps` adds them), those past `m` left out.
+#[inline(always)]
+fn pair_order(m: usize) -> impl Iterator<Item = usize> {
+    (0..m.div_ceil(2))
+        .flat_map(move |p| [2 * p + 1, 2 * p])
+        .filter(move |&s| s < m)
+}
+
+/// The reference value kernel: per head and dimension one chain of fused multiply-adds of
+/// the 8-bit values with the weights ([`value_weights`]) over the positions in
+/// [`pair_order`], added to the output at the end.
 pub fn axpys_portable(scores: (&[f32], usize, usize), m: usize, v: ValueBlock, orow: &mut [f32], scratch: &mut [f32]) {
-    let Some((scales, d)) = value_scales(scores, m, v, orow, scratch) else {
+    let Some((weights, d)) = value_weights(scores, m, v, orow, scratch) else {
         return;
     };
-    let (sc, len, at) = scores;
-    let groups = d / v.group;
+    let (groups, m2) = (d / v.group, m.next_multiple_of(2));
     for (g, o) in orow.chunks_mut(d).enumerate() {
-        for c in 0..d / VLANES {
-            let mut acc = [0f32; VLANES];
-            for s in 0..m {
-                let (w, scale) = (sc[g * len + at + s], scales[s * groups + c * VLANES / v.group]);
-                for (l, a) in acc.iter_mut().enumerate() {
-                    *a = w.mul_add(f32::from(v.q[s * d + c * VLANES + l]) * scale, *a);
-                }
+        for (i, o) in o.iter_mut().enumerate() {
+            let w = &weights[(g * groups + i / v.group) * m2..][..m2];
+            let mut acc = 0f32;
+            for s in pair_order(m) {
+                acc = f32::from(v.q[s * d + i]).mul_add(w[s], acc);
             }
-            for (l, a) in acc.iter().enumerate() {
-                o[c * VLANES + l] += a;
-            }
+            *o += acc;
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 fn axpys_avx2(scores: (&[f32], usize, usize), m: usize, v: ValueBlock, orow: &mut [f32], scratch: &mut [f32]) {
-    let Some((scales, d)) = value_scales(scores, m, v, orow, scratch) else {
+    // SAFETY: AVX2 and FMA were detected by `value_kernel` (or AVX-512 by the caller that
+    // falls back here), the only ways here.
+    let Some((weights, d)) = (unsafe { value_weights_avx2(scores, m, v, orow, scratch) }) else {
         return;
     };
     use avx2::axpys;
     in_fours(orow.len() / d, |g, n| {
         // SAFETY: AVX2 and FMA were detected by `value_kernel`, the only way here;
-        // `value_scales` proved the bounds every load relies on.
-        unsafe { by_count!(n, axpys::<[4, 3, 2]>(scores, (m, d), v, scales, g, orow)) }
+        // `value_weights` proved the bounds every load relies on.
+        unsafe { by_count!(n, axpys::<[4, 3, 2]>((m, d), v, weights, g, orow)) }
     });
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+pub mod pairs;
+
+/// Off x86 no block is converted into pairs: the rows read it in place.
+#[cfg(not(target_arch = "x86_64"))]
+pub mod pairs {
+    use super::ValueBlock;
+
+    /// Converts nothing.
+    #[derive(Debug, Default)]
+    pub struct Pairs;
+
+    impl Pairs {
+        /// `false`: there is no kernel.
+        pub fn convert(&mut self, _: ValueBlock, _: usize) -> bool {
+            false
+        }
+
+        /// Never reached ([`Pairs::convert`] converts nothing).
+        pub fn add_rows(&self, _: &[RowPart], _: usize, _: &mut [f32]) {}
+    }
+
+    /// One row of [`Pairs::add_rows`].
+    #[derive(Debug, Clone, Copy)]
+    pub struct RowPart<'a> {
+        /// The row's scores of the chunk and where the block starts in them.
+        pub scores: (&'a [f32], usize, usize),
+        /// Positions of the block the row sees.
+        pub m: usize,
+        /// Where the row's output starts.
+        pub out: usize,
+    }
+}
 
 #[cfg(target_arch = "x86_64")]
 fn dots_avx2(q: &QuantQuery, k: KeyTile, from: usize, out: &mut [[f32; LANES]]) {
@@ -287,126 +436,7 @@ fn dots_avx2(q: &QuantQuery, k: KeyTile, from: usize, out: &mut [[f32; LANES]]) 
 
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::needless_range_loop)] // `h` indexes several arrays in step
-mod avx2 {
-    use super::{KeyTile, QuantQuery, ValueBlock, LANES, QUAD, VLANES};
-    use std::arch::x86_64::*;
-
-    /// Heads `first..first + H` of [`super::axpys_portable`], 16 dimensions at a time (two
-    /// vectors sharing each position's conversion and weights), then 8.
-    ///
-    /// # Safety
-    /// AVX2 and FMA; the shapes as `value_scales` proves them.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn axpys<const H: usize>(
-        (sc, len, at): (&[f32], usize, usize),
-        (m, d): (usize, usize),
-        v: ValueBlock,
-        scales: &[f32],
-        first: usize,
-        orow: &mut [f32],
-    ) {
-        let groups = d / v.group;
-        // Each head's scores of the block's positions.
-        let w: [&[f32]; H] = std::array::from_fn(|h| &sc[(first + h) * len + at..][..m]);
-        let mut c = 0;
-        while c < d {
-            let wide = c + 2 * VLANES <= d;
-            let (ga, gb) = (c / v.group, (c + VLANES).min(d - 1) / v.group);
-            let (mut lo, mut hi) = ([_mm256_setzero_ps(); H], [_mm256_setzero_ps(); H]);
-            for s in 0..m {
-                let row = s * d + c;
-                // SAFETY: `s < m` and `c + 8 <= d`: 8 bytes of the block (16 when `wide`);
-                // `s * groups + ga` and `+ gb` are below `m * groups`, the scales' length;
-                // `s < m`, each head's number of scores.
-                unsafe {
-                    let q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                        v.q.as_ptr().add(row) as *const __m128i
-                    )));
-                    let xa = _mm256_mul_ps(q, _mm256_set1_ps(*scales.get_unchecked(s * groups + ga)));
-                    if !wide {
-                        for h in 0..H {
-                            lo[h] = _mm256_fmadd_ps(_mm256_set1_ps(*w[h].get_unchecked(s)), xa, lo[h]);
-                        }
-                        continue;
-                    }
-                    let q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                        v.q.as_ptr().add(row + VLANES) as *const __m128i
-                    )));
-                    let xb = _mm256_mul_ps(q, _mm256_set1_ps(*scales.get_unchecked(s * groups + gb)));
-                    for h in 0..H {
-                        let wh = _mm256_set1_ps(*w[h].get_unchecked(s));
-                        lo[h] = _mm256_fmadd_ps(wh, xa, lo[h]);
-                        hi[h] = _mm256_fmadd_ps(wh, xb, hi[h]);
-                    }
-                }
-            }
-            for h in 0..H {
-                let o = &mut orow[(first + h) * d + c..];
-                // SAFETY: `o` holds 8 f32 (16 when `wide`).
-                unsafe {
-                    _mm256_storeu_ps(o.as_mut_ptr(), _mm256_add_ps(_mm256_loadu_ps(o.as_ptr()), lo[h]));
-                    if wide {
-                        let p = o.as_mut_ptr().add(VLANES);
-                        _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), hi[h]));
-                    }
-                }
-            }
-            c += if wide { 2 * VLANES } else { VLANES };
-        }
-    }
-
-    /// Heads `first..first + H` of `q` (`d` dimensions each) against 16 positions from
-    /// `from`, eight at a time.
-    ///
-    /// # Safety
-    /// AVX2, F16C and FMA; the shapes as `check` proves them.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dots<const H: usize>(
-        q: &QuantQuery,
-        k: KeyTile,
-        (from, d): (usize, usize),
-        first: usize,
-        out: &mut [[f32; LANES]],
-    ) {
-        let groups = d / k.group;
-        let quads = k.group / QUAD;
-        let ones = _mm256_set1_epi16(1);
-        for half in 0..LANES / 8 {
-            let p = from + half * 8;
-            let mut acc = [_mm256_setzero_ps(); H];
-            for gi in 0..groups {
-                let mut sums = [_mm256_setzero_si256(); H];
-                for qi in 0..quads {
-                    let quad = gi * quads + qi;
-                    // SAFETY: `quad < d / 4` and `p + 8 <= padded`: 32 bytes in the tile.
-                    let kv =
-                        unsafe { _mm256_loadu_si256(k.q.as_ptr().add((quad * k.padded + p) * QUAD) as *const __m256i) };
-                    let magnitude = _mm256_sign_epi8(kv, kv);
-                    for h in 0..H {
-                        let at = (first + h) * d + quad * QUAD;
-                        // SAFETY: `at + 4 <= q.q.len()` (head and quad in range).
-                        let four = unsafe { (q.q.as_ptr().add(at) as *const i32).read_unaligned() };
-                        let signed = _mm256_sign_epi8(_mm256_set1_epi32(four), kv);
-                        let pairs = _mm256_maddubs_epi16(magnitude, signed);
-                        sums[h] = _mm256_add_epi32(sums[h], _mm256_madd_epi16(pairs, ones));
-                    }
-                }
-                // SAFETY: `gi < d / group` and `p + 8 <= padded`: 8 scales in the tile.
-                let ks = _mm256_cvtph_ps(unsafe {
-                    _mm_loadu_si128(k.scales.as_ptr().add(gi * k.padded + p) as *const __m128i)
-                });
-                for h in 0..H {
-                    let scale = _mm256_mul_ps(ks, _mm256_set1_ps(q.scales[(first + h) * groups + gi]));
-                    acc[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[h]), scale, acc[h]);
-                }
-            }
-            for h in 0..H {
-                // SAFETY: `out[h]` holds 16 f32, `half * 8 + 8 <= 16`.
-                unsafe { _mm256_storeu_ps(out[h].as_mut_ptr().add(half * 8), acc[h]) };
-            }
-        }
-    }
-}
+mod avx2;
 
 #[cfg(test)]
 mod tests;

@@ -1,11 +1,11 @@
 //! A tile's attention over a q8_0 pool: keys scored with integer dot products
-//! ([`attention_q8`]), values added from their 8-bit form or converted once for the tile's
-//! rows.
+//! ([`attention_q8`]), a block's keys for all the tile's rows in one call; values added from
+//! their 8-bit form (a lone row), or converted once into bf16 pairs for the tile's rows.
 
+use super::super::attention_q8::pairs::{Pairs, RowPart};
 use super::super::attention_q8::{self, Axpys, QuantQuery, RowDots, ValueBlock};
 use super::super::kv_store::Part;
-use super::blocks::add_values;
-use super::{prefetch_ahead, store_scores, visible, AttnRow, Block, Chunk, Kernels, Tile, TileShape, LANES};
+use super::{prefetch_ahead, store_scores, visible, AttnRow, Chunk, Tile, TileShape, LANES};
 use crate::kv::KvDType;
 
 /// What a tile over a q8_0 pool keeps from chunk to chunk: the kernels, the rows' quantized
@@ -16,6 +16,7 @@ pub(super) struct Parts {
     queries: Vec<QuantQuery>,
     accs: Vec<[f32; LANES]>,
     scratch: Vec<f32>,
+    pairs: Pairs,
 }
 
 impl Parts {
@@ -33,7 +34,8 @@ impl Parts {
                 .map(|ri| QuantQuery::new(&t.q[ri * t.heads * s.d + t.kv * s.width..][..s.width], q8_group))
                 .collect(),
             accs: vec![[0f32; LANES]; t.rows.len() * s.group],
-            scratch: vec![0f32; s.bs * s.d],
+            scratch: vec![0f32; attention_q8::value_scratch(s.bs, s.d, q8_group, s.group)],
+            pairs: Pairs::default(),
         })
     }
 
@@ -71,49 +73,41 @@ impl Parts {
     }
 
     /// The rows' outputs `out: [rows, group * d]` gain the chunk's values with the rows'
-    /// weights: several rows share one conversion of each block, which gives the same bits
-    /// as converting in registers per row (see [`attention_q8`]) where [`super::batch_axpys`]
-    /// adds in the same order.
+    /// weights: each block converted once into bf16 pairs for several rows where the CPU
+    /// has AVX-512 BF16 ([`attention_q8::pairs`]), else read in place row by row (the same
+    /// bits).
     #[inline(always)]
-    pub fn add_values(
-        &mut self,
-        t: &Tile,
-        s: &TileShape,
-        kernels: Kernels,
-        (chunk, scores): (&Chunk, &[Vec<f32>]),
-        out: &mut [f32],
-    ) {
-        let shared = t.rows.len() > 1 && (2..=4).contains(&s.group) && s.d.is_multiple_of(LANES);
-        let mut runs = (Vec::new(), Vec::new());
+    pub fn add_values(&mut self, t: &Tile, s: &TileShape, (chunk, scores): (&Chunk, &[Vec<f32>]), out: &mut [f32]) {
+        let mut parts = Vec::with_capacity(t.rows.len());
         for (j, &block) in s.blocks.iter().enumerate().take(chunk.end).skip(chunk.first) {
             prefetch_ahead(t, s, (t.layer, Part::Values), j);
             let n = s.count(j);
-            if shared {
-                let values = t
-                    .pool
-                    .head_block((t.layer, Part::Values), block, t.kv, n, &mut self.scratch);
-                add_values(
-                    t,
-                    s,
-                    (chunk, j),
-                    (Block::F32(values), kernels),
-                    (scores, &mut runs),
-                    out,
-                );
-                continue;
-            }
             let Some(vb) = t.pool.q8_value_block(t.layer, block, t.kv, n) else {
                 continue;
             };
+            if t.rows.len() > 1 && s.group <= 4 && self.pairs.convert(vb, n) {
+                let rows = t.rows.iter().enumerate().filter_map(|(ri, row)| {
+                    let m = visible(row, j, s.bs)?;
+                    Some(RowPart {
+                        scores: (&scores[ri][..], chunk.seen[ri], chunk.at(j, s.bs)),
+                        m,
+                        out: ri * s.width,
+                    })
+                });
+                parts.clear();
+                parts.extend(rows);
+                self.pairs.add_rows(&parts, s.group, out);
+                continue;
+            }
             for (ri, row) in t.rows.iter().enumerate() {
                 let Some(m) = visible(row, j, s.bs) else { continue };
+                let orow = &mut out[ri * s.width..(ri + 1) * s.width];
+                let sc = (&scores[ri][..], chunk.seen[ri], chunk.at(j, s.bs));
                 let part = ValueBlock {
                     q: &vb.q[..m * s.d],
                     scales: &vb.scales[..m * s.d / vb.group],
                     group: vb.group,
                 };
-                let orow = &mut out[ri * s.width..(ri + 1) * s.width];
-                let sc = (&scores[ri][..], chunk.seen[ri], chunk.at(j, s.bs));
                 (self.axpys)(sc, m, part, orow, &mut self.scratch);
             }
         }

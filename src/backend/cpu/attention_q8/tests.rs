@@ -89,6 +89,9 @@ fn every_value_kernel_gives_the_reference_s_bits_and_the_sum() {
         (16, 8, 2, 7),
         (48, 16, 3, 16),
         (128, 32, 3, 16),
+        (32, 32, 2, 9),
+        (128, 32, 4, 11),
+        (64, 16, 4, 16),
     ] {
         let (q, scales) = tile(d, m, group);
         let v = ValueBlock {
@@ -97,23 +100,28 @@ fn every_value_kernel_gives_the_reference_s_bits_and_the_sum() {
             group,
         };
         let (len, at) = (m + 7, 3);
-        let scores: Vec<f32> = (0..heads * len).map(|i| ((i * 13) % 17) as f32 / 17.0).collect();
+        // Weights of every size, some below 2^-100 (to zero) and some just above.
+        let scores: Vec<f32> = (0..heads * len)
+            .map(|i| ((i * 13) % 17) as f32 / 17.0 * [1.0, 1e-29, 1e-33][i % 3])
+            .collect();
         let base: Vec<f32> = (0..heads * d).map(|i| i as f32 * 0.01).collect();
         let mut want = base.clone();
-        let mut scratch = vec![0f32; m * d / group];
+        let mut scratch = vec![0f32; value_scratch(m, d, group, heads)];
         axpys_portable((&scores, len, at), m, v, &mut want, &mut scratch);
         for (i, w) in want.iter().enumerate() {
             let (g, i) = (i / d, i % d);
-            let exact: f64 = (0..m)
+            let terms: Vec<f64> = (0..m)
                 .map(|p| {
                     let scale = f16::from_bits(scales[p * d / group + i / group]).to_f32();
                     f64::from(scores[g * len + at + p]) * f64::from(q[p * d + i]) * f64::from(scale)
                 })
-                .sum::<f64>()
-                + f64::from(base[g * d + i]);
+                .collect();
+            let exact = terms.iter().sum::<f64>() + f64::from(base[g * d + i]);
+            // Each weight rounded to bf16 (8 significant bits): within 2^-8 of itself.
+            let bound = terms.iter().map(|t| t.abs()).sum::<f64>() / 256.0 + 1e-5 * exact.abs().max(1.0);
             assert!(
-                (f64::from(*w) - exact).abs() <= 1e-4 * exact.abs().max(1.0),
-                "d {d} g {g} i {i}"
+                (f64::from(*w) - exact).abs() <= bound,
+                "d {d} g {g} i {i}: {w} vs {exact} (bound {bound})"
             );
         }
         for f in &kernels {
@@ -191,6 +199,78 @@ fn the_rows_kernel_gives_each_row_s_bits() {
                 rows_kernel()(&qs, k, from, &mut got);
                 assert_eq!(got, want, "d {d} heads {heads} rows {rows} from {from}");
             }
+        }
+    }
+}
+
+#[test]
+fn weights_round_to_the_nearest_bf16() {
+    for x in [
+        1.0f32,
+        0.1,
+        0.333_333,
+        1.0 + 1.0 / 256.0,
+        1.0 + 3.0 / 256.0,
+        6.5e-3,
+        0.999_99,
+        3.0e-29,
+    ] {
+        assert_eq!(bf16_weight(x), half::bf16::from_f32(x).to_f32(), "{x}");
+    }
+    assert_eq!(bf16_weight(1e-31), 0.0);
+    assert_eq!(bf16_weight(0.0), 0.0);
+    assert!(bf16_weight(f32::NAN).is_nan());
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn bf16_pairs_give_the_reference_s_bits() {
+    if !pairs::available() {
+        eprintln!("skipped: no AVX-512 BF16");
+        return;
+    }
+    for (d, group, heads, n) in [
+        (64, 32, 4, 16),
+        (64, 32, 3, 13),
+        (128, 32, 3, 16),
+        (64, 16, 2, 5),
+        (128, 64, 4, 1),
+        (64, 32, 1, 16),
+    ] {
+        let (q, scales) = tile(d, n, group);
+        let v = ValueBlock {
+            q: &q[..n * d],
+            scales: &scales[..n * d / group],
+            group,
+        };
+        let mut block = pairs::Pairs::default();
+        assert!(block.convert(v, n));
+        for m in [1, 2, n / 2 + 1, n] {
+            let m = m.min(n);
+            let (len, at) = (n + 5, 2);
+            let scores: Vec<f32> = (0..heads * len)
+                .map(|i| (((i * 13) % 17) as f32 / 17.0 + 1e-3) * [1.0, 1e-29, 1e-33][i % 3])
+                .collect();
+            let base: Vec<f32> = (0..heads * d).map(|i| i as f32 * 0.01).collect();
+            let part = ValueBlock {
+                q: &q[..m * d],
+                scales: &scales[..m * d / group],
+                group,
+            };
+            let mut scratch = vec![0f32; value_scratch(m, d, group, heads)];
+            let mut want = base.clone();
+            axpys_portable((&scores, len, at), m, part, &mut want, &mut scratch);
+            let mut got = base.clone();
+            block.add_rows(
+                &[pairs::RowPart {
+                    scores: (&scores, len, at),
+                    m,
+                    out: 0,
+                }],
+                heads,
+                &mut got,
+            );
+            assert_eq!(got, want, "d {d} group {group} heads {heads} n {n} m {m}");
         }
     }
 }
