@@ -1,9 +1,10 @@
 //! The bytes of the paged KV pool: for every layer one value buffer of
 //! `[kv_heads, blocks, block_size, head_dim]` and one key buffer of
-//! `[kv_heads, blocks, head_dim, padded]` (a head's blocks one after another, so that a row's
-//! attention over a long sequence reads memory in order; keys transposed, so that attention
-//! scores a block's positions in vector lanes), in f16 (the default, as llama.cpp keeps its cache:
-//! half the memory and half the bytes read per token at long context), f32 (exact) or q8_0
+//! `[kv_heads, blocks, head_dim, padded]` (a head's blocks one after another, so that a
+//! row's attention over a long sequence reads memory in order; keys transposed, so that
+//! attention scores a block's positions in vector lanes), in f16 (the default, as llama.cpp
+//! keeps its cache: half the memory and half the bytes read per token at long context), f32
+//! (exact) or q8_0
 //! (8-bit integers with one f16 scale per 32 values of a position's head, as llama.cpp's
 //! `-ctk q8_0 -ctv q8_0`: a little over half of f16 again). q8_0 keys lie as
 //! `[head_dim / 4, padded, 4]` within a tile (four consecutive dimensions of a position
@@ -276,6 +277,16 @@ impl KvStore {
         (head * self.blocks + block as usize) * len
     }
 
+    /// Values a value tile holds: `[block_size, head_dim]`.
+    fn value_len(&self) -> usize {
+        self.layout.block_size * self.layout.head_dim
+    }
+
+    /// Values a key tile holds: `[head_dim, padded]`, transposed.
+    fn key_len(&self) -> usize {
+        self.layout.head_dim * self.layout.padded()
+    }
+
     /// The shape.
     pub fn layout(&self) -> KvLayout {
         self.layout
@@ -294,8 +305,7 @@ impl KvStore {
 
     /// Carries out a copy the bookkeeping asked for.
     pub fn copy(&mut self, c: BlockCopy) {
-        let l = self.layout;
-        let (vlen, klen) = (l.block_size * l.head_dim, l.head_dim * l.padded());
+        let (l, vlen, klen) = (self.layout, self.value_len(), self.key_len());
         for layer in 0..l.layers {
             for h in 0..l.kv_heads {
                 let (src, dst) = (self.tile_at(c.from, h, vlen), self.tile_at(c.to, h, vlen));
@@ -311,8 +321,7 @@ impl KvStore {
 
     /// Writes the key and value `[kv_heads * head_dim]` of `slot` of `block` in `layer`.
     pub fn write(&mut self, layer: usize, (block, slot): (BlockId, usize), k: &[f32], v: &[f32]) {
-        let l = self.layout;
-        let (vlen, klen) = (l.block_size * l.head_dim, l.head_dim * l.padded());
+        let (l, vlen, klen) = (self.layout, self.value_len(), self.key_len());
         let group = l.q8_group().unwrap_or(l.head_dim);
         for h in 0..l.kv_heads {
             let at = self.tile_at(block, h, vlen) + slot * l.head_dim;
@@ -404,11 +413,11 @@ impl KvStore {
         let l = self.layout;
         match part {
             Part::Keys => {
-                let len = l.head_dim * l.padded();
+                let len = self.key_len();
                 (&self.keys[layer], self.tile_at(block, head, len), len)
             }
             Part::Values => {
-                let at = self.tile_at(block, head, l.block_size * l.head_dim);
+                let at = self.tile_at(block, head, self.value_len());
                 (&self.values[layer], at, n * l.head_dim)
             }
         }
