@@ -189,8 +189,9 @@ pub struct ValueBlock<'a> {
 pub const VLANES: usize = 8;
 
 /// A value kernel: `orow[g * d + i] += sum_{s < m} w[g][s] * value[s][i]` for every head `g`
-/// of `orow` (`[G * d]`), with `w[g][s] = scores[g * len + at + s]`; `scratch` holds at
-/// least `m * d / group` floats.
+/// of `orow` (`[G * d]`), with `w[g][s] = scores[g * len + at + s]`, one chain of fused
+/// multiply-adds from `orow`'s value ([`axpys_portable`]); `scratch` holds at least
+/// [`value_scratch`] floats.
 pub type Axpys = fn((&[f32], usize, usize), usize, ValueBlock, &mut [f32], &mut [f32]);
 
 /// The fastest value kernel this CPU runs (all give the same bits).
@@ -353,7 +354,8 @@ fn pair_order(m: usize) -> impl Iterator<Item = usize> {
 
 /// The reference value kernel: per head and dimension one chain of fused multiply-adds of
 /// the 8-bit values with the weights ([`value_weights`]) over the positions in
-/// [`pair_order`], added to the output at the end.
+/// [`pair_order`], continuing from the output's value (a chunk's sum is one chain over its
+/// blocks, from zero: [`pairs`] keeps it in registers).
 pub fn axpys_portable(scores: (&[f32], usize, usize), m: usize, v: ValueBlock, orow: &mut [f32], scratch: &mut [f32]) {
     let Some((weights, d)) = value_weights(scores, m, v, orow, scratch) else {
         return;
@@ -362,11 +364,9 @@ pub fn axpys_portable(scores: (&[f32], usize, usize), m: usize, v: ValueBlock, o
     for (g, o) in orow.chunks_mut(d).enumerate() {
         for (i, o) in o.iter_mut().enumerate() {
             let w = &weights[(g * groups + i / v.group) * m2..][..m2];
-            let mut acc = 0f32;
             for s in pair_order(m) {
-                acc = f32::from(v.q[s * d + i]).mul_add(w[s], acc);
+                *o = f32::from(v.q[s * d + i]).mul_add(w[s], *o);
             }
-            *o += acc;
         }
     }
 }
@@ -391,34 +391,36 @@ mod avx512;
 #[cfg(target_arch = "x86_64")]
 pub mod pairs;
 
-/// Off x86 no block is converted into pairs: the rows read it in place.
+/// Off x86 no chunk is converted into pairs: the rows read each block in place.
 #[cfg(not(target_arch = "x86_64"))]
 pub mod pairs {
     use super::ValueBlock;
 
-    /// Converts nothing.
+    /// Holds nothing.
     #[derive(Debug, Default)]
     pub struct Pairs;
 
     impl Pairs {
-        /// `false`: there is no kernel.
-        pub fn convert(&mut self, _: ValueBlock, _: usize) -> bool {
-            false
+        /// `None`: there is no kernel.
+        pub fn start(&mut self, _: usize, _: (usize, usize), _: usize) -> Option<ChunkPairs<'_>> {
+            None
         }
-
-        /// Never reached ([`Pairs::convert`] converts nothing).
-        pub fn add_rows(&self, _: &[RowPart], _: usize, _: &mut [f32]) {}
     }
 
-    /// One row of [`Pairs::add_rows`].
-    #[derive(Debug, Clone, Copy)]
-    pub struct RowPart<'a> {
-        /// The row's scores of the chunk and where the block starts in them.
-        pub scores: (&'a [f32], usize, usize),
-        /// Positions of the block the row sees.
-        pub m: usize,
-        /// Where the row's output starts.
-        pub out: usize,
+    /// A chunk being converted: none exists off x86.
+    #[derive(Debug)]
+    pub struct ChunkPairs<'a>(std::convert::Infallible, std::marker::PhantomData<&'a mut Pairs>);
+
+    impl ChunkPairs<'_> {
+        /// Unreachable: no chunk exists.
+        pub fn push(&mut self, _: ValueBlock, _: usize) {
+            match self.0 {}
+        }
+
+        /// Unreachable: no chunk exists.
+        pub fn add_row(&mut self, _: (&[f32], usize, usize), _: usize, _: usize, _: &mut [f32]) {
+            match self.0 {}
+        }
     }
 }
 

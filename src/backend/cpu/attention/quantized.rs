@@ -2,7 +2,7 @@
 //! ([`attention_q8`]), a block's keys for all the tile's rows in one call; values added from
 //! their 8-bit form (a lone row), or converted once into bf16 pairs for the tile's rows.
 
-use super::super::attention_q8::pairs::{Pairs, RowPart};
+use super::super::attention_q8::pairs::Pairs;
 use super::super::attention_q8::{self, Axpys, QuantQuery, RowDots, ValueBlock};
 use super::super::kv_store::Part;
 use super::{prefetch_ahead, store_scores, visible, AttnRow, Chunk, Tile, TileShape, LANES};
@@ -16,7 +16,10 @@ pub(super) struct Parts {
     queries: Vec<QuantQuery>,
     accs: Vec<[f32; LANES]>,
     scratch: Vec<f32>,
+    /// Each row's sums of a chunk's values, `[rows, group * d]` (rows read in place).
+    sums: Vec<f32>,
     pairs: Pairs,
+    q8_group: usize,
 }
 
 impl Parts {
@@ -35,7 +38,9 @@ impl Parts {
                 .collect(),
             accs: vec![[0f32; LANES]; t.rows.len() * s.group],
             scratch: vec![0f32; attention_q8::value_scratch(s.bs, s.d, q8_group, s.group)],
+            sums: vec![0f32; t.rows.len() * s.width],
             pairs: Pairs::default(),
+            q8_group,
         })
     }
 
@@ -73,43 +78,48 @@ impl Parts {
     }
 
     /// The rows' outputs `out: [rows, group * d]` gain the chunk's values with the rows'
-    /// weights: each block converted once into bf16 pairs for several rows where the CPU
-    /// has AVX-512 BF16 ([`attention_q8::pairs`]), else read in place row by row (the same
-    /// bits).
+    /// weights, each row's sum one chain over the chunk's positions from zero, added at the
+    /// end: the chunk converted once into bf16 pairs for all the rows where the CPU has
+    /// AVX-512 BF16 ([`attention_q8::pairs`]), else each block read in place row by row (the
+    /// same bits).
     #[inline(always)]
     pub fn add_values(&mut self, t: &Tile, s: &TileShape, (chunk, scores): (&Chunk, &[Vec<f32>]), out: &mut [f32]) {
-        let mut parts = Vec::with_capacity(t.rows.len());
+        let positions: usize = (chunk.first..chunk.end).map(|j| s.count(j)).sum();
+        let shape = (s.d, self.q8_group);
+        if t.rows.len() > 1 && s.group <= 4 {
+            if let Some(mut pairs) = self.pairs.start(positions, shape, s.bs) {
+                for (j, &block) in s.blocks.iter().enumerate().take(chunk.end).skip(chunk.first) {
+                    prefetch_ahead(t, s, (t.layer, Part::Values), j);
+                    if let Some(vb) = t.pool.q8_value_block(t.layer, block, t.kv, s.count(j)) {
+                        pairs.push(vb, s.count(j));
+                    }
+                }
+                for (ri, &m) in chunk.seen.iter().enumerate().filter(|(_, &m)| m > 0) {
+                    pairs.add_row((&scores[ri], m, 0), m, s.group, &mut out[ri * s.width..][..s.width]);
+                }
+                return;
+            }
+        }
+        let sums = &mut self.sums[..t.rows.len() * s.width];
+        sums.fill(0.0);
         for (j, &block) in s.blocks.iter().enumerate().take(chunk.end).skip(chunk.first) {
             prefetch_ahead(t, s, (t.layer, Part::Values), j);
-            let n = s.count(j);
-            let Some(vb) = t.pool.q8_value_block(t.layer, block, t.kv, n) else {
+            let Some(vb) = t.pool.q8_value_block(t.layer, block, t.kv, s.count(j)) else {
                 continue;
             };
-            if t.rows.len() > 1 && s.group <= 4 && self.pairs.convert(vb, n) {
-                let rows = t.rows.iter().enumerate().filter_map(|(ri, row)| {
-                    let m = visible(row, j, s.bs)?;
-                    Some(RowPart {
-                        scores: (&scores[ri][..], chunk.seen[ri], chunk.at(j, s.bs)),
-                        m,
-                        out: ri * s.width,
-                    })
-                });
-                parts.clear();
-                parts.extend(rows);
-                self.pairs.add_rows(&parts, s.group, out);
-                continue;
-            }
             for (ri, row) in t.rows.iter().enumerate() {
                 let Some(m) = visible(row, j, s.bs) else { continue };
-                let orow = &mut out[ri * s.width..(ri + 1) * s.width];
-                let sc = (&scores[ri][..], chunk.seen[ri], chunk.at(j, s.bs));
                 let part = ValueBlock {
                     q: &vb.q[..m * s.d],
                     scales: &vb.scales[..m * s.d / vb.group],
                     group: vb.group,
                 };
-                (self.axpys)(sc, m, part, orow, &mut self.scratch);
+                let sc = (&scores[ri][..], chunk.seen[ri], chunk.at(j, s.bs));
+                (self.axpys)(sc, m, part, &mut sums[ri * s.width..][..s.width], &mut self.scratch);
             }
+        }
+        for (o, x) in out.iter_mut().zip(sums.iter()) {
+            *o += x;
         }
     }
 }

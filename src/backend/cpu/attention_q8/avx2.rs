@@ -24,7 +24,18 @@ pub(super) unsafe fn axpys<const H: usize>(
         // Each head's weights of the two groups.
         let wa: [&[f32]; H] = std::array::from_fn(|h| &weights[((first + h) * groups + ga) * m2..][..m2]);
         let wb: [&[f32]; H] = std::array::from_fn(|h| &weights[((first + h) * groups + gb) * m2..][..m2]);
+        // Each chain continues from the output's value.
         let (mut lo, mut hi) = ([_mm256_setzero_ps(); H], [_mm256_setzero_ps(); H]);
+        for h in 0..H {
+            let o = &orow[(first + h) * d + c..];
+            // SAFETY: `o` holds 8 f32 (16 when `wide`).
+            unsafe {
+                lo[h] = _mm256_loadu_ps(o.as_ptr());
+                if wide {
+                    hi[h] = _mm256_loadu_ps(o.as_ptr().add(VLANES));
+                }
+            }
+        }
         // One position's values with the heads' weights (a macro: a closure would not
         // share the target features).
         macro_rules! position {
@@ -64,10 +75,9 @@ pub(super) unsafe fn axpys<const H: usize>(
             let o = &mut orow[(first + h) * d + c..];
             // SAFETY: `o` holds 8 f32 (16 when `wide`).
             unsafe {
-                _mm256_storeu_ps(o.as_mut_ptr(), _mm256_add_ps(_mm256_loadu_ps(o.as_ptr()), lo[h]));
+                _mm256_storeu_ps(o.as_mut_ptr(), lo[h]);
                 if wide {
-                    let p = o.as_mut_ptr().add(VLANES);
-                    _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), hi[h]));
+                    _mm256_storeu_ps(o.as_mut_ptr().add(VLANES), hi[h]);
                 }
             }
         }

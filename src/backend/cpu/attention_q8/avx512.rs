@@ -378,7 +378,15 @@ pub(super) unsafe fn axpys<const H: usize, const C: usize, const SPLIT: bool>(
                 wb[i][h] = weights[((first + h) * groups + (at + VLANES) / v.group) * m2..][..m2].as_ptr();
             }
         }
+        // Each chain continues from the output's value.
         let mut acc = [[_mm512_setzero_ps(); H]; C];
+        for i in 0..C {
+            for h in 0..H {
+                let o = &orow[(first + h) * d + c + i * WIDE..][..WIDE];
+                // SAFETY: `o` holds 16 f32.
+                acc[i][h] = unsafe { _mm512_loadu_ps(o.as_ptr()) };
+            }
+        }
         // One position's values with the heads' weights (a macro: a closure would not share
         // the target features).
         macro_rules! position {
@@ -423,7 +431,7 @@ pub(super) unsafe fn axpys<const H: usize, const C: usize, const SPLIT: bool>(
             for h in 0..H {
                 let o = &mut orow[(first + h) * d + c + i * WIDE..][..WIDE];
                 // SAFETY: `o` holds 16 f32.
-                unsafe { _mm512_storeu_ps(o.as_mut_ptr(), _mm512_add_ps(_mm512_loadu_ps(o.as_ptr()), acc[i][h])) };
+                unsafe { _mm512_storeu_ps(o.as_mut_ptr(), acc[i][h]) };
             }
         }
     }

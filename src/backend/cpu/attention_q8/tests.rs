@@ -222,6 +222,9 @@ fn weights_round_to_the_nearest_bf16() {
     assert!(bf16_weight(f32::NAN).is_nan());
 }
 
+/// A chunk of several blocks converted into pairs, rows seeing each length of it: the
+/// reference's bits, the reference run block by block into a sum from zero that is added
+/// to the row at the end.
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn bf16_pairs_give_the_reference_s_bits() {
@@ -229,47 +232,49 @@ fn bf16_pairs_give_the_reference_s_bits() {
         eprintln!("skipped: no AVX-512 BF16");
         return;
     }
-    for (d, group, heads, n) in [
-        (64, 32, 4, 16),
-        (64, 32, 3, 13),
-        (128, 32, 3, 16),
-        (64, 16, 2, 5),
-        (128, 64, 4, 1),
-        (64, 32, 1, 16),
+    for (d, group, heads, bs, n) in [
+        (64, 32, 4, 16, 1024),
+        (64, 32, 3, 16, 45),
+        (128, 32, 3, 16, 32),
+        (64, 16, 2, 8, 5),
+        (128, 64, 4, 16, 1),
+        (64, 32, 1, 16, 16),
     ] {
         let (q, scales) = tile(d, n, group);
-        let v = ValueBlock {
-            q: &q[..n * d],
-            scales: &scales[..n * d / group],
-            group,
+        let mut converted = pairs::Pairs::default();
+        let Some(mut chunk) = converted.start(n, (d, group), bs) else {
+            panic!("d {d} group {group}: the kernel refused the chunk");
         };
-        let mut block = pairs::Pairs::default();
-        assert!(block.convert(v, n));
-        for m in [1, 2, n / 2 + 1, n] {
+        for from in (0..n).step_by(bs) {
+            let k = bs.min(n - from);
+            let v = ValueBlock {
+                q: &q[from * d..(from + k) * d],
+                scales: &scales[from * d / group..(from + k) * d / group],
+                group,
+            };
+            chunk.push(v, k);
+        }
+        for m in [1, 2, bs + 1, n / 2 + 1, n] {
             let m = m.min(n);
             let (len, at) = (n + 5, 2);
             let scores: Vec<f32> = (0..heads * len)
                 .map(|i| (((i * 13) % 17) as f32 / 17.0 + 1e-3) * [1.0, 1e-29, 1e-33][i % 3])
                 .collect();
             let base: Vec<f32> = (0..heads * d).map(|i| i as f32 * 0.01).collect();
-            let part = ValueBlock {
-                q: &q[..m * d],
-                scales: &scales[..m * d / group],
-                group,
-            };
-            let mut scratch = vec![0f32; value_scratch(m, d, group, heads)];
-            let mut want = base.clone();
-            axpys_portable((&scores, len, at), m, part, &mut want, &mut scratch);
+            let mut sums = vec![0f32; heads * d];
+            for from in (0..m).step_by(bs) {
+                let k = bs.min(m - from);
+                let part = ValueBlock {
+                    q: &q[from * d..(from + k) * d],
+                    scales: &scales[from * d / group..(from + k) * d / group],
+                    group,
+                };
+                let mut scratch = vec![0f32; value_scratch(k, d, group, heads)];
+                axpys_portable((&scores, len, at + from), k, part, &mut sums, &mut scratch);
+            }
+            let want: Vec<f32> = base.iter().zip(&sums).map(|(b, s)| b + s).collect();
             let mut got = base.clone();
-            block.add_rows(
-                &[pairs::RowPart {
-                    scores: (&scores, len, at),
-                    m,
-                    out: 0,
-                }],
-                heads,
-                &mut got,
-            );
+            chunk.add_row((&scores, len, at), m, heads, &mut got);
             assert_eq!(got, want, "d {d} group {group} heads {heads} n {n} m {m}");
         }
     }
