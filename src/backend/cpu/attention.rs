@@ -22,7 +22,7 @@ mod quantized;
 
 pub use loops::exp_neg;
 use loops::{group_axpys_loops, group_dots_loops, LANES};
-use online::{Chunk, Softmax};
+use online::{Chunk, Scores, Softmax};
 
 use super::kv_store::{KvStore, Part};
 use crate::kv::{BlockId, KvDType};
@@ -307,7 +307,7 @@ fn tile_body(t: &Tile, kernels: Kernels) -> Vec<f32> {
     };
     let mut out = vec![0f32; t.rows.len() * s.width];
     let mut softmax = Softmax::new(t.rows.len(), s.group, s.d);
-    let mut scores = Vec::new();
+    let mut scores = Scores::default();
     let mut pool = match quantized::Parts::new(t, &s) {
         Some(q8) => PoolParts::Q8(q8),
         None => PoolParts::Floats(blocks::Floats::new(t, &s)),

@@ -99,10 +99,28 @@ pub fn kernel() -> Dots {
     dots_portable
 }
 
-/// A scoring kernel for several query rows at once: `out[r * G + g]` = row `r`'s head `g`
-/// against positions `from..from + 16` of the tile, every row of `G` heads. The same bits as
-/// [`Dots`] row by row.
-pub type RowDots = fn(&[QuantQuery], KeyTile, usize, &mut [[f32; LANES]]);
+/// Where a [`RowDots`] call writes its rows' scores.
+#[derive(Debug)]
+pub struct ScoreOut<'a> {
+    /// The rows' scores, `[rows, heads, len]`: row `r`'s head `h` against position `from +
+    /// s` at `(r * heads + h) * len + at + s`.
+    pub scores: &'a mut [f32],
+    /// Positions a head's scores span.
+    pub len: usize,
+    /// Where the 16 positions lie in a head's scores.
+    pub at: usize,
+    /// Positions of each row's heads' scores in use: the call writes those of the 16 below
+    /// it.
+    pub seen: &'a [usize],
+    /// What every score is multiplied by last.
+    pub scale: f32,
+}
+
+/// A scoring kernel for several query rows at once, every row of the same heads: each
+/// row's scores against positions `from..from + 16` of the tile, as [`Dots`] gives them
+/// (the same bits) times the scale, written where [`ScoreOut`] says; `partial` is scratch
+/// for one `[f32; 16]` per row and head.
+pub type RowDots = fn(&[QuantQuery], KeyTile, usize, ScoreOut, &mut [[f32; LANES]]);
 
 /// The fastest kernel for several rows this CPU runs.
 pub fn rows_kernel() -> RowDots {
@@ -114,21 +132,40 @@ pub fn rows_kernel() -> RowDots {
 }
 
 /// [`RowDots`] by [`kernel`], row by row.
-pub fn dots_rows_each(qs: &[QuantQuery], k: KeyTile, from: usize, out: &mut [[f32; LANES]]) {
-    let heads = rows_heads(qs, out);
+pub fn dots_rows_each(qs: &[QuantQuery], k: KeyTile, from: usize, mut out: ScoreOut, partial: &mut [[f32; LANES]]) {
+    let heads = rows_heads(qs, &out, partial);
     let dots = kernel();
-    for (q, o) in qs.iter().zip(out.chunks_exact_mut(heads)) {
-        dots(q, k, from, o);
+    for (r, q) in qs.iter().enumerate() {
+        let part = &mut partial[r * heads..(r + 1) * heads];
+        dots(q, k, from, part);
+        write_scores(part, r, &mut out);
     }
 }
 
-/// The heads per row of a [`RowDots`] call (`out` holds as many for every row).
-fn rows_heads(qs: &[QuantQuery], out: &[[f32; LANES]]) -> usize {
-    let heads = out.len() / qs.len().max(1);
-    assert!(
-        heads > 0 && heads * qs.len() == out.len(),
-        "attention_q8: the rows' outputs disagree with their queries"
-    );
+/// Row `r`'s heads' scores `part` (of [`Dots`]) where `out` says, times its scale.
+#[inline(always)]
+fn write_scores(part: &[[f32; LANES]], r: usize, out: &mut ScoreOut) {
+    let valid = out.seen[r].saturating_sub(out.at).min(LANES);
+    for (h, acc) in part.iter().enumerate() {
+        let dst = &mut out.scores[(r * part.len() + h) * out.len + out.at..][..valid];
+        for (d, a) in dst.iter_mut().zip(acc) {
+            *d = a * out.scale;
+        }
+    }
+}
+
+/// The heads per row of a [`RowDots`] call (`partial` holds as many for every row), having
+/// checked that `out` holds every row's scores.
+fn rows_heads(qs: &[QuantQuery], out: &ScoreOut, partial: &[[f32; LANES]]) -> usize {
+    let heads = partial.len() / qs.len().max(1);
+    let ok = heads > 0
+        && heads * qs.len() == partial.len()
+        && out.seen.len() == qs.len()
+        && out.seen.iter().all(|&n| n <= out.len)
+        && (qs.len() * heads)
+            .checked_mul(out.len)
+            .is_some_and(|n| n <= out.scores.len());
+    assert!(ok, "attention_q8: the rows' outputs disagree with their queries");
     heads
 }
 

@@ -7,7 +7,7 @@ use super::super::kv_store::Part;
 use super::loops::{lane_axpys, lane_dots, LANES};
 use super::{
     axpys_in_place, batch_axpys, batch_dots, dots_in_place, prefetch_ahead, store_scores, visible, Avx512, Block,
-    Chunk, Kernels, Tile, TileShape,
+    Chunk, Kernels, Scores, Tile, TileShape,
 };
 
 /// How a block's keys are scored.
@@ -79,7 +79,7 @@ impl<'t> Floats<'t> {
 
     /// Every row's scaled scores `[group, seen]` against the chunk's keys.
     #[inline(always)]
-    pub fn score(&mut self, t: &Tile, s: &TileShape, kernels: Kernels, chunk: &Chunk, scores: &mut [Vec<f32>]) {
+    pub fn score(&mut self, t: &Tile, s: &TileShape, kernels: Kernels, chunk: &Chunk, scores: &mut Scores) {
         let part = (t.layer, Part::Keys);
         for (j, &block) in s.blocks.iter().enumerate().take(chunk.end).skip(chunk.first) {
             let route = match in_place(t, s, kernels, (part, j)) {
@@ -109,7 +109,7 @@ impl<'t> Floats<'t> {
         t: &Tile,
         s: &TileShape,
         kernels: Kernels,
-        (chunk, scores): (&Chunk, &[Vec<f32>]),
+        (chunk, scores): (&Chunk, &Scores),
         out: &mut [f32],
     ) {
         let mut runs = (Vec::new(), Vec::new());
@@ -132,7 +132,7 @@ impl<'t> Floats<'t> {
                 axpys_in_place(
                     cpu,
                     s.group,
-                    (&scores[ri], chunk.seen[ri], chunk.at(j, s.bs)),
+                    (scores.row(ri), scores.len, chunk.at(j, s.bs)),
                     m,
                     vb,
                     orow,
@@ -152,7 +152,7 @@ fn score_runs(
     (kt, kernels): (Block, Kernels),
     queries: &[&[f32]],
     accs: &mut [[f32; LANES]],
-    scores: &mut [Vec<f32>],
+    scores: &mut Scores,
 ) {
     let g = s.group;
     let seen = |ri: usize, c: usize| visible(&t.rows[ri], j, s.bs).filter(|&m| m > c * LANES);
@@ -173,11 +173,11 @@ fn score_runs(
                 &mut accs[a * g..b * g],
             );
             for ri in a..b {
-                let (len, m) = (chunk.seen[ri], seen(ri, c).unwrap_or(0));
+                let (m, len) = (seen(ri, c).unwrap_or(0), scores.len);
                 let at = chunk.at(j, s.bs) + c * LANES;
                 store_scores(
                     &accs[ri * g..(ri + 1) * g],
-                    (&mut scores[ri], len),
+                    (scores.row_mut(ri), len),
                     at,
                     (m - c * LANES).min(LANES),
                     s.scale,
@@ -197,7 +197,7 @@ fn score_rows(
     (chunk, j): (&Chunk, usize),
     keys: Keys,
     accs: &mut [[f32; LANES]],
-    scores: &mut [Vec<f32>],
+    scores: &mut Scores,
 ) {
     let (d, accs) = (s.d, &mut accs[..s.group]);
     for (ri, row) in t.rows.iter().enumerate() {
@@ -212,14 +212,8 @@ fn score_rows(
                     }
                 }
             }
-            let at = chunk.at(j, s.bs) + c * LANES;
-            store_scores(
-                accs,
-                (&mut scores[ri], chunk.seen[ri]),
-                at,
-                (m - c * LANES).min(LANES),
-                s.scale,
-            );
+            let (at, len) = (chunk.at(j, s.bs) + c * LANES, scores.len);
+            store_scores(accs, (scores.row_mut(ri), len), at, (m - c * LANES).min(LANES), s.scale);
         }
     }
 }
@@ -236,7 +230,7 @@ pub(super) fn add_values<'s>(
     s: &TileShape,
     (chunk, j): (&Chunk, usize),
     (values, kernels): (Block, Kernels),
-    (scores, runs): (&'s [Vec<f32>], &mut Runs<'s>),
+    (scores, runs): (&'s Scores, &mut Runs<'s>),
     out: &mut [f32],
 ) {
     let (g, d) = (s.group, s.d);
@@ -253,7 +247,7 @@ pub(super) fn add_values<'s>(
         at.clear();
         for ri in a..b {
             for h in 0..g {
-                ws.push(&scores[ri][h * chunk.seen[ri] + chunk.at(j, s.bs)..][..m]);
+                ws.push(&scores.row(ri)[h * scores.len + chunk.at(j, s.bs)..][..m]);
                 at.push(ri * s.width + h * d);
             }
         }

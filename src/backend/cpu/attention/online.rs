@@ -22,7 +22,7 @@ pub(super) struct Chunk {
     pub first: usize,
     /// One past the last block.
     pub end: usize,
-    /// Positions of the chunk that each row sees: the length of each head's scores.
+    /// Positions of the chunk that each row sees: how many of each head's scores it uses.
     pub seen: Vec<usize>,
 }
 
@@ -48,14 +48,46 @@ impl Chunk {
         (j - self.first) * bs
     }
 
-    /// Each row's scores `[group, seen]` in `scores`' buffers (kept between chunks), zeroed.
+    /// The chunk's scores for its rows' `group` heads, zeroed (the buffer kept between
+    /// chunks).
     #[inline(always)]
-    pub fn prepare(&self, group: usize, scores: &mut Vec<Vec<f32>>) {
-        scores.resize_with(self.seen.len(), Vec::new);
-        for (sc, &seen) in scores.iter_mut().zip(&self.seen) {
-            sc.clear();
-            sc.resize(group * seen, 0.0);
-        }
+    pub fn prepare(&self, group: usize, scores: &mut Scores) {
+        let len = self.seen.iter().copied().max().unwrap_or(0);
+        (scores.len, scores.group) = (len, group);
+        scores.buf.clear();
+        scores.buf.resize(self.seen.len() * group * len, 0.0);
+    }
+}
+
+/// A chunk's scores of a tile's rows, `[rows, group, len]`, `len` the most positions a
+/// row sees (each row's first [`Chunk::seen`] of them used): the scores of row `r`'s head
+/// `h` lie from `(r * group + h) * len`.
+#[derive(Default)]
+pub(super) struct Scores {
+    buf: Vec<f32>,
+    /// Positions a head's scores span.
+    pub len: usize,
+    group: usize,
+}
+
+impl Scores {
+    /// Row `r`'s scores, `[group, len]`.
+    #[inline(always)]
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.buf[r * self.group * self.len..][..self.group * self.len]
+    }
+
+    /// Row `r`'s scores, `[group, len]`, to write.
+    #[inline(always)]
+    pub fn row_mut(&mut self, r: usize) -> &mut [f32] {
+        &mut self.buf[r * self.group * self.len..][..self.group * self.len]
+    }
+
+    /// Rows `rows`' scores, `[rows, group, len]`, to write.
+    #[inline(always)]
+    pub fn rows_mut(&mut self, rows: std::ops::Range<usize>) -> &mut [f32] {
+        let per = self.group * self.len;
+        &mut self.buf[rows.start * per..rows.end * per]
     }
 }
 
@@ -83,13 +115,14 @@ impl Softmax {
     /// chunk so far; where this chunk raises it, the head's output (`out: [rows, group * d]`)
     /// and sum are first scaled by `exp(old max - new max)`.
     #[inline(always)]
-    pub fn update(&mut self, chunk: &Chunk, scores: &mut [Vec<f32>], out: &mut [f32]) {
-        let (g, d) = (self.group, self.d);
-        for (ri, (sc, &seen)) in scores.iter_mut().zip(&chunk.seen).enumerate() {
+    pub fn update(&mut self, chunk: &Chunk, scores: &mut Scores, out: &mut [f32]) {
+        let (g, d, len) = (self.group, self.d, scores.len);
+        for (ri, &seen) in chunk.seen.iter().enumerate() {
             if seen == 0 {
                 continue;
             }
-            for (h, s) in sc.chunks_exact_mut(seen).enumerate() {
+            for (h, s) in scores.row_mut(ri).chunks_exact_mut(len).enumerate() {
+                let s = &mut s[..seen];
                 let k = ri * g + h;
                 let high = lane_max(s);
                 let old = self.max[k];
@@ -181,9 +214,11 @@ mod tests {
                 end: i + 1,
                 seen: vec![c.len()],
             };
-            let mut scores = vec![c.to_vec()];
+            let mut scores = Scores::default();
+            chunk.prepare(1, &mut scores);
+            scores.row_mut(0).copy_from_slice(c);
             softmax.update(&chunk, &mut scores, &mut out);
-            for &e in &scores[0] {
+            for &e in scores.row(0) {
                 out[0] += e * v.next().copied().unwrap_or(0.0);
             }
         }

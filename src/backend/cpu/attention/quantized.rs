@@ -3,9 +3,9 @@
 //! their 8-bit form (a lone row), or converted once into bf16 pairs for the tile's rows.
 
 use super::super::attention_q8::pairs::Pairs;
-use super::super::attention_q8::{self, Axpys, QuantQuery, RowDots, ValueBlock};
+use super::super::attention_q8::{self, Axpys, QuantQuery, RowDots, ScoreOut, ValueBlock};
 use super::super::kv_store::Part;
-use super::{prefetch_ahead, store_scores, visible, AttnRow, Chunk, Tile, TileShape, LANES};
+use super::{prefetch_ahead, visible, Chunk, Scores, Tile, TileShape, LANES};
 use crate::kv::KvDType;
 
 /// What a tile over a q8_0 pool keeps from chunk to chunk: the kernels, the rows' quantized
@@ -44,35 +44,31 @@ impl Parts {
         })
     }
 
-    /// Every row's scaled scores `[group, seen]` against the chunk's keys, read in place.
+    /// Every row's scaled scores against the chunk's keys, read in place: each 16
+    /// positions' for the run of rows that sees some of them in one call.
     #[inline(always)]
-    pub fn score(&mut self, t: &Tile, s: &TileShape, chunk: &Chunk, scores: &mut [Vec<f32>]) {
+    pub fn score(&mut self, t: &Tile, s: &TileShape, chunk: &Chunk, scores: &mut Scores) {
+        let len = scores.len;
         for (j, &block) in s.blocks.iter().enumerate().take(chunk.end).skip(chunk.first) {
             prefetch_ahead(t, s, (t.layer, Part::Keys), j);
             let Some(tile) = t.pool.q8_key_tile(t.layer, block, t.kv) else {
                 continue;
             };
-            let most = t.rows.iter().filter_map(|row| visible(row, j, s.bs)).max().unwrap_or(0);
-            for c in 0..most.div_ceil(LANES) {
-                // The run of rows that see some of the 16 positions from `c * LANES`.
-                let sees = |row: &AttnRow| visible(row, j, s.bs).is_some_and(|m| m > c * LANES);
-                let (Some(lo), Some(hi)) = (t.rows.iter().position(sees), t.rows.iter().rposition(sees)) else {
+            for c in 0..s.count(j).div_ceil(LANES) {
+                let at = chunk.at(j, s.bs) + c * LANES;
+                let sees = |&n: &usize| n > at;
+                let (Some(lo), Some(hi)) = (chunk.seen.iter().position(sees), chunk.seen.iter().rposition(sees)) else {
                     continue;
                 };
-                let accs = &mut self.accs[lo * s.group..(hi + 1) * s.group];
-                (self.dots)(&self.queries[lo..=hi], tile, c * LANES, accs);
-                for (ri, row) in t.rows.iter().enumerate().take(hi + 1).skip(lo) {
-                    let Some(m) = visible(row, j, s.bs).filter(|&m| m > c * LANES) else {
-                        continue;
-                    };
-                    store_scores(
-                        &self.accs[ri * s.group..(ri + 1) * s.group],
-                        (&mut scores[ri], chunk.seen[ri]),
-                        chunk.at(j, s.bs) + c * LANES,
-                        (m - c * LANES).min(LANES),
-                        s.scale,
-                    );
-                }
+                let out = ScoreOut {
+                    scores: scores.rows_mut(lo..hi + 1),
+                    len,
+                    at,
+                    seen: &chunk.seen[lo..=hi],
+                    scale: s.scale,
+                };
+                let partial = &mut self.accs[lo * s.group..(hi + 1) * s.group];
+                (self.dots)(&self.queries[lo..=hi], tile, c * LANES, out, partial);
             }
         }
     }
@@ -83,7 +79,7 @@ impl Parts {
     /// AVX-512 BF16 ([`attention_q8::pairs`]), else each block read in place row by row (the
     /// same bits).
     #[inline(always)]
-    pub fn add_values(&mut self, t: &Tile, s: &TileShape, (chunk, scores): (&Chunk, &[Vec<f32>]), out: &mut [f32]) {
+    pub fn add_values(&mut self, t: &Tile, s: &TileShape, (chunk, scores): (&Chunk, &Scores), out: &mut [f32]) {
         let positions: usize = (chunk.first..chunk.end).map(|j| s.count(j)).sum();
         let shape = (s.d, self.q8_group);
         if t.rows.len() > 1 && s.group <= 4 {
@@ -95,7 +91,12 @@ impl Parts {
                     }
                 }
                 for (ri, &m) in chunk.seen.iter().enumerate().filter(|(_, &m)| m > 0) {
-                    pairs.add_row((&scores[ri], m, 0), m, s.group, &mut out[ri * s.width..][..s.width]);
+                    pairs.add_row(
+                        (scores.row(ri), scores.len, 0),
+                        m,
+                        s.group,
+                        &mut out[ri * s.width..][..s.width],
+                    );
                 }
                 return;
             }
@@ -114,7 +115,7 @@ impl Parts {
                     scales: &vb.scales[..m * s.d / vb.group],
                     group: vb.group,
                 };
-                let sc = (&scores[ri][..], chunk.seen[ri], chunk.at(j, s.bs));
+                let sc = (scores.row(ri), scores.len, chunk.at(j, s.bs));
                 (self.axpys)(sc, m, part, &mut sums[ri * s.width..][..s.width], &mut self.scratch);
             }
         }

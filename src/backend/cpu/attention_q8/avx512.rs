@@ -39,28 +39,41 @@ pub(super) fn dots_kernel(q: &QuantQuery, k: KeyTile, from: usize, out: &mut [[f
 /// [`super::RowDots`] with [`dots_rows`] for several rows where the tile's groups are of 32
 /// dimensions, else [`dots_kernel`] row by row (a lone row gains nothing from sharing the
 /// keys' registers, and keeps its sums in registers across groups there).
-pub(super) fn dots_rows_kernel(qs: &[QuantQuery], k: KeyTile, from: usize, out: &mut [[f32; LANES]]) {
+pub(super) fn dots_rows_kernel(
+    qs: &[QuantQuery],
+    k: KeyTile,
+    from: usize,
+    mut out: super::ScoreOut,
+    partial: &mut [[f32; LANES]],
+) {
     assert!(vnni(), "attention_q8: the AVX-512 VNNI kernel on a CPU without it");
-    let heads = super::rows_heads(qs, out);
-    let mut dims = None;
-    for (q, o) in qs.iter().zip(out.chunks_exact(heads)) {
-        let d = super::check(q, k, from, o).1;
-        assert!(dims.is_none_or(|w| w == d), "attention_q8: rows of different widths");
-        dims = Some(d);
-    }
-    let Some(d) = dims else { return };
+    let heads = super::rows_heads(qs, &out, partial);
+    let Some(first) = qs.first() else { return };
+    let d = super::check(first, k, from, &partial[..heads]).1;
+    // Every row shaped as the first, which `check` proved.
+    let same = |q: &QuantQuery| {
+        q.q.len() == first.q.len()
+            && q.scales.len() == first.scales.len()
+            && q.offsets.len() == first.offsets.len()
+            && q.group == first.group
+    };
+    assert!(qs.iter().all(same), "attention_q8: rows of different shapes");
     if k.group == ROW_QUADS * QUAD && heads <= 4 && qs.len() > 1 {
-        // SAFETY: AVX-512F/BW/VNNI were detected (asserted above); `check` proved every row's
-        // bounds, all rows `d` wide with `heads` (at most 4) heads, and the groups are of 8
-        // quads.
-        return unsafe { by_count!(heads, dots_rows::<[4, 3, 2]>(qs, k, (from, d), out)) };
+        // SAFETY: AVX-512F/BW/VNNI were detected (asserted above); `check` proved the first
+        // row's bounds and every row has its shape, `d` wide with `heads` (at most 4) heads;
+        // `rows_heads` proved `out` holds `[rows, heads, len]` scores, every row's `seen` at
+        // most `len`; the groups are of 8 quads.
+        return unsafe { by_count!(heads, dots_rows::<[4, 3, 2]>(qs, k, (from, d), &mut out, partial)) };
     }
-    for (q, o) in qs.iter().zip(out.chunks_exact_mut(heads)) {
+    for (r, q) in qs.iter().enumerate() {
+        let part = &mut partial[r * heads..(r + 1) * heads];
         in_fours(heads, |g, n| {
-            let rows = &mut o[g..g + n];
-            // SAFETY: as above (`check` proved this row's bounds).
+            let rows = &mut part[g..g + n];
+            // SAFETY: as above (`check` proved the first row's bounds, this one has its
+            // shape).
             unsafe { by_count!(n, dots::<[4, 3, 2]>(q, k, (from, d), g, rows)) }
         });
+        super::write_scores(part, r, &mut out);
     }
 }
 
@@ -70,22 +83,26 @@ const ROW_QUADS: usize = 8;
 /// Every row of `qs` against 16 positions from `from`, group by group of 32 dimensions:
 /// the group's keys loaded (and offset) once into eight registers for all the rows, each
 /// head's sum the [`dots`] kernel's (exact integers, then the same multiply and fused
-/// multiply-add per group in order, through `out`), so the same bits. The `H` heads of a
-/// row go together, their chains independent.
+/// multiply-add per group in order, through `partial`), so the same bits; the last group's
+/// times the scale stored straight into the row's scores. The `H` heads of a row go
+/// together, their chains independent.
 ///
 /// # Safety
 /// AVX-512F, AVX-512BW and AVX-512VNNI; every row `d` wide with `H` heads, the shapes as
-/// `check` proves them for each, `k.group == 32`, `out` `H` rows per query.
+/// `check` proves them for each, `k.group == 32`, `partial` `H` rows per query, `out`
+/// `[rows, H, len]` scores with every row's `seen` at most `len`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[allow(clippy::needless_range_loop)] // `h` indexes several arrays in step
 unsafe fn dots_rows<const H: usize>(
     qs: &[QuantQuery],
     k: KeyTile,
     (from, d): (usize, usize),
-    out: &mut [[f32; LANES]],
+    out: &mut super::ScoreOut,
+    partial: &mut [[f32; LANES]],
 ) {
     let groups = d / k.group;
     let flip = _mm512_set1_epi8(-128);
+    let scale_all = _mm512_set1_ps(out.scale);
     for gi in 0..groups {
         let mut keys = [_mm512_setzero_si512(); ROW_QUADS];
         for (qi, key) in keys.iter_mut().enumerate() {
@@ -96,7 +113,7 @@ unsafe fn dots_rows<const H: usize>(
         }
         // SAFETY: `gi < d / group` and `from + 16 <= padded`: 16 scales in the tile.
         let ks = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(k.scales.as_ptr().add(gi * k.padded + from).cast()) });
-        for (q, o) in qs.iter().zip(out.chunks_exact_mut(H)) {
+        for (r, (q, o)) in qs.iter().zip(partial.chunks_exact_mut(H)).enumerate() {
             let base = q.q.as_ptr();
             // A macro rather than a closure, which would not share the target features; a
             // float broadcast, which loads the four bytes straight into every lane.
@@ -108,28 +125,43 @@ unsafe fn dots_rows<const H: usize>(
                     }))
                 };
             }
-            let mut even = [_mm512_setzero_si512(); H];
-            let mut odd = [_mm512_setzero_si512(); H];
+            let valid = out.seen[r].saturating_sub(out.at).min(LANES);
+            let mask: __mmask16 = if valid >= LANES { !0 } else { (1u16 << valid) - 1 };
             for h in 0..H {
-                even[h] = _mm512_set1_epi32(q.offsets[h * groups + gi]);
-            }
-            for qi in (0..ROW_QUADS).step_by(2) {
-                for h in 0..H {
-                    even[h] = _mm512_dpbusd_epi32(even[h], keys[qi], four!(h, qi));
-                    odd[h] = _mm512_dpbusd_epi32(odd[h], keys[qi + 1], four!(h, qi + 1));
+                // Four chains (quads by their index mod 4): a head's eight `vpdpbusd` wait
+                // on one another two deep, however the compiler orders the heads.
+                let mut four_sums = [
+                    _mm512_set1_epi32(q.offsets[h * groups + gi]),
+                    _mm512_setzero_si512(),
+                    _mm512_setzero_si512(),
+                    _mm512_setzero_si512(),
+                ];
+                for qi in 0..ROW_QUADS {
+                    four_sums[qi % 4] = _mm512_dpbusd_epi32(four_sums[qi % 4], keys[qi], four!(h, qi));
                 }
-            }
-            for h in 0..H {
                 let scale = _mm512_mul_ps(ks, _mm512_set1_ps(q.scales[h * groups + gi]));
-                let sums = _mm512_cvtepi32_ps(_mm512_add_epi32(even[h], odd[h]));
+                let sums = _mm512_cvtepi32_ps(_mm512_add_epi32(
+                    _mm512_add_epi32(four_sums[0], four_sums[1]),
+                    _mm512_add_epi32(four_sums[2], four_sums[3]),
+                ));
                 let acc = o[h].as_mut_ptr();
                 let prev = match gi {
                     0 => _mm512_setzero_ps(),
                     // SAFETY: `o[h]` holds 16 f32.
                     _ => unsafe { _mm512_loadu_ps(acc) },
                 };
-                // SAFETY: as above.
-                unsafe { _mm512_storeu_ps(acc, _mm512_fmadd_ps(sums, scale, prev)) };
+                let x = _mm512_fmadd_ps(sums, scale, prev);
+                if gi + 1 < groups {
+                    // SAFETY: as above.
+                    unsafe { _mm512_storeu_ps(acc, x) };
+                    continue;
+                }
+                // SAFETY: the mask stores the scores below `seen[r]` of the 16 from `at`,
+                // within the row's head's `len` (`seen[r] <= len`, `out` `[rows, H, len]`).
+                unsafe {
+                    let dst = out.scores.as_mut_ptr().add((r * H + h) * out.len + out.at);
+                    _mm512_mask_storeu_ps(dst, mask, _mm512_mul_ps(x, scale_all));
+                }
             }
         }
     }

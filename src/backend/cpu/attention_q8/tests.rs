@@ -190,14 +190,33 @@ fn the_rows_kernel_gives_each_row_s_bits() {
                     QuantQuery::new(&x, group)
                 })
                 .collect();
+            // Rows that see all, some and none of the 16 positions; scores `len` apart.
+            let (len, at, scale) = (40, 9, 0.125);
+            let seen: Vec<usize> = (0..rows).map(|r| [len, at + 5, at, at + 16][r % 4]).collect();
             for from in (0..padded).step_by(LANES) {
-                let mut want = vec![[0f32; LANES]; rows * heads];
-                for (q, o) in qs.iter().zip(want.chunks_mut(heads)) {
-                    dots_portable(q, k, from, o);
+                let mut want = vec![-1f32; rows * heads * len];
+                for (r, q) in qs.iter().enumerate() {
+                    let mut o = vec![[0f32; LANES]; heads];
+                    dots_portable(q, k, from, &mut o);
+                    for (h, o) in o.iter().enumerate() {
+                        let valid = seen[r].saturating_sub(at).min(LANES);
+                        for (s, x) in o.iter().take(valid).enumerate() {
+                            want[(r * heads + h) * len + at + s] = x * scale;
+                        }
+                    }
                 }
-                let mut got = vec![[0f32; LANES]; rows * heads];
-                rows_kernel()(&qs, k, from, &mut got);
-                assert_eq!(got, want, "d {d} heads {heads} rows {rows} from {from}");
+                for kernel in [rows_kernel(), dots_rows_each] {
+                    let mut got = vec![-1f32; rows * heads * len];
+                    let out = ScoreOut {
+                        scores: &mut got,
+                        len,
+                        at,
+                        seen: &seen,
+                        scale,
+                    };
+                    kernel(&qs, k, from, out, &mut vec![[0f32; LANES]; rows * heads]);
+                    assert_eq!(got, want, "d {d} heads {heads} rows {rows} from {from}");
+                }
             }
         }
     }
