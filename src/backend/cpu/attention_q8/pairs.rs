@@ -111,7 +111,7 @@ impl ChunkPairs<'_> {
         // SAFETY: AVX-512F/BW/BF16 were detected by `start`; the scores checked above, the
         // scales `[groups, 2 * ROOM]` and the words `[groups, heads, ROOM]` with `m <= 2 *
         // ROOM`.
-        unsafe { weights(&sc[at..], (m, len, heads), &p.scales, &mut p.words) };
+        unsafe { by_count!(heads, weights::<[4, 3, 2]>(&sc[at..], (m, len), &p.scales, &mut p.words)) };
         // SAFETY: as above; the pairs hold `ceil(m / 2)` pairs of `d` dimensions (a
         // multiple of 64), groups of a multiple of 16 dimensions, 1 to 4 heads.
         unsafe { by_count!(heads, add::<[4, 3, 2]>(&p.values, (m, d, p.group), &p.words, out)) }
@@ -123,30 +123,36 @@ impl ChunkPairs<'_> {
 /// ROOM]`.
 ///
 /// # Safety
-/// AVX-512F/BW/BF16; `sc` holds `heads` heads' `m` scores `len` apart, `scales` `[groups, 2
-/// * ROOM]`, `words` `[groups, heads, ROOM]`, `m <= 2 * ROOM`.
+/// AVX-512F/BW/BF16; `sc` holds `H` heads' `m` scores `len` apart, `scales` `[groups, 2 *
+/// ROOM]`, `words` `[groups, H, ROOM]`, `m <= 2 * ROOM`.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn weights(sc: &[f32], (m, len, heads): (usize, usize, usize), scales: &[f32], words: &mut [u32]) {
+#[allow(clippy::needless_range_loop)] // `h` indexes several arrays in step
+unsafe fn weights<const H: usize>(sc: &[f32], (m, len): (usize, usize), scales: &[f32], words: &mut [u32]) {
     let tiny = _mm512_set1_ps(f32::from_bits(27 << 23));
-    for (g, column) in scales.chunks_exact(2 * ROOM).enumerate() {
-        for h in 0..heads {
-            let dst = &mut words[(g * heads + h) * ROOM..][..ROOM];
-            for k in (0..m).step_by(LANES) {
-                let mask: __mmask16 = if m - k >= LANES { !0 } else { (1u16 << (m - k)) - 1 };
-                // SAFETY: the mask loads the `m` scores of head `h` and their scales;
-                // eight words from `k / 2 < ROOM` (`k` a multiple of 16).
+    // Sixteen positions a step, every head and group: each score and scale loaded once.
+    for k in (0..m).step_by(LANES) {
+        let mask: __mmask16 = if m - k >= LANES { !0 } else { (1u16 << (m - k)) - 1 };
+        let mut e = [_mm512_setzero_ps(); H];
+        for h in 0..H {
+            // SAFETY: the mask loads the `m` scores of head `h`.
+            e[h] = unsafe { _mm512_maskz_loadu_ps(mask, sc.as_ptr().add(h * len + k)) };
+        }
+        for (g, column) in scales.chunks_exact(2 * ROOM).enumerate() {
+            // SAFETY: the mask loads the `m` scales of group `g`.
+            let s = unsafe { _mm512_maskz_loadu_ps(mask, column.as_ptr().add(k)) };
+            for h in 0..H {
+                let x = _mm512_mul_ps(e[h], s);
+                // Magnitudes below 2^-100 to zero; NaN (unordered) kept.
+                let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(_mm512_abs_ps(x), tiny);
+                let packed = _mm512_cvtneps_pbh(_mm512_maskz_mov_ps(keep, x));
+                let dst = &mut words[(g * H + h) * ROOM..][..ROOM];
+                // SAFETY: eight words from `k / 2 < ROOM` (`k` a multiple of 16).
                 unsafe {
-                    let e = _mm512_maskz_loadu_ps(mask, sc.as_ptr().add(h * len + k));
-                    let s = _mm512_maskz_loadu_ps(mask, column.as_ptr().add(k));
-                    let x = _mm512_mul_ps(e, s);
-                    // Magnitudes below 2^-100 to zero; NaN (unordered) kept.
-                    let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(_mm512_abs_ps(x), tiny);
-                    let packed = _mm512_cvtneps_pbh(_mm512_maskz_mov_ps(keep, x));
                     _mm256_storeu_si256(
                         dst.as_mut_ptr().add(k / 2).cast(),
                         std::mem::transmute::<__m256bh, __m256i>(packed),
-                    );
-                }
+                    )
+                };
             }
         }
     }
