@@ -328,36 +328,15 @@ fn row_weights(
     }
 }
 
-/// [`value_weights`] compiled for AVX-512F.
-///
-/// # Safety
-/// AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn value_weights_avx512<'s>(
-    scores: (&[f32], usize, usize),
-    m: usize,
-    v: ValueBlock,
-    orow: &[f32],
-    scratch: &'s mut [f32],
-) -> Option<(&'s [f32], usize)> {
-    value_weights(scores, m, v, orow, scratch)
-}
-
-/// [`value_weights`] compiled for AVX2 and FMA.
-///
-/// # Safety
-/// AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn value_weights_avx2<'s>(
-    scores: (&[f32], usize, usize),
-    m: usize,
-    v: ValueBlock,
-    orow: &[f32],
-    scratch: &'s mut [f32],
-) -> Option<(&'s [f32], usize)> {
-    value_weights(scores, m, v, orow, scratch)
+isa_dispatch! {
+    /// [`value_weights`] compiled for the CPU's vector unit (the same bits on each).
+    fn value_weights_fast<'s>(
+        scores: (&[f32], usize, usize),
+        m: usize,
+        v: ValueBlock,
+        orow: &[f32],
+        scratch: &'s mut [f32],
+    ) -> Option<(&'s [f32], usize)> => value_weights;
 }
 
 /// The value kernels' weights: checks the shapes, then makes each head's weights
@@ -410,9 +389,7 @@ pub fn axpys_portable(scores: (&[f32], usize, usize), m: usize, v: ValueBlock, o
 
 #[cfg(target_arch = "x86_64")]
 fn axpys_avx2(scores: (&[f32], usize, usize), m: usize, v: ValueBlock, orow: &mut [f32], scratch: &mut [f32]) {
-    // SAFETY: AVX2 and FMA were detected by `value_kernel` (or AVX-512 by the caller that
-    // falls back here), the only ways here.
-    let Some((weights, d)) = (unsafe { value_weights_avx2(scores, m, v, orow, scratch) }) else {
+    let Some((weights, d)) = value_weights_fast(scores, m, v, orow, scratch) else {
         return;
     };
     use avx2::axpys;

@@ -6,18 +6,19 @@
 /// for AVX-512F where the CPU has it, else for AVX2 + FMA, else for the build's baseline.
 /// The loops compile to the same operations in the same order on every unit (fused
 /// multiply-adds only), so each gives the same bits; `body` is the portable reference.
+/// Lifetime parameters may follow the name (`fn name<'a>(...)`), for a result that borrows.
 macro_rules! isa_dispatch {
-    ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $body:path;) => {
+    ($(#[$attr:meta])* $vis:vis fn $name:ident $(<$($lt:lifetime),+>)? ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $body:path;) => {
         $(#[$attr])*
-        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+        $vis fn $name $(<$($lt),+>)? ($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
-                unsafe fn wide($($arg: $ty),*) $(-> $ret)? {
+                unsafe fn wide $(<$($lt),+>)? ($($arg: $ty),*) $(-> $ret)? {
                     $body($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn narrow($($arg: $ty),*) $(-> $ret)? {
+                unsafe fn narrow $(<$($lt),+>)? ($($arg: $ty),*) $(-> $ret)? {
                     $body($($arg),*)
                 }
                 if std::arch::is_x86_feature_detected!("avx512f") {

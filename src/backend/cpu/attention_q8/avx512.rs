@@ -193,8 +193,7 @@ pub(super) fn axpys_kernel(
         unsafe { weights_in_registers(scores, (m, heads, groups), v.scales, &mut scratch[..size]) };
         &scratch[..size]
     } else {
-        // SAFETY: AVX-512F was detected (asserted above).
-        match unsafe { super::value_weights_avx512(scores, m, v, orow, scratch) } {
+        match super::value_weights_fast(scores, m, v, orow, scratch) {
             Some((weights, _)) => weights,
             None => return,
         }
