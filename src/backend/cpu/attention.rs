@@ -25,7 +25,9 @@ use loops::{group_axpys_loops, group_dots_loops, LANES};
 use online::{Chunk, Scores, Softmax};
 
 use super::kv_store::{KvStore, Part};
-use crate::kv::{BlockId, KvDType};
+use crate::kv::BlockId;
+#[cfg(target_arch = "x86_64")]
+use crate::kv::KvDType;
 
 /// What one row attends to: the first `len` positions of a sequence's blocks.
 pub struct AttnRow<'a> {
@@ -173,6 +175,7 @@ enum Avx2Fma {}
 /// The kernels a tile may use beside the generic loops, each with its proof of the CPU's
 /// support (none: the loops alone, the reference).
 #[derive(Clone, Copy, Default)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // used by the x86 kernels only
 struct Kernels {
     /// Read an f16 pool's blocks in place with AVX-512 instead of converting them.
     f16_in_place: Option<Avx512>,
@@ -196,6 +199,7 @@ pub(super) enum Block<'a> {
 
 impl<'a> Block<'a> {
     /// Values held.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // used by the x86 kernels only
     pub(super) fn len(self) -> usize {
         match self {
             Self::F32(b) => b.len(),
@@ -204,6 +208,7 @@ impl<'a> Block<'a> {
     }
 
     /// The first value's address and whether the values are f16 (for the SIMD kernels).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // used by the x86 kernels only
     pub(super) fn raw(self) -> (*const u8, bool) {
         match self {
             Self::F32(b) => (b.as_ptr().cast(), false),
@@ -230,6 +235,7 @@ impl<'a> Block<'a> {
 
 /// [`group_dots_loops`] on a block's f16 bits, with AVX-512.
 #[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] // no kernel: `cpu` cannot exist
 fn dots_in_place(cpu: Avx512, group: usize, qr: &[f32], kt: &[u16], stride: usize, out: &mut [[f32; LANES]]) {
     #[cfg(target_arch = "x86_64")]
     super::attention_f16::dots(cpu, group, qr, kt, stride, out);
@@ -239,6 +245,7 @@ fn dots_in_place(cpu: Avx512, group: usize, qr: &[f32], kt: &[u16], stride: usiz
 
 /// [`group_axpys_loops`] on a block's f16 bits, with AVX-512.
 #[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] // no kernel: `cpu` cannot exist
 fn axpys_in_place(cpu: Avx512, group: usize, scores: (&[f32], usize, usize), m: usize, v: &[u16], orow: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     super::attention_f16::axpys(cpu, group, scores, m, v, orow);

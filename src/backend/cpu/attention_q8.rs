@@ -20,6 +20,7 @@
 
 use half::f16;
 
+#[cfg(target_arch = "x86_64")]
 use super::isa::in_fours;
 
 /// Positions scored per call.
@@ -330,6 +331,7 @@ fn row_weights(
 
 isa_dispatch! {
     /// [`value_weights`] compiled for the CPU's vector unit (the same bits on each).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // used by the x86 kernels only
     fn value_weights_fast<'s>(
         scores: (&[f32], usize, usize),
         m: usize,

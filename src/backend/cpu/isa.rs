@@ -39,6 +39,7 @@ macro_rules! isa_dispatch {
 /// equal to `n`, and `f::<1, X>(args)` otherwise: a run-time count (vectors, heads) turned
 /// into the const generic that sizes a kernel's registers. `f` is one name (bring a path
 /// in with `use`); the generic arguments after the list are optional.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_macros))] // used by the x86 kernels only
 macro_rules! by_count {
     ($n:expr, $f:ident::<[$($k:literal),*] $(, $extra:tt)*> $args:tt) => {
         by_count!(@arms $n, $f, [$(, $extra)*], $args, [$($k),*])
@@ -59,6 +60,7 @@ macro_rules! by_count {
 
 /// Runs `kernel(first, count)` over `0..heads` in runs of up to four heads, the most one
 /// attention kernel call takes.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // used by the x86 kernels only
 pub(super) fn in_fours(heads: usize, mut kernel: impl FnMut(usize, usize)) {
     for first in (0..heads).step_by(4) {
         kernel(first, (heads - first).min(4));

@@ -169,6 +169,7 @@ fn f16_in_place_equals_converted_blocks() {
 
 /// Each KV head's tile of the causal rows of every case `(heads, kv_heads, len, n, d)`, on a
 /// fresh pool of `dtype`, handed to `check` with words naming it.
+#[cfg(target_arch = "x86_64")]
 fn for_each_tile(dtype: KvDType, cases: &[(usize, usize, usize, usize, usize)], mut check: impl FnMut(&Tile, &str)) {
     for &(heads, kv_heads, len, n, d) in cases {
         let (pool, table, q) = filled((heads, kv_heads, d), (len, n), dtype);
@@ -262,6 +263,7 @@ fn avx2_tiles_equal_the_generic_loops() {
 }
 
 /// The generic value loops for a group of 2 to 4 heads.
+#[cfg(target_arch = "x86_64")]
 fn generic_axpys(group: usize, scores: (&[f32], usize, usize), m: usize, v: &[f32], orow: &mut [f32]) {
     match group {
         2 => group_axpys_loops::<2>(scores, m, v, orow),

@@ -15,6 +15,7 @@ fn tile(d: usize, padded: usize, group: usize) -> (Vec<i8>, Vec<u16>) {
 }
 
 /// Every scoring kernel this CPU runs, the reference first.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))] // the x86 kernels join it
 fn score_kernels() -> Vec<Dots> {
     let mut all: Vec<Dots> = vec![dots_portable, kernel()];
     #[cfg(target_arch = "x86_64")]
@@ -28,6 +29,7 @@ fn score_kernels() -> Vec<Dots> {
 }
 
 /// Every value kernel this CPU runs, the reference first.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))] // the x86 kernels join it
 fn value_kernels() -> Vec<Axpys> {
     let mut all: Vec<Axpys> = vec![axpys_portable, value_kernel()];
     #[cfg(target_arch = "x86_64")]
