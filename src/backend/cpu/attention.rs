@@ -345,20 +345,6 @@ fn prefetch_ahead(t: &Tile, s: &TileShape, part: (usize, Part), j: usize) {
     }
 }
 
-/// Writes the first `valid` of each head's 16 dot products, scaled, to the row's scores of a
-/// chunk (`[heads, len]`, `len` the positions of the chunk the row sees) from position `at`
-/// (counted from the chunk's first).
-#[inline(always)]
-#[allow(clippy::needless_range_loop)]
-fn store_scores(accs: &[[f32; LANES]], (scores, len): (&mut [f32], usize), at: usize, valid: usize, scale: f32) {
-    for (g, acc) in accs.iter().enumerate() {
-        let dst = &mut scores[g * len + at..][..valid];
-        for s in 0..valid {
-            dst[s] = acc[s] * scale;
-        }
-    }
-}
-
 /// Scores of query vectors `qs` (each `d` wide) against 16 positions of transposed keys
 /// (`kt[i * stride..]`): per vector [`group_dots_loops`]'s chain, by the AVX-512 or AVX2
 /// kernel where given and the shapes fit ([`super::attention_avx512`],

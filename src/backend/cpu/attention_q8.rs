@@ -147,10 +147,18 @@ pub fn dots_rows_each(qs: &[QuantQuery], k: KeyTile, from: usize, mut out: Score
 #[inline(always)]
 fn write_scores(part: &[[f32; LANES]], r: usize, out: &mut ScoreOut) {
     let valid = out.seen[r].saturating_sub(out.at).min(LANES);
-    for (h, acc) in part.iter().enumerate() {
-        let dst = &mut out.scores[(r * part.len() + h) * out.len + out.at..][..valid];
+    let row = &mut out.scores[r * part.len() * out.len..];
+    store_scores(part, (row, out.len), out.at, valid, out.scale);
+}
+
+/// Writes the first `valid` of each head's 16 dot products `accs`, times `scale`, to a
+/// row's scores (`[heads, len]`) from position `at`.
+#[inline(always)]
+pub fn store_scores(accs: &[[f32; LANES]], (scores, len): (&mut [f32], usize), at: usize, valid: usize, scale: f32) {
+    for (h, acc) in accs.iter().enumerate() {
+        let dst = &mut scores[h * len + at..][..valid];
         for (d, a) in dst.iter_mut().zip(acc) {
-            *d = a * out.scale;
+            *d = a * scale;
         }
     }
 }
@@ -294,14 +302,19 @@ pub(super) fn check_values(
     Some((d, heads))
 }
 
-/// The first `m` positions' scales (f16 bits `[m, groups]`) as f32 by group, `[groups, m]`,
-/// in `out`, through `flat` (`m * groups` floats each).
+/// The first `m` positions' scales (f16 bits `[m, groups]`) as f32 by group, through
+/// `flat` (`m * groups` floats): group `g`'s `m` in `out` from `g * stride + at`.
 #[inline(always)]
-fn block_scales(scales: &[u16], (m, groups): (usize, usize), flat: &mut [f32], out: &mut [f32]) {
+fn block_scales(
+    scales: &[u16],
+    (m, groups): (usize, usize),
+    flat: &mut [f32],
+    (out, stride, at): (&mut [f32], usize, usize),
+) {
     let flat = &mut flat[..m * groups];
     super::widen::widen(&scales[..m * groups], flat);
-    for (g, column) in out[..m * groups].chunks_exact_mut(m).enumerate() {
-        for (s, x) in column.iter_mut().enumerate() {
+    for (g, column) in out.chunks_mut(stride).take(groups).enumerate() {
+        for (s, x) in column[at..at + m].iter_mut().enumerate() {
             *x = flat[s * groups + g];
         }
     }
@@ -356,7 +369,7 @@ fn value_weights<'s>(
     let groups = d / v.group;
     let (flat, rest) = scratch.split_at_mut(m * groups);
     let (scales, weights) = rest.split_at_mut(m * groups);
-    block_scales(v.scales, (m, groups), flat, scales);
+    block_scales(v.scales, (m, groups), flat, (&mut *scales, m, 0));
     row_weights(scores, (m, heads, groups), (scales, m), weights);
     Some((&weights[..heads * groups * m.next_multiple_of(2)], d))
 }

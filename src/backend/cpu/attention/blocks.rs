@@ -3,11 +3,12 @@
 //! rows that see the same positions at once); on AVX-512 a lone row reads an f16 pool in
 //! place; other group sizes run row by row in the loops.
 
+use super::super::attention_q8::store_scores;
 use super::super::kv_store::Part;
 use super::loops::{lane_axpys, lane_dots, LANES};
 use super::{
-    axpys_in_place, batch_axpys, batch_dots, dots_in_place, prefetch_ahead, store_scores, visible, Avx512, Block,
-    Chunk, Kernels, Scores, Tile, TileShape,
+    axpys_in_place, batch_axpys, batch_dots, dots_in_place, prefetch_ahead, visible, Avx512, Block, Chunk, Kernels,
+    Scores, Tile, TileShape,
 };
 
 /// How a block's keys are scored.

@@ -85,12 +85,7 @@ impl ChunkPairs<'_> {
             && p.n + n <= 2 * ROOM;
         assert!(ok, "attention_q8: a value block that does not fit the chunk's pairs");
         p.flat.resize(n * groups, 0.0);
-        super::super::widen::widen(&v.scales[..n * groups], &mut p.flat);
-        for (g, column) in p.scales.chunks_exact_mut(2 * ROOM).enumerate() {
-            for (s, x) in column[p.n..p.n + n].iter_mut().enumerate() {
-                *x = p.flat[s * groups + g];
-            }
-        }
+        super::block_scales(v.scales, (n, groups), &mut p.flat, (&mut p.scales, 2 * ROOM, p.n));
         // SAFETY: AVX-512F/BW/BF16 were detected by `start`; `v.q` holds `n * d` bytes and
         // the pairs from `p.n / 2` `ceil(n / 2) * d` words (`p.n + n <= 2 * ROOM`), `d` a
         // multiple of 64.

@@ -266,14 +266,15 @@ fn bf16_pairs_give_the_reference_s_bits() {
         let Some(mut chunk) = converted.start(n, (d, group), bs) else {
             panic!("d {d} group {group}: the kernel refused the chunk");
         };
+        // Positions `from..from + k` of the tile as a value block.
+        let block = |from: usize, k: usize| ValueBlock {
+            q: &q[from * d..(from + k) * d],
+            scales: &scales[from * d / group..(from + k) * d / group],
+            group,
+        };
         for from in (0..n).step_by(bs) {
             let k = bs.min(n - from);
-            let v = ValueBlock {
-                q: &q[from * d..(from + k) * d],
-                scales: &scales[from * d / group..(from + k) * d / group],
-                group,
-            };
-            chunk.push(v, k);
+            chunk.push(block(from, k), k);
         }
         for m in [1, 2, bs + 1, n / 2 + 1, n] {
             let m = m.min(n);
@@ -285,13 +286,8 @@ fn bf16_pairs_give_the_reference_s_bits() {
             let mut sums = vec![0f32; heads * d];
             for from in (0..m).step_by(bs) {
                 let k = bs.min(m - from);
-                let part = ValueBlock {
-                    q: &q[from * d..(from + k) * d],
-                    scales: &scales[from * d / group..(from + k) * d / group],
-                    group,
-                };
                 let mut scratch = vec![0f32; value_scratch(k, d, group, heads)];
-                axpys_portable((&scores, len, at + from), k, part, &mut sums, &mut scratch);
+                axpys_portable((&scores, len, at + from), k, block(from, k), &mut sums, &mut scratch);
             }
             let want: Vec<f32> = base.iter().zip(&sums).map(|(b, s)| b + s).collect();
             let mut got = base.clone();
