@@ -425,6 +425,11 @@ pub mod pairs;
 pub mod pairs {
     use super::ValueBlock;
 
+    /// `false`: there is no kernel.
+    pub fn converts_fast() -> bool {
+        false
+    }
+
     /// Holds nothing.
     #[derive(Debug, Default)]
     pub struct Pairs;
@@ -433,6 +438,18 @@ pub mod pairs {
         /// `None`: there is no kernel.
         pub fn start(&mut self, _: usize, _: (usize, usize), _: usize) -> Option<ChunkPairs<'_>> {
             None
+        }
+
+        /// `false`, nothing added: there is no kernel.
+        pub fn add_lone(
+            &mut self,
+            _: &[(ValueBlock, usize)],
+            _: (usize, usize),
+            _: (&[f32], usize, usize),
+            _: usize,
+            _: &mut [f32],
+        ) -> bool {
+            false
         }
     }
 

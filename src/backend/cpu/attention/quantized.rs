@@ -2,7 +2,7 @@
 //! ([`attention_q8`]), a block's keys for all the tile's rows in one call; values added from
 //! their 8-bit form (a lone row), or converted once into bf16 pairs for the tile's rows.
 
-use super::super::attention_q8::pairs::Pairs;
+use super::super::attention_q8::pairs::{self, Pairs};
 use super::super::attention_q8::{self, Axpys, QuantQuery, RowDots, ScoreOut, ValueBlock};
 use super::super::kv_store::Part;
 use super::{prefetch_ahead, visible, Chunk, Scores, Tile, TileShape, LANES};
@@ -19,6 +19,8 @@ pub(super) struct Parts {
     /// Each row's sums of a chunk's values, `[rows, group * d]` (rows read in place).
     sums: Vec<f32>,
     pairs: Pairs,
+    /// Whether a lone row's values go through [`Pairs::add_lone`] ([`pairs::converts_fast`]).
+    lone_pairs: bool,
     q8_group: usize,
 }
 
@@ -40,8 +42,25 @@ impl Parts {
             scratch: vec![0f32; attention_q8::value_scratch(s.bs, s.d, q8_group, s.group)],
             sums: vec![0f32; t.rows.len() * s.width],
             pairs: Pairs::default(),
+            lone_pairs: pairs::converts_fast(),
             q8_group,
         })
+    }
+
+    /// A lone row's values over the chunk converted into bf16 pairs in registers
+    /// ([`Pairs::add_lone`]); `false` where it cannot be (then nothing was added).
+    #[inline(always)]
+    fn add_lone(&mut self, t: &Tile, s: &TileShape, (chunk, scores): (&Chunk, &Scores), out: &mut [f32]) -> bool {
+        let blocks: Option<Vec<(ValueBlock, usize)>> = (chunk.first..chunk.end)
+            .map(|j| {
+                let n = s.count(j);
+                t.pool.q8_value_block(t.layer, s.blocks[j], t.kv, n).map(|v| (v, n))
+            })
+            .collect();
+        let Some(blocks) = blocks else { return false };
+        let row = (scores.row(0), scores.len, 0);
+        self.pairs
+            .add_lone(&blocks, (s.d, self.q8_group), row, s.group, &mut out[..s.width])
     }
 
     /// Every row's scaled scores against the chunk's keys, read in place: each 16
@@ -82,6 +101,9 @@ impl Parts {
     pub fn add_values(&mut self, t: &Tile, s: &TileShape, (chunk, scores): (&Chunk, &Scores), out: &mut [f32]) {
         let positions: usize = (chunk.first..chunk.end).map(|j| s.count(j)).sum();
         let shape = (s.d, self.q8_group);
+        if t.rows.len() == 1 && self.lone_pairs && s.group <= 4 && self.add_lone(t, s, (chunk, scores), out) {
+            return;
+        }
         if t.rows.len() > 1 && s.group <= 4 {
             if let Some(mut pairs) = self.pairs.start(positions, shape, s.bs) {
                 for (j, &block) in s.blocks.iter().enumerate().take(chunk.end).skip(chunk.first) {

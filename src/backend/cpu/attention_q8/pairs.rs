@@ -29,6 +29,12 @@ pub fn available() -> bool {
         && std::arch::is_x86_feature_detected!("avx512bf16")
 }
 
+/// Whether this CPU runs the kernel and converts values with byte permutes (AVX-512 VBMI),
+/// cheap enough to pay for a lone row.
+pub fn converts_fast() -> bool {
+    available() && std::arch::is_x86_feature_detected!("avx512vbmi")
+}
+
 /// A chunk's values as bf16 pairs and their scales, and a row's weights, kept between
 /// chunks.
 #[derive(Debug, Default)]
@@ -46,6 +52,8 @@ pub struct Pairs {
     n: usize,
     d: usize,
     group: usize,
+    /// Whether the conversion may use byte permutes ([`convert_vbmi`]).
+    vbmi: bool,
 }
 
 impl Pairs {
@@ -62,9 +70,68 @@ impl Pairs {
             return None;
         }
         (self.n, self.d, self.group) = (0, d, group);
+        self.vbmi = std::arch::is_x86_feature_detected!("avx512vbmi");
         self.values.resize(ROOM * d, 0);
         self.scales.resize(d / group * 2 * ROOM, 0.0);
         Some(ChunkPairs(self))
+    }
+}
+
+impl Pairs {
+    /// A lone row's chunk: `out` (`[heads, d]`) gains the values of `blocks` (each with its
+    /// positions, in order) with the row's weights (`scores`: `(scores, len, at)`, head
+    /// `h`'s from `h * len + at`), each pair converted in registers: the bits of pushing the
+    /// blocks and [`ChunkPairs::add_row`]. `false` (nothing added) where the shapes do not
+    /// fit the kernel or the CPU lacks it ([`converts_fast`]).
+    pub fn add_lone(
+        &mut self,
+        blocks: &[(ValueBlock, usize)],
+        (d, group): (usize, usize),
+        (sc, len, at): (&[f32], usize, usize),
+        heads: usize,
+        out: &mut [f32],
+    ) -> bool {
+        let m: usize = blocks.iter().map(|&(_, n)| n).sum();
+        let groups = d.checked_div(group).unwrap_or(0);
+        let fits = converts_fast()
+            && m <= 2 * ROOM
+            && d.is_multiple_of(4 * LANES)
+            && group.is_multiple_of(LANES)
+            && groups > 0
+            && d.is_multiple_of(group)
+            && (1..=4).contains(&heads)
+            && out.len() == heads * d
+            && sc.len() >= (heads - 1) * len + at + m
+            && blocks.iter().enumerate().all(|(j, &(v, n))| {
+                v.group == group
+                    && v.q.len() == n * d
+                    && v.scales.len() >= n * groups
+                    && (n.is_multiple_of(2) || j + 1 == blocks.len())
+            });
+        if !fits {
+            return false;
+        }
+        self.scales.resize(groups * 2 * ROOM, 0.0);
+        let mut at_pos = 0;
+        for &(v, n) in blocks {
+            self.flat.resize(n * groups, 0.0);
+            super::block_scales(
+                v.scales,
+                (n, groups),
+                &mut self.flat,
+                (&mut self.scales, 2 * ROOM, at_pos),
+            );
+            at_pos += n;
+        }
+        self.words.resize(groups * heads * ROOM, 0);
+        // SAFETY: AVX-512F/BW/BF16/VBMI were detected (`converts_fast`); the scores checked
+        // above, the scales `[groups, 2 * ROOM]` and the words `[groups, heads, ROOM]` with `m
+        // <= 2 * ROOM`.
+        unsafe { by_count!(heads, weights::<[4, 3, 2]>(&sc[at..], (m, len), &self.scales, &mut self.words)) };
+        // SAFETY: as above; every block `[n, d]` with `n` even but the last's (checked), `d`
+        // a multiple of 64, groups of a multiple of 16, 1 to 4 heads.
+        unsafe { by_count!(heads, lone::<[4, 3, 2]>(blocks, (d, group), &self.words, out)) };
+        true
     }
 }
 
@@ -86,10 +153,16 @@ impl ChunkPairs<'_> {
         assert!(ok, "attention_q8: a value block that does not fit the chunk's pairs");
         p.flat.resize(n * groups, 0.0);
         super::block_scales(v.scales, (n, groups), &mut p.flat, (&mut p.scales, 2 * ROOM, p.n));
-        // SAFETY: AVX-512F/BW/BF16 were detected by `start`; `v.q` holds `n * d` bytes and
-        // the pairs from `p.n / 2` `ceil(n / 2) * d` words (`p.n + n <= 2 * ROOM`), `d` a
-        // multiple of 64.
-        unsafe { convert(&v.q[..n * d], n, d, &mut p.values[p.n / 2 * d..]) };
+        let (q, block) = (&v.q[..n * d], &mut p.values[p.n / 2 * d..]);
+        // SAFETY: AVX-512F/BW/BF16 were detected by `start`, VBMI where used; `v.q` holds `n *
+        // d` bytes and the pairs from `p.n / 2` `ceil(n / 2) * d` words (`p.n + n <= 2 *
+        // ROOM`), `d` a multiple of 64.
+        unsafe {
+            match p.vbmi {
+                true => convert_vbmi(q, n, d, block),
+                false => convert(q, n, d, block),
+            }
+        }
         p.n += n;
     }
 
@@ -186,6 +259,173 @@ unsafe fn convert(q: &[i8], n: usize, d: usize, block: &mut [u32]) {
     }
 }
 
+/// The constants of [`bf16_pairs!`]: the two 128-entry tables of a magnitude's bf16 (its
+/// low and high byte), the two interleaving permutes, the sign bit and -128's high byte.
+/// A macro: a function would not share its caller's target features.
+macro_rules! bf16_constants {
+    () => {{
+        let (mut low, mut high) = ([0u8; 128], [0u8; 128]);
+        for (a, (l, h)) in low.iter_mut().zip(high.iter_mut()).enumerate() {
+            [*l, *h] = bf16_bits(a as i8).to_le_bytes();
+        }
+        let [first, second] = [interleave_index(0), interleave_index(32)];
+        // SAFETY: each array holds 128 or 64 bytes: 64-byte loads within them.
+        unsafe {
+            [
+                _mm512_loadu_si512(low.as_ptr().cast()),
+                _mm512_loadu_si512(low.as_ptr().add(64).cast()),
+                _mm512_loadu_si512(high.as_ptr().cast()),
+                _mm512_loadu_si512(high.as_ptr().add(64).cast()),
+                _mm512_loadu_si512(first.as_ptr().cast()),
+                _mm512_loadu_si512(second.as_ptr().cast()),
+                _mm512_set1_epi8(-128),
+                _mm512_set1_epi8((bf16_bits(-128) >> 8) as i8),
+            ]
+        }
+    }};
+}
+
+/// Two positions' 64 dimensions (`even`, `odd`: 64 bytes each) as bf16 pairs, four
+/// registers of 16 dimensions in order, by byte permutes (AVX-512 VBMI, the constants of
+/// [`bf16_constants!`]): the bytes interleaved in the order the unpacks need, each byte's
+/// bf16 looked up by its magnitude, the sign set (and -128's high byte), the bytes unpacked
+/// into words.
+macro_rules! bf16_pairs {
+    ($k:expr, $even:expr, $odd:expr) => {{
+        let [low0, low1, high0, high1, first, second, sign, minus128] = $k;
+        let mut u = [_mm512_setzero_si512(); 4];
+        for (h, index) in [first, second].into_iter().enumerate() {
+            let x = _mm512_permutex2var_epi8($even, index, $odd);
+            let a = _mm512_abs_epi8(x);
+            let lo = _mm512_permutex2var_epi8(low0, a, low1);
+            // The high byte of the magnitude's bf16, and the sign bit: `hi | (x & sign)`.
+            let hi = _mm512_ternarylogic_epi32::<0xf8>(_mm512_permutex2var_epi8(high0, a, high1), x, sign);
+            // -128, whose magnitude (still -128, the only one with its top bit set) looked up
+            // entry 0: its low byte is 0 as there, its high byte 0xc3.
+            let hi = _mm512_mask_mov_epi8(hi, _mm512_movepi8_mask(a), minus128);
+            u[2 * h] = _mm512_unpacklo_epi8(lo, hi);
+            u[2 * h + 1] = _mm512_unpackhi_epi8(lo, hi);
+        }
+        u
+    }};
+}
+
+/// [`convert`] by byte permutes ([`bf16_pairs!`]), 64 dimensions of a pair at a time: the
+/// same words, an 8-bit integer's bf16 being exact and the tables those bits
+/// ([`bf16_bits`]).
+///
+/// # Safety
+/// AVX-512F/BW/VBMI; `q` holds `n * d` bytes, `block` `ceil(n / 2) * d` words, `d` a
+/// multiple of 64.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+unsafe fn convert_vbmi(q: &[i8], n: usize, d: usize, block: &mut [u32]) {
+    let k = bf16_constants!();
+    for p in 0..n.div_ceil(2) {
+        for c in (0..d).step_by(64) {
+            // SAFETY: `2p < n` and `c + 64 <= d`: within `q`, the odd position only where it
+            // is below `n`; the words `p * d + c..+64` within `block`.
+            unsafe {
+                let even = _mm512_loadu_si512(q.as_ptr().add(2 * p * d + c).cast());
+                let odd = match 2 * p + 1 < n {
+                    true => _mm512_loadu_si512(q.as_ptr().add((2 * p + 1) * d + c).cast()),
+                    false => _mm512_setzero_si512(),
+                };
+                for (r, u) in bf16_pairs!(k, even, odd).into_iter().enumerate() {
+                    _mm512_storeu_si512(block.as_mut_ptr().add(p * d + c + r * LANES).cast(), u);
+                }
+            }
+        }
+    }
+}
+
+/// A lone row's sums for `H` heads over a chunk's blocks, 64 dimensions at a time: each
+/// pair of positions converted in registers ([`bf16_pairs!`]), then [`add`]'s
+/// `vdpbf16ps` per head and 16 dimensions from zero over every pair of the chunk in order,
+/// added to `out` at the end. The blocks `BLOCKS_AHEAD` on are asked for while one is used.
+///
+/// # Safety
+/// AVX-512F/BW/BF16/VBMI; each block `[n, d]` bytes, every `n` even but the last's, their
+/// sum `m <= 2 * ROOM`; `d` a multiple of 64, `group` of 16; `words` `[d / group, H, ROOM]`;
+/// `out` `H * d` floats.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx512vbmi")]
+#[allow(clippy::needless_range_loop)] // `h` and `r` index several arrays in step
+unsafe fn lone<const H: usize>(
+    blocks: &[(ValueBlock, usize)],
+    (d, group): (usize, usize),
+    words: &[u32],
+    out: &mut [f32],
+) {
+    const R: usize = 4;
+    const BLOCKS_AHEAD: usize = 2;
+    let k = bf16_constants!();
+    for c in (0..d).step_by(R * LANES) {
+        let mut w = [words.as_ptr(); R];
+        for r in 0..R {
+            // SAFETY: `(c + 16r) / group < d / group`: a group's words.
+            w[r] = unsafe { words.as_ptr().add((c + r * LANES) / group * H * ROOM) };
+        }
+        let mut acc = [[_mm512_setzero_ps(); R]; H];
+        let mut pair = 0;
+        for (j, &(v, n)) in blocks.iter().enumerate() {
+            if c == 0 {
+                if let Some((ahead, _)) = blocks.get(j + BLOCKS_AHEAD) {
+                    super::super::widen::prefetch(ahead.q);
+                }
+            }
+            let q = v.q.as_ptr();
+            for p in 0..n.div_ceil(2) {
+                // SAFETY: `2p < n` (the odd position only below `n`) and `c + 64 <= d`: within
+                // the block; `pair < ceil(m / 2) <= ROOM`: within each head's words.
+                unsafe {
+                    let even = _mm512_loadu_si512(q.add(2 * p * d + c).cast());
+                    let odd = match 2 * p + 1 < n {
+                        true => _mm512_loadu_si512(q.add((2 * p + 1) * d + c).cast()),
+                        false => _mm512_setzero_si512(),
+                    };
+                    let u = bf16_pairs!(k, even, odd);
+                    for h in 0..H {
+                        for r in 0..R {
+                            let x = _mm512_set1_epi32(*w[r].add(h * ROOM + pair) as i32);
+                            let (u, x) = (
+                                std::mem::transmute::<__m512i, __m512bh>(u[r]),
+                                std::mem::transmute::<__m512i, __m512bh>(x),
+                            );
+                            acc[h][r] = _mm512_dpbf16_ps(acc[h][r], u, x);
+                        }
+                    }
+                }
+                pair += 1;
+            }
+        }
+        for h in 0..H {
+            for r in 0..R {
+                let o = &mut out[h * d + c + r * LANES..][..LANES];
+                // SAFETY: `o` holds 16 f32.
+                unsafe { _mm512_storeu_ps(o.as_mut_ptr(), _mm512_add_ps(_mm512_loadu_ps(o.as_ptr()), acc[h][r])) };
+            }
+        }
+    }
+}
+
+/// The byte permute of [`convert_vbmi`] for dimensions `half..half + 32` of 64: byte `j`
+/// takes the even (below 64) or odd (64 on) position's byte of word `k` of the 64 the
+/// unpacks then make in order (`unpacklo` takes bytes 0-7 of each 16-byte lane, `unpackhi`
+/// bytes 8-15): word `k` is dimension `half + k / 2`, the odd position's where `k` is odd.
+fn interleave_index(half: usize) -> [u8; 64] {
+    let mut index = [0u8; 64];
+    for (j, x) in index.iter_mut().enumerate() {
+        let (lane, r) = (j / 16, j % 16);
+        let k = if r < 8 { 8 * lane + r } else { 32 + 8 * lane + r - 8 };
+        *x = ((k % 2) * 64 + half + k / 2) as u8;
+    }
+    index
+}
+
+/// The bf16 bits of an 8-bit integer (exact): the high half of its f32's.
+fn bf16_bits(x: i8) -> u16 {
+    (f32::from(x).to_bits() >> 16) as u16
+}
+
 /// [`Pairs::add_row`]'s sums for `H` heads, 64 dimensions at a time: one `vdpbf16ps` per
 /// head, pair of positions and 16 dimensions, the weights broadcast from `words`.
 ///
@@ -231,5 +471,40 @@ unsafe fn add<const H: usize>(values: &[u32], (m, d, group): (usize, usize, usiz
                 unsafe { _mm512_storeu_ps(o.as_mut_ptr(), _mm512_add_ps(_mm512_loadu_ps(o.as_ptr()), acc[h][r])) };
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The byte-permute conversion gives the widening one's words: every 8-bit value, odd
+    /// counts (the last odd position zero), several widths.
+    #[test]
+    fn both_conversions_give_the_same_words() {
+        let cpu = ["avx512f", "avx512bw", "avx512vbmi"];
+        if !(std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vbmi"))
+        {
+            eprintln!("skipped: no {}", cpu.join(", "));
+            return;
+        }
+        for (n, d) in [(1usize, 64usize), (2, 64), (15, 128), (16, 64), (33, 192)] {
+            // Every value of -128..=127, in a scrambled order.
+            let q: Vec<i8> = (0..n * d)
+                .map(|i| (((i * 97 + i / 7) % 256) as i32 - 128) as i8)
+                .collect();
+            let words = n.div_ceil(2) * d;
+            let (mut want, mut got) = (vec![7u32; words], vec![9u32; words]);
+            // SAFETY: the features were detected above; `q` holds `n * d` bytes, the blocks
+            // `ceil(n / 2) * d` words, `d` a multiple of 64.
+            unsafe {
+                convert(&q, n, d, &mut want);
+                convert_vbmi(&q, n, d, &mut got);
+            }
+            assert_eq!(got, want, "n {n} d {d}");
+        }
+        assert!(bf16_bits(-128) == 0xc300 && bf16_bits(0) == 0 && bf16_bits(1) == 0x3f80);
     }
 }

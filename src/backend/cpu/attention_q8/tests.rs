@@ -262,7 +262,7 @@ fn bf16_pairs_give_the_reference_s_bits() {
         (64, 32, 1, 16, 16),
     ] {
         let (q, scales) = tile(d, n, group);
-        let mut converted = pairs::Pairs::default();
+        let (mut converted, mut alone) = (pairs::Pairs::default(), pairs::Pairs::default());
         let Some(mut chunk) = converted.start(n, (d, group), bs) else {
             panic!("d {d} group {group}: the kernel refused the chunk");
         };
@@ -293,6 +293,16 @@ fn bf16_pairs_give_the_reference_s_bits() {
             let mut got = base.clone();
             chunk.add_row((&scores, len, at), m, heads, &mut got);
             assert_eq!(got, want, "d {d} group {group} heads {heads} n {n} m {m}");
+            // A lone row's chunk of the first `m` positions, converted in registers.
+            if pairs::converts_fast() {
+                let blocks: Vec<_> = (0..m)
+                    .step_by(bs)
+                    .map(|f| (block(f, bs.min(m - f)), bs.min(m - f)))
+                    .collect();
+                let mut lone = base.clone();
+                assert!(alone.add_lone(&blocks, (d, group), (&scores, len, at), heads, &mut lone));
+                assert_eq!(lone, want, "alone: d {d} group {group} heads {heads} n {n} m {m}");
+            }
         }
     }
 }
