@@ -132,6 +132,26 @@ pub fn rows_kernel() -> RowDots {
     dots_rows_each
 }
 
+/// A lone row's scaled scores against a chunk's key tiles (each with the positions it
+/// holds, in order), its `heads` heads' against the chunk's position `s` at `scores[h *
+/// len + s]`: the bits of [`rows_kernel`]'s, in one call for the chunk. `false` (nothing
+/// written) where this CPU has no kernel for it (AVX-512 VNNI) or the row more than 4 heads.
+pub fn lone_scores(
+    q: &QuantQuery,
+    heads: usize,
+    tiles: &[(KeyTile, usize)],
+    scores: (&mut [f32], usize),
+    scale: f32,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if avx512::vnni() {
+        return avx512::lone_scores(q, heads, tiles, scores, scale);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (q, heads, tiles, scores, scale);
+    false
+}
+
 /// [`RowDots`] by [`kernel`], row by row.
 pub fn dots_rows_each(qs: &[QuantQuery], k: KeyTile, from: usize, mut out: ScoreOut, partial: &mut [[f32; LANES]]) {
     let heads = rows_heads(qs, &out, partial);

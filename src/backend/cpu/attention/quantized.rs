@@ -3,7 +3,7 @@
 //! their 8-bit form (a lone row), or converted once into bf16 pairs for the tile's rows.
 
 use super::super::attention_q8::pairs::{self, Pairs};
-use super::super::attention_q8::{self, Axpys, QuantQuery, RowDots, ScoreOut, ValueBlock};
+use super::super::attention_q8::{self, Axpys, KeyTile, QuantQuery, RowDots, ScoreOut, ValueBlock};
 use super::super::kv_store::Part;
 use super::{prefetch_ahead, visible, Chunk, Scores, Tile, TileShape, LANES};
 use crate::kv::KvDType;
@@ -47,6 +47,21 @@ impl Parts {
         })
     }
 
+    /// A lone row's scores against the chunk's keys in one call
+    /// ([`attention_q8::lone_scores`]); `false` where it cannot be (then nothing was
+    /// written).
+    #[inline(always)]
+    fn lone_scores(&mut self, t: &Tile, s: &TileShape, chunk: &Chunk, scores: &mut Scores) -> bool {
+        let tiles: Option<Vec<(KeyTile, usize)>> = (chunk.first..chunk.end)
+            .map(|j| t.pool.q8_key_tile(t.layer, s.blocks[j], t.kv).map(|k| (k, s.count(j))))
+            .collect();
+        let (Some(tiles), Some(q)) = (tiles, self.queries.first()) else {
+            return false;
+        };
+        let len = scores.len;
+        attention_q8::lone_scores(q, s.group, &tiles, (scores.row_mut(0), len), s.scale)
+    }
+
     /// A lone row's values over the chunk converted into bf16 pairs in registers
     /// ([`Pairs::add_lone`]); `false` where it cannot be (then nothing was added).
     #[inline(always)]
@@ -67,6 +82,9 @@ impl Parts {
     /// positions' for the run of rows that sees some of them in one call.
     #[inline(always)]
     pub fn score(&mut self, t: &Tile, s: &TileShape, chunk: &Chunk, scores: &mut Scores) {
+        if t.rows.len() == 1 && self.lone_scores(t, s, chunk, scores) {
+            return;
+        }
         let len = scores.len;
         for (j, &block) in s.blocks.iter().enumerate().take(chunk.end).skip(chunk.first) {
             prefetch_ahead(t, s, (t.layer, Part::Keys), j);

@@ -77,6 +77,75 @@ pub(super) fn dots_rows_kernel(
     }
 }
 
+/// [`super::lone_scores`]: the shapes checked once for the chunk, then [`lone`].
+pub(super) fn lone_scores(
+    q: &QuantQuery,
+    heads: usize,
+    tiles: &[(KeyTile, usize)],
+    (scores, len): (&mut [f32], usize),
+    scale: f32,
+) -> bool {
+    if !(1..=4).contains(&heads) {
+        return false;
+    }
+    let part = [[0f32; LANES]; 4];
+    let m: usize = tiles.iter().map(|&(_, n)| n).sum();
+    let mut d = 0;
+    for &(k, n) in tiles {
+        // The last 16 positions the tile is read at.
+        d = super::check(q, k, n.max(1).next_multiple_of(LANES) - LANES, &part[..heads]).1;
+    }
+    let ok = m <= len && (heads - 1).checked_mul(len).is_some_and(|x| x + m <= scores.len());
+    assert!(ok, "attention_q8: a lone row's scores disagree with its key tiles");
+    // SAFETY: AVX-512F/BW/VNNI were detected by the caller (`vnni`); `check` proved every
+    // tile's bounds up to its last 16 positions for this row (`heads` heads of `d`), and the
+    // scores hold `heads` heads' `m` from `h * len`.
+    unsafe { by_count!(heads, lone::<[4, 3, 2]>(q, tiles, d, (scores, len), scale)) };
+    true
+}
+
+/// A lone row's `H` heads against every tile, 16 positions a [`dots`] call, each score
+/// times `scale` stored (masked to the tile's positions) at its place in the chunk. The
+/// tiles two on are asked for while one is used.
+///
+/// # Safety
+/// AVX-512F, AVX-512BW and AVX-512VNNI; the shapes as `check` proves them for every tile's
+/// last 16 positions, `d` wide with `H` heads; `scores` `H` heads' positions `len` apart.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn lone<const H: usize>(
+    q: &QuantQuery,
+    tiles: &[(KeyTile, usize)],
+    d: usize,
+    (scores, len): (&mut [f32], usize),
+    scale: f32,
+) {
+    const AHEAD: usize = 2;
+    let scale = _mm512_set1_ps(scale);
+    let mut part = [[0f32; LANES]; H];
+    let mut at = 0;
+    for (j, &(k, n)) in tiles.iter().enumerate() {
+        let first = if j == 0 { 1 } else { j + AHEAD };
+        for (ahead, _) in tiles.iter().take(j + AHEAD + 1).skip(first) {
+            super::super::widen::prefetch(ahead.q);
+        }
+        for from in (0..n).step_by(LANES) {
+            // SAFETY: `from + 16 <= padded` (the tile's last 16 positions are checked).
+            unsafe { dots::<H>(q, k, (from, d), 0, &mut part) };
+            let valid = n - from;
+            let mask: __mmask16 = if valid >= LANES { !0 } else { (1u16 << valid) - 1 };
+            for (h, acc) in part.iter().enumerate() {
+                // SAFETY: the mask stores the positions below `n` from `at + from`, within
+                // head `h`'s `m <= len` scores.
+                unsafe {
+                    let x = _mm512_mul_ps(_mm512_loadu_ps(acc.as_ptr()), scale);
+                    _mm512_mask_storeu_ps(scores.as_mut_ptr().add(h * len + at + from), mask, x);
+                }
+            }
+        }
+        at += n;
+    }
+}
+
 /// Quads of a scale group that [`dots_rows`] keeps in registers.
 const ROW_QUADS: usize = 8;
 

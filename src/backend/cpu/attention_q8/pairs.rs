@@ -368,7 +368,8 @@ unsafe fn lone<const H: usize>(
         let mut pair = 0;
         for (j, &(v, n)) in blocks.iter().enumerate() {
             if c == 0 {
-                if let Some((ahead, _)) = blocks.get(j + BLOCKS_AHEAD) {
+                let first = if j == 0 { 1 } else { j + BLOCKS_AHEAD };
+                for (ahead, _) in blocks.iter().take(j + BLOCKS_AHEAD + 1).skip(first) {
                     super::super::widen::prefetch(ahead.q);
                 }
             }

@@ -306,3 +306,50 @@ fn bf16_pairs_give_the_reference_s_bits() {
         }
     }
 }
+
+/// A lone row's scores over a chunk's tiles in one call are the rows kernel's, tile by
+/// tile and 16 positions at a time (a short last tile, 1 to 4 heads, groups of 16 and 32).
+#[test]
+fn lone_scores_are_the_rows_kernel_s() {
+    for (d, group, heads, counts) in [
+        (64, 32, 4, vec![16, 16, 5]),
+        (128, 32, 3, vec![16, 1]),
+        (64, 16, 2, vec![16]),
+        (64, 32, 1, vec![7]),
+    ] {
+        let (kq, ks) = tile(d, 16, group);
+        let k = KeyTile {
+            q: &kq,
+            scales: &ks,
+            padded: 16,
+            group,
+        };
+        let x: Vec<f32> = (0..heads * d).map(|i| ((i * 29 % 61) as f32 - 30.0) / 9.0).collect();
+        let q = QuantQuery::new(&x, group);
+        let tiles: Vec<(KeyTile, usize)> = counts.iter().map(|&n| (k, n)).collect();
+        let m: usize = counts.iter().sum();
+        let (len, scale) = (m + 3, 0.125);
+        let mut want = vec![0f32; heads * len];
+        let mut partial = vec![[0f32; LANES]; heads];
+        let mut at = 0;
+        for &n in &counts {
+            for from in (0..n).step_by(LANES) {
+                let out = ScoreOut {
+                    scores: &mut want,
+                    len,
+                    at: at + from,
+                    seen: &[at + n],
+                    scale,
+                };
+                rows_kernel()(std::slice::from_ref(&q), k, from, out, &mut partial);
+            }
+            at += n;
+        }
+        let mut got = vec![0f32; heads * len];
+        if lone_scores(&q, heads, &tiles, (&mut got, len), scale) {
+            assert_eq!(got, want, "d {d} group {group} heads {heads} counts {counts:?}");
+        } else {
+            eprintln!("skipped: no kernel for a lone row");
+        }
+    }
+}
