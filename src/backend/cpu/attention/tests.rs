@@ -73,7 +73,7 @@ fn exp_neg_is_within_two_ulp_of_exp() {
 
 #[test]
 fn paged_attention_matches_the_straightforward_one() {
-    let cases: [(usize, usize, usize, usize); 10] = [
+    let cases: [(usize, usize, usize, usize); 11] = [
         (4, 2, 1, 1),
         (4, 2, 37, 5),
         (6, 3, 16, 16),
@@ -86,6 +86,8 @@ fn paged_attention_matches_the_straightforward_one() {
         (4, 2, 2100, 60),
         (8, 2, 1040, 17),
         (2, 2, 1100, 3),
+        // A lone row (a decoding step) over three chunks.
+        (8, 2, 2100, 1),
     ];
     for (((heads, kv_heads, len, n), (dtype, tol)), d) in cases
         .into_iter()
