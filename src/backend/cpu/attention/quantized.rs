@@ -1,6 +1,8 @@
 //! A tile's attention over a q8_0 pool: keys scored with integer dot products
-//! ([`attention_q8`]), a block's keys for all the tile's rows in one call; values added from
-//! their 8-bit form (a lone row), or converted once into bf16 pairs for the tile's rows.
+//! ([`attention_q8`]), a block's keys for all the tile's rows in one call (a lone row's, a
+//! chunk's in one call); values converted once into bf16 pairs for the tile's rows, or for a
+//! lone row pair by pair in registers a chunk per call, or read from their 8-bit form where
+//! the CPU lacks those kernels.
 
 use super::super::attention_q8::pairs::{self, Pairs};
 use super::super::attention_q8::{self, Axpys, KeyTile, QuantQuery, RowDots, ScoreOut, ValueBlock};

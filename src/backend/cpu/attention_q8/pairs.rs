@@ -75,9 +75,7 @@ impl Pairs {
         self.scales.resize(d / group * 2 * ROOM, 0.0);
         Some(ChunkPairs(self))
     }
-}
 
-impl Pairs {
     /// A lone row's chunk: `out` (`[heads, d]`) gains the values of `blocks` (each with its
     /// positions, in order) with the row's weights (`scores`: `(scores, len, at)`, head
     /// `h`'s from `h * len + at`), each pair converted in registers: the bits of pushing the
