@@ -438,6 +438,9 @@ fn axpys_avx2(scores: (&[f32], usize, usize), m: usize, v: ValueBlock, orow: &mu
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
+#[macro_use]
+mod bf16;
+#[cfg(target_arch = "x86_64")]
 pub mod pairs;
 
 /// Off x86 no chunk is converted into pairs: the rows read each block in place.

@@ -2,7 +2,8 @@
 //! of a tile, then each row's weighted sum over the whole chunk with `vdpbf16ps` (AVX-512
 //! BF16): one instruction per head, two positions and sixteen dimensions, half the fused
 //! multiply-adds of the float path, the sums in registers from the chunk's first position
-//! to its last.
+//! to its last. A lone row (a decoding step) converts each pair in registers instead
+//! ([`Pairs::add_lone`], byte permutes: [`super::bf16`]), the same sums.
 //!
 //! `vdpbf16ps` adds to each f32 lane the product of the odd elements of its pair, rounded,
 //! then the even ones', rounded (the products of two bf16 are exact in f32): per lane the
@@ -14,6 +15,7 @@
 
 use std::arch::x86_64::*;
 
+use super::bf16::{self, bf16_bits, interleave_index};
 use super::ValueBlock;
 
 /// Dimensions of one register.
@@ -52,7 +54,7 @@ pub struct Pairs {
     n: usize,
     d: usize,
     group: usize,
-    /// Whether the conversion may use byte permutes ([`convert_vbmi`]).
+    /// Whether the conversion may use byte permutes ([`bf16::convert_vbmi`]).
     vbmi: bool,
 }
 
@@ -157,8 +159,8 @@ impl ChunkPairs<'_> {
         // ROOM`), `d` a multiple of 64.
         unsafe {
             match p.vbmi {
-                true => convert_vbmi(q, n, d, block),
-                false => convert(q, n, d, block),
+                true => bf16::convert_vbmi(q, n, d, block),
+                false => bf16::convert(q, n, d, block),
             }
         }
         p.n += n;
@@ -224,120 +226,8 @@ unsafe fn weights<const H: usize>(sc: &[f32], (m, len): (usize, usize), scales: 
     }
 }
 
-/// [`Pairs::push`]'s conversion.
-///
-/// # Safety
-/// AVX-512F/BW/BF16; `q` holds `n * d` bytes, `block` `ceil(n / 2) * d` words, `d` a
-/// multiple of 16.
-#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn convert(q: &[i8], n: usize, d: usize, block: &mut [u32]) {
-    let high = _mm512_set1_epi32(0xffff_0000u32 as i32);
-    for p in 0..n.div_ceil(2) {
-        for c in (0..d).step_by(LANES) {
-            // SAFETY: `2p < n` and `c + 16 <= d`: within `q`; the odd position only where it
-            // is below `n`; the words within `block`.
-            unsafe {
-                // A macro: a closure would not share the target features.
-                macro_rules! widen {
-                    ($s:expr) => {
-                        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                            q.as_ptr().add($s * d + c).cast(),
-                        )))
-                    };
-                }
-                let even = _mm512_castps_si512(widen!(2 * p));
-                let odd = match 2 * p + 1 < n {
-                    true => _mm512_castps_si512(widen!(2 * p + 1)),
-                    false => _mm512_setzero_si512(),
-                };
-                let words = _mm512_or_si512(_mm512_srli_epi32::<16>(even), _mm512_and_si512(odd, high));
-                _mm512_storeu_si512(block.as_mut_ptr().add(p * d + c).cast(), words);
-            }
-        }
-    }
-}
-
-/// The constants of [`bf16_pairs!`]: the two 128-entry tables of a magnitude's bf16 (its
-/// low and high byte), the two interleaving permutes, the sign bit and -128's high byte.
-/// A macro: a function would not share its caller's target features.
-macro_rules! bf16_constants {
-    () => {{
-        let (mut low, mut high) = ([0u8; 128], [0u8; 128]);
-        for (a, (l, h)) in low.iter_mut().zip(high.iter_mut()).enumerate() {
-            [*l, *h] = bf16_bits(a as i8).to_le_bytes();
-        }
-        let [first, second] = [interleave_index(0), interleave_index(32)];
-        // SAFETY: each array holds 128 or 64 bytes: 64-byte loads within them.
-        unsafe {
-            [
-                _mm512_loadu_si512(low.as_ptr().cast()),
-                _mm512_loadu_si512(low.as_ptr().add(64).cast()),
-                _mm512_loadu_si512(high.as_ptr().cast()),
-                _mm512_loadu_si512(high.as_ptr().add(64).cast()),
-                _mm512_loadu_si512(first.as_ptr().cast()),
-                _mm512_loadu_si512(second.as_ptr().cast()),
-                _mm512_set1_epi8(-128),
-                _mm512_set1_epi8((bf16_bits(-128) >> 8) as i8),
-            ]
-        }
-    }};
-}
-
-/// Two positions' 64 dimensions (`even`, `odd`: 64 bytes each) as bf16 pairs, four
-/// registers of 16 dimensions in order, by byte permutes (AVX-512 VBMI, the constants of
-/// [`bf16_constants!`]): the bytes interleaved in the order the unpacks need, each byte's
-/// bf16 looked up by its magnitude, the sign set (and -128's high byte), the bytes unpacked
-/// into words.
-macro_rules! bf16_pairs {
-    ($k:expr, $even:expr, $odd:expr) => {{
-        let [low0, low1, high0, high1, first, second, sign, minus128] = $k;
-        let mut u = [_mm512_setzero_si512(); 4];
-        for (h, index) in [first, second].into_iter().enumerate() {
-            let x = _mm512_permutex2var_epi8($even, index, $odd);
-            let a = _mm512_abs_epi8(x);
-            let lo = _mm512_permutex2var_epi8(low0, a, low1);
-            // The high byte of the magnitude's bf16, and the sign bit: `hi | (x & sign)`.
-            let hi = _mm512_ternarylogic_epi32::<0xf8>(_mm512_permutex2var_epi8(high0, a, high1), x, sign);
-            // -128, whose magnitude (still -128, the only one with its top bit set) looked up
-            // entry 0: its low byte is 0 as there, its high byte 0xc3.
-            let hi = _mm512_mask_mov_epi8(hi, _mm512_movepi8_mask(a), minus128);
-            u[2 * h] = _mm512_unpacklo_epi8(lo, hi);
-            u[2 * h + 1] = _mm512_unpackhi_epi8(lo, hi);
-        }
-        u
-    }};
-}
-
-/// [`convert`] by byte permutes ([`bf16_pairs!`]), 64 dimensions of a pair at a time: the
-/// same words, an 8-bit integer's bf16 being exact and the tables those bits
-/// ([`bf16_bits`]).
-///
-/// # Safety
-/// AVX-512F/BW/VBMI; `q` holds `n * d` bytes, `block` `ceil(n / 2) * d` words, `d` a
-/// multiple of 64.
-#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
-unsafe fn convert_vbmi(q: &[i8], n: usize, d: usize, block: &mut [u32]) {
-    let k = bf16_constants!();
-    for p in 0..n.div_ceil(2) {
-        for c in (0..d).step_by(64) {
-            // SAFETY: `2p < n` and `c + 64 <= d`: within `q`, the odd position only where it
-            // is below `n`; the words `p * d + c..+64` within `block`.
-            unsafe {
-                let even = _mm512_loadu_si512(q.as_ptr().add(2 * p * d + c).cast());
-                let odd = match 2 * p + 1 < n {
-                    true => _mm512_loadu_si512(q.as_ptr().add((2 * p + 1) * d + c).cast()),
-                    false => _mm512_setzero_si512(),
-                };
-                for (r, u) in bf16_pairs!(k, even, odd).into_iter().enumerate() {
-                    _mm512_storeu_si512(block.as_mut_ptr().add(p * d + c + r * LANES).cast(), u);
-                }
-            }
-        }
-    }
-}
-
 /// A lone row's sums for `H` heads over a chunk's blocks, 64 dimensions at a time: each
-/// pair of positions converted in registers ([`bf16_pairs!`]), then [`add`]'s
+/// pair of positions converted in registers (`bf16_pairs!` ([`super::bf16`])), then [`add`]'s
 /// `vdpbf16ps` per head and 16 dimensions from zero over every pair of the chunk in order,
 /// added to `out` at the end. The blocks `BLOCKS_AHEAD` on are asked for while one is used.
 ///
@@ -406,26 +296,7 @@ unsafe fn lone<const H: usize>(
     }
 }
 
-/// The byte permute of [`convert_vbmi`] for dimensions `half..half + 32` of 64: byte `j`
-/// takes the even (below 64) or odd (64 on) position's byte of word `k` of the 64 the
-/// unpacks then make in order (`unpacklo` takes bytes 0-7 of each 16-byte lane, `unpackhi`
-/// bytes 8-15): word `k` is dimension `half + k / 2`, the odd position's where `k` is odd.
-fn interleave_index(half: usize) -> [u8; 64] {
-    let mut index = [0u8; 64];
-    for (j, x) in index.iter_mut().enumerate() {
-        let (lane, r) = (j / 16, j % 16);
-        let k = if r < 8 { 8 * lane + r } else { 32 + 8 * lane + r - 8 };
-        *x = ((k % 2) * 64 + half + k / 2) as u8;
-    }
-    index
-}
-
-/// The bf16 bits of an 8-bit integer (exact): the high half of its f32's.
-fn bf16_bits(x: i8) -> u16 {
-    (f32::from(x).to_bits() >> 16) as u16
-}
-
-/// [`Pairs::add_row`]'s sums for `H` heads, 64 dimensions at a time: one `vdpbf16ps` per
+/// [`ChunkPairs::add_row`]'s sums for `H` heads, 64 dimensions at a time: one `vdpbf16ps` per
 /// head, pair of positions and 16 dimensions, the weights broadcast from `words`.
 ///
 /// # Safety
@@ -470,40 +341,5 @@ unsafe fn add<const H: usize>(values: &[u32], (m, d, group): (usize, usize, usiz
                 unsafe { _mm512_storeu_ps(o.as_mut_ptr(), _mm512_add_ps(_mm512_loadu_ps(o.as_ptr()), acc[h][r])) };
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The byte-permute conversion gives the widening one's words: every 8-bit value, odd
-    /// counts (the last odd position zero), several widths.
-    #[test]
-    fn both_conversions_give_the_same_words() {
-        let cpu = ["avx512f", "avx512bw", "avx512vbmi"];
-        if !(std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vbmi"))
-        {
-            eprintln!("skipped: no {}", cpu.join(", "));
-            return;
-        }
-        for (n, d) in [(1usize, 64usize), (2, 64), (15, 128), (16, 64), (33, 192)] {
-            // Every value of -128..=127, in a scrambled order.
-            let q: Vec<i8> = (0..n * d)
-                .map(|i| (((i * 97 + i / 7) % 256) as i32 - 128) as i8)
-                .collect();
-            let words = n.div_ceil(2) * d;
-            let (mut want, mut got) = (vec![7u32; words], vec![9u32; words]);
-            // SAFETY: the features were detected above; `q` holds `n * d` bytes, the blocks
-            // `ceil(n / 2) * d` words, `d` a multiple of 64.
-            unsafe {
-                convert(&q, n, d, &mut want);
-                convert_vbmi(&q, n, d, &mut got);
-            }
-            assert_eq!(got, want, "n {n} d {d}");
-        }
-        assert!(bf16_bits(-128) == 0xc300 && bf16_bits(0) == 0 && bf16_bits(1) == 0x3f80);
     }
 }
