@@ -226,6 +226,51 @@ unsafe fn weights<const H: usize>(sc: &[f32], (m, len): (usize, usize), scales: 
     }
 }
 
+/// Each of `R` registers' group's words for the `H` heads, the registers 16 dimensions
+/// apart from dimension `c` (words `[d / group, H, ROOM]`). This and the next two are
+/// macros: a function's body would not share the kernels' target features.
+macro_rules! group_words {
+    ($words:expr, ($c:expr, $group:expr), $h:expr, $r:expr) => {{
+        let mut w = [$words.as_ptr(); $r];
+        for (r, w) in w.iter_mut().enumerate() {
+            // SAFETY: `(c + 16r) / group < d / group`: a group's words.
+            *w = unsafe { $words.as_ptr().add(($c + r * LANES) / $group * $h * ROOM) };
+        }
+        w
+    }};
+}
+
+/// One pair of positions (`u`: `R` registers of bf16 pairs, 16 dimensions each) added to
+/// every head's sums with its weights (word `pair` of each head's and register's words):
+/// one `vdpbf16ps` per head and register. Used inside `unsafe`, with `pair < ROOM`.
+macro_rules! add_pair {
+    ($acc:expr, $u:expr, ($w:expr, $pair:expr), $h:expr, $r:expr) => {{
+        for h in 0..$h {
+            for r in 0..$r {
+                let x = _mm512_set1_epi32(*$w[r].add(h * ROOM + $pair) as i32);
+                let (u, x) = (
+                    std::mem::transmute::<__m512i, __m512bh>($u[r]),
+                    std::mem::transmute::<__m512i, __m512bh>(x),
+                );
+                $acc[h][r] = _mm512_dpbf16_ps($acc[h][r], u, x);
+            }
+        }
+    }};
+}
+
+/// `out` (`[H, d]`) gains every head's `R` sums, 16 dimensions each from dimension `c`.
+macro_rules! add_sums {
+    ($out:expr, $acc:expr, ($d:expr, $c:expr), $h:expr, $r:expr) => {{
+        for h in 0..$h {
+            for r in 0..$r {
+                let o = &mut $out[h * $d + $c + r * LANES..][..LANES];
+                // SAFETY: `o` holds 16 f32.
+                unsafe { _mm512_storeu_ps(o.as_mut_ptr(), _mm512_add_ps(_mm512_loadu_ps(o.as_ptr()), $acc[h][r])) };
+            }
+        }
+    }};
+}
+
 /// A lone row's sums for `H` heads over a chunk's blocks, 64 dimensions at a time: each
 /// pair of positions converted in registers (`bf16_pairs!` ([`super::bf16`])), then [`add`]'s
 /// `vdpbf16ps` per head and 16 dimensions from zero over every pair of the chunk in order,
@@ -247,11 +292,7 @@ unsafe fn lone<const H: usize>(
     const BLOCKS_AHEAD: usize = 2;
     let k = bf16_constants!();
     for c in (0..d).step_by(R * LANES) {
-        let mut w = [words.as_ptr(); R];
-        for r in 0..R {
-            // SAFETY: `(c + 16r) / group < d / group`: a group's words.
-            w[r] = unsafe { words.as_ptr().add((c + r * LANES) / group * H * ROOM) };
-        }
+        let w = group_words!(words, (c, group), H, R);
         let mut acc = [[_mm512_setzero_ps(); R]; H];
         let mut pair = 0;
         for (j, &(v, n)) in blocks.iter().enumerate() {
@@ -272,27 +313,12 @@ unsafe fn lone<const H: usize>(
                         false => _mm512_setzero_si512(),
                     };
                     let u = bf16_pairs!(k, even, odd);
-                    for h in 0..H {
-                        for r in 0..R {
-                            let x = _mm512_set1_epi32(*w[r].add(h * ROOM + pair) as i32);
-                            let (u, x) = (
-                                std::mem::transmute::<__m512i, __m512bh>(u[r]),
-                                std::mem::transmute::<__m512i, __m512bh>(x),
-                            );
-                            acc[h][r] = _mm512_dpbf16_ps(acc[h][r], u, x);
-                        }
-                    }
+                    add_pair!(acc, u, (w, pair), H, R);
                 }
                 pair += 1;
             }
         }
-        for h in 0..H {
-            for r in 0..R {
-                let o = &mut out[h * d + c + r * LANES..][..LANES];
-                // SAFETY: `o` holds 16 f32.
-                unsafe { _mm512_storeu_ps(o.as_mut_ptr(), _mm512_add_ps(_mm512_loadu_ps(o.as_ptr()), acc[h][r])) };
-            }
-        }
+        add_sums!(out, acc, (d, c), H, R);
     }
 }
 
@@ -308,38 +334,18 @@ unsafe fn lone<const H: usize>(
 unsafe fn add<const H: usize>(values: &[u32], (m, d, group): (usize, usize, usize), words: &[u32], out: &mut [f32]) {
     const R: usize = 4;
     for c in (0..d).step_by(R * LANES) {
-        // Each register's group's weights.
-        let mut w = [words.as_ptr(); R];
-        for r in 0..R {
-            // SAFETY: `(c + 16r) / group < d / group`: a group's words.
-            w[r] = unsafe { words.as_ptr().add((c + r * LANES) / group * H * ROOM) };
-        }
+        let w = group_words!(words, (c, group), H, R);
         let mut acc = [[_mm512_setzero_ps(); R]; H];
         for p in 0..m.div_ceil(2) {
             // SAFETY: `p < ceil(m / 2) <= ROOM` and `c + 64 <= d`: within the pairs and words.
             unsafe {
-                let mut u = [_mm512_setzero_ps(); R];
+                let mut u = [_mm512_setzero_si512(); R];
                 for r in 0..R {
-                    u[r] = _mm512_loadu_ps(values.as_ptr().add(p * d + c + r * LANES).cast());
+                    u[r] = _mm512_loadu_si512(values.as_ptr().add(p * d + c + r * LANES).cast());
                 }
-                for h in 0..H {
-                    for r in 0..R {
-                        let x = _mm512_set1_epi32(*w[r].add(h * ROOM + p) as i32);
-                        let (u, x) = (
-                            std::mem::transmute::<__m512, __m512bh>(u[r]),
-                            std::mem::transmute::<__m512i, __m512bh>(x),
-                        );
-                        acc[h][r] = _mm512_dpbf16_ps(acc[h][r], u, x);
-                    }
-                }
+                add_pair!(acc, u, (w, p), H, R);
             }
         }
-        for h in 0..H {
-            for r in 0..R {
-                let o = &mut out[h * d + c + r * LANES..][..LANES];
-                // SAFETY: `o` holds 16 f32.
-                unsafe { _mm512_storeu_ps(o.as_mut_ptr(), _mm512_add_ps(_mm512_loadu_ps(o.as_ptr()), acc[h][r])) };
-            }
-        }
+        add_sums!(out, acc, (d, c), H, R);
     }
 }
