@@ -60,7 +60,7 @@ fn a_cached_prefix_gives_the_bits_of_a_cold_prefill() {
 
 #[test]
 fn one_token_steps_and_batched_steps_are_the_same_forward() {
-    for kv in [KvDType::F16, KvDType::Q8_0] {
+    for kv in [KvDType::F16, KvDType::Q8_0, KvDType::Q8Q4] {
         same_forward_alone_and_batched(kv);
     }
 }

@@ -535,7 +535,7 @@ fn draft_pool_bytes(c: &LlamaConfig, parallel: usize) -> usize {
 
 /// Bytes one position's keys and values take in every layer, stored as `dtype`.
 fn bytes_per_position(c: &LlamaConfig, dtype: KvDType) -> usize {
-    2 * c.num_hidden_layers * dtype.bytes(c.kv_dim(), c.head_dim)
+    c.num_hidden_layers * dtype.bytes((c.kv_dim(), c.kv_dim()), c.head_dim)
 }
 
 /// The backend for `model` and the number of sequences it runs together.
@@ -547,11 +547,15 @@ fn make_backend(model: &Model, options: &LoadOptions, kv_dtype: KvDType) -> Resu
         });
     }
     let c = model.config();
-    if kv_dtype == KvDType::Q8_0 && !c.head_dim.is_multiple_of(8) {
+    if kv_dtype.stored(c.head_dim) != kv_dtype {
+        let needs = match kv_dtype {
+            KvDType::Q8Q4 => "a power of two of at least 8",
+            _ => "a multiple of 8",
+        };
         return Err(Error::InvalidParameter {
             name: "kv-dtype",
             reason: format!(
-                "q8_0 needs a head width that is a multiple of 8 (this model's is {})",
+                "{kv_dtype} needs a head width that is {needs} (this model's is {})",
                 c.head_dim
             ),
         });

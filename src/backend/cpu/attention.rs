@@ -299,7 +299,7 @@ impl<'a> TileShape<'a> {
 /// What a tile keeps from chunk to chunk, by the pool's storage.
 enum PoolParts<'t> {
     /// A q8_0 pool's ([`quantized`]).
-    Q8(quantized::Parts),
+    Q8(Box<quantized::Parts>),
     /// An f16 or f32 pool's ([`blocks`]).
     Floats(blocks::Floats<'t>),
 }
@@ -316,7 +316,7 @@ fn tile_body(t: &Tile, kernels: Kernels) -> Vec<f32> {
     let mut softmax = Softmax::new(t.rows.len(), s.group, s.d);
     let mut scores = Scores::default();
     let mut pool = match quantized::Parts::new(t, &s) {
-        Some(q8) => PoolParts::Q8(q8),
+        Some(q8) => PoolParts::Q8(Box::new(q8)),
         None => PoolParts::Floats(blocks::Floats::new(t, &s)),
     };
     for chunk in Chunk::all(t.rows, &s) {
@@ -332,6 +332,9 @@ fn tile_body(t: &Tile, kernels: Kernels) -> Vec<f32> {
         }
     }
     softmax.finish(&mut out);
+    if let PoolParts::Q8(p) = &pool {
+        p.finish(&s, &mut out);
+    }
     out
 }
 

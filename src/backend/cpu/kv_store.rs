@@ -22,6 +22,10 @@ use super::attention_q8::{KeyTile, ValueBlock, QUAD};
 use super::{dequant, widen};
 use crate::kv::{BlockCopy, BlockId, BlockPool, BlockTable, KvDType, KvLayout};
 
+mod q4;
+use q4::Q4Store;
+pub(crate) use q4::{rotate, Q4Block};
+
 /// Keys or values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Part {
@@ -38,6 +42,7 @@ pub(crate) enum Store {
     F16(Vec<u16>),
     F32(Vec<f32>),
     Q8(Q8Store),
+    Q4(Q4Store),
 }
 
 impl Store {
@@ -48,14 +53,17 @@ impl Store {
             Self::F16(d) => 2 * d.len(),
             Self::F32(d) => 4 * d.len(),
             Self::Q8(q) => q.q.len() + 2 * q.scales.len(),
+            Self::Q4(q) => q.bytes(),
         }
     }
 
+    /// Zeroed storage for `len` keys or values (as `shape` says) of a `dtype` pool.
     fn new(dtype: KvDType, len: usize, shape: Q8Shape) -> Self {
         match dtype {
             KvDType::F16 => Self::F16(vec![0u16; len]),
             KvDType::F32 => Self::F32(vec![0f32; len]),
-            KvDType::Q8_0 => Self::Q8(Q8Store {
+            KvDType::Q8Q4 if shape.transposed.is_none() => Self::Q4(Q4Store::new(len, shape.group, shape.head_dim)),
+            KvDType::Q8_0 | KvDType::Q8Q4 => Self::Q8(Q8Store {
                 q: vec![0i8; len],
                 scales: vec![0u16; len / shape.group],
                 shape,
@@ -63,12 +71,18 @@ impl Store {
         }
     }
 
-    /// Stores one group of values (a run sharing a q8_0 scale) at the positions `ats`.
+    /// Stores one group of values (sharing a scale) at the positions `ats`.
     fn set_group(&mut self, ats: impl Iterator<Item = usize> + Clone, values: &[f32]) {
         match self {
             Self::F16(d) => ats.zip(values).for_each(|(at, v)| d[at] = f16::from_f32(*v).to_bits()),
             Self::F32(d) => ats.zip(values).for_each(|(at, v)| d[at] = *v),
             Self::Q8(q) => q.set_group(ats, values),
+            // 4-bit values lie in runs (keys are never 4-bit).
+            Self::Q4(q) => {
+                if let Some(at) = ats.clone().next() {
+                    q.set_group(at, values)
+                }
+            }
         }
     }
 
@@ -84,6 +98,12 @@ impl Store {
                     q.set_group(at + i * g..at + i * g + chunk.len(), chunk);
                 }
             }
+            Self::Q4(q) => {
+                let g = q.group();
+                for (i, chunk) in src.chunks(g).enumerate() {
+                    q.set_group(at + i * g, chunk);
+                }
+            }
         }
     }
 
@@ -92,6 +112,7 @@ impl Store {
             Self::F16(d) => d.copy_within(from..from + len, to),
             Self::F32(d) => d.copy_within(from..from + len, to),
             Self::Q8(q) => q.copy_within(from, len, to),
+            Self::Q4(q) => q.copy_within(from, len, to),
         }
     }
 
@@ -101,6 +122,7 @@ impl Store {
             Self::F16(d) => widen::prefetch(&d[at..at + len]),
             Self::F32(d) => widen::prefetch(&d[at..at + len]),
             Self::Q8(q) => widen::prefetch(&q.q[at..at + len]),
+            Self::Q4(q) => widen::prefetch(q.span(at, len)),
         }
     }
 
@@ -116,32 +138,31 @@ impl Store {
                 q.read(at, &mut scratch[..len]);
                 &scratch[..len]
             }
+            Self::Q4(q) => {
+                q.read(at, &mut scratch[..len]);
+                &scratch[..len]
+            }
         }
     }
 }
 
-/// How a q8_0 buffer groups its values under scales.
+/// How a quantized (q8_0 or q4_0) buffer groups its values under scales.
 #[derive(Debug, Clone, Copy)]
-struct Q8Shape {
+pub(crate) struct Q8Shape {
     /// Values per scale.
     group: usize,
+    /// Width of a head.
+    head_dim: usize,
     /// Keys: `(head_dim, padded)` of the transposed tiles, whose groups run down a column
     /// (one position's values of consecutive dimensions); values: `None`, groups are runs.
     transposed: Option<(usize, usize)>,
 }
 
-/// q8_0 storage: `q[i] * scale(i)`, one f16 scale per group (its largest magnitude / 127).
-pub(crate) struct Q8Store {
-    q: Vec<i8>,
-    scales: Vec<u16>,
-    shape: Q8Shape,
-}
-
-impl Q8Store {
-    /// Where value `at` (an index of the transposed tile for keys) lies in `q`. Keys: tile
-    /// `t`, dimension `i`, position `p` -> `[t][i / 4][p][i % 4]`.
+impl Q8Shape {
+    /// Where value `at` (an index of the transposed tile for keys) lies among the stored
+    /// values. Keys: tile `t`, dimension `i`, position `p` -> `[t][i / 4][p][i % 4]`.
     fn place(&self, at: usize) -> usize {
-        match self.shape.transposed {
+        match self.transposed {
             None => at,
             Some((head_dim, padded)) => {
                 let tile = head_dim * padded;
@@ -155,8 +176,8 @@ impl Q8Store {
     /// The scale of value `at`. Keys: tile `t`, dimension `i`, position `p` ->
     /// `[t][i / group][p]` (so that a row of a tile's scales lines up with its positions).
     fn scale_index(&self, at: usize) -> usize {
-        let g = self.shape.group;
-        match self.shape.transposed {
+        let g = self.group;
+        match self.transposed {
             None => at / g,
             Some((head_dim, padded)) => {
                 let tile = head_dim * padded;
@@ -164,6 +185,23 @@ impl Q8Store {
                 t * (tile / g) + (r / padded / g) * padded + r % padded
             }
         }
+    }
+}
+
+/// q8_0 storage: `q[i] * scale(i)`, one f16 scale per group (its largest magnitude / 127).
+pub(crate) struct Q8Store {
+    q: Vec<i8>,
+    scales: Vec<u16>,
+    shape: Q8Shape,
+}
+
+impl Q8Store {
+    fn place(&self, at: usize) -> usize {
+        self.shape.place(at)
+    }
+
+    fn scale_index(&self, at: usize) -> usize {
+        self.shape.scale_index(at)
     }
 
     fn set_group(&mut self, ats: impl Iterator<Item = usize> + Clone, values: &[f32]) {
@@ -237,6 +275,8 @@ pub(crate) struct KvStore {
     values: Vec<Store>,
     /// Blocks held.
     blocks: usize,
+    /// A q4_0 pool's rotated keys and values of the position being written.
+    rotated: Vec<f32>,
 }
 
 impl KvStore {
@@ -244,16 +284,16 @@ impl KvStore {
     /// that [`KvLayout::q8_group`] can group; f16 is kept otherwise).
     pub fn new(layout: KvLayout, blocks: usize, dtype: KvDType) -> Self {
         let blocks = blocks.max(1);
-        let (dtype, group) = match (dtype, layout.q8_group()) {
-            (KvDType::Q8_0, None) => (KvDType::F16, layout.head_dim),
-            (_, group) => (dtype, group.unwrap_or(layout.head_dim)),
-        };
+        let dtype = dtype.stored(layout.head_dim);
+        let group = layout.q8_group().unwrap_or(layout.head_dim);
         let keys = Q8Shape {
             group,
+            head_dim: layout.head_dim,
             transposed: Some((layout.head_dim, layout.padded())),
         };
         let values = Q8Shape {
             group,
+            head_dim: layout.head_dim,
             transposed: None,
         };
         Self {
@@ -266,6 +306,7 @@ impl KvStore {
                 .map(|_| Store::new(dtype, blocks * layout.block_len(), values))
                 .collect(),
             blocks,
+            rotated: Vec::new(),
         }
     }
 
@@ -321,6 +362,30 @@ impl KvStore {
 
     /// Writes the key and value `[kv_heads * head_dim]` of `slot` of `block` in `layer`.
     pub fn write(&mut self, layer: usize, (block, slot): (BlockId, usize), k: &[f32], v: &[f32]) {
+        let rotates = |s: &Store| matches!(s, Store::Q4(_));
+        let (rk, rv) = (rotates(&self.keys[layer]), rotates(&self.values[layer]));
+        if rk || rv {
+            let mut rotated = std::mem::take(&mut self.rotated);
+            rotated.clear();
+            rotated.extend_from_slice(k);
+            rotated.extend_from_slice(v);
+            let (kr, vr) = rotated.split_at_mut(k.len());
+            let d = self.layout.head_dim;
+            for (part, rotate) in [(kr, rk), (vr, rv)] {
+                if rotate {
+                    part.chunks_exact_mut(d).for_each(q4::rotate);
+                }
+            }
+            let (k, v) = rotated.split_at(k.len());
+            self.write_stored(layer, (block, slot), k, v);
+            self.rotated = rotated;
+        } else {
+            self.write_stored(layer, (block, slot), k, v);
+        }
+    }
+
+    /// [`Self::write`] of keys and values as the pool stores them (rotated for q4_0).
+    fn write_stored(&mut self, layer: usize, (block, slot): (BlockId, usize), k: &[f32], v: &[f32]) {
         let (l, vlen, klen) = (self.layout, self.value_len(), self.key_len());
         let group = l.q8_group().unwrap_or(l.head_dim);
         for h in 0..l.kv_heads {
@@ -353,7 +418,7 @@ impl KvStore {
     ) -> Option<&[u16]> {
         match self.head_span((layer, part), block, head, n) {
             (Store::F16(d), at, len) => Some(&d[at..at + len]),
-            (Store::F32(_) | Store::Q8(_), ..) => None,
+            (Store::F32(_) | Store::Q8(_) | Store::Q4(_), ..) => None,
         }
     }
 
@@ -371,7 +436,7 @@ impl KvStore {
                     group: q.shape.group,
                 })
             }
-            (Store::F16(_) | Store::F32(_), ..) => None,
+            (Store::F16(_) | Store::F32(_) | Store::Q4(_), ..) => None,
         }
     }
 
@@ -387,7 +452,16 @@ impl KvStore {
                     group: g,
                 })
             }
-            (Store::F16(_) | Store::F32(_), ..) => None,
+            (Store::F16(_) | Store::F32(_) | Store::Q4(_), ..) => None,
+        }
+    }
+
+    /// The values of the first `n` positions of one block of KV head `head` in `layer` as a
+    /// pool of 4-bit values holds them (rotated, see [`rotate`]); `None` for other storage.
+    pub fn q4_value_block(&self, layer: usize, block: BlockId, head: usize, n: usize) -> Option<Q4Block<'_>> {
+        match self.head_span((layer, Part::Values), block, head, n) {
+            (Store::Q4(q), at, len) => Some(q.block(at, len)),
+            (Store::F16(_) | Store::F32(_) | Store::Q8(_), ..) => None,
         }
     }
 

@@ -105,8 +105,9 @@ pub struct ModelArgs {
     #[arg(long)]
     pub kv_memory: Option<usize>,
     /// How the KV cache stores keys and values on CPU: f16 (half the memory), f32 (exact;
-    /// the default with --dtype f32, f16 otherwise) or q8_0 (8-bit with a scale per 32
-    /// values, as llama.cpp's -ctk/-ctv q8_0: about half of f16 again).
+    /// the default with --dtype f32, f16 otherwise), q8_0 (8-bit with a scale per 32
+    /// values, as llama.cpp's -ctk/-ctv q8_0: about half of f16 again) or q8_0-q4_0 (keys as
+    /// q8_0, values 4-bit with a scale per 32 after a Hadamard rotation: 41% of f16).
     #[arg(long)]
     pub kv_dtype: Option<String>,
     /// A smaller model with the same tokenizer, for --spec draft (a checkpoint like --model).
@@ -264,7 +265,7 @@ pub struct BenchArgs {
     /// Weight formats to measure, comma-separated (f32, f16, bf16, q8_0, q4k).
     #[arg(long, default_value = "q8_0,q4k,f32")]
     pub dtypes: String,
-    /// How the KV cache stores keys and values: f16, f32 or q8_0 (default: f32 for the f32
+    /// How the KV cache stores keys and values: f16, f32, q8_0 or q8_0-q4_0 (default: f32 for the f32
     /// format, f16 otherwise).
     #[arg(long)]
     pub kv_dtype: Option<String>,

@@ -1,12 +1,14 @@
-//! A tile's attention over a q8_0 pool: keys scored with integer dot products
-//! ([`attention_q8`]), a block's keys for all the tile's rows in one call (a lone row's, a
-//! chunk's in one call); values converted once into bf16 pairs for the tile's rows, or for a
-//! lone row pair by pair in registers a chunk per call, or read from their 8-bit form where
-//! the CPU lacks those kernels.
+//! A tile's attention over a q8_0 pool (or q8_0 keys and 4-bit values): keys scored with
+//! integer dot products ([`attention_q8`]), a block's keys for all the tile's rows in one
+//! call (a lone row's, a chunk's in one call); values converted once into bf16 pairs for the
+//! tile's rows, or for a lone row pair by pair in registers a chunk per call, or read from
+//! their 8-bit form where the CPU lacks those kernels. 4-bit values are unpacked into 8-bit
+//! integers a chunk at a time and go the same way; being rotated ([`rotate`]), the tile's
+//! outputs are rotated back at its end.
 
 use super::super::attention_q8::pairs::{self, Pairs};
 use super::super::attention_q8::{self, Axpys, KeyTile, QuantQuery, RowDots, ScoreOut, ValueBlock};
-use super::super::kv_store::Part;
+use super::super::kv_store::{rotate, Part};
 use super::{prefetch_ahead, visible, Chunk, Scores, Tile, TileShape, LANES};
 use crate::kv::KvDType;
 
@@ -24,15 +26,76 @@ pub(super) struct Parts {
     /// Whether a lone row's values go through [`Pairs::add_lone`] ([`pairs::converts_fast`]).
     lone_pairs: bool,
     q8_group: usize,
+    /// 4-bit values unpacked, a chunk at a time.
+    unpacked: Unpacked,
+}
+
+/// A chunk's 4-bit values as 8-bit integers and their scales.
+#[derive(Default)]
+struct Unpacked {
+    /// Whether the pool's values are 4-bit (and rotated).
+    four_bit: bool,
+    q: Vec<i8>,
+    scales: Vec<u16>,
+}
+
+/// The chunk's value blocks as 8-bit integers, with the positions each holds for the
+/// tile's longest row: read in place from a q8_0 pool, unpacked into `buf` from 4-bit
+/// values; `None` where the pool holds neither.
+#[inline(always)]
+fn chunk_values<'a>(
+    buf: &'a mut Unpacked,
+    t: &'a Tile,
+    s: &TileShape,
+    (chunk, group): (&Chunk, usize),
+) -> Option<Vec<(ValueBlock<'a>, usize)>> {
+    let range = chunk.first..chunk.end;
+    if !buf.four_bit {
+        return range
+            .map(|j| {
+                let n = s.count(j);
+                t.pool.q8_value_block(t.layer, s.blocks[j], t.kv, n).map(|v| (v, n))
+            })
+            .collect();
+    }
+    let positions: usize = range.clone().map(|j| s.count(j)).sum();
+    buf.q.resize(positions * s.d, 0);
+    buf.scales.resize(positions * s.d / group, 0);
+    let mut at = 0;
+    for j in range.clone() {
+        let n = s.count(j);
+        let b = t.pool.q4_value_block(t.layer, s.blocks[j], t.kv, n)?;
+        b.unpack(&mut buf.q[at * s.d..(at + n) * s.d]);
+        buf.scales[at * s.d / group..(at + n) * s.d / group].copy_from_slice(b.scales);
+        at += n;
+    }
+    let (mut q, mut scales) = (&buf.q[..], &buf.scales[..]);
+    let blocks = range.map(|j| {
+        let n = s.count(j);
+        let (bq, rest) = q.split_at(n * s.d);
+        let (bs, rest_scales) = scales.split_at(n * s.d / group);
+        (q, scales) = (rest, rest_scales);
+        (
+            ValueBlock {
+                q: bq,
+                scales: bs,
+                group,
+            },
+            n,
+        )
+    });
+    Some(blocks.collect())
 }
 
 impl Parts {
     /// `Some` for a q8_0 pool, `None` for the others ([`super::blocks`]).
     #[inline(always)]
     pub fn new(t: &Tile, s: &TileShape) -> Option<Self> {
-        if t.pool.dtype() != KvDType::Q8_0 {
-            return None;
-        }
+        let four_bit = match t.pool.dtype() {
+            KvDType::Q8_0 => false,
+            KvDType::Q8Q4 => true,
+            KvDType::F16 | KvDType::F32 => return None,
+        };
         let q8_group = t.pool.layout().q8_group().unwrap_or(s.d);
         Some(Self {
             dots: attention_q8::rows_kernel(),
@@ -46,7 +109,19 @@ impl Parts {
             pairs: Pairs::default(),
             lone_pairs: pairs::converts_fast(),
             q8_group,
+            unpacked: Unpacked {
+                four_bit,
+                ..Unpacked::default()
+            },
         })
+    }
+
+    /// The tile's finished outputs `[rows, group * d]` back from the rotated coordinates
+    /// of 4-bit values (each head's output is a sum of its rotated values).
+    pub fn finish(&self, s: &TileShape, out: &mut [f32]) {
+        if self.unpacked.four_bit {
+            out.chunks_exact_mut(s.d).for_each(rotate);
+        }
     }
 
     /// A lone row's scores against the chunk's keys in one call
@@ -68,13 +143,9 @@ impl Parts {
     /// ([`Pairs::add_lone`]); `false` where it cannot be (then nothing was added).
     #[inline(always)]
     fn add_lone(&mut self, t: &Tile, s: &TileShape, (chunk, scores): (&Chunk, &Scores), out: &mut [f32]) -> bool {
-        let blocks: Option<Vec<(ValueBlock, usize)>> = (chunk.first..chunk.end)
-            .map(|j| {
-                let n = s.count(j);
-                t.pool.q8_value_block(t.layer, s.blocks[j], t.kv, n).map(|v| (v, n))
-            })
-            .collect();
-        let Some(blocks) = blocks else { return false };
+        let Some(blocks) = chunk_values(&mut self.unpacked, t, s, (chunk, self.q8_group)) else {
+            return false;
+        };
         let row = (scores.row(0), scores.len, 0);
         self.pairs
             .add_lone(&blocks, (s.d, self.q8_group), row, s.group, &mut out[..s.width])
@@ -124,13 +195,14 @@ impl Parts {
         if t.rows.len() == 1 && self.lone_pairs && s.group <= 4 && self.add_lone(t, s, (chunk, scores), out) {
             return;
         }
+        let Some(blocks) = chunk_values(&mut self.unpacked, t, s, (chunk, self.q8_group)) else {
+            return;
+        };
         if t.rows.len() > 1 && s.group <= 4 {
             if let Some(mut pairs) = self.pairs.start(positions, shape, s.bs) {
-                for (j, &block) in s.blocks.iter().enumerate().take(chunk.end).skip(chunk.first) {
+                for (j, &(vb, n)) in (chunk.first..).zip(&blocks) {
                     prefetch_ahead(t, s, (t.layer, Part::Values), j);
-                    if let Some(vb) = t.pool.q8_value_block(t.layer, block, t.kv, s.count(j)) {
-                        pairs.push(vb, s.count(j));
-                    }
+                    pairs.push(vb, n);
                 }
                 for (ri, &m) in chunk.seen.iter().enumerate().filter(|(_, &m)| m > 0) {
                     pairs.add_row(
@@ -145,11 +217,8 @@ impl Parts {
         }
         let sums = &mut self.sums[..t.rows.len() * s.width];
         sums.fill(0.0);
-        for (j, &block) in s.blocks.iter().enumerate().take(chunk.end).skip(chunk.first) {
+        for (j, &(vb, _)) in (chunk.first..).zip(&blocks) {
             prefetch_ahead(t, s, (t.layer, Part::Values), j);
-            let Some(vb) = t.pool.q8_value_block(t.layer, block, t.kv, s.count(j)) else {
-                continue;
-            };
             for (ri, row) in t.rows.iter().enumerate() {
                 let Some(m) = visible(row, j, s.bs) else { continue };
                 let part = ValueBlock {

@@ -96,6 +96,7 @@ fn paged_attention_matches_the_straightforward_one() {
                 (c, (KvDType::F32, 1e-5f32)),
                 (c, (KvDType::F16, 1e-2)),
                 (c, (KvDType::Q8_0, 6e-2)),
+                (c, (KvDType::Q8Q4, 0.45)),
             ]
         })
         .flat_map(|c| [(c, 8), (c, 64)])
@@ -137,7 +138,7 @@ fn paged_attention_matches_the_straightforward_one() {
         let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         assert!(
             err < tol,
-            "{dtype:?} heads {heads} kv {kv_heads} len {len} n {n}: {err}"
+            "{dtype:?} heads {heads} kv {kv_heads} len {len} n {n} d {d}: {err}"
         );
     }
 }
@@ -199,7 +200,7 @@ fn for_each_tile(dtype: KvDType, cases: &[(usize, usize, usize, usize, usize)], 
 /// independent of how a prompt is chunked.
 #[test]
 fn rows_are_the_same_alone_and_in_a_tile() {
-    for dtype in [KvDType::F32, KvDType::F16, KvDType::Q8_0] {
+    for dtype in [KvDType::F32, KvDType::F16, KvDType::Q8_0, KvDType::Q8Q4] {
         for (heads, kv_heads, len, n, d) in [
             (8, 2, 37, 8, 64),
             (6, 2, 40, 5, 64),
@@ -249,7 +250,7 @@ fn avx2_tiles_equal_the_generic_loops() {
         (6, 2, 1100, 1, 64),
         (5, 1, 1100, 7, 32),
     ];
-    for dtype in [KvDType::F32, KvDType::F16, KvDType::Q8_0] {
+    for dtype in [KvDType::F32, KvDType::F16, KvDType::Q8_0, KvDType::Q8Q4] {
         for_each_tile(dtype, &cases, |t, case| {
             let slow = tile_body(t, Kernels::default());
             // SAFETY: AVX2 and FMA checked above.
@@ -445,6 +446,8 @@ fn attention_timing() {
         (KvDType::F16, 24, 4096),
         (KvDType::Q8_0, 32, 16384),
         (KvDType::F16, 32, 16384),
+        (KvDType::Q8Q4, 32, 4096),
+        (KvDType::Q8Q4, 32, 16384),
     ] {
         let n = 512;
         let layout = KvLayout {
@@ -486,7 +489,13 @@ fn attention_timing() {
 #[test]
 #[ignore]
 fn decode_timing() {
-    for (dtype, len) in [(KvDType::Q8_0, 16384), (KvDType::Q8_0, 32768), (KvDType::F16, 32768)] {
+    for (dtype, len) in [
+        (KvDType::Q8_0, 16384),
+        (KvDType::Q8Q4, 16384),
+        (KvDType::Q8_0, 32768),
+        (KvDType::Q8Q4, 32768),
+        (KvDType::F16, 32768),
+    ] {
         let (heads, layers) = (32, 16);
         let layout = KvLayout {
             layers,
@@ -526,4 +535,65 @@ fn decode_timing() {
 /// pool, taken at 3 GHz.
 fn cycles_per_pair(seconds: f64, pairs: f64) -> f64 {
     seconds * 3e9 * rayon::current_num_threads() as f64 / pairs
+}
+
+/// Keys and values `[kv_heads, len, d]` as `pool` gives them back (dequantized, 4-bit
+/// values rotated back), read block by block.
+fn read_back(pool: &KvPool, table: &BlockTable, len: usize) -> (Tensor, Tensor) {
+    let l = pool.store().layout();
+    let (mut k, mut v) = (Vec::new(), Vec::new());
+    let mut scratch = vec![0f32; l.head_dim * l.padded().max(l.block_size)];
+    for h in 0..l.kv_heads {
+        for pos in 0..len {
+            let (block, slot) = pool.blocks().locate(table, pos);
+            let keys = pool
+                .store()
+                .head_block((0, Part::Keys), block, h, slot + 1, &mut scratch);
+            k.extend((0..l.head_dim).map(|i| keys[i * l.padded() + slot]));
+            let values = pool
+                .store()
+                .head_block((0, Part::Values), block, h, slot + 1, &mut scratch);
+            v.extend_from_slice(&values[slot * l.head_dim..(slot + 1) * l.head_dim]);
+        }
+    }
+    let shape = (l.kv_heads, len, l.head_dim);
+    (
+        Tensor::from_vec(k, shape, &Device::Cpu).unwrap(),
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap(),
+    )
+}
+
+/// Over 8-bit keys and 4-bit values, the integer kernels (values unpacked a chunk at a time,
+/// the outputs rotated back) give the straightforward attention over the keys and values
+/// the pool gives back, within what the query's 8 bits and the bf16 weights move: tiles,
+/// lone rows, past one chunk, every head width the rotation takes.
+#[test]
+fn four_bit_values_read_in_place_equal_the_values_given_back() {
+    for (heads, kv_heads, len, n, d) in [
+        (8, 2, 37, 8, 64),
+        (8, 2, 37, 1, 64),
+        (4, 2, 21, 3, 32),
+        (6, 2, 50, 1, 128),
+        (3, 3, 40, 5, 16),
+        (8, 2, 2100, 60, 64),
+        (8, 2, 2100, 1, 64),
+        (6, 2, 1100, 1, 64),
+    ] {
+        let (pool, table, q) = filled((heads, kv_heads, d), (len, n), KvDType::Q8Q4);
+        assert_eq!(pool.store().dtype(), KvDType::Q8Q4);
+        let rows = causal_rows(&table, len, n);
+        let got = attend_rows(pool.store(), 0, &q, &rows, heads, Vec::new());
+        let (k, v) = read_back(&pool, &table, len);
+        let qh = Tensor::from_vec(q, (n, heads, d), &Device::Cpu)
+            .unwrap()
+            .transpose(0, 1)
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let mask = causal_mask(n, len - n, DType::F32, &Device::Cpu).unwrap();
+        let want = grouped_attention_slow(&qh, &k, &v, (n > 1).then_some(&mask)).unwrap();
+        let want: Vec<f32> = want.transpose(0, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err < 2e-2, "heads {heads} kv {kv_heads} len {len} n {n} d {d}: {err}");
+    }
 }
