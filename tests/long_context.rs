@@ -80,13 +80,14 @@ fn resident_bytes(pid: u32) -> Option<usize> {
 }
 
 /// With q8_0 KV the 1B's 128k positions take 2176 MiB (16 layers x 2 x 512 values x 34/32
-/// bytes each); with f16 4096 MiB. Either pool is committed as positions are written, so
-/// the server starts small, and a request runs.
+/// bytes each); with 4-bit values 1664 MiB (16 layers x 512 x (34 + 18) / 32 bytes); with
+/// f16 4096 MiB. Every pool is committed as positions are written, so the server starts
+/// small, and a request runs.
 #[test]
 fn a_128k_context_server_starts_with_the_kv_memory_it_needs() {
     let dir = tempfile::tempdir().unwrap();
     kv_shape_of_1b(dir.path());
-    for (kv_dtype, mib) in [("q8_0", 2176), ("f16", 4096)] {
+    for (kv_dtype, mib) in [("q8_0", 2176), ("q8_0-q4_0", 1664), ("f16", 4096)] {
         let mib_arg = mib.to_string();
         let ctx_arg = CONTEXT.to_string();
         let args = [

@@ -52,8 +52,8 @@ impl KvDType {
     }
 
     /// What a pool of heads `head_dim` wide keeps for `self`: f16 for a quantized pool whose
-    /// heads have no group of at least 8 ([`q8_group`]), and for 4-bit values whose heads
-    /// are not a power of two wide (the rotation's length).
+    /// heads are not a multiple of 8 wide (no group of 8 or more), and for 4-bit values whose
+    /// heads are not a power of two wide (the rotation's length).
     pub fn stored(self, head_dim: usize) -> Self {
         match self {
             Self::Q8_0 | Self::Q8Q4 if q8_group(head_dim).is_none() => Self::F16,

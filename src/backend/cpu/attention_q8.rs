@@ -474,6 +474,31 @@ pub mod pairs {
         ) -> bool {
             false
         }
+
+        /// `false`, nothing added: there is no kernel.
+        pub fn add_lone_nibbles(
+            &mut self,
+            _: &[(NibbleBlock, usize)],
+            _: usize,
+            _: (&[f32], usize, usize),
+            _: usize,
+            _: &mut [f32],
+        ) -> bool {
+            false
+        }
+    }
+
+    /// Values per scale of [`NibbleBlock`]s.
+    pub const NIBBLE_GROUP: usize = 32;
+
+    /// One block's 4-bit values of one KV head (llama.cpp's q4_0 layout).
+    #[derive(Debug, Clone, Copy)]
+    #[allow(dead_code)] // callers build it; no kernel reads it off x86
+    pub struct NibbleBlock<'a> {
+        /// `n * d / 2` bytes.
+        pub q: &'a [u8],
+        /// `[n, d / 32]` scales as f16 bits.
+        pub scales: &'a [u16],
     }
 
     /// A chunk being converted: none exists off x86.

@@ -6,7 +6,7 @@
 //! integers a chunk at a time and go the same way; being rotated ([`rotate`]), the tile's
 //! outputs are rotated back at its end.
 
-use super::super::attention_q8::pairs::{self, Pairs};
+use super::super::attention_q8::pairs::{self, NibbleBlock, Pairs};
 use super::super::attention_q8::{self, Axpys, KeyTile, QuantQuery, RowDots, ScoreOut, ValueBlock};
 use super::super::kv_store::{rotate, Part};
 use super::{prefetch_ahead, visible, Chunk, Scores, Tile, TileShape, LANES};
@@ -143,10 +143,32 @@ impl Parts {
     /// ([`Pairs::add_lone`]); `false` where it cannot be (then nothing was added).
     #[inline(always)]
     fn add_lone(&mut self, t: &Tile, s: &TileShape, (chunk, scores): (&Chunk, &Scores), out: &mut [f32]) -> bool {
+        let row = (scores.row(0), scores.len, 0);
+        if self.unpacked.four_bit {
+            if self.q8_group != pairs::NIBBLE_GROUP {
+                return false;
+            }
+            let blocks: Option<Vec<(NibbleBlock, usize)>> = (chunk.first..chunk.end)
+                .map(|j| {
+                    let n = s.count(j);
+                    let b = t.pool.q4_value_block(t.layer, s.blocks[j], t.kv, n)?;
+                    Some((
+                        NibbleBlock {
+                            q: b.q,
+                            scales: b.scales,
+                        },
+                        n,
+                    ))
+                })
+                .collect();
+            let Some(blocks) = blocks else { return false };
+            return self
+                .pairs
+                .add_lone_nibbles(&blocks, s.d, row, s.group, &mut out[..s.width]);
+        }
         let Some(blocks) = chunk_values(&mut self.unpacked, t, s, (chunk, self.q8_group)) else {
             return false;
         };
-        let row = (scores.row(0), scores.len, 0);
         self.pairs
             .add_lone(&blocks, (s.d, self.q8_group), row, s.group, &mut out[..s.width])
     }

@@ -21,6 +21,21 @@ use super::ValueBlock;
 /// Dimensions of one register.
 const LANES: usize = 16;
 
+/// Values per scale of [`NibbleBlock`]s.
+pub const NIBBLE_GROUP: usize = 32;
+
+/// One block's 4-bit values of one KV head, `[n, d]` in llama.cpp's q4_0 layout: for each
+/// group of 32 of a position's dimensions 16 bytes, dimension `k`'s value + 8 in the low
+/// nibble of byte `k` for `k < 16`, in the high nibble of byte `k - 16` above; one f16
+/// scale per position and group.
+#[derive(Debug, Clone, Copy)]
+pub struct NibbleBlock<'a> {
+    /// `n * d / 2` bytes.
+    pub q: &'a [u8],
+    /// `[n, d / 32]` scales as f16 bits.
+    pub scales: &'a [u16],
+}
+
 /// Pairs of positions a chunk holds at most.
 const ROOM: usize = 512;
 
@@ -87,11 +102,62 @@ impl Pairs {
         &mut self,
         blocks: &[(ValueBlock, usize)],
         (d, group): (usize, usize),
-        (sc, len, at): (&[f32], usize, usize),
+        row: (&[f32], usize, usize),
         heads: usize,
         out: &mut [f32],
     ) -> bool {
-        let m: usize = blocks.iter().map(|&(_, n)| n).sum();
+        let last = blocks.len().saturating_sub(1);
+        let fits = blocks
+            .iter()
+            .enumerate()
+            .all(|(j, &(v, n))| v.group == group && v.q.len() == n * d && (n.is_multiple_of(2) || j == last));
+        let scales = blocks.iter().map(|&(v, n)| (v.scales, n));
+        if !fits || !self.lone_weights(scales, (d, group), row, heads, out.len()) {
+            return false;
+        }
+        // SAFETY: AVX-512F/BW/BF16/VBMI were detected (`converts_fast`), the words written
+        // (`lone_weights`); every block `[n, d]` with `n` even but the last's (checked), `d`
+        // a multiple of 64, groups of a multiple of 16, 1 to 4 heads.
+        unsafe { by_count!(heads, lone::<[4, 3, 2]>(blocks, (d, group), &self.words, out)) };
+        true
+    }
+
+    /// [`Self::add_lone`] over 4-bit values ([`NibbleBlock`]s, groups of 32), each pair of
+    /// positions unpacked in registers: the bits of unpacking them into 8-bit blocks first.
+    pub fn add_lone_nibbles(
+        &mut self,
+        blocks: &[(NibbleBlock, usize)],
+        d: usize,
+        row: (&[f32], usize, usize),
+        heads: usize,
+        out: &mut [f32],
+    ) -> bool {
+        let last = blocks.len().saturating_sub(1);
+        let fits = blocks
+            .iter()
+            .enumerate()
+            .all(|(j, &(v, n))| 2 * v.q.len() == n * d && (n.is_multiple_of(2) || j == last));
+        let scales = blocks.iter().map(|&(v, n)| (v.scales, n));
+        if !fits || !self.lone_weights(scales, (d, NIBBLE_GROUP), row, heads, out.len()) {
+            return false;
+        }
+        // SAFETY: as in `add_lone`, every block `n * d / 2` bytes (checked).
+        unsafe { by_count!(heads, lone_nibbles::<[4, 3, 2]>(blocks, d, &self.words, out)) };
+        true
+    }
+
+    /// A lone row's weights for a chunk whose blocks have the scales `scales` (as stored,
+    /// with their positions): checks the shapes the lone kernels take, then writes the
+    /// weights as bf16 pairs into `words`. `false` (nothing written) where they do not fit.
+    fn lone_weights<'v>(
+        &mut self,
+        scales: impl Iterator<Item = (&'v [u16], usize)> + Clone,
+        (d, group): (usize, usize),
+        (sc, len, at): (&[f32], usize, usize),
+        heads: usize,
+        out_len: usize,
+    ) -> bool {
+        let m: usize = scales.clone().map(|(_, n)| n).sum();
         let groups = d.checked_div(group).unwrap_or(0);
         let fits = converts_fast()
             && m <= 2 * ROOM
@@ -100,23 +166,18 @@ impl Pairs {
             && groups > 0
             && d.is_multiple_of(group)
             && (1..=4).contains(&heads)
-            && out.len() == heads * d
+            && out_len == heads * d
             && sc.len() >= (heads - 1) * len + at + m
-            && blocks.iter().enumerate().all(|(j, &(v, n))| {
-                v.group == group
-                    && v.q.len() == n * d
-                    && v.scales.len() >= n * groups
-                    && (n.is_multiple_of(2) || j + 1 == blocks.len())
-            });
+            && scales.clone().all(|(s, n)| s.len() >= n * groups);
         if !fits {
             return false;
         }
         self.scales.resize(groups * 2 * ROOM, 0.0);
         let mut at_pos = 0;
-        for &(v, n) in blocks {
+        for (stored, n) in scales {
             self.flat.resize(n * groups, 0.0);
             super::block_scales(
-                v.scales,
+                stored,
                 (n, groups),
                 &mut self.flat,
                 (&mut self.scales, 2 * ROOM, at_pos),
@@ -128,9 +189,6 @@ impl Pairs {
         // above, the scales `[groups, 2 * ROOM]` and the words `[groups, heads, ROOM]` with `m
         // <= 2 * ROOM`.
         unsafe { by_count!(heads, weights::<[4, 3, 2]>(&sc[at..], (m, len), &self.scales, &mut self.words)) };
-        // SAFETY: as above; every block `[n, d]` with `n` even but the last's (checked), `d`
-        // a multiple of 64, groups of a multiple of 16, 1 to 4 heads.
-        unsafe { by_count!(heads, lone::<[4, 3, 2]>(blocks, (d, group), &self.words, out)) };
         true
     }
 }
@@ -310,6 +368,61 @@ unsafe fn lone<const H: usize>(
                     let even = _mm512_loadu_si512(q.add(2 * p * d + c).cast());
                     let odd = match 2 * p + 1 < n {
                         true => _mm512_loadu_si512(q.add((2 * p + 1) * d + c).cast()),
+                        false => _mm512_setzero_si512(),
+                    };
+                    let u = bf16_pairs!(k, even, odd);
+                    add_pair!(acc, u, (w, pair), H, R);
+                }
+                pair += 1;
+            }
+        }
+        add_sums!(out, acc, (d, c), H, R);
+    }
+}
+
+/// [`lone`] over 4-bit values: each position's 64 dimensions (two groups, 32 bytes) split
+/// into their low and high nibbles, the 128-bit lanes put in order (a group's low nibbles,
+/// then its high ones) and 8 taken off, then the same conversion and sums.
+///
+/// # Safety
+/// AVX-512F/BW/BF16/VBMI; every block `n * d / 2` bytes with `n` even but the last's, `d`
+/// a multiple of 64, `words` `[d / 32, H, ROOM]` with the blocks' positions `<= 2 * ROOM`,
+/// `out` `H * d` floats.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx512vbmi")]
+unsafe fn lone_nibbles<const H: usize>(blocks: &[(NibbleBlock, usize)], d: usize, words: &[u32], out: &mut [f32]) {
+    const R: usize = 4;
+    const BLOCKS_AHEAD: usize = 2;
+    let k = bf16_constants!();
+    let (nibble, eight) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(8));
+    // A macro: a closure would not share the target features.
+    macro_rules! unpacked {
+        ($at:expr) => {{
+            let x = _mm256_loadu_si256($at.cast());
+            let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(x), _mm256_srli_epi16::<4>(x));
+            let both = _mm512_and_si512(both, nibble);
+            _mm512_sub_epi8(_mm512_shuffle_i64x2::<0xd8>(both, both), eight)
+        }};
+    }
+    for c in (0..d).step_by(R * LANES) {
+        let w = group_words!(words, (c, NIBBLE_GROUP), H, R);
+        let mut acc = [[_mm512_setzero_ps(); R]; H];
+        let mut pair = 0;
+        for (j, &(v, n)) in blocks.iter().enumerate() {
+            if c == 0 {
+                let first = if j == 0 { 1 } else { j + BLOCKS_AHEAD };
+                for (ahead, _) in blocks.iter().take(j + BLOCKS_AHEAD + 1).skip(first) {
+                    super::super::widen::prefetch(ahead.q);
+                }
+            }
+            let q = v.q.as_ptr();
+            for p in 0..n.div_ceil(2) {
+                // SAFETY: `2p < n` (the odd position only below `n`) and `c + 64 <= d`: the
+                // 32 bytes from `(pos * d + c) / 2` lie within the block; `pair < ceil(m / 2)
+                // <= ROOM`: within each head's words.
+                unsafe {
+                    let even = unpacked!(q.add((2 * p * d + c) / 2));
+                    let odd = match 2 * p + 1 < n {
+                        true => unpacked!(q.add(((2 * p + 1) * d + c) / 2)),
                         false => _mm512_setzero_si512(),
                     };
                     let u = bf16_pairs!(k, even, odd);

@@ -307,6 +307,63 @@ fn bf16_pairs_give_the_reference_s_bits() {
     }
 }
 
+/// A lone row over 4-bit values unpacked in registers ([`pairs::Pairs::add_lone_nibbles`])
+/// gets the bits of the same row over the values unpacked into 8-bit blocks first (every
+/// nibble, 1 to 4 heads, odd counts, head widths 64 and 128).
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn nibbles_unpacked_in_registers_give_the_unpacked_blocks_bits() {
+    if !pairs::converts_fast() {
+        eprintln!("skipped: no AVX-512 BF16 and VBMI");
+        return;
+    }
+    let (group, bs) = (pairs::NIBBLE_GROUP, 16);
+    for (d, heads, m) in [(64, 4, 1024), (64, 3, 45), (128, 2, 33), (64, 1, 17), (128, 4, 2)] {
+        let q: Vec<u8> = (0..m * d / 2).map(|i| (i * 37 + 11) as u8).collect();
+        let (_, scales) = tile(d, m, group);
+        // The layout: for each group of 32, byte k holds dimension k (low) and k + 16 (high).
+        let bytes: Vec<i8> = (0..m * d)
+            .map(|at| {
+                let (g, k) = (at / group, at % group);
+                let byte = q[g * group / 2 + k % (group / 2)];
+                (if k < group / 2 { byte & 0x0f } else { byte >> 4 }) as i8 - 8
+            })
+            .collect();
+        let (len, at) = (m + 3, 1);
+        let scores: Vec<f32> = (0..heads * len).map(|i| ((i * 13) % 17) as f32 / 17.0 + 1e-3).collect();
+        let (mut a, mut b) = (pairs::Pairs::default(), pairs::Pairs::default());
+        let firsts = (0..m).step_by(bs);
+        let unpacked: Vec<_> = firsts
+            .clone()
+            .map(|f| {
+                let k = bs.min(m - f);
+                let block = ValueBlock {
+                    q: &bytes[f * d..(f + k) * d],
+                    scales: &scales[f * d / group..(f + k) * d / group],
+                    group,
+                };
+                (block, k)
+            })
+            .collect();
+        let nibbles: Vec<_> = firsts
+            .map(|f| {
+                let k = bs.min(m - f);
+                let block = pairs::NibbleBlock {
+                    q: &q[f * d / 2..(f + k) * d / 2],
+                    scales: &scales[f * d / group..(f + k) * d / group],
+                };
+                (block, k)
+            })
+            .collect();
+        let base: Vec<f32> = (0..heads * d).map(|i| i as f32 * 0.01).collect();
+        let (mut want, mut got) = (base.clone(), base);
+        assert!(a.add_lone(&unpacked, (d, group), (&scores, len, at), heads, &mut want));
+        assert!(b.add_lone_nibbles(&nibbles, d, (&scores, len, at), heads, &mut got));
+        let same = got.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "d {d} heads {heads} m {m}");
+    }
+}
+
 /// A lone row's scores over a chunk's tiles in one call are the rows kernel's, tile by
 /// tile and 16 positions at a time (a short last tile, 1 to 4 heads, groups of 16 and 32).
 #[test]
