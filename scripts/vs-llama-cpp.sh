@@ -8,7 +8,7 @@
 # -p DEPTH -n 32`: prefill speed of the DEPTH-token prompt and decode speed after it).
 #
 #   scripts/vs-llama-cpp.sh [ROUNDS] [SHAPE]       # default 2 rounds of 1b (or 3b)
-#   DEPTHS="4096 16384" KV="f16 q8_0" TYPES=q8_0 scripts/vs-llama-cpp.sh 1 1b
+#   DEPTHS="4096 16384" KV="f16 q8_0 q8_0-q4_0" TYPES=q8_0 scripts/vs-llama-cpp.sh 1 1b
 #
 # Peers: ../shared/peers/llama-cpp.sh build (LLAMA_CPP_SH names another copy) and
 # ../shared/peers/ik-llama-cpp.sh build GITDIR; both under $PEERS. The GGUFs are converted
@@ -70,7 +70,10 @@ for r in $(seq "$ROUNDS"); do
     g=$(gguf q8_0)
     for kv in $KV; do
       echo "### prefill $depth tokens, then decode 32 at that depth; KV $kv"
-      batched=(-m "$g" -t "$N" -fa 1 -ctk "$kv" -ctv "$kv" -c $((depth + 64)) -b 2048 -ub 512 -npp "$depth" -ntg 32 -npl 1)
+      # Our q8_0-q4_0 (8-bit keys, 4-bit values) is the peers' -ctk q8_0 -ctv q4_0 (ik_llama.cpp
+      # needs -DGGML_IQK_FA_ALL_QUANTS=ON for it; as built otherwise it refuses and prints nothing).
+      ctk=${kv%-*} ctv=${kv#*-}
+      batched=(-m "$g" -t "$N" -fa 1 -ctk "$ctk" -ctv "$ctv" -c $((depth + 64)) -b 2048 -ub 512 -npp "$depth" -ntg 32 -npl 1)
       [ -z "$LCPP" ] || LD_LIBRARY_PATH=$LCPP "$LCPP/llama-batched-bench" "${batched[@]}" 2>&1 | grep -E "^\|  *[0-9]" | sed 's/^/llama.cpp /'
       [ -z "$IK" ] || "$IK/llama-batched-bench" "${batched[@]}" -rtr 2>&1 | grep -E "^\|  *[0-9]" | sed 's/^/ik_llama.cpp /'
       ./target/release/llama32 bench -m "$MODEL" --dtypes q8_0 --kv-dtype "$kv" --batched 1 -p "$depth" \
