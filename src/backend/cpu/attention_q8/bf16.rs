@@ -5,6 +5,8 @@
 //! positions' bytes interleaved, each byte's bf16 looked up by its magnitude in two
 //! 128-entry tables (its low and high byte), the sign set (and -128's high byte), the bytes
 //! unpacked into words; ~9 instructions a pair and 32 dimensions where widening takes ~14.
+//! 4-bit values (`nibble_pairs!`) split into nibbles, permuted and looked up the same way
+//! (a 16-entry table, no sign to set): ~8 instructions a pair and 64 dimensions.
 
 use std::arch::x86_64::*;
 
@@ -94,6 +96,67 @@ macro_rules! bf16_pairs {
         }
         u
     }};
+}
+
+/// The constants of `nibble_pairs!`: the two 16-entry tables of a stored nibble's bf16 (its
+/// low and high byte; the nibble holds the value + 8), the two permutes that put the
+/// nibbles in the order the unpacks need, and the low-nibble mask. A macro: a function
+/// would not share its caller's target features.
+macro_rules! nibble_constants {
+    () => {{
+        let (mut low, mut high) = ([0u8; 64], [0u8; 64]);
+        for (n, (l, h)) in low.iter_mut().zip(high.iter_mut()).take(16).enumerate() {
+            [*l, *h] = bf16_bits(n as i8 - 8).to_le_bytes();
+        }
+        let [first, second] = [nibble_index(0), nibble_index(32)];
+        // SAFETY: each array holds 64 bytes: 64-byte loads within them.
+        unsafe {
+            [
+                _mm512_loadu_si512(low.as_ptr().cast()),
+                _mm512_loadu_si512(high.as_ptr().cast()),
+                _mm512_loadu_si512(first.as_ptr().cast()),
+                _mm512_loadu_si512(second.as_ptr().cast()),
+                _mm512_set1_epi8(0x0f),
+            ]
+        }
+    }};
+}
+
+/// Two positions' 64 dimensions of 4-bit values (`even`, `odd`: 32 bytes each in
+/// llama.cpp's q4_0 layout, two groups of 32) as bf16 pairs, four registers of 16
+/// dimensions in order (the words of `bf16_pairs!` on the values unpacked), by byte
+/// permutes (AVX-512 VBMI, the constants of `nibble_constants!`): both positions' low and
+/// high nibbles split, put in the order the unpacks need, each nibble's bf16 looked up
+/// (low and high byte), the bytes unpacked into words.
+macro_rules! nibble_pairs {
+    ($k:expr, $even:expr, $odd:expr) => {{
+        let [low, high, first, second, nibble] = $k;
+        let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512($even), $odd);
+        let lows = _mm512_and_si512(both, nibble);
+        let highs = _mm512_and_si512(_mm512_srli_epi16::<4>(both), nibble);
+        let mut u = [_mm512_setzero_si512(); 4];
+        for (h, index) in [first, second].into_iter().enumerate() {
+            let x = _mm512_permutex2var_epi8(lows, index, highs);
+            let lo = _mm512_permutexvar_epi8(x, low);
+            let hi = _mm512_permutexvar_epi8(x, high);
+            u[2 * h] = _mm512_unpacklo_epi8(lo, hi);
+            u[2 * h + 1] = _mm512_unpackhi_epi8(lo, hi);
+        }
+        u
+    }};
+}
+
+/// The permute of `nibble_pairs!` for dimensions `half..half + 32` of 64: byte `j` takes
+/// the nibble of the word [`interleave_index`] puts there, from the low nibbles (below
+/// 64) or high ones (64 on) of the two positions' 64 bytes (the even position's 32 first;
+/// in each, group `g`'s 16 bytes at `16 g`, dimension `k` of a group in byte `k % 16`, its
+/// high nibble from `k = 16`).
+pub(super) fn nibble_index(half: usize) -> [u8; 64] {
+    interleave_index(half).map(|v| {
+        let (parity, dim) = (usize::from(v) / 64, usize::from(v) % 64);
+        let (g, k) = (dim / 32, dim % 32);
+        (parity * 32 + 16 * g + k % 16 + if k >= 16 { 64 } else { 0 }) as u8
+    })
 }
 
 /// [`convert`] by byte permutes (`bf16_pairs!`), 64 dimensions of a pair at a time: the

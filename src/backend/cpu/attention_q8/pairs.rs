@@ -15,7 +15,7 @@
 
 use std::arch::x86_64::*;
 
-use super::bf16::{self, bf16_bits, interleave_index};
+use super::bf16::{self, bf16_bits, interleave_index, nibble_index};
 use super::ValueBlock;
 
 /// Dimensions of one register.
@@ -380,9 +380,9 @@ unsafe fn lone<const H: usize>(
     }
 }
 
-/// [`lone`] over 4-bit values: each position's 64 dimensions (two groups, 32 bytes) split
-/// into their low and high nibbles, the 128-bit lanes put in order (a group's low nibbles,
-/// then its high ones) and 8 taken off, then the same conversion and sums.
+/// [`lone`] over 4-bit values: each pair of positions' 64 dimensions (two groups, 32 bytes
+/// each) converted into bf16 pairs by `nibble_pairs!` (the words `bf16_pairs!` makes of
+/// the values unpacked), then the same sums.
 ///
 /// # Safety
 /// AVX-512F/BW/BF16/VBMI; every block `n * d / 2` bytes with `n` even but the last's, `d`
@@ -392,17 +392,9 @@ unsafe fn lone<const H: usize>(
 unsafe fn lone_nibbles<const H: usize>(blocks: &[(NibbleBlock, usize)], d: usize, words: &[u32], out: &mut [f32]) {
     const R: usize = 4;
     const BLOCKS_AHEAD: usize = 2;
-    let k = bf16_constants!();
-    let (nibble, eight) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(8));
-    // A macro: a closure would not share the target features.
-    macro_rules! unpacked {
-        ($at:expr) => {{
-            let x = _mm256_loadu_si256($at.cast());
-            let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(x), _mm256_srli_epi16::<4>(x));
-            let both = _mm512_and_si512(both, nibble);
-            _mm512_sub_epi8(_mm512_shuffle_i64x2::<0xd8>(both, both), eight)
-        }};
-    }
+    let k = nibble_constants!();
+    // A missing odd position: both nibbles 8, the value 0.
+    let missing = _mm256_set1_epi8(0x88u8 as i8);
     for c in (0..d).step_by(R * LANES) {
         let w = group_words!(words, (c, NIBBLE_GROUP), H, R);
         let mut acc = [[_mm512_setzero_ps(); R]; H];
@@ -420,12 +412,12 @@ unsafe fn lone_nibbles<const H: usize>(blocks: &[(NibbleBlock, usize)], d: usize
                 // 32 bytes from `(pos * d + c) / 2` lie within the block; `pair < ceil(m / 2)
                 // <= ROOM`: within each head's words.
                 unsafe {
-                    let even = unpacked!(q.add((2 * p * d + c) / 2));
+                    let even = _mm256_loadu_si256(q.add((2 * p * d + c) / 2).cast());
                     let odd = match 2 * p + 1 < n {
-                        true => unpacked!(q.add(((2 * p + 1) * d + c) / 2)),
-                        false => _mm512_setzero_si512(),
+                        true => _mm256_loadu_si256(q.add(((2 * p + 1) * d + c) / 2).cast()),
+                        false => missing,
                     };
-                    let u = bf16_pairs!(k, even, odd);
+                    let u = nibble_pairs!(k, even, odd);
                     add_pair!(acc, u, (w, pair), H, R);
                 }
                 pair += 1;
