@@ -4,10 +4,10 @@
 //! row's attention over a long sequence reads memory in order; keys transposed, so that
 //! attention scores a block's positions in vector lanes), in f16 (the default, as llama.cpp
 //! keeps its cache: half the memory and half the bytes read per token at long context), f32
-//! (exact) or q8_0
-//! (8-bit integers with one f16 scale per 32 values of a position's head, as llama.cpp's
-//! `-ctk q8_0 -ctv q8_0`: a little over half of f16 again). q8_0 keys lie as
-//! `[head_dim / 4, padded, 4]` within a tile (four consecutive dimensions of a position
+//! (exact), q8_0 ([`q8`]: 8-bit integers with one f16 scale per 32 values of a position's
+//! head, as llama.cpp's `-ctk q8_0 -ctv q8_0`: a little over half of f16 again) or q8_0 keys
+//! with 4-bit values ([`q4`]: rotated, as llama.cpp's `-ctv q4_0` otherwise). q8_0 keys lie
+//! as `[head_dim / 4, padded, 4]` within a tile (four consecutive dimensions of a position
 //! together, for the integer dot products of [`super::attention_q8`]); every method here
 //! still takes the transposed tile's index, and the store places it.
 //! Which block belongs to whom is [`crate::kv::BlockPool`]'s business; [`KvPool`] holds both.
@@ -18,13 +18,15 @@
 use half::f16;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
-use super::attention_q8::{KeyTile, ValueBlock, QUAD};
-use super::{dequant, widen};
+use super::attention_q8::{KeyTile, ValueBlock};
+use super::widen;
 use crate::kv::{BlockCopy, BlockId, BlockPool, BlockTable, KvDType, KvLayout};
 
 mod q4;
+mod q8;
 use q4::Q4Store;
 pub(crate) use q4::{rotate, Q4Block};
+use q8::{Q8Shape, Q8Store};
 
 /// Keys or values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,11 +65,7 @@ impl Store {
             KvDType::F16 => Self::F16(vec![0u16; len]),
             KvDType::F32 => Self::F32(vec![0f32; len]),
             KvDType::Q8Q4 if shape.transposed.is_none() => Self::Q4(Q4Store::new(len, shape.group, shape.head_dim)),
-            KvDType::Q8_0 | KvDType::Q8Q4 => Self::Q8(Q8Store {
-                q: vec![0i8; len],
-                scales: vec![0u16; len / shape.group],
-                shape,
-            }),
+            KvDType::Q8_0 | KvDType::Q8Q4 => Self::Q8(Q8Store::new(len, shape)),
         }
     }
 
@@ -143,127 +141,6 @@ impl Store {
                 &scratch[..len]
             }
         }
-    }
-}
-
-/// How a quantized (q8_0 or q4_0) buffer groups its values under scales.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Q8Shape {
-    /// Values per scale.
-    group: usize,
-    /// Width of a head.
-    head_dim: usize,
-    /// Keys: `(head_dim, padded)` of the transposed tiles, whose groups run down a column
-    /// (one position's values of consecutive dimensions); values: `None`, groups are runs.
-    transposed: Option<(usize, usize)>,
-}
-
-impl Q8Shape {
-    /// Where value `at` (an index of the transposed tile for keys) lies among the stored
-    /// values. Keys: tile `t`, dimension `i`, position `p` -> `[t][i / 4][p][i % 4]`.
-    fn place(&self, at: usize) -> usize {
-        match self.transposed {
-            None => at,
-            Some((head_dim, padded)) => {
-                let tile = head_dim * padded;
-                let (t, r) = (at / tile, at % tile);
-                let (i, p) = (r / padded, r % padded);
-                t * tile + ((i / QUAD) * padded + p) * QUAD + i % QUAD
-            }
-        }
-    }
-
-    /// The scale of value `at`. Keys: tile `t`, dimension `i`, position `p` ->
-    /// `[t][i / group][p]` (so that a row of a tile's scales lines up with its positions).
-    fn scale_index(&self, at: usize) -> usize {
-        let g = self.group;
-        match self.transposed {
-            None => at / g,
-            Some((head_dim, padded)) => {
-                let tile = head_dim * padded;
-                let (t, r) = (at / tile, at % tile);
-                t * (tile / g) + (r / padded / g) * padded + r % padded
-            }
-        }
-    }
-}
-
-/// q8_0 storage: `q[i] * scale(i)`, one f16 scale per group (its largest magnitude / 127).
-pub(crate) struct Q8Store {
-    q: Vec<i8>,
-    scales: Vec<u16>,
-    shape: Q8Shape,
-}
-
-impl Q8Store {
-    fn place(&self, at: usize) -> usize {
-        self.shape.place(at)
-    }
-
-    fn scale_index(&self, at: usize) -> usize {
-        self.shape.scale_index(at)
-    }
-
-    fn set_group(&mut self, ats: impl Iterator<Item = usize> + Clone, values: &[f32]) {
-        let amax = values.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let scale = f16::from_f32(amax / 127.0);
-        let inv = match scale.to_f32() {
-            s if s > 0.0 => 1.0 / s,
-            _ => 0.0,
-        };
-        let mut first = None;
-        for (at, v) in ats.zip(values) {
-            let place = self.place(at);
-            self.q[place] = (v * inv).round().clamp(-127.0, 127.0) as i8;
-            first.get_or_insert(at);
-        }
-        if let Some(at) = first {
-            let s = self.scale_index(at);
-            self.scales[s] = scale.to_bits();
-        }
-    }
-
-    fn copy_within(&mut self, from: usize, len: usize, to: usize) {
-        let (sf, st) = (self.scale_index(from), self.scale_index(to));
-        // Values: whole groups; keys: one row of positions, whose scales are a run too.
-        let n = match self.shape.transposed {
-            None => {
-                self.q.copy_within(from..from + len, to);
-                len / self.shape.group
-            }
-            Some(_) => {
-                for k in 0..len {
-                    let (a, b) = (self.place(from + k), self.place(to + k));
-                    self.q[b] = self.q[a];
-                }
-                len
-            }
-        };
-        self.scales.copy_within(sf..sf + n, st);
-    }
-
-    /// Values `at..at + out.len()` as f32 (a whole key tile, or whole value groups).
-    fn read(&self, at: usize, out: &mut [f32]) {
-        let g = self.shape.group;
-        match self.shape.transposed {
-            None => {
-                let s = self.scale_index(at);
-                let scales = &self.scales[s..s + out.len().div_ceil(g)];
-                dequant::groups(&self.q[at..at + out.len()], scales, g, out)
-            }
-            Some(_) => {
-                for (k, o) in out.iter_mut().enumerate() {
-                    let scale = f16::from_bits(self.scales[self.scale_index(at + k)]).to_f32();
-                    *o = f32::from(self.q[self.place(at + k)]) * scale;
-                }
-            }
-        }
-    }
-
-    /// The key tile that starts at `at` as it lies: its bytes and its scales.
-    fn key_tile(&self, at: usize, len: usize) -> (&[i8], &[u16]) {
-        let s = self.scale_index(at);
-        (&self.q[at..at + len], &self.scales[s..s + len / self.shape.group])
     }
 }
 
