@@ -60,8 +60,8 @@ impl Q4Store {
         *byte = (*byte & !(0x0f << shift)) | ((n & 0x0f) << shift);
     }
 
-    /// Stores one group of (rotated) values from `at`, as llama.cpp's q4_0: the value of
-    /// largest magnitude is -8 steps, the others rounded to the nearest of -8..=7 steps.
+    /// Stores one group of (rotated) values from `at`, each rounded to the nearest of
+    /// -8..=7 steps of the group's scale ([`best_scale`]).
     pub fn set_group(&mut self, at: usize, values: &[f32]) {
         let scale = best_scale(values);
         let inv = match scale.to_f32() {
@@ -122,7 +122,8 @@ fn step(v: f32, inv: f32) -> u8 {
 }
 
 /// The scale of a group of 4-bit values: of the value of largest magnitude at -8 steps
-/// (llama.cpp's q4_0) and a few steps nearer, the one whose rounding loses least (squared).
+/// (llama.cpp's q4_0), at -7.75 to -6.5 or at +7 to +7.5, the one whose rounding loses
+/// least (squared).
 fn best_scale(values: &[f32]) -> f16 {
     let max = values.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
     let loss = |scale: f16| {
