@@ -60,6 +60,28 @@ fn causal_rows(table: &BlockTable, len: usize, n: usize) -> Vec<AttnRow<'_>> {
         .collect()
 }
 
+/// Straightforward attention (candle's, in f32) of `n` query rows (`[n, heads, d]`) over
+/// keys and values `[kv_heads, len, d]`, the rows the last `n` positions' causal ones:
+/// `[n, heads, d]`, flat.
+fn reference_attention(q: Vec<f32>, (n, heads, d): (usize, usize, usize), (k, v): (&Tensor, &Tensor)) -> Vec<f32> {
+    let len = k.dim(1).unwrap();
+    let qh = Tensor::from_vec(q, (n, heads, d), &Device::Cpu)
+        .unwrap()
+        .transpose(0, 1)
+        .unwrap()
+        .contiguous()
+        .unwrap();
+    let mask = causal_mask(n, len - n, DType::F32, &Device::Cpu).unwrap();
+    let want = grouped_attention_slow(&qh, k, v, (n > 1).then_some(&mask)).unwrap();
+    want.transpose(0, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+}
+
+/// The largest difference between `a` and `b`, element by element.
+fn max_error(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
 #[test]
 fn exp_neg_is_within_two_ulp_of_exp() {
     let mut x = 0f32;
@@ -110,32 +132,12 @@ fn paged_attention_matches_the_straightforward_one() {
         let mut pool = KvPool::new(layout, len.div_ceil(16) + 1, dtype);
         let (table, k, v) = fill(&mut pool, len);
         // The last `n` positions as queries, causal.
-        let q = Tensor::randn(0f32, 1.0, (n, heads * d), &Device::Cpu).unwrap();
-        let rows: Vec<AttnRow> = (0..n)
-            .map(|i| AttnRow {
-                blocks: table.blocks(),
-                len: len - n + i + 1,
-            })
-            .collect();
-        let got = attend_rows(
-            pool.store(),
-            0,
-            &q.flatten_all().unwrap().to_vec1().unwrap(),
-            &rows,
-            heads,
-            Vec::new(),
-        );
-        let qh = q
-            .reshape((n, heads, d))
+        let q: Vec<f32> = Tensor::randn(0f32, 1.0, (n * heads * d,), &Device::Cpu)
             .unwrap()
-            .transpose(0, 1)
-            .unwrap()
-            .contiguous()
+            .to_vec1()
             .unwrap();
-        let mask = causal_mask(n, len - n, DType::F32, &Device::Cpu).unwrap();
-        let want = grouped_attention_slow(&qh, &k, &v, (n > 1).then_some(&mask)).unwrap();
-        let want: Vec<f32> = want.transpose(0, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let got = attend_rows(pool.store(), 0, &q, &causal_rows(&table, len, n), heads, Vec::new());
+        let err = max_error(&got, &reference_attention(q, (n, heads, d), (&k, &v)));
         assert!(
             err < tol,
             "{dtype:?} heads {heads} kv {kv_heads} len {len} n {n} d {d}: {err}"
@@ -584,16 +586,7 @@ fn four_bit_values_read_in_place_equal_the_values_given_back() {
         let rows = causal_rows(&table, len, n);
         let got = attend_rows(pool.store(), 0, &q, &rows, heads, Vec::new());
         let (k, v) = read_back(&pool, &table, len);
-        let qh = Tensor::from_vec(q, (n, heads, d), &Device::Cpu)
-            .unwrap()
-            .transpose(0, 1)
-            .unwrap()
-            .contiguous()
-            .unwrap();
-        let mask = causal_mask(n, len - n, DType::F32, &Device::Cpu).unwrap();
-        let want = grouped_attention_slow(&qh, &k, &v, (n > 1).then_some(&mask)).unwrap();
-        let want: Vec<f32> = want.transpose(0, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let err = max_error(&got, &reference_attention(q, (n, heads, d), (&k, &v)));
         assert!(err < 2e-2, "heads {heads} kv {kv_heads} len {len} n {n} d {d}: {err}");
     }
 }

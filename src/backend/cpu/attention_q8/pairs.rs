@@ -329,10 +329,49 @@ macro_rules! add_sums {
     }};
 }
 
-/// A lone row's sums for `H` heads over a chunk's blocks, 64 dimensions at a time: each
-/// pair of positions converted in registers (`bf16_pairs!` ([`super::bf16`])), then [`add`]'s
-/// `vdpbf16ps` per head and 16 dimensions from zero over every pair of the chunk in order,
-/// added to `out` at the end. The blocks `BLOCKS_AHEAD` on are asked for while one is used.
+/// A lone row's sums for `H` heads over a chunk's `blocks` (each with its positions), 64
+/// dimensions from `c` at a time: each pair of positions (`p`, its odd one present where
+/// `odd`) of a block (at `q`) converted in registers by `$convert` into four registers of
+/// bf16 pairs, then [`add`]'s `vdpbf16ps` per head and 16 dimensions from zero over every
+/// pair of the chunk in order, added to `out` at the end. The blocks `BLOCKS_AHEAD` on are
+/// asked for while one is used. `$convert` runs inside `unsafe`, with `2p < n` and `c + 64
+/// <= d`.
+macro_rules! lone_sums {
+    ($blocks:expr, ($d:expr, $group:expr), $words:expr, $out:expr, $h:expr,
+     |$q:ident, $c:ident, $p:ident, $odd:ident| $convert:expr) => {{
+        const R: usize = 4;
+        const BLOCKS_AHEAD: usize = 2;
+        for $c in (0..$d).step_by(R * LANES) {
+            let w = group_words!($words, ($c, $group), $h, R);
+            let mut acc = [[_mm512_setzero_ps(); R]; $h];
+            let mut pair = 0;
+            for (j, &(v, n)) in $blocks.iter().enumerate() {
+                if $c == 0 {
+                    let first = if j == 0 { 1 } else { j + BLOCKS_AHEAD };
+                    for (ahead, _) in $blocks.iter().take(j + BLOCKS_AHEAD + 1).skip(first) {
+                        super::super::widen::prefetch(ahead.q);
+                    }
+                }
+                let $q = v.q.as_ptr();
+                for $p in 0..n.div_ceil(2) {
+                    let $odd = 2 * $p + 1 < n;
+                    // SAFETY: `2p < n` (the odd position only where `odd`) and `c + 64 <= d`:
+                    // what `$convert` reads lies within the block; `pair < ceil(m / 2) <=
+                    // ROOM`: within each head's words.
+                    unsafe {
+                        let u = $convert;
+                        add_pair!(acc, u, (w, pair), $h, R);
+                    }
+                    pair += 1;
+                }
+            }
+            add_sums!($out, acc, ($d, $c), $h, R);
+        }
+    }};
+}
+
+/// A lone row's sums over 8-bit value blocks ([`lone_sums!`]), each pair's 64 bytes of
+/// each position converted by `bf16_pairs!` ([`super::bf16`]).
 ///
 /// # Safety
 /// AVX-512F/BW/BF16/VBMI; each block `[n, d]` bytes, every `n` even but the last's, their
@@ -346,38 +385,15 @@ unsafe fn lone<const H: usize>(
     words: &[u32],
     out: &mut [f32],
 ) {
-    const R: usize = 4;
-    const BLOCKS_AHEAD: usize = 2;
     let k = bf16_constants!();
-    for c in (0..d).step_by(R * LANES) {
-        let w = group_words!(words, (c, group), H, R);
-        let mut acc = [[_mm512_setzero_ps(); R]; H];
-        let mut pair = 0;
-        for (j, &(v, n)) in blocks.iter().enumerate() {
-            if c == 0 {
-                let first = if j == 0 { 1 } else { j + BLOCKS_AHEAD };
-                for (ahead, _) in blocks.iter().take(j + BLOCKS_AHEAD + 1).skip(first) {
-                    super::super::widen::prefetch(ahead.q);
-                }
-            }
-            let q = v.q.as_ptr();
-            for p in 0..n.div_ceil(2) {
-                // SAFETY: `2p < n` (the odd position only below `n`) and `c + 64 <= d`: within
-                // the block; `pair < ceil(m / 2) <= ROOM`: within each head's words.
-                unsafe {
-                    let even = _mm512_loadu_si512(q.add(2 * p * d + c).cast());
-                    let odd = match 2 * p + 1 < n {
-                        true => _mm512_loadu_si512(q.add((2 * p + 1) * d + c).cast()),
-                        false => _mm512_setzero_si512(),
-                    };
-                    let u = bf16_pairs!(k, even, odd);
-                    add_pair!(acc, u, (w, pair), H, R);
-                }
-                pair += 1;
-            }
-        }
-        add_sums!(out, acc, (d, c), H, R);
-    }
+    lone_sums!(blocks, (d, group), words, out, H, |q, c, p, odd| {
+        let even = _mm512_loadu_si512(q.add(2 * p * d + c).cast());
+        let odd = match odd {
+            true => _mm512_loadu_si512(q.add((2 * p + 1) * d + c).cast()),
+            false => _mm512_setzero_si512(),
+        };
+        bf16_pairs!(k, even, odd)
+    });
 }
 
 /// [`lone`] over 4-bit values: each pair of positions' 64 dimensions (two groups, 32 bytes
@@ -389,42 +405,19 @@ unsafe fn lone<const H: usize>(
 /// a multiple of 64, `words` `[d / 32, H, ROOM]` with the blocks' positions `<= 2 * ROOM`,
 /// `out` `H * d` floats.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx512vbmi")]
+#[allow(clippy::needless_range_loop)] // `h` and `r` index several arrays in step
 unsafe fn lone_nibbles<const H: usize>(blocks: &[(NibbleBlock, usize)], d: usize, words: &[u32], out: &mut [f32]) {
-    const R: usize = 4;
-    const BLOCKS_AHEAD: usize = 2;
     let k = nibble_constants!();
     // A missing odd position: both nibbles 8, the value 0.
     let missing = _mm256_set1_epi8(0x88u8 as i8);
-    for c in (0..d).step_by(R * LANES) {
-        let w = group_words!(words, (c, NIBBLE_GROUP), H, R);
-        let mut acc = [[_mm512_setzero_ps(); R]; H];
-        let mut pair = 0;
-        for (j, &(v, n)) in blocks.iter().enumerate() {
-            if c == 0 {
-                let first = if j == 0 { 1 } else { j + BLOCKS_AHEAD };
-                for (ahead, _) in blocks.iter().take(j + BLOCKS_AHEAD + 1).skip(first) {
-                    super::super::widen::prefetch(ahead.q);
-                }
-            }
-            let q = v.q.as_ptr();
-            for p in 0..n.div_ceil(2) {
-                // SAFETY: `2p < n` (the odd position only below `n`) and `c + 64 <= d`: the
-                // 32 bytes from `(pos * d + c) / 2` lie within the block; `pair < ceil(m / 2)
-                // <= ROOM`: within each head's words.
-                unsafe {
-                    let even = _mm256_loadu_si256(q.add((2 * p * d + c) / 2).cast());
-                    let odd = match 2 * p + 1 < n {
-                        true => _mm256_loadu_si256(q.add(((2 * p + 1) * d + c) / 2).cast()),
-                        false => missing,
-                    };
-                    let u = nibble_pairs!(k, even, odd);
-                    add_pair!(acc, u, (w, pair), H, R);
-                }
-                pair += 1;
-            }
-        }
-        add_sums!(out, acc, (d, c), H, R);
-    }
+    lone_sums!(blocks, (d, NIBBLE_GROUP), words, out, H, |q, c, p, odd| {
+        let even = _mm256_loadu_si256(q.add((2 * p * d + c) / 2).cast());
+        let odd = match odd {
+            true => _mm256_loadu_si256(q.add(((2 * p + 1) * d + c) / 2).cast()),
+            false => missing,
+        };
+        nibble_pairs!(k, even, odd)
+    });
 }
 
 /// [`ChunkPairs::add_row`]'s sums for `H` heads, 64 dimensions at a time: one `vdpbf16ps` per

@@ -95,80 +95,108 @@ fn an_f16_pool_stores_half_precision() {
     p.release(t, &[1]);
 }
 
+/// A head's key and value at one position as read back from a pool, and as written.
+struct ReadBack<'a> {
+    pos: usize,
+    got_k: &'a [f32],
+    want_k: &'a [f32],
+    got_v: &'a [f32],
+    want_v: &'a [f32],
+}
+
+/// Writes a 37-position prompt (2 heads of `head_dim`, one value of each row 40 where the
+/// rest lie within 4.5) into a new `dtype` pool of blocks of 16 and calls `check` on every
+/// position and head read back; then again after the prefix cache hands the same positions
+/// (the partial last block copied) to a longer prompt.
+fn read_back_every_position(head_dim: usize, dtype: KvDType, check: impl Fn(ReadBack)) {
+    let layout = KvLayout {
+        layers: 1,
+        kv_heads: 2,
+        head_dim,
+        block_size: 16,
+    };
+    let mut p = KvPool::new(layout, 8, dtype);
+    assert_eq!(p.store().dtype(), dtype);
+    let prompt: Vec<u32> = (0..37).collect();
+    let mut t = p.start(&prompt, 0);
+    assert!(p.reserve(&mut t, prompt.len()));
+    let row = |pos: usize| -> Vec<f32> {
+        (0..2 * head_dim)
+            .map(|i| ((pos * 31 + i * 7) % 23) as f32 * 0.37 - 4.0 + if i == 5 { 40.0 } else { 0.0 })
+            .collect()
+    };
+    for pos in 0..prompt.len() {
+        p.write(0, &t, pos, &row(pos), &row(pos + 1000));
+    }
+    p.commit(&mut t, &prompt, prompt.len());
+    let read = |p: &KvPool, t: &BlockTable, upto: usize| {
+        let mut scratch = vec![0f32; 8192];
+        let padded = layout.padded();
+        for pos in 0..upto {
+            let (block, slot) = p.blocks().locate(t, pos);
+            let (k, v) = (row(pos), row(pos + 1000));
+            for h in 0..2 {
+                let keys = p
+                    .store()
+                    .head_block((0, Part::Keys), block, h, slot + 1, &mut scratch)
+                    .to_vec();
+                let got_k: Vec<f32> = (0..head_dim).map(|i| keys[i * padded + slot]).collect();
+                let values = p
+                    .store()
+                    .head_block((0, Part::Values), block, h, slot + 1, &mut scratch);
+                check(ReadBack {
+                    pos,
+                    got_k: &got_k,
+                    want_k: &k[h * head_dim..(h + 1) * head_dim],
+                    got_v: &values[slot * head_dim..(slot + 1) * head_dim],
+                    want_v: &v[h * head_dim..(h + 1) * head_dim],
+                });
+            }
+        }
+    };
+    read(&p, &t, prompt.len());
+    p.release(t, &prompt);
+    // The same prompt and more: the cached positions, the partial block copied.
+    let longer: Vec<u32> = (0..40).collect();
+    let t = p.start(&longer, 0);
+    assert_eq!(t.cached(), 37);
+    read(&p, &t, 37);
+    p.release(t, &longer);
+}
+
+/// Asserts every value of `got` within half a step of `want`'s (the largest magnitude of
+/// its group of `group` / 127).
+fn within_half_a_step(got: &[f32], want: &[f32], group: usize, at: &str) {
+    for (gs, ws) in got.chunks(group).zip(want.chunks(group)) {
+        let step = ws.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
+        for (g, w) in gs.iter().zip(ws) {
+            assert!((g - w).abs() <= 0.5 * step * 1.01 + 1e-6, "{at}: {g} vs {w}");
+        }
+    }
+}
+
+/// The 1B's layout, whose memory the quantized pools are held to.
+const ONE_B: KvLayout = KvLayout {
+    layers: 16,
+    kv_heads: 8,
+    head_dim: 64,
+    block_size: 16,
+};
+
 /// q8_0: every value within half a step of its group's scale (largest magnitude / 127) of
 /// what was written, keys and values, across block edges and prefix-cache copies; the
 /// memory is a little over half of f16's.
 #[test]
 fn a_q8_0_pool_keeps_values_within_half_a_step() {
     for head_dim in [16, 64, 96] {
-        let layout = KvLayout {
-            layers: 1,
-            kv_heads: 2,
-            head_dim,
-            block_size: 16,
-        };
-        let group = layout.q8_group().unwrap();
-        let mut p = KvPool::new(layout, 8, KvDType::Q8_0);
-        let prompt: Vec<u32> = (0..37).collect();
-        let mut t = p.start(&prompt, 0);
-        assert!(p.reserve(&mut t, prompt.len()));
-        let row = |pos: usize| -> Vec<f32> {
-            (0..2 * head_dim)
-                .map(|i| ((pos * 31 + i * 7) % 23) as f32 * 0.37 - 4.0 + if i == 5 { 40.0 } else { 0.0 })
-                .collect()
-        };
-        for pos in 0..prompt.len() {
-            p.write(0, &t, pos, &row(pos), &row(pos + 1000));
-        }
-        p.commit(&mut t, &prompt, prompt.len());
-        let check = |p: &KvPool, t: &BlockTable, upto: usize| {
-            let mut scratch = vec![0f32; 4096];
-            let padded = layout.padded();
-            for pos in 0..upto {
-                let (block, slot) = p.blocks().locate(t, pos);
-                for h in 0..2 {
-                    let want_k = &row(pos)[h * head_dim..(h + 1) * head_dim];
-                    let want_v = &row(pos + 1000)[h * head_dim..(h + 1) * head_dim];
-                    let keys = p
-                        .store()
-                        .head_block((0, Part::Keys), block, h, slot + 1, &mut scratch)
-                        .to_vec();
-                    let got_k: Vec<f32> = (0..head_dim).map(|i| keys[i * padded + slot]).collect();
-                    let values = p
-                        .store()
-                        .head_block((0, Part::Values), block, h, slot + 1, &mut scratch)
-                        .to_vec();
-                    let got_v = &values[slot * head_dim..(slot + 1) * head_dim];
-                    for (got, want) in [(&got_k[..], want_k), (got_v, want_v)] {
-                        for (gs, ws) in got.chunks(group).zip(want.chunks(group)) {
-                            let step = ws.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
-                            for (g, w) in gs.iter().zip(ws) {
-                                assert!(
-                                    (g - w).abs() <= 0.5 * step * 1.01 + 1e-6,
-                                    "d {head_dim} pos {pos}: {g} vs {w}"
-                                );
-                            }
-                        }
-                    }
-                }
-            }
-        };
-        check(&p, &t, prompt.len());
-        p.release(t, &prompt);
-        // The same prompt and more: the cached positions, the partial block copied.
-        let longer: Vec<u32> = (0..40).collect();
-        let t = p.start(&longer, 0);
-        assert_eq!(t.cached(), 37);
-        check(&p, &t, 37);
-        p.release(t, &longer);
+        let group = crate::kv::q8_group(head_dim).unwrap();
+        read_back_every_position(head_dim, KvDType::Q8_0, |r| {
+            let at = format!("d {head_dim} pos {}", r.pos);
+            within_half_a_step(r.got_k, r.want_k, group, &at);
+            within_half_a_step(r.got_v, r.want_v, group, &at);
+        });
     }
-    let layout = KvLayout {
-        layers: 16,
-        kv_heads: 8,
-        head_dim: 64,
-        block_size: 16,
-    };
-    let (q8, f16) = (layout.block_bytes(KvDType::Q8_0), layout.block_bytes(KvDType::F16));
+    let (q8, f16) = (ONE_B.block_bytes(KvDType::Q8_0), ONE_B.block_bytes(KvDType::F16));
     assert!(q8 * 100 <= f16 * 54, "{q8} vs {f16}");
 }
 
@@ -219,96 +247,35 @@ fn q4_0_losses(x: &[f32], group: usize) -> Vec<f32> {
 #[test]
 fn a_q8_0_q4_0_pool_gives_back_rotated_4_bit_values() {
     for head_dim in [8, 32, 64, 128] {
-        let layout = KvLayout {
-            layers: 1,
-            kv_heads: 2,
-            head_dim,
-            block_size: 16,
-        };
-        let group = layout.q8_group().unwrap();
-        let mut p = KvPool::new(layout, 8, KvDType::Q8Q4);
-        assert_eq!(p.store().dtype(), KvDType::Q8Q4);
-        let prompt: Vec<u32> = (0..37).collect();
-        let mut t = p.start(&prompt, 0);
-        assert!(p.reserve(&mut t, prompt.len()));
-        let row = |pos: usize| -> Vec<f32> {
-            (0..2 * head_dim)
-                .map(|i| ((pos * 31 + i * 7) % 23) as f32 * 0.37 - 4.0 + if i == 5 { 40.0 } else { 0.0 })
-                .collect()
-        };
-        for pos in 0..prompt.len() {
-            p.write(0, &t, pos, &row(pos), &row(pos + 1000));
-        }
-        p.commit(&mut t, &prompt, prompt.len());
-        let check = |p: &KvPool, t: &BlockTable, upto: usize| {
-            let mut scratch = vec![0f32; 8192];
-            let padded = layout.padded();
-            for pos in 0..upto {
-                let (block, slot) = p.blocks().locate(t, pos);
-                for h in 0..2 {
-                    let want_k = &row(pos)[h * head_dim..(h + 1) * head_dim];
-                    let want_v = &row(pos + 1000)[h * head_dim..(h + 1) * head_dim];
-                    let keys = p
-                        .store()
-                        .head_block((0, Part::Keys), block, h, slot + 1, &mut scratch)
-                        .to_vec();
-                    let got_k: Vec<f32> = (0..head_dim).map(|i| keys[i * padded + slot]).collect();
-                    let values = p
-                        .store()
-                        .head_block((0, Part::Values), block, h, slot + 1, &mut scratch)
-                        .to_vec();
-                    let got_v = &values[slot * head_dim..(slot + 1) * head_dim];
-                    for (gs, ws) in got_k.chunks(group).zip(want_k.chunks(group)) {
-                        let step = ws.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
-                        for (g, w) in gs.iter().zip(ws) {
-                            assert!(
-                                (g - w).abs() <= 0.5 * step * 1.01 + 1e-6,
-                                "d {head_dim} pos {pos}: {g} vs {w}"
-                            );
-                        }
-                    }
-                    // In the rotated coordinates, each group loses no more than llama.cpp's
-                    // rule would.
-                    let (mut got_r, mut want_r) = (got_v.to_vec(), want_v.to_vec());
-                    q4::rotate(&mut got_r);
-                    q4::rotate(&mut want_r);
-                    let losses = q4_0_losses(want_v, group);
-                    for ((gs, ws), bound) in got_r.chunks(group).zip(want_r.chunks(group)).zip(losses) {
-                        let loss: f32 = gs.iter().zip(ws).map(|(g, w)| (g - w).powi(2)).sum();
-                        assert!(
-                            loss <= bound * 1.001 + 1e-6,
-                            "d {head_dim} pos {pos}: {loss} vs {bound}"
-                        );
-                    }
-                    let norm = want_v.iter().map(|w| w * w).sum::<f32>().sqrt();
-                    let err = got_v
-                        .iter()
-                        .zip(want_v)
-                        .map(|(g, w)| (g - w) * (g - w))
-                        .sum::<f32>()
-                        .sqrt();
-                    assert!(err <= 0.2 * norm, "d {head_dim} pos {pos}: error {err} of {norm}");
-                }
+        let group = crate::kv::q8_group(head_dim).unwrap();
+        read_back_every_position(head_dim, KvDType::Q8Q4, |r| {
+            let at = format!("d {head_dim} pos {}", r.pos);
+            within_half_a_step(r.got_k, r.want_k, group, &at);
+            // In the rotated coordinates, each group loses no more than llama.cpp's rule
+            // would.
+            let (mut got_r, mut want_r) = (r.got_v.to_vec(), r.want_v.to_vec());
+            q4::rotate(&mut got_r);
+            q4::rotate(&mut want_r);
+            let losses = q4_0_losses(r.want_v, group);
+            for ((gs, ws), bound) in got_r.chunks(group).zip(want_r.chunks(group)).zip(losses) {
+                let loss: f32 = gs.iter().zip(ws).map(|(g, w)| (g - w).powi(2)).sum();
+                assert!(loss <= bound * 1.001 + 1e-6, "{at}: {loss} vs {bound}");
             }
-        };
-        check(&p, &t, prompt.len());
-        p.release(t, &prompt);
-        let longer: Vec<u32> = (0..40).collect();
-        let t = p.start(&longer, 0);
-        assert_eq!(t.cached(), 37);
-        check(&p, &t, 37);
-        p.release(t, &longer);
+            let norm = r.want_v.iter().map(|w| w * w).sum::<f32>().sqrt();
+            let err = r
+                .got_v
+                .iter()
+                .zip(r.want_v)
+                .map(|(g, w)| (g - w).powi(2))
+                .sum::<f32>()
+                .sqrt();
+            assert!(err <= 0.2 * norm, "{at}: error {err} of {norm}");
+        });
     }
-    let layout = KvLayout {
-        layers: 16,
-        kv_heads: 8,
-        head_dim: 64,
-        block_size: 16,
-    };
-    let (q4, f16) = (layout.block_bytes(KvDType::Q8Q4), layout.block_bytes(KvDType::F16));
+    let (q4, f16) = (ONE_B.block_bytes(KvDType::Q8Q4), ONE_B.block_bytes(KvDType::F16));
     assert!(q4 * 100 <= f16 * 42, "{q4} vs {f16}");
     // Heads the rotation cannot take are kept in f16.
-    let odd = KvLayout { head_dim: 24, ..layout };
+    let odd = KvLayout { head_dim: 24, ..ONE_B };
     assert_eq!(KvPool::new(odd, 2, KvDType::Q8Q4).store().dtype(), KvDType::F16);
 }
 
