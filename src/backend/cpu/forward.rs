@@ -88,13 +88,7 @@ impl CpuModel {
             spare: Spare::default(),
         };
         // On a pool worker: the step's parallel regions then start cheaply.
-        let done = AtomicBool::new(false);
-        rayon::scope(|scope| {
-            keep_workers_awake(scope, &done, rayon::current_thread_index());
-            let out = self.run(&mut step, &ids);
-            done.store(true, Ordering::Release);
-            out
-        })
+        with_workers_awake(|| self.run(&mut step, &ids))
     }
 
     fn run(&self, step: &mut Step, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
@@ -225,6 +219,18 @@ fn three(outs: Vec<Vec<f32>>) -> Result<[Vec<f32>; 3]> {
 /// gives up (and sleeps as the pool's workers do).
 const AWAKE_IDLE: Duration = Duration::from_micros(500);
 
+/// Runs `f` on a worker of the pool (`rayon::scope`) with the other workers kept awake
+/// until it returns ([`keep_workers_awake`]).
+fn with_workers_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let done = AtomicBool::new(false);
+    rayon::scope(|scope| {
+        keep_workers_awake(scope, &done, rayon::current_thread_index());
+        let out = f();
+        done.store(true, Ordering::Release);
+        out
+    })
+}
+
 /// Keeps the pool's other workers looking for work until `done`, instead of going to sleep
 /// between the step's parallel regions (being woken costs each region tens of microseconds
 /// on a virtual machine: +7-10% batched decode of 8 sequences on 2 cores): one task per
@@ -267,12 +273,10 @@ mod tests {
         for _ in 0..4 {
             let tx = tx.clone();
             pool.spawn(move || {
-                let done = AtomicBool::new(false);
-                let total = rayon::scope(|scope| {
-                    keep_workers_awake(scope, &done, rayon::current_thread_index());
-                    let total: u64 = (0..2000).map(|_| (0..10_000u64).into_par_iter().sum::<u64>()).sum();
-                    done.store(true, Ordering::Release);
-                    total
+                let total = with_workers_awake(|| {
+                    (0..2000)
+                        .map(|_| (0..10_000u64).into_par_iter().sum::<u64>())
+                        .sum::<u64>()
                 });
                 tx.send(total).unwrap();
             });
