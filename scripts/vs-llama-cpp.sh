@@ -40,6 +40,8 @@ gguf() {
   [ "$SHAPE" = 1b ] || out=$DIR/$1-$SHAPE.gguf
   if [ ! -f "$out" ]; then
     local src
+    # The converter's Python (ik-llama-cpp.sh alone does not make this venv).
+    [ -x "$PEERS/venv/bin/pip" ] || python3 -m venv "$PEERS/venv"
     src=$(ls -d "$PEERS"/llama_cpp_python-*/vendor/llama.cpp 2>/dev/null | tail -1 || true)
     if [ -z "$src" ]; then
       # Reading the source package's metadata needs its build backend.
@@ -48,7 +50,7 @@ gguf() {
       tar -xzf "$PEERS"/llama_cpp_python-0.3.36.tar.gz -C "$PEERS"
       src=$PEERS/llama_cpp_python-0.3.36/vendor/llama.cpp
     fi
-    "$PEERS/venv/bin/python" -c 'import torch' 2>/dev/null || "$PEERS/venv/bin/pip" install -q torch transformers
+    "$PEERS/venv/bin/python" -c 'import torch' 2>/dev/null || "$PEERS/venv/bin/pip" install -q torch transformers numpy sentencepiece safetensors
     [ -f "$bf16" ] || "$PEERS/venv/bin/python" "$src/convert_hf_to_gguf.py" "$MODEL" --outtype bf16 --outfile "$bf16" >/dev/null 2>&1
     LD_LIBRARY_PATH=${LCPP:-$IK} "${LCPP:-$IK}/llama-quantize" "$bf16" "$out" "${1^^}" >/dev/null 2>&1
   fi
