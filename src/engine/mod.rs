@@ -384,8 +384,11 @@ impl Engine {
         Ok(Handle::new(rx, cancel))
     }
 
-    /// Checks everything about a request that can be checked before it runs.
-    fn parts(&self, prompt: Vec<u32>, request: &GenerateRequest, start: Instant) -> Result<Parts> {
+    /// The request's token budget and the prompt itself checked: `max_tokens` at least 1
+    /// (0 only when scoring the prompt), a prompt that is not empty, leaves room in the
+    /// context window for one generated token, and holds only ids of the vocabulary.
+    /// Returns the context window.
+    fn check_prompt(&self, prompt: &[u32], request: &GenerateRequest) -> Result<usize> {
         if request.max_tokens == 0 && request.prompt_logprobs.is_none() {
             return Err(Error::InvalidParameter {
                 name: "max-tokens",
@@ -414,6 +417,13 @@ impl Engine {
                 reason: format!("token id {bad} is outside the vocabulary of {vocab}"),
             });
         }
+        Ok(ctx)
+    }
+
+    /// Checks everything about a request that can be checked before it runs.
+    fn parts(&self, prompt: Vec<u32>, request: &GenerateRequest, start: Instant) -> Result<Parts> {
+        let ctx = self.check_prompt(&prompt, request)?;
+        let vocab = self.config().vocab_size;
         let resolved = request.sampling.resolve(&self.generation_config, vocab)?;
         if request
             .logprobs

@@ -37,17 +37,8 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     if let Some(threads) = cli.threads {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let limit = (cpus * 4).max(4);
-        if threads == 0 || threads > limit {
-            eprintln!("error: invalid parameter `threads`: must be from 1 to {limit} (4x the {cpus} CPUs)");
-            return ExitCode::from(EXIT_USAGE);
-        }
-        // Before any thread pool starts: candle sizes its kernels by RAYON_NUM_THREADS.
-        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global() {
-            eprintln!("error: could not start {threads} threads: {e}");
-            return ExitCode::FAILURE;
+        if let Err(code) = start_threads(threads) {
+            return code;
         }
     }
     let result = match cli.command {
@@ -61,20 +52,7 @@ fn main() -> ExitCode {
             })
             .and_then(|()| bench_cmd::run(a)),
         Command::Serve(mut a) => {
-            if a.served_model_name.is_empty() {
-                // A local folder or file is served under its own name (not the path, which
-                // clients would have to spell); an alias or hub id as typed.
-                let typed = a.model.model.display().to_string();
-                let typed = typed.trim_end_matches('/').to_string();
-                let local = a.model.model.exists().then(|| a.model.model.file_name()).flatten();
-                match local.and_then(|n| n.to_str()).filter(|n| *n != typed) {
-                    Some(name) => {
-                        a.served_model_name.push(name.to_string());
-                        a.model_aliases.push(typed);
-                    }
-                    None => a.served_model_name.push(typed),
-                }
-            }
+            name_served_model(&mut a);
             hub_cmd::resolve_in_place(&mut a.model.model).and_then(|()| serve_cmd::run(a))
         }
         Command::Download(a) => hub_cmd::download(a),
@@ -92,6 +70,43 @@ fn main() -> ExitCode {
                 || e.downcast_ref::<common::FlagFileError>().is_some();
             ExitCode::from(if usage { EXIT_USAGE } else { 1 })
         }
+    }
+}
+
+/// Sizes the global thread pool (`--threads`, from 1 to 4x the CPUs) before any other
+/// starts; the exit code to return where the count is refused or the pool cannot start.
+fn start_threads(threads: usize) -> Result<(), ExitCode> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let limit = (cpus * 4).max(4);
+    if threads == 0 || threads > limit {
+        eprintln!("error: invalid parameter `threads`: must be from 1 to {limit} (4x the {cpus} CPUs)");
+        return Err(ExitCode::from(EXIT_USAGE));
+    }
+    // Before any thread pool starts: candle sizes its kernels by RAYON_NUM_THREADS.
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global() {
+        eprintln!("error: could not start {threads} threads: {e}");
+        return Err(ExitCode::FAILURE);
+    }
+    Ok(())
+}
+
+/// Without `--served-model-name`: a local folder or file is served under its own name (not
+/// the path, which clients would have to spell; the path as typed stays an alias), an
+/// alias or hub id as typed.
+fn name_served_model(a: &mut args::ServeArgs) {
+    if !a.served_model_name.is_empty() {
+        return;
+    }
+    let typed = a.model.model.display().to_string();
+    let typed = typed.trim_end_matches('/').to_string();
+    let local = a.model.model.exists().then(|| a.model.model.file_name()).flatten();
+    match local.and_then(|n| n.to_str()).filter(|n| *n != typed) {
+        Some(name) => {
+            a.served_model_name.push(name.to_string());
+            a.model_aliases.push(typed);
+        }
+        None => a.served_model_name.push(typed),
     }
 }
 

@@ -275,16 +275,7 @@ fn convert_turn(i: usize, turn: Turn, out: &mut Vec<Message>) -> Result<(), ApiE
             // Earlier reasoning is not part of a Llama prompt.
             Some("thinking" | "redacted_thinking") if role == "assistant" => {}
             Some("tool_use") if role == "assistant" => calls.push(tool_call(&name, block)?),
-            Some("tool_result") if role == "user" => {
-                let content = match &block.content {
-                    Some(ResultContent::Text(s)) => s.clone(),
-                    Some(ResultContent::Blocks(parts)) => block_text("messages", parts)?,
-                    Some(ResultContent::Other(_)) | None => String::new(),
-                };
-                let mut message = Message::text("tool", content);
-                message.tool_call_id = block.tool_use_id;
-                out.push(message);
-            }
+            Some("tool_result") if role == "user" => out.push(tool_result(block)?),
             Some(other) => {
                 return Err(ApiError::invalid(
                     "messages",
@@ -305,6 +296,18 @@ fn convert_turn(i: usize, turn: Turn, out: &mut Vec<Message>) -> Result<(), ApiE
         out.push(message);
     }
     Ok(())
+}
+
+/// A user's `tool_result` block as a `tool` message answering its call.
+fn tool_result(block: Block) -> Result<Message, ApiError> {
+    let content = match &block.content {
+        Some(ResultContent::Text(s)) => s.clone(),
+        Some(ResultContent::Blocks(parts)) => block_text("messages", parts)?,
+        Some(ResultContent::Other(_)) | None => String::new(),
+    };
+    let mut message = Message::text("tool", content);
+    message.tool_call_id = block.tool_use_id;
+    Ok(message)
 }
 
 /// A `tool_use` block as the assistant's tool call.

@@ -261,24 +261,7 @@ impl CompletionRequest {
         if self.suffix.is_some() {
             return Err(ApiError::invalid("suffix", "`suffix` is not supported by this server"));
         }
-        let logprobs = match self.logprobs.take() {
-            None | Some(Json::Bool(false)) => None,
-            Some(Json::Number(n)) => match n.as_u64() {
-                Some(k) if k as usize <= MAX_TOP_LOGPROBS => Some(k as usize),
-                _ => {
-                    return Err(ApiError::invalid(
-                        "logprobs",
-                        format!("`logprobs` must be an integer from 0 to {MAX_TOP_LOGPROBS}"),
-                    ))
-                }
-            },
-            Some(_) => {
-                return Err(ApiError::invalid(
-                    "logprobs",
-                    "Invalid type for `logprobs`: expected an integer",
-                ))
-            }
-        };
+        let logprobs = completion_logprobs(self.logprobs.take())?;
         let constraint = take_grammar_fields!(self).constraint()?;
         let best_of = self.best_of.map(|b| b.count("best_of", 1)).transpose()?;
         let echo = self.echo.unwrap_or(false);
@@ -317,6 +300,25 @@ impl CompletionRequest {
             echo,
             constraint,
         })
+    }
+}
+
+/// The completions API's `logprobs`: how many alternatives per token (an integer up to
+/// [`MAX_TOP_LOGPROBS`]), `None` when absent or `false`.
+fn completion_logprobs(value: Option<Json>) -> Result<Option<usize>, ApiError> {
+    match value {
+        None | Some(Json::Bool(false)) => Ok(None),
+        Some(Json::Number(n)) => match n.as_u64() {
+            Some(k) if k as usize <= MAX_TOP_LOGPROBS => Ok(Some(k as usize)),
+            _ => Err(ApiError::invalid(
+                "logprobs",
+                format!("`logprobs` must be an integer from 0 to {MAX_TOP_LOGPROBS}"),
+            )),
+        },
+        Some(_) => Err(ApiError::invalid(
+            "logprobs",
+            "Invalid type for `logprobs`: expected an integer",
+        )),
     }
 }
 
