@@ -302,35 +302,36 @@ impl KvStore {
     /// The keys of one block of KV head `head` in `layer` as a q8_0 pool holds them, for
     /// [`super::attention_q8`]; `None` for other storage.
     pub fn q8_key_tile(&self, layer: usize, block: BlockId, head: usize) -> Option<KeyTile<'_>> {
-        let l = self.layout;
-        match self.head_span((layer, Part::Keys), block, head, l.block_size) {
-            (Store::Q8(q), at, len) => {
-                let (q8, scales) = q.key_tile(at, len);
-                Some(KeyTile {
-                    q: q8,
-                    scales,
-                    padded: l.padded(),
-                    group: q.shape.group,
-                })
-            }
-            (Store::F16(_) | Store::F32(_) | Store::Q4(_), ..) => None,
-        }
+        let Store::Q8(q) = &self.keys[layer] else {
+            return None;
+        };
+        // A tile's first scale is its start over the group (the tile holds whole groups):
+        // multiplications only, no division per block on attention's path.
+        let (len, group) = (self.key_len(), q.shape.group);
+        let tile = head * self.blocks + block as usize;
+        Some(KeyTile {
+            q: &q.q[tile * len..][..len],
+            scales: &q.scales[tile * (len / group)..][..len / group],
+            padded: self.layout.padded(),
+            group,
+        })
     }
 
     /// The values of the first `n` positions of one block of KV head `head` in `layer` as a
     /// q8_0 pool holds them; `None` for other storage.
     pub fn q8_value_block(&self, layer: usize, block: BlockId, head: usize, n: usize) -> Option<ValueBlock<'_>> {
-        match self.head_span((layer, Part::Values), block, head, n) {
-            (Store::Q8(q), at, len) => {
-                let g = q.shape.group;
-                Some(ValueBlock {
-                    q: &q.q[at..at + len],
-                    scales: &q.scales[at / g..(at + len).div_ceil(g)],
-                    group: g,
-                })
-            }
-            (Store::F16(_) | Store::F32(_) | Store::Q4(_), ..) => None,
-        }
+        let Store::Q8(q) = &self.values[layer] else {
+            return None;
+        };
+        // Each position's groups whole (`head_dim` is a multiple of the group).
+        let (d, group) = (self.layout.head_dim, q.shape.group);
+        let (len, per) = (self.value_len(), d / group);
+        let tile = head * self.blocks + block as usize;
+        Some(ValueBlock {
+            q: &q.q[tile * len..][..n * d],
+            scales: &q.scales[tile * (len / group)..][..n * per],
+            group,
+        })
     }
 
     /// The values of the first `n` positions of one block of KV head `head` in `layer` as a

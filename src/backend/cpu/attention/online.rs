@@ -179,17 +179,20 @@ fn lane_max(s: &[f32]) -> f32 {
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
 fn exp_sum(s: &mut [f32], max: f32) -> f32 {
-    // Whole vectors in one flat loop (the sums stay in registers), then the rest.
+    // The exponentials first, then their sums in a loop of their own: in one loop with the
+    // exponentials the compiler kept the sums in memory, a store and a load on every step's
+    // path (the same additions in the same order either way).
+    for v in s.iter_mut() {
+        *v = exp_neg(*v - max);
+    }
     let mut sums = [0f32; LANES];
-    let mut whole = s.chunks_exact_mut(LANES);
+    let mut whole = s.chunks_exact(LANES);
     for c in &mut whole {
         for l in 0..LANES {
-            c[l] = exp_neg(c[l] - max);
             sums[l] += c[l];
         }
     }
-    for (l, v) in whole.into_remainder().iter_mut().enumerate() {
-        *v = exp_neg(*v - max);
+    for (l, v) in whole.remainder().iter().enumerate() {
         sums[l] += *v;
     }
     sums.iter().sum()

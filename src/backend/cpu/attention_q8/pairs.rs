@@ -175,13 +175,19 @@ impl Pairs {
         self.scales.resize(groups * 2 * ROOM, 0.0);
         let mut at_pos = 0;
         for (stored, n) in scales {
-            self.flat.resize(n * groups, 0.0);
-            super::block_scales(
-                stored,
-                (n, groups),
-                &mut self.flat,
-                (&mut self.scales, 2 * ROOM, at_pos),
-            );
+            if groups == 2 {
+                // SAFETY: AVX-512F/BW were detected (`converts_fast`); `stored` holds `n`
+                // positions' two scales (checked above) and `at_pos + n <= m <= 2 * ROOM`.
+                unsafe { two_groups(&stored[..2 * n], (&mut self.scales, 2 * ROOM, at_pos)) };
+            } else {
+                self.flat.resize(n * groups, 0.0);
+                super::block_scales(
+                    stored,
+                    (n, groups),
+                    &mut self.flat,
+                    (&mut self.scales, 2 * ROOM, at_pos),
+                );
+            }
             at_pos += n;
         }
         self.words.resize(groups * heads * ROOM, 0);
@@ -280,6 +286,43 @@ unsafe fn weights<const H: usize>(sc: &[f32], (m, len): (usize, usize), scales: 
                     )
                 };
             }
+        }
+    }
+}
+
+/// [`super::block_scales`] for two groups a position, sixteen positions a step: the scales
+/// `stored` (f16 bits `[m, 2]`) widened, group 0's into `out` from `at`, group 1's from
+/// `stride + at` (`vcvtph2ps`, exact as the widening there).
+///
+/// # Safety
+/// AVX-512F/BW.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn two_groups(stored: &[u16], (out, stride, at): (&mut [f32], usize, usize)) {
+    let m = stored.len() / 2;
+    assert!(
+        at + m <= stride && stride + at + m <= out.len(),
+        "attention_q8: scales out of place"
+    );
+    // Even words (group 0) to the low half, odd ones (group 1) to the high half.
+    let order: [u16; 32] = std::array::from_fn(|i| ((i % 16) * 2 + i / 16) as u16);
+    // SAFETY: 64 bytes from a 32-word array.
+    let order = unsafe { _mm512_loadu_si512(order.as_ptr().cast()) };
+    for s in (0..m).step_by(LANES) {
+        let k = (m - s).min(LANES);
+        let (words, lanes): (__mmask32, __mmask16) = match k {
+            LANES => (!0, !0),
+            _ => ((1 << (2 * k)) - 1, (1 << k) - 1),
+        };
+        // SAFETY: the masks touch the `k` positions from `s`: within `stored` and, by the
+        // assertion, within both groups' places in `out`.
+        unsafe {
+            let both = _mm512_permutexvar_epi16(
+                order,
+                _mm512_maskz_loadu_epi16(words, stored.as_ptr().add(2 * s).cast()),
+            );
+            let (g0, g1) = (_mm512_castsi512_si256(both), _mm512_extracti64x4_epi64::<1>(both));
+            _mm512_mask_storeu_ps(out.as_mut_ptr().add(at + s), lanes, _mm512_cvtph_ps(g0));
+            _mm512_mask_storeu_ps(out.as_mut_ptr().add(stride + at + s), lanes, _mm512_cvtph_ps(g1));
         }
     }
 }

@@ -133,10 +133,4 @@ impl Q8Store {
             }
         }
     }
-
-    /// The key tile that starts at `at` as it lies: its bytes and its scales.
-    pub fn key_tile(&self, at: usize, len: usize) -> (&[i8], &[u16]) {
-        let s = self.scale_index(at);
-        (&self.q[at..at + len], &self.scales[s..s + len / self.shape.group])
-    }
 }
