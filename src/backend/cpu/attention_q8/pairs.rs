@@ -175,19 +175,8 @@ impl Pairs {
         self.scales.resize(groups * 2 * ROOM, 0.0);
         let mut at_pos = 0;
         for (stored, n) in scales {
-            if groups == 2 {
-                // SAFETY: AVX-512F/BW were detected (`converts_fast`); `stored` holds `n`
-                // positions' two scales (checked above) and `at_pos + n <= m <= 2 * ROOM`.
-                unsafe { two_groups(&stored[..2 * n], (&mut self.scales, 2 * ROOM, at_pos)) };
-            } else {
-                self.flat.resize(n * groups, 0.0);
-                super::block_scales(
-                    stored,
-                    (n, groups),
-                    &mut self.flat,
-                    (&mut self.scales, 2 * ROOM, at_pos),
-                );
-            }
+            // `stored` holds `n` positions' scales (checked above), `at_pos + n <= m <= 2 * ROOM`.
+            widen_scales(stored, (n, groups), &mut self.flat, (&mut self.scales, at_pos));
             at_pos += n;
         }
         self.words.resize(groups * heads * ROOM, 0);
@@ -215,8 +204,7 @@ impl ChunkPairs<'_> {
             && p.n.is_multiple_of(2)
             && p.n + n <= 2 * ROOM;
         assert!(ok, "attention_q8: a value block that does not fit the chunk's pairs");
-        p.flat.resize(n * groups, 0.0);
-        super::block_scales(v.scales, (n, groups), &mut p.flat, (&mut p.scales, 2 * ROOM, p.n));
+        widen_scales(v.scales, (n, groups), &mut p.flat, (&mut p.scales, p.n));
         let (q, block) = (&v.q[..n * d], &mut p.values[p.n / 2 * d..]);
         // SAFETY: AVX-512F/BW/BF16 were detected by `start`, VBMI where used; `v.q` holds `n *
         // d` bytes and the pairs from `p.n / 2` `ceil(n / 2) * d` words (`p.n + n <= 2 *
@@ -287,6 +275,19 @@ unsafe fn weights<const H: usize>(sc: &[f32], (m, len): (usize, usize), scales: 
                 };
             }
         }
+    }
+}
+
+/// The first `n` positions' scales of a block (f16 bits `[n, groups]`) widened into a
+/// chunk's scales by group (`[groups, 2 * ROOM]`) from position `at`: [`two_groups`] for the
+/// 1B's and 3B's two groups a position, else [`super::block_scales`] through `flat`.
+fn widen_scales(stored: &[u16], (n, groups): (usize, usize), flat: &mut Vec<f32>, (out, at): (&mut [f32], usize)) {
+    if groups == 2 && available() {
+        // SAFETY: AVX-512F/BW were detected just above; `two_groups` checks its slices.
+        unsafe { two_groups(&stored[..2 * n], (out, 2 * ROOM, at)) };
+    } else {
+        flat.resize(n * groups, 0.0);
+        super::block_scales(stored, (n, groups), flat, (out, 2 * ROOM, at));
     }
 }
 
