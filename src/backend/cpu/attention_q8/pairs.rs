@@ -18,6 +18,9 @@ use std::arch::x86_64::*;
 use super::bf16::{self, bf16_bits, interleave_index, nibble_index};
 use super::ValueBlock;
 
+mod scales;
+use scales::widen_scales;
+
 /// Dimensions of one register.
 const LANES: usize = 16;
 
@@ -274,56 +277,6 @@ unsafe fn weights<const H: usize>(sc: &[f32], (m, len): (usize, usize), scales: 
                     )
                 };
             }
-        }
-    }
-}
-
-/// The first `n` positions' scales of a block (f16 bits `[n, groups]`) widened into a
-/// chunk's scales by group (`[groups, 2 * ROOM]`) from position `at`: [`two_groups`] for the
-/// 1B's and 3B's two groups a position, else [`super::block_scales`] through `flat`.
-fn widen_scales(stored: &[u16], (n, groups): (usize, usize), flat: &mut Vec<f32>, (out, at): (&mut [f32], usize)) {
-    if groups == 2 && available() {
-        // SAFETY: AVX-512F/BW were detected just above; `two_groups` checks its slices.
-        unsafe { two_groups(&stored[..2 * n], (out, 2 * ROOM, at)) };
-    } else {
-        flat.resize(n * groups, 0.0);
-        super::block_scales(stored, (n, groups), flat, (out, 2 * ROOM, at));
-    }
-}
-
-/// [`super::block_scales`] for two groups a position, sixteen positions a step: the scales
-/// `stored` (f16 bits `[m, 2]`) widened, group 0's into `out` from `at`, group 1's from
-/// `stride + at` (`vcvtph2ps`, exact as the widening there).
-///
-/// # Safety
-/// AVX-512F/BW.
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn two_groups(stored: &[u16], (out, stride, at): (&mut [f32], usize, usize)) {
-    let m = stored.len() / 2;
-    assert!(
-        at + m <= stride && stride + at + m <= out.len(),
-        "attention_q8: scales out of place"
-    );
-    // Even words (group 0) to the low half, odd ones (group 1) to the high half.
-    let order: [u16; 32] = std::array::from_fn(|i| ((i % 16) * 2 + i / 16) as u16);
-    // SAFETY: 64 bytes from a 32-word array.
-    let order = unsafe { _mm512_loadu_si512(order.as_ptr().cast()) };
-    for s in (0..m).step_by(LANES) {
-        let k = (m - s).min(LANES);
-        let (words, lanes): (__mmask32, __mmask16) = match k {
-            LANES => (!0, !0),
-            _ => ((1 << (2 * k)) - 1, (1 << k) - 1),
-        };
-        // SAFETY: the masks touch the `k` positions from `s`: within `stored` and, by the
-        // assertion, within both groups' places in `out`.
-        unsafe {
-            let both = _mm512_permutexvar_epi16(
-                order,
-                _mm512_maskz_loadu_epi16(words, stored.as_ptr().add(2 * s).cast()),
-            );
-            let (g0, g1) = (_mm512_castsi512_si256(both), _mm512_extracti64x4_epi64::<1>(both));
-            _mm512_mask_storeu_ps(out.as_mut_ptr().add(at + s), lanes, _mm512_cvtph_ps(g0));
-            _mm512_mask_storeu_ps(out.as_mut_ptr().add(stride + at + s), lanes, _mm512_cvtph_ps(g1));
         }
     }
 }

@@ -260,6 +260,7 @@ fn bf16_pairs_give_the_reference_s_bits() {
         (64, 16, 2, 8, 5),
         (128, 64, 4, 16, 1),
         (64, 32, 1, 16, 16),
+        (64, 64, 2, 16, 40),
     ] {
         let (q, scales) = tile(d, n, group);
         let (mut converted, mut alone) = (pairs::Pairs::default(), pairs::Pairs::default());
