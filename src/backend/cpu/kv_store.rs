@@ -305,13 +305,12 @@ impl KvStore {
         let Store::Q8(q) = &self.keys[layer] else {
             return None;
         };
-        // A tile's first scale is its start over the group (the tile holds whole groups):
-        // multiplications only, no division per block on attention's path.
+        // A tile holds whole groups, so its scales lie as its bytes do, `len / group` a tile
+        // (one division, where `Q8Shape::scale_index` takes five).
         let (len, group) = (self.key_len(), q.shape.group);
-        let tile = head * self.blocks + block as usize;
         Some(KeyTile {
-            q: &q.q[tile * len..][..len],
-            scales: &q.scales[tile * (len / group)..][..len / group],
+            q: &q.q[self.tile_at(block, head, len)..][..len],
+            scales: &q.scales[self.tile_at(block, head, len / group)..][..len / group],
             padded: self.layout.padded(),
             group,
         })
@@ -326,10 +325,9 @@ impl KvStore {
         // Each position's groups whole (`head_dim` is a multiple of the group).
         let (d, group) = (self.layout.head_dim, q.shape.group);
         let (len, per) = (self.value_len(), d / group);
-        let tile = head * self.blocks + block as usize;
         Some(ValueBlock {
-            q: &q.q[tile * len..][..n * d],
-            scales: &q.scales[tile * (len / group)..][..n * per],
+            q: &q.q[self.tile_at(block, head, len)..][..n * d],
+            scales: &q.scales[self.tile_at(block, head, len / group)..][..n * per],
             group,
         })
     }
