@@ -7,7 +7,7 @@
 //! outputs are rotated back at its end.
 
 use super::super::attention_q8::pairs::{self, NibbleBlock, Pairs};
-use super::super::attention_q8::{self, Axpys, QuantQuery, RowDots, ScoreOut, ValueBlock};
+use super::super::attention_q8::{self, Axpys, KeyTile, QuantQuery, RowDots, ScoreOut, ValueBlock};
 use super::super::kv_store::{rotate, Part};
 use super::{prefetch_ahead, visible, Chunk, Scores, Tile, TileShape, LANES};
 use crate::kv::KvDType;
@@ -51,10 +51,7 @@ fn chunk_values<'a>(
 ) -> Option<Vec<(ValueBlock<'a>, usize)>> {
     let range = chunk.first..chunk.end;
     if !buf.four_bit {
-        return each_block(range, |j| {
-            let n = s.count(j);
-            t.pool.q8_value_block(t.layer, s.blocks[j], t.kv, n).map(|v| (v, n))
-        });
+        return value_blocks(t, s, range);
     }
     let positions: usize = range.clone().map(|j| s.count(j)).sum();
     buf.q.resize(positions * s.d, 0);
@@ -83,6 +80,29 @@ fn chunk_values<'a>(
         )
     });
     Some(blocks.collect())
+}
+
+/// The chunk's q8_0 key tiles with the positions each holds (one call a chunk, the store's
+/// lookups inlined in its loop); `None` where the pool holds other keys.
+#[inline(never)]
+fn key_tiles<'a>(t: &Tile<'a>, s: &TileShape, chunk: &Chunk) -> Option<Vec<(KeyTile<'a>, usize)>> {
+    each_block(chunk.first..chunk.end, |j| {
+        t.pool.q8_key_tile(t.layer, s.blocks[j], t.kv).map(|k| (k, s.count(j)))
+    })
+}
+
+/// The q8_0 value blocks of `range` with the positions each holds for the tile's longest
+/// row (as [`key_tiles`]); `None` where the pool holds other values.
+#[inline(never)]
+fn value_blocks<'a>(
+    t: &Tile<'a>,
+    s: &TileShape,
+    range: std::ops::Range<usize>,
+) -> Option<Vec<(ValueBlock<'a>, usize)>> {
+    each_block(range, |j| {
+        let n = s.count(j);
+        t.pool.q8_value_block(t.layer, s.blocks[j], t.kv, n).map(|v| (v, n))
+    })
 }
 
 /// `f` of every block in `range`, in order; `None` where one is `None`. One allocation of
@@ -139,9 +159,7 @@ impl Parts {
     /// written).
     #[inline(always)]
     fn lone_scores(&mut self, t: &Tile, s: &TileShape, chunk: &Chunk, scores: &mut Scores) -> bool {
-        let tiles = each_block(chunk.first..chunk.end, |j| {
-            t.pool.q8_key_tile(t.layer, s.blocks[j], t.kv).map(|k| (k, s.count(j)))
-        });
+        let tiles = key_tiles(t, s, chunk);
         let (Some(tiles), Some(q)) = (tiles, self.queries.first()) else {
             return false;
         };

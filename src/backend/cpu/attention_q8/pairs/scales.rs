@@ -25,6 +25,17 @@ pub(super) fn widen_scales(
     }
 }
 
+/// Each word's position within a step of sixteen, twice (the low 256 bits are the ones used).
+const POSITIONS: [u16; 32] = {
+    let mut p = [0u16; 32];
+    let mut i = 0;
+    while i < 32 {
+        p[i] = (i % LANES) as u16;
+        i += 1;
+    }
+    p
+};
+
 /// Groups a position that [`few_groups`] takes: sixteen positions' scales in two registers.
 const FEW: usize = 4;
 
@@ -40,9 +51,11 @@ unsafe fn few_groups(stored: &[u16], groups: usize, (out, stride, at): (&mut [f3
     let m = stored.len() / groups.max(1);
     let fits = (1..=FEW).contains(&groups) && at + m <= stride && (groups - 1) * stride + at + m <= out.len();
     assert!(fits, "attention_q8: scales out of place");
-    // Position `p`'s scale of group `g` is word `p * groups + g` of a step's two registers.
-    let index = |g: usize| -> [u16; 32] { std::array::from_fn(|p| ((p % LANES) * groups + g) as u16) };
-    let indices: [[u16; 32]; FEW] = std::array::from_fn(index);
+    // Position `p`'s scale of group `g` is word `p * groups + g` of a step's two registers:
+    // the indices made in registers (built as arrays, they cost more than the permutes).
+    // SAFETY: 64 bytes from a 32-word array.
+    let positions = unsafe { _mm512_loadu_si512(POSITIONS.as_ptr().cast()) };
+    let first = _mm512_mullo_epi16(positions, _mm512_set1_epi16(groups as i16));
     for s in (0..m).step_by(LANES) {
         let k = (m - s).min(LANES);
         // The step's words, `k * groups <= 64`, in two registers of 32.
@@ -63,11 +76,11 @@ unsafe fn few_groups(stored: &[u16], groups: usize, (out, stride, at): (&mut [f3
                 _mm512_maskz_loadu_epi16(mask(words.saturating_sub(32)), from.wrapping_add(32).cast()),
             )
         };
-        for (g, index) in indices.iter().enumerate().take(groups) {
-            // SAFETY: 64 bytes from a 32-word array; the store's mask keeps the `k` positions
-            // from `s`, within group `g`'s place in `out` (asserted above).
+        for g in 0..groups {
+            // SAFETY: the store's mask keeps the `k` positions from `s`, within group `g`'s
+            // place in `out` (asserted above).
             unsafe {
-                let index = _mm512_loadu_si512(index.as_ptr().cast());
+                let index = _mm512_add_epi16(first, _mm512_set1_epi16(g as i16));
                 let picked = _mm512_castsi512_si256(_mm512_permutex2var_epi16(lo, index, hi));
                 _mm512_mask_storeu_ps(
                     out.as_mut_ptr().add(g * stride + at + s),
