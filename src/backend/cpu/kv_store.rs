@@ -301,7 +301,7 @@ impl KvStore {
 
     /// The keys of one block of KV head `head` in `layer` as a q8_0 pool holds them, for
     /// [`super::attention_q8`]; `None` for other storage.
-    #[inline]
+    #[inline(always)]
     pub fn q8_key_tile(&self, layer: usize, block: BlockId, head: usize) -> Option<KeyTile<'_>> {
         let Store::Q8(q) = &self.keys[layer] else {
             return None;
@@ -319,7 +319,7 @@ impl KvStore {
 
     /// The values of the first `n` positions of one block of KV head `head` in `layer` as a
     /// q8_0 pool holds them; `None` for other storage.
-    #[inline]
+    #[inline(always)]
     pub fn q8_value_block(&self, layer: usize, block: BlockId, head: usize, n: usize) -> Option<ValueBlock<'_>> {
         let Store::Q8(q) = &self.values[layer] else {
             return None;

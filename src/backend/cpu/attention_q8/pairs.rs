@@ -19,7 +19,7 @@ use super::bf16::{self, bf16_bits, interleave_index, nibble_index};
 use super::ValueBlock;
 
 mod scales;
-use scales::widen_scales;
+use scales::{widen_chunk, widen_scales};
 
 /// Dimensions of one register.
 const LANES: usize = 16;
@@ -176,12 +176,8 @@ impl Pairs {
             return false;
         }
         self.scales.resize(groups * 2 * ROOM, 0.0);
-        let mut at_pos = 0;
-        for (stored, n) in scales {
-            // `stored` holds `n` positions' scales (checked above), `at_pos + n <= m <= 2 * ROOM`.
-            widen_scales(stored, (n, groups), &mut self.flat, (&mut self.scales, at_pos));
-            at_pos += n;
-        }
+        // Each block's `stored` holds its `n` positions' scales (checked above), `m <= 2 * ROOM`.
+        widen_chunk(scales, groups, &mut self.flat, &mut self.scales);
         self.words.resize(groups * heads * ROOM, 0);
         // SAFETY: AVX-512F/BW/BF16/VBMI were detected (`converts_fast`); the scores checked
         // above, the scales `[groups, 2 * ROOM]` and the words `[groups, heads, ROOM]` with `m

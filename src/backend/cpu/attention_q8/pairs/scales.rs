@@ -25,6 +25,41 @@ pub(super) fn widen_scales(
     }
 }
 
+/// A chunk's blocks' scales (each block's f16 bits `[n, groups]` with its `n` positions, in
+/// order) widened into the chunk's scales by group (`[groups, 2 * ROOM]`) from position 0:
+/// [`widen_scales`] block after block, in one call where [`few_groups`] applies.
+pub(super) fn widen_chunk<'v>(
+    scales: impl Iterator<Item = (&'v [u16], usize)>,
+    groups: usize,
+    flat: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    if (1..=FEW).contains(&groups) && available() {
+        // SAFETY: AVX-512F/BW were detected just above.
+        unsafe { few_groups_chunk(scales, groups, out) };
+    } else {
+        let mut at = 0;
+        for (stored, n) in scales {
+            widen_scales(stored, (n, groups), flat, (out, at));
+            at += n;
+        }
+    }
+}
+
+/// [`few_groups`] of every block of a chunk, its calls inlined here.
+///
+/// # Safety
+/// AVX-512F/BW; `groups` at most [`FEW`].
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn few_groups_chunk<'v>(scales: impl Iterator<Item = (&'v [u16], usize)>, groups: usize, out: &mut [f32]) {
+    let mut at = 0;
+    for (stored, n) in scales {
+        // SAFETY: AVX-512F/BW (the caller's contract); `few_groups` checks its slices.
+        unsafe { few_groups(&stored[..groups * n], groups, (out, 2 * ROOM, at)) };
+        at += n;
+    }
+}
+
 /// Each word's position within a step of sixteen, twice (the low 256 bits are the ones used).
 const POSITIONS: [u16; 32] = {
     let mut p = [0u16; 32];
@@ -47,6 +82,7 @@ const FEW: usize = 4;
 /// # Safety
 /// AVX-512F/BW.
 #[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
 unsafe fn few_groups(stored: &[u16], groups: usize, (out, stride, at): (&mut [f32], usize, usize)) {
     let m = stored.len() / groups.max(1);
     let fits = (1..=FEW).contains(&groups) && at + m <= stride && (groups - 1) * stride + at + m <= out.len();
