@@ -487,8 +487,9 @@ fn attention_timing() {
 
 /// One decoding row at depth through all 16 layers of a 1B-shaped pool, whose keys and
 /// values (570 MB at 32k with q8_0) do not fit the caches: what a decoding step's attention
-/// reads from memory; last, one layer at 4096 positions (4.4 MB with q8_0) on one thread,
-/// again and again from the caches: the attention's arithmetic alone.
+/// reads from memory; last, one layer at 4096 positions (4.4 MB with q8_0, 8.7 MB with the
+/// 3B's heads) on one thread, again and again from the caches: the attention's arithmetic
+/// alone.
 /// `cargo test --release --lib decode_timing -- --ignored --nocapture`.
 #[test]
 #[ignore]
@@ -500,36 +501,48 @@ fn decode_timing() {
         (KvDType::Q8Q4, 32768),
         (KvDType::F16, 32768),
     ] {
-        let (ms, cycles) = one_row_timing(dtype, len, 16, 5);
+        let (ms, cycles) = one_row_timing(dtype, (32, 64), len, 16, 5);
         eprintln!("{dtype:?} one row at {len}, 16 layers: {ms:.2} ms, {cycles:.2} cycles/pair");
     }
     let one = rayon::ThreadPoolBuilder::new().num_threads(1).build();
     let one = one.unwrap_or_else(|e| panic!("a one-thread pool: {e}"));
-    let (ms, cycles) = one.install(|| one_row_timing(KvDType::Q8_0, 4096, 1, 400));
-    eprintln!("Q8_0 one row at 4096, 1 layer, 1 thread, cached: {ms:.3} ms, {cycles:.2} cycles/pair");
+    for (shape, name) in [((32, 64), "1B"), ((24, 128), "3B")] {
+        let (ms, cycles) = one.install(|| one_row_timing(KvDType::Q8_0, shape, 4096, 1, 400));
+        eprintln!("Q8_0 one {name} row at 4096, 1 layer, 1 thread, cached: {ms:.3} ms, {cycles:.2} cycles/pair");
+    }
 }
 
 /// The best of `reps` times (ms) of one row's attention at depth `len` through `layers`
-/// layers of a 1B-shaped pool of `dtype`, and its cycles per pair.
-fn one_row_timing(dtype: KvDType, len: usize, layers: usize, reps: usize) -> (f64, f64) {
-    let heads = 32;
+/// layers of a pool of `dtype` with 8 KV heads and the query `heads` of `head_dim` (the 1B's
+/// 32 of 64, the 3B's 24 of 128), and its cycles per pair.
+fn one_row_timing(
+    dtype: KvDType,
+    (heads, head_dim): (usize, usize),
+    len: usize,
+    layers: usize,
+    reps: usize,
+) -> (f64, f64) {
     let layout = KvLayout {
         layers,
         kv_heads: 8,
-        head_dim: 64,
+        head_dim,
         block_size: 16,
     };
     let mut pool = KvPool::new(layout, len / 16 + 1, dtype);
     let mut t = pool.start(&[], 0);
     assert!(pool.reserve(&mut t, len));
-    let row: Vec<f32> = (0..8 * 64).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect();
+    let row: Vec<f32> = (0..8 * head_dim)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
+        .collect();
     for layer in 0..layers {
         for p in 0..len {
             pool.write(layer, &t, p, &row, &row);
         }
     }
     pool.commit(&mut t, &[], 0);
-    let q: Vec<f32> = (0..heads * 64).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect();
+    let q: Vec<f32> = (0..heads * head_dim)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
+        .collect();
     let rows = causal_rows(&t, len, 1);
     let mut best = f64::MAX;
     for _ in 0..reps {
