@@ -19,7 +19,7 @@ use super::bf16::{self, bf16_bits, interleave_index, nibble_index};
 use super::ValueBlock;
 
 mod scales;
-use scales::{widen_chunk, widen_scales};
+use scales::widen_chunk;
 
 /// Dimensions of one register.
 const LANES: usize = 16;
@@ -177,7 +177,7 @@ impl Pairs {
         }
         self.scales.resize(groups * 2 * ROOM, 0.0);
         // Each block's `stored` holds its `n` positions' scales (checked above), `m <= 2 * ROOM`.
-        widen_chunk(scales, groups, &mut self.flat, &mut self.scales);
+        widen_chunk(scales, groups, &mut self.flat, (&mut self.scales, 0));
         self.words.resize(groups * heads * ROOM, 0);
         // SAFETY: AVX-512F/BW/BF16/VBMI were detected (`converts_fast`); the scores checked
         // above, the scales `[groups, 2 * ROOM]` and the words `[groups, heads, ROOM]` with `m
@@ -203,7 +203,12 @@ impl ChunkPairs<'_> {
             && p.n.is_multiple_of(2)
             && p.n + n <= 2 * ROOM;
         assert!(ok, "attention_q8: a value block that does not fit the chunk's pairs");
-        widen_scales(v.scales, (n, groups), &mut p.flat, (&mut p.scales, p.n));
+        widen_chunk(
+            std::iter::once((v.scales, n)),
+            groups,
+            &mut p.flat,
+            (&mut p.scales, p.n),
+        );
         let (q, block) = (&v.q[..n * d], &mut p.values[p.n / 2 * d..]);
         // SAFETY: AVX-512F/BW/BF16 were detected by `start`, VBMI where used; `v.q` holds `n *
         // d` bytes and the pairs from `p.n / 2` `ceil(n / 2) * d` words (`p.n + n <= 2 *

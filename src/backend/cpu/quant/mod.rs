@@ -329,23 +329,34 @@ impl PackedWeight {
         tasks
             .into_par_iter()
             .with_max_len(1)
-            .for_each(|(w, acts, groups, out)| {
-                let (lp, mp) = Self::group_sizes(w.format, w.cols);
-                for start in (0..m).step_by(chunk) {
-                    let tokens = start..(start + chunk).min(m);
-                    for g in groups.clone() {
-                        let (lines, meta) = (&w.lines[g * lp..(g + 1) * lp], &w.meta[g * mp..(g + 1) * mp]);
-                        w.group_tokens(lines, meta, acts, tokens.clone(), isa, |t, vals| {
-                            // SAFETY: `t < m` and `g` is a group of this weight, so the 16
-                            // values lie inside `y` (`m * padded_rows` long, alive until the
-                            // parallel loop ends); no other task writes group `g`.
-                            unsafe { out.write(t, g, vals) }
-                        });
-                    }
-                }
-            });
+            .for_each(|(w, acts, groups, out)| w.run_task(acts, groups, (m, chunk), isa, out));
         forms.into_iter().for_each(|a| spare.give_acts(a));
         ws.iter().zip(ys).map(|(w, y)| w.unpad(y, m)).collect()
+    }
+
+    /// One task of [`Self::run_many`]: the row groups `groups` for every token of `acts`
+    /// (`m` of them, `chunk` at a time), written into `out`.
+    fn run_task(
+        &self,
+        acts: &QuantizedRows,
+        groups: std::ops::Range<usize>,
+        (m, chunk): (usize, usize),
+        isa: Isa,
+        out: Stripes,
+    ) {
+        let (lp, mp) = Self::group_sizes(self.format, self.cols);
+        for start in (0..m).step_by(chunk) {
+            let tokens = start..(start + chunk).min(m);
+            for g in groups.clone() {
+                let (lines, meta) = (&self.lines[g * lp..(g + 1) * lp], &self.meta[g * mp..(g + 1) * mp]);
+                self.group_tokens(lines, meta, acts, tokens.clone(), isa, |t, vals| {
+                    // SAFETY: `t < m` and `g` is a group of this weight, so the 16 values lie
+                    // inside the output (`m * padded_rows` long, alive until `run_many`'s
+                    // parallel loop ends); no other task writes group `g`.
+                    unsafe { out.write(t, g, vals) }
+                });
+            }
+        }
     }
 
     /// Values per activation scale this format's kernels take: one block for Q8_0, one

@@ -6,41 +6,24 @@ use std::arch::x86_64::*;
 
 use super::{available, LANES, ROOM};
 
-/// The first `n` positions' scales of a block (f16 bits `[n, groups]`) widened into a
-/// chunk's scales by group (`[groups, 2 * ROOM]`) from position `at`: [`few_groups`] for up
-/// to four groups a position (the 1B's two, the 3B's four), else [`super::super::block_scales`]
-/// through `flat`.
-pub(super) fn widen_scales(
-    stored: &[u16],
-    (n, groups): (usize, usize),
-    flat: &mut Vec<f32>,
-    (out, at): (&mut [f32], usize),
-) {
-    if (1..=FEW).contains(&groups) && available() {
-        // SAFETY: AVX-512F/BW were detected just above; `few_groups` checks its slices.
-        unsafe { few_groups(&stored[..groups * n], groups, (out, 2 * ROOM, at)) };
-    } else {
-        flat.resize(n * groups, 0.0);
-        super::super::block_scales(stored, (n, groups), flat, (out, 2 * ROOM, at));
-    }
-}
-
 /// A chunk's blocks' scales (each block's f16 bits `[n, groups]` with its `n` positions, in
-/// order) widened into the chunk's scales by group (`[groups, 2 * ROOM]`) from position 0:
-/// [`widen_scales`] block after block, in one call where [`few_groups`] applies.
+/// order) widened into the chunk's scales by group (`[groups, 2 * ROOM]`) from position
+/// `at`: [`few_groups`] for up to four groups a position (the 1B's two, the 3B's four), in
+/// one call for all the blocks, else [`super::super::block_scales`] through `flat`.
 pub(super) fn widen_chunk<'v>(
     scales: impl Iterator<Item = (&'v [u16], usize)>,
     groups: usize,
     flat: &mut Vec<f32>,
-    out: &mut [f32],
+    (out, at): (&mut [f32], usize),
 ) {
     if (1..=FEW).contains(&groups) && available() {
         // SAFETY: AVX-512F/BW were detected just above.
-        unsafe { few_groups_chunk(scales, groups, out) };
+        unsafe { few_groups_chunk(scales, groups, (out, at)) };
     } else {
-        let mut at = 0;
+        let mut at = at;
         for (stored, n) in scales {
-            widen_scales(stored, (n, groups), flat, (out, at));
+            flat.resize(n * groups, 0.0);
+            super::super::block_scales(stored, (n, groups), flat, (out, 2 * ROOM, at));
             at += n;
         }
     }
@@ -51,8 +34,12 @@ pub(super) fn widen_chunk<'v>(
 /// # Safety
 /// AVX-512F/BW; `groups` at most [`FEW`].
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn few_groups_chunk<'v>(scales: impl Iterator<Item = (&'v [u16], usize)>, groups: usize, out: &mut [f32]) {
-    let mut at = 0;
+unsafe fn few_groups_chunk<'v>(
+    scales: impl Iterator<Item = (&'v [u16], usize)>,
+    groups: usize,
+    (out, at): (&mut [f32], usize),
+) {
+    let mut at = at;
     for (stored, n) in scales {
         // SAFETY: AVX-512F/BW (the caller's contract); `few_groups` checks its slices.
         unsafe { few_groups(&stored[..groups * n], groups, (out, 2 * ROOM, at)) };
