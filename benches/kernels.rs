@@ -87,7 +87,7 @@ fn stream_rounds() {
     drop(w);
     let x: Vec<f32> = (0..cols).map(|i| (i % 17) as f32 / 17.0 - 0.5).collect();
     let mut spare = Spare::default();
-    let bytes = vec![1u8; packed.iter().map(|p| p.bytes()).max().unwrap_or(0)];
+    let bytes = huge_ones(packed.iter().map(|p| p.bytes()).max().unwrap_or(0));
     let (mut reads, mut figures) = (Vec::new(), vec![Vec::new(); packed.len()]);
     for _ in 0..15 {
         for (p, fig) in packed.iter().zip(figures.iter_mut()) {
@@ -111,6 +111,16 @@ fn stream_rounds() {
         let g = median(fig);
         println!("{:?}: {g:.1} ({:.0}%)", p.format(), 100.0 * g / read);
     }
+}
+
+/// `len` bytes of ones in an anonymous mapping advised into transparent huge pages before
+/// they are written, as the packed weights are: the plain read the kernels are held to.
+fn huge_ones(len: usize) -> memmap2::MmapMut {
+    let mut map = memmap2::MmapMut::map_anon(len.max(1)).unwrap();
+    #[cfg(target_os = "linux")]
+    let _ = map.advise(memmap2::Advice::HugePage);
+    map.fill(1);
+    map
 }
 
 /// Every byte read once, the halves on every core (what a one-token matmul can at best do).

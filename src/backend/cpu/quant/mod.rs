@@ -10,6 +10,7 @@
 //! the kernels against.
 
 pub(crate) mod activation;
+mod pages;
 mod q4;
 mod q8;
 
@@ -35,7 +36,7 @@ pub fn round_clamped(x: f32, lo: f32, hi: f32) -> f32 {
 
 /// One 64-byte, 64-byte aligned cache line of packed weights.
 #[repr(C, align(64))]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Line(pub [u8; 64]);
 
 /// The quantized activations of up to `T` tokens, as the kernels read them.
@@ -74,13 +75,13 @@ impl From<candle_core::quantized::GgmlDType> for PackedFormat {
 }
 
 /// A `[rows, cols]` weight matrix in a packed format (`cols` a multiple of 32).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct PackedWeight {
     format: PackedFormat,
     rows: usize,
     cols: usize,
-    lines: Vec<Line>,
-    meta: Vec<u8>,
+    lines: pages::Buffer<Line>,
+    meta: pages::Buffer<u8>,
 }
 
 /// Which kernel family the CPU runs.
@@ -188,8 +189,8 @@ impl PackedWeight {
         }
         let groups = rows.div_ceil(GROUP);
         let (lines_per, meta_per) = Self::group_sizes(format, cols);
-        let mut lines = vec![Line([0; 64]); groups * lines_per];
-        let mut meta = vec![0u8; groups * meta_per];
+        let mut lines = pages::Buffer::<Line>::zeroed(groups * lines_per);
+        let mut meta = pages::Buffer::<u8>::zeroed(groups * meta_per);
         lines
             .par_chunks_mut(lines_per)
             .zip(meta.par_chunks_mut(meta_per))
