@@ -26,6 +26,8 @@ mod half_rows;
 mod kv_store;
 mod linear;
 pub(crate) mod model;
+/// Zeroed buffers in transparent huge pages (packed weights, the KV pool).
+mod pages;
 #[doc(hidden)]
 pub mod quant;
 mod rows;

@@ -10,7 +10,6 @@
 //! the kernels against.
 
 pub(crate) mod activation;
-mod pages;
 mod q4;
 mod q8;
 
@@ -18,6 +17,7 @@ use rayon::prelude::*;
 
 use activation::{QuantizedRows, BLOCK};
 
+use super::pages;
 use super::spare::Spare;
 
 /// Rows packed together.
