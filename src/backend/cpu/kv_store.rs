@@ -18,8 +18,6 @@
 use half::f16;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
-use super::pages::Buffer;
-
 use super::attention_q8::{KeyTile, ValueBlock};
 use super::widen;
 use crate::kv::{BlockCopy, BlockId, BlockPool, BlockTable, KvDType, KvLayout};
@@ -39,11 +37,12 @@ pub(crate) enum Part {
     Values,
 }
 
-/// One layer's keys or values for every block, in [`Buffer`]s (untouched blocks cost no
-/// resident memory). f16 values are kept as their bits.
+/// One layer's keys or values for every block. f16 values are kept as their bits in a
+/// `u16` vector: zeroed integer vectors come from `calloc`, so untouched blocks cost no
+/// resident memory (a `vec![f16::ZERO; n]` would write every element).
 pub(crate) enum Store {
-    F16(Buffer<u16>),
-    F32(Buffer<f32>),
+    F16(Vec<u16>),
+    F32(Vec<f32>),
     Q8(Q8Store),
     Q4(Q4Store),
 }
@@ -63,8 +62,8 @@ impl Store {
     /// Zeroed storage for `len` keys or values (as `shape` says) of a `dtype` pool.
     fn new(dtype: KvDType, len: usize, shape: Q8Shape) -> Self {
         match dtype {
-            KvDType::F16 => Self::F16(Buffer::zeroed(len)),
-            KvDType::F32 => Self::F32(Buffer::zeroed(len)),
+            KvDType::F16 => Self::F16(vec![0u16; len]),
+            KvDType::F32 => Self::F32(vec![0f32; len]),
             KvDType::Q8Q4 if shape.transposed.is_none() => Self::Q4(Q4Store::new(len, shape.group, shape.head_dim)),
             KvDType::Q8_0 | KvDType::Q8Q4 => Self::Q8(Q8Store::new(len, shape)),
         }

@@ -26,7 +26,7 @@ mod half_rows;
 mod kv_store;
 mod linear;
 pub(crate) mod model;
-/// Zeroed buffers in transparent huge pages (packed weights, the KV pool).
+/// Zeroed buffers in transparent huge pages (the packed weights).
 mod pages;
 #[doc(hidden)]
 pub mod quant;

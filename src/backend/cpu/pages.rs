@@ -1,13 +1,10 @@
-//! Zeroed buffers for what a decoding step streams (packed weights, the KV pool), asked
-//! for in transparent huge pages.
+//! Zeroed buffers for the packed weights, asked for in transparent huge pages.
 //!
-//! A decoding step reads every weight once, and deep in a context every key and value;
-//! with 4 KiB pages each page of it costs a TLB miss (under a hypervisor, a two-level walk)
-//! and a restart of the hardware prefetchers. An anonymous mapping advised
-//! `MADV_HUGEPAGE` before its first write gets 2 MiB pages where the system allows them on
-//! request (Linux's `madvise` mode, the common default). Its pages stay untouched, costing
-//! no resident memory, until written (the pool's: as positions are written). Where the
-//! mapping or the advice is refused the buffer is the same, in small pages.
+//! A decoding step reads every weight once; with 4 KiB pages each page of it costs a TLB
+//! miss (under a hypervisor, a two-level walk) and a restart of the hardware prefetchers.
+//! An anonymous mapping advised `MADV_HUGEPAGE` before its first write gets 2 MiB pages
+//! where the system allows them on request (Linux's `madvise` mode, the common default).
+//! Where the mapping or the advice is refused the buffer is the same, in small pages.
 
 use std::ops::{Deref, DerefMut};
 

@@ -9,15 +9,13 @@
 
 use half::f16;
 
-use super::super::pages::Buffer;
-
 /// q4_0 values, `[.., head_dim]`: value `i` is `(nibble(i) - 8) * scales[i / group]` of its
 /// head's rotated vector.
 pub(crate) struct Q4Store {
     /// Two values a byte, as llama.cpp's q4_0 lays a block: value `k` of a group of `g` in
     /// byte `k % (g / 2)` of the group's, the first half in the low nibbles.
-    q: Buffer<u8>,
-    scales: Buffer<u16>,
+    q: Vec<u8>,
+    scales: Vec<u16>,
     group: usize,
     head_dim: usize,
 }
@@ -27,8 +25,8 @@ impl Q4Store {
     /// scales: every value reads as 0).
     pub fn new(len: usize, group: usize, head_dim: usize) -> Self {
         Self {
-            q: Buffer::zeroed(len.div_ceil(2)),
-            scales: Buffer::zeroed(len / group),
+            q: vec![0u8; len.div_ceil(2)],
+            scales: vec![0u16; len / group],
             group,
             head_dim,
         }

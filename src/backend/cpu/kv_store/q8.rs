@@ -6,7 +6,6 @@ use half::f16;
 
 use super::super::attention_q8::QUAD;
 use super::super::dequant;
-use super::super::pages::Buffer;
 
 /// How a q8_0 buffer groups its values under scales (a 4-bit one takes its group and head
 /// width).
@@ -54,9 +53,9 @@ impl Q8Shape {
 /// q8_0 storage: `q[i] * scale(i)`, one f16 scale per group (its largest magnitude / 127).
 pub(crate) struct Q8Store {
     /// The values, keys in their tiles' order ([`Q8Shape::place`]).
-    pub q: Buffer<i8>,
+    pub q: Vec<i8>,
     /// One f16 scale per group ([`Q8Shape::scale_index`]).
-    pub scales: Buffer<u16>,
+    pub scales: Vec<u16>,
     /// How they are grouped and placed.
     pub shape: Q8Shape,
 }
@@ -65,8 +64,8 @@ impl Q8Store {
     /// Zeroed storage for `len` values (zero scales: every value reads as 0).
     pub fn new(len: usize, shape: Q8Shape) -> Self {
         Self {
-            q: Buffer::zeroed(len),
-            scales: Buffer::zeroed(len / shape.group),
+            q: vec![0i8; len],
+            scales: vec![0u16; len / shape.group],
             shape,
         }
     }
