@@ -253,9 +253,11 @@ fn fast_q8_0_packing_equals_the_reference() {
 
 #[test]
 fn fast_q4k_packing_equals_the_reference() {
-    for cols in [256, 96] {
+    for cols in [256, 96, 128, 2048] {
         let mut w = values(GROUP * cols, 33);
         w[..32].iter_mut().for_each(|v| *v = 0.25); // a constant sub-block
+        w[64..96].iter_mut().for_each(|v| *v = -v.abs() - 0.01); // negative only
+        w[3 * cols..3 * cols + 32].iter_mut().for_each(|v| *v = 0.0);
         w[40] = f32::NAN;
         w[cols + 7] = 1e30;
         w[2 * cols..2 * cols + 32]
