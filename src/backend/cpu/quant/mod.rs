@@ -39,6 +39,19 @@ pub fn round_clamped(x: f32, lo: f32, hi: f32) -> f32 {
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Line(pub [u8; 64]);
 
+/// Asks for the `n` lines from `at` into the caches: a hint, never a fault, whatever the
+/// address (so `at` may lie past a weight's end).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_lines(at: *const Line, n: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    for p in 0..n {
+        // SAFETY: SSE is part of every x86_64 CPU, and a prefetch reads nothing: it cannot
+        // fault, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(p) as *const i8) };
+    }
+}
+
 /// The quantized activations of up to `T` tokens, as the kernels read them.
 pub struct Acts<'a, const T: usize> {
     /// Quantized values per token.

@@ -319,10 +319,7 @@ pub unsafe fn group_dot_avx512<const T: usize>(
             // bench --bench kernels`); for one its ~9 instructions a line leave the core too
             // few reads in flight when memory is fast (one token, `lm_head`: +17% where a
             // plain read ran 53 GB/s, +5% at 30 GB/s, +12% on one core).
-            let ahead = base.wrapping_add((b + 16) * LINES) as *const i8;
-            for p in 0..LINES {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * p));
-            }
+            super::prefetch_lines(lines.as_ptr().wrapping_add((b + 16) * LINES), LINES);
             let mut acc = [_mm512_setzero_si512(); T];
             for l in 0..LINES {
                 // SAFETY: in bounds of `lines`, `meta` and the activations, as checked on entry.
