@@ -400,6 +400,50 @@ fn batch_axpys(kernels: Kernels, ws: &[&[f32]], (v, d): (Block, usize), (out, at
     }
 }
 
+/// [`batch_axpys`] over a run of whole blocks `vs` (each `[bs, d]`) in one call, with the
+/// AVX-512 kernel ([`super::attention_avx512::axpys_blocks`], the same bits as a call a
+/// block); `false`, doing nothing, where it is not given or the shapes do not fit.
+#[inline(always)]
+fn batch_axpys_blocks(
+    kernels: Kernels,
+    ws: &[&[f32]],
+    (vs, bs, d): (&[&[f32]], usize, usize),
+    (out, at): (&mut [f32], &[usize]),
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return kernels
+        .avx512
+        .is_some_and(|cpu| super::attention_avx512::axpys_blocks(cpu, ws, (vs, bs, d), (out, at)));
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (kernels, ws, vs, bs, d, out, at);
+        false
+    }
+}
+
+/// [`batch_dots`] over a run of whole blocks of transposed keys `kts` in one call, each
+/// score times `scale` written to `out` with the AVX-512 kernel
+/// ([`super::attention_avx512::dots_blocks`], the bits of a call per 16 positions and
+/// [`super::attention_q8::store_scores`]); `false`, doing nothing, where it is not given or
+/// the shapes do not fit.
+#[inline(always)]
+fn batch_dots_blocks(
+    kernels: Kernels,
+    qs: &[&[f32]],
+    (kts, bs, stride): (&[&[f32]], usize, usize),
+    (out, scale): (&mut [&mut [f32]], f32),
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return kernels
+        .avx512
+        .is_some_and(|cpu| super::attention_avx512::dots_blocks(cpu, qs, (kts, bs, stride), (out, scale)));
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (kernels, qs, kts, bs, stride, out, scale);
+        false
+    }
+}
+
 /// How many positions of block `j` (blocks of `bs`) `row` sees; `None` for none.
 #[inline(always)]
 fn visible(row: &AttnRow, j: usize, bs: usize) -> Option<usize> {

@@ -185,3 +185,173 @@ unsafe fn axpys_n<const N: usize, const HALF: bool>(
         }
     }
 }
+
+/// [`axpys`] over a run of whole blocks in one call: for every weight vector `n` (all
+/// `vs.len() * bs` long) and block `j` in order, the block's sum `sum_{s < bs} ws[n][j * bs +
+/// s] * vs[j][s * d + i]` (one chain from zero, as [`axpys`] makes it) is added to `out[at[n]
+/// + i]`, the output kept in registers from the first block to the last: the bits of one
+/// [`axpys`] call a block, without a call, a load and a store of the output per block.
+/// Returns `false`, doing nothing, where the shapes do not fit.
+pub fn axpys_blocks(
+    _: Avx512,
+    ws: &[&[f32]],
+    (vs, bs, d): (&[&[f32]], usize, usize),
+    (out, at): (&mut [f32], &[usize]),
+) -> bool {
+    let fits = bs > 0
+        && d > 0
+        && d.is_multiple_of(2 * LANES)
+        && vs.iter().all(|v| bs.checked_mul(d).is_some_and(|n| v.len() >= n))
+        && vs
+            .len()
+            .checked_mul(bs)
+            .is_some_and(|m| ws.iter().all(|w| w.len() == m))
+        && at.len() == ws.len()
+        && at.iter().all(|&a| a.checked_add(d).is_some_and(|end| end <= out.len()));
+    if !fits {
+        return false;
+    }
+    let blocks: Vec<*const f32> = vs.iter().map(|v| v.as_ptr()).collect();
+    for (wc, ac) in ws.chunks(BATCH / 2).zip(at.chunks(BATCH / 2)) {
+        let o = out.as_mut_ptr();
+        // SAFETY: the `Avx512` token proves AVX-512F; `fits` proved the bounds every load and
+        // store relies on.
+        unsafe { by_count!(wc.len(), axpys_blocks_n::<[6, 5, 4, 3, 2]>(wc, (&blocks, bs, d), (o, ac))) }
+    }
+    true
+}
+
+/// [`axpys_blocks`] for `N` vectors.
+///
+/// # Safety
+/// AVX-512F; `ws` holds `N` vectors of `vs.len() * bs` weights, each block at `vs[j]` at
+/// least `bs * d` values, `out + at[n]` `d` floats for every `n < N`, `d` a multiple of 32.
+#[inline]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::needless_range_loop)] // `n` indexes several arrays in step
+unsafe fn axpys_blocks_n<const N: usize>(
+    ws: &[&[f32]],
+    (vs, bs, d): (&[*const f32], usize, usize),
+    (out, at): (*mut f32, &[usize]),
+) {
+    let mut wp = [std::ptr::null::<f32>(); N];
+    for n in 0..N {
+        wp[n] = ws[n].as_ptr();
+    }
+    for c in (0..d).step_by(2 * LANES) {
+        let (mut olo, mut ohi) = ([_mm512_setzero_ps(); N], [_mm512_setzero_ps(); N]);
+        for n in 0..N {
+            // SAFETY: `at[n] + c + 32 <= at[n] + d`, within `out`.
+            unsafe {
+                olo[n] = _mm512_loadu_ps(out.add(at[n] + c));
+                ohi[n] = _mm512_loadu_ps(out.add(at[n] + c + LANES));
+            }
+        }
+        for (j, &v) in vs.iter().enumerate() {
+            let (mut lo, mut hi) = ([_mm512_setzero_ps(); N], [_mm512_setzero_ps(); N]);
+            for s in 0..bs {
+                // SAFETY: `s < bs` and `c + 32 <= d`: within the block's `bs * d`; `j * bs +
+                // s` within every weight vector.
+                unsafe {
+                    let (a, b) = (
+                        _mm512_loadu_ps(v.add(s * d + c)),
+                        _mm512_loadu_ps(v.add(s * d + c + LANES)),
+                    );
+                    for n in 0..N {
+                        let w = _mm512_set1_ps(*wp[n].add(j * bs + s));
+                        lo[n] = _mm512_fmadd_ps(w, a, lo[n]);
+                        hi[n] = _mm512_fmadd_ps(w, b, hi[n]);
+                    }
+                }
+            }
+            for n in 0..N {
+                olo[n] = _mm512_add_ps(olo[n], lo[n]);
+                ohi[n] = _mm512_add_ps(ohi[n], hi[n]);
+            }
+        }
+        for n in 0..N {
+            // SAFETY: as the loads above.
+            unsafe {
+                _mm512_storeu_ps(out.add(at[n] + c), olo[n]);
+                _mm512_storeu_ps(out.add(at[n] + c + LANES), ohi[n]);
+            }
+        }
+    }
+}
+
+/// [`dots`] over a run of whole blocks of transposed keys (`kts[j][i * stride + p]`, `bs`
+/// positions each, a multiple of 16) in one call, each score times `scale` written to
+/// `out[n][j * bs + p]`: the bits of a [`dots`] call per 16 positions and a multiplication
+/// of its sums. Returns `false`, doing nothing, where the shapes do not fit.
+pub fn dots_blocks(
+    _: Avx512,
+    qs: &[&[f32]],
+    (kts, bs, stride): (&[&[f32]], usize, usize),
+    (out, scale): (&mut [&mut [f32]], f32),
+) -> bool {
+    let d = qs.first().map_or(0, |q| q.len());
+    let fits = d > 0
+        && bs.is_multiple_of(LANES)
+        && stride >= bs
+        && qs.iter().all(|q| q.len() == d)
+        && kts.iter().all(|k| k.len() >= (d - 1) * stride + bs)
+        && out.len() == qs.len()
+        && kts
+            .len()
+            .checked_mul(bs)
+            .is_some_and(|m| out.iter().all(|o| o.len() >= m));
+    if !fits {
+        return false;
+    }
+    let tiles: Vec<*const f32> = kts.iter().map(|k| k.as_ptr()).collect();
+    for (qc, oc) in qs.chunks(BATCH).zip(out.chunks_mut(BATCH)) {
+        // SAFETY: the `Avx512` token proves AVX-512F; `fits` proved the bounds every load and
+        // store relies on.
+        unsafe {
+            by_count!(qc.len(), dots_blocks_n::<[12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2]>(qc, (&tiles, bs, stride), (oc, scale)))
+        }
+    }
+    true
+}
+
+/// [`dots_blocks`] for `N` vectors.
+///
+/// # Safety
+/// AVX-512F; `qs` holds `N` vectors of `d` floats, each tile at `kts[j]` at least `(d - 1) *
+/// stride + bs` values, `out` `N` rows of at least `kts.len() * bs`, `bs` a multiple of 16.
+#[inline]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::needless_range_loop)] // `n` indexes several arrays in step
+unsafe fn dots_blocks_n<const N: usize>(
+    qs: &[&[f32]],
+    (kts, bs, stride): (&[*const f32], usize, usize),
+    (out, scale): (&mut [&mut [f32]], f32),
+) {
+    let d = qs[0].len();
+    let mut qp = [std::ptr::null::<f32>(); N];
+    let mut op = [std::ptr::null_mut::<f32>(); N];
+    for n in 0..N {
+        qp[n] = qs[n].as_ptr();
+        op[n] = out[n].as_mut_ptr();
+    }
+    let scale = _mm512_set1_ps(scale);
+    for (j, &kt) in kts.iter().enumerate() {
+        for p in (0..bs).step_by(LANES) {
+            let mut acc = [_mm512_setzero_ps(); N];
+            for i in 0..d {
+                // SAFETY: `i < d` and `p + 16 <= bs`: within the tile; `i` within every
+                // query vector.
+                unsafe {
+                    let k = _mm512_loadu_ps(kt.add(i * stride + p));
+                    for n in 0..N {
+                        acc[n] = _mm512_fmadd_ps(_mm512_set1_ps(*qp[n].add(i)), k, acc[n]);
+                    }
+                }
+            }
+            for n in 0..N {
+                // SAFETY: `j * bs + p + 16 <= kts.len() * bs`, within `out[n]`.
+                unsafe { _mm512_storeu_ps(op[n].add(j * bs + p), _mm512_mul_ps(acc[n], scale)) };
+            }
+        }
+    }
+}

@@ -1,14 +1,17 @@
 //! A tile's attention over an f16 or f32 pool, block by block: scores, then values added
 //! with the softmax's weights. Groups of 2 to 4 heads go through the batched kernels (runs of
 //! rows that see the same positions at once); on AVX-512 a lone row reads an f16 pool in
-//! place; other group sizes run row by row in the loops.
+//! place; other group sizes run row by row in the loops. With AVX-512, the blocks that every
+//! row of a tile sees whole are converted a run at a time and each kernel call takes all of
+//! the run for every row's heads, the outputs in registers from its first block to its last
+//! (the same bits as a call a block).
 
 use super::super::attention_q8::store_scores;
 use super::super::kv_store::Part;
 use super::loops::{lane_axpys, lane_dots, LANES};
 use super::{
-    axpys_in_place, batch_axpys, batch_dots, dots_in_place, prefetch_ahead, visible, Avx512, Block, Chunk, Kernels,
-    Scores, Tile, TileShape,
+    axpys_in_place, batch_axpys, batch_axpys_blocks, batch_dots, batch_dots_blocks, dots_in_place, prefetch_ahead,
+    visible, Avx512, Block, Chunk, Kernels, Scores, Tile, TileShape,
 };
 
 /// How a block's keys are scored.
@@ -66,8 +69,14 @@ pub(super) struct Floats<'t> {
     /// Every row's query vectors, row by row: a run of rows is a slice of it.
     queries: Vec<&'t [f32]>,
     raw: Vec<f32>,
+    /// A run of whole value blocks converted for [`Floats::add_whole_blocks`].
+    run: Vec<f32>,
     accs: Vec<[f32; LANES]>,
 }
+
+/// Values converted at most for one [`Floats::add_whole_blocks`] call: 128 KiB, which the
+/// L2 cache keeps beside a chunk's scores while every row's weights are applied.
+const RUN_FLOATS: usize = 32 * 1024;
 
 impl<'t> Floats<'t> {
     /// The tile's query vectors and empty buffers.
@@ -79,6 +88,7 @@ impl<'t> Floats<'t> {
                 .map(|k| &q[(k / s.group) * t.heads * s.d + t.kv * s.width + (k % s.group) * s.d..][..s.d])
                 .collect(),
             raw: vec![0f32; s.padded * s.d],
+            run: Vec::new(),
             accs: vec![[0f32; LANES]; t.rows.len() * s.group],
         }
     }
@@ -87,7 +97,11 @@ impl<'t> Floats<'t> {
     #[inline(always)]
     pub fn score(&mut self, t: &Tile, s: &TileShape, kernels: Kernels, chunk: &Chunk, scores: &mut Scores) {
         let part = (t.layer, Part::Keys);
-        for (j, &block) in s.blocks.iter().enumerate().take(chunk.end).skip(chunk.first) {
+        let mut first = chunk.first;
+        while let Some(next) = self.score_whole_blocks(t, s, kernels, (chunk, first), scores) {
+            first = next;
+        }
+        for (j, &block) in s.blocks.iter().enumerate().take(chunk.end).skip(first) {
             let route = match in_place(t, s, kernels, (part, j)) {
                 Some(InPlace::Avx512(cpu, kb)) => Route::Rows(Keys::Bits(cpu, kb)),
                 Some(InPlace::Avx2(kb)) => Route::Runs(Block::F16(kb)),
@@ -120,7 +134,11 @@ impl<'t> Floats<'t> {
     ) {
         let mut runs = (Vec::new(), Vec::new());
         let part = (t.layer, Part::Values);
-        for (j, &block) in s.blocks.iter().enumerate().take(chunk.end).skip(chunk.first) {
+        let mut first = chunk.first;
+        while let Some(next) = self.add_whole_blocks(t, s, kernels, (chunk, first, scores), out) {
+            first = next;
+        }
+        for (j, &block) in s.blocks.iter().enumerate().take(chunk.end).skip(first) {
             let (cpu, vb) = match in_place(t, s, kernels, (part, j)) {
                 Some(InPlace::Avx512(cpu, vb)) => (cpu, vb),
                 halves => {
@@ -146,6 +164,97 @@ impl<'t> Floats<'t> {
             }
         }
     }
+}
+
+impl Floats<'_> {
+    /// The chunk's blocks from `first` on that every row sees whole, as many as
+    /// [`RUN_FLOATS`] holds (`None` where there is none such, or no kernel for them).
+    #[inline(always)]
+    fn whole_run(
+        t: &Tile,
+        s: &TileShape,
+        kernels: Kernels,
+        (chunk, first): (&Chunk, usize),
+        size: usize,
+    ) -> Option<usize> {
+        let whole = t.rows.iter().map(|r| r.len).min().unwrap_or(0) / s.bs.max(1);
+        let end = whole.min(chunk.end).min(first + (RUN_FLOATS / size.max(1)).max(1));
+        let batched = kernels.avx512.is_some() && t.rows.len() > 1 && (2..=4).contains(&s.group);
+        (batched && end > first).then_some(end)
+    }
+
+    /// Scores the chunk's blocks from `first` on that every row sees whole ([`Self::whole_run`]),
+    /// converted once, every row's heads in one [`batch_dots_blocks`] call (the bits of
+    /// [`score_runs`] block by block). Returns the first block left, or `None`.
+    #[inline(always)]
+    fn score_whole_blocks(
+        &mut self,
+        t: &Tile,
+        s: &TileShape,
+        kernels: Kernels,
+        (chunk, first): (&Chunk, usize),
+        scores: &mut Scores,
+    ) -> Option<usize> {
+        let size = s.padded * s.d;
+        let end = Self::whole_run(t, s, kernels, (chunk, first), size)?;
+        let n = (end - first) * s.bs;
+        let kts = converted(t, s, (Part::Keys, size), first..end, &mut self.run);
+        let (at0, len) = (chunk.at(first, s.bs), scores.len);
+        let mut outs: Vec<&mut [f32]> = scores
+            .rows_mut(0..t.rows.len())
+            .chunks_exact_mut(len)
+            .map(|h| &mut h[at0..at0 + n])
+            .collect();
+        batch_dots_blocks(kernels, &self.queries, (&kts, s.bs, s.padded), (&mut outs, s.scale)).then_some(end)
+    }
+
+    /// Adds the values of the chunk's blocks from `first` on that every row sees whole, as
+    /// many as [`RUN_FLOATS`] holds, converted once and applied to every row's heads in one
+    /// [`batch_axpys_blocks`] call (the bits of [`add_values`] block by block). Returns the
+    /// first block left, or `None` where there is none such (or no kernel for it).
+    #[inline(always)]
+    fn add_whole_blocks(
+        &mut self,
+        t: &Tile,
+        s: &TileShape,
+        kernels: Kernels,
+        (chunk, first, scores): (&Chunk, usize, &Scores),
+        out: &mut [f32],
+    ) -> Option<usize> {
+        let size = s.bs * s.d;
+        let end = Self::whole_run(t, s, kernels, (chunk, first), size)?;
+        let n = (end - first) * s.bs;
+        let vs = converted(t, s, (Part::Values, size), first..end, &mut self.run);
+        let (g, at0) = (s.group, chunk.at(first, s.bs));
+        let ws: Vec<&[f32]> = (0..t.rows.len() * g)
+            .map(|k| &scores.row(k / g)[(k % g) * scores.len + at0..][..n])
+            .collect();
+        let at: Vec<usize> = (0..t.rows.len() * g)
+            .map(|k| (k / g) * s.width + (k % g) * s.d)
+            .collect();
+        batch_axpys_blocks(kernels, &ws, (&vs, s.bs, s.d), (out, &at)).then_some(end)
+    }
+}
+
+/// Blocks `blocks`' keys or values (`size` floats a block) as f32: an f32 pool's in place,
+/// others converted into `run`, asking for the blocks ahead as it goes.
+#[inline(always)]
+fn converted<'a>(
+    t: &Tile<'a>,
+    s: &TileShape,
+    (part, size): (Part, usize),
+    blocks: std::ops::Range<usize>,
+    run: &'a mut Vec<f32>,
+) -> Vec<&'a [f32]> {
+    let part = (t.layer, part);
+    run.resize(blocks.len() * size, 0.0);
+    run.chunks_exact_mut(size)
+        .zip(blocks)
+        .map(|(raw, j)| {
+            prefetch_ahead(t, s, part, j);
+            t.pool.head_block(part, s.blocks[j], t.kv, s.bs, raw)
+        })
+        .collect()
 }
 
 /// Scores block `j` (keys `kt` in f32) for every run of consecutive rows that sees each 16

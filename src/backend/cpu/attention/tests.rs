@@ -244,6 +244,7 @@ fn avx2_tiles_equal_the_generic_loops() {
         (5, 1, 20, 7, 32),
         (32, 8, 70, 1, 64),
         (24, 8, 50, 1, 128),
+        (24, 8, 50, 9, 128),
         (6, 2, 17, 1, 16),
         // Past one chunk of positions (1024): runs of rows and lone rows, groups of 4, 3 and
         // 5 (row by row in the loops).
