@@ -308,7 +308,7 @@ pub fn dots_blocks(
         // SAFETY: the `Avx512` token proves AVX-512F; `fits` proved the bounds every load and
         // store relies on.
         unsafe {
-            by_count!(qc.len(), dots_blocks_n::<[12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2]>(qc, (&tiles, bs, stride), (oc, scale)))
+            by_count!(qc.len(), dots_blocks_n::<[12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2]>(qc, (&tiles, bs, stride, d), (oc, scale)))
         }
     }
     true
@@ -317,17 +317,16 @@ pub fn dots_blocks(
 /// [`dots_blocks`] for `N` vectors.
 ///
 /// # Safety
-/// AVX-512F; `qs` holds `N` vectors of `d` floats, each tile at `kts[j]` at least `(d - 1) *
-/// stride + bs` values, `out` `N` rows of at least `kts.len() * bs`, `bs` a multiple of 16.
+/// AVX-512F; `qs` holds `N` vectors of `d` floats (`d > 0`), each tile at `kts[j]` at least
+/// `(d - 1) * stride + bs` values, `out` `N` rows of at least `kts.len() * bs`, `bs` a multiple of 16.
 #[inline]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::needless_range_loop)] // `n` indexes several arrays in step
 unsafe fn dots_blocks_n<const N: usize>(
     qs: &[&[f32]],
-    (kts, bs, stride): (&[*const f32], usize, usize),
+    (kts, bs, stride, d): (&[*const f32], usize, usize, usize),
     (out, scale): (&mut [&mut [f32]], f32),
 ) {
-    let d = qs[0].len();
     let mut qp = [std::ptr::null::<f32>(); N];
     let mut op = [std::ptr::null_mut::<f32>(); N];
     for n in 0..N {
