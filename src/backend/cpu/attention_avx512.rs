@@ -34,13 +34,23 @@ unsafe fn load16<const HALF: bool>(base: *const u8, at: usize) -> __m512 {
     }
 }
 
+/// Whether a transposed key tile of `len` values holds `width` positions from each of the
+/// `d` dimensions' rows (`(d - 1) * stride + width` values; checked, so that no overflow
+/// passes).
+fn tile_holds(len: usize, d: usize, stride: usize, width: usize) -> bool {
+    d.checked_sub(1)
+        .and_then(|r| r.checked_mul(stride))
+        .and_then(|n| n.checked_add(width))
+        .is_some_and(|n| len >= n)
+}
+
 /// `out[n][s] = sum_i qs[n][i] * kt[i * stride + s]` for 16 positions `s` and every query
 /// vector `n` (all `d` wide): one chain of fused multiply-adds over `i` in order per vector
 /// and position. Returns `false`, doing nothing, where the shapes do not fit.
 pub fn dots(_: Avx512, qs: &[&[f32]], (kt, stride): (Block, usize), out: &mut [[f32; LANES]]) -> bool {
     let d = qs.first().map_or(0, |q| q.len());
     let fits =
-        d > 0 && qs.iter().all(|q| q.len() == d) && out.len() >= qs.len() && kt.len() >= (d - 1) * stride + LANES;
+        d > 0 && qs.iter().all(|q| q.len() == d) && out.len() >= qs.len() && tile_holds(kt.len(), d, stride, LANES);
     if !fits {
         return false;
     }
@@ -294,7 +304,7 @@ pub fn dots_blocks(
         && bs.is_multiple_of(LANES)
         && stride >= bs
         && qs.iter().all(|q| q.len() == d)
-        && kts.iter().all(|k| k.len() >= (d - 1) * stride + bs)
+        && kts.iter().all(|k| tile_holds(k.len(), d, stride, bs))
         && out.len() == qs.len()
         && kts
             .len()
@@ -318,7 +328,8 @@ pub fn dots_blocks(
 ///
 /// # Safety
 /// AVX-512F; `qs` holds `N` vectors of `d` floats (`d > 0`), each tile at `kts[j]` at least
-/// `(d - 1) * stride + bs` values, `out` `N` rows of at least `kts.len() * bs`, `bs` a multiple of 16.
+/// `(d - 1) * stride + bs` values, `out` `N` rows of at least `kts.len() * bs`, `bs` a
+/// multiple of 16.
 #[inline]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::needless_range_loop)] // `n` indexes several arrays in step
