@@ -10,6 +10,7 @@ use serde_json::json;
 
 use crate::error::{io_err, Result};
 use crate::model::expected_tensors;
+use crate::tokenizer::Tokenizer;
 use crate::LlamaConfig;
 
 /// Which published shape to imitate.
@@ -42,10 +43,27 @@ impl SyntheticShape {
     }
 }
 
+/// The files [`write_checkpoint`] writes into its folder.
+pub const CHECKPOINT_FILES: [&str; 4] = [
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "model.safetensors",
+];
+
 /// Writes a bf16 checkpoint of `shape` with random weights into `dir`, with the given
 /// `tokenizer.json` (and the `tokenizer_config.json` beside it, for the chat template, when
 /// there is one). Weights are small uniform noise (norms are 1), so activations stay finite.
+/// The tokenizer files are read (and the tokenizer checked) before anything is written, so
+/// they may lie in `dir` itself.
 pub fn write_checkpoint(dir: &Path, shape: SyntheticShape, tokenizer_json: &Path, seed: u64) -> Result<()> {
+    let tokenizer = std::fs::read(tokenizer_json).map_err(io_err(tokenizer_json))?;
+    Tokenizer::from_file(tokenizer_json)?;
+    let template_path = tokenizer_json.with_file_name("tokenizer_config.json");
+    let template = match template_path.exists() {
+        true => Some(std::fs::read(&template_path).map_err(io_err(&template_path))?),
+        false => None,
+    };
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let config = shape.config_json();
     let config_path = dir.join("config.json");
@@ -53,14 +71,10 @@ pub fn write_checkpoint(dir: &Path, shape: SyntheticShape, tokenizer_json: &Path
     std::fs::write(&config_path, text).map_err(io_err(&config_path))?;
     let cfg = LlamaConfig::from_file(&config_path)?;
     let dst = dir.join("tokenizer.json");
-    std::fs::copy(tokenizer_json, &dst).map_err(io_err(&dst))?;
-    if let Some(config) = tokenizer_json
-        .parent()
-        .map(|d| d.join("tokenizer_config.json"))
-        .filter(|p| p.exists())
-    {
+    std::fs::write(&dst, tokenizer).map_err(io_err(&dst))?;
+    if let Some(template) = template {
         let dst = dir.join("tokenizer_config.json");
-        std::fs::copy(&config, &dst).map_err(io_err(&dst))?;
+        std::fs::write(&dst, template).map_err(io_err(&dst))?;
     }
     write_safetensors(&dir.join("model.safetensors"), &expected_tensors(&cfg), seed)
 }

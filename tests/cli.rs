@@ -282,6 +282,25 @@ fn synthetic_refuses_a_folder_that_is_not_empty() {
 }
 
 #[test]
+fn synthetic_force_refuses_files_it_would_not_replace() {
+    // A sharded checkpoint's index and shards would mix with the new model: refused, and
+    // nothing is touched.
+    let dir = copy_fixture("untied-f16-sharded");
+    let config = std::fs::read(dir.path().join("config.json")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_llama32"))
+        .args(["synthetic", "--force", "--out", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("does not replace") && stderr.contains("model.safetensors.index.json"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(dir.path().join("config.json")).unwrap(), config);
+}
+
+#[test]
 fn seed_minus_one_means_random_and_other_negatives_are_refused() {
     let a = generate_json(
         "tests/fixtures/tied-f32-mha",

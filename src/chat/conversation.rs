@@ -5,7 +5,7 @@
 use std::ops::ControlFlow;
 use std::time::Instant;
 
-use crate::chat::{parse_tool_call, Message, ParsedToolCall, RenderOptions, Tool};
+use crate::chat::{Callable, Message, ParsedToolCall, RenderOptions, Tool};
 use crate::engine::{Engine, FinishReason, GenerateRequest, Generation};
 use crate::error::{Error, Result};
 
@@ -136,7 +136,10 @@ impl<'e> Conversation<'e> {
             ..request.clone()
         };
         let generation = self.engine.generate_from_ids(&ids, &request, start, on_text)?;
-        let tool_call = self.tools.as_ref().and_then(|_| parse_tool_call(&generation.text));
+        let tool_call = self
+            .tools
+            .as_deref()
+            .and_then(|t| Callable::of(t).call_in(&generation.text));
         self.messages.push(self.answer_message(&generation, tool_call.as_ref()));
         Ok(Turn {
             generation,

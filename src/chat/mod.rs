@@ -101,7 +101,15 @@ pub fn parse_request_value(json: Json) -> Result<ChatRequest> {
     let (messages, tools) = match json {
         Json::Array(list) => (list, None),
         Json::Object(mut obj) => match obj.remove("messages") {
-            Some(Json::Array(list)) => (list, obj.remove("tools")),
+            Some(Json::Array(list)) => {
+                let tools = obj.remove("tools");
+                // Sampling and other request fields are not read from a conversation.
+                if let Some(key) = obj.keys().next() {
+                    let reason = format!("`{key}` is not read from a conversation (only `messages` and `tools`)");
+                    return Err(invalid("messages", reason));
+                }
+                (list, tools)
+            }
             _ => return Err(invalid("messages", "the object has no `messages` array".into())),
         },
         _ => {
@@ -169,9 +177,13 @@ pub fn check_message(i: usize, mut m: Message) -> Result<Message> {
         );
         return Err(invalid("messages", reason));
     }
+    check_role_fields(i, &m)?;
     m.content = match std::mem::take(&mut m.content) {
-        // OpenAI content parts: keep the text parts.
-        Json::Array(parts) if m.role != "tool" && m.role != "ipython" => Json::String(text_parts(i, &parts)?),
+        // OpenAI content parts: keep the text parts. A tool result may be any JSON value,
+        // so there only an array of typed objects is read as content parts.
+        Json::Array(parts) if !is_tool_role(&m.role) || are_content_parts(&parts) => {
+            Json::String(text_parts(i, &parts)?)
+        }
         other => other,
     };
     let empty = match &m.content {
@@ -202,6 +214,45 @@ pub fn check_message(i: usize, mut m: Message) -> Result<Message> {
     Ok(m)
 }
 
+fn is_tool_role(role: &str) -> bool {
+    role == "tool" || role == "ipython"
+}
+
+/// A non-empty array of objects that each have a `type`: OpenAI content parts.
+fn are_content_parts(parts: &[Json]) -> bool {
+    !parts.is_empty() && parts.iter().all(|p| p.get("type").is_some_and(Json::is_string))
+}
+
+/// Only assistant messages carry tool calls and only tool results a call's id (a template
+/// renders a call on another role as the assistant's, or drops it), and every call is a
+/// function's.
+fn check_role_fields(i: usize, m: &Message) -> Result<()> {
+    if !m.tool_calls.is_empty() && m.role != "assistant" {
+        let reason = format!(
+            "messages[{i}].tool_calls: only assistant messages carry tool calls, not {}",
+            m.role
+        );
+        return Err(invalid("messages", reason));
+    }
+    if m.tool_call_id.is_some() && !is_tool_role(&m.role) {
+        let reason = format!(
+            "messages[{i}].tool_call_id: only tool messages answer a tool call, not {}",
+            m.role
+        );
+        return Err(invalid("messages", reason));
+    }
+    match m.tool_calls.iter().position(|c| c.kind != "function") {
+        Some(j) => Err(invalid(
+            "messages",
+            format!(
+                "messages[{i}].tool_calls[{j}].type must be `function`, got `{}`",
+                m.tool_calls[j].kind
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn text_parts(i: usize, parts: &[Json]) -> Result<String> {
     let mut text = String::new();
     for part in parts {
@@ -230,8 +281,35 @@ pub struct ParsedToolCall {
     pub arguments: Json,
 }
 
+/// The functions an answer may call: an answer is read as a tool call only when it calls
+/// one of them (a made-up name stays text, as does any answer when the list is empty).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Callable(Vec<String>);
+
+impl Callable {
+    /// The functions of `tools` (OpenAI tool schemas, as [`parse_tools`] validated them).
+    pub fn of(tools: &[Tool]) -> Self {
+        let names = tools
+            .iter()
+            .filter_map(|t| t.get("function")?.get("name")?.as_str())
+            .map(str::to_string)
+            .collect();
+        Self(names)
+    }
+
+    /// Whether any answer may be a call (some function is offered).
+    pub fn any(&self) -> bool {
+        !self.0.is_empty()
+    }
+
+    /// The call `answer` makes, when it is a Llama 3.x JSON tool call to an offered function.
+    pub fn call_in(&self, answer: &str) -> Option<ParsedToolCall> {
+        parse_tool_call(answer).filter(|call| self.0.contains(&call.name))
+    }
+}
+
 /// Recognises a Llama 3.x JSON tool call in an answer (optionally after `<|python_tag|>`).
-pub fn parse_tool_call(answer: &str) -> Option<ParsedToolCall> {
+fn parse_tool_call(answer: &str) -> Option<ParsedToolCall> {
     let text = answer.trim().trim_start_matches("<|python_tag|>").trim();
     let json: Json = serde_json::from_str(text).ok()?;
     let name = json.get("name")?.as_str()?.to_string();
@@ -262,6 +340,18 @@ mod tests {
     }
 
     #[test]
+    fn tool_results_join_text_parts_and_keep_other_json() {
+        let r = parse_request(
+            r#"[{"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "4"}, {"type": "text", "text": "2"}]},
+            {"role": "tool", "content": [1, 2]}, {"role": "ipython", "content": {"x": 1}}]"#,
+        )
+        .unwrap();
+        assert_eq!(r.messages[0].content, Json::String("42".into()));
+        assert_eq!(r.messages[1].content, serde_json::json!([1, 2]));
+        assert_eq!(r.messages[2].content, serde_json::json!({"x": 1}));
+    }
+
+    #[test]
     fn bad_conversations_are_clear_errors() {
         for (text, needle) in [
             ("{not json", "not valid JSON"),
@@ -271,7 +361,27 @@ mod tests {
                 "messages[0] (user): content is empty",
             ),
             (r#"[{"role": "user"}]"#, "messages[0]"),
+            (
+                r#"[{"role": "user", "content": "hi", "tool_calls": [{"function": {"name": "f", "arguments": {}}}]}]"#,
+                "messages[0].tool_calls: only assistant messages",
+            ),
+            (
+                r#"[{"role": "system", "content": "hi", "tool_call_id": "c1"}]"#,
+                "messages[0].tool_call_id: only tool messages",
+            ),
+            (
+                r#"[{"role": "assistant", "tool_calls": [{"type": "bogus", "function": {"name": "f", "arguments": {}}}]}]"#,
+                "messages[0].tool_calls[0].type must be `function`",
+            ),
+            (
+                r#"[{"role": "tool", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]"#,
+                "only text content parts",
+            ),
             (r#"{"messages": 3}"#, "no `messages` array"),
+            (
+                r#"{"messages": [{"role": "user", "content": "hi"}], "temperature": 0}"#,
+                "`temperature` is not read from a conversation",
+            ),
             (r#"{"messages": [], "tools": [{"type": "function"}]}"#, "tools[0]"),
         ] {
             let e = parse_request(text).unwrap_err().to_string();
@@ -284,5 +394,22 @@ mod tests {
         let call = parse_tool_call(r#" {"name": "get_weather", "parameters": {"city": "Paris"}} "#).unwrap();
         assert_eq!(call.name, "get_weather");
         assert!(parse_tool_call("The weather is nice.").is_none());
+    }
+
+    #[test]
+    fn only_offered_functions_are_calls() {
+        let tools =
+            parse_tools(serde_json::json!([{"type": "function", "function": {"name": "get_weather"}}])).unwrap();
+        let callable = Callable::of(&tools);
+        assert!(callable.any());
+        let call = callable.call_in(r#"{"name": "get_weather", "parameters": {"city": "Paris"}}"#);
+        assert_eq!(call.map(|c| c.name).as_deref(), Some("get_weather"));
+        assert_eq!(
+            callable.call_in(r#"{"name": "delete_everything", "parameters": {}}"#),
+            None
+        );
+        let none = Callable::default();
+        assert!(!none.any());
+        assert_eq!(none.call_in(r#"{"name": "get_weather", "parameters": {}}"#), None);
     }
 }

@@ -135,6 +135,9 @@ pub enum Event {
     Error(Error),
 }
 
+/// How often [`Handle::wait`] asks its callback whether to go on while no text comes.
+const WAIT_POLL: Duration = Duration::from_millis(100);
+
 /// A submitted request: receives its [`Event`]s, blocking ([`Handle::recv`], iteration) or
 /// awaited ([`Handle::recv_async`], on any async runtime). Dropping it cancels the request,
 /// which stops at the engine's next step and frees its memory.
@@ -178,22 +181,25 @@ impl Handle {
 
     /// Waits for the end, handing each new piece of text to `on_text` (pieces concatenate
     /// to `Generation::text`); `ControlFlow::Break` cancels, and the partial result is
-    /// still returned.
+    /// still returned. While no text comes (a long prompt is read, the request waits for
+    /// room) `on_text` is also called with an empty piece every 100 ms, so that it
+    /// can cancel then too.
     pub fn wait(self, mut on_text: impl FnMut(&str) -> ControlFlow<()>) -> Result<Generation> {
         let mut cancelled = false;
-        while let Some(event) = self.recv() {
-            match event {
-                Event::Token { text, .. } | Event::Text(text) => {
-                    if !cancelled && !text.is_empty() && on_text(&text).is_break() {
-                        cancelled = true;
-                        self.cancel();
-                    }
-                }
-                Event::Done(generation) => return Ok(generation),
-                Event::Error(e) => return Err(e),
+        loop {
+            let text = match self.events.recv_timeout(WAIT_POLL) {
+                Ok(Event::Token { text, .. } | Event::Text(text)) if !text.is_empty() => text,
+                Ok(Event::Token { .. } | Event::Text(_)) => continue,
+                Ok(Event::Done(generation)) => return Ok(generation),
+                Ok(Event::Error(e)) => return Err(e),
+                Err(flume::RecvTimeoutError::Timeout) => String::new(),
+                Err(flume::RecvTimeoutError::Disconnected) => return Err(Error::EngineStopped),
+            };
+            if !cancelled && on_text(&text).is_break() {
+                cancelled = true;
+                self.cancel();
             }
         }
-        Err(Error::EngineStopped)
     }
 }
 

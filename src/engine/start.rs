@@ -151,5 +151,24 @@ fn make_backend(model: &Model, options: &LoadOptions, kv_dtype: KvDType) -> Resu
             ),
         });
     }
+    // On the CPU the pool lives in the machine's memory (a GPU's is checked by its driver).
+    if let Some(total) = machine_memory().filter(|&total| batched && kv_bytes > total) {
+        return Err(Error::InvalidParameter {
+            name: "kv-memory",
+            reason: format!(
+                "{} MiB is more than this machine's {} MiB of memory",
+                kv_bytes >> 20,
+                total >> 20
+            ),
+        });
+    }
     Ok((model.backend(kv_bytes, kv_dtype, DEFAULT_PREFILL_CHUNK), parallel))
+}
+
+/// The machine's physical memory in bytes (Linux's `/proc/meminfo`; `None` elsewhere).
+fn machine_memory() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }

@@ -127,6 +127,36 @@ impl<'de> Deserialize<'de> for Int {
     }
 }
 
+/// A `seed`: any JSON integer from -2^63 to 2^64 - 1, kept whole (a negative one as its
+/// two's complement), or a number with no fraction.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Seed(pub(super) u64);
+
+impl<'de> Deserialize<'de> for Seed {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Seed;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an integer")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Seed, E> {
+                Ok(Seed(v as u64))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Seed, E> {
+                Ok(Seed(v))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Seed, E> {
+                match v.fract() == 0.0 && v.abs() < 9e15 {
+                    true => Ok(Seed(v as i64 as u64)),
+                    false => Err(E::invalid_type(Unexpected::Float(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 impl Int {
     /// The value as a count of at least `min`; 400 naming `name` below.
     pub(super) fn count(self, name: &str, min: i64) -> Result<usize, ApiError> {
@@ -156,8 +186,9 @@ impl From<Stop> for Vec<String> {
     }
 }
 
-/// `stream_options`.
+/// `stream_options` (only with `stream: true`).
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct StreamOptions {
     /// A last chunk with `usage`.
     pub(super) include_usage: Option<bool>,
@@ -176,7 +207,7 @@ pub(super) struct SamplingFields {
     pub(super) repetition_penalty: Option<Num>,
     pub(super) frequency_penalty: Option<Num>,
     pub(super) presence_penalty: Option<Num>,
-    pub(super) seed: Option<Int>,
+    pub(super) seed: Option<Seed>,
     pub(super) max_tokens: Option<Int>,
     pub(super) stop: Option<Stop>,
     pub(super) n: Option<Int>,
@@ -204,7 +235,7 @@ macro_rules! generation_body {
             repetition_penalty: Option<$crate::server::body::Num>,
             frequency_penalty: Option<$crate::server::body::Num>,
             presence_penalty: Option<$crate::server::body::Num>,
-            seed: Option<$crate::server::body::Int>,
+            seed: Option<$crate::server::body::Seed>,
             max_tokens: Option<$crate::server::body::Int>,
             stop: Option<$crate::server::body::Stop>,
             n: Option<$crate::server::body::Int>,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{Phase, State};
+use crate::chat::{Callable, ParsedToolCall};
 use crate::engine::{Event, Handle};
 use crate::error::Error;
 
@@ -92,23 +93,36 @@ pub(super) async fn aborting(state: &State) {
 /// Holds back the text of an answer that may be a tool call (it starts with `{`), so that
 /// it is sent as `tool_calls` instead of content.
 pub(super) struct ToolHold {
-    active: bool,
+    tools: Callable,
     tool_like: Option<bool>,
-    pub(super) held: String,
+    held: String,
 }
 
 impl ToolHold {
-    pub(super) fn new(active: bool) -> Self {
+    /// Holds back answers that may be calls to `tools` (none: every piece goes out at once).
+    pub(super) fn new(tools: Callable) -> Self {
         Self {
-            active,
+            tools,
             tool_like: None,
             held: String::new(),
         }
     }
 
+    /// At the answer's end (`stopped`: it ended on its own, not at a length limit): what
+    /// was held back, and the call it makes when it is one to an offered function (then
+    /// the text is not sent).
+    pub(super) fn finish(&mut self, stopped: bool) -> (String, Option<ParsedToolCall>) {
+        let held = std::mem::take(&mut self.held);
+        let call = match stopped && !held.is_empty() {
+            true => self.tools.call_in(&held),
+            false => None,
+        };
+        (held, call)
+    }
+
     /// The text to send now.
     pub(super) fn push(&mut self, piece: &str) -> String {
-        if !self.active || self.tool_like == Some(false) {
+        if !self.tools.any() || self.tool_like == Some(false) {
             return piece.to_string();
         }
         self.held.push_str(piece);
@@ -131,14 +145,31 @@ mod tests {
 
     #[test]
     fn tool_like_answers_are_held_back() {
-        let mut hold = ToolHold::new(true);
+        let tools = Callable::of(&[serde_json::json!({"type": "function", "function": {"name": "f"}})]);
+        let mut hold = ToolHold::new(tools.clone());
         assert_eq!(hold.push("  "), "");
         assert_eq!(hold.push("{\"name\""), "");
         assert_eq!(hold.held, "  {\"name\"");
-        let mut hold = ToolHold::new(true);
+        let mut hold = ToolHold::new(tools.clone());
         assert_eq!(hold.push(" Hello"), " Hello");
         assert_eq!(hold.push(" world"), " world");
-        let mut hold = ToolHold::new(false);
+        let mut hold = ToolHold::new(Callable::default());
         assert_eq!(hold.push("{"), "{");
+    }
+
+    #[test]
+    fn only_calls_to_offered_functions_are_calls() {
+        let tools = Callable::of(&[serde_json::json!({"type": "function", "function": {"name": "f"}})]);
+        for (answer, stopped, call) in [
+            (r#"{"name": "f", "parameters": {}}"#, true, true),
+            (r#"{"name": "f", "parameters": {}}"#, false, false),
+            (r#"{"name": "g", "parameters": {}}"#, true, false),
+        ] {
+            let mut hold = ToolHold::new(tools.clone());
+            assert_eq!(hold.push(answer), "");
+            let (held, parsed) = hold.finish(stopped);
+            assert_eq!(held, answer);
+            assert_eq!(parsed.is_some(), call, "{answer} {stopped}");
+        }
     }
 }

@@ -34,16 +34,7 @@ pub(super) async fn execute(state: Arc<State>, plan: Plan, report: Report) -> Re
     };
     let events = match submit(ready, &plan).await {
         Ok(handles) => Choices::new(handles),
-        Err(e) => {
-            let mut e = ApiError::from(e);
-            if e.param.as_deref() == Some("constraint") {
-                e.param = Some(plan.constraint_param.into());
-                e.message = e
-                    .message
-                    .replace("`constraint`", &format!("`{}`", plan.constraint_param));
-            }
-            return fail(e, report);
-        }
+        Err(e) => return fail(plan.error(e), report),
     };
     match (plan.stream, &plan.kind) {
         (true, Kind::Messages { .. }) => messages::respond(state.clone(), plan, events, admission, report),
@@ -83,9 +74,9 @@ async fn whole(state: &State, plan: &Plan, events: Choices, report: Report) -> R
         report.finish(state, e.status, tokens);
         return self_reported(e.into_response());
     }
-    let model = &state.config.model_ids[0];
+    let model = state.config.answer_model(plan.model.as_deref());
     let body = match (&plan.kind, generations.first()) {
-        (Kind::Messages { tools_active }, Some(g)) => message_body(&plan.id, model, g, *tools_active),
+        (Kind::Messages { tools }, Some(g)) => message_body(&plan.id, model, g, tools),
         (Kind::Responses(meta), Some(g)) => {
             let (body, item) = responses::response::finished((&plan.id, plan.created, model), meta, g);
             if meta.store {
@@ -142,7 +133,7 @@ async fn collect(
                     break None;
                 }
             }
-            Some((_, Event::Error(e))) => break Some(ApiError::from(e)),
+            Some((_, Event::Error(e))) => break Some(plan.error(e)),
             None => break Some(ApiError::from(Error::EngineStopped)),
         }
     };

@@ -61,6 +61,10 @@ impl TextSink for Writer<'_> {
         &self.out
     }
 
+    fn plan(&self) -> &Plan {
+        self.plan
+    }
+
     async fn text(&mut self, text: &str) -> Result<(), Stop> {
         self.push_text(text).await
     }
@@ -84,14 +88,17 @@ impl Writer<'_> {
     }
 
     async fn message(&mut self, events: &mut Choices) -> Result<Generation, Stop> {
-        let model = &self.state.config.model_ids[0];
+        let model = self.state.config.answer_model(self.plan.model.as_deref());
         let start = json!({"type": "message_start", "message": {
             "id": self.plan.id, "type": "message", "role": "assistant", "model": model, "content": [],
             "stop_reason": null, "stop_sequence": null, "usage": usage(self.plan.prompt.len(), 0, 0)}});
         self.send("message_start", start).await?;
         self.send("ping", json!({"type": "ping"})).await?;
-        let tools_active = matches!(self.plan.kind, Kind::Messages { tools_active: true });
-        let (generation, call) = stream_answer(self, events, tools_active, self.plan.start).await?;
+        let tools = match &self.plan.kind {
+            Kind::Messages { tools } => tools.clone(),
+            _ => Default::default(),
+        };
+        let (generation, call) = stream_answer(self, events, tools, self.plan.start).await?;
         let reason = match call {
             Some(call) => {
                 self.tool_use(call).await?;

@@ -182,6 +182,15 @@ impl ServerConfig {
     fn serves(&self, id: &str) -> bool {
         self.model_ids.iter().chain(&self.model_aliases).any(|m| m == id)
     }
+
+    /// The model an answer names: the one `asked` for when it is a served id, else the
+    /// first (for an alias, or when the request named none).
+    fn answer_model<'a>(&'a self, asked: Option<&'a str>) -> &'a str {
+        match asked {
+            Some(m) if self.model_ids.iter().any(|id| id == m) => m,
+            _ => &self.model_ids[0],
+        }
+    }
 }
 
 /// What every connection shares.

@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value as Json};
 
 use super::body::{Int, SamplingFields};
 use super::error::ApiError;
-use crate::chat::{Message, Tool};
+use crate::chat::{Callable, Message, Tool};
 use crate::constraint::Constraint;
 use crate::sampler::SamplingParams;
 
@@ -47,8 +47,9 @@ pub(super) struct CommonParams {
 }
 
 impl CommonParams {
-    /// Validates the shared fields; `max_completion_tokens` (chat) wins over `max_tokens`.
-    pub(super) fn new(f: SamplingFields, max_completion_tokens: Option<Int>) -> Result<Self, ApiError> {
+    /// Validates the shared fields; `max_completion_tokens` (chat, or the field named with
+    /// it) takes the place of `max_tokens`, which may only repeat its value.
+    pub(super) fn new(f: SamplingFields, max_completion_tokens: Option<(Int, &str)>) -> Result<Self, ApiError> {
         let mut logit_bias = BTreeMap::new();
         for (key, value) in f.logit_bias.unwrap_or_default() {
             let id: u32 = key
@@ -73,12 +74,25 @@ impl CommonParams {
             repetition_penalty: num(f.repetition_penalty),
             frequency_penalty: num(f.frequency_penalty),
             presence_penalty: num(f.presence_penalty),
-            seed: f.seed.map(|s| s.0 as u64),
+            seed: f.seed.map(|s| s.0),
             logit_bias,
         };
         let mut max_tokens = f.max_tokens.map(|m| m.count("max_tokens", 1)).transpose()?;
-        if let Some(m) = max_completion_tokens {
-            max_tokens = Some(m.count("max_completion_tokens", 1)?);
+        if let Some((m, name)) = max_completion_tokens {
+            let m = m.count(name, 1)?;
+            if max_tokens.is_some_and(|old| old != m) {
+                return Err(ApiError::invalid(
+                    "max_tokens",
+                    format!("`max_tokens` and `{name}` differ: send one of them"),
+                ));
+            }
+            max_tokens = Some(m);
+        }
+        if f.stream_options.is_some() && f.stream != Some(true) {
+            return Err(ApiError::invalid(
+                "stream_options",
+                "`stream_options` is only allowed when `stream` is true",
+            ));
         }
         let n = f.n.map(|n| n.count("n", 1)).transpose()?.unwrap_or(1);
         if n > MAX_N {
@@ -135,9 +149,13 @@ pub(super) struct ChatParams {
 }
 
 impl ChatParams {
-    /// True when the answer should be read as a possible tool call.
-    pub(super) fn tools_active(&self) -> bool {
-        self.tools.is_some() && self.tool_choice != ToolChoice::None
+    /// The functions an answer may call: none when no tools are offered, `tool_choice` is
+    /// `none`, or a format grammar shapes the answer (then it is the format's answer).
+    pub(super) fn callable(&self) -> Callable {
+        match &self.tools {
+            Some(tools) if self.tool_choice != ToolChoice::None && self.constraint.is_none() => Callable::of(tools),
+            _ => Callable::default(),
+        }
     }
 }
 
@@ -297,4 +315,26 @@ pub(super) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// OpenAI's record-keeping fields: `service_tier` (one tier is served: `auto` or `default`)
+/// and `metadata` (at most 16 string values under keys of at most 64 characters).
+pub(super) fn check_labels(service_tier: Option<&str>, metadata: Option<&Map<String, Json>>) -> Result<(), ApiError> {
+    if let Some(tier) = service_tier.filter(|t| !matches!(*t, "auto" | "default")) {
+        return Err(ApiError::invalid(
+            "service_tier",
+            format!("service tier `{tier}` is not served: this server has one tier (`auto` or `default`)"),
+        ));
+    }
+    let Some(metadata) = metadata else { return Ok(()) };
+    if metadata.len() > 16 {
+        return Err(ApiError::invalid("metadata", "`metadata` takes at most 16 pairs"));
+    }
+    match metadata.iter().find(|(k, v)| k.chars().count() > 64 || !v.is_string()) {
+        Some((k, _)) => Err(ApiError::invalid(
+            format!("metadata.{k}"),
+            format!("`metadata.{k}`: keys are at most 64 characters and values are strings"),
+        )),
+        None => Ok(()),
+    }
 }

@@ -12,7 +12,7 @@ use super::params::{
 use super::responses::response::Meta;
 use super::responses::ResponsesParams;
 use super::{Ready, State};
-use crate::chat::{inline_tools, Message, RenderOptions, Tool};
+use crate::chat::{inline_tools, Callable, Message, RenderOptions, Tool};
 use crate::constraint::Constraint;
 use crate::engine::{FinishReason, GenerateRequest};
 use crate::error::Error;
@@ -21,9 +21,9 @@ use crate::sampler::StopMatcher;
 /// Which API a request came through, with what its answer needs.
 pub(super) enum Kind {
     /// OpenAI chat completion.
-    Chat { tools_active: bool },
+    Chat { tools: Callable },
     /// Anthropic message.
-    Messages { tools_active: bool },
+    Messages { tools: Callable },
     /// OpenAI Responses API answer.
     Responses(Box<Meta>),
     /// OpenAI text completion.
@@ -52,6 +52,8 @@ pub(super) struct Plan {
     pub(super) constraint_param: &'static str,
     /// How the tools reach the model (`template` or `system_message`), when given.
     pub(super) tools_via: Option<&'static str>,
+    /// The `model` the request named.
+    pub(super) model: Option<String>,
 }
 
 pub(super) fn finish_name(reason: FinishReason) -> &'static str {
@@ -78,7 +80,7 @@ impl Plan {
             echo: p.echo,
             history: p.history,
             store: p.store,
-            tools_active: p.chat.tools_active(),
+            tools: p.chat.callable(),
         };
         Self::conversation(state, p.chat, created, Api::Responses(Box::new(meta)))
     }
@@ -90,10 +92,10 @@ impl Plan {
         check_model(state, &p.common)?;
         let prompt = chat_request_prompt(ready, &p)?;
         let via = tools_via(ready, &p);
-        let tools_active = p.tools_active();
+        let tools = p.callable();
         let (kind, prefix) = match api {
-            Api::Messages => (Kind::Messages { tools_active }, "msg_"),
-            Api::Chat => (Kind::Chat { tools_active }, "chatcmpl-"),
+            Api::Messages => (Kind::Messages { tools }, "msg_"),
+            Api::Chat => (Kind::Chat { tools }, "chatcmpl-"),
             Api::Responses(meta) => (Kind::Responses(meta), "resp_"),
         };
         let constraint = chat_constraint(&p)?;
@@ -118,8 +120,9 @@ impl Plan {
                         format!("token id {bad} is not below the vocabulary size {vocab}"),
                     ));
                 }
+                // Special tokens (BOS) add no text, as in an answer's text and its offsets.
                 let echo = match p.echo {
-                    true => Some(ready.engine.tokenizer().decode(&ids, false)?),
+                    true => Some(ready.engine.tokenizer().decode(&ids, true)?),
                     false => None,
                 };
                 (ids, echo)
@@ -160,8 +163,11 @@ impl Plan {
         }
         // Answers end at the context window at the latest (finish_reason "length").
         let room = state.ctx - prompt.len();
-        let max_tokens = common.max_tokens.unwrap_or(room).min(room);
-        check_answer_size(state.answer_limit, common.n, max_tokens, common.logprobs)?;
+        let names = match kind {
+            Kind::Completion { .. } => ("logprobs", "logprobs"),
+            _ => ("top_logprobs", "prompt_logprobs"),
+        };
+        let max_tokens = answer_tokens(state.answer_limit, &common, (room, prompt.len()), names)?;
         common
             .sampling
             .resolve(engine.generation_config(), engine.config().vocab_size)?;
@@ -194,6 +200,7 @@ impl Plan {
             start,
             constraint_param: "response_format",
             tools_via: None,
+            model: common.model,
         })
     }
 
@@ -202,6 +209,19 @@ impl Plan {
             self.request.constraint = Some(c);
             self.constraint_param = param;
         }
+    }
+
+    /// The answer to the client for an engine error of this request: a grammar's failure
+    /// names the request field the grammar came from.
+    pub(super) fn error(&self, e: Error) -> ApiError {
+        let mut e = ApiError::from(e);
+        if e.param.as_deref() == Some("constraint") {
+            e.param = Some(self.constraint_param.into());
+            e.message = e
+                .message
+                .replace("`constraint`", &format!("`{}`", self.constraint_param));
+        }
+        e
     }
 
     /// The request of choice `i`: seeds seed, seed+1, ... when a seed was given.
@@ -266,18 +286,63 @@ pub(super) fn chat_prompt(ready: &Ready, messages: &[Message], tools: Option<&[T
 }
 
 /// Refuses an answer that could hold more than `limit` token entries.
-fn check_answer_size(limit: usize, n: usize, max_tokens: usize, logprobs: Option<usize>) -> Result<(), ApiError> {
-    let per_token = 1 + logprobs.unwrap_or(0);
-    let entries = n.saturating_mul(max_tokens).saturating_mul(per_token);
-    match entries > limit {
-        true => Err(ApiError::invalid(
+/// The answer's length in tokens: `max_tokens` up to the context's `room`, or without it as
+/// long as the room and the answer's size limit allow. The answer's entries (each choice's
+/// tokens with their alternatives, and the prompt's when they are asked for) must fit the
+/// server's `limit` (`--max-answer-entries`); `names` are the request's fields for the
+/// alternatives of answer and prompt tokens.
+fn answer_tokens(
+    limit: usize,
+    c: &CommonParams,
+    (room, prompt_len): (usize, usize),
+    (alternatives, prompt_alternatives): (&str, &str),
+) -> Result<usize, ApiError> {
+    let n = c.n;
+    let per_token = 1 + c.logprobs.unwrap_or(0);
+    let prompt_entries = match c.prompt_logprobs {
+        Some(k) => n.saturating_mul(prompt_len).saturating_mul(1 + k),
+        None => 0,
+    };
+    let over = |param: &str, what: String| {
+        ApiError::invalid(
+            param,
+            format!("{what}, over this server's limit of {limit} token entries (--max-answer-entries)"),
+        )
+    };
+    if prompt_entries > limit {
+        let what = format!(
+            "n ({n}) x prompt tokens ({prompt_len}) x (1 + {prompt_alternatives}) ({}) = {prompt_entries} entries",
+            prompt_entries / n.max(1) / prompt_len.max(1)
+        );
+        return Err(over(
+            prompt_alternatives,
+            format!("{what}: ask for fewer alternatives or send a shorter prompt"),
+        ));
+    }
+    let fits = (limit - prompt_entries) / n.saturating_mul(per_token).max(1);
+    let max_tokens = match c.max_tokens {
+        Some(m) => m.min(room),
+        // Unasked, the answer's length is the server's to bound.
+        None if fits > 0 => return Ok(room.min(fits)),
+        None => room,
+    };
+    let entries = n
+        .saturating_mul(max_tokens)
+        .saturating_mul(per_token)
+        .saturating_add(prompt_entries);
+    match (entries > limit, c.max_tokens.is_some()) {
+        (false, _) => Ok(max_tokens),
+        (true, true) => Err(over(
             "max_tokens",
             format!(
-                "n ({n}) x max_tokens ({max_tokens}) x (1 + top_logprobs) ({per_token}) = {entries} token entries, over \
-                 this server's limit of {limit} (--max-answer-entries): ask for fewer tokens, choices or alternatives"
+                "n ({n}) x max_tokens ({max_tokens}) x (1 + {alternatives}) ({per_token}) + {prompt_entries} prompt \
+                 entries = {entries} entries: ask for fewer tokens, choices or alternatives"
             ),
         )),
-        false => Ok(()),
+        (true, false) => Err(over(
+            if per_token > 1 { alternatives } else { "n" },
+            format!("n ({n}) x (1 + {alternatives}) ({per_token}) entries for each token leave no room for an answer"),
+        )),
     }
 }
 

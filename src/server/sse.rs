@@ -12,9 +12,10 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::error::ApiError;
 use super::events::{aborting, Choices, TokenClock, ToolHold};
+use super::plan::Plan;
 use super::report::{self_reported, CLIENT_GONE};
 use super::State;
-use crate::chat::{parse_tool_call, ParsedToolCall};
+use crate::chat::{Callable, ParsedToolCall};
 use crate::engine::{Event, FinishReason, Generation};
 use crate::error::Error;
 
@@ -69,6 +70,8 @@ pub(super) trait TextSink {
     fn state(&self) -> &State;
     /// Where the events go.
     fn out(&self) -> &Out;
+    /// The request being answered.
+    fn plan(&self) -> &Plan;
     /// Sends a piece of the answer's text.
     async fn text(&mut self, text: &str) -> Result<(), Stop>;
     /// Sends the event that ends a failed stream.
@@ -89,15 +92,15 @@ pub(super) trait TextSink {
 }
 
 /// Streams one answer's text into `sink` until it ends, holding back what may be a tool
-/// call when `tools_active`: the generation, and the call when the answer was one (else
-/// the held text has been sent too).
+/// call to one of `tools`: the generation, and the call when the answer was one (else the
+/// held text has been sent too).
 pub(super) async fn stream_answer<S: TextSink>(
     sink: &mut S,
     events: &mut Choices,
-    tools_active: bool,
+    tools: Callable,
     start: std::time::Instant,
 ) -> Result<(Generation, Option<ParsedToolCall>), Stop> {
-    let mut hold = ToolHold::new(tools_active);
+    let mut hold = ToolHold::new(tools);
     let mut clock = TokenClock::new(start);
     let generation = loop {
         match next_event(sink.state(), sink.out(), events).await? {
@@ -107,14 +110,10 @@ pub(super) async fn stream_answer<S: TextSink>(
             }
             Event::Text(text) => sink.text(&hold.push(&text)).await?,
             Event::Done(g) => break g,
-            Event::Error(e) => return Err(Stop::Failed(ApiError::from(e))),
+            Event::Error(e) => return Err(Stop::Failed(sink.plan().error(e))),
         }
     };
-    let held = std::mem::take(&mut hold.held);
-    let call = match generation.finish_reason {
-        FinishReason::Stop if !held.is_empty() => parse_tool_call(&held),
-        _ => None,
-    };
+    let (held, call) = hold.finish(generation.finish_reason == FinishReason::Stop);
     if call.is_none() {
         sink.text(&held).await?;
     }

@@ -10,7 +10,6 @@ use axum::response::sse::Event as SseEvent;
 use axum::response::Response;
 use serde_json::{json, Value as Json};
 
-use super::error::ApiError;
 use super::events::{Admission, Choices, TokenClock, ToolHold};
 use super::openai::logprobs;
 use super::openai::response::{envelope, last_piece, text_piece, tool_call_json, usage};
@@ -18,7 +17,6 @@ use super::plan::{finish_name, Kind, Plan};
 use super::report::{Report, CLIENT_GONE};
 use super::sse::{deliver, event_stream, next_event, Out, Stop};
 use super::State;
-use crate::chat::parse_tool_call;
 use crate::engine::{Event, Generation};
 use crate::sampler::TokenLogprob;
 
@@ -91,7 +89,8 @@ impl Writer<'_> {
     }
 
     async fn chunk(&self, choice: Json) -> Result<(), Stop> {
-        let mut chunk = envelope(self.plan, &self.state.config.model_ids[0], true, json!([choice]));
+        let model = self.state.config.answer_model(self.plan.model.as_deref());
+        let mut chunk = envelope(self.plan, model, true, json!([choice]));
         if self.plan.include_usage {
             chunk["usage"] = Json::Null;
         }
@@ -143,8 +142,11 @@ impl Writer<'_> {
                 self.offset = text.len();
             }
             self.chunk(first).await?;
-            let tools_active = matches!(self.plan.kind, Kind::Chat { tools_active: true });
-            let mut hold = ToolHold::new(tools_active);
+            let tools = match &self.plan.kind {
+                Kind::Chat { tools } => tools.clone(),
+                _ => Default::default(),
+            };
+            let mut hold = ToolHold::new(tools);
             let generation = loop {
                 match self.next(events).await? {
                     Event::Token { text, logprob, .. } => {
@@ -154,14 +156,15 @@ impl Writer<'_> {
                     }
                     Event::Text(text) => self.text(i, &mut hold, &text).await?,
                     Event::Done(g) => break g,
-                    Event::Error(e) => return Err(Stop::Failed(ApiError::from(e))),
+                    Event::Error(e) => return Err(Stop::Failed(self.plan.error(e))),
                 }
             };
             clock.next_choice();
             self.finish_choice(i, hold, &generation).await?;
         }
         if self.plan.include_usage {
-            let mut chunk = envelope(self.plan, &self.state.config.model_ids[0], true, json!([]));
+            let model = self.state.config.answer_model(self.plan.model.as_deref());
+            let mut chunk = envelope(self.plan, model, true, json!([]));
             chunk["usage"] = usage(self.plan.prompt.len(), self.completion_tokens, self.cached_tokens);
             if !self.send(chunk).await {
                 return Err(Stop::Gone);
@@ -188,11 +191,7 @@ impl Writer<'_> {
         }
         self.completion_tokens += generation.completion_tokens;
         let mut reason = finish_name(generation.finish_reason);
-        let held = std::mem::take(&mut hold.held);
-        let call = match reason {
-            "stop" if !held.is_empty() => parse_tool_call(&held),
-            _ => None,
-        };
+        let (held, call) = hold.finish(reason == "stop");
         match call {
             Some(call) => {
                 reason = "tool_calls";

@@ -53,7 +53,7 @@ pub struct PerplexityArgs {
     #[arg(long, default_value_t = 512)]
     pub ctx: usize,
     /// Windows at most.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = at_least_one)]
     pub chunks: usize,
     /// Compare against the same model in this weight format (f32, bf16, q8_0...).
     #[arg(long)]
@@ -243,8 +243,13 @@ pub struct TokenizeArgs {
     /// Checkpoint directory, model name or hub repo id (only the tokenizer files are read).
     #[arg(long, short = 'm')]
     pub model: PathBuf,
-    /// The raw text to tokenize (one BOS is added).
-    #[arg(long, short = 'p', required_unless_present = "messages", conflicts_with = "messages")]
+    /// The raw text to tokenize (one BOS is added; the conversation flags do not apply).
+    #[arg(
+        long,
+        short = 'p',
+        required_unless_present = "messages",
+        conflicts_with_all = ["messages", "system", "date", "tools", "content_as_text"]
+    )]
     pub prompt: Option<String>,
     #[command(flatten)]
     pub conversation: ConversationArgs,
@@ -270,13 +275,13 @@ pub struct BenchArgs {
     #[arg(long)]
     pub kv_dtype: Option<String>,
     /// Prompt tokens for the prefill figure.
-    #[arg(long, short = 'p', default_value_t = 512)]
+    #[arg(long, short = 'p', default_value_t = 512, value_parser = at_least_one)]
     pub pp: usize,
     /// Generated tokens for the decode figure.
-    #[arg(long, short = 'n', default_value_t = 128)]
+    #[arg(long, short = 'n', default_value_t = 128, value_parser = at_least_one)]
     pub tg: usize,
     /// Repetitions.
-    #[arg(long, short = 'r', default_value_t = 3)]
+    #[arg(long, short = 'r', default_value_t = 3, value_parser = at_least_one)]
     pub reps: usize,
     /// Batched mode, like llama-batched-bench: aggregate prefill and decode speed with this
     /// many sequences at once (comma-separated, e.g. 1,2,4,8), `-p` prompt and `-n` new
@@ -349,11 +354,11 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 16)]
     pub queue: usize,
     /// Largest request body in bytes (413 beyond).
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, default_value_t = 1 << 20, value_parser = at_least_one)]
     pub max_body: usize,
     /// Seconds a client may take to send a request head (the connection closes beyond),
     /// then its body (408 beyond); also how long an idle kept-alive connection stays open.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout: u64,
     /// Origin allowed to call the API from a browser (repeatable; `*` for any).
     #[arg(long)]
@@ -366,7 +371,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
     /// Seconds a stream waits for a client that stopped reading before it is cancelled.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub send_timeout: u64,
     /// Open connections one client address may hold (default: 3/4 of --max-connections;
     /// raise it behind a gateway, whose connections all come from one address).
@@ -430,5 +435,14 @@ fn parse_seed(s: &str) -> Result<Seed, String> {
                 u64::MAX
             )
         }),
+    }
+}
+
+/// A count of at least 1 (`0` would measure or serve nothing).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
     }
 }

@@ -53,7 +53,7 @@ fn plain(a: &BenchArgs, device: llama32::DeviceKind, dtypes: &[ComputeDType]) ->
             out,
             "model: {}  threads: {}  reps: {}",
             a.model.display(),
-            std::thread::available_parallelism()?,
+            rayon::current_num_threads(),
             a.reps
         )?;
         writeln!(out, "{}", table_header(&config))?;
@@ -90,7 +90,7 @@ fn batched(
     let title = format!(
         "model: {}  threads: {}",
         a.model.display(),
-        std::thread::available_parallelism()?
+        rayon::current_num_threads()
     );
     let table = Table {
         title,

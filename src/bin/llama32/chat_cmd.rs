@@ -69,6 +69,8 @@ struct Chat<'e> {
     interrupt: Interrupt,
     json: bool,
     last: Option<Turn>,
+    /// The sampling flags, for the warnings a turn may need.
+    sampling: crate::args::SamplingArgs,
 }
 
 impl Chat<'_> {
@@ -88,6 +90,7 @@ impl Chat<'_> {
             None => self.conversation.reply(&self.request, on_text)?,
         };
         stream.check().context("writing to stdout")?;
+        crate::common::warn_if_cut(&self.sampling, &turn.generation);
         if turn.dropped_messages > 0 {
             eprintln!(
                 "[context window full: dropped the {} oldest messages]",
@@ -129,6 +132,7 @@ pub fn run(a: ChatArgs) -> anyhow::Result<ExitCode> {
     let request = request(&a.sampling, a.model.ctx_size)?;
     crate::template_check::check(&a.model.model)?;
     crate::common::check_constraint(&a.sampling, &request)?;
+    crate::common::warn_about_flags(&a.sampling, a.json);
     let engine = load_engine(&a.model, None)?;
     crate::common::warn_if_no_speculation(&engine, request.speculation.is_some());
     // A template that does not render tools gets them in the system message (as the server
@@ -154,6 +158,7 @@ pub fn run(a: ChatArgs) -> anyhow::Result<ExitCode> {
         interrupt: Interrupt::install(),
         json: a.json,
         last: None,
+        sampling: a.sampling.clone(),
     };
     if let Some(prompt) = &a.prompt {
         let reason = chat.answer(Some(prompt))?;

@@ -161,10 +161,12 @@ pub fn request(a: &SamplingArgs, ctx_size: Option<usize>) -> llama32::Result<Gen
         let parsed = item
             .split_once('=')
             .and_then(|(id, b)| Some((id.trim().parse().ok()?, b.trim().parse().ok()?)));
-        let (id, bias): (u32, f32) = parsed.ok_or_else(|| llama32::Error::InvalidParameter {
-            name: "logit_bias",
-            reason: format!("`{item}` is not ID=BIAS (e.g. 128009=-100)"),
-        })?;
+        let (id, bias): (u32, f32) = parsed
+            .filter(|(_, b): &(u32, f32)| (-100.0..=100.0).contains(b))
+            .ok_or_else(|| llama32::Error::InvalidParameter {
+                name: "logit-bias",
+                reason: format!("`{item}` is not ID=BIAS with BIAS from -100 to 100 (e.g. 128009=-100)"),
+            })?;
         logit_bias.insert(id, bias);
     }
     let request = GenerateRequest {

@@ -253,7 +253,7 @@ fn kl_base(a: &args::PerplexityArgs, engine: &llama32::Engine) -> anyhow::Result
 }
 
 fn synthetic(a: args::SyntheticArgs) -> anyhow::Result<ExitCode> {
-    use llama32::synthetic::{write_checkpoint, SyntheticShape};
+    use llama32::synthetic::{write_checkpoint, SyntheticShape, CHECKPOINT_FILES};
     let shape = match a.shape.to_ascii_lowercase().as_str() {
         "1b" => SyntheticShape::Llama32_1B,
         "3b" => SyntheticShape::Llama32_3B,
@@ -265,16 +265,33 @@ fn synthetic(a: args::SyntheticArgs) -> anyhow::Result<ExitCode> {
             .into())
         }
     };
-    let occupied = std::fs::read_dir(&a.out).is_ok_and(|mut entries| entries.next().is_some());
-    if occupied && !a.force {
-        return Err(llama32::Error::InvalidParameter {
-            name: "out",
-            reason: format!(
-                "{} is not empty (it may hold a model): choose another --out, or pass --force to overwrite it",
-                a.out.display()
-            ),
-        }
-        .into());
+    let entries: Vec<String> = match std::fs::read_dir(&a.out) {
+        Ok(dir) => dir
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    let refuse = |reason: String| anyhow::Error::from(llama32::Error::InvalidParameter { name: "out", reason });
+    if !entries.is_empty() && !a.force {
+        return Err(refuse(format!(
+            "{} is not empty (it may hold a model): choose another --out, or pass --force to overwrite it",
+            a.out.display()
+        )));
+    }
+    // --force replaces a checkpoint's own files; anything else there (shards, an index, a
+    // generation config) would mix with the new model, so it is left alone and refused.
+    let mut others = entries
+        .iter()
+        .filter(|e| !CHECKPOINT_FILES.contains(&e.as_str()))
+        .peekable();
+    if others.peek().is_some() {
+        let others: Vec<&str> = others.map(String::as_str).collect();
+        return Err(refuse(format!(
+            "{} holds files a synthetic checkpoint does not replace ({}): choose an empty --out",
+            a.out.display(),
+            others.join(", ")
+        )));
     }
     let tokenizer = a.tokenizer.unwrap_or_else(|| {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tied-f32-mha/tokenizer.json")

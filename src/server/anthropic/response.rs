@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value as Json};
 
-use crate::chat::parse_tool_call;
+use crate::chat::Callable;
 use crate::engine::{FinishReason, Generation};
 use crate::server::error::ApiError;
 
@@ -22,10 +22,10 @@ pub(in crate::server) fn tool_use_id() -> String {
 }
 
 /// The content blocks and stop reason of a whole answer.
-pub(in crate::server) fn content(g: &Generation, tools_active: bool) -> (Json, &'static str) {
+pub(in crate::server) fn content(g: &Generation, tools: &Callable) -> (Json, &'static str) {
     let reason = stop_reason(g);
-    if tools_active && g.finish_reason == FinishReason::Stop && g.text.trim_start().starts_with('{') {
-        if let Some(call) = parse_tool_call(&g.text) {
+    if g.finish_reason == FinishReason::Stop && g.text.trim_start().starts_with('{') {
+        if let Some(call) = tools.call_in(&g.text) {
             let block = json!({"type": "tool_use", "id": tool_use_id(), "name": call.name, "input": call.arguments});
             return (json!([block]), "tool_use");
         }
@@ -60,8 +60,8 @@ pub(in crate::server) fn error_body(e: &ApiError) -> Json {
 }
 
 /// The whole answer as an Anthropic `message`.
-pub(in crate::server) fn message_body(id: &str, model: &str, g: &Generation, tools_active: bool) -> Json {
-    let (content, reason) = content(g, tools_active);
+pub(in crate::server) fn message_body(id: &str, model: &str, g: &Generation, tools: &Callable) -> Json {
+    let (content, reason) = content(g, tools);
     json!({
         "id": id,
         "type": "message",

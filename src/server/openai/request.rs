@@ -12,7 +12,9 @@ use crate::chat::{check_message, Message, Tool, ToolCall};
 use crate::sampler::MAX_TOP_LOGPROBS;
 use crate::server::body::{generation_body, Int};
 use crate::server::error::ApiError;
-use crate::server::params::{check_tool_choice, tool_choice, ChatParams, CommonParams, CompletionParams, Prompt};
+use crate::server::params::{
+    check_labels, check_tool_choice, tool_choice, ChatParams, CommonParams, CompletionParams, Prompt,
+};
 
 /// One message of a chat request (a `null` field counts as absent).
 #[derive(Debug, Clone, Deserialize)]
@@ -127,13 +129,12 @@ generation_body! {
         /// Labels for the caller's own records (no effect on the answer).
         #[allow(dead_code)]
         user: Option<String>,
-        #[allow(dead_code)]
         metadata: Option<Map<String, Json>>,
         #[allow(dead_code)]
         safety_identifier: Option<String>,
         #[allow(dead_code)]
         prompt_cache_key: Option<String>,
-        #[allow(dead_code)]
+        /// One tier is served: `auto` or `default`.
         service_tier: Option<String>,
         /// Text is the only modality: `["text"]`.
         modalities: Option<Vec<String>>,
@@ -193,6 +194,7 @@ impl ChatRequest {
             ));
         }
         let max_completion_tokens = self.max_completion_tokens.take();
+        let max_completion_tokens = max_completion_tokens.map(|m| (m, "max_completion_tokens"));
         let mut common = CommonParams::new(self.sampling_fields(), max_completion_tokens)?;
         common.logprobs = logprobs;
         common.prompt_logprobs = prompt_logprobs;
@@ -207,6 +209,7 @@ impl ChatRequest {
 
     /// `store: true` and modalities other than text ask for what this server does not do.
     fn refuse_what_is_not_served(&self) -> Result<(), ApiError> {
+        check_labels(self.service_tier.as_deref(), self.metadata.as_ref())?;
         if self.store == Some(true) {
             return Err(ApiError::invalid(
                 "store",

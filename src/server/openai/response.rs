@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value as Json};
 
-use crate::chat::parse_tool_call;
+use crate::chat::Callable;
 use crate::engine::Generation;
 use crate::server::params::new_id;
 use crate::server::plan::{finish_name, Kind, Plan};
@@ -28,14 +28,14 @@ pub(in crate::server) fn tool_call_json(name: &str, arguments: &Json) -> Json {
 }
 
 /// The assistant message of a finished answer and its `finish_reason`: a tool call when
-/// tools are active and the answer is one (`content: null`, `finish_reason: "tool_calls"`).
+/// the answer is one to a function of `tools` (`content: null`, `finish_reason: "tool_calls"`).
 pub(in crate::server) fn chat_message(
     text: &str,
-    tools_active: bool,
+    tools: &Callable,
     finish_reason: &'static str,
 ) -> (Json, &'static str) {
-    if tools_active && finish_reason == "stop" {
-        if let Some(call) = parse_tool_call(text) {
+    if finish_reason == "stop" {
+        if let Some(call) = tools.call_in(text) {
             let message = json!({
                 "role": "assistant",
                 "content": null,
@@ -74,8 +74,8 @@ pub(in crate::server) fn envelope(plan: &Plan, model: &str, chunk: bool, choices
 pub(in crate::server) fn choice(plan: &Plan, index: usize, g: &Generation) -> Json {
     let reason = finish_name(g.finish_reason);
     match &plan.kind {
-        Kind::Chat { tools_active } => {
-            let (message, reason) = chat_message(&g.text, *tools_active, reason);
+        Kind::Chat { tools } => {
+            let (message, reason) = chat_message(&g.text, tools, reason);
             json!({"index": index, "message": message, "logprobs": null, "finish_reason": reason})
         }
         Kind::Completion { echo } => {

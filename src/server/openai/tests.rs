@@ -2,6 +2,7 @@ use serde_json::{json, Value as Json};
 
 use super::request::{ChatRequest, CompletionRequest};
 use super::response::chat_message;
+use crate::chat::Callable;
 use crate::constraint::Constraint;
 use crate::server::body::parse;
 use crate::server::error::ApiError;
@@ -24,7 +25,7 @@ fn reads_every_parameter() {
     let p = chat(
         br#"{"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0, "top_p": 0.5,
         "top_k": 4, "min_p": 0.1, "repetition_penalty": 1.1, "frequency_penalty": 0.2, "presence_penalty": 0.3,
-        "seed": 7, "logit_bias": {"42": -100}, "max_completion_tokens": 9, "max_tokens": 3, "stop": "x", "n": 2,
+        "seed": 7, "logit_bias": {"42": -100}, "max_completion_tokens": 9, "max_tokens": 9, "stop": "x", "n": 2,
         "stream": true, "stream_options": {"include_usage": true}, "user": "ignored"}"#,
     )
     .unwrap();
@@ -32,10 +33,23 @@ fn reads_every_parameter() {
     assert_eq!(c.sampling.temperature, Some(0.0));
     assert_eq!(c.sampling.top_k, Some(4));
     assert_eq!(c.sampling.seed, Some(7));
+    // Every 64-bit seed is its own (none folds into another).
+    for (seed, want) in [
+        ("18446744073709551611", u64::MAX - 4),
+        ("-1", u64::MAX),
+        ("9223372036854775807", i64::MAX as u64),
+    ] {
+        let body = format!(r#"{{"messages": [{{"role": "user", "content": "hi"}}], "seed": {seed}}}"#);
+        assert_eq!(
+            chat(body.as_bytes()).unwrap().common.sampling.seed,
+            Some(want),
+            "{seed}"
+        );
+    }
     assert_eq!(c.sampling.logit_bias.get(&42), Some(&-100.0));
     assert_eq!((c.max_tokens, c.n, c.stream, c.include_usage), (Some(9), 2, true, true));
     assert_eq!(c.stop, vec!["x".to_string()]);
-    assert!(!p.tools_active());
+    assert!(!p.callable().any());
 }
 
 #[test]
@@ -52,6 +66,15 @@ fn wrong_types_name_the_parameter() {
         (r#""tool_choice": "sometimes""#, "tool_choice"),
         (r#""logprobs": "yes""#, "logprobs"),
         (r#""logprobs": true, "top_logprobs": 21"#, "top_logprobs"),
+        (r#""max_tokens": 5, "max_completion_tokens": 2"#, "max_tokens"),
+        (r#""stream_options": {"include_usage": true}"#, "stream_options"),
+        (
+            r#""stream": true, "stream_options": {"include_obfuscation": true}"#,
+            "stream_options.include_obfuscation",
+        ),
+        (r#""service_tier": "flex""#, "service_tier"),
+        (r#""metadata": {"a": 5}"#, "metadata.a"),
+        (r#""seed": 1.5"#, "seed"),
     ] {
         let e = err(&format!("{{{base}, {extra}}}"));
         assert_eq!((e.status, e.param.as_deref()), (400, Some(param)), "{extra}: {e:?}");
@@ -83,9 +106,10 @@ fn wrong_types_name_the_parameter() {
 
 #[test]
 fn tool_call_answers_become_tool_calls() {
+    let tools = Callable::of(&[json!({"type": "function", "function": {"name": "get_weather"}})]);
     let (m, reason) = chat_message(
         r#"{"name": "get_weather", "parameters": {"city": "Paris"}}"#,
-        true,
+        &tools,
         "stop",
     );
     assert_eq!(reason, "tool_calls");
@@ -96,12 +120,15 @@ fn tool_call_answers_become_tool_calls() {
     let args: Json = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
     assert_eq!(args, json!({"city": "Paris"}));
     assert!(call["id"].as_str().unwrap().starts_with("call_"));
-    let (m, reason) = chat_message(r#"{"name": "f", "parameters": {}}"#, false, "stop");
-    assert_eq!(
-        (m["content"].as_str(), reason),
-        (Some(r#"{"name": "f", "parameters": {}}"#), "stop")
-    );
-    let (_, reason) = chat_message("plain words", true, "length");
+    // No tools offered, or a function that was not offered: the answer stays text.
+    for (answer, tools) in [
+        (r#"{"name": "f", "parameters": {}}"#, Callable::default()),
+        (r#"{"name": "delete_everything", "parameters": {}}"#, tools.clone()),
+    ] {
+        let (m, reason) = chat_message(answer, &tools, "stop");
+        assert_eq!((m["content"].as_str(), reason), (Some(answer), "stop"));
+    }
+    let (_, reason) = chat_message("plain words", &tools, "length");
     assert_eq!(reason, "length");
 }
 

@@ -14,7 +14,7 @@ use crate::chat::{check_message, FunctionCall, Message, ToolCall};
 use crate::server::body::{generation_body, Int};
 use crate::server::error::ApiError;
 use crate::server::openai::grammar::schema;
-use crate::server::params::{check_tool_choice, tool_choice, ChatParams, CommonParams};
+use crate::server::params::{check_labels, check_tool_choice, tool_choice, ChatParams, CommonParams};
 
 /// `input`: a string (one user message) or a list of items.
 #[derive(Debug, Clone)]
@@ -149,13 +149,13 @@ generation_body! {
         parallel_tool_calls: Option<bool>,
         /// Labels for the caller's own records (no effect on the answer).
         metadata: Option<Map<String, Json>>,
-        #[allow(dead_code)]
+        /// A label for the caller's own records, repeated in the answer.
         user: Option<String>,
         #[allow(dead_code)]
         safety_identifier: Option<String>,
         #[allow(dead_code)]
         prompt_cache_key: Option<String>,
-        #[allow(dead_code)]
+        /// One tier is served: `auto` or `default`.
         service_tier: Option<String>,
     }
 }
@@ -256,8 +256,15 @@ impl ResponsesRequest {
             None => return Err(ApiError::invalid("input", "Missing required parameter: `input`")),
             Some(Input::Text(t)) => history.push(Message::text("user", t)),
             Some(Input::Items(items)) => {
+                let before = history.len();
                 for (i, item) in items.into_iter().enumerate() {
                     history.extend(item_message(i, item)?);
+                }
+                if history.len() == before {
+                    return Err(ApiError::invalid(
+                        "input",
+                        "`input` holds no message or function call output",
+                    ));
                 }
             }
         }
@@ -285,7 +292,7 @@ impl ResponsesRequest {
             Some(TextFormat::JsonObject) => Some((crate::constraint::Constraint::JsonObject, "text")),
             Some(TextFormat::JsonSchema { schema: s, .. }) => Some((schema("text.format.schema", s)?, "text")),
         };
-        let max_output_tokens = self.max_output_tokens.take();
+        let max_output_tokens = self.max_output_tokens.take().map(|m| (m, "max_output_tokens"));
         let common = CommonParams::new(self.sampling_fields(), max_output_tokens)?;
         if common.n != 1 {
             return Err(ApiError::invalid("n", "a response has one answer"));
@@ -305,6 +312,7 @@ impl ResponsesRequest {
     }
 
     fn refuse_what_is_not_served(&self) -> Result<(), ApiError> {
+        check_labels(self.service_tier.as_deref(), self.metadata.as_ref())?;
         if let Some(t) = self.truncation.as_deref().filter(|t| *t != "disabled") {
             return Err(ApiError::invalid(
                 "truncation",
@@ -370,8 +378,11 @@ impl ResponsesRequest {
             self.tool_choice.clone().unwrap_or_else(|| json!("auto")),
         );
         echo.insert("text".into(), json!({"format": format}));
-        echo.insert("temperature".into(), json!(self.temperature.map(|t| t.0)));
-        echo.insert("top_p".into(), json!(self.top_p.map(|t| t.0)));
+        // As written (`0.7`, not the f32's `0.699999988079071`).
+        let shortest = |x: f32| x.to_string().parse::<f64>().unwrap_or(f64::from(x));
+        echo.insert("temperature".into(), json!(self.temperature.map(|t| shortest(t.0))));
+        echo.insert("top_p".into(), json!(self.top_p.map(|t| shortest(t.0))));
+        echo.insert("user".into(), json!(self.user));
         echo.insert("max_output_tokens".into(), json!(self.max_output_tokens.map(|m| m.0)));
         echo.insert(
             "parallel_tool_calls".into(),

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Map, Value as Json};
 
-use crate::chat::{parse_tool_call, FunctionCall, Message, ToolCall};
+use crate::chat::{Callable, FunctionCall, Message, ToolCall};
 use crate::engine::{FinishReason, Generation};
 use crate::server::params::new_id;
 
@@ -17,8 +17,8 @@ pub(crate) struct Meta {
     pub(crate) history: Vec<Message>,
     /// Keep the response for `retrieve` and `previous_response_id`.
     pub(crate) store: bool,
-    /// The answer may be a function call.
-    pub(crate) tools_active: bool,
+    /// The functions the answer may call.
+    pub(crate) tools: Callable,
 }
 
 /// The answer's one output item.
@@ -37,9 +37,9 @@ pub(crate) enum Output {
 
 impl Output {
     /// The item for a finished answer: a call when tools are active and it is one.
-    pub(crate) fn of(text: &str, finish: FinishReason, tools_active: bool) -> Self {
-        let call = match (tools_active, finish) {
-            (true, FinishReason::Stop) => parse_tool_call(text),
+    pub(crate) fn of(text: &str, finish: FinishReason, tools: &Callable) -> Self {
+        let call = match finish {
+            FinishReason::Stop => tools.call_in(text),
             _ => None,
         };
         match call {
@@ -153,7 +153,7 @@ pub(crate) fn item_status(complete: bool) -> &'static str {
 
 /// The whole answer of a finished generation, and the item it ended with.
 pub(crate) fn finished(ids: (&str, u64, &str), meta: &Meta, g: &Generation) -> (Json, Output) {
-    let output = Output::of(&g.text, g.finish_reason, meta.tools_active);
+    let output = Output::of(&g.text, g.finish_reason, &meta.tools);
     let complete = g.finish_reason != FinishReason::Length;
     let body = response(
         ids,

@@ -64,6 +64,10 @@ impl TextSink for Writer<'_> {
         &self.out
     }
 
+    fn plan(&self) -> &Plan {
+        self.plan
+    }
+
     async fn text(&mut self, text: &str) -> Result<(), Stop> {
         self.push_text(text).await
     }
@@ -91,14 +95,18 @@ impl Writer<'_> {
     }
 
     fn ids(&self) -> (&str, u64, &str) {
-        (&self.plan.id, self.plan.created, &self.state.config.model_ids[0])
+        (
+            &self.plan.id,
+            self.plan.created,
+            self.state.config.answer_model(self.plan.model.as_deref()),
+        )
     }
 
     async fn answer(&mut self, events: &mut Choices) -> Result<Generation, Stop> {
         let start = response(self.ids(), self.meta, Status::InProgress, Vec::new(), Json::Null);
         self.send("response.created", json!({"response": start})).await?;
         self.send("response.in_progress", json!({"response": start})).await?;
-        let (generation, call) = stream_answer(self, events, self.meta.tools_active, self.plan.start).await?;
+        let (generation, call) = stream_answer(self, events, self.meta.tools.clone(), self.plan.start).await?;
         let complete = generation.finish_reason != FinishReason::Length;
         let item = match call {
             Some(call) => {
