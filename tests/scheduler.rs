@@ -126,6 +126,27 @@ fn a_seeded_request_gives_the_same_tokens_alone_or_among_seven_others() {
 }
 
 #[test]
+fn a_short_prompt_is_not_held_behind_a_long_one() {
+    // Prompts share each step's prefill budget: a short prompt submitted after a long one
+    // has its answer while the long one is still being read.
+    let engine = engine(LoadOptions {
+        prefill_budget: Some(8),
+        ..q8()
+    });
+    let prompts = prompts();
+    let (short, long) = (&prompts[0], &prompts[1]);
+    assert!(long.len() > 100 && short.len() < 16);
+    let long = engine.submit(long.clone(), &sampled(1, 1), Instant::now()).unwrap();
+    let short = engine.submit(short.clone(), &sampled(2, 1), Instant::now()).unwrap();
+    short.wait(|_| ControlFlow::Continue(())).unwrap();
+    assert!(
+        long.recv_timeout(Duration::ZERO).is_err(),
+        "the long prompt answered first"
+    );
+    long.wait(|_| ControlFlow::Continue(())).unwrap();
+}
+
+#[test]
 fn the_prefix_cache_is_used_and_changes_nothing() {
     let engine = engine(q8());
     let long = expected(MODEL).prompts[1].prompt_ids.clone();

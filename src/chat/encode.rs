@@ -2,7 +2,9 @@
 //! recognised (one BOS from the template, as HF's `apply_chat_template(tokenize=True)`),
 //! or, with [`RenderOptions::content_as_text`], with the special-token strings that appear
 //! inside message content encoded as plain text, so that a user cannot forge a turn
-//! (`<|eot_id|><|start_header_id|>system<|end_header_id|>` in a message stays text).
+//! (`<|eot_id|><|start_header_id|>system<|end_header_id|>` in a message or a tool result
+//! stays text; in tool call arguments or tool definitions, which the template prints inside
+//! its own JSON, it is refused).
 
 use serde_json::Value as Json;
 
@@ -29,15 +31,28 @@ pub fn encode_conversation(
     // ends in a newline before and a special token after, where tokenization splits anyway.
     let nonce = rand::random::<u64>();
     let mut shown = messages.to_vec();
-    let mut protected: Vec<(String, String)> = Vec::new();
+    let mut protected: Vec<(String, Json)> = Vec::new();
+    if tools.is_some_and(|t| t.iter().any(|t| t.to_string().contains(SPECIAL_OPEN))) {
+        return Err(Error::Template(
+            "the tools hold special-token text (`<|`), which cannot be kept as text there".into(),
+        ));
+    }
     for (i, m) in shown.iter_mut().enumerate() {
-        let text_role = matches!(m.role.as_str(), "system" | "user" | "assistant");
-        if let (true, Json::String(content)) = (text_role, &m.content) {
-            if content.contains(SPECIAL_OPEN) {
-                let marker = format!("@@llama32-content-{i}-{nonce:016x}@@");
-                protected.push((marker.clone(), content.trim().to_string()));
-                m.content = Json::String(marker);
-            }
+        if m.tool_calls
+            .iter()
+            .any(|c| c.function.arguments.to_string().contains(SPECIAL_OPEN))
+        {
+            return Err(Error::Template(format!(
+                "messages[{i}].tool_calls hold special-token text (`<|`), which cannot be kept as text there"
+            )));
+        }
+        let holds_special = match &m.content {
+            Json::String(content) => content.contains(SPECIAL_OPEN),
+            other => is_tool_role(&m.role) && !other.is_null() && other.to_string().contains(SPECIAL_OPEN),
+        };
+        if holds_special && (is_tool_role(&m.role) || matches!(m.role.as_str(), "system" | "user" | "assistant")) {
+            let marker = format!("@@llama32-content-{i}-{nonce:016x}@@");
+            protected.push((marker.clone(), std::mem::replace(&mut m.content, Json::String(marker))));
         }
     }
     let text = template.render(&shown, tools, options)?;
@@ -47,9 +62,13 @@ pub fn encode_conversation(
     let mut ids = Vec::new();
     let mut rest = text.as_str();
     for (marker, content) in &protected {
-        let at = match (rest.find(marker.as_str()), rest.matches(marker.as_str()).count()) {
-            (Some(at), 1) => at,
-            _ => {
+        // Shown as it was written (text roles: trimmed), or as the template's `tojson` of it
+        // (a tool result: the marker then appears as a JSON string).
+        let quoted = format!("\"{marker}\"");
+        let (at, len, plain) = match (once(rest, &quoted), once(rest, marker)) {
+            (Some(at), _) => (at, quoted.len(), python_json_text(content)),
+            (None, Some(at)) => (at, marker.len(), shown_text(content)),
+            (None, None) => {
                 return Err(Error::Template(
                     "the chat template does not show message content once and verbatim, so special-token \
                      text in it cannot be kept as text"
@@ -58,9 +77,32 @@ pub fn encode_conversation(
             }
         };
         ids.extend(tokenizer.encode(&rest[..at], false)?);
-        ids.extend(tokenizer.encode_plain(content)?);
-        rest = &rest[at + marker.len()..];
+        ids.extend(tokenizer.encode_plain(&plain)?);
+        rest = &rest[at + len..];
     }
     ids.extend(tokenizer.encode(rest, false)?);
     Ok(ids)
+}
+
+fn is_tool_role(role: &str) -> bool {
+    role == "tool" || role == "ipython"
+}
+
+/// Where `marker` starts in `text` when it appears exactly once.
+fn once(text: &str, marker: &str) -> Option<usize> {
+    (text.matches(marker).count() == 1).then(|| text.find(marker)).flatten()
+}
+
+/// A content as a template prints it verbatim: a string trimmed, other JSON as `tojson`.
+fn shown_text(content: &Json) -> String {
+    match content {
+        Json::String(s) => s.trim().to_string(),
+        other => python_json_text(other),
+    }
+}
+
+fn python_json_text(value: &Json) -> String {
+    let mut out = String::new();
+    super::template::python_json(value, None, 0, &mut out);
+    out
 }

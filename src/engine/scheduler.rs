@@ -280,15 +280,20 @@ impl Scheduler {
     fn plan(&mut self) -> Vec<Share> {
         let mut plan = Vec::new();
         let mut budget = self.config.prefill_budget.max(1);
+        // Prompts share the step's budget evenly (what one leaves goes to the next), so a
+        // long prompt does not hold back the first token of a short one.
+        let mut prompts = self.running.iter().filter(|s| s.pending() > 1).count();
         for (i, seq) in self.running.iter_mut().enumerate() {
             let pending = seq.pending();
             // A decoding sequence may add proposed tokens to verify in the same pass.
             let drafted = if pending == 1 { seq.draft() } else { 0 };
+            let share = budget.div_ceil(prompts.max(1));
+            prompts = prompts.saturating_sub(usize::from(pending > 1));
             let n = match pending {
                 0 => continue,
                 1 => 1 + drafted,
-                _ if seq.scores_prompt() => pending.min(budget).min(SCORED_CHUNK),
-                _ => pending.min(budget),
+                _ if seq.scores_prompt() => pending.min(share).min(SCORED_CHUNK),
+                _ => pending.min(share),
             };
             let Some(kv) = seq.kv.filter(|_| n > 0) else { continue };
             if !self.backend.reserve(kv, n) {

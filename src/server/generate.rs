@@ -82,7 +82,7 @@ async fn whole(state: &State, plan: &Plan, events: Choices, report: Report) -> R
             if meta.store {
                 let mut conversation = meta.history.clone();
                 conversation.push(item.message());
-                state.responses.put(body.clone(), conversation);
+                state.responses.put(body.clone(), conversation, plan.key_scope);
             }
             body
         }

@@ -61,7 +61,7 @@ pub(super) async fn read_body(state: &State, body: Body) -> Result<Bytes, ApiErr
 async fn prepare(
     state: &Arc<State>,
     request: Request,
-    plan: impl FnOnce(&Arc<State>, &Bytes) -> Result<Plan, ApiError> + Send + 'static,
+    plan: impl FnOnce(&Arc<State>, &Bytes, u64) -> Result<Plan, ApiError> + Send + 'static,
 ) -> Result<(Plan, Report), (ApiError, Report)> {
     let report = Report::new(&request).armed(state);
     let key_scope = request.extensions().get::<KeyScope>().map_or(0, |k| k.0);
@@ -86,7 +86,7 @@ async fn prepare(
     // Rendering the chat template and tokenizing run off the network threads.
     let planning = {
         let state = state.clone();
-        tokio::task::spawn_blocking(move || plan(&state, &body))
+        tokio::task::spawn_blocking(move || plan(&state, &body, key_scope))
     };
     let planned = planning
         .await
@@ -95,6 +95,7 @@ async fn prepare(
         Ok(mut plan) => {
             let report = report.with_tools(plan.tools_via);
             plan.request.cache_scope = combine_scopes(key_scope, plan.request.cache_scope);
+            plan.key_scope = key_scope;
             Ok((plan, report))
         }
         Err(e) => Err((e, report)),
@@ -120,7 +121,7 @@ async fn generation(state: Arc<State>, prepared: Result<(Plan, Report), (ApiErro
 }
 
 pub(super) async fn chat(AxumState(state): Shared, request: Request) -> Response {
-    let prepared = prepare(&state, request, |state, body| {
+    let prepared = prepare(&state, request, |state, body, _| {
         Plan::chat(state, parse_body::<ChatRequest>(body)?.into_params()?, unix_now())
     })
     .await;
@@ -128,7 +129,7 @@ pub(super) async fn chat(AxumState(state): Shared, request: Request) -> Response
 }
 
 pub(super) async fn completions(AxumState(state): Shared, request: Request) -> Response {
-    let prepared = prepare(&state, request, |state, body| {
+    let prepared = prepare(&state, request, |state, body, _| {
         Plan::completion(state, parse_body::<CompletionRequest>(body)?.into_params()?, unix_now())
     })
     .await;
@@ -136,7 +137,7 @@ pub(super) async fn completions(AxumState(state): Shared, request: Request) -> R
 }
 
 pub(super) async fn messages(AxumState(state): Shared, request: Request) -> Response {
-    let prepared = prepare(&state, request, |state, body| {
+    let prepared = prepare(&state, request, |state, body, _| {
         Plan::messages(
             state,
             parse_body::<MessagesRequest>(body)?.into_params(true)?,
@@ -148,8 +149,8 @@ pub(super) async fn messages(AxumState(state): Shared, request: Request) -> Resp
 }
 
 pub(super) async fn responses(AxumState(state): Shared, request: Request) -> Response {
-    let prepared = prepare(&state, request, |state, body| {
-        Plan::responses(state, super::responses::read(state, body)?, unix_now())
+    let prepared = prepare(&state, request, |state, body, scope| {
+        Plan::responses(state, super::responses::read(state, body, scope)?, unix_now())
     })
     .await;
     generation(state, prepared).await

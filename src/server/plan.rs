@@ -54,6 +54,8 @@ pub(super) struct Plan {
     pub(super) tools_via: Option<&'static str>,
     /// The `model` the request named.
     pub(super) model: Option<String>,
+    /// The scope of the API key the request came with (0: none, or one key).
+    pub(super) key_scope: u64,
 }
 
 pub(super) fn finish_name(reason: FinishReason) -> &'static str {
@@ -201,6 +203,7 @@ impl Plan {
             constraint_param: "response_format",
             tools_via: None,
             model: common.model,
+            key_scope: 0,
         })
     }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use axum::extract::{Path, Request, State as AxumState};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde_json::json;
 
 pub(super) use request::{ResponsesParams, ResponsesRequest};
@@ -22,15 +22,16 @@ use super::body::parse as parse_body;
 use super::error::ApiError;
 use super::handlers::read_body;
 use super::plan::{chat_request_prompt, ready};
+use super::routes::KeyScope;
 use super::State;
 
 /// Reads a Responses body into its validated request, continuing the stored conversation
-/// that `previous_response_id` names (404 when it is not stored).
-pub(super) fn read(state: &State, body: &[u8]) -> Result<ResponsesParams, ApiError> {
+/// that `previous_response_id` names (404 when the key of scope `scope` has not stored it).
+pub(super) fn read(state: &State, body: &[u8], scope: u64) -> Result<ResponsesParams, ApiError> {
     let request: ResponsesRequest = parse_body(body)?;
     let earlier = match request.previous() {
         None => Vec::new(),
-        Some(id) => match state.responses.get(id) {
+        Some(id) => match state.responses.get(id, scope) {
             Some(stored) => stored.conversation,
             None => {
                 return Err(ApiError::not_found(
@@ -45,10 +46,11 @@ pub(super) fn read(state: &State, body: &[u8]) -> Result<ResponsesParams, ApiErr
 
 /// `POST /v1/responses/input_tokens`: the prompt tokens the same body would use.
 pub(super) async fn input_tokens(AxumState(state): AxumState<Arc<State>>, request: Request) -> Response {
+    let scope = request.extensions().get::<KeyScope>().map_or(0, |k| k.0);
     let counted = async {
         let ready = ready(&state)?;
         let body = read_body(&state, request.into_body()).await?;
-        let params = read(&state, &body)?;
+        let params = read(&state, &body, scope)?;
         Ok::<_, ApiError>(chat_request_prompt(ready, &params.chat)?.len())
     };
     match counted.await {
@@ -62,16 +64,24 @@ fn not_stored(id: &str) -> ApiError {
 }
 
 /// `GET /v1/responses/{id}`: a stored response.
-pub(super) async fn retrieve(AxumState(state): AxumState<Arc<State>>, Path(id): Path<String>) -> Response {
-    match state.responses.get(&id) {
+pub(super) async fn retrieve(
+    AxumState(state): AxumState<Arc<State>>,
+    Path(id): Path<String>,
+    scope: Option<Extension<KeyScope>>,
+) -> Response {
+    match state.responses.get(&id, scope.map_or(0, |s| s.0 .0)) {
         Some(stored) => Json(stored.response).into_response(),
         None => not_stored(&id).into_response(),
     }
 }
 
 /// `DELETE /v1/responses/{id}`: forgets a stored response.
-pub(super) async fn delete(AxumState(state): AxumState<Arc<State>>, Path(id): Path<String>) -> Response {
-    match state.responses.delete(&id) {
+pub(super) async fn delete(
+    AxumState(state): AxumState<Arc<State>>,
+    Path(id): Path<String>,
+    scope: Option<Extension<KeyScope>>,
+) -> Response {
+    match state.responses.delete(&id, scope.map_or(0, |s| s.0 .0)) {
         true => Json(json!({"id": id, "object": "response", "deleted": true})).into_response(),
         false => not_stored(&id).into_response(),
     }

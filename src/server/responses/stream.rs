@@ -130,7 +130,9 @@ impl Writer<'_> {
         if self.meta.store {
             let mut conversation = self.meta.history.clone();
             conversation.push(item.message());
-            self.state.responses.put(whole.clone(), conversation);
+            self.state
+                .responses
+                .put(whole.clone(), conversation, self.plan.key_scope);
         }
         let last = match complete {
             true => "response.completed",
