@@ -1,4 +1,5 @@
-//! Running a plan: admission (at most `parallel + queue` requests in flight), the `n`
+//! Running an admitted plan (at most `parallel + queue` requests in flight, counted from
+//! before the body is read: [`super::handlers`]), the `n`
 //! choices submitted to the engine together (they share the prompt's KV blocks through
 //! the prefix cache), and the answer as one JSON object or as an event stream
 //! ([`super::stream`], [`super::messages`]). A client that goes away drops the request,
@@ -20,17 +21,14 @@ use super::{messages, responses, stream, State};
 use crate::engine::{Event, Generation, Handle};
 use crate::error::Error;
 
-/// Admits the request, submits its choices, then answers (JSON or event stream).
-pub(super) async fn execute(state: Arc<State>, plan: Plan, report: Report) -> Response {
+/// Submits the choices of an admitted request, then answers (JSON or event stream).
+pub(super) async fn execute(state: Arc<State>, plan: Plan, admission: Admission, report: Report) -> Response {
     let fail = |e: ApiError, report: Report| {
         report.finish(&state, e.status, (0, 0, 0));
         self_reported(e.into_response())
     };
     let Some(ready) = state.ready.get() else {
         return fail(ApiError::loading(), report);
-    };
-    let Some(admission) = Admission::take(&state, ready.capacity) else {
-        return fail(ApiError::overloaded(1), report);
     };
     let events = match submit(ready, &plan).await {
         Ok(handles) => Choices::new(handles),

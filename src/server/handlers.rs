@@ -14,6 +14,7 @@ use serde_json::json;
 use super::anthropic::MessagesRequest;
 use super::body::parse as parse_body;
 use super::error::ApiError;
+use super::events::Admission;
 use super::generate;
 use super::openai::{ChatRequest, CompletionRequest};
 use super::params::unix_now;
@@ -57,20 +58,25 @@ pub(super) async fn read_body(state: &State, body: Body) -> Result<Bytes, ApiErr
     }
 }
 
-/// What both generation endpoints do before the answer: readiness, body, parsing, plan.
+/// What every generation endpoint does before the answer: readiness, admission (before
+/// the body is read, so that what waits beyond the server's capacity costs no memory),
+/// body, parsing, plan.
 async fn prepare(
     state: &Arc<State>,
     request: Request,
     plan: impl FnOnce(&Arc<State>, &Bytes, u64) -> Result<Plan, ApiError> + Send + 'static,
-) -> Result<(Plan, Report), (ApiError, Report)> {
+) -> Result<(Plan, Admission, Report), (ApiError, Report)> {
     let report = Report::new(&request).armed(state);
     let key_scope = request.extensions().get::<KeyScope>().map_or(0, |k| k.0);
-    if state.ready.get().is_none() {
+    let Some(ready) = state.ready.get() else {
         return Err((ApiError::loading(), report));
-    }
+    };
     if state.draining() {
         return Err((ApiError::shutting_down(), report));
     }
+    let Some(admission) = Admission::take(state, ready.capacity) else {
+        return Err((ApiError::overloaded(1), report));
+    };
     let announced = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -96,7 +102,7 @@ async fn prepare(
             let report = report.with_tools(plan.tools_via);
             plan.request.cache_scope = combine_scopes(key_scope, plan.request.cache_scope);
             plan.key_scope = key_scope;
-            Ok((plan, report))
+            Ok((plan, admission, report))
         }
         Err(e) => Err((e, report)),
     }
@@ -110,9 +116,9 @@ fn combine_scopes(key: u64, salt: u64) -> u64 {
     }
 }
 
-async fn generation(state: Arc<State>, prepared: Result<(Plan, Report), (ApiError, Report)>) -> Response {
+async fn generation(state: Arc<State>, prepared: Result<(Plan, Admission, Report), (ApiError, Report)>) -> Response {
     match prepared {
-        Ok((plan, report)) => generate::execute(state, plan, report).await,
+        Ok((plan, admission, report)) => generate::execute(state, plan, admission, report).await,
         Err((error, report)) => {
             report.finish(&state, error.status, (0, 0, 0));
             self_reported(error.into_response())
@@ -156,14 +162,28 @@ pub(super) async fn responses(AxumState(state): Shared, request: Request) -> Res
     generation(state, prepared).await
 }
 
+/// Runs `work` on a request's body off the network threads, a few at a time (the rest
+/// wait with their bodies unread): what the token counting endpoints do.
+pub(super) async fn counting<T: Send + 'static>(
+    state: &Arc<State>,
+    request: Request,
+    work: impl FnOnce(&Arc<State>, &Bytes) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let _permit = state.counting.acquire().await.map_err(|_| ApiError::shutting_down())?;
+    let body = read_body(state, request.into_body()).await?;
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || work(&state, &body))
+        .await
+        .unwrap_or_else(|e| Err(ApiError::internal(format!("counting tokens failed: {e}"))))
+}
+
 /// `POST /v1/messages/count_tokens`: the prompt tokens the same body would use.
 pub(super) async fn count_tokens(AxumState(state): Shared, request: Request) -> Response {
-    let counted = async {
-        let ready = plan::ready(&state)?;
-        let body = read_body(&state, request.into_body()).await?;
-        let params = parse_body::<MessagesRequest>(&body)?.into_params(false)?;
-        Ok::<_, ApiError>(plan::chat_request_prompt(ready, &params)?.len())
-    };
+    let counted = counting(&state, request, |state, body| {
+        let ready = plan::ready(state)?;
+        let params = parse_body::<MessagesRequest>(body)?.into_params(false)?;
+        plan::chat_request_prompt(ready, &params).map(|ids| ids.len())
+    });
     match counted.await {
         Ok(n) => Json(json!({"input_tokens": n})).into_response(),
         Err(e) => e.into_response(),

@@ -288,7 +288,6 @@ pub(super) fn chat_prompt(ready: &Ready, messages: &[Message], tools: Option<&[T
     Ok(ready.engine.encode_chat(messages, tools, &options)?)
 }
 
-/// Refuses an answer that could hold more than `limit` token entries.
 /// The answer's length in tokens: `max_tokens` up to the context's `room`, or without it as
 /// long as the room and the answer's size limit allow. The answer's entries (each choice's
 /// tokens with their alternatives, and the prompt's when they are asked for) must fit the

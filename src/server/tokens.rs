@@ -12,7 +12,7 @@ use serde_json::{json, Value as Json_};
 
 use super::body::parse as parse_body;
 use super::error::ApiError;
-use super::handlers::read_body;
+use super::handlers::{counting, read_body};
 use super::plan::{chat_prompt, ready};
 use super::State;
 use crate::chat::check_message;
@@ -53,10 +53,9 @@ fn check_model(state: &State, model: Option<&String>) -> Result<(), ApiError> {
     }
 }
 
-async fn tokenize_body(state: &Arc<State>, request: Request) -> Result<Json_, ApiError> {
+fn tokenize_body(state: &Arc<State>, body: &[u8]) -> Result<Json_, ApiError> {
     let ready = ready(state)?;
-    let body = read_body(state, request.into_body()).await?;
-    let r: TokenizeRequest = parse_body(&body)?;
+    let r: TokenizeRequest = parse_body(body)?;
     check_model(state, r.model.as_ref())?;
     let ids = match (r.content.or(r.prompt), r.messages) {
         (Some(text), None) => {
@@ -91,7 +90,7 @@ async fn tokenize_body(state: &Arc<State>, request: Request) -> Result<Json_, Ap
 
 /// `POST /tokenize`: `{"tokens": [...], "count": n, "max_model_len": ctx}`.
 pub(super) async fn tokenize(AxumState(state): AxumState<Arc<State>>, request: Request) -> Response {
-    match tokenize_body(&state, request).await {
+    match counting(&state, request, |state, body| tokenize_body(state, body)).await {
         Ok(body) => Json(body).into_response(),
         Err(e) => e.into_response(),
     }

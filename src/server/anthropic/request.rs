@@ -152,7 +152,16 @@ impl MessagesRequest {
             Some(_) => return Err(ApiError::invalid("messages", "`messages` must not be empty")),
             None => return Err(ApiError::invalid("messages", "messages: Field required")),
         };
+        let last = turns.len() - 1;
         for (i, turn) in turns.into_iter().enumerate() {
+            // An answer prefilled by a final assistant turn would not be continued (the
+            // template closes the turn and opens another): refused rather than ignored.
+            if i == last && turn.role.as_deref() == Some("assistant") {
+                return Err(ApiError::invalid(
+                    format!("messages[{i}]"),
+                    "a final assistant message (a prefilled answer) is not continued here: end with a user message",
+                ));
+            }
             convert_turn(i, turn, &mut messages)?;
         }
         let tools = match self.tools.take() {
@@ -175,6 +184,12 @@ impl MessagesRequest {
         check_tool_choice(tools.as_deref(), &tool_choice)?;
         let mut fields = self.sampling_fields();
         if let Some(stop) = self.stop_sequences.take() {
+            if fields.stop.is_some() {
+                return Err(ApiError::invalid(
+                    "stop",
+                    "send the stop strings once, as `stop_sequences`",
+                ));
+            }
             fields.stop = Some(stop);
         }
         let constraint = self.constraint()?;

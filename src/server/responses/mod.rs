@@ -20,7 +20,7 @@ pub(super) use store::ResponseStore;
 
 use super::body::parse as parse_body;
 use super::error::ApiError;
-use super::handlers::read_body;
+use super::handlers::counting;
 use super::plan::{chat_request_prompt, ready};
 use super::routes::KeyScope;
 use super::State;
@@ -47,12 +47,11 @@ pub(super) fn read(state: &State, body: &[u8], scope: u64) -> Result<ResponsesPa
 /// `POST /v1/responses/input_tokens`: the prompt tokens the same body would use.
 pub(super) async fn input_tokens(AxumState(state): AxumState<Arc<State>>, request: Request) -> Response {
     let scope = request.extensions().get::<KeyScope>().map_or(0, |k| k.0);
-    let counted = async {
-        let ready = ready(&state)?;
-        let body = read_body(&state, request.into_body()).await?;
-        let params = read(&state, &body, scope)?;
-        Ok::<_, ApiError>(chat_request_prompt(ready, &params.chat)?.len())
-    };
+    let counted = counting(&state, request, move |state, body| {
+        let ready = ready(state)?;
+        let params = read(state, body, scope)?;
+        Ok(chat_request_prompt(ready, &params.chat)?.len())
+    });
     match counted.await {
         Ok(n) => Json(json!({"object": "response.input_tokens", "input_tokens": n})).into_response(),
         Err(e) => e.into_response(),
