@@ -189,6 +189,10 @@ fn bad_parameters_exit_with_2() {
         (&["--temperature", "-1"][..], "temperature"),
         (&["--max-tokens", "0"][..], "max-tokens"),
         (&["--ctx-size", "0"][..], "ctx-size"),
+        (&["--draft-model", "tests/fixtures/tied-f32-mha"][..], "draft-model"),
+        (&["--draft-dtype", "q8_0"][..], "draft-dtype"),
+        (&["--spec", "ngram", "--spec-n", "0"][..], "spec-n"),
+        (&["--logit-bias", "5=1000"][..], "logit-bias"),
     ] {
         let (code, stderr) = cli(&fixture(SMALL), args);
         assert_eq!(code, 2, "{args:?}: {stderr}");

@@ -193,7 +193,7 @@ pub fn check_message(i: usize, mut m: Message) -> Result<Message> {
     };
     if empty && m.role == "assistant" && !m.tool_calls.is_empty() {
         m.content = Json::String(String::new());
-    } else if empty && m.role != "system" && m.role != "assistant" {
+    } else if empty && m.role == "user" {
         return Err(invalid(
             "messages",
             format!("messages[{i}] ({}): content is empty", m.role),

@@ -133,6 +133,7 @@ pub fn run(a: ChatArgs) -> anyhow::Result<ExitCode> {
     crate::template_check::check(&a.model.model)?;
     crate::common::check_constraint(&a.sampling, &request)?;
     crate::common::warn_about_flags(&a.sampling, a.json);
+    crate::common::check_draft_flags(&a.sampling.spec, &a.model)?;
     let engine = load_engine(&a.model, None)?;
     crate::common::warn_if_no_speculation(&engine, request.speculation.is_some());
     // A template that does not render tools gets them in the system message (as the server

@@ -12,6 +12,24 @@ use serde_json::json;
 
 use crate::args::{ModelArgs, SamplingArgs};
 
+/// A draft model is read only for `--spec draft` (loading it otherwise would cost time and
+/// memory for nothing), and its format only with it.
+pub fn check_draft_flags(spec: &str, a: &ModelArgs) -> llama32::Result<()> {
+    if a.draft_model.is_some() && spec != "draft" {
+        return Err(llama32::Error::InvalidParameter {
+            name: "draft-model",
+            reason: "a draft model is used only with --spec draft".into(),
+        });
+    }
+    if a.draft_dtype.is_some() && a.draft_model.is_none() {
+        return Err(llama32::Error::InvalidParameter {
+            name: "draft-dtype",
+            reason: "--draft-dtype needs --draft-model".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Loads the model named by the model arguments.
 pub fn load_engine(a: &ModelArgs, parallel: Option<usize>) -> anyhow::Result<Engine> {
     let options = LoadOptions {
@@ -94,11 +112,15 @@ pub fn warn_if_no_speculation(engine: &Engine, asked: bool) {
 pub fn speculation(kind: &str, n: usize, k: usize) -> llama32::Result<Option<Speculation>> {
     match kind {
         "none" => Ok(None),
-        "ngram" if n >= 1 && (1..=32).contains(&k) => Ok(Some(Speculation::Ngram { n, k })),
+        "ngram" if n == 0 => Err(llama32::Error::InvalidParameter {
+            name: "spec-n",
+            reason: "--spec-n must be at least 1".into(),
+        }),
+        "ngram" if (1..=32).contains(&k) => Ok(Some(Speculation::Ngram { n, k })),
         "draft" if (1..=32).contains(&k) => Ok(Some(Speculation::Draft { k })),
         "ngram" | "draft" => Err(llama32::Error::InvalidParameter {
             name: "spec-k",
-            reason: "--spec-n must be >= 1 and --spec-k from 1 to 32".into(),
+            reason: "--spec-k must be from 1 to 32".into(),
         }),
         other => Err(llama32::Error::InvalidParameter {
             name: "spec",

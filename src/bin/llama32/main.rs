@@ -156,6 +156,7 @@ fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     let request = request(&a.sampling, a.model.ctx_size)?;
     common::check_constraint(&a.sampling, &request)?;
     common::warn_about_flags(&a.sampling, a.json);
+    common::check_draft_flags(&a.sampling.spec, &a.model)?;
     let engine = load_engine(&a.model, None)?;
     common::warn_if_no_speculation(&engine, request.speculation.is_some());
     let interrupt = Interrupt::install();

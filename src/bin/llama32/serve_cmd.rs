@@ -27,6 +27,7 @@ fn init_log(format: LogFormat) {
 pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
     init_log(a.log_format);
     let config = server_config(&a)?;
+    crate::common::check_draft_flags(&a.spec, &a.model)?;
     let host = if a.host.contains(':') && !a.host.starts_with('[') {
         format!("[{}]", a.host)
     } else {
