@@ -107,6 +107,17 @@ pub fn perplexity(
     max_windows: usize,
     base: Option<&Engine>,
 ) -> Result<Report> {
+    perplexity_reporting(engine, (tokens, bos), (ctx, max_windows), base, |_, _| {})
+}
+
+/// [`perplexity`], calling `progress(done, windows)` after each window.
+pub fn perplexity_reporting(
+    engine: &Engine,
+    (tokens, bos): (&[u32], Option<u32>),
+    (ctx, max_windows): (usize, usize),
+    base: Option<&Engine>,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Report> {
     if ctx < 4 {
         return Err(Error::InvalidParameter {
             name: "ctx",
@@ -137,6 +148,7 @@ pub fn perplexity(
         let mut ids: Vec<u32> = bos.into_iter().collect();
         ids.extend_from_slice(&tokens[w * per_window..(w + 1) * per_window]);
         s.window(&mut session, base_session.as_mut(), &ids, first)?;
+        progress(w + 1, windows);
     }
     let n = s.n as f64;
     let mean = s.nll / n;

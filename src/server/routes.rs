@@ -39,8 +39,7 @@ pub(super) fn router(state: Arc<State>) -> Router {
     let anthropic = Router::new()
         .route("/v1/messages", post(handlers::messages))
         .route("/v1/messages/count_tokens", post(handlers::count_tokens))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
-        .route_layer(middleware::from_fn(super::anthropic::anthropic_errors));
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     let mut app = Router::new()
         .route("/health", get(health))
         .route("/livez", get(livez))
@@ -58,6 +57,7 @@ pub(super) fn router(state: Arc<State>) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), super::guard::guard))
+        .layer(middleware::from_fn(super::anthropic::anthropic_errors))
         .layer(middleware::from_fn_with_state(state.clone(), log_request));
     if let Some(cors) = cors_layer(&state.config.cors_origins) {
         app = app.layer(cors);

@@ -112,3 +112,26 @@ def test_errors_in_anthropic_shape(server, client):
     body = json.loads(e.value.read())
     assert e.value.code == 400 and body["error"]["type"] == "invalid_request_error"
     assert "max_tokens" in body["error"]["message"]
+    # The shared layers' and the router's errors on the Messages API's paths too.
+    for method, path, headers, status, kind in [
+        ("POST", "/v1/messages", {"x-api-key": "sekrit", "content-type": "text/plain"}, 415, "invalid_request_error"),
+        ("GET", "/v1/messages", {"x-api-key": "sekrit"}, 405, "invalid_request_error"),
+        ("POST", "/v1/messages/nothing", {"x-api-key": "sekrit", "content-type": "application/json"}, 404,
+         "not_found_error"),
+    ]:
+        req = urllib.request.Request(server.url + path, method=method, data=b"{}" if method == "POST" else None,
+                                     headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=30)
+        body = json.loads(e.value.read())
+        assert (e.value.code, body["type"], body["error"]["type"]) == (status, "error", kind), (path, body)
+
+
+def test_a_prefilled_answer_and_stop_twice_are_refused(client):
+    with pytest.raises(anthropic.BadRequestError) as e:
+        client.messages.create(model=MODEL, max_tokens=4, messages=HELLO + [{"role": "assistant", "content": "{"}])
+    assert "prefilled" in e.value.body["error"]["message"]
+    with pytest.raises(anthropic.BadRequestError) as e:
+        client.messages.create(model=MODEL, max_tokens=4, messages=HELLO, stop_sequences=["a"],
+                               extra_body={"stop": ["b"]})
+    assert "stop_sequences" in e.value.body["error"]["message"]

@@ -10,7 +10,7 @@ mod serve_cmd;
 mod template_check;
 mod text_file;
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::ops::ControlFlow;
 use std::process::ExitCode;
 
@@ -183,6 +183,15 @@ fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn perplexity(a: args::PerplexityArgs) -> anyhow::Result<ExitCode> {
+    // The windows are --ctx long, and no draft model takes part in scoring.
+    if a.model.ctx_size.is_some() {
+        return Err(llama32::Error::InvalidParameter {
+            name: "ctx-size",
+            reason: "perplexity windows are --ctx tokens long".into(),
+        }
+        .into());
+    }
+    common::check_draft_flags("none", &a.model)?;
     // Before the model loads: a missing file fails at once.
     std::fs::File::open(&a.file).map_err(|source| common::FlagFileError {
         flag: "--file",
@@ -198,7 +207,17 @@ fn perplexity(a: args::PerplexityArgs) -> anyhow::Result<ExitCode> {
         .filter(|b| engine.tokenize("a").is_ok_and(|t| t.first() == Some(b)));
     let wanted = a.chunks.saturating_mul(a.ctx);
     let tokens = text_file::read_tokens(&engine, &a.file, wanted)?;
-    let report = llama32::perplexity::perplexity(&engine, &tokens, bos, a.ctx, a.chunks, base.as_ref())?;
+    let terminal = io::stderr().is_terminal();
+    let progress = |done: usize, windows: usize| {
+        if terminal {
+            eprint!("\r[window {done} of {windows}]");
+            if done == windows {
+                eprintln!();
+            }
+        }
+    };
+    let report =
+        llama32::perplexity::perplexity_reporting(&engine, (&tokens, bos), (a.ctx, a.chunks), base.as_ref(), progress)?;
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(ExitCode::SUCCESS);

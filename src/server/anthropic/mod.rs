@@ -18,10 +18,15 @@ use serde_json::{json, Value as Json};
 pub(super) use request::MessagesRequest;
 use response::error_type;
 
-/// Rewrites the OpenAI-shaped error bodies of the routes below it (including the
-/// authentication and body-limit errors of the shared layers) into Anthropic's shape.
+/// Rewrites the OpenAI-shaped error bodies of the Messages API's paths (`/v1/messages...`,
+/// whichever layer or fallback answered: key, host and content-type checks, unknown
+/// routes, wrong methods) into Anthropic's shape.
 pub(super) async fn anthropic_errors(request: Request, next: Next) -> Response {
+    let anthropic = request.uri().path().starts_with("/v1/messages");
     let response = next.run(request).await;
+    if !anthropic {
+        return response;
+    }
     let status = response.status().as_u16();
     let json = response
         .headers()

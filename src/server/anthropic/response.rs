@@ -43,7 +43,7 @@ pub(in crate::server) fn usage(prompt: usize, output: usize, cached: usize) -> J
 /// Anthropic's error `type` for an HTTP status.
 pub(in crate::server) fn error_type(status: u16) -> &'static str {
     match status {
-        400 | 405 | 408 | 411 | 422 => "invalid_request_error",
+        400 | 405 | 408 | 411 | 415 | 422 => "invalid_request_error",
         401 => "authentication_error",
         403 => "permission_error",
         404 => "not_found_error",
