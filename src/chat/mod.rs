@@ -139,13 +139,17 @@ pub fn parse_tools(json: Json) -> Result<Vec<Tool>> {
         Json::Object(mut o) if o.contains_key("tools") => return parse_tools(o.remove("tools").unwrap_or_default()),
         _ => return Err(invalid("tools", "expected an array of tool schemas".into())),
     };
+    let mut names = std::collections::HashSet::new();
     for (i, tool) in list.iter().enumerate() {
-        let named = tool
-            .get("function")
-            .and_then(|f| f.get("name"))
-            .is_some_and(|n| n.is_string());
-        if !named {
-            return Err(invalid("tools", format!("tools[{i}] has no function.name")));
+        let name = tool.get("function").and_then(|f| f.get("name")).and_then(Json::as_str);
+        match name {
+            None => return Err(invalid("tools", format!("tools[{i}] has no function.name"))),
+            Some("") => return Err(invalid("tools", format!("tools[{i}].function.name is empty"))),
+            // An answer's call names its function: two of one name could not be told apart.
+            Some(n) if !names.insert(n) => {
+                return Err(invalid("tools", format!("tools[{i}]: two tools are named `{n}`")))
+            }
+            Some(_) => {}
         }
     }
     Ok(list)
@@ -255,7 +259,21 @@ fn check_role_fields(i: usize, m: &Message) -> Result<()> {
 
 fn text_parts(i: usize, parts: &[Json]) -> Result<String> {
     let mut text = String::new();
-    for part in parts {
+    for (j, part) in parts.iter().enumerate() {
+        // `cache_control` asks for what the prefix cache does anyway; other keys are refused.
+        let extra = part
+            .as_object()
+            .filter(|o| o.get("type").and_then(Json::as_str) == Some("text"))
+            .and_then(|o| {
+                o.keys()
+                    .find(|k| !matches!(k.as_str(), "type" | "text" | "cache_control"))
+            });
+        if let Some(key) = extra {
+            return Err(invalid(
+                "messages",
+                format!("messages[{i}].content[{j}]: unknown field `{key}` in a text part"),
+            ));
+        }
         match (
             part.get("type").and_then(|t| t.as_str()),
             part.get("text").and_then(|t| t.as_str()),
@@ -376,6 +394,10 @@ mod tests {
             (
                 r#"[{"role": "tool", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]"#,
                 "only text content parts",
+            ),
+            (
+                r#"[{"role": "user", "content": [{"type": "text", "text": "a", "bogus": 1}]}]"#,
+                "messages[0].content[0]: unknown field `bogus`",
             ),
             (r#"{"messages": 3}"#, "no `messages` array"),
             (

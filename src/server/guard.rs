@@ -60,10 +60,15 @@ fn refusal(state: &State, method: &Method, headers: &HeaderMap) -> Option<ApiErr
             .next()
             .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
     });
-    match (*method == Method::POST, json) {
-        (true, false) => Some(ApiError::status(
+    let encoded = header(headers, header::CONTENT_ENCODING).filter(|e| !e.trim().eq_ignore_ascii_case("identity"));
+    match (*method == Method::POST, json, encoded) {
+        (true, false, _) => Some(ApiError::status(
             415,
             "Send the JSON body with `Content-Type: application/json` (curl: -H 'Content-Type: application/json')",
+        )),
+        (true, true, Some(encoding)) => Some(ApiError::status(
+            415,
+            format!("Request bodies are read as sent: `Content-Encoding: {encoding}` is not supported"),
         )),
         _ => None,
     }

@@ -175,6 +175,9 @@ pub(super) fn tool_choice(choice: Option<Json>) -> Result<ToolChoice, ApiError> 
             ))),
         },
         Some(Json::Object(o)) => {
+            if let Some(kind) = o.get("type").filter(|t| t.as_str() != Some("function")) {
+                return Err(bad(format!("`tool_choice.type` must be `function`, got {kind}")));
+            }
             let nested = o.get("function").and_then(|f| f.get("name"));
             let flat = o
                 .get("name")
@@ -190,9 +193,23 @@ pub(super) fn tool_choice(choice: Option<Json>) -> Result<ToolChoice, ApiError> 
     }
 }
 
-/// Checks that a `tool_choice` asking for a tool has tools to choose from, and that a
-/// named one is among them.
+/// Checks that the tools have names, none twice (an answer's call names its function), that
+/// a `tool_choice` asking for a tool has tools to choose from, and that a named one is
+/// among them.
 pub(super) fn check_tool_choice(tools: Option<&[Tool]>, choice: &ToolChoice) -> Result<(), ApiError> {
+    let mut names = std::collections::HashSet::new();
+    for (i, tool) in tools.unwrap_or_default().iter().enumerate() {
+        match tool["function"]["name"].as_str() {
+            Some(name) if !name.is_empty() && names.insert(name) => {}
+            Some(name) if !name.is_empty() => {
+                return Err(ApiError::invalid(
+                    "tools",
+                    format!("tools[{i}]: two tools are named `{name}`"),
+                ))
+            }
+            _ => return Err(ApiError::invalid("tools", format!("tools[{i}] has no name"))),
+        }
+    }
     match (tools, choice) {
         (None, ToolChoice::Required | ToolChoice::Function(_)) => {
             Err(ApiError::invalid("tool_choice", "`tool_choice` needs `tools`"))

@@ -3,6 +3,7 @@
 (which percent-encodes it), the `developer` role, CORS for a browser origin, and the Node
 `openai` SDK (skipped when node or npm is absent)."""
 
+import gzip
 import json
 import shutil
 import subprocess
@@ -144,6 +145,12 @@ def test_options_star_and_byte_order_mark(server):
     bom = b"\xef\xbb\xbf" + body
     head = head.replace(b"Content-Length: %d" % len(body), b"Content-Length: %d" % len(bom))
     assert raw_exchange(server, head + bom).startswith("HTTP/1.1 200")
+    # A compressed body is refused by name, not read as broken JSON.
+    gz = gzip.compress(body)
+    head = b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+    head += b"Content-Encoding: gzip\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(gz)
+    answer = raw_exchange(server, head + gz)
+    assert answer.startswith("HTTP/1.1 415") and "Content-Encoding: gzip" in answer
 
 
 def test_answer_size_is_bounded(server):

@@ -75,6 +75,15 @@ fn wrong_types_name_the_parameter() {
         (r#""service_tier": "flex""#, "service_tier"),
         (r#""metadata": {"a": 5}"#, "metadata.a"),
         (r#""seed": 1.5"#, "seed"),
+        (
+            r#""tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"type": "bogus", "function": {"name": "f"}}"#,
+            "tool_choice",
+        ),
+        (
+            r#""tools": [{"type": "function", "function": {"name": "f"}}, {"type": "function", "function": {"name": "f"}}]"#,
+            "tools",
+        ),
+        (r#""tools": [{"type": "function", "function": {"name": ""}}]"#, "tools"),
     ] {
         let e = err(&format!("{{{base}, {extra}}}"));
         assert_eq!((e.status, e.param.as_deref()), (400, Some(param)), "{extra}: {e:?}");
