@@ -48,8 +48,10 @@ enum Content {
     Blocks(Vec<Block>),
 }
 
-/// A content block: `text`, `tool_use` (assistant) or `tool_result` (user).
+/// A content block: `text`, `tool_use` (assistant) or `tool_result` (user). The fields of
+/// other block types are known so that their refusal names the type; any other is refused.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Block {
     #[serde(rename = "type")]
     kind: Option<String>,
@@ -59,6 +61,25 @@ struct Block {
     input: Option<Json>,
     tool_use_id: Option<String>,
     content: Option<ResultContent>,
+    /// A failed tool's result: shown to the model as an error.
+    is_error: Option<bool>,
+    /// Prompt caching is automatic (every prefix is cached).
+    #[allow(dead_code)]
+    cache_control: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    citations: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    signature: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    thinking: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    data: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    source: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    title: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    context: Option<IgnoredAny>,
 }
 
 /// A `tool_result`'s content: a string or text blocks (anything else reads as empty).
@@ -70,9 +91,12 @@ enum ResultContent {
     Other(IgnoredAny),
 }
 
-/// A tool: name, description and the JSON Schema of its input.
+/// A tool: name, description and the JSON Schema of its input (a client tool: Anthropic's
+/// server tools, `web_search_...`, `bash_...`, are not served).
 #[derive(Debug, Clone, Deserialize)]
 struct ToolDef {
+    #[serde(rename = "type")]
+    kind: Option<String>,
     name: Option<String>,
     description: Option<String>,
     input_schema: Option<Map<String, Json>>,
@@ -153,6 +177,8 @@ impl MessagesRequest {
             None => return Err(ApiError::invalid("messages", "messages: Field required")),
         };
         let last = turns.len() - 1;
+        // Which request turn each message came from, so that errors name it.
+        let mut origin = vec![0; messages.len()];
         for (i, turn) in turns.into_iter().enumerate() {
             // An answer prefilled by a final assistant turn would not be continued (the
             // template closes the turn and opens another): refused rather than ignored.
@@ -163,6 +189,7 @@ impl MessagesRequest {
                 ));
             }
             convert_turn(i, turn, &mut messages)?;
+            origin.resize(messages.len(), i);
         }
         let tools = match self.tools.take() {
             None => None,
@@ -177,8 +204,8 @@ impl MessagesRequest {
         let tool_choice = convert_tool_choice(self.tool_choice.take())?;
         let messages = messages
             .into_iter()
-            .enumerate()
-            .map(|(i, m)| check_message(i, m))
+            .zip(origin)
+            .map(|(m, i)| check_message(i, m))
             .collect::<Result<Vec<_>, _>>()?;
         let tools = tools.filter(|t| !t.is_empty());
         check_tool_choice(tools.as_deref(), &tool_choice)?;
@@ -320,6 +347,10 @@ fn tool_result(block: Block) -> Result<Message, ApiError> {
         Some(ResultContent::Blocks(parts)) => block_text("messages", parts)?,
         Some(ResultContent::Other(_)) | None => String::new(),
     };
+    let content = match block.is_error {
+        Some(true) => format!("Error: {content}"),
+        _ => content,
+    };
     let mut message = Message::text("tool", content);
     message.tool_call_id = block.tool_use_id;
     Ok(message)
@@ -345,6 +376,12 @@ fn tool_call(turn: &str, block: Block) -> Result<ToolCall, ApiError> {
 
 /// A tool in the shape the chat template reads (OpenAI's).
 fn convert_tool((i, tool): (usize, ToolDef)) -> Result<Tool, ApiError> {
+    if let Some(kind) = tool.kind.as_deref().filter(|k| *k != "custom") {
+        return Err(ApiError::invalid(
+            format!("tools[{i}].type"),
+            format!("server tools (`{kind}`) are not served here: give client tools (`custom`, or no `type`)"),
+        ));
+    }
     let Some(name) = tool.name else {
         return Err(ApiError::invalid("tools", format!("tools[{i}].name is missing")));
     };

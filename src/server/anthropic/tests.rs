@@ -48,6 +48,41 @@ fn bad_bodies_are_400s_naming_the_field() {
 }
 
 #[test]
+fn nested_fields_are_read_or_refused() {
+    // A failed tool's result is shown as an error; an empty one is a result.
+    let p = params(
+        r#"{"max_tokens": 4, "tools": [{"name": "f", "input_schema": {"type": "object"}, "cache_control": {"type": "ephemeral"}}],
+        "messages": [{"role": "user", "content": "Go"},
+          {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}]},
+          {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "boom", "is_error": true},
+            {"type": "text", "text": "and?", "cache_control": {"type": "ephemeral"}}]}]}"#,
+    )
+    .unwrap();
+    assert_eq!(p.messages[2].content, "Error: boom");
+    let turns = r#""messages": [{"role": "user", "content": "Go"},
+          {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}]},
+          {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1"}]}]"#;
+    let p = params(&format!(r#"{{"max_tokens": 4, {turns}}}"#)).unwrap();
+    assert_eq!(p.messages[2].content, "");
+    // An unknown key in a block, a server tool: refused by name; an error names the
+    // request's turn, not the converted list's.
+    let e = params(
+        r#"{"max_tokens": 4, "messages": [{"role": "user", "content": [{"type": "text", "text": "a", "bogus": 1}]}]}"#,
+    )
+    .unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("messages[0].content"), "{e:?}");
+    let e = params(r#"{"max_tokens": 4, "tools": [{"type": "web_search_20250305", "name": "web_search"}], "messages": [{"role": "user", "content": "hi"}]}"#)
+        .unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("tools[0].type"), "{e:?}");
+    let e = params(
+        r#"{"max_tokens": 4, "system": "Be brief.", "messages": [{"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"}, {"role": "user", "content": " "}]}"#,
+    )
+    .unwrap_err();
+    assert!(e.message.contains("messages[2]"), "{e:?}");
+}
+
+#[test]
 fn output_config_thinking_and_unknown_fields() {
     let base = r#""max_tokens": 4, "messages": [{"role": "user", "content": "hi"},
         {"role": "assistant", "content": [{"type": "thinking", "thinking": "hmm", "signature": "s"},
