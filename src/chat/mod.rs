@@ -119,6 +119,7 @@ pub fn parse_request_value(json: Json) -> Result<ChatRequest> {
             ))
         }
     };
+    let empty = messages.is_empty();
     let messages = messages
         .into_iter()
         .enumerate()
@@ -128,6 +129,9 @@ pub fn parse_request_value(json: Json) -> Result<ChatRequest> {
         None | Some(Json::Null) => None,
         Some(t) => Some(parse_tools(t)?),
     };
+    if empty {
+        return Err(invalid("messages", "the conversation has no messages".into()));
+    }
     Ok(ChatRequest { messages, tools })
 }
 
@@ -400,6 +404,7 @@ mod tests {
                 "messages[0].content[0]: unknown field `bogus`",
             ),
             (r#"{"messages": 3}"#, "no `messages` array"),
+            ("[]", "the conversation has no messages"),
             (
                 r#"{"messages": [{"role": "user", "content": "hi"}], "temperature": 0}"#,
                 "`temperature` is not read from a conversation",

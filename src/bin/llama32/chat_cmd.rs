@@ -128,6 +128,13 @@ impl Chat<'_> {
 
 /// Runs `llama32 chat`.
 pub fn run(a: ChatArgs) -> anyhow::Result<ExitCode> {
+    if a.prompt.as_deref().is_some_and(|p| p.trim().is_empty()) {
+        return Err(llama32::Error::InvalidParameter {
+            name: "prompt",
+            reason: "the question is empty".into(),
+        }
+        .into());
+    }
     let (messages, tools) = read_conversation(&a.conversation)?;
     let request = request(&a.sampling, a.model.ctx_size)?;
     crate::template_check::check(&a.model.model)?;

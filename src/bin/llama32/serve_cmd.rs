@@ -49,7 +49,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         if !ready.load(Ordering::SeqCst) {
             // Nothing is served while the model loads: stop now, not after the load.
             eprintln!("shut down while loading");
-            std::process::exit(0);
+            std::process::exit(i32::from(crate::EXIT_INTERRUPTED));
         }
         // The first signal drains (also after POST /admin/drain); the second ends answers.
         match seen.fetch_add(1, Ordering::SeqCst) {
