@@ -86,7 +86,8 @@ impl GgufFile {
         };
         let content = match catch_unwind(AssertUnwindSafe(|| Content::read(&mut Cursor::new(&mmap[..])))) {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(bad(e.to_string())),
+            // candle's text, without the backtrace it appends when `RUST_BACKTRACE` is set.
+            Ok(Err(e)) => return Err(bad(e.to_string().lines().next().unwrap_or_default().to_string())),
             Err(_) => return Err(bad("malformed header (the GGUF reader gave up)".into())),
         };
         let alignment = alignment(&content.metadata).map_err(&bad)?;

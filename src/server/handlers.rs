@@ -182,6 +182,7 @@ pub(super) async fn count_tokens(AxumState(state): Shared, request: Request) -> 
     let counted = counting(&state, request, |state, body| {
         let ready = plan::ready(state)?;
         let params = parse_body::<MessagesRequest>(body)?.into_params(false)?;
+        plan::check_model(state, &params.common)?;
         plan::chat_request_prompt(ready, &params).map(|ids| ids.len())
     });
     match counted.await {

@@ -352,7 +352,7 @@ pub(super) fn ready(state: &State) -> Result<&Ready, ApiError> {
     state.ready.get().ok_or_else(ApiError::loading)
 }
 
-fn check_model(state: &State, common: &CommonParams) -> Result<(), ApiError> {
+pub(super) fn check_model(state: &State, common: &CommonParams) -> Result<(), ApiError> {
     let ids = &state.config.model_ids;
     match &common.model {
         Some(m) if !state.config.serves(m) => Err(ApiError::model_not_found(m, &ids[0])),

@@ -15,7 +15,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         .dtypes
         .split(',')
         .map(|d| d.trim().parse())
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_, _>>()
+        .map_err(|e| crate::common::renamed(e, "dtypes"))?;
     if let Some(list) = &a.batched {
         let sizes: Vec<usize> = list
             .split(',')

@@ -12,6 +12,14 @@ use serde_json::json;
 
 use crate::args::{ModelArgs, SamplingArgs};
 
+/// `e` naming the flag `name` when it is a bad parameter (a format parsed for another flag).
+pub fn renamed(e: llama32::Error, name: &'static str) -> llama32::Error {
+    match e {
+        llama32::Error::InvalidParameter { reason, .. } => llama32::Error::InvalidParameter { name, reason },
+        other => other,
+    }
+}
+
 /// A draft model is read only for `--spec draft` (loading it otherwise would cost time and
 /// memory for nothing), and its format only with it.
 pub fn check_draft_flags(spec: &str, a: &ModelArgs) -> llama32::Result<()> {

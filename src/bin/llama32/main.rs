@@ -250,6 +250,10 @@ fn kl_base(a: &args::PerplexityArgs, engine: &llama32::Engine) -> anyhow::Result
     Ok(match (&a.kl_base, &a.kl_base_model) {
         (None, None) => None,
         (dtype, path) => {
+            if let Some(d) = dtype {
+                d.parse::<llama32::ComputeDType>()
+                    .map_err(|e| common::renamed(e, "kl-base"))?;
+            }
             let mut model = args::ModelArgs {
                 dtype: Some(dtype.clone().unwrap_or_else(|| "f32".into())),
                 // The base is the reference: its format's own KV default (f32 for f32).

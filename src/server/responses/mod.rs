@@ -21,7 +21,7 @@ pub(super) use store::ResponseStore;
 use super::body::parse as parse_body;
 use super::error::ApiError;
 use super::handlers::counting;
-use super::plan::{chat_request_prompt, ready};
+use super::plan::{chat_request_prompt, check_model, ready};
 use super::routes::KeyScope;
 use super::State;
 
@@ -50,6 +50,7 @@ pub(super) async fn input_tokens(AxumState(state): AxumState<Arc<State>>, reques
     let counted = counting(&state, request, move |state, body| {
         let ready = ready(state)?;
         let params = read(state, body, scope)?;
+        check_model(state, &params.chat.common)?;
         Ok(chat_request_prompt(ready, &params.chat)?.len())
     });
     match counted.await {
