@@ -164,12 +164,12 @@ pub struct SamplingArgs {
     /// proposes the greedy continuation of --draft-model; `none`.
     #[arg(long, default_value = "none")]
     pub spec: String,
-    /// With --spec ngram: longest n-gram looked up.
-    #[arg(long, default_value_t = 3)]
-    pub spec_n: usize,
-    /// With --spec ngram or draft: most tokens proposed per step.
-    #[arg(long, default_value_t = 6)]
-    pub spec_k: usize,
+    /// With --spec ngram: longest n-gram looked up (default 3).
+    #[arg(long)]
+    pub spec_n: Option<usize>,
+    /// With --spec ngram or draft: most tokens proposed per step (default 6).
+    #[arg(long)]
+    pub spec_k: Option<usize>,
     /// Constrain the answer to JSON valid against this JSON Schema file.
     #[arg(long, value_name = "FILE", group = "constraint")]
     pub json_schema: Option<std::path::PathBuf>,
@@ -343,9 +343,9 @@ pub struct ServeArgs {
     /// continuation of --draft-model) or `none`.
     #[arg(long, default_value = "none")]
     pub spec: String,
-    /// Most tokens proposed per step with --spec.
-    #[arg(long, default_value_t = 6)]
-    pub spec_k: usize,
+    /// Most tokens proposed per step with --spec (default 6).
+    #[arg(long)]
+    pub spec_k: Option<usize>,
     /// Sequences computed together in each forward pass (default: 8 on CPU with packed
     /// weights, 4 otherwise).
     #[arg(long)]

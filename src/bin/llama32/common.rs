@@ -20,6 +20,15 @@ pub fn renamed(e: llama32::Error, name: &'static str) -> llama32::Error {
     }
 }
 
+/// Warns of speculation settings that `--spec KIND` does not use.
+pub fn warn_about_spec_flags(kind: &str, n: bool, k: bool) {
+    match kind {
+        "none" if n || k => eprintln!("warning: --spec-n and --spec-k have no effect without --spec"),
+        "draft" if n => eprintln!("warning: --spec-n has no effect with --spec draft"),
+        _ => {}
+    }
+}
+
 /// A draft model is read only for `--spec draft` (loading it otherwise would cost time and
 /// memory for nothing), and its format only with it.
 pub fn check_draft_flags(spec: &str, a: &ModelArgs) -> llama32::Result<()> {
@@ -218,7 +227,7 @@ pub fn request(a: &SamplingArgs, ctx_size: Option<usize>) -> llama32::Result<Gen
         prompt_logprobs: None,
         cache_scope: 0,
         constraint: constraint(a)?,
-        speculation: speculation(&a.spec, a.spec_n, a.spec_k)?,
+        speculation: speculation(&a.spec, a.spec_n.unwrap_or(3), a.spec_k.unwrap_or(6))?,
     };
     // Range errors in explicit values are reported before the model loads; ids against the
     // vocabulary and the model's own defaults are checked again once it has.
@@ -335,6 +344,7 @@ fn finish_name(reason: llama32::FinishReason) -> &'static str {
 /// Warnings for flags that change nothing in this run, and for a constrained answer cut
 /// short (the JSON is then incomplete).
 pub fn warn_about_flags(a: &SamplingArgs, json: bool) {
+    warn_about_spec_flags(&a.spec, a.spec_n.is_some(), a.spec_k.is_some());
     if a.logprobs.is_some() && !json {
         eprintln!("warning: --logprobs has no effect without --json");
     }

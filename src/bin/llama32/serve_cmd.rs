@@ -28,6 +28,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
     init_log(a.log_format);
     let config = server_config(&a)?;
     crate::common::check_draft_flags(&a.spec, &a.model)?;
+    crate::common::warn_about_spec_flags(&a.spec, false, a.spec_k.is_some());
     let host = if a.host.contains(':') && !a.host.starts_with('[') {
         format!("[{}]", a.host)
     } else {
@@ -145,7 +146,7 @@ fn server_config(a: &ServeArgs) -> anyhow::Result<ServerConfig> {
         },
         playground: !a.no_playground,
         special_tokens_in_content: a.special_tokens_in_content,
-        speculation: crate::common::speculation(&a.spec, 3, a.spec_k)?,
+        speculation: crate::common::speculation(&a.spec, 3, a.spec_k.unwrap_or(6))?,
         ..ServerConfig::default()
     })
 }
