@@ -77,6 +77,10 @@ async fn prepare(
     let Some(admission) = Admission::take(state, ready.capacity) else {
         return Err((ApiError::overloaded(1), report));
     };
+    // A few are read and planned at a time; the rest wait with their bodies unread.
+    let Ok(_permit) = state.planning.acquire().await else {
+        return Err((ApiError::shutting_down(), report));
+    };
     let announced = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -169,7 +173,7 @@ pub(super) async fn counting<T: Send + 'static>(
     request: Request,
     work: impl FnOnce(&Arc<State>, &Bytes) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let _permit = state.counting.acquire().await.map_err(|_| ApiError::shutting_down())?;
+    let _permit = state.planning.acquire().await.map_err(|_| ApiError::shutting_down())?;
     let body = read_body(state, request.into_body()).await?;
     let state = state.clone();
     tokio::task::spawn_blocking(move || work(&state, &body))

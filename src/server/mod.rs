@@ -193,9 +193,10 @@ impl ServerConfig {
     }
 }
 
-/// Token counting requests (`count_tokens`, `input_tokens`, `/tokenize`) worked on at
-/// once: each reads, renders and tokenizes a body of up to `--max-body` bytes.
-const COUNTING_AT_ONCE: usize = 4;
+/// Requests read, rendered and tokenized at once (generation and token counting alike):
+/// each may hold ~100 times its body (up to `--max-body` bytes) while it is planned, and
+/// two cores gain nothing from more.
+const PLANNING_AT_ONCE: usize = 4;
 
 /// What every connection shares.
 struct State {
@@ -206,8 +207,8 @@ struct State {
     metrics: metrics::Metrics,
     /// Stored Responses API answers.
     responses: responses::ResponseStore,
-    /// Token counting requests read and tokenized at once (more wait, bodies unread).
-    counting: tokio::sync::Semaphore,
+    /// Requests being read and planned (more wait, their bodies unread).
+    planning: tokio::sync::Semaphore,
     /// Bound to a loopback address: only local `Host` names are answered.
     loopback: bool,
     /// Where the server is in its life; the handle, signals and `POST /admin/drain` move it.
@@ -333,7 +334,7 @@ impl Server {
             loopback,
             metrics: metrics::Metrics::new(config.metrics_compat, &config.model_ids[0]),
             responses: responses::ResponseStore::default(),
-            counting: tokio::sync::Semaphore::new(COUNTING_AT_ONCE),
+            planning: tokio::sync::Semaphore::new(PLANNING_AT_ONCE),
             config,
             ready: OnceLock::new(),
             in_flight: AtomicUsize::new(0),
