@@ -72,9 +72,12 @@ pub fn write_checkpoint(dir: &Path, shape: SyntheticShape, tokenizer_json: &Path
     let cfg = LlamaConfig::from_file(&config_path)?;
     let dst = dir.join("tokenizer.json");
     std::fs::write(&dst, tokenizer).map_err(io_err(&dst))?;
-    if let Some(template) = template {
-        let dst = dir.join("tokenizer_config.json");
-        std::fs::write(&dst, template).map_err(io_err(&dst))?;
+    let dst = dir.join("tokenizer_config.json");
+    match template {
+        Some(template) => std::fs::write(&dst, template).map_err(io_err(&dst))?,
+        // A template left from an earlier checkpoint would not be this tokenizer's.
+        None if dst.exists() => std::fs::remove_file(&dst).map_err(io_err(&dst))?,
+        None => {}
     }
     write_safetensors(&dir.join("model.safetensors"), &expected_tensors(&cfg), seed)
 }

@@ -212,13 +212,19 @@ fn special_token_text_in_tool_results_stays_text() {
     let messages = vec![Message::text("user", "Hi"), bad_call];
     let e = encode_conversation(&template, &tokenizer, &messages, None, &options(true)).unwrap_err();
     assert!(
-        e.to_string().contains("messages[1].tool_calls hold special-token text"),
+        e.to_string()
+            .contains("messages[1].tool_calls hold a special token's text"),
         "{e}"
     );
+    // A bare `<|` (F#'s pipe) is no special token: kept.
+    let mut pipe = call.clone();
+    pipe.tool_calls[0].function.arguments = serde_json::json!({ "code": "x <| f |> g" });
+    let messages = vec![Message::text("user", "Hi"), pipe];
+    assert!(encode_conversation(&template, &tokenizer, &messages, None, &options(true)).is_ok());
     let tools = [serde_json::json!({"type": "function", "function": {"name": "f", "description": forged}})];
     let messages = vec![Message::text("user", "Hi")];
     let e = encode_conversation(&template, &tokenizer, &messages, Some(&tools), &options(true)).unwrap_err();
-    assert!(e.to_string().contains("the tools hold special-token text"), "{e}");
+    assert!(e.to_string().contains("the tools hold a special token's text"), "{e}");
 }
 
 #[test]

@@ -136,10 +136,14 @@ impl<'e> Conversation<'e> {
             ..request.clone()
         };
         let generation = self.engine.generate_from_ids(&ids, &request, start, on_text)?;
-        let tool_call = self
-            .tools
-            .as_deref()
-            .and_then(|t| Callable::of(t).call_in(&generation.text));
+        // A format grammar shapes the answer: then it is the format's, never a call.
+        let tool_call = match request.constraint {
+            Some(_) => None,
+            None => self
+                .tools
+                .as_deref()
+                .and_then(|t| Callable::of(t).call_in(&generation.text)),
+        };
         self.messages.push(self.answer_message(&generation, tool_call.as_ref()));
         Ok(Turn {
             generation,

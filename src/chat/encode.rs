@@ -32,19 +32,25 @@ pub fn encode_conversation(
     let nonce = rand::random::<u64>();
     let mut shown = messages.to_vec();
     let mut protected: Vec<(String, Json)> = Vec::new();
-    if tools.is_some_and(|t| t.iter().any(|t| t.to_string().contains(SPECIAL_OPEN))) {
-        return Err(Error::Template(
-            "the tools hold special-token text (`<|`), which cannot be kept as text there".into(),
-        ));
+    if tools.is_some_and(|t| t.iter().any(|t| holds_special(tokenizer, &t.to_string()))) {
+        return Err(Error::InvalidParameter {
+            name: "tools",
+            reason: "the tools hold a special token's text (`<|eot_id|>`...), which cannot be kept as text there"
+                .into(),
+        });
     }
     for (i, m) in shown.iter_mut().enumerate() {
         if m.tool_calls
             .iter()
-            .any(|c| c.function.arguments.to_string().contains(SPECIAL_OPEN))
+            .any(|c| holds_special(tokenizer, &c.function.arguments.to_string()))
         {
-            return Err(Error::Template(format!(
-                "messages[{i}].tool_calls hold special-token text (`<|`), which cannot be kept as text there"
-            )));
+            return Err(Error::InvalidParameter {
+                name: "messages",
+                reason: format!(
+                    "messages[{i}].tool_calls hold a special token's text (`<|eot_id|>`...), which cannot be kept \
+                     as text there"
+                ),
+            });
         }
         let holds_special = match &m.content {
             Json::String(content) => content.contains(SPECIAL_OPEN),
@@ -82,6 +88,22 @@ pub fn encode_conversation(
     }
     ids.extend(tokenizer.encode(rest, false)?);
     Ok(ids)
+}
+
+/// Whether `text` holds the text of one of the tokenizer's special tokens (`<|name|>`; a
+/// bare `<|`, as in F#'s pipe, is not one).
+fn holds_special(tokenizer: &Tokenizer, text: &str) -> bool {
+    let mut rest = text;
+    while let Some(at) = rest.find(SPECIAL_OPEN) {
+        rest = &rest[at + SPECIAL_OPEN.len()..];
+        if let Some(end) = rest.find("|>") {
+            let candidate = format!("{SPECIAL_OPEN}{}|>", &rest[..end]);
+            if tokenizer.token_id(&candidate).is_some() {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 fn is_tool_role(role: &str) -> bool {

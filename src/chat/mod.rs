@@ -226,9 +226,14 @@ fn is_tool_role(role: &str) -> bool {
     role == "tool" || role == "ipython"
 }
 
-/// A non-empty array of objects that each have a `type`: OpenAI content parts.
+/// A non-empty array of OpenAI content parts (objects whose `type` is one of OpenAI's
+/// content part types); other arrays of a tool result stay JSON.
 fn are_content_parts(parts: &[Json]) -> bool {
-    !parts.is_empty() && parts.iter().all(|p| p.get("type").is_some_and(Json::is_string))
+    const KINDS: [&str; 5] = ["text", "image_url", "input_audio", "file", "refusal"];
+    !parts.is_empty()
+        && parts
+            .iter()
+            .all(|p| p.get("type").and_then(Json::as_str).is_some_and(|k| KINDS.contains(&k)))
 }
 
 /// Only assistant messages carry tool calls and only tool results a call's id (a template
@@ -365,12 +370,17 @@ mod tests {
     fn tool_results_join_text_parts_and_keep_other_json() {
         let r = parse_request(
             r#"[{"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "4"}, {"type": "text", "text": "2"}]},
-            {"role": "tool", "content": [1, 2]}, {"role": "ipython", "content": {"x": 1}}]"#,
+            {"role": "tool", "content": [1, 2]}, {"role": "ipython", "content": {"x": 1}},
+            {"role": "tool", "content": [{"type": "dir", "name": "src"}]}]"#,
         )
         .unwrap();
         assert_eq!(r.messages[0].content, Json::String("42".into()));
         assert_eq!(r.messages[1].content, serde_json::json!([1, 2]));
         assert_eq!(r.messages[2].content, serde_json::json!({"x": 1}));
+        assert_eq!(
+            r.messages[3].content,
+            serde_json::json!([{"type": "dir", "name": "src"}])
+        );
     }
 
     #[test]

@@ -152,7 +152,8 @@ fn make_backend(model: &Model, options: &LoadOptions, kv_dtype: KvDType) -> Resu
         });
     }
     // On the CPU the pool lives in the machine's memory (a GPU's is checked by its driver).
-    if let Some(total) = machine_memory().filter(|&total| batched && kv_bytes > total) {
+    let asked = options.kv_memory.is_some();
+    if let Some(total) = machine_memory().filter(|&total| asked && batched && kv_bytes > total) {
         return Err(Error::InvalidParameter {
             name: "kv-memory",
             reason: format!(

@@ -192,6 +192,9 @@ impl From<Stop> for Vec<String> {
 pub(super) struct StreamOptions {
     /// A last chunk with `usage`.
     pub(super) include_usage: Option<bool>,
+    /// OpenAI's padding of stream events against length side channels: not added here, so
+    /// only `false` is accepted.
+    pub(super) include_obfuscation: Option<bool>,
 }
 
 /// The sampling, length and streaming fields every generation request has (OpenAI's names;

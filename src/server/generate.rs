@@ -1,5 +1,5 @@
 //! Running an admitted plan (at most `parallel + queue` requests in flight, counted from
-//! before the body is read: [`super::handlers`]), the `n`
+//! before the plan is made: [`super::handlers`]), the `n`
 //! choices submitted to the engine together (they share the prompt's KV blocks through
 //! the prefix cache), and the answer as one JSON object or as an event stream
 //! ([`super::stream`], [`super::messages`]). A client that goes away drops the request,

@@ -58,9 +58,9 @@ pub(super) async fn read_body(state: &State, body: Body) -> Result<Bytes, ApiErr
     }
 }
 
-/// What every generation endpoint does before the answer: readiness, admission (before
-/// the body is read, so that what waits beyond the server's capacity costs no memory),
-/// body, parsing, plan.
+/// What every generation endpoint does before the answer: readiness, body, admission
+/// (before the plan, so that what waits beyond the server's capacity costs no more than
+/// its body; after the body, so that slow senders hold no slot), parsing, plan.
 async fn prepare(
     state: &Arc<State>,
     request: Request,
@@ -74,13 +74,6 @@ async fn prepare(
     if state.draining() {
         return Err((ApiError::shutting_down(), report));
     }
-    let Some(admission) = Admission::take(state, ready.capacity) else {
-        return Err((ApiError::overloaded(1), report));
-    };
-    // A few are read and planned at a time; the rest wait with their bodies unread.
-    let Ok(_permit) = state.planning.acquire().await else {
-        return Err((ApiError::shutting_down(), report));
-    };
     let announced = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -93,14 +86,11 @@ async fn prepare(
         Ok(body) => body,
         Err(e) => return Err((e, report)),
     };
-    // Rendering the chat template and tokenizing run off the network threads.
-    let planning = {
-        let state = state.clone();
-        tokio::task::spawn_blocking(move || plan(&state, &body, key_scope))
+    let Some(admission) = Admission::take(state, ready.capacity) else {
+        return Err((ApiError::overloaded(1), report));
     };
-    let planned = planning
-        .await
-        .unwrap_or_else(|e| Err(ApiError::internal(format!("planning the request failed: {e}"))));
+    // Rendering the chat template and tokenizing run off the network threads.
+    let planned = off_the_network(state, move |state| plan(state, &body, key_scope)).await;
     match planned {
         Ok(mut plan) => {
             let report = report.with_tools(plan.tools_via);
@@ -167,18 +157,35 @@ pub(super) async fn responses(AxumState(state): Shared, request: Request) -> Res
 }
 
 /// Runs `work` on a request's body off the network threads, a few at a time (the rest
-/// wait with their bodies unread): what the token counting endpoints do.
+/// wait, each holding only its body): what the token counting endpoints do.
 pub(super) async fn counting<T: Send + 'static>(
     state: &Arc<State>,
     request: Request,
     work: impl FnOnce(&Arc<State>, &Bytes) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let _permit = state.planning.acquire().await.map_err(|_| ApiError::shutting_down())?;
     let body = read_body(state, request.into_body()).await?;
-    let state = state.clone();
-    tokio::task::spawn_blocking(move || work(&state, &body))
+    off_the_network(state, move |state| work(state, &body)).await
+}
+
+/// Runs `work` on a blocking thread, a few at a time (the rest wait, each holding only its
+/// body): the task keeps its permit until it ends, even when its client has gone.
+async fn off_the_network<T: Send + 'static>(
+    state: &Arc<State>,
+    work: impl FnOnce(&Arc<State>) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let permit = state
+        .planning
+        .clone()
+        .acquire_owned()
         .await
-        .unwrap_or_else(|e| Err(ApiError::internal(format!("counting tokens failed: {e}"))))
+        .map_err(|_| ApiError::shutting_down())?;
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        work(&state)
+    })
+    .await
+    .unwrap_or_else(|e| Err(ApiError::internal(format!("planning the request failed: {e}"))))
 }
 
 /// `POST /v1/messages/count_tokens`: the prompt tokens the same body would use.

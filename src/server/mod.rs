@@ -193,9 +193,9 @@ impl ServerConfig {
     }
 }
 
-/// Requests read, rendered and tokenized at once (generation and token counting alike):
-/// each may hold ~100 times its body (up to `--max-body` bytes) while it is planned, and
-/// two cores gain nothing from more.
+/// Requests rendered and tokenized at once (generation and token counting alike): each may
+/// hold ~100 times its body (up to `--max-body` bytes) while it is planned, and two cores
+/// gain nothing from more.
 const PLANNING_AT_ONCE: usize = 4;
 
 /// What every connection shares.
@@ -207,8 +207,8 @@ struct State {
     metrics: metrics::Metrics,
     /// Stored Responses API answers.
     responses: responses::ResponseStore,
-    /// Requests being read and planned (more wait, their bodies unread).
-    planning: tokio::sync::Semaphore,
+    /// Requests being planned (more wait, each holding only its body).
+    planning: Arc<tokio::sync::Semaphore>,
     /// Bound to a loopback address: only local `Host` names are answered.
     loopback: bool,
     /// Where the server is in its life; the handle, signals and `POST /admin/drain` move it.
@@ -334,7 +334,7 @@ impl Server {
             loopback,
             metrics: metrics::Metrics::new(config.metrics_compat, &config.model_ids[0]),
             responses: responses::ResponseStore::default(),
-            planning: tokio::sync::Semaphore::new(PLANNING_AT_ONCE),
+            planning: Arc::new(tokio::sync::Semaphore::new(PLANNING_AT_ONCE)),
             config,
             ready: OnceLock::new(),
             in_flight: AtomicUsize::new(0),

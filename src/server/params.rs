@@ -88,6 +88,15 @@ impl CommonParams {
             }
             max_tokens = Some(m);
         }
+        if f.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_obfuscation == Some(true))
+        {
+            return Err(ApiError::invalid(
+                "stream_options.include_obfuscation",
+                "stream events are not padded here: send `include_obfuscation: false` or leave it out",
+            ));
+        }
         if f.stream_options.is_some() && f.stream != Some(true) {
             return Err(ApiError::invalid(
                 "stream_options",

@@ -182,7 +182,7 @@ impl MessagesRequest {
         for (i, turn) in turns.into_iter().enumerate() {
             // An answer prefilled by a final assistant turn would not be continued (the
             // template closes the turn and opens another): refused rather than ignored.
-            if i == last && turn.role.as_deref() == Some("assistant") {
+            if need_max_tokens && i == last && turn.role.as_deref() == Some("assistant") {
                 return Err(ApiError::invalid(
                     format!("messages[{i}]"),
                     "a final assistant message (a prefilled answer) is not continued here: end with a user message",

@@ -72,6 +72,10 @@ fn wrong_types_name_the_parameter() {
             r#""stream": true, "stream_options": {"include_obfuscation": true}"#,
             "stream_options.include_obfuscation",
         ),
+        (
+            r#""stream": true, "stream_options": {"continuous_usage_stats": true}"#,
+            "stream_options.continuous_usage_stats",
+        ),
         (r#""service_tier": "flex""#, "service_tier"),
         (r#""metadata": {"a": 5}"#, "metadata.a"),
         (r#""seed": 1.5"#, "seed"),
