@@ -8,7 +8,7 @@
 
 use serde_json::Value as Json;
 
-use super::{ChatTemplate, Message, RenderOptions, Tool};
+use super::{is_tool_role, ChatTemplate, Message, RenderOptions, Tool};
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
 
@@ -104,10 +104,6 @@ fn holds_special(tokenizer: &Tokenizer, text: &str) -> bool {
         }
     }
     false
-}
-
-fn is_tool_role(role: &str) -> bool {
-    role == "tool" || role == "ipython"
 }
 
 /// Where `marker` starts in `text` when it appears exactly once.

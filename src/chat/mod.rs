@@ -143,20 +143,26 @@ pub fn parse_tools(json: Json) -> Result<Vec<Tool>> {
         Json::Object(mut o) if o.contains_key("tools") => return parse_tools(o.remove("tools").unwrap_or_default()),
         _ => return Err(invalid("tools", "expected an array of tool schemas".into())),
     };
+    check_tool_names(&list)?;
+    Ok(list)
+}
+
+/// Checks that every tool has a function name and that no name is given twice (an
+/// answer's call names its function: two of one name could not be told apart).
+pub fn check_tool_names(tools: &[Tool]) -> Result<()> {
     let mut names = std::collections::HashSet::new();
-    for (i, tool) in list.iter().enumerate() {
+    for (i, tool) in tools.iter().enumerate() {
         let name = tool.get("function").and_then(|f| f.get("name")).and_then(Json::as_str);
         match name {
             None => return Err(invalid("tools", format!("tools[{i}] has no function.name"))),
             Some("") => return Err(invalid("tools", format!("tools[{i}].function.name is empty"))),
-            // An answer's call names its function: two of one name could not be told apart.
             Some(n) if !names.insert(n) => {
                 return Err(invalid("tools", format!("tools[{i}]: two tools are named `{n}`")))
             }
             Some(_) => {}
         }
     }
-    Ok(list)
+    Ok(())
 }
 
 fn parse_message(i: usize, mut json: Json) -> Result<Message> {

@@ -117,14 +117,18 @@ impl<'de> Deserialize<'de> for Int {
                 Ok(Int(i64::try_from(v).unwrap_or(i64::MAX)))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Int, E> {
-                match v.fract() == 0.0 && v.abs() < 9e15 {
-                    true => Ok(Int(v as i64)),
-                    false => Err(E::invalid_type(Unexpected::Float(v), &self)),
-                }
+                whole(v)
+                    .map(Int)
+                    .ok_or_else(|| E::invalid_type(Unexpected::Float(v), &self))
             }
         }
         d.deserialize_any(V)
     }
+}
+
+/// A number with no fraction (`5.0`) as the integer it is (within +-9e15, exact in f64).
+fn whole(v: f64) -> Option<i64> {
+    (v.fract() == 0.0 && v.abs() < 9e15).then_some(v as i64)
 }
 
 /// A `seed`: any JSON integer from -2^63 to 2^64 - 1, kept whole (a negative one as its
@@ -147,10 +151,9 @@ impl<'de> Deserialize<'de> for Seed {
                 Ok(Seed(v))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Seed, E> {
-                match v.fract() == 0.0 && v.abs() < 9e15 {
-                    true => Ok(Seed(v as i64 as u64)),
-                    false => Err(E::invalid_type(Unexpected::Float(v), &self)),
-                }
+                whole(v)
+                    .map(|v| Seed(v as u64))
+                    .ok_or_else(|| E::invalid_type(Unexpected::Float(v), &self))
             }
         }
         d.deserialize_any(V)

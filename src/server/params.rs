@@ -206,19 +206,7 @@ pub(super) fn tool_choice(choice: Option<Json>) -> Result<ToolChoice, ApiError> 
 /// a `tool_choice` asking for a tool has tools to choose from, and that a named one is
 /// among them.
 pub(super) fn check_tool_choice(tools: Option<&[Tool]>, choice: &ToolChoice) -> Result<(), ApiError> {
-    let mut names = std::collections::HashSet::new();
-    for (i, tool) in tools.unwrap_or_default().iter().enumerate() {
-        match tool["function"]["name"].as_str() {
-            Some(name) if !name.is_empty() && names.insert(name) => {}
-            Some(name) if !name.is_empty() => {
-                return Err(ApiError::invalid(
-                    "tools",
-                    format!("tools[{i}]: two tools are named `{name}`"),
-                ))
-            }
-            _ => return Err(ApiError::invalid("tools", format!("tools[{i}] has no name"))),
-        }
-    }
+    crate::chat::check_tool_names(tools.unwrap_or_default())?;
     match (tools, choice) {
         (None, ToolChoice::Required | ToolChoice::Function(_)) => {
             Err(ApiError::invalid("tool_choice", "`tool_choice` needs `tools`"))
